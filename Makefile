@@ -1,0 +1,84 @@
+# The README's two commands: `make run` and `make test`. Each sets up what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENVS := .venvs
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(VENVS)/uv/bin/uv)
+ML := $(VENVS)/ml
+AIRFLOW := $(VENVS)/airflow
+ML_READY := $(ML)/.installed
+AIRFLOW_READY := $(AIRFLOW)/.installed
+SYSTEM_READY := $(VENVS)/.system-packages
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL := 2
+export TF_USE_LEGACY_KERAS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run pipeline stop test setup airflow airflow-stop benchmark lock clean-var help
+
+help:
+	@echo "make run    - set up, then run the training pipeline on the 2013-2014 trips"
+	@echo "make test   - set up, then run the test suite"
+	@echo "make airflow - start Airflow (UI on http://localhost:8080)"
+	@echo "make benchmark - time the pipeline per step"
+
+setup: $(ML_READY) $(AIRFLOW_READY) $(SYSTEM_READY)
+
+$(VENVS)/uv/bin/uv:
+	$(PYTHON) -m venv $(VENVS)/uv
+	$(VENVS)/uv/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+# A rebuild happens only when a lock file (or setup.py) changes.
+$(ML_READY): requirements/ml.lock setup.py | $(UV)
+	@echo "== building the ML runtime ($(ML)) from requirements/ml.lock"
+	$(UV) venv -q --allow-existing --python $(PYTHON) $(ML)
+	VIRTUAL_ENV=$(ML) $(UV) pip sync -q requirements/ml.lock
+	VIRTUAL_ENV=$(ML) $(UV) pip install -q --no-deps -e .
+	touch $@
+
+$(AIRFLOW_READY): requirements/airflow.lock | $(UV)
+	@echo "== building the Airflow environment ($(AIRFLOW)) from requirements/airflow.lock"
+	$(UV) venv -q --allow-existing --python $(PYTHON) $(AIRFLOW)
+	VIRTUAL_ENV=$(AIRFLOW) $(UV) pip sync -q requirements/airflow.lock
+	touch $@
+
+# PostgreSQL (the MLMD server backend under test) and Chromium (report tests), from Debian.
+$(SYSTEM_READY): scripts/install-system-packages.sh
+	bash scripts/install-system-packages.sh
+	@mkdir -p $(VENVS) && touch $@
+
+lock: | $(UV)
+	$(UV) pip compile -q --python-version 3.11 requirements/ml.in -o requirements/ml.lock
+	$(UV) pip compile -q --python-version 3.11 requirements/airflow.in -o requirements/airflow.lock
+
+# The whole loop through Airflow's scheduler (mlops/loop.py): training, serving, traffic,
+# monitoring, drift-triggered retraining and rollout. Airflow and the servers keep running.
+run: setup
+	$(ML)/bin/python -m mlops.loop
+
+# The training pipeline alone, in one process, without Airflow.
+pipeline: setup
+	$(ML)/bin/mlops pipeline run --start 2013-01-01 --end 2015-01-01
+
+stop:
+	$(ML)/bin/python -m mlops.loop --stop
+
+# Two runs, one per environment: the DAG tests need Airflow, everything else the ML runtime.
+test: setup
+	$(ML)/bin/python -m pytest --ignore=tests/dags $(PYTEST_ARGS)
+	$(AIRFLOW)/bin/python -m pytest tests/dags $(PYTEST_ARGS)
+
+# Airflow in the foreground (Ctrl-C stops it); prints the UI address and the admin login.
+airflow: setup
+	$(ML)/bin/python -m mlops.airflow standalone
+
+# Stops the Airflow started in the background (`python -m mlops.airflow start`, `make run`).
+airflow-stop:
+	$(ML)/bin/python -m mlops.airflow stop
+
+benchmark: setup
+	$(ML)/bin/python benchmarks/pipeline_benchmark.py
+
+clean-var:
+	rm -rf var

@@ -1,0 +1,550 @@
+"""Batch prediction: score a CSV of taxi trips with a SavedModel, as a Beam job.
+
+    python -m beam_jobs.batch_predict --input day.csv --model_dir var/serving/models/taxi/3 \
+        --output /tmp/scored --runner=DirectRunner
+
+Writes into the output directory:
+- `predictions/predictions-*.jsonl` (or `.csv` with `--format=csv`): one record per scored row,
+  `{"line": <1-based line number in the input>, "probability": p, "class": 0|1, "model_version": v}`.
+  The line number is the row's id: the trips have no id column, and a line number lets a user
+  open the input at that row (the header is line 1, as in an editor).
+- `rejected/rejected-*.jsonl`: rows that could not be scored, with the reason (the ingest format:
+  `{"line", "reason", "feature", "detail", "text", "row"}`). Nothing is dropped silently:
+  scored + rejected = data rows, checked after the run.
+- `batch_predict_result.json`: the counts and the model version used.
+
+Rows are parsed as ingest parses them (the same line-numbered, byte-range reading from
+`beam_jobs.ingest` and the same cell parser, `transforms.features.parse_value`), except that the
+label column (`tips`) is not needed and a missing value is not a reason to reject a row: the model
+treats missing values as it does at serving time. Scoring goes through Beam's `RunInference` with a
+model handler for the SavedModel's `serving_examples` signature, so the model's own TF Transform
+graph turns raw rows into features: batch and online predictions cannot disagree.
+
+Outputs are staged in a hidden folder and renamed into place, so a failed run leaves nothing a
+reader could mistake for a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import _options
+from beam_jobs.example_codec import serialize_row
+from beam_jobs.ingest import (
+    DEFAULT_CHUNK_BYTES,
+    REASON_INVALID_ENCODING,
+    REASON_MALFORMED_CSV,
+    REASON_UNPARSEABLE_VALUE,
+    REASON_WRONG_FIELD_COUNT,
+    CsvChunk,
+    ReadChunkLinesFn,
+    ReadCsvLines,
+    WriteJsonLines,
+)
+from mlops.errors import DataError, MlopsError
+from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind, parse_value
+
+_LOG = logging.getLogger(__name__)
+
+PREDICTIONS_DIR = "predictions"
+REJECTED_DIR = "rejected"
+RESULT_FILE = "batch_predict_result.json"
+SUMMARY_FILE = "summary.json"
+FORMATS = ("jsonl", "csv")
+# The columns of a prediction record, in CSV order.
+PREDICTION_FIELDS = ("line", "probability", "class", "model_version")
+SIGNATURE = "serving_examples"
+SIGNATURE_INPUT = "examples"
+DEFAULT_BATCH_SIZE = 256
+# How many rejected lines an error message quotes.
+_EXAMPLES_IN_MESSAGE = 3
+_EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPredictResult:
+    input_path: str
+    model_dir: str
+    model_version: int
+    rows_read: int  # data rows in the CSV (header and blank lines excluded)
+    rows_scored: int
+    rows_rejected: int
+    rejected_by_reason: dict[str, int]
+    positive_rate: float | None  # share of scored rows predicted class 1
+    mean_probability: float | None
+    output_dir: str
+    output_format: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringPlan:
+    """The checked input: header columns and line-aligned byte ranges (see beam_jobs.ingest)."""
+
+    csv_path: str
+    columns: tuple[str, ...]
+    chunks: tuple[CsvChunk, ...]
+    data_rows: int
+
+
+# --- Checking the input before the pipeline ---
+
+
+def plan_scoring(csv_path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ScoringPlan:
+    """Checks the header and cuts the file into line-aligned byte ranges for parallel reading.
+
+    Unlike ingest, the label column is not required: a day of trips to score has no tips yet.
+    """
+    path = str(csv_path)
+    if not FileSystems.exists(path):
+        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(SERVING_COLUMNS)})")
+    chunks: list[CsvChunk] = []
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        header_bytes = handle.readline()
+        columns = _parse_header(path, header_bytes)
+        offset = chunk_start = len(header_bytes)
+        line_no, chunk_first_line, data_rows = 1, 2, 0
+        for raw in handle:
+            line_no += 1
+            offset += len(raw)
+            if raw.strip():
+                data_rows += 1
+            if offset - chunk_start >= chunk_bytes:
+                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                chunk_start, chunk_first_line = offset, line_no + 1
+        if offset > chunk_start:
+            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+    if data_rows == 0:
+        raise DataError(f"{path}: has a header but no data rows to score")
+    return ScoringPlan(path, columns, tuple(chunks), data_rows)
+
+
+def _parse_header(path: str, header_bytes: bytes) -> tuple[str, ...]:
+    if not header_bytes.strip():
+        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(SERVING_COLUMNS)})")
+    try:
+        header_text = header_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: the header row is not UTF-8 text ({err})") from None
+    columns = tuple(name.strip() for name in next(csv.reader([header_text.rstrip("\r\n")])))
+    duplicated = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{path}: the header names these columns more than once: {', '.join(duplicated)}")
+    missing = [name for name in SERVING_COLUMNS if name not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: the header is missing {len(missing)} column(s) the model needs: {', '.join(missing)} "
+            f"(found: {', '.join(columns)})"
+        )
+    return columns
+
+
+# --- Pipeline parts ---
+
+
+class ParseScoringLineFn(beam.DoFn):
+    """(line number, raw bytes) -> (line number, row of serving features); bad lines to 'rejected'."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self._columns = tuple(columns)
+        self._index = {name: self._columns.index(name) for name in SERVING_COLUMNS}
+
+    def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
+        line_no, raw = element
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield _rejected(line_no, REASON_INVALID_ENCODING, None, f"byte {err.start} is not UTF-8",
+                            raw.decode("utf-8", errors="replace"), None)
+            return
+        try:
+            fields = next(csv.reader([text]))
+        except csv.Error as err:
+            yield _rejected(line_no, REASON_MALFORMED_CSV, None, f"not a CSV row: {err}", text, None)
+            return
+        if len(fields) != len(self._columns):
+            yield _rejected(line_no, REASON_WRONG_FIELD_COUNT, None,
+                            f"expected {len(self._columns)} fields as in the header, got {len(fields)}", text, None)
+            return
+        cells = {name: fields[self._index[name]] for name in SERVING_COLUMNS}
+        row: dict[str, Any] = {}
+        bad: list[tuple[str, str]] = []
+        for feature in SERVING_FEATURES:
+            try:
+                row[feature.name] = parse_value(feature, cells[feature.name])
+            except ValueError:
+                bad.append((feature.name, f"{feature.name}={cells[feature.name]!r}: expected {_EXPECTED_BY_KIND[feature.kind]}"))
+        if bad:
+            yield _rejected(line_no, REASON_UNPARSEABLE_VALUE, bad[0][0], "; ".join(detail for _, detail in bad), text, cells)
+            return
+        yield line_no, row
+
+
+def _rejected(line_no: int, reason: str, feature: str | None, detail: str, text: str,
+              cells: Mapping[str, str] | None) -> beam.pvalue.TaggedOutput:
+    record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text,
+              "row": dict(cells) if cells is not None else None}
+    return beam.pvalue.TaggedOutput(ParseScoringLineFn.REJECTED, record)
+
+
+class ExampleSignatureModelHandler(ModelHandler[bytes, PredictionResult, Any]):
+    """RunInference handler for a SavedModel's `serving_examples` signature.
+
+    Why not Beam's TFModelHandlerTensor: it calls the model object itself, while this project's
+    SavedModels are called through named signatures that take serialized tf.Examples and return
+    a dict (`probability`, `class`). Each batch is one signature call.
+    """
+
+    def __init__(self, model_dir: str, model_version: int, *, min_batch_size: int = 1,
+                 max_batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        super().__init__()
+        self._model_dir = model_dir
+        self._model_version = model_version
+        self._batch_kwargs = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def load_model(self) -> Any:
+        return load_example_signature(self._model_dir)
+
+    def run_inference(self, batch: Sequence[bytes], model: Any,
+                      inference_args: Mapping[str, Any] | None = None) -> Iterable[PredictionResult]:
+        import tensorflow as tf
+
+        outputs = model.signatures[SIGNATURE](**{SIGNATURE_INPUT: tf.constant(list(batch), dtype=tf.string)})
+        probabilities = outputs["probability"].numpy().reshape(-1)
+        classes = outputs["class"].numpy().reshape(-1)
+        if len(probabilities) != len(batch) or len(classes) != len(batch):
+            raise RuntimeError(
+                f"{self._model_dir}: signature {SIGNATURE} returned {len(probabilities)} probabilities and "
+                f"{len(classes)} classes for {len(batch)} examples; it must return one of each per example"
+            )
+        model_id = str(self._model_version)
+        return [
+            PredictionResult(example, {"probability": float(p), "class": int(c)}, model_id)
+            for example, p, c in zip(batch, probabilities, classes)
+        ]
+
+    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+        return sum(len(example) for example in batch)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return self._batch_kwargs
+
+    def get_metrics_namespace(self) -> str:
+        return "BatchPredict"
+
+
+def load_example_signature(model_dir: str) -> Any:
+    """Loads the SavedModel and checks it has the example signature this job calls."""
+    import tensorflow as tf
+
+    if not Path(model_dir, "saved_model.pb").is_file():
+        raise DataError(f"{model_dir}: not a SavedModel directory (no saved_model.pb)")
+    model = tf.saved_model.load(model_dir)
+    signatures = dict(model.signatures)
+    if SIGNATURE not in signatures:
+        raise DataError(f"{model_dir}: the SavedModel has no {SIGNATURE!r} signature (it has {sorted(signatures)})")
+    inputs = signatures[SIGNATURE].structured_input_signature[1]
+    if SIGNATURE_INPUT not in inputs:
+        raise DataError(f"{model_dir}: signature {SIGNATURE!r} takes {sorted(inputs)}, expected an input {SIGNATURE_INPUT!r}")
+    return model
+
+
+def _to_keyed_example(line_no: int, row: Mapping[str, Any]) -> tuple[int, bytes]:
+    return line_no, serialize_row(row)
+
+
+def _to_prediction(keyed: tuple[int, PredictionResult], model_version: int) -> dict[str, Any]:
+    line_no, result = keyed
+    probability = result.inference["probability"]
+    return {
+        "line": line_no,
+        # NaN is not JSON; a model that gives none is recorded as null rather than a made-up number.
+        "probability": probability if math.isfinite(probability) else None,
+        "class": result.inference["class"],
+        "model_version": model_version,
+    }
+
+
+def _to_csv_line(record: Mapping[str, Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(["" if record[k] is None else record[k] for k in PREDICTION_FIELDS])
+    return buffer.getvalue()
+
+
+class WritePredictions(beam.PTransform):
+    """Prediction records -> JSON Lines or CSV (with a header) files under `prefix`."""
+
+    def __init__(self, prefix: str, output_format: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._format = output_format
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.PDone:
+        if self._format == "csv":
+            return (
+                records
+                | "ToCsv" >> beam.Map(_to_csv_line)
+                | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=".csv", header=",".join(PREDICTION_FIELDS))
+            )
+        return records | "WriteJsonl" >> WriteJsonLines(self._prefix)
+
+
+class SummarizeScoringFn(beam.CombineFn):
+    """Counts of scored and rejected rows, the positive rate and mean probability, rejection examples."""
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return {"read": 0, "scored": 0, "positives": 0, "probability_sum": 0.0, "probabilities": 0, "reasons": {},
+                "examples": []}
+
+    def add_input(self, acc: dict[str, Any], fact: tuple) -> dict[str, Any]:
+        if fact[0] == "read":
+            acc["read"] += fact[1]
+        elif fact[0] == "scored":
+            _, predicted_class, probability = fact
+            acc["scored"] += 1
+            acc["positives"] += int(predicted_class == 1)
+            if probability is not None:
+                acc["probability_sum"] += probability
+                acc["probabilities"] += 1
+        else:
+            _, reason, line_no, detail = fact
+            acc["reasons"][reason] = acc["reasons"].get(reason, 0) + 1
+            acc["examples"] = _first_examples(acc["examples"] + [[line_no, detail]])
+        return acc
+
+    def merge_accumulators(self, accumulators: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            for key in ("read", "scored", "positives", "probability_sum", "probabilities"):
+                merged[key] += acc[key]
+            for reason, count in acc["reasons"].items():
+                merged["reasons"][reason] = merged["reasons"].get(reason, 0) + count
+            merged["examples"] = _first_examples(merged["examples"] + acc["examples"])
+        return merged
+
+    def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
+        return acc
+
+
+def _first_examples(examples: list[list[Any]]) -> list[list[Any]]:
+    """The rejections with the smallest line numbers: deterministic whatever the bundle order."""
+    return sorted(examples, key=lambda example: example[0])[:_EXAMPLES_IN_MESSAGE]
+
+
+def _scored_fact(record: Mapping[str, Any]) -> tuple:
+    return ("scored", record["class"], record["probability"])
+
+
+def _rejected_fact(record: Mapping[str, Any]) -> tuple:
+    return ("rejected", record["reason"], record["line"], record["detail"])
+
+
+def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_version: int, output_dir: str,
+          output_format: str = "jsonl", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    """Composes ReadCsv -> ParseRows -> ToExamples -> Score (RunInference) -> WritePredictions.
+
+    Writes below output_dir: predictions/, rejected/ and summary.json (the run's counts).
+    """
+    output = Path(output_dir)
+    read = pipeline | "ReadCsv" >> ReadCsvLines(plan.csv_path, plan.chunks)
+    parsed = read.lines | "ParseRows" >> beam.ParDo(ParseScoringLineFn(plan.columns)).with_outputs(
+        ParseScoringLineFn.REJECTED, main="rows")
+    handler = KeyedModelHandler(ExampleSignatureModelHandler(model_dir, model_version, max_batch_size=batch_size))
+    predictions = (
+        parsed.rows
+        | "ToExamples" >> beam.MapTuple(_to_keyed_example)
+        | "Score" >> RunInference(handler)
+        | "ToRecords" >> beam.Map(_to_prediction, model_version)
+    )
+    _ = predictions | "WritePredictions" >> WritePredictions(str(output / PREDICTIONS_DIR / "predictions"), output_format)
+    rejected = parsed[ParseScoringLineFn.REJECTED]
+    _ = rejected | "WriteRejected" >> WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
+    _ = (
+        (
+            read[ReadChunkLinesFn.FACTS],  # ("read", lines) per byte range, counted before parsing
+            predictions | "ScoredFacts" >> beam.Map(_scored_fact),
+            rejected | "RejectedFacts" >> beam.Map(_rejected_fact),
+        )
+        | "GatherFacts" >> beam.Flatten()
+        | "Summarize" >> beam.CombineGlobally(SummarizeScoringFn())
+        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+    )
+
+
+# --- The job as a function ---
+
+
+def model_version_of(model_dir: Path) -> int:
+    """TF Serving's layout names a version directory by its integer version."""
+    name = Path(model_dir).resolve().name
+    if not name.isdigit():
+        raise DataError(
+            f"{model_dir}: cannot tell the model version from the directory name {name!r}; "
+            "pass --model_version (TF Serving version directories are named by integer version)"
+        )
+    return int(name)
+
+
+def batch_predict(
+    csv_path: Path,
+    model_dir: Path,
+    output_dir: Path,
+    *,
+    model_version: int | None = None,
+    output_format: str = "jsonl",
+    max_rejected_fraction: float = 0.01,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    beam_args: Sequence[str] = (),
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> BatchPredictResult:
+    """Scores every data row of `csv_path` with the SavedModel in `model_dir`; see the module docstring.
+
+    Raises DataError before Beam starts for a missing/empty CSV, missing columns or a model without
+    the example signature; and after the run when more than `max_rejected_fraction` of the rows
+    could not be parsed (the rejected rows are still written to output_dir/rejected/ as evidence,
+    the predictions are not published).
+    """
+    if output_format not in FORMATS:
+        raise ValueError(f"output_format must be one of {FORMATS}, got {output_format!r}")
+    if not 0.0 <= max_rejected_fraction <= 1.0:
+        raise ValueError(f"max_rejected_fraction must be in [0, 1], got {max_rejected_fraction}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model_dir = Path(model_dir).resolve()
+    version = model_version_of(model_dir) if model_version is None else int(model_version)
+    output_dir = Path(output_dir)
+    _options.refuse_existing_outputs(output_dir, (PREDICTIONS_DIR, REJECTED_DIR, RESULT_FILE))
+    plan = plan_scoring(Path(csv_path), chunk_bytes=chunk_bytes)
+    load_example_signature(str(model_dir))  # a wrong model fails here, not inside a worker
+    staging = _options.make_staging_dir(output_dir, "batch_predict")
+    try:
+        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, plan, model_dir=str(model_dir), model_version=version, output_dir=str(staging),
+                  output_format=output_format, batch_size=batch_size)
+        summary = _options.read_summary(staging / SUMMARY_FILE)
+        result = _result(plan, summary, model_dir, version, output_dir, output_format)
+        if not result.rows_scored + result.rows_rejected == summary["read"] == plan.data_rows:
+            raise RuntimeError(
+                f"batch_predict lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the file, "
+                f"{summary['read']} read, {result.rows_scored} scored + {result.rows_rejected} rejected"
+            )
+        if result.rows_rejected > max_rejected_fraction * result.rows_read:
+            _options.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
+            examples = "; ".join(f"line {line}: {detail}" for line, detail in summary["examples"])
+            raise DataError(
+                f"{plan.csv_path}: {result.rows_rejected} of {result.rows_read} rows "
+                f"({result.rows_rejected / result.rows_read:.2%}) cannot be scored, more than the allowed "
+                f"{max_rejected_fraction:.2%} ({result.rejected_by_reason}), e.g. {examples}. "
+                f"Every rejected line, with its reason, is in {output_dir / REJECTED_DIR}/"
+            )
+        _options.promote(staging, output_dir, (PREDICTIONS_DIR, REJECTED_DIR))
+        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+    finally:
+        _options.discard(staging)
+    _LOG.info("batch_predict %s with %s (version %d): %s", plan.csv_path, model_dir, version, dataclasses.asdict(result))
+    return result
+
+
+def _result(plan: ScoringPlan, summary: Mapping[str, Any], model_dir: Path, version: int, output_dir: Path,
+            output_format: str) -> BatchPredictResult:
+    scored = summary["scored"]
+    return BatchPredictResult(
+        input_path=plan.csv_path,
+        model_dir=str(model_dir),
+        model_version=version,
+        rows_read=plan.data_rows,
+        rows_scored=scored,
+        rows_rejected=sum(summary["reasons"].values()),
+        rejected_by_reason=dict(summary["reasons"]),
+        positive_rate=summary["positives"] / scored if scored else None,
+        mean_probability=summary["probability_sum"] / summary["probabilities"] if summary["probabilities"] else None,
+        output_dir=str(output_dir),
+        output_format=output_format,
+    )
+
+
+def read_predictions(output_dir: Path) -> list[dict[str, Any]]:
+    """All prediction records of a finished run, sorted by line number (for tests and small outputs)."""
+    records: list[dict[str, Any]] = []
+    for path in sorted((Path(output_dir) / PREDICTIONS_DIR).glob("predictions-*")):
+        if path.suffix == ".jsonl":
+            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        elif path.suffix == ".csv":
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    records.append({
+                        "line": int(row["line"]),
+                        "probability": float(row["probability"]) if row["probability"] else None,
+                        "class": int(row["class"]),
+                        "model_version": int(row["model_version"]),
+                    })
+    return sorted(records, key=lambda record: record["line"])
+
+
+# --- The Beam program ---
+
+
+class BatchPredictOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        _options.add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to score.")
+        _options.add_job_argument(parser, "--output", type=str, default=None,
+                                  help="The output directory (must not hold an earlier run's outputs).")
+        _options.add_job_argument(parser, "--model_dir", type=str, default=None,
+                                  help="The SavedModel version directory, e.g. var/serving/models/taxi/3.")
+        _options.add_job_argument(parser, "--model_version", type=int, default=None,
+                                  help="The model version to record (default: the model directory's name).")
+        _options.add_job_argument(parser, "--format", type=str, default="jsonl", help="jsonl or csv.")
+        _options.add_job_argument(parser, "--max_rejected_fraction", type=float, default=0.01,
+                                  help="Fail when more than this share of the rows cannot be parsed.")
+        _options.add_job_argument(parser, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+                                  help="Largest batch of examples per model call.")
+
+
+def run(argv: Sequence[str] | None = None) -> BatchPredictResult:
+    """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(args).view_as(BatchPredictOptions)
+    _options.require_flags("beam_jobs.batch_predict", {
+        "--input": options.input, "--output": options.output, "--model_dir": options.model_dir})
+    return batch_predict(
+        Path(options.input),
+        Path(options.model_dir),
+        Path(options.output),
+        model_version=options.model_version,
+        output_format=options.format,
+        max_rejected_fraction=options.max_rejected_fraction,
+        batch_size=options.batch_size,
+        beam_args=args,
+    )
+
+
+def main() -> None:
+    _options.configure_cli_logging()
+    try:
+        result = run()
+    except MlopsError as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    # Import by package name so DoFns pickle as beam_jobs.batch_predict.*, importable in worker processes.
+    from beam_jobs import batch_predict
+
+    batch_predict.main()

@@ -1,0 +1,527 @@
+"""Clean: raw tf.Example splits -> cleaned splits plus every rejected row with its reason.
+
+    python -m beam_jobs.clean --input /tmp/ingest/examples --output /tmp/clean --runner=DirectRunner \
+        --direct_num_workers=2 --direct_running_mode=multi_processing
+
+Per split, four named steps run in order, each sending the rows it refuses to a `rejected` output:
+`ParseExamples` (undecodable records or features of the wrong kind -> `unparseable`),
+`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept), `ApplyMissingValuePolicy`
+(a `required` feature missing -> `missing_required`) and `CheckValueRanges` (values outside
+`valid_min/valid_max`, handled by each feature's `on_invalid`: REJECT -> `out_of_range`, CLIP ->
+clipped and counted, NULL -> made missing and counted). The rules all come from
+transforms/features.py. Every row read ends up kept or rejected; the job checks that at the end.
+
+Writes `cleaned/Split-<split>/data-*.tfrecord.gz`, `rejected/Split-<split>/rejected-*.jsonl` and
+`clean_result.json`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from google.protobuf.message import DecodeError
+
+from beam_jobs import _options
+from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern, split_prefix
+from beam_jobs.ingest import WriteExamples, WriteJsonLines
+from mlops.errors import DataError, MlopsError
+from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, Feature, Kind, OnInvalid
+
+_LOG = logging.getLogger(__name__)
+
+CLEANED_DIR = "cleaned"
+REJECTED_DIR = "rejected"
+RESULT_FILE = "clean_result.json"
+SUMMARY_FILE = "summary.json"
+
+# Rejection reasons (the "reason" field of rejected-*.jsonl).
+REASON_UNPARSEABLE = "unparseable"
+REASON_DUPLICATE = "duplicate"
+REASON_MISSING_REQUIRED = "missing_required"
+REASON_OUT_OF_RANGE = "out_of_range"
+
+CLIPPED = "clipped"
+NULLED = "nulled"
+
+_REJECTED = "rejected"
+_ADJUSTED = "adjusted"
+_STORED_LIST = {Kind.FLOAT: "float_list", Kind.INT: "int64_list", Kind.STRING: "bytes_list"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanResult:
+    rows_in: dict[str, int]  # per split
+    rows_kept: dict[str, int]
+    rows_rejected: dict[str, int]
+    rejected_by_reason: dict[str, int]  # reason code -> count, all splits
+    values_clipped: dict[str, int]  # per feature, in kept rows
+    values_nulled: dict[str, int]
+
+
+class StageOutput(NamedTuple):
+    kept: beam.PCollection
+    rejected: beam.PCollection
+
+
+class CleanOutput(NamedTuple):
+    kept: beam.PCollection
+    rejected: beam.PCollection  # all four steps' rejections
+    adjusted: beam.PCollection  # (CLIPPED | NULLED, feature name), one per changed value
+
+
+# --- How rejected rows read ---
+
+
+def readable(value: Any) -> Any:
+    """Floats come back from float32 as 12.449999809265137; 6 significant digits read like the source."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else value
+    return value
+
+
+def _readable_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: readable(value) for name, value in row.items()}
+
+
+def _show(feature: Feature, value: Any) -> str:
+    if feature.kind is Kind.FLOAT:
+        return repr(readable(float(value)))
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def rejection(reason: str, feature: str | None, detail: str, row: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    """One line of rejected-*.jsonl (docs/ARCHITECTURE.md, "On-disk formats")."""
+    record = {"reason": reason, "feature": feature, "detail": detail,
+              "row": None if row is None else _readable_row(row)}
+    record.update(extra)
+    return record
+
+
+# --- ParseExamples ---
+
+
+class _Undecodable(Exception):
+    def __init__(self, feature: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.feature = feature
+        self.detail = detail
+
+
+def decode_strict(serialized: bytes) -> dict[str, Any]:
+    """Decodes a raw Example into a row, refusing anything the raw format does not allow.
+
+    Unlike example_codec.example_to_row (lenient, for reading trusted output), this rejects unknown
+    features, a feature stored as the wrong kind, more than one value, non-finite floats and
+    non-UTF-8 text, so that no such value silently reaches training.
+    """
+    try:
+        example = tf.train.Example.FromString(serialized)
+    except DecodeError as err:
+        raise _Undecodable(None, f"not a serialized tf.train.Example ({len(serialized)} bytes): {err}") from None
+    stored = example.features.feature
+    unknown = sorted(name for name in stored if name not in FEATURES_BY_NAME)
+    if unknown:
+        raise _Undecodable(unknown[0], f"unknown feature(s) {', '.join(unknown)} (not in transforms/features.py)")
+    row: dict[str, Any] = {}
+    for feature in RAW_FEATURES:
+        if feature.name not in stored:
+            row[feature.name] = None
+            continue
+        kind = stored[feature.name].WhichOneof("kind")
+        expected = _STORED_LIST[feature.kind]
+        if kind is None:
+            row[feature.name] = None
+            continue
+        if kind != expected:
+            raise _Undecodable(feature.name, f"{feature.name} is stored as {kind}, expected {expected}")
+        values = list(getattr(stored[feature.name], kind).value)
+        if len(values) > 1:
+            raise _Undecodable(feature.name, f"{feature.name} has {len(values)} values, expected at most 1")
+        value = values[0] if values else None
+        if feature.kind is Kind.FLOAT and value is not None and not math.isfinite(value):
+            raise _Undecodable(feature.name, f"{feature.name}={value} is not a finite number")
+        if feature.kind is Kind.STRING and value is not None:
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Undecodable(feature.name, f"{feature.name} is not UTF-8 text: {value[:40]!r}") from None
+        row[feature.name] = value
+    return row
+
+
+class ParseExamplesFn(beam.DoFn):
+    def process(self, serialized: bytes) -> Iterator[Any]:
+        try:
+            yield decode_strict(serialized)
+        except _Undecodable as err:
+            Metrics.counter("clean", f"rejected_{REASON_UNPARSEABLE}").inc()
+            yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
+                REASON_UNPARSEABLE, err.feature, err.detail, None,
+                record_base64=base64.b64encode(serialized).decode("ascii")))
+
+
+class ParseExamples(beam.PTransform):
+    """Serialized tf.Examples -> rows (every raw column present, None = missing)."""
+
+    def expand(self, records: beam.PCollection) -> StageOutput:
+        outputs = records | "Decode" >> beam.ParDo(ParseExamplesFn()).with_outputs(_REJECTED, main="kept")
+        return StageOutput(outputs.kept, outputs[_REJECTED])
+
+
+# --- DropDuplicates ---
+
+
+def _key_by_content(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return canonical_row(row), row
+
+
+class KeepOneCopyFn(beam.DoFn):
+    """Keeps the first row of a group of identical rows; the copies are rejected.
+
+    The group's rows are equal value for value, so which copy is kept cannot change the output:
+    the choice is deterministic by construction.
+    """
+
+    def process(self, keyed: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
+        _, rows = keyed
+        rows = list(rows)
+        yield rows[0]
+        for copy in rows[1:]:
+            Metrics.counter("clean", f"rejected_{REASON_DUPLICATE}").inc()
+            yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
+                REASON_DUPLICATE, None, f"exact duplicate: {len(rows)} identical rows in this split, 1 kept", copy))
+
+
+class DropDuplicates(beam.PTransform):
+    """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`."""
+
+    def expand(self, rows: beam.PCollection) -> StageOutput:
+        outputs = (
+            rows
+            | "KeyByContent" >> beam.Map(_key_by_content)
+            | "GroupByContent" >> beam.GroupByKey()
+            | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn()).with_outputs(_REJECTED, main="kept")
+        )
+        return StageOutput(outputs.kept, outputs[_REJECTED])
+
+
+# --- ApplyMissingValuePolicy ---
+
+
+class MissingValuePolicyFn(beam.DoFn):
+    def __init__(self, features: Sequence[Feature]) -> None:
+        self._required = tuple(feature.name for feature in features if feature.required)
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        missing = [name for name in self._required if row.get(name) is None]
+        if not missing:
+            yield row
+            return
+        Metrics.counter("clean", f"rejected_{REASON_MISSING_REQUIRED}").inc()
+        yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
+            REASON_MISSING_REQUIRED, missing[0], f"missing required feature(s): {', '.join(missing)}", row))
+
+
+class ApplyMissingValuePolicy(beam.PTransform):
+    """Rows missing a `required=True` feature -> rejected as `missing_required`; others pass unchanged."""
+
+    def __init__(self, features: Sequence[Feature] = RAW_FEATURES) -> None:
+        super().__init__()
+        self._features = tuple(features)
+
+    def expand(self, rows: beam.PCollection) -> StageOutput:
+        outputs = rows | "RejectMissingRequired" >> beam.ParDo(
+            MissingValuePolicyFn(self._features)).with_outputs(_REJECTED, main="kept")
+        return StageOutput(outputs.kept, outputs[_REJECTED])
+
+
+# --- CheckValueRanges ---
+
+
+def _range_problem(feature: Feature, value: Any) -> str | None:
+    if feature.valid_min is not None and value < feature.valid_min:
+        return f"{feature.name}={_show(feature, value)} below minimum {_show(feature, feature.valid_min)}"
+    if feature.valid_max is not None and value > feature.valid_max:
+        return f"{feature.name}={_show(feature, value)} above maximum {_show(feature, feature.valid_max)}"
+    return None
+
+
+def _clipped(feature: Feature, value: Any) -> Any:
+    low = feature.valid_min if feature.valid_min is not None else value
+    high = feature.valid_max if feature.valid_max is not None else value
+    bounded = min(max(value, low), high)
+    return int(bounded) if feature.kind is Kind.INT else float(bounded)
+
+
+class ValueRangeFn(beam.DoFn):
+    """Applies each feature's on_invalid policy to values outside its valid range.
+
+    A row with any REJECT violation is rejected whole and nothing of it is counted as clipped or
+    nulled, so the counters describe exactly the kept data.
+    """
+
+    def __init__(self, features: Sequence[Feature]) -> None:
+        self._checked = tuple(f for f in features
+                              if f.kind is not Kind.STRING and (f.valid_min is not None or f.valid_max is not None))
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        problems = [(feature, problem) for feature in self._checked
+                    if row.get(feature.name) is not None
+                    and (problem := _range_problem(feature, row[feature.name])) is not None]
+        if not problems:
+            yield row
+            return
+        fatal = [(f, p) for f, p in problems if f.on_invalid is OnInvalid.REJECT]
+        # Nulling a required feature would leave a row the missing-value policy refuses.
+        fatal += [(f, f"{p}, and {f.name} is required so it cannot be nulled")
+                  for f, p in problems if f.on_invalid is OnInvalid.NULL and f.required]
+        if fatal:
+            Metrics.counter("clean", f"rejected_{REASON_OUT_OF_RANGE}").inc()
+            yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
+                REASON_OUT_OF_RANGE, fatal[0][0].name, "; ".join(p for _, p in fatal), row))
+            return
+        cleaned = dict(row)
+        for feature, _ in problems:
+            if feature.on_invalid is OnInvalid.CLIP:
+                cleaned[feature.name] = _clipped(feature, row[feature.name])
+                adjustment = CLIPPED
+            else:
+                cleaned[feature.name] = None
+                adjustment = NULLED
+            Metrics.counter("clean", f"{adjustment}_{feature.name}").inc()
+            yield beam.pvalue.TaggedOutput(_ADJUSTED, (adjustment, feature.name))
+        yield cleaned
+
+
+class CheckValueRanges(beam.PTransform):
+    """Values outside [valid_min, valid_max]: REJECT -> `out_of_range`, CLIP -> clipped, NULL -> missing."""
+
+    def __init__(self, features: Sequence[Feature] = RAW_FEATURES) -> None:
+        super().__init__()
+        self._features = tuple(features)
+
+    def expand(self, rows: beam.PCollection) -> CleanOutput:
+        outputs = rows | "ApplyRangePolicy" >> beam.ParDo(
+            ValueRangeFn(self._features)).with_outputs(_REJECTED, _ADJUSTED, main="kept")
+        return CleanOutput(outputs.kept, outputs[_REJECTED], outputs[_ADJUSTED])
+
+
+# --- The whole cleaning of one split ---
+
+
+class CleanSplit(beam.PTransform):
+    """Serialized raw Examples -> kept rows, rejected records and value adjustments."""
+
+    def __init__(self, features: Sequence[Feature] = RAW_FEATURES) -> None:
+        super().__init__()
+        self._features = tuple(features)
+
+    def expand(self, records: beam.PCollection) -> CleanOutput:
+        parsed = records | "ParseExamples" >> ParseExamples()
+        unique = parsed.kept | "DropDuplicates" >> DropDuplicates()
+        complete = unique.kept | "ApplyMissingValuePolicy" >> ApplyMissingValuePolicy(self._features)
+        in_range = complete.kept | "CheckValueRanges" >> CheckValueRanges(self._features)
+        rejected = (
+            (parsed.rejected, unique.rejected, complete.rejected, in_range.rejected)
+            | "GatherRejected" >> beam.Flatten()
+        )
+        return CleanOutput(in_range.kept, rejected, in_range.adjusted)
+
+
+# Facts of a run, counted by CountFactsFn: ("in"|"kept", split), ("rejected", split, reason),
+# ("clipped"|"nulled", feature). Plain module functions: Beam infers type hints from signatures.
+def _in_fact(record: bytes, split: str) -> tuple[str, str]:
+    return ("in", split)
+
+
+def _kept_fact(row: dict[str, Any], split: str) -> tuple[str, str]:
+    return ("kept", split)
+
+
+def _rejected_fact(record: dict[str, Any], split: str) -> tuple[str, str, str]:
+    return ("rejected", split, record["reason"])
+
+
+class CountFactsFn(beam.CombineFn):
+    """Counts equal facts; the output, [[*fact, count], ...], is the run summary.
+
+    One combine over all facts instead of a Count per split and outcome: each Count is a shuffle
+    stage of its own, and stages, not rows, dominate the run time of a small job.
+    """
+
+    def create_accumulator(self) -> dict[tuple, int]:
+        return {}
+
+    def add_input(self, counts: dict[tuple, int], fact: tuple) -> dict[tuple, int]:
+        counts[fact] = counts.get(fact, 0) + 1
+        return counts
+
+    def merge_accumulators(self, accumulators: Iterable[dict[tuple, int]]) -> dict[tuple, int]:
+        merged: dict[tuple, int] = {}
+        for counts in accumulators:
+            for fact, count in counts.items():
+                merged[fact] = merged.get(fact, 0) + count
+        return merged
+
+    def extract_output(self, counts: dict[tuple, int]) -> list[list[Any]]:
+        return sorted([*fact, count] for fact, count in counts.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanPlan:
+    examples_dir: str
+    output_dir: str  # where the pipeline writes (a staging folder when run through clean_examples)
+    splits: tuple[str, ...]
+
+
+def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = RAW_FEATURES) -> None:
+    """Per split: ReadSplit -> CleanSplit (the four steps) -> WriteCleaned / WriteRejected; plus SUMMARY_FILE."""
+    output = Path(plan.output_dir)
+    facts = []
+    for split in plan.splits:
+        records = pipeline | f"ReadSplit[{split}]" >> beam.io.ReadFromTFRecord(
+            split_pattern(plan.examples_dir, split), compression_type=CompressionTypes.GZIP)
+        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features)
+        _ = cleaned.kept | f"WriteCleaned[{split}]" >> WriteExamples(split_prefix(output / CLEANED_DIR, split))
+        _ = cleaned.rejected | f"WriteRejected[{split}]" >> WriteJsonLines(
+            str(split_dir(output / REJECTED_DIR, split) / "rejected"))
+        facts += [
+            records | f"InFact[{split}]" >> beam.Map(_in_fact, split),
+            cleaned.kept | f"KeptFact[{split}]" >> beam.Map(_kept_fact, split),
+            cleaned.rejected | f"RejectedFact[{split}]" >> beam.Map(_rejected_fact, split),
+            cleaned.adjusted,
+        ]
+    _ = (
+        facts
+        | "GatherFacts" >> beam.Flatten()
+        | "Summarize" >> beam.CombineGlobally(CountFactsFn())
+        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+    )
+
+
+# --- The step function ---
+
+
+def clean_examples(
+    examples_dir: Path,
+    output_dir: Path,
+    *,
+    splits: Sequence[str] = SPLITS,
+    beam_args: Sequence[str] = (),
+) -> CleanResult:
+    """Cleans each split of examples_dir into output_dir; see the module docstring for the rules.
+
+    Raises DataError when a split has no data files, and RuntimeError if a row were lost between
+    reading and writing (rows_in must equal rows_kept + rows_rejected in every split).
+    """
+    splits = tuple(splits)
+    if not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"splits must be a non-empty list of distinct names, got {list(splits)}")
+    examples_dir, output_dir = Path(examples_dir), Path(output_dir)
+    for split in splits:
+        if not any(split_dir(examples_dir, split).glob(f"data-*{TFRECORD_SUFFIX}")):
+            raise DataError(
+                f"{split_dir(examples_dir, split)}: no files match data-*{TFRECORD_SUFFIX} "
+                f"(expected the raw examples of split {split!r}, as the ingest job writes them)"
+            )
+    _options.refuse_existing_outputs(output_dir, (CLEANED_DIR, REJECTED_DIR, RESULT_FILE))
+    staging = _options.make_staging_dir(output_dir, "clean")
+    try:
+        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits))
+        result = result_from_facts(_options.read_summary(staging / SUMMARY_FILE), splits)
+        check_accounted(result, examples_dir)
+        _options.promote(staging, output_dir, (CLEANED_DIR, REJECTED_DIR))
+        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+    finally:
+        _options.discard(staging)
+    _LOG.info("clean %s: %s", examples_dir, dataclasses.asdict(result))
+    return result
+
+
+def result_from_facts(facts: list[list[Any]], splits: Sequence[str]) -> CleanResult:
+    rows_in = {split: 0 for split in splits}
+    rows_kept = {split: 0 for split in splits}
+    rows_rejected = {split: 0 for split in splits}
+    by_reason: dict[str, int] = {}
+    adjusted: dict[str, dict[str, int]] = {CLIPPED: {}, NULLED: {}}
+    for fact in facts:
+        kind = fact[0]
+        if kind == "in":
+            rows_in[fact[1]] += fact[2]
+        elif kind == "kept":
+            rows_kept[fact[1]] += fact[2]
+        elif kind == "rejected":
+            _, split, reason, count = fact
+            rows_rejected[split] += count
+            by_reason[reason] = by_reason.get(reason, 0) + count
+        elif kind in adjusted:
+            _, feature, count = fact
+            adjusted[kind][feature] = adjusted[kind].get(feature, 0) + count
+        else:
+            raise RuntimeError(f"unknown clean summary fact {fact!r}")
+
+    def in_feature_order(counts: dict[str, int]) -> dict[str, int]:
+        return {name: counts[name] for name in RAW_COLUMNS if name in counts}
+
+    return CleanResult(rows_in, rows_kept, rows_rejected, dict(sorted(by_reason.items())),
+                       in_feature_order(adjusted[CLIPPED]), in_feature_order(adjusted[NULLED]))
+
+
+def check_accounted(result: CleanResult, examples_dir: Path) -> None:
+    """Every row read is kept or rejected, never dropped: the promise the rejected output makes."""
+    lost = {split: (result.rows_in[split], result.rows_kept[split], result.rows_rejected[split])
+            for split in result.rows_in
+            if result.rows_in[split] != result.rows_kept[split] + result.rows_rejected[split]}
+    if lost:
+        raise RuntimeError(f"clean lost track of rows from {examples_dir}: (in, kept, rejected) per split {lost}")
+
+
+# --- The Beam program ---
+
+
+class CleanOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        _options.add_job_argument(parser, "--input", type=str, default=None,
+                                  help="Directory holding Split-<split>/data-*.tfrecord.gz.")
+        _options.add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
+        _options.add_job_argument(parser, "--splits", type=str, default=",".join(SPLITS),
+                                  help="Comma-separated splits to clean.")
+
+
+def run(argv: Sequence[str] | None = None) -> CleanResult:
+    """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(args).view_as(CleanOptions)
+    _options.require_flags("beam_jobs.clean", {"--input": options.input, "--output": options.output})
+    splits = [split.strip() for split in options.splits.split(",") if split.strip()]
+    return clean_examples(Path(options.input), Path(options.output), splits=splits, beam_args=args)
+
+
+def main() -> None:
+    _options.configure_cli_logging()
+    try:
+        result = run()
+    except MlopsError as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    # Import by package name so DoFns pickle as beam_jobs.clean.*, importable in worker processes.
+    from beam_jobs import clean
+
+    clean.main()

@@ -1,0 +1,622 @@
+"""Ingest: a taxi CSV -> gzip TFRecords of tf.Example, a time window, a deterministic train/eval split.
+
+    python -m beam_jobs.ingest --input data/taxi/data.csv --output /tmp/ingest \
+        --start 2013-01-01 --end 2015-01-01 --runner=DirectRunner \
+        --direct_num_workers=2 --direct_running_mode=multi_processing
+
+Writes `examples/Split-<split>/data-*.tfrecord.gz`, `rejected/rejected-*.jsonl` (one JSON object per
+rejected line, with its 1-based line number and raw text) and `ingest_result.json`.
+
+How lines are read (and why not ReadFromText): rejected rows must carry their line number so a user
+can open the file at that line, and ReadFromText does not give line numbers. Before the pipeline
+starts, one sequential pass over the file checks the header and cuts the file into byte ranges that
+start on line boundaries, each with the number of its first line. The pipeline `Create`s those
+ranges, reshuffles them across workers, and each worker seeks to its range through Beam's
+FileSystems and numbers the lines itself. That stays correct on any runner and parallel for large
+files; the driver holds only the offsets, never the data. The price is that the input must not
+change while the job runs (checked: a range that reads short fails the run) and that a quoted CSV
+field spanning lines is not supported (such a row is rejected as `wrong_field_count`, never merged).
+Blank lines are skipped and not counted as rows; line numbers count them, as an editor does.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import _options
+from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, serialize_row, split_prefix
+from mlops.errors import DataError, MlopsError
+from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind, parse_value
+
+_LOG = logging.getLogger(__name__)
+
+EXAMPLES_DIR = "examples"
+REJECTED_DIR = "rejected"
+RESULT_FILE = "ingest_result.json"
+SUMMARY_FILE = "summary.json"
+# Byte ranges handed to workers: small enough to spread the shipped 1.9 MB file over two workers.
+DEFAULT_CHUNK_BYTES = 256 * 1024
+# How many bad values an error message quotes per column.
+_EXAMPLES_PER_COLUMN = 3
+
+# Rejection reasons (the "reason" field of rejected-*.jsonl).
+REASON_UNPARSEABLE_VALUE = "unparseable_value"
+REASON_MISSING_TIMESTAMP = "missing_timestamp"
+REASON_WRONG_FIELD_COUNT = "wrong_field_count"
+REASON_MALFORMED_CSV = "malformed_csv"
+REASON_INVALID_ENCODING = "invalid_encoding"
+_ROW_LEVEL_REASONS = (REASON_WRONG_FIELD_COUNT, REASON_MALFORMED_CSV, REASON_INVALID_ENCODING)
+
+_EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    rows_read: int  # data rows in the CSV (header and blank lines excluded)
+    rows_in_window: int  # parsed rows whose trip_start_timestamp is in [start, end)
+    rows_outside_window: int
+    rows_unparseable: int  # rejected rows: a value not of its declared kind, no timestamp, broken line
+    split_counts: dict[str, int]  # {"train": n, "eval": m}, sums to rows_in_window
+    unparseable_by_column: dict[str, int]
+
+
+class CsvChunk(NamedTuple):
+    """A byte range of the CSV that starts at a line start and ends after a newline (or at EOF)."""
+
+    start: int
+    end: int
+    first_line: int  # 1-based line number of the range's first line (the header is line 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestPlan:
+    """Everything the pipeline needs, checked before Beam starts."""
+
+    csv_path: str
+    columns: tuple[str, ...]  # the header, in file order
+    chunks: tuple[CsvChunk, ...]
+    data_rows: int  # non-blank lines after the header, counted by the planning pass
+    start_seconds: float
+    end_seconds: float
+    hash_buckets: int
+    eval_buckets: int
+    output_dir: str  # where the pipeline writes (a staging folder when run through ingest_csv)
+
+
+# --- Checking the file before the pipeline ---
+
+
+def plan_ingest(
+    csv_path: Path,
+    output_dir: Path,
+    *,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    hash_buckets: int = 3,
+    eval_buckets: int = 1,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> IngestPlan:
+    """Checks arguments and the CSV header, and cuts the file into line-aligned byte ranges.
+
+    Raises DataError for a missing or empty file, a header without data rows, or missing columns,
+    so a bad file fails in a second instead of after a pipeline start-up.
+    """
+    _check_window(start, end)
+    if not 0 < eval_buckets < hash_buckets:
+        raise ValueError(f"eval_buckets must be in 1..hash_buckets-1, got {eval_buckets} of {hash_buckets}")
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    path = str(csv_path)
+    if not FileSystems.exists(path):
+        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(RAW_COLUMNS)})")
+    chunks: list[CsvChunk] = []
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        header_bytes = handle.readline()
+        columns = _parse_header(path, header_bytes)
+        offset = chunk_start = len(header_bytes)
+        line_no, chunk_first_line, data_rows = 1, 2, 0
+        for raw in handle:
+            line_no += 1
+            offset += len(raw)
+            if raw.strip():
+                data_rows += 1
+            if offset - chunk_start >= chunk_bytes:
+                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                chunk_start, chunk_first_line = offset, line_no + 1
+        if offset > chunk_start:
+            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+    if data_rows == 0:
+        raise DataError(f"{path}: has a header but no data rows")
+    return IngestPlan(
+        csv_path=path,
+        columns=columns,
+        chunks=tuple(chunks),
+        data_rows=data_rows,
+        start_seconds=start.timestamp(),
+        end_seconds=end.timestamp(),
+        hash_buckets=hash_buckets,
+        eval_buckets=eval_buckets,
+        output_dir=str(output_dir),
+    )
+
+
+def _check_window(start: datetime.datetime, end: datetime.datetime) -> None:
+    for name, value in (("start", start), ("end", end)):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+    if not start < end:
+        raise ValueError(f"the window is empty: start {start.isoformat()} is not before end {end.isoformat()}")
+
+
+def _parse_header(path: str, header_bytes: bytes) -> tuple[str, ...]:
+    if not header_bytes.strip():
+        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(RAW_COLUMNS)})")
+    try:
+        header_text = header_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: the header row is not UTF-8 text ({err})") from None
+    columns = tuple(name.strip() for name in next(csv.reader([header_text.rstrip("\r\n")])))
+    duplicated = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{path}: the header names these columns more than once: {', '.join(duplicated)}")
+    missing = [name for name in RAW_COLUMNS if name not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: the header is missing {len(missing)} required column(s): {', '.join(missing)} "
+            f"(found: {', '.join(columns)})"
+        )
+    extra = [name for name in columns if name not in FEATURES_BY_NAME]
+    if extra:
+        _LOG.warning("%s: ignoring column(s) not defined in transforms/features.py: %s", path, ", ".join(extra))
+    return columns
+
+
+# --- Pipeline parts ---
+
+
+class ReadChunkLinesFn(beam.DoFn):
+    """Reads one byte range and yields (line number, raw bytes) for each non-blank line."""
+
+    FACTS = "facts"
+
+    def __init__(self, csv_path: str) -> None:
+        self._csv_path = csv_path
+        self._lines = Metrics.counter("ingest", "lines_read")
+
+    def process(self, chunk: CsvChunk) -> Iterator[Any]:
+        with FileSystems.open(self._csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.seek(chunk.start)
+            data = handle.read(chunk.end - chunk.start)
+        if len(data) != chunk.end - chunk.start:
+            raise RuntimeError(f"{self._csv_path} changed while being read (bytes {chunk.start}..{chunk.end} are gone)")
+        pieces = data.split(b"\n")
+        if pieces and pieces[-1] == b"":
+            pieces.pop()  # the range ends with a newline, not with another line
+        lines_read = 0
+        for index, raw in enumerate(pieces):
+            if raw.strip():
+                lines_read += 1
+                yield chunk.first_line + index, raw.rstrip(b"\r")
+        self._lines.inc(lines_read)
+        # Counted here, independently of parsing, so the summary can prove no line was dropped.
+        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", lines_read))
+
+
+class ReadCsvLines(beam.PTransform):
+    """The CSV's data lines with their 1-based line numbers, read in parallel by byte range."""
+
+    def __init__(self, csv_path: str, chunks: Sequence[CsvChunk]) -> None:
+        super().__init__()
+        self._csv_path = csv_path
+        self._chunks = list(chunks)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        """Main output: (line number, raw bytes); output 'facts': ("read", lines) per byte range."""
+        return (
+            pbegin
+            | "ListByteRanges" >> beam.Create(self._chunks)
+            | "SpreadByteRanges" >> beam.Reshuffle()
+            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path)).with_outputs(
+                ReadChunkLinesFn.FACTS, main="lines")
+        )
+
+
+class ParseCsvLineFn(beam.DoFn):
+    """Parses one line into a row of typed values; anything that does not parse goes to 'rejected'.
+
+    Also emits facts (tag 'facts') for the run summary, so counts and error examples come from
+    the data itself on any runner, not from runner-specific metrics.
+    """
+
+    REJECTED = "rejected"
+    FACTS = "facts"
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self._columns = tuple(columns)
+        self._index = {name: self._columns.index(name) for name in RAW_COLUMNS}
+        self._rejected = Metrics.counter("ingest", "rows_unparseable")
+
+    def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
+        line_no, raw = element
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield from self._reject(line_no, REASON_INVALID_ENCODING, None,
+                                    f"byte {err.start} is not UTF-8", raw.decode("utf-8", errors="replace"), None, ())
+            return
+        try:
+            fields = next(csv.reader([text]))
+        except csv.Error as err:
+            yield from self._reject(line_no, REASON_MALFORMED_CSV, None, f"not a CSV row: {err}", text, None, ())
+            return
+        if len(fields) != len(self._columns):
+            yield from self._reject(line_no, REASON_WRONG_FIELD_COUNT, None,
+                                    f"expected {len(self._columns)} fields as in the header, got {len(fields)}",
+                                    text, None, ())
+            return
+        cells = {name: fields[self._index[name]] for name in RAW_COLUMNS}
+        row: dict[str, Any] = {}
+        bad: list[tuple[str, str, str]] = []  # (column, cell, what was expected)
+        for feature in RAW_FEATURES:
+            try:
+                row[feature.name] = parse_value(feature, cells[feature.name])
+            except ValueError:
+                bad.append((feature.name, cells[feature.name], f"expected {_EXPECTED_BY_KIND[feature.kind]}"))
+        timestamp_unparsed = any(column == TIMESTAMP_KEY for column, _, _ in bad)
+        if not timestamp_unparsed and row.get(TIMESTAMP_KEY) is None:
+            bad.append((TIMESTAMP_KEY, cells[TIMESTAMP_KEY], "missing; it selects the time window"))
+        if bad:
+            only_timestamp_missing = len(bad) == 1 and bad[0][0] == TIMESTAMP_KEY and not timestamp_unparsed
+            reason = REASON_MISSING_TIMESTAMP if only_timestamp_missing else REASON_UNPARSEABLE_VALUE
+            detail = "; ".join(f"{column}={cell!r}: {expected}" for column, cell, expected in bad)
+            yield from self._reject(line_no, reason, bad[0][0], detail, text, cells,
+                                    tuple((column, cell) for column, cell, _ in bad))
+            return
+        yield row
+
+    def _reject(self, line_no: int, reason: str, feature: str | None, detail: str, text: str,
+                cells: dict[str, str] | None, bad_cells: tuple[tuple[str, str], ...]) -> Iterator[Any]:
+        self._rejected.inc()
+        record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text, "row": cells}
+        yield beam.pvalue.TaggedOutput(self.REJECTED, record)
+        yield beam.pvalue.TaggedOutput(self.FACTS, ("rejected", reason, line_no, text, bad_cells))
+
+
+class SelectWindowFn(beam.DoFn):
+    """Keeps rows whose trip_start_timestamp is in [start, end); others go to 'outside'."""
+
+    OUTSIDE = "outside"
+    FACTS = "facts"
+
+    def __init__(self, start_seconds: float, end_seconds: float) -> None:
+        self._start = start_seconds
+        self._end = end_seconds
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        timestamp = row[TIMESTAMP_KEY]
+        inside = self._start <= timestamp < self._end
+        yield beam.pvalue.TaggedOutput(self.FACTS, ("timestamp", timestamp, inside))
+        if inside:
+            yield row
+        else:
+            yield beam.pvalue.TaggedOutput(self.OUTSIDE, row)
+
+
+def split_index(row: dict[str, Any], num_splits: int, hash_buckets: int, eval_buckets: int) -> int:
+    """Index into SPLITS: a stable hash of the row's content, so identical rows share a split.
+
+    md5 rather than Python's hash(): the latter is salted per process, so workers would disagree.
+    """
+    digest = hashlib.md5(canonical_row(row).encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") % hash_buckets
+    return SPLITS.index("eval") if bucket >= hash_buckets - eval_buckets else SPLITS.index("train")
+
+
+class WriteExamples(beam.PTransform):
+    """Rows -> gzip TFRecords of tf.Example under `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+
+    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            rows
+            | "ToExample" >> beam.Map(serialize_row)
+            | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+                self._prefix, file_name_suffix=TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
+        )
+
+
+class WriteJsonLines(beam.PTransform):
+    """Dicts -> JSON Lines files under `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            records
+            | "ToJson" >> beam.Map(_to_json_line)
+            | "WriteText" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
+        )
+
+
+def _to_json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+class SummarizeIngestFn(beam.CombineFn):
+    """Folds the facts of a run into counts, timestamp range and the first bad values per column."""
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return {"read": 0, "reasons": {}, "bad_counts": {}, "bad_examples": {}, "row_examples": [],
+                "in_window": 0, "outside_window": 0, "min_ts": None, "max_ts": None, "splits": {}}
+
+    def add_input(self, acc: dict[str, Any], fact: tuple) -> dict[str, Any]:
+        kind = fact[0]
+        if kind == "read":
+            acc["read"] += fact[1]
+        elif kind == "split":
+            acc["splits"][fact[1]] = acc["splits"].get(fact[1], 0) + 1
+        elif kind == "timestamp":
+            _, timestamp, inside = fact
+            acc["in_window" if inside else "outside_window"] += 1
+            acc["min_ts"] = timestamp if acc["min_ts"] is None else min(acc["min_ts"], timestamp)
+            acc["max_ts"] = timestamp if acc["max_ts"] is None else max(acc["max_ts"], timestamp)
+        elif kind == "rejected":
+            _, reason, line_no, text, bad_cells = fact
+            acc["reasons"][reason] = acc["reasons"].get(reason, 0) + 1
+            if reason in _ROW_LEVEL_REASONS:
+                acc["row_examples"] = _first_lines(acc["row_examples"] + [[line_no, text]])
+            for column, cell in bad_cells:
+                acc["bad_counts"][column] = acc["bad_counts"].get(column, 0) + 1
+                acc["bad_examples"][column] = _first_lines(acc["bad_examples"].get(column, []) + [[line_no, cell]])
+        else:
+            raise ValueError(f"unknown ingest fact {fact!r}")
+        return acc
+
+    def merge_accumulators(self, accumulators: Any) -> dict[str, Any]:
+        merged = self.create_accumulator()
+        for acc in accumulators:
+            for key in ("read", "in_window", "outside_window"):
+                merged[key] += acc[key]
+            for key in ("reasons", "bad_counts", "splits"):
+                for name, count in acc[key].items():
+                    merged[key][name] = merged[key].get(name, 0) + count
+            for column, examples in acc["bad_examples"].items():
+                merged["bad_examples"][column] = _first_lines(merged["bad_examples"].get(column, []) + examples)
+            merged["row_examples"] = _first_lines(merged["row_examples"] + acc["row_examples"])
+            for key, pick in (("min_ts", min), ("max_ts", max)):
+                values = [v for v in (merged[key], acc[key]) if v is not None]
+                merged[key] = pick(values) if values else None
+        return merged
+
+    def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
+        return acc
+
+
+def _first_lines(examples: list[list[Any]]) -> list[list[Any]]:
+    """The examples with the smallest line numbers: deterministic whatever the bundle order."""
+    return sorted(examples, key=lambda example: example[0])[:_EXAMPLES_PER_COLUMN]
+
+
+def _split_fact(row: dict[str, Any], split: str) -> tuple[str, str]:
+    return ("split", split)
+
+
+def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
+    """Composes the ingest pipeline: ReadCsv -> ParseRows -> SelectWindow -> SplitByHash -> WriteSplit[*].
+
+    Writes below plan.output_dir: examples/, rejected/ and SUMMARY_FILE (the run's counts).
+    """
+    output = Path(plan.output_dir)
+    read = pipeline | "ReadCsv" >> ReadCsvLines(plan.csv_path, plan.chunks)
+    parsed = read.lines | "ParseRows" >> beam.ParDo(ParseCsvLineFn(plan.columns)).with_outputs(
+        ParseCsvLineFn.REJECTED, ParseCsvLineFn.FACTS, main="rows")
+    windowed = parsed.rows | "SelectWindow" >> beam.ParDo(
+        SelectWindowFn(plan.start_seconds, plan.end_seconds)).with_outputs(
+        SelectWindowFn.OUTSIDE, SelectWindowFn.FACTS, main="inside")
+    splits = windowed.inside | "SplitByHash" >> beam.Partition(
+        split_index, len(SPLITS), plan.hash_buckets, plan.eval_buckets)
+
+    facts = [read[ReadChunkLinesFn.FACTS], parsed[ParseCsvLineFn.FACTS], windowed[SelectWindowFn.FACTS]]
+    for index, split in enumerate(SPLITS):
+        _ = splits[index] | f"WriteSplit[{split}]" >> WriteExamples(split_prefix(output / EXAMPLES_DIR, split))
+        facts.append(splits[index] | f"SplitFact[{split}]" >> beam.Map(_split_fact, split))
+    _ = parsed[ParseCsvLineFn.REJECTED] | "WriteRejected" >> WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
+    _ = (
+        facts
+        | "GatherFacts" >> beam.Flatten()
+        | "Summarize" >> beam.CombineGlobally(SummarizeIngestFn())
+        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+    )
+
+
+# --- The step function ---
+
+
+def ingest_csv(
+    csv_path: Path,
+    output_dir: Path,
+    *,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    hash_buckets: int = 3,
+    eval_buckets: int = 1,
+    max_unparseable_fraction: float = 0.01,
+    beam_args: Sequence[str] = (),
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> IngestResult:
+    """Runs the ingest pipeline and checks its outcome; see the module docstring for the layout.
+
+    Raises DataError (before Beam starts) for a missing/empty file or missing columns, and (after
+    the run) when a column has too many unparseable values or the window holds no rows. In the
+    latter case the rejected rows are still written to output_dir/rejected so they can be inspected.
+    """
+    if not 0.0 <= max_unparseable_fraction <= 1.0:
+        raise ValueError(f"max_unparseable_fraction must be in [0, 1], got {max_unparseable_fraction}")
+    output_dir = Path(output_dir)
+    _options.refuse_existing_outputs(output_dir, (EXAMPLES_DIR, REJECTED_DIR, RESULT_FILE))
+    # Plan first: a bad file fails before any output folder is created.
+    plan = plan_ingest(csv_path, output_dir, start=start, end=end, hash_buckets=hash_buckets,
+                       eval_buckets=eval_buckets, chunk_bytes=chunk_bytes)
+    staging = _options.make_staging_dir(output_dir, "ingest")
+    try:
+        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, dataclasses.replace(plan, output_dir=str(staging)))
+        summary = _options.read_summary(staging / SUMMARY_FILE)
+        result = _result_from_summary(summary)
+        _check_counts(plan, result)
+        try:
+            _check_outcome(plan, summary, result, max_unparseable_fraction, start, end, output_dir)
+        except DataError:
+            _options.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
+            raise
+        _options.promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
+        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+    finally:
+        _options.discard(staging)
+    _LOG.info("ingest %s: %s", plan.csv_path, dataclasses.asdict(result))
+    return result
+
+
+def _result_from_summary(summary: dict[str, Any]) -> IngestResult:
+    return IngestResult(
+        rows_read=summary["read"],
+        rows_in_window=summary["in_window"],
+        rows_outside_window=summary["outside_window"],
+        rows_unparseable=sum(summary["reasons"].values()),
+        split_counts={split: summary["splits"].get(split, 0) for split in SPLITS},
+        unparseable_by_column={column: summary["bad_counts"][column]
+                               for column in RAW_COLUMNS if column in summary["bad_counts"]},
+    )
+
+
+def _check_counts(plan: IngestPlan, result: IngestResult) -> None:
+    """Every data line is accounted for exactly once; anything else is a bug, not bad data."""
+    accounted = result.rows_in_window + result.rows_outside_window + result.rows_unparseable
+    all_lines_seen = result.rows_read == accounted == plan.data_rows
+    if not all_lines_seen or sum(result.split_counts.values()) != result.rows_in_window:
+        raise RuntimeError(
+            f"ingest lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the file, "
+            f"{result.rows_read} read, {accounted} accounted for, splits {result.split_counts}"
+        )
+
+
+def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResult, max_fraction: float,
+                   start: datetime.datetime, end: datetime.datetime, output_dir: Path) -> None:
+    rejected_at = output_dir / REJECTED_DIR
+    problems: list[str] = []
+    row_problems = sum(summary["reasons"].get(reason, 0) for reason in _ROW_LEVEL_REASONS)
+    if row_problems / result.rows_read > max_fraction:
+        examples = ", ".join(f"line {line}: {_clip(text)!r}" for line, text in summary["row_examples"])
+        problems.append(
+            f"{row_problems} lines ({row_problems / result.rows_read:.2%} of {result.rows_read} rows) are not "
+            f"CSV rows of the header's {len(plan.columns)} fields, e.g. {examples}"
+        )
+    for column, count in result.unparseable_by_column.items():
+        if count / result.rows_read > max_fraction:
+            expected = _EXPECTED_BY_KIND[FEATURES_BY_NAME[column].kind]
+            examples = ", ".join(f"line {line}: {_clip(cell)!r}" for line, cell in summary["bad_examples"][column])
+            problems.append(
+                f"column {column!r} has {count} values that are not {expected} "
+                f"({count / result.rows_read:.2%} of {result.rows_read} rows), e.g. {examples}"
+            )
+    if problems:
+        raise DataError(
+            f"{plan.csv_path}: too many unparseable values (the limit is {max_fraction:.2%} per column):\n  "
+            + "\n  ".join(problems)
+            + f"\nEvery rejected line, with its reason, is in {rejected_at}/"
+        )
+    if result.rows_in_window == 0:
+        if summary["min_ts"] is None:
+            seen = "no row has a parseable trip_start_timestamp"
+        else:
+            seen = (f"the file's {TIMESTAMP_KEY} values run from {_utc_date(summary['min_ts'])} "
+                    f"to {_utc_date(summary['max_ts'])}")
+        raise DataError(
+            f"{plan.csv_path}: no rows have {TIMESTAMP_KEY} in the window "
+            f"[{_instant(start)}, {_instant(end)}) UTC; {seen} ({result.rows_outside_window} rows outside the window)"
+        )
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _utc_date(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).date().isoformat()
+
+
+def _instant(moment: datetime.datetime) -> str:
+    utc = moment.astimezone(datetime.timezone.utc)
+    return utc.date().isoformat() if utc.time() == datetime.time() else utc.isoformat(timespec="seconds")
+
+
+# --- The Beam program ---
+
+
+class IngestOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        _options.add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to ingest.")
+        _options.add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
+        _options.add_job_argument(parser, "--start", type=_options.iso_date, default=None,
+                                  help="First day of the window (YYYY-MM-DD, UTC, inclusive).")
+        _options.add_job_argument(parser, "--end", type=_options.iso_date, default=None,
+                                  help="Day after the window (YYYY-MM-DD, UTC, exclusive).")
+        _options.add_job_argument(parser, "--hash_buckets", type=int, default=3,
+                                  help="Hash buckets for the split; train:eval = (buckets - eval):eval.")
+        _options.add_job_argument(parser, "--eval_buckets", type=int, default=1, help="Buckets that go to eval.")
+        _options.add_job_argument(parser, "--max_unparseable_fraction", type=float, default=0.01,
+                                  help="Fail when more than this share of a column does not parse.")
+
+
+def run(argv: Sequence[str] | None = None) -> IngestResult:
+    """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = PipelineOptions(args).view_as(IngestOptions)
+    _options.require_flags("beam_jobs.ingest", {"--input": options.input, "--output": options.output,
+                                                "--start": options.start, "--end": options.end})
+    return ingest_csv(
+        Path(options.input),
+        Path(options.output),
+        start=_options.utc_midnight(options.start),
+        end=_options.utc_midnight(options.end),
+        hash_buckets=options.hash_buckets,
+        eval_buckets=options.eval_buckets,
+        max_unparseable_fraction=options.max_unparseable_fraction,
+        beam_args=args,
+    )
+
+
+def main() -> None:
+    _options.configure_cli_logging()
+    try:
+        result = run()
+    except MlopsError as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+if __name__ == "__main__":
+    # Import by package name so DoFns pickle as beam_jobs.ingest.*, importable in worker processes.
+    from beam_jobs import ingest
+
+    ingest.main()

@@ -1,0 +1,142 @@
+"""taxi_monitoring: hourly drift checks on the prediction logs; a failed check triggers retraining.
+
+A declaration only: stdlib, pendulum and airflow.sdk/providers at module level. The checks run in
+the ML runtime (`mlops.airflow.run_monitoring_task` -> `monitoring.checks.run_monitoring`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import CronDataIntervalTimetable, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
+CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
+# mlops.airflow exits with this code when the window holds no predictions: the task is skipped.
+EXIT_NOTHING_TO_CHECK = 99
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
+
+
+def explain_failure(context: dict) -> None:
+    """on_failure_callback: one log line that says why the task failed and what to do."""
+    ti, error = context["ti"], context.get("exception")
+    code = getattr(error, "returncode", None)
+    if code in USER_ERRORS:
+        reason = f"{USER_ERRORS[code]} (see the ERROR lines above); not retried: fix it and trigger a new run"
+    elif code is not None:
+        reason = f"the ML process ended with exit code {code} (killed by the system?); see the log above"
+    else:
+        reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
+    log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=5),
+    "retry_policy": ExceptionRetryPolicy(rules=[RetryRule(
+        exception="subprocess.CalledProcessError", action=RetryAction.FAIL,
+        reason="the ML process reported an error a retry cannot fix (see the ERROR lines above)")]),
+    "on_failure_callback": explain_failure,
+}
+
+DAG_DOC = """
+### Drift checks on the served predictions → retraining
+
+Every hour (and on demand) `check_drift` reads the gateway's prediction logs of the run's data
+interval (or the explicit `window_start`/`window_end` params) and runs the checks of
+`monitoring.checks`: data drift and training/serving skew per feature, missing-value rates, the
+prediction distribution, and concept drift from labelled feedback. The result is recorded in ML
+Metadata (a `DriftCheck` execution and its `DriftCheckResult`) whatever it says.
+
+`decide` then branches:
+
+* a check failed → `trigger_training` starts `taxi_training` with the reason and the evidence in
+  its conf (`{"trigger": {"kind": "drift_check", "checks": [...], "evidence": {...},
+  "drift_check_artifact_id": ..., "monitoring_run_id": ...}, "start": ..., "end": ...}`), which the
+  training run records on its MLMD context; the training window is `retrain_start`..`retrain_end`.
+* all checks passed → `no_retraining` logs that nothing was triggered.
+
+A window without any logged prediction skips the run's tasks (nothing to check is not a failure).
+"""
+
+
+@dag(
+    dag_id="taxi_monitoring",
+    # Hourly, with data intervals: the run at 10:00 checks the requests logged from 09:00 to 10:00.
+    schedule=CronDataIntervalTimetable("@hourly", timezone="UTC"),
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=DAG_DOC,
+    tags=["mlops", "monitoring"],
+    params={
+        "window_start": Param("", type="string", title="Window start",
+                              description="ISO date/time (UTC) of the first logged request to check; "
+                                          "empty = the run's data interval."),
+        "window_end": Param("", type="string", title="Window end",
+                            description="ISO date/time (UTC) after the last request to check; empty = the data interval."),
+        "log_dir": Param("", type="string", description="Prediction log directory; empty = the gateway's default."),
+        "retrain_start": Param("2013-01-01", type="string", format="date",
+                               description="Training window start for a triggered retraining (YYYY-MM-DD)."),
+        "retrain_end": Param("2017-01-01", type="string", format="date",
+                             description="Training window end (exclusive) for a triggered retraining (YYYY-MM-DD)."),
+    },
+)
+def taxi_monitoring() -> None:
+    @task.external_python(task_id="check_drift", python=ML_PYTHON, expect_airflow=False, multiple_outputs=True,
+                          skip_on_exit_code=EXIT_NOTHING_TO_CHECK,
+                          doc_md="Runs every drift check on the window's prediction logs and records the result in MLMD.")
+    def check_drift(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
+                    interval_start: str, interval_end: str) -> dict:
+        from mlops.airflow import run_monitoring_task
+
+        return run_monitoring_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                   run_type=run_type, params_json=params_json, interval_start=interval_start,
+                                   interval_end=interval_end)
+
+    @task.branch(task_id="decide", doc_md="A failed check → trigger_training; all passed → no_retraining.")
+    def decide(passed: bool, failed_checks: list) -> str:
+        if passed:
+            return "no_retraining"
+        log.warning("drift checks failed: %s; triggering taxi_training", ", ".join(failed_checks))
+        return "trigger_training"
+
+    @task(task_id="no_retraining", doc_md="Records that every check passed and nothing was triggered.")
+    def no_retraining(rows: int) -> str:
+        message = f"all drift checks passed on {rows} predictions: no retraining"
+        log.info(message)
+        return message
+
+    check = check_drift(
+        config_path=CONFIG_PATH,
+        dag_id="taxi_monitoring",
+        airflow_run_id="{{ run_id }}",
+        run_type="{{ dag_run.run_type }}",
+        params_json="{{ params | tojson }}",
+        # Manual runs in Airflow 3 have no data interval: the task then uses the window params.
+        interval_start="{{ dag_run.data_interval_start or '' }}",
+        interval_end="{{ dag_run.data_interval_end or '' }}",
+    )
+    retrain = TriggerDagRunOperator(
+        task_id="trigger_training",
+        trigger_dag_id="taxi_training",
+        conf=check["training_conf"],
+        fail_when_dag_is_paused=True,
+        doc_md="Starts taxi_training with the failed checks and their evidence in the run's conf.",
+    )
+    decide(check["passed"], check["failed_checks"]) >> [retrain, no_retraining(check["rows"])]
+
+
+taxi_monitoring()

@@ -1,0 +1,131 @@
+"""taxi_rollout: deploy a pushed model safely: canary with automatic ramp or rollback, blue-green, rollback.
+
+A declaration only: stdlib, pendulum and airflow.sdk at module level. The work runs in the ML
+runtime (`mlops.airflow.run_rollout_task`), which talks to the gateway's admin API and records a
+`Deploy` execution in ML Metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
+CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
+# Updated by taxi_training's push task.
+PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
+ACTIONS = ("canary", "blue_green", "rollback")
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
+
+
+def explain_failure(context: dict) -> None:
+    """on_failure_callback: one log line that says why the task failed and what to do."""
+    ti, error = context["ti"], context.get("exception")
+    code = getattr(error, "returncode", None)
+    if code in USER_ERRORS:
+        reason = f"{USER_ERRORS[code]} (see the ERROR lines above); not retried: fix it and trigger a new run"
+    elif code is not None:
+        reason = f"the ML process ended with exit code {code} (killed by the system?); see the log above"
+    else:
+        reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
+    log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    # The gateway may be restarting: retry (with backoff) what did not reach it; a rolled-back
+    # canary or a bad parameter (a CalledProcessError from the ML process) is final.
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=20),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=5),
+    "retry_policy": ExceptionRetryPolicy(rules=[RetryRule(
+        exception="subprocess.CalledProcessError", action=RetryAction.FAIL,
+        reason="the ML process reported an error a retry cannot fix (see the ERROR lines above)")]),
+    "on_failure_callback": explain_failure,
+}
+
+DAG_DOC = """
+### Roll a pushed model out to the gateway
+
+Runs after every push (the `taxi_pushed_model` asset) and on demand. `choose_action` branches on
+the `action` param:
+
+* **canary** (default, and what a push starts): gives the version `shares[0]` % of the traffic
+  through the gateway's admin API (the gateway labels it `canary` in TF Serving's `models.config`,
+  so the model server serves it), observes it for `observe_seconds` against the stable version (error rate,
+  p99 latency ratio, shift of the mean predicted probability, a minimum of requests), then ramps
+  through `shares` and promotes it to `stable`, or sets its traffic back to 0 at the first
+  unhealthy window (the task then fails, visibly). A version that is already stable is left alone.
+* **blue_green**: switches `stable` to `version` at once (the previous stable is kept for rollback).
+* **rollback**: instantly puts the previous stable version back.
+
+Each decision, with the observed statistics, is a `Deploy` execution in ML Metadata whose input
+is the `PushedModel`. The gateway's admin token comes from `MLOPS_GATEWAY_ADMIN_TOKEN` in
+Airflow's environment, its URL from `gateway_url` or `MLOPS_GATEWAY_URL`.
+"""
+
+
+@dag(
+    dag_id="taxi_rollout",
+    schedule=[PUSHED_MODEL],
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=DAG_DOC,
+    tags=["mlops", "serving"],
+    params={
+        "action": Param("canary", type="string", enum=list(ACTIONS),
+                        description="canary (observe and ramp), blue_green (switch now) or rollback (previous stable)."),
+        "version": Param(None, type=["null", "integer"], minimum=1,
+                         description="The model version to deploy; empty = the newest pushed version."),
+        "shares": Param([5, 25, 50, 100], type="array", items={"type": "integer", "minimum": 1, "maximum": 100},
+                        minItems=1, description="Canary traffic shares in %, increasing; 100 = promote."),
+        "observe_seconds": Param(60, type="integer", minimum=1, maximum=86_400,
+                                 description="How long each share is observed before it is judged."),
+        "max_error_rate": Param(0.02, type="number", minimum=0, maximum=1,
+                                description="Largest acceptable share of failed canary requests."),
+        "max_p99_latency_ratio": Param(1.5, type="number", exclusiveMinimum=0,
+                                       description="Largest acceptable canary p99 latency / stable p99 latency."),
+        "max_mean_probability_shift": Param(0.1, type="number", minimum=0, maximum=1,
+                                            description="Largest acceptable |mean canary probability - mean stable probability|."),
+        "min_canary_requests": Param(20, type="integer", minimum=1,
+                                     description="Fewest canary requests per window needed to judge it."),
+        "gateway_url": Param("", type="string", description="The gateway's base URL; empty = MLOPS_GATEWAY_URL or http://127.0.0.1:8000."),
+    },
+)
+def taxi_rollout() -> None:
+    @task.branch(task_id="choose_action", doc_md="Picks the task for the `action` param.")
+    def choose_action(action: str) -> str:
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+        return action
+
+    def deploy_task(action: str, doc: str):
+        @task.external_python(task_id=action, python=ML_PYTHON, expect_airflow=False, multiple_outputs=False, doc_md=doc)
+        def deploy(action: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str) -> dict:
+            from mlops.airflow import run_rollout_task
+
+            return run_rollout_task(action, config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                    run_type=run_type, params_json=params_json)
+
+        return deploy(action=action, config_path=CONFIG_PATH, dag_id="taxi_rollout", airflow_run_id="{{ run_id }}",
+                      run_type="{{ dag_run.run_type }}", params_json="{{ params | tojson }}")
+
+    choose_action("{{ params.action }}") >> [
+        deploy_task("canary", "Canary at the first share, observe, ramp, promote or set its traffic back to 0."),
+        deploy_task("blue_green", "Switch `stable` to the version at once."),
+        deploy_task("rollback", "Put the previous stable version back, instantly."),
+    ]
+
+
+taxi_rollout()

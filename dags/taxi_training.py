@@ -1,0 +1,177 @@
+"""taxi_training: the training pipeline, one task per step, in the ML runtime.
+
+A declaration only: stdlib, pendulum and airflow.sdk at module level (the scheduler parses this
+file every few seconds). Each task runs `mlops.airflow.run_training_task` in the ML environment
+through `@task.external_python`, with explicit arguments: the config file, the Airflow run, the
+params as JSON, and the outcomes of the steps before it (XCom).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
+CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
+# taxi_rollout is scheduled on this asset: every successful push starts a rollout.
+PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
+
+log = logging.getLogger(__name__)
+
+# mlops.airflow ends the ML process with these codes for errors no retry can fix.
+USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
+
+
+def explain_failure(context: dict) -> None:
+    """on_failure_callback: one log line that says why the task failed and what to do."""
+    ti, error = context["ti"], context.get("exception")
+    code = getattr(error, "returncode", None)
+    if code in USER_ERRORS:
+        reason = f"{USER_ERRORS[code]} (see the ERROR lines above); not retried: fix it and trigger a new run"
+    elif code is not None:
+        reason = f"the ML process ended with exit code {code} (killed by the system?); see the log above"
+    else:
+        reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
+    log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    # Transient failures (a locked metadata DB, a slow disk, a restarting server) are retried with
+    # exponential backoff; a user error (the exit codes above -> CalledProcessError) fails at once.
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=10),
+    "retry_policy": ExceptionRetryPolicy(rules=[RetryRule(
+        exception="subprocess.CalledProcessError", action=RetryAction.FAIL,
+        reason="the ML process reported an error a retry cannot fix (see the ERROR lines above)")]),
+    "on_failure_callback": explain_failure,
+}
+
+# What every task passes to the ML runtime: the config, the Airflow run and the params.
+RUN = {
+    "config_path": CONFIG_PATH,
+    "dag_id": "taxi_training",
+    "airflow_run_id": "{{ run_id }}",
+    "run_type": "{{ dag_run.run_type }}",
+    "params_json": "{{ params | tojson }}",
+}
+ML_TASK = {"python": ML_PYTHON, "expect_airflow": False, "multiple_outputs": False}
+
+DAG_DOC = """
+### Train, evaluate and push the taxi tip model
+
+One task per pipeline step, each recorded in ML Metadata under one `PipelineRun` context that names
+this DAG, the Airflow run id and what triggered it (manual, or a drift check with its evidence):
+
+`ingest` → `validate` → `clean` → `transform` → `train` → `evaluate` → `push`
+
+* **Params**: the data window `start` (inclusive) and `end` (exclusive) as dates, `csv_path`
+  (empty = the shipped Chicago taxi data), and hyperparameters that override `mlops.toml`
+  (`learning_rate`, `train_steps`, `batch_size`, `hidden_units`, `seed`; empty = the config's).
+  `trigger` is set by `taxi_monitoring` when a drift check triggers retraining.
+* **Stops before push, visibly**: schema anomalies fail `validate`, a model that is not better than
+  the served one fails `evaluate` (`ModelNotBlessedError`). The task log says what and why.
+* **Retries**: I/O failures are retried twice with exponential backoff (30 s, 60 s); data errors are
+  not retried. Every run writes below `var/pipeline/runs/<dag>__<run id>/`, so a retried task is
+  idempotent, and unchanged steps reuse earlier outputs (MLMD cache).
+* **After push** the `taxi_pushed_model` asset is updated: `taxi_rollout` starts a canary.
+
+Lineage of the pushed model: `mlops lineage model taxi:<version>`.
+"""
+
+
+@dag(
+    dag_id="taxi_training",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    doc_md=DAG_DOC,
+    tags=["mlops", "training"],
+    params={
+        "start": Param("2013-01-01", type="string", format="date", title="Window start",
+                       description="First day of the training window (YYYY-MM-DD, UTC, inclusive)."),
+        "end": Param("2015-01-01", type="string", format="date", title="Window end",
+                     description="Day after the training window (YYYY-MM-DD, UTC, exclusive); after start."),
+        "csv_path": Param("", type="string", title="CSV file",
+                          description="The trips CSV; empty = the shipped data (data/taxi/data.csv)."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
+                               description="Adam learning rate; empty = mlops.toml's."),
+        "train_steps": Param(None, type=["null", "integer"], minimum=1, maximum=1_000_000,
+                             description="Training steps; empty = mlops.toml's."),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=65_536,
+                            description="Examples per step; empty = mlops.toml's."),
+        "hidden_units": Param(None, type=["null", "array"], items={"type": "integer", "minimum": 1}, minItems=1,
+                              description="Units of the deep part's layers, e.g. [128, 64, 32]; empty = mlops.toml's."),
+        "seed": Param(None, type=["null", "integer"], minimum=0, description="Random seed; empty = mlops.toml's."),
+        "trigger": Param({}, type="object", title="Trigger",
+                         description="Who asked for this run. Set by taxi_monitoring: "
+                                     '{"kind": "drift_check", "checks": [...], "evidence": {...}}. '
+                                     "Empty = a manual run."),
+    },
+)
+def taxi_training() -> None:
+    @task.external_python(task_id="ingest", doc_md="CSV → tf.Example splits for the window (Beam); rejected rows kept with reasons.", **ML_TASK)
+    def ingest(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("ingest", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json)
+
+    @task.external_python(task_id="validate", doc_md="TFDV statistics per split, checked against the curated schema; anomalies stop the run.", **ML_TASK)
+    def validate(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("validate", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json, upstream=upstream)
+
+    @task.external_python(task_id="clean", doc_md="Duplicates, missing and impossible values → cleaned examples + rejected rows with reasons (Beam).", **ML_TASK)
+    def clean(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("clean", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json, upstream=upstream)
+
+    @task.external_python(task_id="transform", doc_md="TF Transform analyze-and-transform; the transform graph ships inside the model.", **ML_TASK)
+    def transform(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("transform", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json, upstream=upstream)
+
+    @task.external_python(task_id="train", doc_md="Trains the wide-and-deep model and exports a SavedModel with both serving signatures.", **ML_TASK)
+    def train(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("train", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json, upstream=upstream)
+
+    @task.external_python(task_id="evaluate", doc_md="Metrics overall and per slice against the served model; a model that is not blessed stops the run.", **ML_TASK)
+    def evaluate(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("evaluate", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json, upstream=upstream)
+
+    @task.external_python(task_id="push", outlets=[PUSHED_MODEL],
+                          doc_md="Copies the blessed model into TF Serving's model base path (atomic) and updates the `taxi_pushed_model` asset.", **ML_TASK)
+    def push(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
+        from mlops.airflow import run_training_task
+
+        return run_training_task("push", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                 run_type=run_type, params_json=params_json, upstream=upstream)
+
+    outcomes = ingest(**RUN)
+    for step in (validate, clean, transform, train, evaluate, push):
+        outcomes = step(**RUN, upstream=outcomes)
+
+
+taxi_training()

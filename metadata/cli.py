@@ -1,0 +1,297 @@
+"""`mlops lineage ...` and `mlops runs ...`: the auditor's and the experimenter's questions on the command line.
+
+Text tables by default, `--json` for tooling, `--html FILE` / `--svg FILE` for a picture of the
+lineage graph. Unknown models, requests, datasets or runs exit with code 2 and say what exists.
+Nothing here imports TensorFlow: answers come from ML Metadata and the Parquet logs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+EXIT_NOT_FOUND = 2
+
+
+def _print_json(value: Any) -> None:
+    from metadata.queries import as_plain
+
+    print(json.dumps(as_plain(value), indent=2, sort_keys=True, default=str))
+
+
+def _store_and_config(args: argparse.Namespace):
+    from metadata.store import connect
+    from mlops.config import load_config
+
+    config = load_config(args.config)
+    return connect(config.metadata), config
+
+
+def _log_dir(args: argparse.Namespace, config) -> Path:
+    from metadata.queries import DEFAULT_LOG_DIR
+
+    return Path(args.log_dir) if getattr(args, "log_dir", None) else config.root / DEFAULT_LOG_DIR
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) if c is not None else "-" for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _kv(value: Mapping[str, Any] | None) -> str:
+    if not value:
+        return "-"
+    return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _write_pictures(args: argparse.Namespace, graph, title: str, summary: Mapping[str, Any]) -> None:
+    from metadata.lineage_graph import render_html, render_svg, write_atomic
+
+    if getattr(args, "html", None):
+        print(f"wrote {write_atomic(Path(args.html), render_html(graph, title, summary))}", file=sys.stderr)
+    if getattr(args, "svg", None):
+        print(f"wrote {write_atomic(Path(args.svg), render_svg(graph, title))}", file=sys.stderr)
+
+
+# --- lineage model ---------------------------------------------------------------------------
+
+
+def format_model_audit(audit: Mapping[str, Any]) -> str:
+    model, run, data = audit["model"], audit["run"], audit["data"]
+    evaluation, rejected = audit["evaluation"], audit["rejected"]
+    lines = [f"Model {model['name']}:{model['version']}  (PushedModel {model['artifact_id']})",
+             f"  served from      {model['uri']}",
+             f"  pushed at        {model['pushed_at']}",
+             f"  fingerprint      {model['fingerprint']}",
+             f"Run              {run['id']} (pipeline {run['pipeline']})",
+             f"  triggered by     {run['trigger_kind']}  {_short(run['trigger']) if run['trigger'] else ''}".rstrip()]
+    if run.get("airflow_dag_id"):
+        lines.append(f"  airflow          {run['airflow_dag_id']} / {run['airflow_run_id']}")
+    check = run.get("drift_check")
+    if check:
+        props = check.get("properties") or {}
+        lines.append(f"  drift check      DriftCheckResult {check.get('id')}: "
+                     f"{'passed' if props.get('passed') else 'FAILED'} on {props.get('model_name')}:{props.get('model_version')}, "
+                     f"window {props.get('window_start')} to {props.get('window_end')}, {props.get('rows')} requests")
+        for failed in check.get("failed_checks", []):
+            evidence = failed.get("evidence") or {}
+            moved = evidence.get("drifted_features") or evidence.get("features_exceeded") or evidence.get("features") \
+                or evidence.get("metrics_failed") or []
+            lines.append(f"    {failed['name']}: value {_short(failed.get('value'))} > threshold {_short(failed.get('threshold'))}"
+                         f"{'; moved: ' + ', '.join(moved) if moved else ''}")
+        if check.get("report"):
+            lines.append(f"    report: {check['report']}")
+        elif props.get("report"):
+            lines.append(f"    report: {props['report']}")
+    raw = data.get("raw") or {}
+    lines += [
+        f"Data             {raw.get('uri')}  sha256 {(raw.get('properties') or {}).get('sha256')}",
+        f"  window           {data['window_start']} to {data['window_end']}",
+        f"  rows             {data['rows']}  splits {_kv(data['splits'])}",
+        f"  examples         {data['examples']}",
+        f"Schema           {(audit.get('schema') or {}).get('uri')}  sha256 {((audit.get('schema') or {}).get('properties') or {}).get('sha256')}",
+        f"Statistics       {audit['statistics']['uri']}  report {audit['statistics']['report']}",
+        f"Anomalies        {audit['anomalies']['count']}  {_short(audit['anomalies']['found']) if audit['anomalies']['count'] else ''}".rstrip(),
+        f"Rejected rows    ingest (unparseable): {rejected['ingest_unparseable']}; clean: {rejected['clean_rejected']} "
+        f"of {rejected['rows_in']} {_short(rejected['clean_by_reason'])}",
+        f"  files            {rejected['clean_uri']}",
+        f"Transform graph  {audit['transform_graph']}",
+        f"Code version     {', '.join(audit['code_version'])}",
+        f"Hyperparameters  {_kv(audit['hyperparameters'])}",
+        f"Evaluation       {_kv({k: v for k, v in evaluation['metrics'].items() if k != 'count'})}",
+        f"  blessed          {evaluation['blessed']}: {'; '.join(evaluation['reasons'])}",
+        f"  report           {evaluation['report']}",
+    ]
+    if audit.get("monitoring"):
+        lines.append("Monitoring")
+        for check in audit["monitoring"]:
+            verdict = "passed" if check["passed"] else "FAILED " + ", ".join(check["failed_checks"])
+            lines.append(f"  #{check['id']} {check['window_start']} to {check['window_end']}: {verdict}  {check['report']}")
+    steps = [(step, e["type"], e["id"], e["state"], (e.get("run") or {}).get("name"), e.get("finished"))
+             for step, e in audit["executions"].items()]
+    lines += ["", _table(steps, ["step", "type", "execution", "state", "run", "finished"])]
+    return "\n".join(lines)
+
+
+def cmd_lineage_model(args: argparse.Namespace) -> int:
+    from metadata.queries import model_audit, model_graph, parse_model_ref
+
+    store, _ = _store_and_config(args)
+    name, version = parse_model_ref(args.model)
+    audit = model_audit(store, name, version)
+    graph = model_graph(store, name, version)
+    _write_pictures(args, graph, f"Lineage of {name}:{version}", {
+        "model": f"{name}:{version}", "run": audit["run"]["id"], "trigger": audit["run"]["trigger_kind"],
+        "data window": f"{audit['data']['window_start']} to {audit['data']['window_end']}",
+        "auc": audit["evaluation"]["metrics"].get("auc")})
+    if args.json:
+        _print_json({**audit, "graph": graph})
+    else:
+        print(format_model_audit(audit))
+    return 0
+
+
+# --- lineage request -------------------------------------------------------------------------
+
+
+def cmd_lineage_request(args: argparse.Namespace) -> int:
+    from metadata.queries import model_graph, request_audit
+
+    store, config = _store_and_config(args)
+    audit = request_audit(store, _log_dir(args, config), args.request_id)
+    if args.html or args.svg:
+        for key in audit["model_audits"]:
+            name, _, version = key.partition(":")
+            if "error" not in audit["model_audits"][key]:
+                _write_pictures(args, model_graph(store, name, int(version)), f"Request {args.request_id} -> {key}",
+                                {"request": args.request_id, "model": key})
+                break
+    if args.json:
+        _print_json(audit)
+        return 0
+    rows = audit["rows"]
+    print(f"Request {audit['request_id']}: {len(rows)} logged rows, answered by {', '.join(audit['models']) or '?'}")
+    table = [(r.get("instance_index"), r.get("timestamp"), f"{r.get('model_name')}:{r.get('model_version')}", r.get("label"),
+              "shadow" if r.get("is_shadow") else "served", _short(r.get("probability")), r.get("decision"), r.get("status_code"))
+             for r in rows]
+    print(_table(table, ["instance", "time", "model", "label", "kind", "probability", "decision", "status"]))
+    if audit["feedback"]:
+        print("\nFeedback: " + "; ".join(f"instance {f['instance_index']}: ground_truth={f['ground_truth']} "
+                                        f"human={f['human_decision']} ({f['source']}, {f['timestamp']})" for f in audit["feedback"]))
+    for key, model in audit["model_audits"].items():
+        print()
+        print(model["error"] if "error" in model else format_model_audit(model))
+    return 0
+
+
+# --- lineage data ----------------------------------------------------------------------------
+
+
+def cmd_lineage_data(args: argparse.Namespace) -> int:
+    from metadata.queries import data_audit
+
+    store, config = _store_and_config(args)
+    audit = data_audit(store, args.uri, _log_dir(args, config))
+    _write_pictures(args, audit["graph"], f"Derived from {args.uri}", {"dataset": args.uri, "models": len(audit["models"])})
+    if args.json:
+        _print_json(audit)
+        return 0
+    print(f"Dataset {args.uri}: " + ", ".join(f"{a['type']} {a['id']}" for a in audit["artifacts"]))
+    print(f"Runs that used it: {', '.join(audit['runs']) or 'none'}")
+    print("\nDerived artifacts:")
+    print(_table([(kind, len(items), items[-1]["uri"]) for kind, items in audit["derived"].items()],
+                 ["type", "count", "latest uri"]))
+    print(f"\nModels trained on it, and the requests they served (logs: {audit['log_dir']}):")
+    print(_table([(f"{m['name']}:{m['version']}", m["artifact_id"], m["pushed_at"], m["requests"]["requests"],
+                   m["requests"]["served"], m["requests"]["shadow"]) for m in audit["models"]],
+                 ["model", "artifact", "pushed at", "requests", "examples served", "shadow examples"]))
+    return 0
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from metadata.queries import list_runs
+
+    store, config = _store_and_config(args)
+    runs = list_runs(store, None if args.all else (args.pipeline or config.pipeline_name))[: args.limit]
+    if args.json:
+        _print_json(runs)
+        return 0
+    rows = []
+    for run in runs:
+        window = run["window"] or {}
+        metrics = run["metrics"] or {}
+        rows.append((run["run_id"], run["pipeline"], run["created"], run["trigger_kind"], run["status"],
+                     f"{(window.get('window_start') or '')[:10]}..{(window.get('window_end') or '')[:10]}" if window else "-",
+                     _short(metrics.get("auc")) if metrics else "-", run["blessed"], run["pushed_version"],
+                     _kv({k: run["parameters"][k] for k in ("learning_rate", "train_steps", "batch_size") if k in run["parameters"]})))
+    print(_table(rows, ["run", "pipeline", "created", "trigger", "status", "window", "auc", "blessed", "pushed", "parameters"]))
+    return 0
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    from metadata.queries import compare_runs
+
+    store, _ = _store_and_config(args)
+    comparison = compare_runs(store, args.runs)
+    if args.json:
+        _print_json(comparison)
+        return 0
+    rows = [(row["section"], ("* " if row["differs"] else "  ") + row["name"], *[_short(v) for v in row["values"]])
+            for row in comparison["rows"]]
+    print(_table(rows, ["section", "name (* differs)", *comparison["runs"]]))
+    return 0
+
+
+# --- wiring ----------------------------------------------------------------------------------
+
+
+def _not_found_to_exit(handler):
+    """LineageNotFoundError is the user's question having no answer: a message and exit code 2, no traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        from metadata.lineage import LineageNotFoundError
+
+        try:
+            return handler(args)
+        except LineageNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+
+    return run
+
+
+def _output_flags(parser: argparse.ArgumentParser, pictures: bool = True) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text tables")
+    if pictures:
+        parser.add_argument("--html", metavar="FILE", help="also write the lineage graph as an HTML page")
+        parser.add_argument("--svg", metavar="FILE", help="also write the lineage graph as an SVG picture")
+
+
+def add_commands(sub: Any) -> None:
+    """Adds `lineage` and `runs` to the `mlops` command line."""
+    lineage = sub.add_parser("lineage", help="lineage questions auditors ask").add_subparsers(dest="action", required=True)
+    model = lineage.add_parser("model", help="everything behind a pushed model version, and what triggered its run")
+    model.add_argument("model", help="MODEL:VERSION, e.g. taxi:1")
+    _output_flags(model)
+    model.set_defaults(handler=_not_found_to_exit(cmd_lineage_model))
+    request = lineage.add_parser("request", help="from a logged prediction to the model that answered it and its lineage")
+    request.add_argument("request_id")
+    request.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
+    _output_flags(request)
+    request.set_defaults(handler=_not_found_to_exit(cmd_lineage_request))
+    data = lineage.add_parser("data", help="everything derived from a dataset, down to models and the requests they served")
+    data.add_argument("uri", help="the dataset's URI as recorded (e.g. the CSV path)")
+    data.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
+    _output_flags(data)
+    data.set_defaults(handler=_not_found_to_exit(cmd_lineage_data))
+
+    runs = sub.add_parser("runs", help="pipeline runs: list and compare (experiment tracking)").add_subparsers(
+        dest="action", required=True)
+    listing = runs.add_parser("list", help="runs, newest first, with trigger, window, metrics and what was pushed")
+    listing.add_argument("--pipeline", help="pipeline name (default: the config's pipeline_name)")
+    listing.add_argument("--all", action="store_true", help="every pipeline, monitoring runs included")
+    listing.add_argument("--limit", type=int, default=50)
+    _output_flags(listing, pictures=False)
+    listing.set_defaults(handler=_not_found_to_exit(cmd_runs_list))
+    compare = runs.add_parser("compare", help="parameters and metrics of runs side by side")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two or more run ids")
+    _output_flags(compare, pictures=False)
+    compare.set_defaults(handler=_not_found_to_exit(cmd_runs_compare))
+

@@ -1,0 +1,477 @@
+"""The pipeline steps, each a plain function that runs one package's job and records it in MLMD.
+
+Every step here:
+- takes a `StepContext` (config + the pipeline run it belongs to) and its input artifacts,
+- writes below `<pipeline_root>/runs/<run_id>/<step>/` through a temp directory renamed into
+  place (a reader never sees half an output),
+- records an execution with its parameters, code version, results, input and output events,
+- reuses an earlier execution's outputs when inputs, parameters and code are the same, and says so.
+
+Airflow tasks call these functions one per task; `mlops.pipeline` calls them in one process.
+Heavy libraries are imported inside the functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
+from mlops.config import Config
+from mlops.errors import DataError, ModelNotBlessedError, SchemaAnomaliesError
+
+STEP_NAMES = ("ingest", "validate", "clean", "transform", "train", "evaluate", "push")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    config: Config
+    run: PipelineRun
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.pipeline_root / "runs" / self.run.run_id
+
+    def beam_args(self) -> list[str]:
+        temp = self.config.pipeline_root / "tmp" / "beam"
+        temp.mkdir(parents=True, exist_ok=True)
+        args = list(self.config.beam_args)
+        if not any(a.startswith("--temp_location") for a in args):
+            args.append(f"--temp_location={temp}")
+        return args
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutcome:
+    """What a step produced, small enough for Airflow's XCom."""
+
+    step: str
+    outputs: dict[str, ArtifactRef]
+    results: dict[str, Any]
+    cached: bool
+    execution_id: int
+    seconds: float
+    summary: str
+    cached_from: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+            "results": self.results,
+            "cached": self.cached,
+            "cached_from": self.cached_from,
+            "execution_id": self.execution_id,
+            "seconds": self.seconds,
+            "summary": self.summary,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> "StepOutcome":
+        return cls(
+            step=value["step"],
+            outputs={k: ArtifactRef.from_json(v) for k, v in value["outputs"].items()},
+            results=dict(value["results"]),
+            cached=bool(value["cached"]),
+            execution_id=int(value["execution_id"]),
+            seconds=float(value["seconds"]),
+            summary=str(value["summary"]),
+            cached_from=value.get("cached_from"),
+        )
+
+
+def new_run_id(prefix: str = "cli") -> str:
+    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def open_run(
+    config: Config,
+    run_id: str,
+    trigger: Trigger = Trigger("manual"),
+    airflow_dag_id: str = "",
+    airflow_run_id: str = "",
+) -> StepContext:
+    """Connects to ML Metadata and opens (or re-opens) the run's context."""
+    from metadata.store import connect
+
+    store = connect(config.metadata)
+    run = PipelineRun(store, config.pipeline_name, run_id, trigger, airflow_dag_id, airflow_run_id)
+    return StepContext(config, run)
+
+
+@contextlib.contextmanager
+def _atomic_output_dir(final: Path) -> Iterator[Path]:
+    """Yields a fresh temp dir next to `final`; renames it to `final` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        yield temp
+        if final.exists():  # an earlier attempt of this run with other inputs: replace it whole
+            stale = final.parent / f".stale-{final.name}-{uuid.uuid4().hex[:8]}"
+            final.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        temp.rename(final)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _outcome(step: str, record: StepRecord, started: float, summary: str) -> StepOutcome:
+    if record.cached:
+        run_of = record.cached_run_id
+        summary = f"reused the outputs of execution {record.cached_from}{f' ({run_of})' if run_of else ''}: same inputs, parameters and code. {summary}"
+    return StepOutcome(
+        step=step,
+        outputs=dict(record.outputs),
+        results=dict(record.results),
+        cached=record.cached,
+        execution_id=record.execution_id,
+        seconds=round(time.time() - started, 2),
+        summary=summary,
+        cached_from=record.cached_from,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _utc(day: dt.date | dt.datetime | str) -> dt.datetime:
+    if isinstance(day, str):
+        try:
+            day = dt.datetime.fromisoformat(day)
+        except ValueError as err:
+            raise DataError(f"dates must be YYYY-MM-DD (or ISO 8601), got {day!r}") from err
+    if not isinstance(day, dt.datetime):
+        day = dt.datetime(day.year, day.month, day.day)
+    return day if day.tzinfo else day.replace(tzinfo=dt.timezone.utc)
+
+
+def register_raw_data(ctx: StepContext, csv_path: Path) -> ArtifactRef:
+    """Records the CSV as a RawData artifact, after checking the shipped file's checksum."""
+    csv_path = Path(csv_path).resolve()
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: no such file")
+    sha256 = file_sha256(csv_path)
+    shipped = ctx.config.data.csv_path.resolve()
+    expected = ctx.config.data.expected_sha256
+    if csv_path == shipped and expected and sha256 != expected:
+        raise DataError(
+            f"{csv_path}: sha256 {sha256} does not match the shipped data's {expected}; "
+            "the file was modified or truncated (restore it with git checkout)"
+        )
+    return ctx.run.register_artifact("RawData", str(csv_path), {"sha256": sha256}, identity=("sha256",))
+
+
+def ingest(
+    ctx: StepContext,
+    csv_path: Path,
+    start: dt.date | dt.datetime | str,
+    end: dt.date | dt.datetime | str,
+) -> StepOutcome:
+    """CSV -> tf.Example splits for the window [start, end)."""
+    started = time.time()
+    start_utc, end_utc = _utc(start), _utc(end)
+    if end_utc <= start_utc:
+        raise DataError(f"the window is empty: --end {end_utc:%Y-%m-%d} is not after --start {start_utc:%Y-%m-%d}")
+    raw = register_raw_data(ctx, csv_path)
+    data = ctx.config.data
+    parameters = {
+        "window_start": start_utc.isoformat(),
+        "window_end": end_utc.isoformat(),
+        "hash_buckets": data.hash_buckets,
+        "eval_buckets": data.eval_buckets,
+        "max_unparseable_fraction": data.max_unparseable_fraction,
+    }
+    with ctx.run.step("Ingest", {"raw_data": raw}, parameters) as record:
+        if not record.cached:
+            from beam_jobs.ingest import ingest_csv
+
+            final = ctx.run_dir / "ingest"
+            with _atomic_output_dir(final) as out:
+                result = ingest_csv(
+                    Path(raw.uri),
+                    out,
+                    start=start_utc,
+                    end=end_utc,
+                    hash_buckets=data.hash_buckets,
+                    eval_buckets=data.eval_buckets,
+                    max_unparseable_fraction=data.max_unparseable_fraction,
+                    beam_args=ctx.beam_args(),
+                )
+            splits = result.split_counts
+            record.output("examples", "Examples", str(final / "examples"), {
+                "split_names": json.dumps(sorted(splits)), "rows": result.rows_in_window,
+                "window_start": parameters["window_start"], "window_end": parameters["window_end"],
+                **{f"rows_{k}": v for k, v in splits.items()},
+            })
+            record.output("rejected", "IngestRejectedRows", str(final / "rejected"), {"rows": result.rows_unparseable})
+            record.record(
+                rows_read=result.rows_read,
+                rows_in_window=result.rows_in_window,
+                rows_outside_window=result.rows_outside_window,
+                rows_unparseable=result.rows_unparseable,
+                split_counts=splits,
+                unparseable_by_column=result.unparseable_by_column,
+            )
+    r = record.results
+    return _outcome("ingest", record, started, (
+        f"{r['rows_read']} rows read: {r['rows_in_window']} in the window "
+        f"(splits {r['split_counts']}), {r['rows_outside_window']} outside, {r['rows_unparseable']} unparseable"
+    ))
+
+
+def register_schema(ctx: StepContext, schema_path: Path | None = None) -> ArtifactRef:
+    """Records the curated schema file (by content) as a Schema artifact."""
+    schema_path = Path(schema_path or ctx.config.data.schema_path).resolve()
+    if not schema_path.is_file():
+        raise DataError(f"{schema_path}: schema file not found (bootstrap one with `mlops schema infer`)")
+    return ctx.run.register_artifact("Schema", str(schema_path), {"sha256": file_sha256(schema_path)}, identity=("sha256",))
+
+
+def validate(ctx: StepContext, examples: ArtifactRef, schema_path: Path | None = None) -> StepOutcome:
+    """TFDV statistics of every split, checked against the curated schema.
+
+    The statistics and anomalies are recorded even when the data breaks the schema; the step
+    then raises SchemaAnomaliesError so the pipeline stops before anything is trained.
+    """
+    started = time.time()
+    schema = register_schema(ctx, schema_path)
+    schema_path = Path(schema.uri)
+    with ctx.run.step("Validate", {"examples": examples, "schema": schema}, {"environment": "TRAINING"}) as record:
+        if not record.cached:
+            from beam_jobs.statistics import generate_statistics
+            from validation.validate import validate_statistics
+
+            final = ctx.run_dir / "validate"
+            with _atomic_output_dir(final) as out:
+                generate_statistics(Path(examples.uri), out / "statistics", beam_args=ctx.beam_args())
+                result = validate_statistics(out / "statistics", schema_path, out / "anomalies")
+                _render_statistics(out, schema_path)
+            count = sum(len(v) for v in result.anomalies_by_split.values())
+            record.output("statistics", "ExampleStatistics", str(final / "statistics"), {
+                "split_names": json.dumps(sorted(result.anomalies_by_split)), "report": str(final / "statistics.html"),
+            })
+            record.output("anomalies", "ExampleAnomalies", str(final / "anomalies"), {"num_anomalies": count})
+            record.record(num_anomalies=count, anomalies=result.anomalies_by_split)
+    anomalies: dict[str, dict[str, str]] = record.results.get("anomalies") or {}
+    if isinstance(anomalies, str):
+        anomalies = json.loads(anomalies)
+    problems = [f"{split}: {feature}: {text}" for split, found in sorted(anomalies.items()) for feature, text in sorted(found.items())]
+    if problems:
+        raise SchemaAnomaliesError(
+            f"validate: the data breaks the schema {schema_path.name} ({len(problems)} anomalies):\n  " + "\n  ".join(problems),
+            report=str(Path(record.outputs["anomalies"].uri)),
+        )
+    outcome = _outcome("validate", record, started, f"no anomalies against {schema_path.name}")
+    outcome.outputs["schema"] = schema  # passed on to clean: not an output of this execution
+    return outcome
+
+
+def _render_statistics(out: Path, schema_path: Path) -> None:
+    """The training split's statistics as a page people read, anomalous features highlighted."""
+    from validation.report import render_statistics_html
+    from validation.validate import load_anomalies
+
+    train_stats = out / "statistics" / "Split-train" / "FeatureStats.pb"
+    anomalies_file = out / "anomalies" / "Split-train" / "SchemaDiff.pb"
+    anomalies = load_anomalies(anomalies_file) if anomalies_file.exists() else None
+    render_statistics_html(train_stats, out / "statistics.html", schema_path=schema_path, anomalies=anomalies)
+
+
+def clean(ctx: StepContext, examples: ArtifactRef, schema: ArtifactRef, anomalies: ArtifactRef) -> StepOutcome:
+    """The Beam cleaning job: duplicates, missing values, impossible values -> rejected with reasons.
+
+    It takes the schema and the validation result as inputs: only validated data is cleaned,
+    and the model's lineage reaches the schema and the checks through this step.
+    """
+    started = time.time()
+    if anomalies.properties.get("num_anomalies"):
+        raise SchemaAnomaliesError(f"clean: the examples have {anomalies.properties['num_anomalies']} schema anomalies (see {anomalies.uri})")
+    inputs = {"examples": examples, "schema": schema, "anomalies": anomalies}
+    with ctx.run.step("Clean", inputs, {"policy": "transforms.features"}) as record:
+        if not record.cached:
+            from beam_jobs.clean import clean_examples
+
+            final = ctx.run_dir / "clean"
+            with _atomic_output_dir(final) as out:
+                result = clean_examples(Path(examples.uri), out, beam_args=ctx.beam_args())
+            rows_in, kept, rejected = (sum(d.values()) for d in (result.rows_in, result.rows_kept, result.rows_rejected))
+            if rows_in != kept + rejected:
+                raise DataError(f"clean: rows in {rows_in} != kept {kept} + rejected {rejected}")
+            record.output("cleaned", "CleanedExamples", str(final / "cleaned"), {
+                "split_names": json.dumps(sorted(result.rows_kept)), "rows": kept,
+                **{f"rows_{k}": v for k, v in result.rows_kept.items()},
+            })
+            record.output("rejected", "RejectedRows", str(final / "rejected"), {"rows": rejected})
+            record.record(
+                rows_in=rows_in, rows_kept=kept, rows_rejected=rejected,
+                rejected_by_reason=result.rejected_by_reason,
+                values_clipped=result.values_clipped, values_nulled=result.values_nulled,
+                rows_kept_by_split=result.rows_kept,
+            )
+    r = record.results
+    reasons = r["rejected_by_reason"] if isinstance(r["rejected_by_reason"], dict) else json.loads(r["rejected_by_reason"])
+    return _outcome("clean", record, started, (
+        f"rows in {r['rows_in']} = kept {r['rows_kept']} + rejected {r['rows_rejected']} {reasons}"
+    ))
+
+
+def transform(ctx: StepContext, cleaned: ArtifactRef) -> StepOutcome:
+    """TF Transform analyze-and-transform on Beam: the transform graph that ships inside the model."""
+    started = time.time()
+    with ctx.run.step("Transform", {"cleaned": cleaned}, {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"}) as record:
+        if not record.cached:
+            from transforms.transform import transform_examples
+
+            final = ctx.run_dir / "transform"
+            with _atomic_output_dir(final) as out:
+                result = transform_examples(Path(cleaned.uri), out, beam_args=ctx.beam_args())
+            record.output("transform_graph", "TransformGraph", str(final / "transform_graph"))
+            record.output("transformed", "TransformedExamples", str(final / "transformed"), {
+                "split_names": json.dumps(sorted(result.rows)), "rows": sum(result.rows.values()),
+            })
+            record.record(rows=result.rows)
+    return _outcome("transform", record, started, f"transformed rows {record.results.get('rows')}")
+
+
+def train(ctx: StepContext, transformed: ArtifactRef, transform_graph: ArtifactRef) -> StepOutcome:
+    """Trains the wide-and-deep model and exports a SavedModel with the TFT graph inside."""
+    started = time.time()
+    hyperparameters = dataclasses.asdict(ctx.config.training)
+    with ctx.run.step("Train", {"transformed": transformed, "transform_graph": transform_graph}, hyperparameters) as record:
+        if not record.cached:
+            from trainer.train import train_model
+
+            final = ctx.run_dir / "train"
+            with _atomic_output_dir(final) as out:
+                result = train_model(Path(transformed.uri), Path(transform_graph.uri), out, ctx.config.training)
+            record.output("model", "Model", str(final / "model"), {
+                "fingerprint": result.fingerprint, "hyperparameters": hyperparameters,
+                **{f"eval_{k}": float(v) for k, v in result.eval_metrics.items()},
+            })
+            record.record(train_metrics=result.train_metrics, eval_metrics=result.eval_metrics)
+    metrics = record.results.get("eval_metrics")
+    metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
+    return _outcome("train", record, started, f"trained {ctx.config.training.train_steps} steps; eval {_fmt(metrics)}")
+
+
+def _fmt(metrics: Mapping[str, Any] | None) -> str:
+    if not metrics:
+        return "{}"
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def current_model(ctx: StepContext) -> tuple[int, Path] | None:
+    """The version TF Serving serves as `stable` (or the newest pushed one), if any."""
+    from serving.model_config import labels, read_model_config
+
+    serving = ctx.config.serving
+    model_dir = serving.model_base_dir / serving.model_name
+    version: int | None = None
+    if serving.model_config_file.exists():
+        version = labels(read_model_config(serving.model_config_file), serving.model_name).get("stable")
+    if version is None and model_dir.is_dir():
+        versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+        version = max(versions) if versions else None
+    if version is None or not (model_dir / str(version)).is_dir():
+        return None
+    return version, model_dir / str(version)
+
+
+def _pushed_model_artifact(ctx: StepContext, version: int) -> ArtifactRef | None:
+    from metadata.recorder import properties_of
+
+    store = ctx.run.store
+    for artifact in store.get_artifacts_by_type("PushedModel"):
+        props = properties_of(artifact)
+        if props.get("model_name") == ctx.config.serving.model_name and props.get("version") == version:
+            return ArtifactRef(artifact.id, "PushedModel", artifact.uri, props)
+    return None
+
+
+def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, require_blessing: bool = True) -> StepOutcome:
+    """Metrics overall and per slice on the eval split, against the currently served model."""
+    started = time.time()
+    baseline = current_model(ctx)
+    inputs: dict[str, ArtifactRef] = {"model": model, "examples": examples}
+    baseline_ref = _pushed_model_artifact(ctx, baseline[0]) if baseline else None
+    if baseline_ref is not None and baseline_ref.properties.get("fingerprint") == model.properties.get("fingerprint"):
+        # The candidate is the model already served (a re-run): comparing it with itself adds
+        # nothing, and leaving it out keeps the step's inputs the same, so it is reused.
+        baseline, baseline_ref = None, None
+    if baseline_ref is not None:
+        inputs["baseline_model"] = baseline_ref
+    parameters = {**dataclasses.asdict(ctx.config.evaluation), "baseline_version": baseline[0] if baseline else None}
+    with ctx.run.step("Evaluate", inputs, parameters) as record:
+        if not record.cached:
+            from trainer.evaluate import evaluate_model
+
+            final = ctx.run_dir / "evaluate"
+            with _atomic_output_dir(final) as out:
+                result = evaluate_model(
+                    Path(model.uri), Path(examples.uri), out, config=ctx.config.evaluation,
+                    baseline_model_dir=baseline[1] if baseline else None,
+                    baseline_label=f"v{baseline[0]} (serving)" if baseline else "current",
+                )
+            record.output("evaluation", "ModelEvaluation", str(final), {
+                "auc": float(result.metrics["auc"]), "metrics": result.metrics,
+                "report": str(final / "report.html"),
+            })
+            record.output("blessing", "ModelBlessing", str(final / "evaluation.json"), {
+                "blessed": int(result.blessed), "reasons": result.reasons,
+            })
+            record.record(metrics=result.metrics, baseline_metrics=result.baseline_metrics, blessed=int(result.blessed), reasons=result.reasons)
+    r = record.results
+    metrics = json.loads(r["metrics"]) if isinstance(r["metrics"], str) else r["metrics"]
+    reasons = json.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"]
+    outcome = _outcome("evaluate", record, started, (
+        f"{'BLESSED' if r['blessed'] else 'NOT BLESSED'}: {_fmt({k: metrics[k] for k in ('auc', 'accuracy', 'log_loss') if k in metrics})}; "
+        + "; ".join(reasons)
+    ))
+    if require_blessing and not r["blessed"]:
+        raise ModelNotBlessedError(f"evaluate: the model is not blessed, so it is not pushed: {'; '.join(reasons)} "
+                                   f"(report: {record.outputs['evaluation'].uri}/report.html)")
+    return outcome
+
+
+def push(ctx: StepContext, model: ArtifactRef, blessing: ArtifactRef) -> StepOutcome:
+    """Copies a blessed model into TF Serving's model base path, atomically."""
+    started = time.time()
+    if not blessing.properties.get("blessed"):
+        raise ModelNotBlessedError(f"push: blessing {blessing.id} says the model is not blessed; nothing pushed")
+    serving = ctx.config.serving
+    parameters = {"model_name": serving.model_name, "model_base_dir": str(serving.model_base_dir)}
+    with ctx.run.step("Push", {"model": model, "blessing": blessing}, parameters, use_cache=False) as record:
+        from serving.push import push_model
+
+        result = push_model(
+            Path(model.uri), serving.model_base_dir, serving.model_name,
+            fingerprint=model.properties.get("fingerprint"), config_file=serving.model_config_file,
+        )
+        existing = _pushed_model_artifact(ctx, result.version) if result.reused else None
+        if existing is not None:
+            record.link_output("pushed_model", existing)
+            record.record(version=result.version, reused=1, path=str(result.path))
+        else:
+            record.output("pushed_model", "PushedModel", str(result.path), {
+                "model_name": serving.model_name, "version": result.version, "fingerprint": model.properties.get("fingerprint"),
+                "pushed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            })
+            record.record(version=result.version, reused=int(result.reused), path=str(result.path))
+    r = record.results
+    what = "already pushed as" if r["reused"] else "pushed as"
+    return _outcome("push", record, started, f"{what} {serving.model_name}:{r['version']} at {r['path']}")

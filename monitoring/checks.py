@@ -1,0 +1,525 @@
+"""The monitoring checks on a window of prediction logs, and `run_monitoring`, which the monitoring DAG calls.
+
+Every check is a plain function on DataFrames and TFDV statistics (usable from tests and
+notebooks) returning a `CheckOutcome`: its value, its threshold, pass/fail and the evidence
+(which features moved, how far). `run_monitoring` reads the window, finds the served model's
+training baseline by following its lineage in ML Metadata, runs every check, writes `result.json`
+and `report.html`, and records a `DriftCheck` execution whose `DriftCheckResult` output is what a
+drift-triggered retraining points back to (docs/ARCHITECTURE.md, "Monitoring").
+
+Checks (names as in the result):
+- data_drift: TFDV drift comparators, window vs the previous window and vs the training data;
+- training_serving_skew: TFDV skew comparators, training vs serving statistics;
+- schema_anomalies: the serving statistics against the training schema (environment SERVING);
+- missing_values: missing rate per feature vs the training rate plus a margin;
+- null_outputs: share of served examples the model gave no probability for;
+- prediction_drift: predicted probabilities vs the model's evaluation predictions;
+- concept_drift: accuracy, AUC and calibration on requests with ground truth from feedback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
+
+from metadata.queries import DEFAULT_LOG_DIR
+from metadata.recorder import ArtifactRef, Trigger
+from mlops.config import Config
+from mlops.errors import DataError
+from monitoring import drift
+from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds, load_thresholds
+from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind
+
+log = logging.getLogger(__name__)
+
+DATA_DRIFT = "data_drift"
+SKEW = "training_serving_skew"
+SCHEMA_ANOMALIES = "schema_anomalies"
+MISSING_VALUES = "missing_values"
+NULL_OUTPUTS = "null_outputs"
+PREDICTION_DRIFT = "prediction_drift"
+CONCEPT_DRIFT = "concept_drift"
+CHECK_NAMES = (DATA_DRIFT, SKEW, SCHEMA_ANOMALIES, MISSING_VALUES, NULL_OUTPUTS, PREDICTION_DRIFT, CONCEPT_DRIFT)
+
+RESULT_FILE = "result.json"
+REPORT_FILE = "report.html"
+STATISTICS_FILE = Path("statistics") / "FeatureStats.pb"
+# A category counts as vanished when the baseline saw it at least this many times, its share
+# predicts at least this many rows in the window, and none came: P(0 | Poisson(10)) = 4.5e-5, so
+# noise does not trip it (and a value seen twice in training is no evidence of anything).
+VANISHED_MIN_EXPECTED = 10.0
+# A value the baseline never had is drift once it holds this share of the window (and 10 rows).
+NEW_CATEGORY_MIN_SHARE = 0.05
+# Features (and anomaly texts) named in a check's evidence; the full tables are in its details.
+MAX_EVIDENCE_FEATURES = 6
+MAX_EVIDENCE_TEXT = 200
+# A missing rate may exceed the training rate by this many standard deviations of chance.
+MISSING_NOISE_SIGMAS = 3.0
+_KINDS = {feature.name: feature.kind for feature in SERVING_FEATURES}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    value: float | None  # the worst score seen
+    threshold: float | None
+    evidence: dict  # which features moved and how far, counts, etc.
+    # What the report draws (distributions per feature); not part of the JSON result.
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "value": _finite(self.value), "threshold": self.threshold,
+                "evidence": _plain(self.evidence)}
+
+    def details_json(self) -> dict[str, Any]:
+        """The details as strict JSON (per-feature tables and distributions), for result.json and tests."""
+        return _plain({key: value for key, value in self.details.items() if key != "scores"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringResult:
+    checks: list[CheckOutcome]
+    window_start: dt.datetime
+    window_end: dt.datetime
+    model_name: str
+    model_version: int | None
+    rows: int
+    report_html: Path | None
+    artifact: ArtifactRef | None  # the DriftCheckResult artifact recorded in MLMD
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed(self) -> list[CheckOutcome]:
+        return [check for check in self.checks if not check.passed]
+
+    def check(self, name: str) -> CheckOutcome:
+        for outcome in self.checks:
+            if outcome.name == name:
+                return outcome
+        raise KeyError(f"no check {name!r} in this result; checks: {[c.name for c in self.checks]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "failed_checks": [check.name for check in self.failed],
+            "checks": [check.to_json() for check in self.checks],
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "rows": self.rows,
+            "report_html": str(self.report_html) if self.report_html else None,
+            "artifact": self.artifact.to_json() if self.artifact else None,
+        }
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _finite(value.item())
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Strict-JSON types: NaN/inf become None, numpy scalars Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return _finite(value)
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_EVIDENCE_TEXT else text[:MAX_EVIDENCE_TEXT - 3] + "..."
+
+
+def skipped_outcome(name: str, why: str, **evidence: Any) -> CheckOutcome:
+    """A check that could not judge this window (too few rows or labels): it passes and says why."""
+    return CheckOutcome(name, True, None, None, {"judged": False, "skipped": why, **evidence})
+
+
+# --- distribution checks ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """Data to compare the window with: its TFDV statistics and, when available, the raw rows."""
+
+    label: str  # e.g. "training data (taxi:3)" or "previous window"
+    statistics: statistics_pb2.DatasetFeatureStatisticsList
+    frame: pd.DataFrame | None = None
+
+
+def closed_vocabularies(schema: schema_pb2.Schema) -> list[str]:
+    """Categorical features whose schema lists every allowed value (e.g. payment_type, not company)."""
+    return [f.name for f in schema.feature if f.HasField("string_domain") or (f.HasField("domain") and f.domain)]
+
+
+def category_changes(baseline_frame: pd.DataFrame | None, baseline_stats: statistics_pb2.DatasetFeatureStatisticsList,
+                     current: pd.DataFrame, features: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per categorical feature: frequent baseline values absent from the window, and new values that took a share.
+
+    L-infinity distance alone misses a rare value that vanishes (a 0.6% payment type gone moves
+    the distance by 0.006); a value expected at least 10 times and seen 0 times is not noise.
+    Callers pass closed vocabularies only: in an open one (company) values come and go as
+    business does (2013's first half lacks companies of 2014), which is not drift.
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    stats = drift.feature_statistics(baseline_stats)
+    for name in features:
+        if _KINDS.get(name) is not Kind.STRING or name not in current.columns:
+            continue
+        now = current[name].dropna().astype(str).value_counts()
+        if baseline_frame is not None and name in baseline_frame.columns:
+            before = baseline_frame[name].dropna().astype(str).value_counts()
+        elif name in stats:
+            before = pd.Series(drift._distribution(stats[name]))  # noqa: SLF001 - same module family
+        else:
+            continue
+        if before.sum() <= 0 or now.sum() <= 0:
+            continue
+        shares = before / before.sum()
+        n = float(now.sum())
+        vanished = {value: round(float(share), 4) for value, share in shares.items()
+                    if share * n >= VANISHED_MIN_EXPECTED and before[value] >= VANISHED_MIN_EXPECTED and now.get(value, 0) == 0}
+        new = {value: round(float(count / n), 4) for value, count in now.items()
+               if value not in shares.index and count >= 10 and count / n >= NEW_CATEGORY_MIN_SHARE}
+        if vanished or new:
+            changes[name] = {"vanished": vanished, "new": new}
+    return changes
+
+
+def _compare(check: str, kind: str, baselines: Sequence[Baseline], current_stats: statistics_pb2.DatasetFeatureStatisticsList,
+             current: pd.DataFrame, schema: schema_pb2.Schema, thresholds: ComparatorThresholds, window_hours: float,
+             min_rows: int) -> CheckOutcome:
+    rows = len(current)
+    if rows < min_rows:
+        return skipped_outcome(check, f"only {rows} rows in the window; at least {min_rows} are needed to tell drift from noise",
+                        rows=rows, min_rows=min_rows)
+    features = drift.compared_features(thresholds, window_hours)
+    skipped = {f.name: f"compared only for windows of at least {thresholds.for_feature(f.name).min_window_hours:g} hours "
+                       f"(this one: {window_hours:g})"
+               for f in SERVING_FEATURES
+               if thresholds.for_feature(f.name).enabled and f.name not in features}
+    disabled = sorted(f.name for f in SERVING_FEATURES if not thresholds.for_feature(f.name).enabled)
+    per_baseline: dict[str, Any] = {}
+    scores_by_baseline: dict[str, dict[str, drift.FeatureScore]] = {}
+    drifted_all: set[str] = set()
+    moved: list[tuple[float, str, dict[str, Any]]] = []
+    worst: drift.FeatureScore | None = None
+    closed = set(closed_vocabularies(schema))
+    for baseline in baselines:
+        scores, not_compared = drift.compare_statistics(baseline.statistics, current_stats, current, schema, features,
+                                                        kind, reference_frame=baseline.frame)
+        changes = category_changes(baseline.frame, baseline.statistics, current, [f for f in features if f in closed])
+        drifted = sorted({name for name, score in scores.items() if score.drifted} | set(changes))
+        drifted_all.update(drifted)
+        for name, score in scores.items():
+            if worst is None or score.ratio > worst.ratio:
+                worst = score
+            if score.drifted or name in changes:
+                entry = {"baseline": baseline.label, "metric": score.metric, "value": round(score.value, 4),
+                         "threshold": round(score.threshold, 4)}
+                if name in changes:
+                    entry.update(vanished=sorted(changes[name]["vanished"]), new=sorted(changes[name]["new"]))
+                moved.append((score.ratio if score.drifted else score.ratio + 1.0, name, entry))
+        per_baseline[baseline.label] = {
+            "rows": int(drift.dataset(baseline.statistics).num_examples),
+            "drifted": drifted,
+            "features": {name: scores[name].to_json(with_distributions=True) for name in sorted(scores)},
+            "category_changes": changes,
+            "not_compared": not_compared,
+        }
+        scores_by_baseline[baseline.label] = scores
+    # Evidence travels far (Airflow XCom, the retraining run's conf, an MLMD property): the worst
+    # few features with their numbers; every feature's table and distributions are in `details`.
+    evidence_moved: dict[str, Any] = {}
+    for _, name, entry in sorted(moved, key=lambda item: -item[0]):
+        if name not in evidence_moved and len(evidence_moved) < MAX_EVIDENCE_FEATURES:
+            evidence_moved[name] = entry
+    evidence = {
+        "drifted_features": sorted(drifted_all),
+        "moved": evidence_moved,
+        "compared_with": [baseline.label for baseline in baselines],
+        "rows": rows,
+        "window_hours": round(window_hours, 3),
+        "not_compared_for_window_length": sorted(skipped),
+        "disabled": disabled,
+    }
+    details = {"baselines": per_baseline, "scores": scores_by_baseline, "not_compared_for_window_length": skipped}
+    return CheckOutcome(check, not drifted_all, worst.value if worst else None, worst.threshold if worst else None,
+                        evidence, details)
+
+
+def data_drift(current_stats: statistics_pb2.DatasetFeatureStatisticsList, current: pd.DataFrame,
+               baselines: Sequence[Baseline], schema: schema_pb2.Schema, thresholds: MonitoringThresholds,
+               window_hours: float) -> CheckOutcome:
+    """TFDV drift comparators (JS divergence numeric, L-infinity categorical) against each baseline."""
+    return _compare(DATA_DRIFT, drift.DRIFT, baselines, current_stats, current, schema, thresholds.drift,
+                    window_hours, thresholds.min_rows)
+
+
+def training_serving_skew(training: Baseline, serving_stats: statistics_pb2.DatasetFeatureStatisticsList,
+                          serving: pd.DataFrame, schema: schema_pb2.Schema, thresholds: MonitoringThresholds,
+                          window_hours: float) -> CheckOutcome:
+    """TFDV skew comparators between the model's training data and what it is served."""
+    return _compare(SKEW, drift.SKEW, [training], serving_stats, serving, schema, thresholds.skew,
+                    window_hours, thresholds.min_rows)
+
+
+def schema_anomalies(serving_stats: statistics_pb2.DatasetFeatureStatisticsList, schema: schema_pb2.Schema) -> CheckOutcome:
+    """The serving data against the training schema in the SERVING environment (no label there):
+    new categories of closed vocabularies, out-of-range values, wrong types, missing required values."""
+    import tensorflow_data_validation as tfdv
+
+    from validation.validate import anomalies_by_feature
+
+    anomalies = tfdv.validate_statistics(serving_stats, schema, environment="SERVING")
+    found = anomalies_by_feature(anomalies)
+    shown = dict(sorted(found.items())[:MAX_EVIDENCE_FEATURES])
+    return CheckOutcome(SCHEMA_ANOMALIES, not found, float(len(found)), 0.0,
+                        {"features": sorted(found), "anomalies": {k: _clip(v) for k, v in shown.items()}},
+                        {"anomalies": found})
+
+
+def missing_values(current_stats: statistics_pb2.DatasetFeatureStatisticsList,
+                   training_stats: statistics_pb2.DatasetFeatureStatisticsList, thresholds: MonitoringThresholds) -> CheckOutcome:
+    """Missing rate per serving feature against the training rate plus the feature's margin."""
+    rows = int(drift.dataset(current_stats).num_examples)
+    if rows < thresholds.min_rows:
+        return skipped_outcome(MISSING_VALUES, f"only {rows} rows in the window; at least {thresholds.min_rows} are needed",
+                        rows=rows, min_rows=thresholds.min_rows)
+    features: dict[str, dict[str, Any]] = {}
+    worst_name, worst_excess = None, -math.inf
+    for name in SERVING_COLUMNS:
+        before, now = drift.missing_rate(training_stats, name), drift.missing_rate(current_stats, name)
+        if before is None or now is None:
+            continue
+        configured = thresholds.missing_values.margin_for(name)
+        training_rows = int(drift.dataset(training_stats).num_examples)
+        floor = MISSING_NOISE_SIGMAS * math.sqrt(before * (1.0 - before) * (1.0 / rows + 1.0 / max(training_rows, 1)))
+        margin = max(configured, floor)
+        increase = now - before
+        features[name] = {"training": round(before, 4), "current": round(now, 4), "increase": round(increase, 4),
+                          "margin": round(margin, 4), "configured_margin": configured, "noise_floor": round(floor, 4),
+                          "exceeded": increase > margin}
+        if increase - margin > worst_excess:
+            worst_name, worst_excess = name, increase - margin
+    exceeded = sorted(name for name, values in features.items() if values["exceeded"])
+    value = features[worst_name]["increase"] if worst_name else None
+    threshold = features[worst_name]["margin"] if worst_name else None
+    shown = {name: {k: features[name][k] for k in ("training", "current", "margin")} for name in exceeded[:MAX_EVIDENCE_FEATURES]}
+    return CheckOutcome(MISSING_VALUES, not exceeded, value, threshold,
+                        {"features_exceeded": exceeded, "rows": rows, "exceeded": shown}, {"rates": features})
+
+
+def null_outputs(served: pd.DataFrame, thresholds: MonitoringThresholds) -> CheckOutcome:
+    """Share of served examples whose logged probability is null (the model gave none, or NaN)."""
+    rows = len(served)
+    if rows == 0:
+        return skipped_outcome(NULL_OUTPUTS, "no served examples", rows=0)
+    probabilities = pd.to_numeric(served["probability"], errors="coerce")
+    nulls = int(probabilities.isna().sum())
+    share = nulls / rows
+    by_version = {str(k): int(v) for k, v in served.loc[probabilities.isna(), "model_version"].value_counts(dropna=False).items()} \
+        if "model_version" in served.columns else {}
+    return CheckOutcome(NULL_OUTPUTS, share <= thresholds.max_null_output_fraction, share,
+                        thresholds.max_null_output_fraction, {"null": nulls, "rows": rows, "null_by_version": by_version})
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionBaseline:
+    """The model's predicted probabilities on its evaluation data, as counts on fixed bins of [0, 1]."""
+
+    edges: tuple[float, ...]
+    counts: tuple[float, ...]
+    source: str  # where the numbers come from (evaluation.json, or a cached scoring)
+
+    def __post_init__(self) -> None:
+        if len(self.edges) != len(self.counts) + 1 or len(self.counts) < 2:
+            raise DataError(f"prediction baseline from {self.source}: {len(self.edges)} edges for {len(self.counts)} bins")
+
+
+def probability_histogram(probabilities: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    values = np.clip(np.asarray(probabilities, dtype=np.float64), edges[0], edges[-1])
+    return np.histogram(values, bins=np.asarray(edges, dtype=np.float64))[0].astype(np.float64)
+
+
+def prediction_drift(probabilities: np.ndarray, baseline: PredictionBaseline, thresholds: MonitoringThresholds) -> CheckOutcome:
+    """JS divergence between the window's predicted probabilities and the evaluation's, on the same bins."""
+    values = np.asarray(probabilities, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size < thresholds.min_rows:
+        return skipped_outcome(PREDICTION_DRIFT, f"only {values.size} predictions; at least {thresholds.min_rows} are needed",
+                        rows=int(values.size), min_rows=thresholds.min_rows)
+    current = probability_histogram(values, baseline.edges)
+    value = drift.js_divergence(baseline.counts, current)
+    used = sum(1 for b, c in zip(baseline.counts, current) if b or c)
+    floor = drift.js_noise_floor(used, float(values.size), float(sum(baseline.counts)))
+    threshold = max(thresholds.prediction_js, floor)
+    base = np.asarray(baseline.counts) / max(sum(baseline.counts), 1.0)
+    now = current / current.sum()
+    baseline_mean = float(np.sum(base * (np.asarray(baseline.edges[:-1]) + np.asarray(baseline.edges[1:])) / 2))
+    evidence = {"rows": int(values.size), "mean_probability": round(float(values.mean()), 4),
+                "baseline_mean_probability": round(baseline_mean, 4), "baseline_source": baseline.source,
+                "configured_threshold": thresholds.prediction_js, "noise_floor": round(floor, 6)}
+    details = {"edges": list(baseline.edges), "baseline": base.tolist(), "current": now.tolist()}
+    return CheckOutcome(PREDICTION_DRIFT, value <= threshold, value, threshold, evidence, details)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptBaseline:
+    """The model's evaluation metrics the labelled traffic is held against."""
+
+    auc: float
+    accuracy: float
+    ece: float
+    source: str
+
+
+def concept_metrics(labels: np.ndarray, probabilities: np.ndarray, decision_threshold: float, bins: int) -> dict[str, float]:
+    """Accuracy and AUC as trainer/evaluate.py defines them, and expected calibration error."""
+    from trainer.evaluate import binary_metrics
+
+    metrics = binary_metrics(np.asarray(labels, dtype=bool), np.asarray(probabilities, dtype=np.float64), decision_threshold)
+    return {"auc": metrics["auc"], "accuracy": metrics["accuracy"], "positive_rate": metrics["positive_rate"],
+            "mean_probability": metrics["mean_probability"],
+            "ece": drift.expected_calibration_error(labels, probabilities, bins)}
+
+
+def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds: ConceptDriftThresholds,
+                  decision_threshold: float = 0.5) -> CheckOutcome:
+    """Accuracy, AUC and calibration on served examples whose ground truth came back, vs the evaluation.
+
+    `labelled` needs `probability` and `ground_truth` (0/1) columns; rows missing either are not
+    counted. Below `min_labels` labels nothing is judged: a few unlucky labels are not a change
+    of concept.
+    """
+    usable = labelled[pd.to_numeric(labelled["probability"], errors="coerce").notna() & labelled["ground_truth"].notna()]
+    labels = usable["ground_truth"].astype("int64").to_numpy()
+    count = int(labels.size)
+    if count < thresholds.min_labels:
+        return skipped_outcome(CONCEPT_DRIFT, f"{count} labelled predictions; at least {thresholds.min_labels} are needed",
+                        labels=count, min_labels=thresholds.min_labels)
+    if not set(np.unique(labels)) <= {0, 1}:
+        raise DataError(f"ground_truth must be 0 or 1, got values {sorted(set(np.unique(labels).tolist()) - {0, 1})}")
+    probabilities = pd.to_numeric(usable["probability"]).to_numpy(dtype=np.float64)
+    metrics = concept_metrics(labels, probabilities, decision_threshold, thresholds.calibration_bins)
+    baseline_values = {"auc": baseline.auc, "accuracy": baseline.accuracy, "ece": baseline.ece}
+    # metric -> (current, limit, movement in the bad direction, allowed movement)
+    limits = {
+        "auc": (metrics["auc"], baseline.auc - thresholds.max_auc_drop, baseline.auc - metrics["auc"], thresholds.max_auc_drop),
+        "accuracy": (metrics["accuracy"], baseline.accuracy - thresholds.max_accuracy_drop,
+                     baseline.accuracy - metrics["accuracy"], thresholds.max_accuracy_drop),
+        "ece": (metrics["ece"], baseline.ece + thresholds.max_ece_increase, metrics["ece"] - baseline.ece,
+                thresholds.max_ece_increase),
+    }
+    # AUC is undefined when every label is one class; a metric the evaluation lacks cannot be compared.
+    judged = {name: values for name, values in limits.items() if not math.isnan(values[2])}
+    failed = sorted(name for name, (_, _, movement, allowed) in judged.items() if movement > allowed)
+    if not judged:
+        return skipped_outcome(CONCEPT_DRIFT, "no metric could be compared (single-class labels, no evaluation metrics)",
+                               labels=count)
+    worst = max(judged, key=lambda name: judged[name][2] / judged[name][3] if judged[name][3] > 0 else math.inf)
+    evidence = {
+        "labels": count,
+        "metrics_failed": failed,
+        "metrics": {name: {"current": _finite(round(current, 4)), "baseline": _finite(round(baseline_values[name], 4)),
+                           "limit": _finite(round(limit, 4))}
+                    for name, (current, limit, _, _) in limits.items()},
+        "positive_rate": round(metrics["positive_rate"], 4),
+        "baseline_source": baseline.source,
+        "worst_metric": worst,
+    }
+    return CheckOutcome(CONCEPT_DRIFT, not failed, judged[worst][2], judged[worst][3], evidence, {"metrics": metrics})
+
+
+# --- run_monitoring --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_output_dir(final: Path) -> Iterator[Path]:
+    """A temp dir next to `final`, renamed to `final` only when the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        yield temp
+        if final.exists():
+            stale = final.parent / f".stale-{final.name}-{uuid.uuid4().hex[:8]}"
+            final.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        temp.rename(final)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, value: Any) -> Path:
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        temp.write_text(json.dumps(_plain(value), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _utc(value: dt.datetime | str, what: str) -> dt.datetime:
+    from monitoring.log_statistics import utc
+
+    return utc(value, what)
+
+
+def judged_version(served: pd.DataFrame) -> int:
+    """The model version that answered most of the window's served examples."""
+    versions = served["model_version"].dropna()
+    if versions.empty:
+        raise DataError("the logged requests carry no model_version: cannot tell which model to judge")
+    return int(versions.value_counts().sort_index(ascending=False).idxmax())
+
+
+def run_monitoring(
+    config: Config,
+    *,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    log_dir: Path | None = None,
+    run_id: str | None = None,
+    trigger: Trigger = Trigger("schedule"),
+    thresholds: MonitoringThresholds | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MonitoringResult:
+    """Runs every check on the served requests logged in [window_start, window_end) and records the result.
+
+    A window without logged requests returns a result with `rows == 0` and no checks (nothing is
+    recorded: there was nothing to judge). Raises DataError when the model that served the window
+    has no training lineage in ML Metadata, since there is then no baseline to judge it against.
+    """
+    from monitoring.monitor import Monitor
+
+    start, end = _utc(window_start, "window_start"), _utc(window_end, "window_end")
+    if end <= start:
+        raise DataError(f"the monitoring window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    monitor = Monitor(config, thresholds or load_thresholds(), Path(log_dir) if log_dir else config.root / DEFAULT_LOG_DIR,
+                      progress or (lambda message: log.info("%s", message)))
+    return monitor.run(start, end, run_id=run_id, trigger=trigger)

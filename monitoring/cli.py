@@ -1,0 +1,69 @@
+"""`mlops monitor check`: the drift checks from the command line, plus the lineage and runs commands.
+
+`mlops.cli` calls `add_commands` for every package that has one; this one also brings
+`mlops lineage ...` and `mlops runs ...` (metadata/cli.py), which answer from ML Metadata.
+Heavy imports happen inside the handlers, so `mlops --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# Exit code of `mlops monitor check` when a check failed (0: all passed, 2: bad input).
+EXIT_CHECK_FAILED = 1
+
+
+def cmd_monitor_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from metadata.recorder import Trigger
+    from mlops.config import load_config
+    from monitoring.checks import run_monitoring
+    from monitoring.settings import load_thresholds
+
+    config = load_config(args.config)
+    result = run_monitoring(
+        config, window_start=args.start, window_end=args.end, log_dir=Path(args.log_dir) if args.log_dir else None,
+        run_id=args.run_id, trigger=Trigger(args.trigger), thresholds=load_thresholds(args.thresholds),
+        progress=lambda message: print(message, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True, default=str))
+        return 0 if result.passed else EXIT_CHECK_FAILED
+    if result.rows == 0:
+        print(f"no served requests logged between {result.window_start.isoformat()} and {result.window_end.isoformat()}")
+        return 0
+    print(f"{result.rows} served requests of {result.model_name}:{result.model_version}, "
+          f"{result.window_start.isoformat()} to {result.window_end.isoformat()}")
+    for check in result.checks:
+        judged = check.evidence.get("judged") is not False
+        mark = ("passed" if check.passed else "FAILED") if judged else "not judged"
+        moved = (check.evidence.get("drifted_features") or check.evidence.get("features_exceeded")
+                 or check.evidence.get("features") or check.evidence.get("metrics_failed") or [])
+        value = f"{check.value:.4f}" if isinstance(check.value, float) else "-"
+        threshold = f"{check.threshold:.4f}" if isinstance(check.threshold, float) else "-"
+        detail = check.evidence.get("skipped") if not judged else (", ".join(moved) if not check.passed else "")
+        print(f"  {check.name:<22} {mark:<10} value {value:>8}  threshold {threshold:>8}  {detail or ''}".rstrip())
+    print(f"report: {result.report_html}")
+    if result.artifact is not None:
+        print(f"recorded: DriftCheckResult {result.artifact.id}")
+    return 0 if result.passed else EXIT_CHECK_FAILED
+
+
+def add_commands(sub: Any) -> None:
+    from metadata.cli import add_commands as add_lineage_commands
+
+    monitor = sub.add_parser("monitor", help="drift, skew, quality and concept-drift checks on prediction logs").add_subparsers(
+        dest="action", required=True)
+    check = monitor.add_parser("check", help="run every check on a window of logged predictions and record the result")
+    check.add_argument("--start", required=True, help="window start, ISO date or time (UTC)")
+    check.add_argument("--end", required=True, help="window end (exclusive), ISO date or time (UTC)")
+    check.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
+    check.add_argument("--thresholds", help="thresholds TOML (default: $MLOPS_MONITORING_THRESHOLDS, else monitoring/thresholds.toml)")
+    check.add_argument("--run-id", help="monitoring run id (MLMD context); default: a new one")
+    check.add_argument("--trigger", default="manual", help="manual | schedule | cli")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.set_defaults(handler=cmd_monitor_check)
+    add_lineage_commands(sub)

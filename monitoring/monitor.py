@@ -1,0 +1,416 @@
+"""One monitoring run: read the window, find the baselines through ML Metadata, run the checks, record.
+
+`monitoring.checks.run_monitoring` is the entry point; this module holds the steps so that each
+one (finding the baseline, the previous window, the labels) reads on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from metadata.lineage import LineageNotFoundError, find_pushed_model
+from metadata.queries import training_chain
+from metadata.recorder import ArtifactRef, PipelineRun, Trigger, properties_of
+from mlops.config import Config
+from mlops.errors import DataError
+from monitoring import checks
+from monitoring.checks import (
+    Baseline,
+    CheckOutcome,
+    ConceptBaseline,
+    MonitoringResult,
+    PredictionBaseline,
+    atomic_output_dir,
+    write_json_atomic,
+)
+from monitoring.settings import MonitoringThresholds
+
+log = logging.getLogger(__name__)
+
+MONITORING_PIPELINE_SUFFIX = "-monitoring"
+EVALUATION_FILE = "evaluation.json"  # trainer/evaluate.py EVALUATION_FILE; read as a file, no TF import
+# The evaluation report lists at most this many monitoring reports (newest first).
+MAX_REPORT_LINKS = 20
+PREDICTION_BINS = 20
+
+
+def monitoring_pipeline_name(config: Config) -> str:
+    return f"{config.pipeline_name}{MONITORING_PIPELINE_SUFFIX}"
+
+
+def _ref(artifact: Any, type_name: str) -> ArtifactRef:
+    return ArtifactRef(artifact.id, type_name, artifact.uri, properties_of(artifact))
+
+
+def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        frame.to_parquet(temp, index=False)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+@dataclasses.dataclass
+class ModelBaseline:
+    """What the served model was trained and evaluated on, found by following its lineage."""
+
+    pushed: ArtifactRef
+    statistics: ArtifactRef
+    examples: ArtifactRef
+    schema: ArtifactRef
+    evaluation: ArtifactRef | None
+    model_dir: Path
+
+
+class Monitor:
+    def __init__(self, config: Config, thresholds: MonitoringThresholds, log_dir: Path,
+                 progress: Callable[[str], None]) -> None:
+        self.config = config
+        self.thresholds = thresholds
+        self.log_dir = Path(log_dir)
+        self.progress = progress
+        self.model_name = config.serving.model_name
+
+    # --- inputs ------------------------------------------------------------------------------
+
+    def beam_args(self) -> list[str]:
+        temp = self.config.pipeline_root / "tmp" / "beam"
+        temp.mkdir(parents=True, exist_ok=True)
+        args = list(self.config.beam_args)
+        if not any(a.startswith("--temp_location") for a in args):
+            args.append(f"--temp_location={temp}")
+        return args
+
+    def read_served(self, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+        from serving.prediction_log import read_prediction_logs
+
+        return read_prediction_logs(self.log_dir, start, end, model_name=self.model_name, include_shadow=False)
+
+    def model_baseline(self, store: Any, version: int) -> ModelBaseline:
+        try:
+            pushed = find_pushed_model(store, self.model_name, version)
+        except LineageNotFoundError as err:
+            raise DataError(f"{self.model_name}:{version} served the window, but {err}; without its training lineage "
+                            "there is no baseline to judge it against (push models through the pipeline)") from None
+        chain = training_chain(store, pushed)
+        needed = {"statistics": "ExampleStatistics", "examples": "Examples", "schema": "Schema"}
+        missing = [role for role in needed if chain.artifact(role) is None]
+        if missing:
+            raise DataError(f"the lineage of {self.model_name}:{version} (PushedModel {pushed.id}) lacks {missing}: "
+                            "cannot find its training statistics")
+        evaluation = chain.artifact("evaluation")
+        model = chain.artifact("model")
+        model_dir = Path(pushed.uri) if Path(pushed.uri).exists() else Path(model.uri if model else pushed.uri)
+        return ModelBaseline(
+            pushed=_ref(pushed, "PushedModel"),
+            statistics=_ref(chain.artifact("statistics"), "ExampleStatistics"),
+            examples=_ref(chain.artifact("examples"), "Examples"),
+            schema=_ref(chain.artifact("schema"), "Schema"),
+            evaluation=_ref(evaluation, "ModelEvaluation") if evaluation is not None else None,
+            model_dir=model_dir,
+        )
+
+    def cache_dir(self) -> Path:
+        return self.config.pipeline_root / "monitoring" / "baselines"
+
+    def training_frame(self, examples: ArtifactRef) -> pd.DataFrame:
+        """The training split's raw rows, cached per Examples artifact (they never change)."""
+        from monitoring.frames import read_examples_frame, with_feature_types
+
+        cached = self.cache_dir() / f"examples-{examples.id}-train.parquet"
+        if cached.is_file():
+            return with_feature_types(pd.read_parquet(cached))
+        frame = read_examples_frame(Path(examples.uri), "train")
+        _write_parquet_atomic(frame, cached)
+        return frame
+
+    def evaluation_document(self, baseline: ModelBaseline) -> dict[str, Any] | None:
+        if baseline.evaluation is None:
+            return None
+        path = Path(baseline.evaluation.uri) / EVALUATION_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+
+    def prediction_baseline(self, baseline: ModelBaseline, document: dict[str, Any] | None) -> PredictionBaseline:
+        """The evaluation's score histogram; else the model scored once on its eval split, cached."""
+        if document is not None:
+            label = (document.get("model") or {}).get("label")
+            histogram = ((document.get("curves") or {}).get(label) or {}).get("histogram")
+            if histogram and histogram.get("edges"):
+                counts = np.asarray(histogram["positives"], dtype=float) + np.asarray(histogram["negatives"], dtype=float)
+                return PredictionBaseline(tuple(histogram["edges"]), tuple(counts.tolist()),
+                                          f"{baseline.evaluation.uri}/{EVALUATION_FILE}")
+        cached = self.cache_dir() / f"predictions-{baseline.pushed.id}.json"
+        if cached.is_file():
+            value = json.loads(cached.read_text(encoding="utf-8"))
+            return PredictionBaseline(tuple(value["edges"]), tuple(value["counts"]), str(cached))
+        from trainer.evaluate import score_examples
+
+        self.progress(f"scoring {baseline.model_dir} on its eval split once for the prediction baseline")
+        examples = Path((document or {}).get("examples", {}).get("path") or baseline.examples.uri)
+        scored = score_examples(examples, "eval", {"model": baseline.model_dir})
+        edges = np.linspace(0.0, 1.0, PREDICTION_BINS + 1)
+        counts = checks.probability_histogram(scored.probabilities["model"], edges)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cached, {"edges": edges.tolist(), "counts": counts.tolist(), "model_dir": str(baseline.model_dir)})
+        return PredictionBaseline(tuple(edges.tolist()), tuple(counts.tolist()), str(cached))
+
+    def concept_baseline(self, baseline: ModelBaseline, document: dict[str, Any] | None) -> ConceptBaseline | None:
+        from monitoring.drift import calibration_error_from_bins
+
+        if document is not None:
+            metrics = document.get("metrics") or {}
+            label = (document.get("model") or {}).get("label")
+            bins = ((document.get("curves") or {}).get(label) or {}).get("calibration") or {}
+            ece = (calibration_error_from_bins(bins["mean_predicted"], bins["observed_rate"], bins["count"])
+                   if bins.get("count") else math.nan)
+            return ConceptBaseline(_number(metrics.get("auc")), _number(metrics.get("accuracy")), ece,
+                                   f"{baseline.evaluation.uri}/{EVALUATION_FILE}")
+        if baseline.evaluation is not None:
+            metrics = baseline.evaluation.properties.get("metrics") or {}
+            return ConceptBaseline(_number(metrics.get("auc")), _number(metrics.get("accuracy")), math.nan,
+                                   f"ModelEvaluation {baseline.evaluation.id}")
+        return None
+
+    def labelled_requests(self, end: dt.datetime, version: int) -> pd.DataFrame:
+        """Served examples of this version in the rolling concept window, joined with their feedback."""
+        from serving.prediction_log import join_feedback, read_feedback
+
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        from monitoring.log_statistics import log_files
+
+        start = end - dt.timedelta(days=self.thresholds.concept.window_days)
+        feedback = read_feedback(self.log_dir, start, end)
+        columns = ["request_id", "instance_index", "timestamp", "model_name", "model_version", "probability", "is_shadow"]
+        files = log_files(self.log_dir, start, end)
+        if feedback.empty or not files:
+            return pd.DataFrame({**{c: [] for c in columns}, "ground_truth": pd.array([], dtype="Int64")})
+        # Only the labelled requests, and only the columns the metrics need: days of logs are large.
+        wanted = (pc.field("request_id").isin(pa.array(feedback["request_id"].unique().tolist(), type=pa.string()))
+                  & (pc.field("model_name") == self.model_name) & (pc.field("model_version") == version)
+                  & (pc.field("timestamp") >= pa.scalar(start, type=pa.timestamp("us", tz="UTC")))
+                  & (pc.field("timestamp") < pa.scalar(end, type=pa.timestamp("us", tz="UTC"))))
+        table = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=columns, filter=wanted)
+        served = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
+        return join_feedback(served, feedback)
+
+    def previous_window(self, store: Any, start: dt.datetime, end: dt.datetime, out: Path) -> tuple[Baseline | None, str]:
+        """The window of the same length just before this one, when it holds enough served requests."""
+        from beam_jobs.statistics import load_statistics
+        from monitoring.log_statistics import generate_log_statistics
+
+        previous_start = start - (end - start)
+        frame = self.read_served(previous_start, start)
+        label = f"previous window [{previous_start.isoformat()}, {start.isoformat()})"
+        if len(frame) < self.thresholds.min_rows:
+            return None, f"{label} holds {len(frame)} served requests (fewer than {self.thresholds.min_rows}): not compared"
+        reused = self._recorded_statistics(store, previous_start, start, len(frame))
+        if reused is not None:
+            return Baseline(label, load_statistics(reused), frame), f"{label}: statistics reused from {reused}"
+        path = generate_log_statistics(self.log_dir, previous_start, start, out / "previous_statistics" / "FeatureStats.pb",
+                                       model_name=self.model_name, beam_args=self.beam_args())
+        return Baseline(label, load_statistics(path), frame), f"{label}: statistics computed now"
+
+    def _recorded_statistics(self, store: Any, start: dt.datetime, end: dt.datetime, rows: int) -> Path | None:
+        for artifact in sorted(store.get_artifacts_by_type("DriftCheckResult"), key=lambda a: -a.id):
+            props = properties_of(artifact)
+            if (props.get("log_dir") == str(self.log_dir) and props.get("model_name") == self.model_name
+                    and props.get("window_start") == start.isoformat() and props.get("window_end") == end.isoformat()
+                    and props.get("rows") == rows and props.get("statistics") and Path(props["statistics"]).is_file()):
+                return Path(props["statistics"])
+        return None
+
+    def concept_history(self, store: Any, version: int) -> list[dict[str, Any]]:
+        history = []
+        for artifact in store.get_artifacts_by_type("DriftCheckResult"):
+            props = properties_of(artifact)
+            metrics = props.get("concept_metrics")
+            if props.get("model_name") == self.model_name and props.get("model_version") == version and isinstance(metrics, dict):
+                history.append({**metrics, "window_end": props.get("window_end"), "artifact_id": artifact.id})
+        return sorted(history, key=lambda h: str(h["window_end"]))
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self, start: dt.datetime, end: dt.datetime, *, run_id: str | None, trigger: Trigger) -> MonitoringResult:
+        from metadata.store import connect
+        from mlops.steps import new_run_id
+
+        served = self.read_served(start, end)
+        if served.empty:
+            self.progress(f"no served requests for {self.model_name} logged in [{start.isoformat()}, {end.isoformat()}) "
+                          f"under {self.log_dir}: nothing to check")
+            return MonitoringResult([], start, end, self.model_name, None, 0, None, None)
+        version = checks.judged_version(served)
+        store = connect(self.config.metadata)
+        baseline = self.model_baseline(store, version)
+        run_id = run_id or new_run_id("monitoring")
+        run = PipelineRun(store, monitoring_pipeline_name(self.config), run_id, trigger)
+        prediction_log = run.register_artifact(
+            "PredictionLog", str(self.log_dir),
+            {"window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),
+             "model_name": self.model_name}, identity=("window_start", "window_end", "rows"))
+        inputs = {"prediction_log": prediction_log, "model": baseline.pushed, "baseline_statistics": baseline.statistics,
+                  "schema": baseline.schema}
+        if baseline.evaluation is not None:
+            inputs["evaluation"] = baseline.evaluation
+        # Small on purpose: MLMD indexes string properties and PostgreSQL refuses index entries over 2.7 kB.
+        # The thresholds themselves are in result.json.
+        parameters = {"window_start": start.isoformat(), "window_end": end.isoformat(), "log_dir": str(self.log_dir),
+                      "model": f"{self.model_name}:{version}", "thresholds_file": str(self.thresholds.source),
+                      "thresholds_sha256": self.thresholds.fingerprint()}
+        final = self.config.pipeline_root / "runs" / run_id / "drift_check"
+        self.progress(f"checking {len(served)} served requests of [{start.isoformat()}, {end.isoformat()}) "
+                      f"against {self.model_name}:{version} (run {run_id})")
+        with run.step("DriftCheck", inputs, parameters, use_cache=False) as record:
+            with atomic_output_dir(final) as out:
+                outcomes, report_inputs = self._checks(store, served, version, baseline, start, end, out)
+                result = MonitoringResult(outcomes, start, end, self.model_name, version, len(served), final / checks.REPORT_FILE, None)
+                concept = next(c for c in outcomes if c.name == checks.CONCEPT_DRIFT)
+                concept_metrics = self._concept_summary(concept, end)
+                history = self.concept_history(store, version) + ([{**concept_metrics, "window_end": end.isoformat()}]
+                                                                  if concept_metrics else [])
+                document = {**result.to_json(), "details": {c.name: c.details_json() for c in outcomes},
+                            "run_id": run_id, "log_dir": str(self.log_dir),
+                            "thresholds": self.thresholds.to_json(), "baselines": report_inputs["baselines"],
+                            "concept_history": history}
+                document["report_html"] = str(final / checks.REPORT_FILE)
+                write_json_atomic(out / checks.RESULT_FILE, document)
+                from monitoring.report import write_report
+
+                links = self._report_links(baseline, final)
+                write_report(out / checks.REPORT_FILE, result, report_inputs, history, links, run_id)
+            record.output("result", "DriftCheckResult", str(final), {
+                "passed": int(result.passed), "model_name": self.model_name, "model_version": version,
+                "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),
+                "failed_checks": [c.name for c in result.failed], "report": str(final / checks.REPORT_FILE),
+                "statistics": str(final / checks.STATISTICS_FILE), "log_dir": str(self.log_dir),
+                "concept_metrics": concept_metrics or None,
+            })
+            record.record(passed=int(result.passed), failed_checks=[c.name for c in result.failed], rows=len(served),
+                          model=f"{self.model_name}:{version}")
+        artifact = record.outputs["result"]
+        self._link_evaluation_report(store, baseline, version)
+        status = "all checks passed" if result.passed else "FAILED: " + ", ".join(c.name for c in result.failed)
+        self.progress(f"{status}; report {final / checks.REPORT_FILE}; DriftCheckResult {artifact.id}")
+        return dataclasses.replace(result, artifact=artifact)
+
+    def _checks(self, store: Any, served: pd.DataFrame, version: int, baseline: ModelBaseline,
+                start: dt.datetime, end: dt.datetime, out: Path) -> tuple[list[CheckOutcome], dict[str, Any]]:
+        from beam_jobs.statistics import load_statistics, statistics_path
+        from monitoring.log_statistics import generate_log_statistics
+        from validation.schema import load_schema
+
+        thresholds = self.thresholds
+        window_hours = (end - start).total_seconds() / 3600
+        self.progress("statistics of the window (Beam job over the Parquet logs)")
+        current_path = generate_log_statistics(self.log_dir, start, end, out / checks.STATISTICS_FILE,
+                                               model_name=self.model_name, beam_args=self.beam_args())
+        current_stats = load_statistics(current_path)
+        training_stats = load_statistics(statistics_path(baseline.statistics.uri, "train"))
+        training = Baseline(f"training data of {self.model_name}:{version}", training_stats,
+                            self.training_frame(baseline.examples))
+        schema = load_schema(baseline.schema.uri)
+        previous, previous_note = self.previous_window(store, start, end, out)
+        drift_baselines = [training] + ([previous] if previous is not None else [])
+        self.progress("comparing distributions (TFDV drift and skew comparators)")
+        data_drift = checks.data_drift(current_stats, served, drift_baselines, schema, thresholds, window_hours)
+        data_drift.evidence["previous_window"] = previous_note
+        outcomes = [
+            data_drift,
+            checks.training_serving_skew(training, current_stats, served, schema, thresholds, window_hours),
+            checks.schema_anomalies(current_stats, schema),
+            checks.missing_values(current_stats, training_stats, thresholds),
+            checks.null_outputs(served, thresholds),
+        ]
+        document = self.evaluation_document(baseline)
+        of_version = served[served["model_version"] == version]
+        prediction_baseline = self.prediction_baseline(baseline, document)
+        outcomes.append(checks.prediction_drift(pd.to_numeric(of_version["probability"]).to_numpy(dtype=float),
+                                                prediction_baseline, thresholds))
+        concept_baseline = self.concept_baseline(baseline, document)
+        labelled = self.labelled_requests(end, version)
+        if concept_baseline is None:
+            outcomes.append(checks.skipped_outcome(checks.CONCEPT_DRIFT, "the model has no evaluation to compare with"))
+        else:
+            outcomes.append(checks.concept_drift(labelled, concept_baseline, thresholds.concept,
+                                                 self.config.evaluation.decision_threshold))
+        report_inputs = {
+            "baselines": {"training_statistics": str(statistics_path(baseline.statistics.uri, "train")),
+                          "training_examples": baseline.examples.uri, "schema": baseline.schema.uri,
+                          "previous_window": previous_note, "evaluation": baseline.evaluation.uri if baseline.evaluation else None,
+                          "prediction_baseline": prediction_baseline.source},
+            "current_statistics": current_stats,
+            "training_statistics": training_stats,
+            "versions": {str(k): int(v) for k, v in served["model_version"].value_counts(dropna=False).items() if v},
+            "labels_in_concept_window": int(labelled["ground_truth"].notna().sum()) if len(labelled) else 0,
+            "concept_window_days": thresholds.concept.window_days,
+        }
+        return outcomes, report_inputs
+
+    @staticmethod
+    def _concept_summary(concept: CheckOutcome, end: dt.datetime) -> dict[str, Any]:
+        metrics = concept.details.get("metrics") if concept.details else None
+        if not metrics:
+            return {}
+        return {"labels": concept.evidence.get("labels"), "passed": concept.passed,
+                **{k: (None if isinstance(v, float) and math.isnan(v) else round(float(v), 5))
+                   for k, v in metrics.items() if k in ("auc", "accuracy", "ece", "positive_rate")}}
+
+    def _report_links(self, baseline: ModelBaseline, final: Path) -> dict[str, str]:
+        links: dict[str, str] = {}
+        if baseline.evaluation is not None:
+            report = baseline.evaluation.properties.get("report") or str(Path(baseline.evaluation.uri) / "report.html")
+            links[f"Evaluation report of {self.model_name}:{baseline.pushed.properties.get('version')}"] = \
+                os.path.relpath(report, final)
+        return links
+
+    def _link_evaluation_report(self, store: Any, baseline: ModelBaseline, version: int) -> None:
+        """Re-renders the model's evaluation report with links to its monitoring reports (newest first)."""
+        if baseline.evaluation is None:
+            return
+        evaluation_dir = Path(baseline.evaluation.uri)
+        evaluation_json = evaluation_dir / EVALUATION_FILE
+        if not evaluation_json.is_file():
+            return
+        from metadata.queries import drift_checks_of
+        from trainer.report import rewrite_report
+
+        links = {}
+        for check in reversed(drift_checks_of(store, self.model_name, version)[-MAX_REPORT_LINKS:]):
+            if not check.get("report") or not Path(check["report"]).is_file():
+                continue
+            verdict = "passed" if check["passed"] else "FAILED " + ", ".join(check["failed_checks"])
+            title = f"Monitoring of {self.model_name}:{version}, {check['window_start']} to {check['window_end']}: {verdict}"
+            links[title] = os.path.relpath(check["report"], evaluation_dir)
+        try:
+            rewrite_report(evaluation_json, links)
+        except OSError as err:  # the evaluation directory may be read-only (an archived run): the check still stands
+            log.warning("could not add monitoring links to %s: %s", evaluation_json, err)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

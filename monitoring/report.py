@@ -1,0 +1,311 @@
+"""The monitoring report: one self-contained HTML page per check run (inline PNGs, no scripts, no network).
+
+What a person opening it needs, top to bottom: the verdict and which checks failed; per feature,
+the training (and previous window) distribution next to the window's, with the drift score
+against its threshold; missing-value rates; schema anomalies; the distribution of predicted
+probabilities; concept-drift metrics over time; links to the model's evaluation report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from matplotlib.figure import Figure  # the object API: no pyplot global state, no GUI backend
+
+from monitoring import checks
+from monitoring.drift import FeatureScore
+from transforms.features import SERVING_COLUMNS
+
+_SAFE_SCHEMES = ("", "http", "https", "file")
+_COLORS = {"training": "#4a7ab5", "previous": "#9b9b9b", "current": "#e07b39"}
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { font-size: 1.5em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5em 0 1.2em; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .2em .55em; text-align: left; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.pass { color: #0a6b1f; font-weight: 600; } .fail { color: #a31515; font-weight: 600; } .skip { color: #777; }
+.verdict { font-size: 1.2em; padding: .5em .8em; border-radius: 6px; display: inline-block; }
+.verdict.pass { background: #e7f5ea; } .verdict.fail { background: #fbeaea; }
+.features { display: flex; flex-wrap: wrap; gap: 1em; }
+.feature { border: 1px solid #ccc; border-radius: 6px; padding: .6em; width: 530px; }
+.feature table { font-size: .82em; width: 100%; }
+.feature.drifted { border-color: #a31515; background: #fdf4f4; }
+.feature h3 { margin: 0 0 .3em; font-size: 1em; }
+.meta { color: #555; font-size: .9em; }
+img { max-width: 100%; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _png(figure: Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _status(outcome: checks.CheckOutcome) -> str:
+    if outcome.evidence.get("judged") is False:
+        return '<span class="skip">not judged</span>'
+    return '<span class="pass">passed</span>' if outcome.passed else '<span class="fail">FAILED</span>'
+
+
+def _summary(outcome: checks.CheckOutcome) -> str:
+    evidence = outcome.evidence
+    if evidence.get("judged") is False:
+        return _e(evidence.get("skipped", ""))
+    if outcome.name in (checks.DATA_DRIFT, checks.SKEW):
+        moved = evidence.get("drifted_features") or []
+        return "features moved: " + _e(", ".join(moved)) if moved else "no feature moved beyond its threshold"
+    if outcome.name == checks.SCHEMA_ANOMALIES:
+        found = (outcome.details or {}).get("anomalies") or evidence.get("anomalies") or {}
+        return _e("; ".join(f"{k}: {v}" for k, v in found.items())) or "none"
+    if outcome.name == checks.MISSING_VALUES:
+        exceeded = evidence.get("features_exceeded") or []
+        return "missing more often than in training: " + _e(", ".join(exceeded)) if exceeded else "as in training"
+    if outcome.name == checks.NULL_OUTPUTS:
+        return f"{evidence.get('null')} of {evidence.get('rows')} predictions were null"
+    if outcome.name == checks.PREDICTION_DRIFT:
+        return (f"mean probability {_fmt(evidence.get('mean_probability'))} "
+                f"(evaluation {_fmt(evidence.get('baseline_mean_probability'))})")
+    if outcome.name == checks.CONCEPT_DRIFT:
+        failed = evidence.get("metrics_failed") or []
+        return (f"{evidence.get('labels')} labels; " +
+                ("worse than the evaluation: " + _e(", ".join(failed)) if failed else "in line with the evaluation"))
+    return ""
+
+
+def _checks_table(result: checks.MonitoringResult) -> str:
+    rows = ["<tr><th>check</th><th>status</th><th>value</th><th>threshold</th><th>evidence</th></tr>"]
+    for outcome in result.checks:
+        rows.append(f'<tr id="check-{_e(outcome.name)}"><td>{_e(outcome.name)}</td><td>{_status(outcome)}</td>'
+                    f'<td class="num">{_fmt(outcome.value)}</td><td class="num">{_fmt(outcome.threshold)}</td>'
+                    f"<td>{_summary(outcome)}</td></tr>")
+    return '<table class="checks">' + "".join(rows) + "</table>"
+
+
+def _distribution_figure(name: str, score: FeatureScore, baseline_label: str, colour_key: str) -> Figure:
+    """Bars of the shares per bucket (numeric: the baseline's quantile buckets) or per value: baseline vs window."""
+    labels = list(score.labels)
+    figure = Figure(figsize=(6.4, 2.5))
+    axes = figure.add_subplot()
+    positions = range(len(labels))
+    axes.bar([p - 0.2 for p in positions], score.baseline_shares, width=0.4, color=_COLORS[colour_key], label=baseline_label)
+    axes.bar([p + 0.2 for p in positions], score.current_shares, width=0.4, color=_COLORS["current"], label="this window")
+    axes.set_xticks(list(positions))
+    axes.set_xticklabels([label[:18] for label in labels], rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("share")
+    axes.set_title(f"{name}: {baseline_label} vs this window", fontsize=9)
+    axes.legend(fontsize=7)
+    return figure
+
+
+def _feature_sections(result: checks.MonitoringResult) -> str:
+    try:
+        drift = result.check(checks.DATA_DRIFT)
+        skew = result.check(checks.SKEW)
+    except KeyError:
+        return ""
+    if drift.evidence.get("judged") is False:
+        return f"<p>{_e(drift.evidence.get('skipped'))}</p>"
+    details: Mapping[str, Mapping[str, FeatureScore]] = (drift.details or {}).get("scores") or {}
+    labels = list(details)
+    training_label = labels[0] if labels else None
+    previous_label = labels[1] if len(labels) > 1 else None
+    skew_scores: Mapping[str, FeatureScore] = next(iter(((skew.details or {}).get("scores") or {}).values()), {})
+    drifted = set(drift.evidence.get("drifted_features") or []) | set(skew.evidence.get("drifted_features") or [])
+    rates = (result.check(checks.MISSING_VALUES).details or {}).get("rates") or {}
+    sections = []
+    names = [n for n in SERVING_COLUMNS if any(n in scores for scores in details.values())]
+    for name in sorted(names, key=lambda n: (n not in drifted, SERVING_COLUMNS.index(n))):
+        training = details.get(training_label, {}).get(name) if training_label else None
+        previous = details.get(previous_label, {}).get(name) if previous_label else None
+        if training is None and previous is None:
+            continue
+        # Each comparison has its own buckets (the baseline's quantiles), so each gets its own plot.
+        plots = "".join(_png(_distribution_figure(name, score, label, key), f"distribution of {name}: {label} vs this window")
+                        for label, score, key in (("training", training, "training"), ("previous window", previous, "previous"))
+                        if score is not None)
+        rows = []
+        for label, score in (("drift vs training", training), ("drift vs previous window", previous),
+                             ("skew vs training", skew_scores.get(name))):
+            if score is None:
+                continue
+            status = '<span class="fail">over</span>' if score.drifted else '<span class="pass">within</span>'
+            metric = "JS divergence" if score.metric == "jensen_shannon_divergence" else "L-infinity"
+            rows.append(f"<tr><td>{_e(label)}</td><td>{_e(metric)}</td><td class=\"num\">{_fmt(score.value)}</td>"
+                        f"<td class=\"num\">{_fmt(score.threshold)}</td><td>{status}</td></tr>")
+        changes = {}
+        for baseline in ((drift.details or {}).get("baselines") or {}).values():
+            changes.update((baseline.get("category_changes") or {}).get(name) or {})
+        change_text = ""
+        if changes.get("vanished") or changes.get("new"):
+            change_text = (f'<p class="fail">vanished: {_e(changes.get("vanished") or "none")}; '
+                           f'new: {_e(changes.get("new") or "none")}</p>')
+        rate = rates.get(name)
+        missing = (f'<p class="meta">missing: {_fmt(rate["current"] * 100, 1)}% (training {_fmt(rate["training"] * 100, 1)}%)</p>'
+                   if rate else "")
+        css = "feature drifted" if name in drifted else "feature"
+        sections.append(
+            f'<div class="{css}" id="feature-{_e(name)}"><h3>{_e(name)}</h3>'
+            f'<table><tr><th>comparison</th><th>metric</th><th>score</th><th>threshold</th><th></th></tr>{"".join(rows)}</table>'
+            f"{change_text}{missing}{plots}</div>")
+    return '<div class="features">' + "".join(sections) + "</div>"
+
+
+def _missing_section(result: checks.MonitoringResult) -> str:
+    outcome = result.check(checks.MISSING_VALUES)
+    rates = (outcome.details or {}).get("rates") or {}
+    if not rates:
+        return f"<p>{_e(outcome.evidence.get('skipped', 'no rates'))}</p>"
+    rows = ["<tr><th>feature</th><th>training</th><th>this window</th><th>allowed increase</th><th></th></tr>"]
+    for name, rate in rates.items():
+        status = '<span class="fail">too many missing</span>' if rate["exceeded"] else ""
+        rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(rate['training'] * 100, 1)}%</td>"
+                    f"<td class=\"num\">{_fmt(rate['current'] * 100, 1)}%</td><td class=\"num\">{_fmt(rate['margin'] * 100, 1)} pts</td>"
+                    f"<td>{status}</td></tr>")
+    figure = Figure(figsize=(7.5, 2.6))
+    axes = figure.add_subplot()
+    names = list(rates)
+    axes.bar([i - 0.2 for i in range(len(names))], [rates[n]["training"] for n in names], width=0.4,
+             color=_COLORS["training"], label="training")
+    axes.bar([i + 0.2 for i in range(len(names))], [rates[n]["current"] for n in names], width=0.4,
+             color=_COLORS["current"], label="this window")
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("missing share")
+    axes.legend(fontsize=7)
+    return "<table>" + "".join(rows) + "</table>" + _png(figure, "missing-value rates")
+
+
+def _prediction_section(result: checks.MonitoringResult) -> str:
+    outcome = result.check(checks.PREDICTION_DRIFT)
+    if not outcome.details:
+        return f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>"
+    edges = outcome.details["edges"]
+    widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    figure = Figure(figsize=(6.4, 2.8))
+    axes = figure.add_subplot()
+    axes.bar(edges[:-1], outcome.details["baseline"], width=widths, align="edge", alpha=0.6,
+             color=_COLORS["training"], label="evaluation (baseline)")
+    axes.bar(edges[:-1], outcome.details["current"], width=widths, align="edge", alpha=0.6,
+             color=_COLORS["current"], label="this window")
+    axes.set(xlabel="predicted probability of a big tipper", ylabel="share", xlim=(0, 1))
+    axes.legend(fontsize=8)
+    text = (f"<p>Jensen-Shannon divergence {_fmt(outcome.value)} (threshold {_fmt(outcome.threshold)}); "
+            f"{_summary(outcome)}.</p>")
+    return text + _png(figure, "distribution of predicted probabilities")
+
+
+def _concept_section(result: checks.MonitoringResult, history: Sequence[Mapping[str, Any]]) -> str:
+    outcome = result.check(checks.CONCEPT_DRIFT)
+    parts = []
+    metrics = outcome.evidence.get("metrics") or {}
+    if metrics:
+        rows = ["<tr><th>metric</th><th>labelled traffic</th><th>evaluation</th><th>limit</th></tr>"]
+        for name, values in metrics.items():
+            rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(values['current'])}</td>"
+                        f"<td class=\"num\">{_fmt(values['baseline'])}</td><td class=\"num\">{_fmt(values['limit'])}</td></tr>")
+        parts.append("<table>" + "".join(rows) + "</table>")
+    else:
+        parts.append(f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>")
+    points = [h for h in history if h.get("labels")]
+    if points:
+        figure = Figure(figsize=(6.4, 2.8))
+        axes = figure.add_subplot()
+        x = list(range(len(points)))
+        for key, color in (("auc", "#1f77b4"), ("accuracy", "#2ca02c"), ("ece", "#d62728")):
+            axes.plot(x, [p.get(key) if p.get(key) is not None else float("nan") for p in points], marker="o", color=color, label=key)
+        axes.set_xticks(x)
+        axes.set_xticklabels([str(p.get("window_end", ""))[:16] for p in points], rotation=30, ha="right", fontsize=7)
+        axes.set(ylim=(0, 1), ylabel="metric", title="concept-drift metrics per check (labelled traffic)")
+        axes.legend(fontsize=8)
+        parts.append(_png(figure, "concept-drift metrics over time"))
+    return "".join(parts)
+
+
+def _links(links: Mapping[str, str]) -> str:
+    items = []
+    for title, url in links.items():
+        if urllib.parse.urlsplit(url).scheme not in _SAFE_SCHEMES:
+            raise ValueError(f"link {title!r}: {url!r} must be relative or http(s)/file")
+        items.append(f'<li><a href="{_e(url)}">{_e(title)}</a></li>')
+    return "<ul>" + "".join(items) + "</ul>" if items else "<p>No related reports.</p>"
+
+
+def render_report(result: checks.MonitoringResult, inputs: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
+                  links: Mapping[str, str], run_id: str = "") -> str:
+    """The HTML of one monitoring run (see the module docstring)."""
+    verdict_class = "pass" if result.passed else "fail"
+    verdict = "All checks passed" if result.passed else "Checks failed: " + ", ".join(c.name for c in result.failed)
+    model = f"{result.model_name}:{result.model_version}"
+    baselines = inputs.get("baselines") or {}
+    meta = [
+        ("Model", model),
+        ("Window", f"{result.window_start.isoformat()} to {result.window_end.isoformat()}"),
+        ("Served requests", f"{result.rows:,} (versions: {inputs.get('versions', {})})"),
+        ("Run", run_id),
+        ("Training statistics", baselines.get("training_statistics", "")),
+        ("Previous window", baselines.get("previous_window", "")),
+        ("Prediction baseline", baselines.get("prediction_baseline", "")),
+        ("Labels in the concept window",
+         f"{inputs.get('labels_in_concept_window', 0)} (last {inputs.get('concept_window_days', '')} days)"),
+    ]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Monitoring: {_e(model)} {_e(result.window_start.isoformat())}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Monitoring report: {_e(model)}</h1>",
+        f'<p class="verdict {verdict_class}" id="verdict">{_e(verdict)}</p>',
+        '<table class="meta">' + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in meta) + "</table>",
+        '<section id="checks"><h2>Checks</h2>', _checks_table(result), "</section>",
+        '<section id="features"><h2>Features: training vs this window</h2>',
+        '<p class="meta">Numeric features are drawn on the training data\'s quantile buckets (the buckets the '
+        "Jensen-Shannon divergence is measured on); categorical features show their most frequent values.</p>",
+        _feature_sections(result), "</section>",
+        '<section id="missing"><h2>Missing values</h2>', _missing_section(result), "</section>",
+        '<section id="schema"><h2>Schema anomalies (serving environment)</h2>',
+        "<p>" + _summary(result.check(checks.SCHEMA_ANOMALIES)) + "</p></section>",
+        '<section id="predictions"><h2>Predictions</h2>', _prediction_section(result), "</section>",
+        '<section id="concept"><h2>Concept drift (labelled feedback)</h2>', _concept_section(result, history), "</section>",
+        '<section id="links"><h2>Related reports</h2>', _links(links), "</section>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(path: Path, result: checks.MonitoringResult, inputs: Mapping[str, Any],
+                 history: Sequence[Mapping[str, Any]], links: Mapping[str, str], run_id: str = "") -> Path:
+    """Renders and writes the report atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(render_report(result, inputs, history, links, run_id))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,528 @@
+"""An embedded stand-in for `tensorflow_model_server`: TF Serving's REST and gRPC APIs over the same
+model base path and `models.config`, for machines where the real binary cannot run.
+
+    python -m serving.model_server --port=8500 --rest_api_port=8501 \\
+        --model_config_file=var/serving/models.config --model_config_file_poll_wait_seconds=1
+
+or in-process (tests, benchmarks): `handle = start_model_server(...); ...; handle.stop()`.
+
+The flags are `tensorflow_model_server`'s. Differences, each deliberate:
+- a port of 0 means "any free port" (TF Serving: REST disabled); the chosen ports are printed in
+  TF Serving's own start-up lines and are on the returned handle;
+- start-up checks version labels after the first load, so a label on a version that loaded is
+  accepted without `--allow_version_labels_for_unavailable_models` (tensorflow/serving#1230);
+- the config file is reloaded when its content changes (TF Serving reloads it on every poll, which
+  undoes a HandleReloadConfigRequest a second later);
+- a version that fails at start-up does not stop the server: it is reported in the model status;
+- `--rest_api_max_body_bytes` bounds a REST body (400 with the limit named; TF Serving has none);
+- no request is used partly: an unknown key in a columnar `inputs` object and an out-of-range
+  int8/int16/uint8 value are refused (TF Serving ignores the key and wraps the value), and a string
+  output that is not UTF-8 is written as `{"b64": ...}` (TF Serving writes invalid JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import concurrent.futures
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+
+if TYPE_CHECKING:  # the real imports wait until a server starts: TensorFlow takes ~14 s to import
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+    from serving.grpc_api import GrpcServer
+    from serving.rest_api import RestServer
+    from serving.servables import ModelManager
+
+log = logging.getLogger("serving.model_server")
+
+DEFAULT_GRPC_PORT = 8500
+DEFAULT_REST_PORT = 8501
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+# monitoring::Buckets::Exponential(10, 1.8, 33): 10 µs to ~20 minutes, then +Inf.
+_LATENCY_BUCKETS = tuple(10.0 * 1.8**i for i in range(33))
+
+
+class StartupError(Exception):
+    """The server cannot start: bad flags, an unreadable config, or a port already taken."""
+
+
+# --- Prometheus metrics with TF Serving's names -----------------------------------------------
+
+
+class _Histogram:
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(_LATENCY_BUCKETS, value)] += 1
+        self.total += value
+        self.count += 1
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: Sequence[str], values: Sequence[str]) -> str:
+    return ",".join(f'{n}="{_label_value(v)}"' for n, v in zip(names, values))
+
+
+class ServingMetrics:
+    """`:tensorflow:serving:request_count`, `request_latency` and `runtime_latency`, exported in the
+    text format of TF Serving's prometheus_exporter.cc (prometheus_client would rename the counter
+    `..._total`, which breaks dashboards written for TF Serving)."""
+
+    REQUEST_COUNT = ":tensorflow:serving:request_count"
+    REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+    RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._request_count: dict[tuple[str, str], int] = {}
+        self._request_latency: dict[tuple[str, str, str], _Histogram] = {}
+        self._runtime_latency: dict[tuple[str, str, str], _Histogram] = {}
+
+    def record_request(self, model_name: str, api: str, entrypoint: str, code: object, micros: int) -> None:
+        """One finished request; latency counts only successful ones, as TF Serving does."""
+        status = getattr(code, "name", str(code))
+        with self._lock:
+            key = (model_name, status)
+            self._request_count[key] = self._request_count.get(key, 0) + 1
+            if status == "OK":
+                self._request_latency.setdefault((model_name, api, entrypoint), _Histogram()).add(micros)
+
+    def record_runtime(self, model_name: str, api: str, micros: int) -> None:
+        """Time spent inside TensorFlow for one call (runtime label "TF1", TF Serving's for SavedModels)."""
+        with self._lock:
+            self._runtime_latency.setdefault((model_name, api, "TF1"), _Histogram()).add(micros)
+
+    def request_count(self, model_name: str, status: str) -> int:
+        with self._lock:
+            return self._request_count.get((model_name, status), 0)
+
+    def exposition(self) -> bytes:
+        lines: list[str] = []
+        with self._lock:
+            lines.append(f"# TYPE {self.REQUEST_COUNT} counter")
+            for (model, status), value in sorted(self._request_count.items()):
+                lines.append(f"{self.REQUEST_COUNT}{{{_labels(('model_name', 'status'), (model, status))}}} {value}")
+            for name, label_names, series in (
+                (self.REQUEST_LATENCY, ("model_name", "API", "entrypoint"), self._request_latency),
+                (self.RUNTIME_LATENCY, ("model_name", "API", "runtime"), self._runtime_latency),
+            ):
+                lines.append(f"# TYPE {name} histogram")
+                for key, histogram in sorted(series.items()):
+                    labels = _labels(label_names, key)
+                    cumulative = 0
+                    for bound, bucket in zip(_LATENCY_BUCKETS + (float("inf"),), histogram.counts):
+                        cumulative += bucket
+                        le = "+Inf" if bound == float("inf") else f"{bound:.6g}"
+                        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
+                    lines.append(f"{name}_sum{{{labels}}} {histogram.total:.6g}")
+                    lines.append(f"{name}_count{{{labels}}} {histogram.count}")
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _monitoring_config_class() -> type:
+    """tensorflow.serving.MonitoringConfig (config/monitoring_config.proto), which the
+    tensorflow-serving-api wheel does not ship: built from its two-message definition."""
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="mlops_serving/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
+    )
+    prometheus = file_proto.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL, label=1)
+    prometheus.field.add(name="path", number=2, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING, label=1)
+    monitoring = file_proto.message_type.add(name="MonitoringConfig")
+    monitoring.field.add(
+        name="prometheus_config",
+        number=1,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".tensorflow.serving.PrometheusConfig",
+        label=1,
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+
+
+def read_monitoring_config(path: Path) -> str | None:
+    """The Prometheus path a `--monitoring_config_file` enables, or None when it is disabled."""
+    from mlops.errors import DataError
+
+    config = _monitoring_config_class()()
+    try:
+        text_format.Parse(Path(path).read_text(encoding="utf-8"), config)
+    except FileNotFoundError:
+        raise DataError(f"{path}: monitoring config file not found") from None
+    except text_format.ParseError as err:
+        raise DataError(
+            f"{path}: not a MonitoringConfig text proto (expected e.g. "
+            f'prometheus_config {{ enable: true path: "{DEFAULT_PROMETHEUS_PATH}" }}): {err}'
+        ) from None
+    if not config.prometheus_config.enable:
+        return None
+    return config.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
+
+
+# --- The server -------------------------------------------------------------------------------
+
+
+def _read_model_config(path: Path) -> "ModelServerConfig":
+    from serving.model_config import read_model_config
+
+    return read_model_config(path)
+
+
+def _single_model_config(model_name: str, model_base_path: str) -> "ModelServerConfig":
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = model_name
+    model.base_path = os.path.abspath(model_base_path)
+    model.model_platform = "tensorflow"
+    return config
+
+
+def _configure_tensorflow_threads(intra: int, inter: int) -> None:
+    """Applies --tensorflow_*_op_parallelism; TensorFlow only accepts it before its runtime starts."""
+    import tensorflow as tf
+
+    for value, getter, setter, flag in (
+        (intra, tf.config.threading.get_intra_op_parallelism_threads, tf.config.threading.set_intra_op_parallelism_threads, "intra"),
+        (inter, tf.config.threading.get_inter_op_parallelism_threads, tf.config.threading.set_inter_op_parallelism_threads, "inter"),
+    ):
+        if value <= 0 or getter() == value:
+            continue
+        try:
+            setter(value)
+        except RuntimeError:
+            log.warning(
+                "--tensorflow_%s_op_parallelism=%d ignored: TensorFlow's runtime is already initialised in this process",
+                flag,
+                value,
+            )
+
+
+class _Poller:
+    """One thread that re-scans the base paths and re-reads the config file on their intervals."""
+
+    def __init__(
+        self,
+        manager: "ModelManager",
+        *,
+        file_system_poll_wait_seconds: float,
+        config_file: Path | None,
+        config_poll_wait_seconds: float,
+        initial_config_digest: str | None,
+    ) -> None:
+        self._manager = manager
+        self._fs_interval = file_system_poll_wait_seconds
+        self._config_file = config_file
+        self._config_interval = config_poll_wait_seconds if config_file is not None else 0.0
+        self._config_digest = initial_config_digest
+        self._rejected_digest: str | None = None
+        self.last_config_error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
+
+    def start(self) -> None:
+        if self._fs_interval > 0 or self._config_interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        next_fs = now + self._fs_interval if self._fs_interval > 0 else float("inf")
+        next_config = now + self._config_interval if self._config_interval > 0 else float("inf")
+        while not self._stop.wait(max(0.0, min(next_fs, next_config) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_config:
+                self._check_config_file()
+                next_config = time.monotonic() + self._config_interval
+            if now >= next_fs:
+                try:
+                    self._manager.poll()
+                except Exception:  # noqa: BLE001 - polling must survive anything the disk throws at it
+                    log.exception("file-system poll failed")
+                next_fs = time.monotonic() + self._fs_interval
+
+    def _check_config_file(self) -> None:
+        assert self._config_file is not None
+        try:
+            digest = hashlib.sha256(self._config_file.read_bytes()).hexdigest()
+        except OSError as err:
+            self._report(f"cannot read {self._config_file}: {err}", None)
+            return
+        if digest in (self._config_digest, self._rejected_digest):
+            return
+        from serving.servables import ModelsUnavailableError
+
+        try:
+            self._manager.reload_config(_read_model_config(self._config_file))
+        except ModelsUnavailableError as err:
+            self._config_digest, self._rejected_digest = digest, None
+            self.last_config_error = f"{self._config_file}: applied, but {err}"
+            log.warning("%s", self.last_config_error)
+            return
+        except Exception as err:  # noqa: BLE001 - a bad config keeps the previous one serving
+            self._report(f"{self._config_file}: new config rejected, still serving the previous one: {err}", digest)
+            return
+        self._config_digest, self._rejected_digest, self.last_config_error = digest, None, None
+        log.info("Reloaded model config from %s", self._config_file)
+
+    def _report(self, message: str, digest: str | None) -> None:
+        if digest is None or digest != self._rejected_digest:
+            log.error("%s", message)
+        self._rejected_digest = digest
+        self.last_config_error = message
+
+
+@dataclasses.dataclass
+class ModelServerHandle:
+    """A running server. `stop()` (or leaving a `with` block) shuts everything down."""
+
+    rest_port: int
+    grpc_port: int
+    host: str
+    manager: "ModelManager"
+    metrics: ServingMetrics
+    _rest: "RestServer"
+    _grpc: "GrpcServer"
+    _poller: _Poller
+    _executor: concurrent.futures.ThreadPoolExecutor
+    _stopped: bool = False
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self._client_host()}:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self._client_host()}:{self.grpc_port}"
+
+    @property
+    def last_config_error(self) -> str | None:
+        """Why the latest config file change was rejected (None when it was applied)."""
+        return self._poller.last_config_error
+
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else ("[::1]" if self.host == "::" else self.host)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._poller.stop()
+        self._rest.stop()
+        self._grpc.stop()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.manager.close()
+
+    def __enter__(self) -> "ModelServerHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_model_server(
+    *,
+    port: int = DEFAULT_GRPC_PORT,
+    rest_api_port: int = DEFAULT_REST_PORT,
+    host: str = "127.0.0.1",
+    model_name: str | None = None,
+    model_base_path: str | Path | None = None,
+    model_config_file: str | Path | None = None,
+    model_config_file_poll_wait_seconds: float = 0.0,
+    file_system_poll_wait_seconds: float = 1.0,
+    monitoring_config_file: str | Path | None = None,
+    allow_version_labels_for_unavailable_models: bool = False,
+    rest_api_num_threads: int = 0,
+    grpc_max_threads: int = 0,
+    tensorflow_intra_op_parallelism: int = 0,
+    tensorflow_inter_op_parallelism: int = 0,
+    rest_api_max_body_bytes: int | None = None,
+) -> ModelServerHandle:
+    """Loads the models, then serves gRPC on `port` and REST on `rest_api_port` (0 = a free port).
+
+    Returns once every version found at start-up has been loaded (or has failed and is reported).
+    Raises StartupError for unusable flags, and the config's own DataError / ServingError.
+    """
+    if model_config_file and model_base_path:
+        raise StartupError("give either --model_config_file or --model_base_path, not both")
+    if not model_config_file and not model_base_path:
+        raise StartupError("nothing to serve: give --model_config_file or --model_name with --model_base_path")
+    _configure_tensorflow_threads(tensorflow_intra_op_parallelism, tensorflow_inter_op_parallelism)
+
+    from serving.grpc_api import GrpcServer
+    from serving.rest_api import DEFAULT_MAX_BODY_BYTES, RestApiHandler, RestServer
+    from serving.servables import ModelManager
+
+    metrics = ServingMetrics()
+    manager = ModelManager(
+        allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
+        observer=metrics.record_runtime,
+    )
+    config_path = Path(model_config_file) if model_config_file else None
+    digest = None
+    if config_path is not None:
+        digest = hashlib.sha256(config_path.read_bytes()).hexdigest() if config_path.is_file() else None
+        config = _read_model_config(config_path)
+    else:
+        config = _single_model_config(model_name or "default", str(model_base_path))
+    manager.reload_config(config, initial=True)
+    metrics_path = read_monitoring_config(Path(monitoring_config_file)) if monitoring_config_file else None
+
+    workers = rest_api_num_threads if rest_api_num_threads > 0 else 4 * (os.cpu_count() or 1)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rest-worker")
+    grpc_server = GrpcServer(
+        manager,
+        host=host,
+        port=port,
+        max_workers=grpc_max_threads if grpc_max_threads > 0 else 4 * (os.cpu_count() or 1),
+        metrics=metrics,
+    )
+    rest_server = RestServer(
+        RestApiHandler(manager, metrics),
+        host=host,
+        port=rest_api_port,
+        executor=executor,
+        max_body_bytes=rest_api_max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        metrics_path=metrics_path,
+        metrics_page=metrics.exposition,
+    )
+    try:
+        grpc_port = grpc_server.start()
+        rest_port = rest_server.start()
+    except OSError as err:
+        grpc_server.stop(0)
+        rest_server.stop()
+        executor.shutdown(wait=False)
+        manager.close()
+        raise StartupError(f"cannot listen on {host}: {err}") from None
+    poller = _Poller(
+        manager,
+        file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+        config_file=config_path,
+        config_poll_wait_seconds=model_config_file_poll_wait_seconds,
+        initial_config_digest=digest,
+    )
+    poller.start()
+    return ModelServerHandle(
+        rest_port=rest_port,
+        grpc_port=grpc_port,
+        host=host,
+        manager=manager,
+        metrics=metrics,
+        _rest=rest_server,
+        _grpc=grpc_server,
+        _poller=poller,
+        _executor=executor,
+    )
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+
+def _flag_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "t", "y"):
+        return True
+    if lowered in ("0", "false", "no", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.model_server",
+        description="TF Serving's REST and gRPC APIs over a model base path (a tensorflow_model_server stand-in).",
+    )
+    add = parser.add_argument
+    add("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (0: any free port)")
+    add("--rest_api_port", type=int, default=DEFAULT_REST_PORT, help="REST port (0: any free port)")
+    add("--host", default="0.0.0.0", help="address to listen on (TF Serving listens on all interfaces)")
+    add("--model_name", default="default", help="name of the single model served from --model_base_path")
+    add("--model_base_path", default=None, help="directory holding the model's integer version directories")
+    add("--model_config_file", default=None, help="a ModelServerConfig text proto (models.config)")
+    add("--model_config_file_poll_wait_seconds", type=float, default=0.0, help="re-read the config file this often (0: never)")
+    add("--file_system_poll_wait_seconds", type=float, default=1.0, help="re-scan the base paths this often")
+    add("--monitoring_config_file", default=None, help="a MonitoringConfig text proto enabling Prometheus metrics")
+    add(
+        "--allow_version_labels_for_unavailable_models",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let a new label point at a version that is not loaded",
+    )
+    add("--rest_api_num_threads", type=int, default=0, help="REST worker threads (0: 4 per CPU)")
+    add("--grpc_max_threads", type=int, default=0, help="gRPC worker threads (0: 4 per CPU)")
+    add("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0: TensorFlow decides)")
+    add("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0: TensorFlow decides)")
+    add("--rest_api_max_body_bytes", type=int, default=None, help="largest REST request body accepted")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        handle = start_model_server(
+            port=args.port,
+            rest_api_port=args.rest_api_port,
+            host=args.host,
+            model_name=args.model_name,
+            model_base_path=args.model_base_path,
+            model_config_file=args.model_config_file,
+            model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+            file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+            monitoring_config_file=args.monitoring_config_file,
+            allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            rest_api_num_threads=args.rest_api_num_threads,
+            grpc_max_threads=args.grpc_max_threads,
+            tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+            tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+            rest_api_max_body_bytes=args.rest_api_max_body_bytes,
+        )
+    except Exception as err:  # noqa: BLE001 - reported the way tensorflow_model_server does, then exit 1
+        status = getattr(err, "status_string", None)
+        print(f"Failed to start server. Error: {status() if callable(status) else err}", file=sys.stderr, flush=True)
+        return 1
+    # TF Serving's own start-up lines: scripts wait for them and read the ports from them.
+    print(f"Running gRPC ModelServer at {args.host}:{handle.grpc_port} ...", flush=True)
+    print(f"Exporting HTTP/REST API at:{args.host}:{handle.rest_port} ...", flush=True)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""Prediction and feedback logs: date-partitioned Parquet written by the gateway, read by monitoring.
+
+Layout and columns are the contract in docs/ARCHITECTURE.md ("Prediction logs"):
+`<log_dir>/requests/date=YYYY-MM-DD/part-<unix_ms>-<uuid8>.parquet`, one row per example served,
+and `<log_dir>/feedback/date=YYYY-MM-DD/part-*.parquet`.
+
+Writing happens off the request path: the gateway hands each served request to a
+`ParquetLogWriter`, whose bounded queue gives back-pressure (a caller that finds it full waits;
+nothing is dropped) and whose background thread writes a file every `flush_rows` rows or
+`flush_seconds` seconds and on `close()`. A file appears under its final name only when it is
+complete (written to a hidden temp name, fsynced, renamed), so a reader never sees half a file
+and readers skip the hidden temp names. A failed write keeps its rows and is retried.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import functools
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlops.errors import DataError
+from transforms.features import SERVING_FEATURES, Kind
+
+log = logging.getLogger(__name__)
+
+REQUESTS_DIR = "requests"
+FEEDBACK_DIR = "feedback"
+PARTITION_PREFIX = "date="
+_PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_PART_GLOB = "part-*.parquet"
+
+DECISIONS = ("big_tipper", "not_big_tipper", "refer_to_human", "none")
+HUMAN_DECISIONS = ("big_tipper", "not_big_tipper")
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+_FEATURE_TYPES = {Kind.FLOAT: pa.float64(), Kind.INT: pa.int64(), Kind.STRING: pa.string()}
+
+REQUEST_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("instance_index", pa.int32(), nullable=False),
+        pa.field("timestamp", _TIMESTAMP, nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.int64()),
+        pa.field("label", pa.string(), nullable=False),
+        pa.field("policy", pa.string(), nullable=False),
+        pa.field("automation", pa.string(), nullable=False),
+        *(pa.field(feature.name, _FEATURE_TYPES[feature.kind]) for feature in SERVING_FEATURES),
+        pa.field("probability", pa.float64()),
+        pa.field("predicted_class", pa.int64()),
+        pa.field("decision", pa.string(), nullable=False),
+        pa.field("latency_ms", pa.float64(), nullable=False),
+        pa.field("status_code", pa.int32(), nullable=False),
+        pa.field("is_shadow", pa.bool_(), nullable=False),
+    ]
+)
+
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("instance_index", pa.int32(), nullable=False),
+        pa.field("timestamp", _TIMESTAMP, nullable=False),
+        pa.field("ground_truth", pa.int64()),
+        pa.field("human_decision", pa.string()),
+        pa.field("source", pa.string(), nullable=False),
+    ]
+)
+
+_SERVING_COLUMNS = tuple(feature.name for feature in SERVING_FEATURES)
+
+
+class LoggedRequest(NamedTuple):
+    """One served request: `instances` rows sharing `request_id` (a NamedTuple: cheap on the hot path).
+
+    `instances` hold the raw feature values with None for missing; `probabilities` hold None
+    where the model gave no number (null or NaN).
+    """
+
+    request_id: str
+    timestamp_us: int
+    model_name: str
+    model_version: int | None
+    label: str
+    policy: str
+    automation: str
+    instances: Sequence[dict[str, Any]]
+    probabilities: Sequence[float | None]
+    classes: Sequence[int | None]
+    decisions: Sequence[str]
+    latency_ms: float
+    status_code: int
+    is_shadow: bool
+
+    @property
+    def rows(self) -> int:
+        return len(self.instances)
+
+
+class Feedback(NamedTuple):
+    """Ground truth or a human's decision for one served example."""
+
+    request_id: str
+    instance_index: int
+    timestamp_us: int
+    ground_truth: int | None
+    human_decision: str | None
+    source: str
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+
+def request_columns(entries: Sequence[LoggedRequest]) -> dict[str, list[Any]]:
+    """Columns of REQUEST_SCHEMA for `entries`, one row per instance."""
+    columns: dict[str, list[Any]] = {name: [] for name in REQUEST_SCHEMA.names}
+    for entry in entries:
+        count = len(entry.instances)
+        columns["request_id"].extend([entry.request_id] * count)
+        columns["instance_index"].extend(range(count))
+        columns["timestamp"].extend([entry.timestamp_us] * count)
+        columns["model_name"].extend([entry.model_name] * count)
+        columns["model_version"].extend([entry.model_version] * count)
+        columns["label"].extend([entry.label] * count)
+        columns["policy"].extend([entry.policy] * count)
+        columns["automation"].extend([entry.automation] * count)
+        for name in _SERVING_COLUMNS:
+            columns[name].extend(instance.get(name) for instance in entry.instances)
+        columns["probability"].extend(entry.probabilities)
+        columns["predicted_class"].extend(entry.classes)
+        columns["decision"].extend(entry.decisions)
+        columns["latency_ms"].extend([entry.latency_ms] * count)
+        columns["status_code"].extend([entry.status_code] * count)
+        columns["is_shadow"].extend([entry.is_shadow] * count)
+    return columns
+
+
+def feedback_columns(entries: Sequence[Feedback]) -> dict[str, list[Any]]:
+    """Columns of FEEDBACK_SCHEMA for `entries`."""
+    columns: dict[str, list[Any]] = {name: [] for name in FEEDBACK_SCHEMA.names}
+    for entry in entries:
+        columns["request_id"].append(entry.request_id)
+        columns["instance_index"].append(entry.instance_index)
+        columns["timestamp"].append(entry.timestamp_us)
+        columns["ground_truth"].append(entry.ground_truth)
+        columns["human_decision"].append(entry.human_decision)
+        columns["source"].append(entry.source)
+    return columns
+
+
+@functools.cache
+def _load_arrow_timezones() -> None:
+    """pyarrow imports pandas the first time it builds a tz-aware timestamp array (seconds of CPU here).
+
+    Done once when a writer is created, so it happens at start-up and not in the middle of
+    serving, where it would hold the GIL and stall requests.
+    """
+    pa.array([0], type=pa.int64()).view(_TIMESTAMP)
+
+
+class LogWriterClosed(RuntimeError):
+    """The writer was closed; nothing more can be logged through it."""
+
+
+class ParquetLogWriter:
+    """A bounded queue of log entries and a background thread that writes them as Parquet files.
+
+    `capacity_rows` bounds the rows accepted but not yet on disk; `try_put` refuses an entry
+    that would exceed it (the caller waits and retries: back-pressure, never a silent drop).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        schema: pa.Schema,
+        to_columns: Callable[[Sequence[Any]], dict[str, list[Any]]],
+        *,
+        capacity_rows: int = 50_000,
+        flush_rows: int = 10_000,
+        flush_seconds: float = 5.0,
+        retry_seconds: float = 1.0,
+        name: str = "prediction-log",
+    ) -> None:
+        if capacity_rows < 1 or flush_rows < 1 or flush_seconds <= 0:
+            raise ValueError("capacity_rows and flush_rows must be >= 1 and flush_seconds > 0")
+        self.directory = Path(directory)
+        self.schema = schema
+        self._to_columns = to_columns
+        self.capacity_rows = capacity_rows
+        self.flush_rows = min(flush_rows, capacity_rows)
+        self.flush_seconds = flush_seconds
+        self._retry_seconds = retry_seconds
+        self._pending: collections.deque[Any] = collections.deque()
+        self._pending_rows = 0  # queued + being written
+        self._queued_rows = 0
+        self._oldest_monotonic: float | None = None
+        self._accepted = 0  # entries accepted so far
+        self._written = 0  # entries on disk so far (the writer keeps order)
+        self._flush_requested = False
+        self._closing = False
+        self._closed = False
+        self.rows_written = 0
+        self.files_written = 0
+        self.write_failures = 0
+        self._cond = threading.Condition()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _load_arrow_timezones()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # --- producers -------------------------------------------------------------------------
+    def try_put(self, entry: Any) -> bool:
+        """Queues `entry` unless that would exceed the capacity; never blocks (safe on an event loop)."""
+        rows = entry.rows
+        with self._cond:
+            if self._closing:
+                raise LogWriterClosed(f"log writer for {self.directory} is closed")
+            # An entry larger than the whole capacity is still accepted into an empty queue.
+            if self._pending_rows and self._pending_rows + rows > self.capacity_rows:
+                return False
+            self._pending.append(entry)
+            self._pending_rows += rows
+            self._queued_rows += rows
+            self._accepted += 1
+            if self._oldest_monotonic is None:
+                self._oldest_monotonic = time.monotonic()
+            if self._queued_rows >= self.flush_rows:
+                self._cond.notify_all()
+            return True
+
+    def put(self, entry: Any, timeout: float | None = None) -> bool:
+        """Blocking `try_put` for threads: waits for room up to `timeout` seconds; False if none came."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.try_put(entry):
+            with self._cond:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return True
+
+    @property
+    def pending_rows(self) -> int:
+        with self._cond:
+            return self._pending_rows
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Writes everything accepted so far and waits until it is on disk (tests, shutdown, admin)."""
+        with self._cond:
+            target = self._accepted
+            self._flush_requested = True
+            self._cond.notify_all()
+            deadline = time.monotonic() + timeout
+            while self._written < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._thread.is_alive():
+                    raise TimeoutError(
+                        f"{self.directory}: {target - self._written} log entries not written after {timeout}s "
+                        f"({self.write_failures} failed writes)"
+                    )
+                self._cond.wait(min(remaining, 0.1))
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Writes what is queued, then stops the thread. Idempotent.
+
+        If the disk keeps failing for `timeout` seconds, raises TimeoutError with the number of rows
+        still in memory (the thread keeps retrying as long as the process lives).
+        """
+        with self._cond:
+            if self._closed:
+                return
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        with self._cond:
+            self._closed = True
+            left = self._pending_rows
+        if self._thread.is_alive() or left:
+            raise TimeoutError(f"{self.directory}: {left} log rows could not be written before shutdown")
+
+    # --- the writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._should_write():
+                    if self._closing and not self._pending:
+                        return
+                    self._cond.wait(self._wait_seconds())
+                batch = list(self._pending)
+                self._pending.clear()
+                self._queued_rows = 0
+                self._oldest_monotonic = None
+                self._flush_requested = False
+            rows = sum(entry.rows for entry in batch)
+            try:
+                self._write(batch)
+            except Exception:  # noqa: BLE001 - any I/O failure: keep the rows and retry
+                self.write_failures += 1
+                log.exception("writing %d log rows under %s failed; will retry", rows, self.directory)
+                with self._cond:
+                    self._pending.extendleft(reversed(batch))
+                    self._queued_rows += rows
+                    self._oldest_monotonic = time.monotonic()
+                # Also while closing: close() waits up to its timeout, then reports the rows still unwritten.
+                time.sleep(self._retry_seconds)
+                continue
+            with self._cond:
+                self._pending_rows -= rows
+                self._written += len(batch)
+                self.rows_written += rows
+                self._cond.notify_all()
+
+    def _should_write(self) -> bool:
+        if not self._pending:
+            return False
+        if self._closing or self._flush_requested or self._queued_rows >= self.flush_rows:
+            return True
+        return self._oldest_monotonic is not None and time.monotonic() - self._oldest_monotonic >= self.flush_seconds
+
+    def _wait_seconds(self) -> float:
+        if self._oldest_monotonic is None:
+            return self.flush_seconds
+        return max(0.001, self.flush_seconds - (time.monotonic() - self._oldest_monotonic))
+
+    def _write(self, batch: Sequence[Any]) -> None:
+        by_date: dict[str, list[Any]] = collections.defaultdict(list)
+        for entry in batch:
+            by_date[_utc_date(entry.timestamp_us)].append(entry)
+        for date, entries in sorted(by_date.items()):
+            table = pa.Table.from_pydict(self._to_columns(entries), schema=self.schema)
+            write_table_atomically(table, self.directory / f"{PARTITION_PREFIX}{date}")
+            self.files_written += 1
+
+
+def write_table_atomically(table: pa.Table, partition_dir: Path) -> Path:
+    """Writes `table` as `part-<unix_ms>-<uuid8>.parquet` in `partition_dir`: hidden temp name, fsync, rename."""
+    partition_dir.mkdir(parents=True, exist_ok=True)
+    name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+    final = partition_dir / name
+    temp = partition_dir / f".{name}.tmp"
+    try:
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle, compression="snappy")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fd = os.open(partition_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return final
+
+
+def open_request_log(log_dir: Path, **options: Any) -> ParquetLogWriter:
+    """The writer of `<log_dir>/requests/`."""
+    return ParquetLogWriter(Path(log_dir) / REQUESTS_DIR, REQUEST_SCHEMA, request_columns, name="request-log", **options)
+
+
+def open_feedback_log(log_dir: Path, **options: Any) -> ParquetLogWriter:
+    """The writer of `<log_dir>/feedback/`."""
+    return ParquetLogWriter(Path(log_dir) / FEEDBACK_DIR, FEEDBACK_SCHEMA, feedback_columns, name="feedback-log", **options)
+
+
+def _utc_date(timestamp_us: int) -> str:
+    return dt.datetime.fromtimestamp(timestamp_us / 1_000_000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+# --- readers -------------------------------------------------------------------------------
+
+TimeBound = dt.datetime | dt.date | str | None
+
+
+def read_prediction_logs(
+    log_dir: Path,
+    start: TimeBound = None,
+    end: TimeBound = None,
+    *,
+    model_name: str | None = None,
+    include_shadow: bool = True,
+) -> "pandas.DataFrame":  # noqa: F821 - pandas is imported lazily
+    """Served examples with `start <= timestamp < end` (UTC; None = unbounded), oldest first.
+
+    Integer columns come back as pandas nullable integers (`Int64`/`Int32`) so a missing value
+    stays distinguishable from a number; floats use NaN for null; strings use None. Shadow
+    copies (`is_shadow`, never returned to a client) are kept unless `include_shadow=False`:
+    monitoring of what clients received should drop them.
+    """
+    frame = _read_partitioned(Path(log_dir) / REQUESTS_DIR, REQUEST_SCHEMA, start, end)
+    if model_name is not None:
+        frame = frame[frame["model_name"] == model_name]
+    if not include_shadow:
+        frame = frame[~frame["is_shadow"].astype(bool)]
+    return frame.reset_index(drop=True)
+
+
+def read_feedback(log_dir: Path, start: TimeBound = None, end: TimeBound = None) -> "pandas.DataFrame":  # noqa: F821
+    """Feedback rows (ground truth and human decisions) received in [start, end), oldest first."""
+    return _read_partitioned(Path(log_dir) / FEEDBACK_DIR, FEEDBACK_SCHEMA, start, end).reset_index(drop=True)
+
+
+def join_feedback(requests: "pandas.DataFrame", feedback: "pandas.DataFrame") -> "pandas.DataFrame":  # noqa: F821
+    """Requests with their latest feedback (`ground_truth`, `human_decision`, `feedback_source`) on (request_id, instance_index).
+
+    Shadow rows are never joined: the feedback is about what the client was told.
+    """
+    import pandas as pd
+
+    latest = (
+        feedback.sort_values("timestamp")
+        .groupby(["request_id", "instance_index"], as_index=False)
+        .agg({"ground_truth": "last", "human_decision": "last", "source": "last"})
+        .rename(columns={"source": "feedback_source"})
+    )
+    served = requests[~requests["is_shadow"].astype(bool)]
+    joined = served.merge(latest, on=["request_id", "instance_index"], how="left")
+    joined["ground_truth"] = joined["ground_truth"].astype(pd.Int64Dtype())
+    return joined
+
+
+def _read_partitioned(directory: Path, schema: pa.Schema, start: TimeBound, end: TimeBound) -> "pandas.DataFrame":  # noqa: F821
+    import pandas as pd
+
+    start_ts, end_ts = _bound(start, "start"), _bound(end, "end")
+    if start_ts is not None and end_ts is not None and end_ts <= start_ts:
+        raise DataError(f"reading {directory}: end {end_ts.isoformat()} must be after start {start_ts.isoformat()}")
+    tables = [_read_part(path, schema) for path in _part_files(directory, start_ts, end_ts)]
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    # Nullable integers keep a missing value apart from a number (numpy would turn the column into floats).
+    nullable_ints = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+    frame = table.to_pandas(types_mapper=nullable_ints.get)
+    if start_ts is not None:
+        frame = frame[frame["timestamp"] >= pd.Timestamp(start_ts)]
+    if end_ts is not None:
+        frame = frame[frame["timestamp"] < pd.Timestamp(end_ts)]
+    return frame.sort_values("timestamp", kind="stable")
+
+
+def _part_files(directory: Path, start: dt.datetime | None, end: dt.datetime | None) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    files: list[Path] = []
+    for partition in sorted(directory.iterdir()):
+        if partition.name.startswith((".", "_")):
+            continue
+        match = _PARTITION_RE.match(partition.name)
+        if not match or not partition.is_dir():
+            raise DataError(f"{partition}: unexpected entry in a prediction log directory (expected date=YYYY-MM-DD folders)")
+        try:
+            day = dt.date.fromisoformat(match.group(1))
+        except ValueError:
+            raise DataError(f"{partition}: {match.group(1)!r} is not a calendar date") from None
+        if start is not None and day < start.date():
+            continue
+        if end is not None and day > end.date():
+            continue
+        files.extend(sorted(partition.glob(_PART_GLOB)))
+    return files
+
+
+def _read_part(path: Path, schema: pa.Schema) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (expected the prediction log schema in docs/ARCHITECTURE.md)")
+    table = table.select(schema.names)
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        wrong = [f"{f.name}: {table.schema.field(f.name).type} (expected {f.type})" for f in schema if table.schema.field(f.name).type != f.type]
+        raise DataError(f"{path}: columns of the wrong type {wrong} ({err})") from None
+
+
+def _bound(value: TimeBound, what: str) -> dt.datetime | None:
+    """A UTC datetime from a datetime (naive = UTC), a date (midnight UTC) or an ISO string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise DataError(f"{what} must be an ISO date or datetime (e.g. 2016-01-31), got {value!r}") from None
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    raise DataError(f"{what} must be a datetime, date or ISO string, got {type(value).__name__}")
+
+
+def finite_or_none(value: Any) -> float | None:
+    """The model's probability as logged: None for a missing, NaN or infinite number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+

@@ -1,0 +1,139 @@
+"""The whole training pipeline end to end on a small window, its lineage, re-runs and bad input.
+
+Real Beam, TFDV, TFT, TF and MLMD; every path points into the test's temp directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from metadata.lineage import model_lineage
+from metadata.store import connect
+from mlops.config import Config, config_from_dict
+from mlops.errors import DataError, SchemaAnomaliesError
+from mlops.pipeline import run_pipeline
+from tests.conftest import PROJECT_ROOT, TAXI_CSV, write_csv
+
+pytestmark = pytest.mark.slow
+
+SMALL_WINDOW = ("2013-01-01", "2013-07-01")
+
+
+def small_config(root: Path, **training) -> Config:
+    return config_from_dict(
+        {
+            "pipeline_root": "pipeline",
+            "beam_args": ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"],
+            "data": {"csv_path": str(TAXI_CSV), "schema_path": str(PROJECT_ROOT / "data/taxi/schema.pbtxt")},
+            "training": {"train_steps": 150, **training},
+            "evaluation": {"auc_floor": 0.5},
+            "serving": {"model_base_dir": "models", "model_config_file": "models.config"},
+            "metadata": {"sqlite_path": "mlmd.sqlite"},
+        },
+        root,
+    )
+
+
+def pushed_versions(config: Config) -> list[str]:
+    model_dir = config.serving.model_base_dir / config.serving.model_name
+    return sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) if model_dir.exists() else []
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = small_config(root)
+    lines: list[str] = []
+    result = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
+    return config, result, lines
+
+
+def test_the_pipeline_pushes_a_blessed_model_and_reports_progress(first_run):
+    config, result, lines = first_run
+    assert pushed_versions(config) == ["1"]
+    version_dir = config.serving.model_base_dir / "taxi" / "1"
+    assert (version_dir / "saved_model.pb").exists()
+    assert result.outcomes["push"].results["version"] == 1
+    assert result.outcomes["evaluate"].results["blessed"] == 1
+    assert [line.split()[1] for line in lines if "running" in line] == [
+        "ingest", "validate", "clean", "transform", "train", "evaluate", "push"]
+    clean = result.outcomes["clean"].results
+    assert clean["rows_in"] == clean["rows_kept"] + clean["rows_rejected"]
+    ingest = result.outcomes["ingest"].results
+    assert ingest["rows_read"] == ingest["rows_in_window"] + ingest["rows_outside_window"] + ingest["rows_unparseable"]
+    assert clean["rows_in"] == ingest["rows_in_window"]
+    assert 'stable' in (config.serving.model_config_file).read_text()
+
+
+def test_lineage_from_the_pushed_model_reaches_data_schema_transform_parameters_and_code(first_run):
+    config, result, _ = first_run
+    graph = model_lineage(connect(config.metadata), "taxi", 1)
+    artifact_types = {a["type"] for a in graph.artifacts.values()}
+    assert {"RawData", "Schema", "ExampleAnomalies", "Examples", "CleanedExamples", "TransformGraph",
+            "TransformedExamples", "Model", "ModelBlessing", "PushedModel"} <= artifact_types
+    [raw] = graph.artifacts_of_type("RawData")
+    assert raw["uri"] == str(TAXI_CSV) and raw["properties"]["sha256"] == config.data.expected_sha256
+    [train] = [e for e in graph.executions_of_type("Train") if e["state"] == "COMPLETE"]
+    assert train["properties"]["parameters"]["train_steps"] == 150
+    assert train["properties"]["parameters"]["learning_rate"] == config.training.learning_rate
+    assert train["properties"]["code_version"].startswith("git:")
+    ingest = graph.executions_of_type("Ingest")[0]
+    assert ingest["properties"]["parameters"]["window_start"].startswith("2013-01-01")
+    assert ingest["run"]["name"] == result.run_id
+
+
+def test_a_rerun_with_the_same_inputs_reuses_everything_and_says_so(first_run):
+    config, first, _ = first_run
+    lines: list[str] = []
+    again = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
+    for name in ("ingest", "validate", "clean", "transform", "train", "evaluate"):
+        assert again.outcomes[name].cached, name
+        assert "reused the outputs of execution" in again.outcomes[name].summary
+    assert again.outcomes["train"].outputs["model"].id == first.outcomes["train"].outputs["model"].id
+    assert again.outcomes["push"].results["version"] == 1 and again.outcomes["push"].results["reused"] == 1
+    assert "already pushed as taxi:1" in again.outcomes["push"].summary
+    assert pushed_versions(config) == ["1"]
+    assert sum("reused" in line for line in lines) >= 6
+
+
+def _fails_and_pushes_nothing(tmp_path: Path, csv: Path, error: type[Exception], *patterns: str,
+                              window: tuple[str, str] = SMALL_WINDOW) -> str:
+    config = small_config(tmp_path)
+    with pytest.raises(error) as caught:
+        run_pipeline(config, start=window[0], end=window[1], csv_path=csv, progress=lambda _: None)
+    message = str(caught.value)
+    for pattern in patterns:
+        assert pattern in message, message
+    assert pushed_versions(config) == []
+    return message
+
+
+def test_an_empty_csv_fails_clearly(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    _fails_and_pushes_nothing(tmp_path, empty, DataError, "empty.csv")
+
+
+def test_missing_columns_are_named(tmp_path, taxi_rows):
+    columns = [c for c in taxi_rows[0] if c not in ("fare", "company")]
+    csv = write_csv(tmp_path / "no_fare.csv", taxi_rows[:500], columns)
+    _fails_and_pushes_nothing(tmp_path, csv, DataError, "fare", "company")
+
+
+def test_a_column_of_wrong_types_is_named(tmp_path, taxi_rows):
+    rows = [dict(r, trip_miles="about %s miles" % r["trip_miles"]) for r in taxi_rows[:3000]]
+    csv = write_csv(tmp_path / "wrong_types.csv", rows)
+    _fails_and_pushes_nothing(tmp_path, csv, DataError, "trip_miles")
+
+
+def test_a_window_with_no_rows_names_the_window_and_the_data_range(tmp_path):
+    _fails_and_pushes_nothing(tmp_path, TAXI_CSV, DataError, "2020-01-01", window=("2020-01-01", "2020-02-01"))
+
+
+def test_a_schema_breaking_batch_names_the_feature(tmp_path, taxi_rows):
+    rows = [dict(r, payment_type="Bitcoin") if i % 4 == 0 else r for i, r in enumerate(taxi_rows[:4000])]
+    csv = write_csv(tmp_path / "bitcoin.csv", rows)
+    _fails_and_pushes_nothing(tmp_path, csv, SchemaAnomaliesError, "payment_type")

@@ -1,0 +1,159 @@
+"""run_monitoring end to end: real pipeline, real model, real Parquet logs, real Beam/TFDV, real MLMD (SQLite).
+
+The story (tests/monitoring/story.py): taxi:1 trained on 2013-01..06 trips; hour 1 serves trips of that
+period (passes), hour 2 serves the 2016 trips (drift), a retraining triggered by that check pushes taxi:2.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2
+
+from metadata.queries import inputs_of, outputs_of, producer
+from metadata.recorder import properties_of
+from metadata.store import connect
+from mlops.config import MetadataConfig
+from mlops.errors import DataError
+from monitoring import checks
+from monitoring.checks import run_monitoring
+from tests.monitoring import logs
+from tests.monitoring.story import DAY, HOUR_1, HOUR_2, SHADOW_VERSION, story
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def sqlite_story(tmp_path_factory, taxi):
+    root = tmp_path_factory.mktemp("story-sqlite")
+    return story("sqlite", root, MetadataConfig(backend="sqlite", sqlite_path=root / "mlmd.sqlite"), taxi)
+
+
+def test_trips_of_the_training_period_pass_every_check(sqlite_story):
+    result = sqlite_story.undrifted
+    assert result.passed, [(c.name, c.evidence) for c in result.failed]
+    assert [c.name for c in result.checks] == list(checks.CHECK_NAMES)
+    assert result.model_version == 1 and result.rows == 400  # the 400 shadow copies are not served requests
+    concept = result.check(checks.CONCEPT_DRIFT)
+    assert concept.evidence["labels"] == 400 and concept.value is not None  # judged, not skipped
+    for name in (checks.DATA_DRIFT, checks.SKEW, checks.PREDICTION_DRIFT, checks.MISSING_VALUES):
+        outcome = result.check(name)
+        assert outcome.evidence.get("judged") is not False and outcome.value < outcome.threshold, name
+
+
+def test_the_2016_trips_fail_naming_the_payment_mix_and_concept_drift_uses_the_rolling_label_window(sqlite_story):
+    result = sqlite_story.drifted
+    assert not result.passed
+    failed = {c.name for c in result.failed}
+    assert {checks.DATA_DRIFT, checks.SKEW} <= failed
+    assert "payment_type" in result.check(checks.DATA_DRIFT).evidence["drifted_features"]
+    assert "payment_type" in result.check(checks.SKEW).evidence["drifted_features"]
+    # Labels arrive late and few: the concept check judges the last 7 days, hour 1's 400 labels plus these 100.
+    concept = result.check(checks.CONCEPT_DRIFT)
+    assert concept.evidence["labels"] == 500 and concept.value is not None
+    # Hour 1 was checked just before: its statistics are reused as the previous window.
+    drift = result.check(checks.DATA_DRIFT)
+    assert "reused" in drift.evidence["previous_window"]
+    previous = [label for label in drift.details_json()["baselines"] if label.startswith("previous window")]
+    assert len(previous) == 1 and "payment_type" in drift.details_json()["baselines"][previous[0]]["drifted"]
+
+
+def test_the_check_is_recorded_in_mlmd_with_the_log_window_model_and_training_statistics(sqlite_story):
+    store = connect(sqlite_story.config.metadata)
+    artifact = sqlite_story.drifted.artifact
+    [recorded] = store.get_artifacts_by_id([artifact.id])
+    props = properties_of(recorded)
+    assert props["passed"] == 0 and props["model_name"] == "taxi" and props["model_version"] == 1
+    assert set(props["failed_checks"]) == {c.name for c in sqlite_story.drifted.failed}
+    assert props["window_start"] == HOUR_2[0].isoformat() and props["rows"] == 833
+    execution = producer(store, artifact.id)
+    assert execution.last_known_state == metadata_store_pb2.Execution.COMPLETE
+    [execution_type] = store.get_execution_types_by_id([execution.type_id])
+    assert execution_type.name == "DriftCheck"
+    inputs = inputs_of(store, execution.id)
+    assert inputs["prediction_log"].uri == str(sqlite_story.log_dir)
+    assert properties_of(inputs["prediction_log"])["window_end"] == HOUR_2[1].isoformat()
+    pushed = sqlite_story.first.outcomes["push"].outputs["pushed_model"]
+    assert inputs["model"].id == pushed.id
+    validated = sqlite_story.first.outcomes["validate"].outputs["statistics"]
+    assert inputs["baseline_statistics"].id == validated.id  # the served model's own training statistics
+    assert outputs_of(store, execution.id)["result"].id == artifact.id
+    run = [c for c in store.get_contexts_by_execution(execution.id) if c.name == "monitor-2"]
+    assert run and properties_of(run[0])["trigger_kind"] == "schedule"
+
+
+def test_result_json_and_report_are_written_next_to_each_other(sqlite_story):
+    folder = Path(sqlite_story.drifted.artifact.uri)
+    document = json.loads((folder / checks.RESULT_FILE).read_text())  # strict JSON: NaN would fail here
+    assert document["passed"] is False
+    assert document["failed_checks"] == [c.name for c in sqlite_story.drifted.failed]
+    assert document["checks"] == json.loads(json.dumps(sqlite_story.drifted.to_json()["checks"]))
+    assert (folder / checks.REPORT_FILE).is_file() and (folder / checks.STATISTICS_FILE).is_file()
+    assert sqlite_story.drifted.report_html == folder / checks.REPORT_FILE
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_the_evaluation_report_and_the_monitoring_report_link_to_each_other(sqlite_story):
+    evaluation = sqlite_story.first.outcomes["evaluate"].outputs["evaluation"]
+    evaluation_report = Path(evaluation.uri) / "report.html"
+    text = evaluation_report.read_text()
+    for result in (sqlite_story.undrifted, sqlite_story.drifted):
+        relative = os.path.relpath(result.report_html, evaluation_report.parent)
+        assert f'href="{relative}"' in text
+        assert (evaluation_report.parent / relative).resolve() == result.report_html.resolve()
+    monitoring_report = sqlite_story.drifted.report_html.read_text()
+    back = os.path.relpath(evaluation_report, sqlite_story.drifted.report_html.parent)
+    assert f'href="{back}"' in monitoring_report and "Evaluation report of taxi:1" in monitoring_report
+
+
+def test_the_retraining_run_records_the_drift_check_that_triggered_it(sqlite_story):
+    store = connect(sqlite_story.config.metadata)
+    run = store.get_context_by_type_and_name("PipelineRun", "retrain-2")
+    props = properties_of(run)
+    assert props["trigger_kind"] == "drift_check"
+    assert props["trigger"]["drift_check_artifact_id"] == sqlite_story.drifted.artifact.id
+    assert "data_drift" in props["trigger"]["checks"]
+    assert "payment_type" in props["trigger"]["evidence"]["data_drift"]["drifted_features"]
+    assert sqlite_story.retrain.outcomes["push"].results["version"] == 2
+
+
+def test_a_window_without_logs_records_nothing(sqlite_story):
+    store = connect(sqlite_story.config.metadata)
+    before = len(store.get_artifacts_by_type("DriftCheckResult"))
+    start = DAY - dt.timedelta(days=30)
+    result = run_monitoring(sqlite_story.config, window_start=start, window_end=start + dt.timedelta(hours=1),
+                            log_dir=sqlite_story.log_dir)
+    assert result.rows == 0 and result.checks == [] and result.artifact is None and result.passed
+    assert len(store.get_artifacts_by_type("DriftCheckResult")) == before
+
+
+def test_requests_answered_by_a_model_without_lineage_are_a_clear_error(sqlite_story, taxi, tmp_path):
+    log_dir = tmp_path / "logs"
+    rows = taxi[taxi["year"] == 2013].iloc[:16]
+    logs.write_requests(log_dir, rows, [0.5] * 16, *HOUR_1, model_version=7)
+    with pytest.raises(DataError, match=r"taxi:7 served the window, but no pushed model taxi:7"):
+        run_monitoring(sqlite_story.config, window_start=HOUR_1[0], window_end=HOUR_1[1], log_dir=log_dir)
+    with pytest.raises(DataError, match="is not after"):
+        run_monitoring(sqlite_story.config, window_start=HOUR_1[1], window_end=HOUR_1[0], log_dir=log_dir)
+
+
+def test_shadow_copies_never_reach_the_checks(sqlite_story):
+    predictions = sqlite_story.undrifted.check(checks.PREDICTION_DRIFT)
+    # The shadow candidate answered 1 - p: had it counted, the mean would sit near 0.5 and drift would fire.
+    assert predictions.passed and predictions.evidence["rows"] == 400
+    assert str(SHADOW_VERSION) not in json.dumps(sqlite_story.undrifted.check(checks.NULL_OUTPUTS).evidence)
+
+
+def test_mlops_monitor_check_prints_the_verdict_and_exits_1_on_drift(sqlite_story, capsys):
+    from mlops.cli import main
+
+    code = main(["--config", str(sqlite_story.config_file), "monitor", "check", "--start", HOUR_2[0].isoformat(),
+                 "--end", HOUR_2[1].isoformat(), "--log-dir", str(sqlite_story.log_dir), "--run-id", "monitor-cli"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "data_drift" in out and "FAILED" in out and "payment_type" in out
+    assert "report: " in out and "recorded: DriftCheckResult" in out

@@ -1,0 +1,156 @@
+"""Training and export: layout, the serving contract, determinism, errors, and the quality bar."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mlops.config import TrainingConfig
+from mlops.errors import DataError
+from tests.transforms.cleaned_examples import clean_rows, shared_transform, small_transform
+from trainer.train import (
+    CLASS_THRESHOLD,
+    RESULT_FILE,
+    classification_metrics,
+    roc_auc,
+    saved_model_fingerprint,
+    train_model,
+)
+from transforms.features import SERVING_FEATURES, Kind
+
+SMALL = TrainingConfig(train_steps=60, batch_size=40, seed=5)
+DTYPES = {Kind.FLOAT: tf.float32, Kind.INT: tf.int64, Kind.STRING: tf.string}
+
+
+@pytest.fixture(scope="module")
+def small(taxi_rows):
+    return small_transform(taxi_rows)
+
+
+@pytest.fixture(scope="module")
+def trained(small, tmp_path_factory):
+    _, _, transform = small
+    output = tmp_path_factory.mktemp("train")
+    return output, train_model(transform.transformed_dir, transform.transform_graph_dir, output, SMALL)
+
+
+def test_exports_the_model_and_a_result_file_that_agree(trained, small):
+    output, result = trained
+    _, counts, _ = small
+    assert result.model_dir == output / "model" and (result.model_dir / "saved_model.pb").is_file()
+    assert sorted(p.name for p in output.iterdir()) == ["model", RESULT_FILE], "staging left behind"
+    recorded = json.loads((output / RESULT_FILE).read_text())
+    assert recorded["fingerprint"] == result.fingerprint == saved_model_fingerprint(result.model_dir)
+    assert recorded["eval_metrics"] == result.eval_metrics and recorded["train_metrics"] == result.train_metrics
+    assert recorded["config"]["train_steps"] == SMALL.train_steps
+    assert result.eval_metrics["examples"] == counts["eval"] and result.train_metrics["examples"] == counts["train"]
+    for metrics in (result.train_metrics, result.eval_metrics):
+        assert 0.5 < metrics["auc"] <= 1 and 0 < metrics["loss"] < 1 and 0 <= metrics["accuracy"] <= 1
+
+
+def test_signatures_follow_the_serving_contract(trained):
+    _, result = trained
+    loaded = tf.saved_model.load(str(result.model_dir))
+    assert {"serving_default", "serving_examples"} <= set(loaded.signatures)
+    _, dense_inputs = loaded.signatures["serving_default"].structured_input_signature
+    assert list(sorted(dense_inputs)) == sorted(f.name for f in SERVING_FEATURES)
+    for feature in SERVING_FEATURES:
+        spec = dense_inputs[feature.name]
+        assert spec.shape.as_list() == [None] and spec.dtype == DTYPES[feature.kind], feature.name
+    _, example_inputs = loaded.signatures["serving_examples"].structured_input_signature
+    assert list(example_inputs) == ["examples"] and example_inputs["examples"].dtype == tf.string
+    for name in ("serving_default", "serving_examples"):
+        outputs = loaded.signatures[name].structured_outputs
+        assert outputs["probability"].dtype == tf.float32 and outputs["probability"].shape.as_list() == [None]
+        assert outputs["class"].dtype == tf.int64 and outputs["class"].shape.as_list() == [None]
+
+
+def test_class_is_probability_at_least_one_half(trained, taxi_rows):
+    _, result = trained
+    from beam_jobs.example_codec import serialize_row
+
+    rows = clean_rows(taxi_rows[:300])
+    loaded = tf.saved_model.load(str(result.model_dir))
+    outputs = loaded.signatures["serving_examples"](examples=tf.constant([serialize_row(r) for r in rows]))
+    probability, klass = outputs["probability"].numpy(), outputs["class"].numpy()
+    assert probability.shape == klass.shape == (len(rows),)
+    np.testing.assert_array_equal(klass, (probability >= CLASS_THRESHOLD).astype(np.int64))
+    assert 0 < klass.sum() < len(rows), "a trained model should predict both classes on 300 trips"
+
+
+def test_an_example_with_two_values_for_a_feature_is_refused_naming_it(trained, taxi_rows):
+    _, result = trained
+    from beam_jobs.example_codec import row_to_example
+
+    example = row_to_example(clean_rows(taxi_rows[:5])[0])
+    example.features.feature["fare"].float_list.value.append(3.0)
+    loaded = tf.saved_model.load(str(result.model_dir))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"fare.{0,4}: expected at most one value per example"):
+        loaded.signatures["serving_examples"](examples=tf.constant([example.SerializeToString()]))
+
+
+def test_same_seed_gives_the_same_model_and_another_seed_does_not(trained, small, tmp_path):
+    _, first = trained
+    _, _, transform = small
+    again = train_model(transform.transformed_dir, transform.transform_graph_dir, tmp_path / "again", SMALL)
+    assert again.eval_metrics["loss"] == first.eval_metrics["loss"]
+    first_weights = tf.train.load_checkpoint(str(first.model_dir / "variables" / "variables"))
+    again_weights = tf.train.load_checkpoint(str(again.model_dir / "variables" / "variables"))
+    names = [name for name in first_weights.get_variable_to_shape_map() if "model_variables" in name]
+    assert len(names) > 10
+    for name in names:
+        np.testing.assert_array_equal(first_weights.get_tensor(name), again_weights.get_tensor(name), err_msg=name)
+    other = train_model(
+        transform.transformed_dir, transform.transform_graph_dir, tmp_path / "other", TrainingConfig(train_steps=60, seed=6)
+    )
+    assert other.eval_metrics["loss"] != first.eval_metrics["loss"]
+
+
+def test_retraining_into_the_same_folder_replaces_the_model(small, tmp_path):
+    _, _, transform = small
+    config = TrainingConfig(train_steps=10, seed=1)
+    first = train_model(transform.transformed_dir, transform.transform_graph_dir, tmp_path, config)
+    (first.model_dir / "stale-file").write_text("from the first run")
+    second = train_model(transform.transformed_dir, transform.transform_graph_dir, tmp_path, config)
+    assert not (second.model_dir / "stale-file").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", RESULT_FILE]
+
+
+def test_missing_transform_graph_is_a_data_error(small, tmp_path):
+    _, _, transform = small
+    with pytest.raises(DataError, match=r"not a TF Transform output"):
+        train_model(transform.transformed_dir, tmp_path / "nowhere", tmp_path / "out", SMALL)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_eval_split_is_a_data_error_naming_it(small, tmp_path):
+    _, _, transform = small
+    partial = tmp_path / "transformed"
+    shutil.copytree(transform.transformed_dir / "Split-train", partial / "Split-train")
+    with pytest.raises(DataError, match=r"Split-eval: no transformed examples"):
+        train_model(partial, transform.transform_graph_dir, tmp_path / "out", SMALL)
+
+
+def test_roc_auc_is_exact_including_ties():
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == pytest.approx(0.5)  # a tie counts half
+    assert roc_auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.2])) == 1.0
+    assert np.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.3])))
+    metrics = classification_metrics(np.array([0, 1, 1, 0]), np.array([0.2, 0.7, 0.4, 0.6]))
+    assert metrics["accuracy"] == 0.5 and metrics["examples"] == 4 and metrics["positive_rate"] == 0.5
+
+
+@pytest.mark.slow
+def test_quality_bar_on_the_tfx_protocol(taxi_rows, tmp_path):
+    """All 15,002 shipped rows, cleaned, hash split 2:1, 1,000 steps of 40: eval AUC >= 0.935 (TFX: 0.932-0.934)."""
+    rows = clean_rows(taxi_rows)
+    assert len(taxi_rows) == 15_002
+    _, counts, transform = shared_transform("all-rows", rows)
+    assert counts["train"] + counts["eval"] == len(rows)
+    result = train_model(transform.transformed_dir, transform.transform_graph_dir, tmp_path, TrainingConfig())
+    assert result.eval_metrics["auc"] >= 0.935, result.eval_metrics

@@ -1,0 +1,512 @@
+"""Model evaluation: metrics overall and per slice, comparison with the served model, blessing.
+
+The candidate is scored through its `serving_examples` signature on the eval split's raw
+tf.Examples: the same graph TF Serving runs, so what is measured here is what users will get
+(a bug in the serving signature shows up as a bad AUC, not in production).
+
+Metrics are computed with numpy (the ML runtime has no scikit-learn). The result is written as
+`evaluation.json` (strict JSON: an undefined metric is `null`) and a self-contained
+`report.html`; both paths in the JSON are relative, so the directory can be renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import glob
+import json
+import math
+import os
+import secrets
+import types
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from beam_jobs.example_codec import split_pattern
+from mlops.config import EvaluationConfig
+from mlops.errors import DataError
+from transforms import features
+
+EVALUATION_FILE = "evaluation.json"
+REPORT_FILE = "report.html"
+FORMAT_VERSION = 1
+BATCH_SIZE = 1024
+# log(0) is infinite: probabilities are clipped this far from 0 and 1 (scikit-learn's choice).
+LOG_LOSS_EPSILON = 1e-15
+ROC_MAX_POINTS = 201
+CALIBRATION_BINS = 10
+HISTOGRAM_BINS = 20
+MISSING_SLICE_VALUE = "(missing)"
+
+# Looked up, not retyped: renaming the feature in features.py fails here at import.
+PAYMENT_TYPE = features.FEATURES_BY_NAME["payment_type"]
+START_HOUR = features.FEATURES_BY_NAME["trip_start_hour"]
+HOUR_BUCKET_SLICE = "hour_bucket"
+SLICE_NAMES = (PAYMENT_TYPE.name, HOUR_BUCKET_SLICE)
+_SLICE_VALUE_ORDER: Mapping[str, tuple[str, ...]] = {HOUR_BUCKET_SLICE: tuple(name for _, _, name in features.HOUR_BUCKETS)}
+METRIC_NAMES = ("auc", "accuracy", "precision", "recall", "f1", "log_loss", "count", "positive_rate", "mean_probability")
+_NO_LINKS: Mapping[str, str] = types.MappingProxyType({})
+
+Metrics = dict[str, float]
+SliceMetrics = dict[str, dict[str, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    metrics: Metrics  # auc, accuracy, precision, recall, f1, log_loss, count, positive_rate, mean_probability
+    slices: SliceMetrics  # slice feature -> value -> metrics (payment_type, hour_bucket)
+    baseline_metrics: Metrics | None  # the currently pushed model on the same rows
+    blessed: bool
+    reasons: list[str]  # why (not) blessed, one line per rule, with the numbers
+    evaluation_json: Path
+    report_html: Path
+    baseline_slices: SliceMetrics | None = None
+    model_label: str = "candidate"
+    baseline_label: str = "current"
+
+
+# --- Metrics ---------------------------------------------------------------------------------
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann-Whitney rank statistic; ties count one half.
+
+    NaN when only one class is present: the AUC is undefined there, and a slice with no
+    positives must not crash the evaluation or pretend to be perfect.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = _average_ranks(scores)
+    rank_sum = float(ranks[labels].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks where tied values share the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    # Start of each run of equal values, and the mean rank of that run.
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    mean_rank = (starts + 1 + ends) / 2.0
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, epsilon: float = LOG_LOSS_EPSILON) -> float:
+    """Mean binary cross-entropy, with probabilities clipped to [eps, 1 - eps]."""
+    labels = np.asarray(labels, dtype=np.float64)
+    if labels.size == 0:
+        return math.nan
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), epsilon, 1.0 - epsilon)
+    return float(-np.mean(labels * np.log(p) + (1.0 - labels) * np.log1p(-p)))
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> Metrics:
+    """All metrics of one set of rows; a row is predicted positive when probability >= threshold.
+
+    Precision with no predicted positive (and recall with no actual positive) is 0, as in
+    scikit-learn's default, so that F1 stays defined; AUC alone is NaN on a single class.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    count = labels.size
+    predicted = probabilities >= threshold
+    true_positives = int(np.sum(predicted & labels))
+    predicted_positives = int(predicted.sum())
+    actual_positives = int(labels.sum())
+    precision = true_positives / predicted_positives if predicted_positives else 0.0
+    recall = true_positives / actual_positives if actual_positives else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "auc": auc(labels, probabilities),
+        "accuracy": float(np.mean(predicted == labels)) if count else math.nan,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "log_loss": log_loss(labels, probabilities),
+        "count": float(count),
+        "positive_rate": actual_positives / count if count else math.nan,
+        "mean_probability": float(probabilities.mean()) if count else math.nan,
+    }
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rates, true positive rates) at every distinct score, from (0, 0) to (1, 1).
+
+    Empty arrays when the rows hold a single class.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return np.array([]), np.array([])  # undefined, like the AUC: nothing to draw
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    # One point per distinct threshold: the last index of each run of equal scores.
+    last_of_run = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), sorted_scores.size - 1]
+    true_positives = np.cumsum(sorted_labels)[last_of_run]
+    false_positives = (last_of_run + 1) - true_positives
+    return np.r_[0.0, false_positives / negatives], np.r_[0.0, true_positives / positives]
+
+
+def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list[float]]:
+    """Per equal-width probability bin: mean predicted probability, observed positive rate, rows."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    result: dict[str, list[float]] = {"mean_predicted": [], "observed_rate": [], "count": []}
+    for b in range(bins):
+        members = index == b
+        if not members.any():
+            continue
+        result["mean_predicted"].append(float(probabilities[members].mean()))
+        result["observed_rate"].append(float(labels[members].mean()))
+        result["count"].append(float(members.sum()))
+    return result
+
+
+def score_histogram(labels: np.ndarray, probabilities: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:
+    """Counts of scores per bin on [0, 1], separately for actual positives and negatives."""
+    labels = np.asarray(labels, dtype=bool)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return {
+        "edges": edges.tolist(),
+        "positives": np.histogram(probabilities[labels], bins=edges)[0].astype(float).tolist(),
+        "negatives": np.histogram(probabilities[~labels], bins=edges)[0].astype(float).tolist(),
+    }
+
+
+def slice_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, slice_values: Mapping[str, np.ndarray], threshold: float
+) -> SliceMetrics:
+    """Metrics per value of each slice feature; hour buckets in time-of-day order, others sorted."""
+    result: SliceMetrics = {}
+    for name, values in slice_values.items():
+        order = _SLICE_VALUE_ORDER.get(name, ())
+        ordered = sorted(set(values.tolist()), key=lambda v: (order.index(v) if v in order else len(order), str(v)))
+        result[name] = {
+            str(value): binary_metrics(labels[values == value], probabilities[values == value], threshold)
+            for value in ordered
+        }
+    return result
+
+
+def blessing_decision(
+    metrics: Mapping[str, float],
+    baseline_metrics: Mapping[str, float] | None,
+    config: EvaluationConfig,
+    *,
+    model_label: str = "candidate",
+    baseline_label: str = "current",
+) -> tuple[bool, list[str]]:
+    """Blessed when AUC >= auc_floor and (no baseline or AUC >= baseline AUC - auc_tolerance).
+
+    Each rule adds one reason saying whether it passed, with the numbers compared.
+    """
+    candidate_auc = metrics["auc"]
+    reasons: list[str] = []
+    if math.isnan(candidate_auc):
+        reasons.append(
+            f"failed: {model_label} AUC is undefined because the evaluation rows hold a single class "
+            f"(positive rate {metrics['positive_rate']:.5f} over {int(metrics['count'])} rows)"
+        )
+        return False, reasons
+    above_floor = candidate_auc >= config.auc_floor
+    reasons.append(
+        f"{'passed' if above_floor else 'failed'}: {model_label} AUC {candidate_auc:.5f} "
+        f"{'>=' if above_floor else '<'} auc_floor {config.auc_floor:.5f}"
+    )
+    close_enough = True
+    if baseline_metrics is None:
+        reasons.append("no baseline model to compare with: only the AUC floor applies")
+    elif math.isnan(baseline_metrics["auc"]):
+        reasons.append(f"{baseline_label} AUC is undefined on these rows: comparison skipped")
+    else:
+        limit = baseline_metrics["auc"] - config.auc_tolerance
+        close_enough = candidate_auc >= limit
+        reasons.append(
+            f"{'passed' if close_enough else 'failed'}: {model_label} AUC {candidate_auc:.5f} "
+            f"{'>=' if close_enough else '<'} {baseline_label} AUC {baseline_metrics['auc']:.5f} "
+            f"- auc_tolerance {config.auc_tolerance:.5f} = {limit:.5f}"
+        )
+    return above_floor and close_enough, reasons
+
+
+# --- Scoring ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredRows:
+    labels: np.ndarray  # bool
+    probabilities: dict[str, np.ndarray]  # model label -> float64 probabilities, same row order
+    slice_values: dict[str, np.ndarray]  # slice name -> str values
+
+
+def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], batch_size: int = BATCH_SIZE) -> ScoredRows:
+    """Scores every model on the same rows of `<examples_dir>/Split-<split>/data-*.tfrecord.gz`.
+
+    Files are read one at a time so that a bad record is reported with its file and position.
+    """
+    import tensorflow as tf  # here, not at import: load_evaluation and the metrics need no TF
+
+    pattern = split_pattern(examples_dir, split)
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise DataError(f"no {split} examples to evaluate: nothing matches {pattern}")
+    # The loaded objects stay referenced: a signature does not keep its model's variables alive.
+    loaded_models = {label: _load_saved_model(tf, Path(path)) for label, path in models.items()}
+    signatures = {label: loaded.signatures["serving_examples"] for label, loaded in loaded_models.items()}
+    parse_spec = {
+        features.TIPS_KEY: tf.io.FixedLenFeature([], tf.float32, default_value=math.nan),
+        features.FARE_KEY: tf.io.FixedLenFeature([], tf.float32, default_value=math.nan),
+        PAYMENT_TYPE.name: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        START_HOUR.name: tf.io.FixedLenFeature([], tf.int64, default_value=features.MISSING_INT),
+    }
+    labels: list[bool] = []
+    payment_types: list[str] = []
+    hour_buckets: list[str] = []
+    probabilities: dict[str, list[np.ndarray]] = {label: [] for label in models}
+    for file in files:
+        position = 0
+        try:
+            for batch in tf.data.TFRecordDataset(file, compression_type="GZIP").batch(batch_size):
+                try:
+                    parsed = tf.io.parse_example(batch, parse_spec)
+                except tf.errors.InvalidArgumentError as err:
+                    raise DataError(f"{file}: records {position}..{position + len(batch) - 1} are not "
+                                    f"parseable tf.Examples with the raw feature kinds: {err.message}") from None
+                batch_labels, batch_payments, batch_hours = _label_and_slices(file, position, parsed)
+                labels += batch_labels
+                payment_types += batch_payments
+                hour_buckets += batch_hours
+                for label, signature in signatures.items():
+                    try:
+                        scores = _probabilities(signature, batch, label, models[label], file, position)
+                    except tf.errors.InvalidArgumentError as err:
+                        raise DataError(f"{models[label]}: serving_examples rejected {file} records "
+                                        f"{position}..{position + len(batch) - 1}: {err.message}") from None
+                    probabilities[label].append(scores)
+                position += int(batch.shape[0])
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as err:
+            raise DataError(
+                f"{file}: corrupt or truncated gzip TFRecord after record {position}: {err.message}"
+            ) from None
+    if not labels:
+        raise DataError(f"no {split} examples to evaluate: the files matching {pattern} hold 0 records")
+    return ScoredRows(
+        labels=np.asarray(labels, dtype=bool),
+        probabilities={label: np.concatenate(parts) for label, parts in probabilities.items()},
+        slice_values={
+            PAYMENT_TYPE.name: np.asarray(payment_types, dtype=object),
+            HOUR_BUCKET_SLICE: np.asarray(hour_buckets, dtype=object),
+        },
+    )
+
+
+def _load_saved_model(tf: Any, model_dir: Path) -> Any:
+    if not (model_dir / "saved_model.pb").is_file():
+        raise DataError(f"{model_dir}: not a SavedModel directory (no saved_model.pb)")
+    loaded = tf.saved_model.load(str(model_dir))
+    if "serving_examples" not in loaded.signatures:
+        raise DataError(f"{model_dir}: the SavedModel has no 'serving_examples' signature "
+                        f"(it has {sorted(loaded.signatures)}); see docs/ARCHITECTURE.md")
+    return loaded
+
+
+def _label_and_slices(file: str, position: int, parsed: Mapping[str, Any]) -> tuple[list[bool], list[str], list[str]]:
+    tips = parsed[features.TIPS_KEY].numpy()
+    fares = parsed[features.FARE_KEY].numpy()
+    for name, values in ((features.TIPS_KEY, tips), (features.FARE_KEY, fares)):
+        missing = np.flatnonzero(np.isnan(values))
+        if missing.size:
+            raise DataError(f"{file}: record {position + int(missing[0])} has no '{name}', needed for the label "
+                            f"{features.LABEL_KEY!r}; evaluate the cleaned examples")
+    # On float32 arrays, as preprocessing_fn computes it in TF: a borderline trip (tips exactly
+    # 20% of the fare) gets the same label here as in training.
+    labels = np.asarray(features.is_big_tipper(tips, fares), dtype=bool).tolist()
+    payment_values = [value.decode("utf-8", errors="replace") or MISSING_SLICE_VALUE
+                      for value in parsed[PAYMENT_TYPE.name].numpy()]
+    hour_values = []
+    for offset, hour in enumerate(parsed[START_HOUR.name].numpy().tolist()):
+        if hour == features.MISSING_INT:
+            hour_values.append(MISSING_SLICE_VALUE)
+            continue
+        try:
+            hour_values.append(features.hour_bucket(hour))
+        except ValueError as err:
+            raise DataError(f"{file}: record {position + offset}: {err}") from None
+    return labels, payment_values, hour_values
+
+
+def _probabilities(signature: Any, batch: Any, label: str, model_dir: Path, file: str, position: int) -> np.ndarray:
+    outputs = signature(examples=batch)
+    if "probability" not in outputs:
+        raise DataError(f"{model_dir}: serving_examples returned {sorted(outputs)}, expected 'probability'")
+    values = outputs["probability"].numpy().astype(np.float64).reshape(-1)
+    if values.size != int(batch.shape[0]):
+        raise DataError(f"{model_dir}: serving_examples returned {values.size} probabilities for "
+                        f"{int(batch.shape[0])} examples ({file}, from record {position})")
+    bad = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))
+    if bad.size:
+        raise DataError(f"{model_dir} ({label}): probability {values[bad[0]]!r} is not in [0, 1] for "
+                        f"{file} record {position + int(bad[0])}")
+    return values
+
+
+# --- The step ---------------------------------------------------------------------------------
+
+
+def evaluate_model(
+    model_dir: Path,
+    examples_dir: Path,
+    output_dir: Path,
+    *,
+    config: EvaluationConfig,
+    baseline_model_dir: Path | None = None,
+    split: str = "eval",
+    model_label: str = "candidate",
+    baseline_label: str = "current",
+    related_links: Mapping[str, str] = _NO_LINKS,
+) -> EvaluationResult:
+    """Scores the candidate (and the baseline, on the same rows), decides blessing, writes the report.
+
+    `related_links` (title -> URL) are listed in the report's `links` section: monitoring reports
+    for this model version link here and back.
+    """
+    from trainer.report import write_report
+
+    if baseline_model_dir is not None and model_label == baseline_label:
+        raise ValueError(f"model_label and baseline_label must differ, both are {model_label!r}")
+    models = {model_label: Path(model_dir)}
+    if baseline_model_dir is not None:
+        models[baseline_label] = Path(baseline_model_dir)
+    rows = score_examples(Path(examples_dir), split, models)
+    threshold = config.decision_threshold
+
+    def summarise(label: str) -> tuple[Metrics, SliceMetrics, dict[str, Any]]:
+        probabilities = rows.probabilities[label]
+        fpr, tpr = _thin_curve(*roc_curve(rows.labels, probabilities))
+        curves = {
+            "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+            "calibration": calibration(rows.labels, probabilities),
+            "histogram": score_histogram(rows.labels, probabilities),
+        }
+        return (binary_metrics(rows.labels, probabilities, threshold),
+                slice_metrics(rows.labels, probabilities, rows.slice_values, threshold), curves)
+
+    metrics, slices, curves = summarise(model_label)
+    baseline_metrics = baseline_slices = None
+    all_curves = {model_label: curves}
+    if baseline_model_dir is not None:
+        baseline_metrics, baseline_slices, all_curves[baseline_label] = summarise(baseline_label)
+    blessed, reasons = blessing_decision(
+        metrics, baseline_metrics, config, model_label=model_label, baseline_label=baseline_label
+    )
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    document = {
+        "format_version": FORMAT_VERSION,
+        "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"label": model_label, "path": str(model_dir)},
+        "baseline": {"label": baseline_label, "path": str(baseline_model_dir)} if baseline_model_dir is not None else None,
+        "examples": {"path": str(examples_dir), "split": split},
+        "config": dataclasses.asdict(config),
+        "metrics": metrics,
+        "baseline_metrics": baseline_metrics,
+        "slices": slices,
+        "baseline_slices": baseline_slices,
+        "blessed": blessed,
+        "reasons": reasons,
+        "curves": all_curves,
+        "report_html": REPORT_FILE,
+    }
+    evaluation_json = output_dir / EVALUATION_FILE
+    write_text_atomically(evaluation_json, json.dumps(_null_for_nan(document), indent=2, allow_nan=False) + "\n")
+    write_report(document, output_dir / REPORT_FILE, related_links)
+    return _result_from_document(document, evaluation_json)
+
+
+def load_evaluation(path: Path) -> EvaluationResult:
+    """Reads an `evaluation.json` (or the directory holding it); null metrics come back as NaN."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVALUATION_FILE
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: evaluation file not found") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    missing = sorted({"metrics", "slices", "blessed", "reasons", "report_html"} - set(document))
+    if missing:
+        raise DataError(f"{path}: not an evaluation result, missing keys {missing}")
+    return _result_from_document(document, path)
+
+
+def _result_from_document(document: Mapping[str, Any], evaluation_json: Path) -> EvaluationResult:
+    baseline = document.get("baseline") or {}
+    baseline_metrics = document.get("baseline_metrics")
+    baseline_slices = document.get("baseline_slices")
+    return EvaluationResult(
+        metrics=_nan_for_null(document["metrics"]),
+        slices=_slices_nan_for_null(document["slices"]),
+        baseline_metrics=_nan_for_null(baseline_metrics) if baseline_metrics is not None else None,
+        blessed=bool(document["blessed"]),
+        reasons=list(document["reasons"]),
+        evaluation_json=Path(evaluation_json),
+        report_html=Path(evaluation_json).parent / document["report_html"],
+        baseline_slices=_slices_nan_for_null(baseline_slices) if baseline_slices is not None else None,
+        model_label=str((document.get("model") or {}).get("label", "candidate")),
+        baseline_label=str(baseline.get("label", "current")),
+    )
+
+
+def _slices_nan_for_null(slices: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> SliceMetrics:
+    return {name: {value: _nan_for_null(m) for value, m in values.items()} for name, values in slices.items()}
+
+
+def _nan_for_null(metrics: Mapping[str, Any]) -> Metrics:
+    return {name: math.nan if value is None else float(value) for name, value in metrics.items()}
+
+
+def _null_for_nan(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _null_for_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_nan(item) for item in value]
+    return value
+
+
+def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """Keeps at most `max_points` evenly spaced points (ends included): enough to draw, small in JSON."""
+    if fpr.size <= max_points:
+        return fpr, tpr
+    keep = np.unique(np.linspace(0, fpr.size - 1, max_points).round().astype(int))
+    return fpr[keep], tpr[keep]
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Temp file in the same directory, fsync, rename: readers see the old file or the new one."""
+    temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+

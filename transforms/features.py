@@ -1,0 +1,171 @@
+"""The single definition of the taxi features: names, types, the label and encodings.
+
+Training, serving, validation, drift checks and clients import from here; nobody
+retypes a feature name. The module is deliberately free of TensorFlow imports so
+that light processes (the CLI, the gateway, Airflow's DAG processor) can use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any, Mapping
+
+
+class Kind(enum.Enum):
+    FLOAT = "float"
+    INT = "int"
+    STRING = "string"
+
+
+class OnInvalid(enum.Enum):
+    """What the clean job does with a value outside a feature's valid range."""
+
+    REJECT = "reject"  # the row goes to the rejected output with the reason
+    CLIP = "clip"  # the value is clipped into the valid range
+    NULL = "null"  # the value is treated as missing
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: Kind
+    description: str
+    required: bool = False  # a row missing it is rejected by the clean job
+    valid_min: float | None = None
+    valid_max: float | None = None
+    on_invalid: OnInvalid = OnInvalid.REJECT
+    # True when the model consumes the feature (some columns are only carried along).
+    model_input: bool = True
+
+    def is_valid(self, value: float) -> bool:
+        if self.valid_min is not None and value < self.valid_min:
+            return False
+        if self.valid_max is not None and value > self.valid_max:
+            return False
+        return True
+
+
+# The Chicago area: a generous box around the city limits (city: 41.64..42.03 N, 87.52..87.94 W).
+CHICAGO_LATITUDE = (41.60, 42.10)
+CHICAGO_LONGITUDE = (-88.00, -87.50)
+
+LABEL_KEY = "big_tipper"
+TIPS_KEY = "tips"
+FARE_KEY = "fare"
+TIMESTAMP_KEY = "trip_start_timestamp"
+# Tips above this share of the fare make a trip a "big tipper".
+BIG_TIPPER_SHARE = 0.2
+
+_F, _I, _S = Kind.FLOAT, Kind.INT, Kind.STRING
+
+RAW_FEATURES: tuple[Feature, ...] = (
+    Feature("pickup_community_area", _I, "Community area of the pick-up (1-77)", valid_min=1, valid_max=77, on_invalid=OnInvalid.NULL),
+    Feature("fare", _F, "Fare in USD", required=True, valid_min=0.0, valid_max=1000.0),
+    Feature("trip_start_month", _I, "Month the trip started (1-12)", required=True, valid_min=1, valid_max=12),
+    Feature("trip_start_hour", _I, "Hour of day the trip started (0-23)", required=True, valid_min=0, valid_max=23),
+    Feature("trip_start_day", _I, "Day of week the trip started (1=Sunday .. 7)", required=True, valid_min=1, valid_max=7),
+    Feature(TIMESTAMP_KEY, _I, "Trip start, Unix seconds", required=True, valid_min=0, model_input=False),
+    Feature("pickup_latitude", _F, "Pick-up latitude", valid_min=CHICAGO_LATITUDE[0], valid_max=CHICAGO_LATITUDE[1]),
+    Feature("pickup_longitude", _F, "Pick-up longitude", valid_min=CHICAGO_LONGITUDE[0], valid_max=CHICAGO_LONGITUDE[1]),
+    Feature("dropoff_latitude", _F, "Drop-off latitude", valid_min=CHICAGO_LATITUDE[0], valid_max=CHICAGO_LATITUDE[1]),
+    Feature("dropoff_longitude", _F, "Drop-off longitude", valid_min=CHICAGO_LONGITUDE[0], valid_max=CHICAGO_LONGITUDE[1]),
+    Feature("trip_miles", _F, "Distance in miles", valid_min=0.0, valid_max=500.0, on_invalid=OnInvalid.NULL),
+    # 100% missing in the shipped data: carried and validated, not fed to the model.
+    Feature("pickup_census_tract", _I, "Census tract of the pick-up", model_input=False),
+    Feature("dropoff_census_tract", _I, "Census tract of the drop-off"),
+    Feature("payment_type", _S, "How the trip was paid", required=True),
+    Feature("company", _S, "Taxi company"),
+    Feature("trip_seconds", _I, "Duration in seconds", valid_min=1, valid_max=86_400),
+    Feature("dropoff_community_area", _I, "Community area of the drop-off (1-77)", valid_min=1, valid_max=77, on_invalid=OnInvalid.NULL),
+    Feature(TIPS_KEY, _F, "Tip in USD (label source, absent at serving time)", required=True, valid_min=0.0, valid_max=1000.0, model_input=False),
+)
+
+FEATURES_BY_NAME: Mapping[str, Feature] = {f.name: f for f in RAW_FEATURES}
+RAW_COLUMNS: tuple[str, ...] = tuple(f.name for f in RAW_FEATURES)
+# What a serving client sends: every raw column but the label source.
+SERVING_FEATURES: tuple[Feature, ...] = tuple(f for f in RAW_FEATURES if f.name != TIPS_KEY)
+SERVING_COLUMNS: tuple[str, ...] = tuple(f.name for f in SERVING_FEATURES)
+
+# --- Encodings used by preprocessing_fn (the only place they are defined) ---
+DENSE_FLOAT_FEATURES = ("fare", "trip_miles", "trip_seconds")
+# Numerics that get a log1p before scaling: long-tailed money, distance and time.
+LOG_SCALED_FEATURES = ("fare", "trip_miles", "trip_seconds")
+BUCKET_FEATURES = ("pickup_latitude", "pickup_longitude", "dropoff_latitude", "dropoff_longitude")
+FEATURE_BUCKET_COUNT = 10
+VOCAB_FEATURES = ("payment_type", "company", "dropoff_census_tract")
+VOCAB_SIZE = 1000
+OOV_SIZE = 10
+# Integer categoricals with known ranges: name -> number of ids (0 stands for missing).
+CATEGORICAL_FEATURES: Mapping[str, int] = {
+    "trip_start_hour": 24,
+    "trip_start_day": 8,
+    "trip_start_month": 13,
+    "pickup_community_area": 78,
+    "dropoff_community_area": 78,
+}
+# Hour-of-day buckets used for the wide part and evaluation slices.
+HOUR_BUCKETS = ((0, 6, "night"), (6, 12, "morning"), (12, 18, "afternoon"), (18, 24, "evening"))
+
+# Serving-side sentinels for a missing value: a JSON client sends null, the gateway and
+# client send these, and the serving signature turns them back into "missing".
+MISSING_FLOAT = float("nan")
+MISSING_INT = -1
+MISSING_STRING = ""
+
+
+def transformed_name(key: str) -> str:
+    return f"{key}_xf"
+
+
+def hour_bucket(hour: int) -> str:
+    for low, high, name in HOUR_BUCKETS:
+        if low <= hour < high:
+            return name
+    raise ValueError(f"trip_start_hour must be in 0..23, got {hour!r}")
+
+
+def is_big_tipper(tips: float, fare: float) -> bool:
+    return tips > BIG_TIPPER_SHARE * fare
+
+
+def missing_value(kind: Kind) -> Any:
+    return {Kind.FLOAT: MISSING_FLOAT, Kind.INT: MISSING_INT, Kind.STRING: MISSING_STRING}[kind]
+
+
+def is_missing(value: Any) -> bool:
+    """True for None and for the serving sentinel of any kind."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, bytes):
+        return value == b""
+    if isinstance(value, str):
+        return value == MISSING_STRING
+    if isinstance(value, int):
+        return value == MISSING_INT
+    return False
+
+
+def parse_value(feature: Feature, text: str) -> Any:
+    """Parses one CSV cell. '' is missing (None); anything unparseable raises ValueError."""
+    text = text.strip()
+    if text == "":
+        return None
+    if feature.kind is Kind.STRING:
+        return text
+    if feature.kind is Kind.FLOAT:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{feature.name}: expected a finite number, got {text!r}")
+        return value
+    # Integers sometimes arrive as "12.0" from spreadsheets: accept exact integral floats only.
+    try:
+        return int(text)
+    except ValueError:
+        as_float = float(text)
+        if not as_float.is_integer():
+            raise ValueError(f"{feature.name}: expected an integer, got {text!r}") from None
+        return int(as_float)

@@ -1,0 +1,246 @@
+"""The Transform step: analyze the train split with TF Transform, transform every split.
+
+`AnalyzeAndTransformDataset` computes the full-pass statistics (means, variances, quantiles,
+vocabularies) on the train split only, so evaluation data never leaks into the encodings, and
+`TransformDataset` applies the same graph to the other splits. The transform graph written by
+`WriteTransformFn` is what the trainer embeds in the exported model.
+
+Usable as a library (`transform_examples`) and as a Beam program:
+
+    python -m transforms.transform --input DIR --output DIR --runner=DirectRunner
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import apache_beam as beam
+import tensorflow as tf
+import tensorflow_transform.beam as tft_beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.options.pipeline_options import PipelineOptions
+from tfx_bsl.public import tfxio
+
+from beam_jobs._options import add_job_argument
+from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
+from mlops.errors import DataError
+from transforms.feature_spec import raw_feature_spec, raw_schema
+from transforms.preprocessing import preprocessing_fn
+
+log = logging.getLogger(__name__)
+
+TRANSFORM_GRAPH_DIR = "transform_graph"
+TRANSFORMED_DIR = "transformed"
+ANALYZED_SPLIT = "train"
+_METRICS_NAMESPACE = "transforms.transform"
+_TELEMETRY = ["mlops-suite", "Transform"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformResult:
+    transform_graph_dir: Path
+    transformed_dir: Path
+    rows: dict[str, int]
+
+
+class TransformOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        # Beam builds one parser from every imported PipelineOptions: flags other jobs share go
+        # through add_job_argument (see beam_jobs/_options.py).
+        add_job_argument(parser, "--input", type=str, default="", help="Cleaned examples: <dir>/Split-<split>/data-*.tfrecord.gz")
+        add_job_argument(parser, "--output", type=str, default="", help="Writes transform_graph/ and transformed/ below it")
+        add_job_argument(
+            parser, "--splits", type=str, default=",".join(SPLITS), help="Comma-separated splits; 'train' is analyzed"
+        )
+
+
+class CountRows(beam.PTransform):
+    """Passes elements through and counts them in a Beam counter named `name`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._counter = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, name)
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        counter = self._counter
+
+        def count(element: bytes) -> bytes:
+            counter.inc()
+            return element
+
+        return pcoll | "Count" >> beam.Map(count)
+
+
+def _rows_counter_name(split: str) -> str:
+    return f"rows-{split}"
+
+
+def check_cleaned_split(cleaned_dir: Path, split: str) -> list[str]:
+    """The split's files; a DataError naming the folder if there are none, or no usable first Example.
+
+    TFT's own errors for an empty or mistyped input arrive deep inside a Beam stack trace; one
+    parsed record up front turns them into a message that says which file and what was expected.
+    """
+    files = sorted(tf.io.gfile.glob(split_pattern(cleaned_dir, split)))
+    if not files:
+        raise DataError(
+            f"{split_dir(cleaned_dir, split)}: no cleaned examples (expected files data-*{TFRECORD_SUFFIX})"
+        )
+    first = None
+    for path in files:
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP").take(1):
+            first = (path, record)
+        if first is not None:
+            break
+    if first is None:
+        raise DataError(f"{split_dir(cleaned_dir, split)}: the split has no examples ({len(files)} empty files)")
+    path, record = first
+    try:
+        tf.io.parse_example(tf.reshape(record, [1]), raw_feature_spec())
+    except (tf.errors.InvalidArgumentError, ValueError) as err:
+        message = str(err).splitlines()[0]
+        raise DataError(f"{path}: the first record is not a tf.Example with the raw feature kinds of transforms/features.py: {message}") from err
+    return files
+
+
+def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
+    """Analyze the train split, transform every split, write the transform graph and the examples.
+
+    Must be applied inside a `tft_beam.Context`.
+    """
+    if not options.input or not options.output:
+        raise DataError(f"the Transform job needs --input and --output, got --input={options.input!r} --output={options.output!r}")
+    splits = [s.strip() for s in options.splits.split(",") if s.strip()]
+    if ANALYZED_SPLIT not in splits:
+        raise DataError(f"--splits must include {ANALYZED_SPLIT!r} (the split TF Transform analyzes), got {splits}")
+    output = Path(options.output)
+    schema = raw_schema()
+    transform_fn = None
+    for split in [ANALYZED_SPLIT] + [s for s in splits if s != ANALYZED_SPLIT]:
+        source = tfxio.TFExampleRecord(
+            file_pattern=split_pattern(options.input, split), schema=schema, telemetry_descriptors=_TELEMETRY
+        )
+        raw_data = pipeline | f"Read{split.title()}" >> source.BeamSource()
+        raw_dataset = (raw_data, source.TensorAdapterConfig())
+        if transform_fn is None:
+            transformed, transform_fn = raw_dataset | f"AnalyzeAndTransform{split.title()}" >> tft_beam.AnalyzeAndTransformDataset(
+                preprocessing_fn, output_record_batches=True
+            )
+        else:
+            transformed = (raw_dataset, transform_fn) | f"Transform{split.title()}" >> tft_beam.TransformDataset(
+                output_record_batches=True
+            )
+        _ = (
+            transformed
+            | f"Encode{split.title()}" >> tft_beam.EncodeTransformedDataset()
+            | f"Count{split.title()}" >> CountRows(_rows_counter_name(split))
+            | f"Write{split.title()}"
+            >> beam.io.WriteToTFRecord(
+                split_prefix(output / TRANSFORMED_DIR, split),
+                file_name_suffix=TFRECORD_SUFFIX,
+                compression_type=CompressionTypes.GZIP,
+            )
+        )
+    _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(output / TRANSFORM_GRAPH_DIR))
+
+
+def _counted_rows(result: beam.runners.runner.PipelineResult, splits: Sequence[str]) -> dict[str, int]:
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(_METRICS_NAMESPACE))["counters"]
+    totals = {split: 0 for split in splits}
+    for counter in counters:
+        for split in splits:
+            if counter.key.metric.name == _rows_counter_name(split):
+                totals[split] += int(counter.committed if counter.committed is not None else counter.attempted)
+    return totals
+
+
+def _as_data_error(err: RuntimeError, cleaned_dir: Path, splits: Sequence[str]) -> DataError | None:
+    """A DataError naming the split for a record TFXIO cannot decode (a feature of the wrong kind)."""
+    message = str(err)
+    if "INVALID_ARGUMENT" not in message:
+        return None
+    where = str(cleaned_dir)
+    for split in splits:
+        if f"'Read{split.title()}/" in message:
+            where = split_pattern(cleaned_dir, split)
+    first_line = message.strip().splitlines()[0]
+    return DataError(f"{where}: a record is not a tf.Example with the raw feature kinds of transforms/features.py: {first_line}")
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Moves `source` to `target`; a previous `target` is removed only after the move succeeded."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def transform_examples(
+    cleaned_dir: Path, output_dir: Path, *, beam_args: Sequence[str] = (), splits: Sequence[str] = SPLITS
+) -> TransformResult:
+    """Runs the Transform Beam program; returns where the graph and the examples are, and row counts.
+
+    Everything is written below a temporary folder inside `output_dir` and renamed into place at
+    the end, so a failed run leaves no half-written transform graph behind.
+    """
+    cleaned_dir, output_dir = Path(cleaned_dir), Path(output_dir)
+    splits = list(splits)
+    if ANALYZED_SPLIT not in splits:
+        raise DataError(f"splits must include {ANALYZED_SPLIT!r} (the split TF Transform analyzes), got {splits}")
+    for split in splits:
+        check_cleaned_split(cleaned_dir, split)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".transform-", dir=output_dir))
+    try:
+        options = PipelineOptions(
+            [*beam_args, f"--input={cleaned_dir}", f"--output={staging}", f"--splits={','.join(splits)}"]
+        ).view_as(TransformOptions)
+        pipeline = beam.Pipeline(options=options)
+        with tft_beam.Context(temp_dir=str(staging / "tft_tmp")):
+            build(pipeline, options)
+            try:
+                result = pipeline.run()
+                result.wait_until_finish()
+            except RuntimeError as err:
+                raise _as_data_error(err, cleaned_dir, splits) or err
+        rows = _counted_rows(result, splits)
+        shutil.rmtree(staging / "tft_tmp", ignore_errors=True)
+        for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR):
+            _replace_dir(staging / name, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("transformed rows %s into %s", rows, output_dir)
+    return TransformResult(output_dir / TRANSFORM_GRAPH_DIR, output_dir / TRANSFORMED_DIR, rows)
+
+
+def run(argv: Sequence[str] | None = None) -> TransformResult:
+    """Command-line entry: app flags (--input, --output, --splits) plus any Beam runner flags."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--splits", default=",".join(SPLITS), type=str)
+    known, beam_args = parser.parse_known_args(argv)
+    splits = [s.strip() for s in known.splits.split(",") if s.strip()]
+    return transform_examples(known.input, known.output, beam_args=beam_args, splits=splits)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    try:
+        outcome = run()
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"transform graph: {outcome.transform_graph_dir}\ntransformed: {outcome.transformed_dir}\nrows: {outcome.rows}")
