@@ -62,7 +62,7 @@ the `action` param:
 * **canary** (default, and what a push starts): gives the version `shares[0]` % of the traffic
   through the gateway's admin API (the gateway labels it `canary` in TF Serving's `models.config`,
   so the model server serves it), observes it for `observe_seconds` against the stable version (error rate,
-  p99 latency ratio, shift of the mean predicted probability, a minimum of requests), then ramps
+  tail latency ratio, a significant shift of the mean predicted probability, a minimum of requests), then ramps
   through `shares` and promotes it to `stable`, or sets its traffic back to 0 at the first
   unhealthy window (the task then fails, visibly). A version that is already stable is left alone.
 * **blue_green**: switches `stable` to `version` at once (the previous stable is kept for rollback).
@@ -95,9 +95,15 @@ Airflow's environment, its URL from `gateway_url` or `MLOPS_GATEWAY_URL`.
         "max_error_rate": Param(0.02, type="number", minimum=0, maximum=1,
                                 description="Largest acceptable share of failed canary requests."),
         "max_p99_latency_ratio": Param(1.5, type="number", exclusiveMinimum=0,
-                                       description="Largest acceptable canary p99 latency / stable p99 latency."),
+                                       description="Largest acceptable canary / stable tail latency (p99 from 100 "
+                                                   "requests on each side, p90 below)."),
+        "latency_tolerance_ms": Param(10.0, type="number", minimum=0,
+                                      description="Latency differences up to this many ms never fail a canary."),
         "max_mean_probability_shift": Param(0.1, type="number", minimum=0, maximum=1,
                                             description="Largest acceptable |mean canary probability - mean stable probability|."),
+        "min_shift_z_score": Param(3.0, type="number", minimum=0,
+                                   description="A mean shift fails the canary only if it is also this many standard "
+                                               "errors away from zero (not sampling noise)."),
         "min_canary_requests": Param(20, type="integer", minimum=1,
                                      description="Fewest canary requests per window needed to judge it."),
         "gateway_url": Param("", type="string", description="The gateway's base URL; empty = MLOPS_GATEWAY_URL or http://127.0.0.1:8000."),

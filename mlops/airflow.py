@@ -829,8 +829,16 @@ def _jsonable(value: Any) -> Any:
 class CanaryThresholds:
     max_error_rate: float = 0.02
     max_p99_latency_ratio: float = 1.5
+    # Latency differences below this are noise on any real network, whatever their ratio.
+    latency_tolerance_ms: float = 10.0
     max_mean_probability_shift: float = 0.1
+    # A shift must also stand out from sampling noise by this many standard errors.
+    min_shift_z_score: float = 3.0
     min_canary_requests: int = 20
+
+
+# Below this many requests on either side a p99 is just the slowest request; p90 is compared instead.
+MIN_REQUESTS_FOR_P99 = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -842,9 +850,13 @@ class CanaryJudgement:
 
 
 def judge_canary(stats: Mapping[str, Mapping[str, Any]], thresholds: CanaryThresholds) -> CanaryJudgement:
-    """Compares the canary's window of traffic with the stable version's: errors, p99 latency, predictions.
+    """Compares the canary's window of traffic with the stable version's: errors, tail latency, predictions.
 
     Too little canary traffic is a failure too: promoting a model nobody has exercised is a guess.
+    The comparisons are built not to roll back a healthy canary on noise: the tail latency is p99
+    only with enough requests (p90 otherwise) and must exceed the ratio by more than a tolerance;
+    a shift of the mean probability must exceed its threshold and be significant given the spread
+    of the scores on both sides (a two-sample z-test when the gateway reports the spread).
     """
     canary = dict(stats.get("canary") or {})
     stable = dict(stats.get("stable") or {})
@@ -856,19 +868,51 @@ def judge_canary(stats: Mapping[str, Mapping[str, Any]], thresholds: CanaryThres
     error_rate = float(canary.get("error_rate") or 0.0)
     if error_rate > thresholds.max_error_rate:
         reasons.append(f"error rate {error_rate:.3f} > {thresholds.max_error_rate:.3f}")
-    canary_p99, stable_p99 = canary.get("latency_p99_ms"), stable.get("latency_p99_ms")
-    if canary_p99 is not None and stable_p99:
-        ratio = float(canary_p99) / float(stable_p99)
-        if ratio > thresholds.max_p99_latency_ratio:
-            reasons.append(f"p99 latency {float(canary_p99):.1f} ms is {ratio:.2f}x the stable version's "
-                           f"{float(stable_p99):.1f} ms (max {thresholds.max_p99_latency_ratio:.2f}x)")
-    canary_mean, stable_mean = canary.get("mean_probability"), stable.get("mean_probability")
-    if _finite(canary_mean) and _finite(stable_mean):
-        shift = abs(float(canary_mean) - float(stable_mean))
-        if shift > thresholds.max_mean_probability_shift:
-            reasons.append(f"mean predicted probability moved by {shift:.3f} ({float(stable_mean):.3f} -> "
-                           f"{float(canary_mean):.3f}; max {thresholds.max_mean_probability_shift:.3f})")
+    reasons.extend(_latency_problems(canary, stable, thresholds))
+    reasons.extend(_prediction_shift_problems(canary, stable, thresholds))
     return CanaryJudgement(not reasons, reasons, canary, stable)
+
+
+def _latency_problems(canary: Mapping[str, Any], stable: Mapping[str, Any], thresholds: CanaryThresholds) -> list[str]:
+    fewest = min(int(canary.get("requests") or 0), int(stable.get("requests") or 0))
+    quantile = "p99" if fewest >= MIN_REQUESTS_FOR_P99 or canary.get("latency_p90_ms") is None else "p90"
+    canary_latency, stable_latency = canary.get(f"latency_{quantile}_ms"), stable.get(f"latency_{quantile}_ms")
+    if not (_finite(canary_latency) and _finite(stable_latency)) or stable_latency <= 0:
+        return []
+    limit = thresholds.max_p99_latency_ratio * float(stable_latency) + thresholds.latency_tolerance_ms
+    if float(canary_latency) <= limit:
+        return []
+    ratio = float(canary_latency) / float(stable_latency)
+    return [f"{quantile} latency {float(canary_latency):.1f} ms is {ratio:.2f}x the stable version's {float(stable_latency):.1f} ms "
+            f"(max {thresholds.max_p99_latency_ratio:.2f}x + {thresholds.latency_tolerance_ms:.0f} ms)"]
+
+
+def _prediction_shift_problems(canary: Mapping[str, Any], stable: Mapping[str, Any], thresholds: CanaryThresholds) -> list[str]:
+    canary_mean, stable_mean = canary.get("mean_probability"), stable.get("mean_probability")
+    if not (_finite(canary_mean) and _finite(stable_mean)):
+        return []
+    shift = abs(float(canary_mean) - float(stable_mean))
+    if shift <= thresholds.max_mean_probability_shift:
+        return []
+    evidence = ""
+    standard_error = _standard_error_of_difference(canary, stable)
+    if standard_error is not None:
+        z_score = shift / standard_error if standard_error > 0 else math.inf
+        if z_score < thresholds.min_shift_z_score:
+            return []  # as large a difference is likely between two random samples of the same model
+        evidence = f", {z_score:.1f} standard errors" if math.isfinite(z_score) else ""
+    return [f"mean predicted probability moved by {shift:.3f} ({float(stable_mean):.3f} -> {float(canary_mean):.3f}; "
+            f"max {thresholds.max_mean_probability_shift:.3f}{evidence})"]
+
+
+def _standard_error_of_difference(canary: Mapping[str, Any], stable: Mapping[str, Any]) -> float | None:
+    terms = []
+    for side in (canary, stable):
+        std, count = side.get("probability_std"), side.get("scored")
+        if not _finite(std) or not isinstance(count, int) or count <= 0:
+            return None
+        terms.append(float(std) ** 2 / count)
+    return math.sqrt(sum(terms))
 
 
 def _finite(value: Any) -> bool:
@@ -982,6 +1026,8 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
     thresholds = CanaryThresholds(
         max_error_rate=float(params.get("max_error_rate", CanaryThresholds.max_error_rate)),
         max_p99_latency_ratio=float(params.get("max_p99_latency_ratio", CanaryThresholds.max_p99_latency_ratio)),
+        latency_tolerance_ms=float(params.get("latency_tolerance_ms", CanaryThresholds.latency_tolerance_ms)),
+        min_shift_z_score=float(params.get("min_shift_z_score", CanaryThresholds.min_shift_z_score)),
         max_mean_probability_shift=float(params.get("max_mean_probability_shift", CanaryThresholds.max_mean_probability_shift)),
         min_canary_requests=int(params.get("min_canary_requests", CanaryThresholds.min_canary_requests)),
     )

@@ -684,12 +684,14 @@ class Gateway:
         nulls = len(served.probabilities) - len(scores)
         metrics.score.observe_many(model, version, scores)
         total, scored, positives = sum(scores), len(scores), served.classes.count(1)
+        square_total = sum(score * score for score in scores)
         if nulls:
             metrics.child(metrics.null_outputs, model, version).inc(nulls)
         referrals = served.decisions.count(routing.REFER_TO_HUMAN)
         if referrals:
             metrics.child(metrics.referrals, model).inc(referrals)
-        self.stats.record(model, served.target.label, served.target.version, 200, latency_ms, total, scored, positives)
+        self.stats.record(model, served.target.label, served.target.version, 200, latency_ms, total, scored, positives,
+                          square_total)
 
     async def _log(self, entry: Any, writer: prediction_log.ParquetLogWriter | None = None) -> None:
         """Queues a log entry, waiting (not blocking the loop) while the queue is full: back-pressure, no drops."""

@@ -58,7 +58,8 @@ class GatewayAdminClient:
 
     def stats(self, model: str, since_seconds: float) -> dict[str, dict[str, Any]]:
         """Per label (stable, canary, shadow, version:N) over the last `since_seconds`: requests, errors,
-        error_rate, latency_p50_ms, latency_p99_ms, mean_probability, positive_rate, version."""
+        error_rate, latency_p50_ms, latency_p90_ms, latency_p99_ms, mean_probability, probability_std, scored,
+        positive_rate, version."""
         query = urllib.parse.urlencode({"since_seconds": since_seconds})
         return self._call("GET", f"/admin/models/{_quote(model)}/stats?{query}")
 

@@ -447,17 +447,18 @@ class TrafficStats:
     def __init__(self, max_age_s: float = 3_600.0, max_entries_per_label: int = 200_000) -> None:
         self.max_age_s = max_age_s
         self.max_entries = max_entries_per_label
-        # (model, label) -> deque of (monotonic time, status, latency_ms, probability sum, instances, positives, version)
+        # (model, label) -> deque of (monotonic time, status, latency_ms, probability sum, instances, positives, version,
+        #                            sum of squared probabilities)
         self._entries: dict[tuple[str, str], collections.deque] = {}
 
     def record(self, model: str, label: str, version: int | None, status: int, latency_ms: float,
-               probability_sum: float, scored: int, positives: int) -> None:
+               probability_sum: float, scored: int, positives: int, probability_square_sum: float = 0.0) -> None:
         key = (model, label)
         entries = self._entries.get(key)
         if entries is None:
             entries = self._entries[key] = collections.deque(maxlen=self.max_entries)
         now = time.monotonic()
-        entries.append((now, status, latency_ms, probability_sum, scored, positives, version))
+        entries.append((now, status, latency_ms, probability_sum, scored, positives, version, probability_square_sum))
         horizon = now - self.max_age_s
         while entries and entries[0][0] < horizon:
             entries.popleft()
@@ -478,13 +479,19 @@ class TrafficStats:
             errors = sum(1 for entry in recent if entry[1] >= 500)
             latencies = sorted(entry[2] for entry in recent)
             scored = sum(entry[4] for entry in recent)
+            mean = (sum(entry[3] for entry in recent) / scored) if scored else None
+            # The spread of the scores lets a judge tell a real shift of the mean from sampling noise.
+            std = math.sqrt(max(sum(entry[7] for entry in recent) / scored - mean * mean, 0.0)) if scored else None
             result[label] = {
                 "requests": len(recent),
                 "errors": errors,
                 "error_rate": errors / len(recent),
                 "latency_p50_ms": _percentile(latencies, 0.50),
+                "latency_p90_ms": _percentile(latencies, 0.90),
                 "latency_p99_ms": _percentile(latencies, 0.99),
-                "mean_probability": (sum(entry[3] for entry in recent) / scored) if scored else None,
+                "mean_probability": mean,
+                "probability_std": std,
+                "scored": scored,
                 "positive_rate": (sum(entry[5] for entry in recent) / scored) if scored else None,
                 "version": recent[-1][6],
             }

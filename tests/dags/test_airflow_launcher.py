@@ -120,6 +120,30 @@ def test_an_unhealthy_canary_is_named_with_the_reason(canary, expected):
     assert any(expected in reason for reason in judgement.reasons), judgement.reasons
 
 
+def test_a_mean_shift_within_sampling_noise_does_not_roll_back_a_canary():
+    # Bimodal scores (sd 0.4): 25 canary requests against 75 stable ones differ by 0.12 by chance.
+    stable = {**STABLE, "requests": 75, "scored": 75, "mean_probability": 0.50, "probability_std": 0.4}
+    canary = {"requests": 25, "error_rate": 0.0, "latency_p99_ms": 10.0, "scored": 25, "mean_probability": 0.62,
+              "probability_std": 0.4}
+    assert judge_canary({"stable": stable, "canary": canary}, CanaryThresholds()).healthy
+    # The same shift over many requests is real.
+    many = {**canary, "requests": 2_000, "scored": 2_000}
+    judgement = judge_canary({"stable": {**stable, "scored": 6_000}, "canary": many}, CanaryThresholds())
+    assert not judgement.healthy
+    assert "mean predicted probability moved by 0.120" in judgement.reasons[0] and "standard errors" in judgement.reasons[0]
+
+
+def test_tail_latency_is_p90_on_few_requests_and_small_differences_are_tolerated():
+    stable = {**STABLE, "requests": 60, "latency_p90_ms": 4.0, "latency_p99_ms": 5.0}
+    cold_start = {"requests": 30, "error_rate": 0.0, "mean_probability": 0.3, "latency_p90_ms": 5.0, "latency_p99_ms": 900.0}
+    assert judge_canary({"stable": stable, "canary": cold_start}, CanaryThresholds()).healthy
+    few_ms_slower = {**cold_start, "latency_p90_ms": 12.0}  # 3x, but 8 ms: below the tolerance
+    assert judge_canary({"stable": stable, "canary": few_ms_slower}, CanaryThresholds()).healthy
+    slow = {**cold_start, "latency_p90_ms": 40.0}
+    judgement = judge_canary({"stable": stable, "canary": slow}, CanaryThresholds())
+    assert judgement.reasons == ["p90 latency 40.0 ms is 10.00x the stable version's 4.0 ms (max 1.50x + 10 ms)"]
+
+
 def test_retraining_conf_carries_the_failed_checks_and_their_evidence():
     result = {
         "window_start": "2026-11-23T09:00:00+00:00", "window_end": "2026-11-23T10:00:00+00:00",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 
@@ -205,5 +206,7 @@ def test_stats_per_label_match_the_traffic(start_gw, http, reference):
         assert stats[label]["version"] == version
         assert stats[label]["errors"] == 0 and stats[label]["error_rate"] == 0.0
         assert stats[label]["mean_probability"] == pytest.approx(sum(seen[label]) / len(seen[label]), abs=1e-6)
-        assert 0 < stats[label]["latency_p50_ms"] <= stats[label]["latency_p99_ms"]
+        assert stats[label]["scored"] == len(seen[label])
+        assert stats[label]["probability_std"] == pytest.approx(statistics.pstdev(seen[label]), abs=1e-5)
+        assert 0 < stats[label]["latency_p50_ms"] <= stats[label]["latency_p90_ms"] <= stats[label]["latency_p99_ms"]
         assert 0.0 <= stats[label]["positive_rate"] <= 1.0
