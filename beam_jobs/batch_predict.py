@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -54,6 +52,7 @@ from beam_jobs.ingest import (
     ReadChunkLinesFn,
     ReadCsvLines,
     WriteJsonLines,
+    scan_csv,
 )
 from mlops.errors import DataError, MlopsError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind, parse_value
@@ -108,48 +107,8 @@ def plan_scoring(csv_path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Scor
 
     Unlike ingest, the label column is not required: a day of trips to score has no tips yet.
     """
-    path = str(csv_path)
-    if not FileSystems.exists(path):
-        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(SERVING_COLUMNS)})")
-    chunks: list[CsvChunk] = []
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        header_bytes = handle.readline()
-        columns = _parse_header(path, header_bytes)
-        offset = chunk_start = len(header_bytes)
-        line_no, chunk_first_line, data_rows = 1, 2, 0
-        for raw in handle:
-            line_no += 1
-            offset += len(raw)
-            if raw.strip():
-                data_rows += 1
-            if offset - chunk_start >= chunk_bytes:
-                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-                chunk_start, chunk_first_line = offset, line_no + 1
-        if offset > chunk_start:
-            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-    if data_rows == 0:
-        raise DataError(f"{path}: has a header but no data rows to score")
-    return ScoringPlan(path, columns, tuple(chunks), data_rows)
-
-
-def _parse_header(path: str, header_bytes: bytes) -> tuple[str, ...]:
-    if not header_bytes.strip():
-        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(SERVING_COLUMNS)})")
-    try:
-        header_text = header_bytes.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: the header row is not UTF-8 text ({err})") from None
-    columns = tuple(name.strip() for name in next(csv.reader([header_text.rstrip("\r\n")])))
-    duplicated = sorted({name for name in columns if columns.count(name) > 1})
-    if duplicated:
-        raise DataError(f"{path}: the header names these columns more than once: {', '.join(duplicated)}")
-    missing = [name for name in SERVING_COLUMNS if name not in columns]
-    if missing:
-        raise DataError(
-            f"{path}: the header is missing {len(missing)} column(s) the model needs: {', '.join(missing)} "
-            f"(found: {', '.join(columns)})"
-        )
-    return columns
+    layout = scan_csv(csv_path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
+    return ScoringPlan(layout.csv_path, layout.columns, layout.chunks, layout.data_rows)
 
 
 # --- Pipeline parts ---

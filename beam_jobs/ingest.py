@@ -120,32 +120,12 @@ def plan_ingest(
         raise ValueError(f"eval_buckets must be in 1..hash_buckets-1, got {eval_buckets} of {hash_buckets}")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    path = str(csv_path)
-    if not FileSystems.exists(path):
-        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(RAW_COLUMNS)})")
-    chunks: list[CsvChunk] = []
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        header_bytes = handle.readline()
-        columns = _parse_header(path, header_bytes)
-        offset = chunk_start = len(header_bytes)
-        line_no, chunk_first_line, data_rows = 1, 2, 0
-        for raw in handle:
-            line_no += 1
-            offset += len(raw)
-            if raw.strip():
-                data_rows += 1
-            if offset - chunk_start >= chunk_bytes:
-                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-                chunk_start, chunk_first_line = offset, line_no + 1
-        if offset > chunk_start:
-            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-    if data_rows == 0:
-        raise DataError(f"{path}: has a header but no data rows")
+    layout = scan_csv(csv_path, RAW_COLUMNS, chunk_bytes=chunk_bytes)
     return IngestPlan(
-        csv_path=path,
-        columns=columns,
-        chunks=tuple(chunks),
-        data_rows=data_rows,
+        csv_path=layout.csv_path,
+        columns=layout.columns,
+        chunks=layout.chunks,
+        data_rows=layout.data_rows,
         start_seconds=start.timestamp(),
         end_seconds=end.timestamp(),
         hash_buckets=hash_buckets,
@@ -162,9 +142,52 @@ def _check_window(start: datetime.datetime, end: datetime.datetime) -> None:
         raise ValueError(f"the window is empty: start {start.isoformat()} is not before end {end.isoformat()}")
 
 
-def _parse_header(path: str, header_bytes: bytes) -> tuple[str, ...]:
+@dataclasses.dataclass(frozen=True)
+class CsvLayout:
+    """A checked CSV: its header and line-aligned byte ranges that Beam workers read in parallel."""
+
+    csv_path: str
+    columns: tuple[str, ...]  # the header, in file order
+    chunks: tuple[CsvChunk, ...]
+    data_rows: int  # non-blank lines after the header
+
+
+def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+             needed_for: str = "that ingest requires") -> CsvLayout:
+    """Checks the header (UTF-8, no duplicates, `required_columns` present) and cuts the file into
+    line-aligned byte ranges of about `chunk_bytes`, counting data rows on the way.
+
+    Raises DataError for a missing or empty file, a bad header or a header without data rows, so a
+    bad file fails in a second instead of after a pipeline start-up. `needed_for` ends the missing
+    columns message ("... column(s) the model needs: ...").
+    """
+    path = str(csv_path)
+    if not FileSystems.exists(path):
+        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(required_columns)})")
+    chunks: list[CsvChunk] = []
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        header_bytes = handle.readline()
+        columns = _parse_header(path, header_bytes, required_columns, needed_for)
+        offset = chunk_start = len(header_bytes)
+        line_no, chunk_first_line, data_rows = 1, 2, 0
+        for raw in handle:
+            line_no += 1
+            offset += len(raw)
+            if raw.strip():
+                data_rows += 1
+            if offset - chunk_start >= chunk_bytes:
+                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                chunk_start, chunk_first_line = offset, line_no + 1
+        if offset > chunk_start:
+            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+    if data_rows == 0:
+        raise DataError(f"{path}: has a header but no data rows")
+    return CsvLayout(path, columns, tuple(chunks), data_rows)
+
+
+def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str], needed_for: str) -> tuple[str, ...]:
     if not header_bytes.strip():
-        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(RAW_COLUMNS)})")
+        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(required_columns)})")
     try:
         header_text = header_bytes.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -173,10 +196,10 @@ def _parse_header(path: str, header_bytes: bytes) -> tuple[str, ...]:
     duplicated = sorted({name for name in columns if columns.count(name) > 1})
     if duplicated:
         raise DataError(f"{path}: the header names these columns more than once: {', '.join(duplicated)}")
-    missing = [name for name in RAW_COLUMNS if name not in columns]
+    missing = [name for name in required_columns if name not in columns]
     if missing:
         raise DataError(
-            f"{path}: the header is missing {len(missing)} required column(s): {', '.join(missing)} "
+            f"{path}: the header is missing {len(missing)} column(s) {needed_for}: {', '.join(missing)} "
             f"(found: {', '.join(columns)})"
         )
     extra = [name for name in columns if name not in FEATURES_BY_NAME]
