@@ -97,14 +97,15 @@ FEATURE_BUCKET_COUNT = 10
 VOCAB_FEATURES = ("payment_type", "company", "dropoff_census_tract")
 VOCAB_SIZE = 1000
 OOV_SIZE = 10
-# Integer categoricals with known ranges: name -> number of ids (0 stands for missing).
-CATEGORICAL_FEATURES: Mapping[str, int] = {
-    "trip_start_hour": 24,
-    "trip_start_day": 8,
-    "trip_start_month": 13,
-    "pickup_community_area": 78,
-    "dropoff_community_area": 78,
-}
+# Integer categoricals: one id per value of the feature's valid range, plus 0 for missing or out of
+# range (see transforms.preprocessing.categorical_id_count).
+CATEGORICAL_FEATURES: tuple[str, ...] = (
+    "trip_start_hour",
+    "trip_start_day",
+    "trip_start_month",
+    "pickup_community_area",
+    "dropoff_community_area",
+)
 # Hour-of-day buckets used for the wide part and evaluation slices.
 HOUR_BUCKETS = ((0, 6, "night"), (6, 12, "morning"), (12, 18, "afternoon"), (18, 24, "evening"))
 

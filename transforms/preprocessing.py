@@ -70,8 +70,8 @@ def vocabulary_filename(key: str) -> str:
 def categorical_id_count(key: str) -> int:
     """Ids of an integer categorical: value - valid_min + 1, with 0 for missing or out of range.
 
-    Taken from the feature's valid range rather than CATEGORICAL_FEATURES' counts: hours run
-    0..23, so they need 25 ids once 0 is reserved for missing.
+    Taken from the feature's valid range in features.py: hours run 0..23, so they need 25 ids
+    once 0 is reserved for missing.
     """
     feature = FEATURES_BY_NAME[key]
     assert feature.valid_min is not None and feature.valid_max is not None, key
