@@ -491,7 +491,9 @@ class RunWatcher:
     def changes(self, task_instances: Sequence[Mapping[str, Any]]) -> list[str]:
         order = {task_id: index for index, task_id in enumerate(self.task_order)}
         lines = []
-        for ti in sorted(task_instances, key=lambda t: (order.get(t["task_id"], len(order)), str(t.get("start_date") or ""))):
+        # Chronological within one poll (a branch's later task must not print before the branch);
+        # tasks that never started (skipped) come last, in DAG order.
+        for ti in sorted(task_instances, key=lambda t: (str(t.get("start_date") or "~"), order.get(t["task_id"], len(order)))):
             state = ti.get("state") or "none"
             key = (state, int(ti.get("try_number") or 0))
             if self.seen.get(ti["task_id"]) == key or state in ("none", "scheduled", "queued"):

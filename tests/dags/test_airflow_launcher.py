@@ -86,6 +86,17 @@ def test_one_progress_line_per_task_state_change():
     assert [line.split() for line in retry] == [["validate", "running", "try", "2"]]
 
 
+def test_tasks_that_finish_in_one_poll_are_listed_in_the_order_they_ran():
+    # The task order was fixed before the branch ran; a poll then sees both the branch and its follower done.
+    watcher = RunWatcher(task_order=["check_drift", "trigger_training", "decide", "no_retraining"])
+    lines = watcher.changes([
+        {"task_id": "trigger_training", "state": "success", "try_number": 1, "start_date": "2026-11-23T13:19:52.1+00:00"},
+        {"task_id": "no_retraining", "state": "skipped", "try_number": 0, "start_date": None},
+        {"task_id": "decide", "state": "success", "try_number": 1, "start_date": "2026-11-23T13:19:50.7+00:00"},
+    ])
+    assert [line.split()[0] for line in lines] == ["decide", "trigger_training", "no_retraining"]
+
+
 def test_structured_task_logs_become_readable_lines():
     lines = log_lines([
         {"timestamp": "2026-11-23T09:05:02.993190Z", "level": "info", "event": "ERROR ingest failed: DataError: x.csv: bad"},
