@@ -1051,12 +1051,21 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
             print(f"canary: ABORTED at {share}%: {'; '.join(judgement.reasons)}; all traffic is back on {model}:{stable}", flush=True)
             return {"decision": "rolled_back", "version": version, "stable": stable, "share": share,
                     "reasons": judgement.reasons, "observations": observations}
-        print(f"canary: healthy at {share}% ({judgement.canary.get('requests')} requests, "
-              f"error rate {judgement.canary.get('error_rate')}, p99 {judgement.canary.get('latency_p99_ms')} ms)", flush=True)
+        print(f"canary: healthy at {share}%: {_window_summary(judgement)}", flush=True)
     client.promote(model, version)
     print(f"canary: promoted {model}:{version} to stable (previous stable {stable} kept for rollback)", flush=True)
     return {"decision": "promoted", "version": version, "previous_stable": stable, "share": 100,
             "reasons": [f"healthy at every share of {shares} below 100%"], "observations": observations}
+
+
+def _window_summary(judgement: CanaryJudgement) -> str:
+    def side(stats: Mapping[str, Any]) -> str:
+        mean, p99 = stats.get("mean_probability"), stats.get("latency_p99_ms")
+        return (f"{stats.get('requests', 0)} requests, error rate {float(stats.get('error_rate') or 0):.3f}, "
+                f"p99 {float(p99):.1f} ms, mean score {float(mean):.3f}" if _finite(mean) and _finite(p99)
+                else f"{stats.get('requests', 0)} requests")
+
+    return f"canary {side(judgement.canary)}; stable {side(judgement.stable)}"
 
 
 def _blue_green(params: Mapping[str, Any], model: str, version: int, stable: int | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mlops import airflow
 from mlops.config import load_config
@@ -138,8 +138,12 @@ def ground_truth(row: dict[str, str]) -> int | None:
         return None
 
 
-def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Event | None = None) -> tuple[int, int]:
-    """Scores each trip through the gateway (sticky by row number) and posts its ground truth."""
+def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Event | None = None, *,
+                 repeat: bool = False) -> tuple[int, int]:
+    """Scores each trip through the gateway (sticky by row number) and posts its ground truth.
+
+    With `repeat`, replays the trips until `stop` is set: live traffic for a rollout to observe.
+    """
     import requests
 
     from serving.client import RestPredictionClient, TaxiTrip
@@ -147,7 +151,7 @@ def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Ev
     served = labelled = 0
     session = requests.Session()
     with RestPredictionClient(GATEWAY_URL, model_name, timeout=10.0) as client:
-        for index, row in enumerate(rows):
+        for index, row in _trips(rows, repeat):
             if stop is not None and stop.is_set():
                 break
             trip = TaxiTrip.from_csv_row(row, source="traffic", line=index + 2)
@@ -159,6 +163,13 @@ def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Ev
                     "request_id": result.request_id, "instance_index": 0, "ground_truth": truth, "source": "make run"})
                 labelled += answer.status_code == 200
     return served, labelled
+
+
+def _trips(rows: list[dict[str, str]], repeat: bool) -> Iterator[tuple[int, dict[str, str]]]:
+    while True:
+        yield from enumerate(rows)
+        if not repeat or not rows:
+            return
 
 
 def latest_run(client: airflow.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool] = lambda r: True) -> dict | None:
@@ -173,6 +184,19 @@ def follow(client: airflow.AirflowClient, dag_id: str, run_id: str, timeout: flo
     state, _ = airflow.wait_for_run(client, dag_id, run_id, timeout=timeout, progress=say)
     say(f"{dag_id} run {run_id}: {state}")
     return state
+
+
+def serving_summary(model_name: str) -> str:
+    """What the gateway serves now, from its admin API."""
+    from serving.rollout import AdminApiError, GatewayAdminClient
+
+    try:
+        policy = GatewayAdminClient(GATEWAY_URL, admin_token()).get_policy(model_name)
+    except AdminApiError as err:
+        return f"Serving: could not ask the gateway ({err})"
+    canary = f", canary {model_name}:{policy['canary_version']} at {policy['canary_share']:.0%}" if policy.get("canary_share") else ""
+    previous = f" (previous stable {policy['previous_stable']} kept for rollback)" if policy.get("previous_stable") else ""
+    return f"Serving: {model_name}:{policy.get('stable_version')} is stable{canary}{previous}, policy {policy.get('policy')}"
 
 
 def wait_for_triggered(client: airflow.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool],
@@ -242,16 +266,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         say("A drift check failed: taxi_monitoring triggered taxi_training with the evidence.")
         stop = threading.Event()
-        background = threading.Thread(target=send_traffic, args=(rows, config.serving.model_name, stop), daemon=True)
+        background = threading.Thread(target=send_traffic, args=(rows, config.serving.model_name, stop),
+                                      kwargs={"repeat": True}, daemon=True)
         background.start()  # the rollout of the retrained model observes canary vs stable on live traffic
         try:
             follow(client, "taxi_training", retraining["dag_run_id"], timeout=3600)
             rollout = wait_for_triggered(client, "taxi_rollout", retrain_after, lambda r: True, timeout=120)
             if rollout is not None:
-                follow(client, "taxi_rollout", rollout["dag_run_id"], timeout=1800)
+                state = follow(client, "taxi_rollout", rollout["dag_run_id"], timeout=1800)
+                if state != "success":
+                    instances = client.task_instances("taxi_rollout", rollout["dag_run_id"])
+                    say(airflow.failure_report(client, "taxi_rollout", rollout["dag_run_id"], instances, tail=6))
         finally:
             stop.set()
             background.join(timeout=30)
+        say(serving_summary(config.serving.model_name))
 
     say("")
     say("== Where things are")
