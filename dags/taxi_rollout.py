@@ -1,25 +1,57 @@
 """taxi_rollout: deploy a pushed model safely: canary with automatic ramp or rollback, blue-green, rollback.
 
-A declaration only: stdlib, pendulum, airflow.sdk and the DAGs' shared `mlops_dag_defaults` at
-module level. The work runs in the ML runtime (`mlops.airflow.run_rollout_task`), which talks to the
-gateway's admin API and records a `Deploy` execution in ML Metadata.
+A declaration only: stdlib, pendulum and airflow.sdk at module level. The work runs in the ML
+runtime (`mlops.airflow.run_rollout_task`), which talks to the gateway's admin API and records a
+`Deploy` execution in ML Metadata.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
-from mlops_dag_defaults import PUSHED_MODEL_ASSET, config_path, default_args, ml_python
-
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
+CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 # Updated by taxi_training's push task.
-PUSHED_MODEL = Asset(**PUSHED_MODEL_ASSET)
+PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
 ACTIONS = ("canary", "blue_green", "rollback")
 
-# The gateway may be restarting: retries come sooner; a rolled-back canary or a bad parameter is final.
-ML_PYTHON = ml_python()
-CONFIG_PATH = config_path()
-DEFAULT_ARGS = default_args(retry_delay_s=20, max_retry_delay_min=5)
+log = logging.getLogger(__name__)
+
+USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
+
+
+def explain_failure(context: dict) -> None:
+    """on_failure_callback: one log line that says why the task failed and what to do."""
+    ti, error = context["ti"], context.get("exception")
+    code = getattr(error, "returncode", None)
+    if code in USER_ERRORS:
+        reason = f"{USER_ERRORS[code]} (see the ERROR lines above); not retried: fix it and trigger a new run"
+    elif code is not None:
+        reason = f"the ML process ended with exit code {code} (killed by the system?); see the log above"
+    else:
+        reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
+    log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    # The gateway may be restarting: retry (with backoff) what did not reach it; a rolled-back
+    # canary or a bad parameter (a CalledProcessError from the ML process) is final.
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=20),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=5),
+    "retry_policy": ExceptionRetryPolicy(rules=[RetryRule(
+        exception="subprocess.CalledProcessError", action=RetryAction.FAIL,
+        reason="the ML process reported an error a retry cannot fix (see the ERROR lines above)")]),
+    "on_failure_callback": explain_failure,
+}
 
 DAG_DOC = """
 ### Roll a pushed model out to the gateway

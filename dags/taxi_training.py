@@ -1,25 +1,58 @@
 """taxi_training: the training pipeline, one task per step, in the ML runtime.
 
-A declaration only: stdlib, pendulum, airflow.sdk and the DAGs' shared `mlops_dag_defaults` at
-module level (the scheduler parses this file every few seconds). Each task runs
-`mlops.airflow.run_training_task` in the ML environment through `@task.external_python`, with
-explicit arguments: the config file, the Airflow run, the params as JSON, and the outcomes of the
-steps before it (XCom).
+A declaration only: stdlib, pendulum and airflow.sdk at module level (the scheduler parses this
+file every few seconds). Each task runs `mlops.airflow.run_training_task` in the ML environment
+through `@task.external_python`, with explicit arguments: the config file, the Airflow run, the
+params as JSON, and the outcomes of the steps before it (XCom).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
-from mlops_dag_defaults import PUSHED_MODEL_ASSET, config_path, default_args, ml_python
-
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
+CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 # taxi_rollout is scheduled on this asset: every successful push starts a rollout.
-PUSHED_MODEL = Asset(**PUSHED_MODEL_ASSET)
+PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
 
-ML_PYTHON = ml_python()
-CONFIG_PATH = config_path()
-DEFAULT_ARGS = default_args()
+log = logging.getLogger(__name__)
+
+# mlops.airflow ends the ML process with these codes for errors no retry can fix.
+USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
+
+
+def explain_failure(context: dict) -> None:
+    """on_failure_callback: one log line that says why the task failed and what to do."""
+    ti, error = context["ti"], context.get("exception")
+    code = getattr(error, "returncode", None)
+    if code in USER_ERRORS:
+        reason = f"{USER_ERRORS[code]} (see the ERROR lines above); not retried: fix it and trigger a new run"
+    elif code is not None:
+        reason = f"the ML process ended with exit code {code} (killed by the system?); see the log above"
+    else:
+        reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
+    log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    # Transient failures (a locked metadata DB, a slow disk, a restarting server) are retried with
+    # exponential backoff; a user error (the exit codes above -> CalledProcessError) fails at once.
+    "retries": 2,
+    "retry_delay": pendulum.duration(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=10),
+    "retry_policy": ExceptionRetryPolicy(rules=[RetryRule(
+        exception="subprocess.CalledProcessError", action=RetryAction.FAIL,
+        reason="the ML process reported an error a retry cannot fix (see the ERROR lines above)")]),
+    "on_failure_callback": explain_failure,
+}
 
 # What every task passes to the ML runtime: the config, the Airflow run and the params.
 RUN = {

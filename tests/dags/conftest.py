@@ -28,10 +28,6 @@ ML_PYTHON = Path(os.environ.get("MLOPS_ML_PYTHON") or PROJECT_ROOT / ".venvs" / 
 AIRFLOW_BIN = Path(sys.executable).parent
 TAXI_CSV = PROJECT_ROOT / "data" / "taxi" / "data.csv"
 SCHEMA = PROJECT_ROOT / "data" / "taxi" / "schema.pbtxt"
-# Airflow's DAG processor and task runner put the DAG bundle's folder on sys.path (the DAG files
-# import their shared `mlops_dag_defaults` from it); a DagBag built in a test does not.
-if str(DAGS_FOLDER) not in sys.path:
-    sys.path.append(str(DAGS_FOLDER))
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="mlops-dag-tests-"))
 os.environ.update({
