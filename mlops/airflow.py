@@ -839,6 +839,8 @@ class CanaryThresholds:
     min_canary_requests: int = 20
 
 
+# How long a rollout waits for the model server to load a freshly pushed version.
+MODEL_LOAD_TIMEOUT_S = 300.0
 # Below this many requests on either side a p99 is just the slowest request; p90 is compared instead.
 MIN_REQUESTS_FOR_P99 = 100
 
@@ -1034,6 +1036,7 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
         min_canary_requests=int(params.get("min_canary_requests", CanaryThresholds.min_canary_requests)),
     )
     client = gateway_client(params)
+    _wait_until_loaded(client, model, version)
     observations: list[dict[str, Any]] = []
     for index, share in enumerate(share for share in shares if share < 100):
         if index == 0:
@@ -1068,8 +1071,15 @@ def _window_summary(judgement: CanaryJudgement) -> str:
     return f"canary {side(judgement.canary)}; stable {side(judgement.stable)}"
 
 
+def _wait_until_loaded(client: Any, model: str, version: int) -> None:
+    """A rollout right after a push must not send traffic to a version the model server is still loading."""
+    client.wait_until_available(model, version, timeout_s=MODEL_LOAD_TIMEOUT_S,
+                                progress=lambda line: print(f"rollout: {line}", flush=True))
+
+
 def _blue_green(params: Mapping[str, Any], model: str, version: int, stable: int | None) -> dict[str, Any]:
     client = gateway_client(params)
+    _wait_until_loaded(client, model, version)
     client.promote(model, version)
     print(f"blue_green: {model}:{version} is stable now (previous stable {stable} kept for rollback)", flush=True)
     return {"decision": "switched", "version": version, "previous_stable": stable,

@@ -971,22 +971,58 @@ class Gateway:
         if action == "policy" and method == "PUT":
             return (await run(table.set_policy, model, _field(body, "policy", str))).to_json()
         if action == "canary" and method == "PUT":
-            return (await run(table.set_canary, model, _field(body, "version", int), _field(body, "share", float))).to_json()
+            version = _field(body, "version", int)
+            await self._require_loaded(table.require(model), version, "set_canary")
+            return (await run(table.set_canary, model, version, _field(body, "share", float))).to_json()
         if action == "share" and method == "PUT":
             return (await run(table.set_share, model, _field(body, "share", float))).to_json()
         if action == "promote" and method == "POST":
-            return (await run(table.promote, model, _field(body, "version", int, optional=True))).to_json()
+            version = _field(body, "version", int, optional=True)
+            route = table.require(model)
+            target = route.canary_version if version is None else version
+            if target is not None:
+                await self._require_loaded(route, target, "promote")
+            return (await run(table.promote, model, version)).to_json()
         if action == "rollback" and method == "POST":
             route, rolled_back_from = await run(table.rollback, model)
             return {**route.to_json(), "rolled_back_from": rolled_back_from}
         if action == "shadow" and method == "PUT":
-            return (await run(table.set_shadow, model, _field(body, "version", int, optional=True))).to_json()
+            version = _field(body, "version", int, optional=True)
+            if version is not None:
+                await self._require_loaded(table.require(model), version, "set_shadow")
+            return (await run(table.set_shadow, model, version)).to_json()
         if action == "automation" and method == "PUT":
             band = body.get("band")
             if band is not None and (not isinstance(band, list) or len(band) != 2):
                 raise GatewayError(400, f"band must be [low, high], got {band!r:.60}")
             return (await run(table.set_automation, model, _field(body, "mode", str), tuple(band) if band else None)).to_json()
         raise GatewayError(404 if action not in _ADMIN_ACTIONS else 405, f"no admin endpoint {method} {request.path!r}")
+
+    async def _require_loaded(self, route: ModelRoute, version: int, what: str) -> None:
+        """Refuses (503, retry later) to route traffic to a version the model server has not loaded.
+
+        A pushed version appears in models.config before the model server has loaded it; traffic
+        sent to it meanwhile would be answered 404. TF Serving refuses labels on such versions too.
+        Only versions the routing table knows are asked about; the table reports unknown ones.
+        """
+        if isinstance(version, bool) or not isinstance(version, int) or (route.served_versions and version not in route.served_versions):
+            return
+        path = f"/v1/models/{route.model_name}/versions/{version}"
+        try:
+            status, raw = await self.rest_upstream.get(path)
+        except GatewayError as err:
+            raise GatewayError(503, f"{what}: cannot ask the model server whether {route.model_name} version {version} "
+                                    f"is loaded: {err.message}") from None
+        try:
+            document = _loads(raw) if status == 200 else None
+        except ValueError:
+            document = None
+        entries = document.get("model_version_status") if isinstance(document, dict) else None
+        states = [str(entry.get("state")) for entry in entries or [] if isinstance(entry, dict)]
+        if "AVAILABLE" not in states:
+            found = states[0] if states else f"HTTP {status}: {_upstream_error_text(raw)}"
+            raise GatewayError(503, f"{what}: {route.model_name} version {version} is not AVAILABLE on the model server yet "
+                                    f"({found}); retry once it has loaded")
 
     # --- gRPC -----------------------------------------------------------------------------------
     def _build_grpc_server(self) -> Any:

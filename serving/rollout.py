@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from mlops.errors import MlopsError
 
@@ -63,6 +63,33 @@ class GatewayAdminClient:
         query = urllib.parse.urlencode({"since_seconds": since_seconds})
         return self._call("GET", f"/admin/models/{_quote(model)}/stats?{query}")
 
+    def version_state(self, model: str, version: int) -> str | None:
+        """The model server's state of `version` (AVAILABLE, LOADING, ...) as the gateway reports it; None when unknown."""
+        try:
+            document = self._call("GET", f"/v1/models/{_quote(model)}/versions/{int(version)}")
+        except AdminApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        states = [entry.get("state") for entry in document.get("model_version_status", []) if isinstance(entry, dict)]
+        return "AVAILABLE" if "AVAILABLE" in states else (states[0] if states else None)
+
+    def wait_until_available(self, model: str, version: int, timeout_s: float = 300.0, poll_s: float = 1.0,
+                             progress: Callable[[str], None] | None = None) -> None:
+        """Waits until the model server has loaded `version`: a push lands in models.config before
+        the server has loaded it, and the gateway refuses to route traffic to it until then."""
+        deadline = time.monotonic() + timeout_s
+        last_said = 0.0
+        while (state := self.version_state(model, version)) != "AVAILABLE":
+            now = time.monotonic()
+            if now > deadline:
+                raise AdminApiError(f"{model} version {version} did not become AVAILABLE on the model server within "
+                                    f"{timeout_s:.0f}s (state: {state or 'unknown'}); is it in models.config and loadable?")
+            if progress is not None and now - last_said >= 10.0:
+                progress(f"waiting for the model server to load {model}:{version} (state: {state or 'not yet known'})")
+                last_said = now
+            time.sleep(poll_s)
+
     # --- changes -------------------------------------------------------------------------------
     def set_canary(self, model: str, version: int, share: float) -> dict[str, Any]:
         """`canary` := version (written to models.config), policy canary at `share` (a fraction)."""
@@ -105,6 +132,7 @@ class GatewayAdminClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         last_problem = ""
+        last_status: int | None = None
         for attempt in range(1, self.attempts + 1):
             request = urllib.request.Request(url, data=data, headers=headers, method=method)
             try:
@@ -114,16 +142,18 @@ class GatewayAdminClient:
                 message = _error_message(err)
                 if err.code not in _RETRYABLE_STATUS:
                     raise AdminApiError(f"{method} {url}: HTTP {err.code}: {message}", status=err.code) from None
-                last_problem = f"HTTP {err.code}: {message}"
+                last_problem, last_status = f"HTTP {err.code}: {message}", err.code
             except urllib.error.URLError as err:
                 if not isinstance(err.reason, ConnectionRefusedError):
                     raise AdminApiError(f"{method} {url}: {err.reason}") from None
-                last_problem = f"connection refused ({err.reason})"
+                last_problem, last_status = f"connection refused ({err.reason})", None
             except (TimeoutError, ConnectionError) as err:
                 raise AdminApiError(f"{method} {url}: {type(err).__name__}: {err} (the change may or may not have happened; "
                                     f"check get_policy)") from None
             if attempt < self.attempts:
                 time.sleep(0.2 * 2 ** (attempt - 1))
+        if last_status is not None:
+            raise AdminApiError(f"{method} {url}: {last_problem} (after {self.attempts} attempts)", status=last_status)
         raise AdminApiError(f"{method} {url}: gateway unreachable after {self.attempts} attempts ({last_problem})")
 
 

@@ -210,3 +210,26 @@ def test_stats_per_label_match_the_traffic(start_gw, http, reference):
         assert stats[label]["probability_std"] == pytest.approx(statistics.pstdev(seen[label]), abs=1e-5)
         assert 0 < stats[label]["latency_p50_ms"] <= stats[label]["latency_p90_ms"] <= stats[label]["latency_p99_ms"]
         assert 0.0 <= stats[label]["positive_rate"] <= 1.0
+
+
+def test_traffic_is_never_routed_to_a_version_the_model_server_has_not_loaded(start_gw, gateway_config_file, model_root):
+    # Version 3 is in models.config (just pushed) but the model server has not loaded it.
+    write_model_config(gateway_config_file, model_root, served=[STABLE_VERSION, CANARY_VERSION, 3],
+                       stable=STABLE_VERSION, canary=None)
+    client = _client(start_gw())
+    before = client.get_policy(MODEL)
+
+    for change in (lambda: client.set_canary(MODEL, 3, 0.05), lambda: client.promote(MODEL, 3),
+                   lambda: client.set_shadow(MODEL, 3)):
+        with pytest.raises(AdminApiError) as refused:
+            change()
+        assert refused.value.status == 503
+        assert "taxi version 3 is not AVAILABLE on the model server yet" in str(refused.value)
+    assert client.get_policy(MODEL) == before
+    assert mc.labels(mc.read_model_config(gateway_config_file), MODEL) == {"stable": STABLE_VERSION}
+
+    assert (client.version_state(MODEL, 3), client.version_state(MODEL, CANARY_VERSION)) == (None, "AVAILABLE")
+    with pytest.raises(AdminApiError, match="did not become AVAILABLE on the model server within 1s"):
+        client.wait_until_available(MODEL, 3, timeout_s=1, poll_s=0.2)
+    client.wait_until_available(MODEL, CANARY_VERSION, timeout_s=5)
+    assert client.set_canary(MODEL, CANARY_VERSION, 0.05)["canary_version"] == CANARY_VERSION
