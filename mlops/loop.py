@@ -212,6 +212,31 @@ def serving_summary(model_name: str) -> str:
     return f"Serving: {model_name}:{policy.get('stable_version')} is stable{canary}{previous}, policy {policy.get('policy')}"
 
 
+def model_summary(config: Any) -> str:
+    """Where the stable model is, its evaluation metrics and blessing, and how to see its lineage (from MLMD)."""
+    from metadata import queries
+    from metadata.store import connect
+    from serving import model_config
+
+    name = config.serving.model_name
+    stable = model_config.labels(model_config.read_model_config(config.serving.model_config_file), name).get("stable")
+    if stable is None:
+        return f"No stable version of {name} yet."
+    audit = queries.model_audit(connect(config.metadata), name, stable)
+    evaluation = audit["evaluation"]
+    metrics = ", ".join(f"{key} {float(evaluation['metrics'][key]):.4f}" for key in ("auc", "accuracy", "precision", "recall", "f1", "log_loss")
+                        if key in evaluation["metrics"])
+    trigger = audit["run"].get("trigger_kind") or "manual"
+    return "\n".join([
+        f"== The stable model: {name}:{stable}",
+        f"  served from     {audit['model']['uri']}",
+        f"  eval metrics    {metrics}",
+        f"  blessed         {evaluation['blessed']} (report {evaluation['report']})",
+        f"  trained by      {audit['run']['id']} (triggered by {trigger})",
+        f"  lineage         .venvs/ml/bin/mlops lineage model {name}:{stable}   (add --json, --html FILE or --svg FILE)",
+    ])
+
+
 def wait_for_triggered(client: airflow.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool],
                        timeout: float = 300.0) -> dict | None:
     deadline = time.monotonic() + timeout
@@ -295,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             background.join(timeout=30)
         say(serving_summary(config.serving.model_name))
 
+    say("")
+    say(model_summary(config))
     say("")
     say("== Where things are")
     say(f"  Airflow UI      http://localhost:{port}  (user admin, password in {layout.password_file})")
