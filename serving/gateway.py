@@ -145,6 +145,9 @@ _CHECKS = tuple(
 _INFINITIES = (math.inf, -math.inf)
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what a tensor holds; larger JSON integers are a client error
+
+
 def check_instances(instances: Any, max_instances: int) -> CheckedInstances:
     """Checks row-format instances against `features.SERVING_FEATURES`; GatewayError 400/413 names the problem."""
     if not isinstance(instances, list):
@@ -181,6 +184,8 @@ def check_instances(instances: Any, max_instances: int) -> CheckedInstances:
                     elif value in _INFINITIES:
                         raise GatewayError(400, f"instance {index}: feature {name!r} must be a finite number, got {value}")
                 elif kind_of_value is int:
+                    if not _INT64_MIN <= value <= _INT64_MAX:
+                        raise GatewayError(400, f"instance {index}: feature {name!r} is out of range, got {value!r:.80}")
                     value = float(value)
                 elif value is not None:
                     raise GatewayError(400, f"instance {index}: feature {name!r} must be a number or null, got {value!r:.80}")
@@ -188,13 +193,23 @@ def check_instances(instances: Any, max_instances: int) -> CheckedInstances:
                 if kind_of_value is int:
                     if value == -1:
                         value = None
+                    elif not _INT64_MIN <= value <= _INT64_MAX:
+                        raise GatewayError(400, f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
                 elif kind_of_value is float and value.is_integer():
+                    if not _INT64_MIN <= value <= _INT64_MAX:
+                        raise GatewayError(400, f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
                     value = None if value == -1 else int(value)
                 elif value is not None:
                     raise GatewayError(400, f"instance {index}: feature {name!r} must be an integer or null, got {value!r:.80}")
             elif kind_of_value is str:
                 if not value:
                     value = None
+                elif not value.isascii():
+                    try:
+                        value.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise GatewayError(400, f"instance {index}: feature {name!r} is not valid text (a lone "
+                                                f"surrogate escape), got {value!r:.80}") from None
             elif value is not None:
                 raise GatewayError(400, f"instance {index}: feature {name!r} must be a string or null, got {value!r:.80}")
             if value is None:
@@ -822,6 +837,8 @@ class Gateway:
             return json.loads(raw)  # accepts NaN/Infinity tokens (orjson does not), as TF Serving does
         except (ValueError, UnicodeDecodeError) as err:
             raise GatewayError(400, f"malformed JSON in the request body: {err}") from None
+        except RecursionError:
+            raise GatewayError(400, "malformed JSON in the request body: nested too deeply") from None
 
     def _checked_body(self, body: Any) -> tuple[CheckedInstances, bool]:
         if not isinstance(body, dict):

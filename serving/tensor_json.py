@@ -108,6 +108,14 @@ def invalid(message: str) -> InvalidRequestError:
     return InvalidRequestError(message)
 
 
+def _utf8(value: str) -> bytes:
+    """A JSON string as tensor bytes; a lone surrogate (valid JSON escape, not text) is a client error."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise invalid(f"JSON Parse error: Invalid encoding in string: {value[max(err.start - 10, 0):err.end + 10]!r}") from None
+
+
 def with_message(err: ServingError, message: str) -> ServingError:
     """The same kind of error (and class) with a message that adds where it happened."""
     return invalid(message) if err.code == Code.INVALID_ARGUMENT else ServingError(err.code, message)
@@ -355,7 +363,7 @@ def _convert_scalar(value: Any, dtype: int) -> Any:
         return value
     if dtype == DT_STRING:
         if kind is str:
-            return value.encode("utf-8")
+            return _utf8(value)
         if kind is dict:
             return _decode_b64(value)
         raise _type_error(value, dtype)
@@ -475,12 +483,15 @@ def _leaves_to_array(leaves: list[Any], dtype: int, kinds: frozenset[type]) -> n
             raise _NotFast
         return np.array(leaves, dtype=np.bool_)
     if dtype == DT_STRING:
-        if kinds == {str}:
-            encoded = [s.encode("utf-8") for s in leaves]
-        elif kinds <= {str, dict}:
-            encoded = [s.encode("utf-8") if type(s) is str else _decode_b64(s) for s in leaves]
-        else:
-            raise _NotFast
+        try:
+            if kinds == {str}:
+                encoded = [s.encode("utf-8") for s in leaves]
+            elif kinds <= {str, dict}:
+                encoded = [s.encode("utf-8") if type(s) is str else _decode_b64(s) for s in leaves]
+            else:
+                raise _NotFast
+        except UnicodeEncodeError:
+            raise _NotFast from None  # the slow path names the bad value
         array = np.empty(len(encoded), dtype=object)
         array[:] = encoded
         return array
@@ -826,7 +837,7 @@ def _add_value_to_feature(value: Any, name: str, feature: feature_pb2.Feature) -
         feature.bytes_list.value.append(_decode_b64(value))
     elif kind is str:
         require("bytes_list")
-        feature.bytes_list.value.append(value.encode("utf-8"))
+        feature.bytes_list.value.append(_utf8(value))
     elif kind is float:
         require("float_list")
         if math.isfinite(value) and abs(value) > _FLOAT32_MAX:

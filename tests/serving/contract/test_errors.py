@@ -115,6 +115,14 @@ def test_null_is_not_a_value(rest: RestClient, taxi_inputs: dict) -> None:
     assert "key: fare" in error and "Type: Null" in error
 
 
+def test_a_lone_surrogate_in_a_string_is_a_client_error(rest: RestClient, taxi_inputs: dict) -> None:
+    # Valid JSON escape, but not text: it cannot become UTF-8 tensor bytes.
+    row = _row(taxi_inputs)
+    row["company"] = "Flash \udcff Cab"
+    status, error = _rest_error(rest, {"instances": [row]})
+    assert status == 400 and error
+
+
 def test_int_too_large_for_float32_is_refused_not_rounded(rest: RestClient, taxi_inputs: dict) -> None:
     row = _row(taxi_inputs)
     row["fare"] = 16777217  # 2**24 + 1: float32 cannot hold it

@@ -44,6 +44,7 @@ def _without(name: str) -> dict:
 BAD_BODIES = [
     ("malformed-json", b'{"instances": [', 400, ["malformed JSON"]),
     ("not-json-at-all", b"fare=3", 400, ["malformed JSON"]),
+    ("nested-too-deeply", b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, ["malformed JSON", "nested too deeply"]),
     ("empty-body", b"", 400, ["empty request body"]),
     ("body-is-a-list", json.dumps([_good()]).encode(), 400, ["JSON object"]),
     ("both-formats", json.dumps({"instances": [_good()], "inputs": {}}).encode(), 400, ["exactly one of"]),
@@ -56,6 +57,9 @@ BAD_BODIES = [
     ("string-for-float", json.dumps({"instances": [_with(fare="12.5")]}).encode(), 400, ["'fare'", "number"]),
     ("bool-for-float", json.dumps({"instances": [_with(fare=True)]}).encode(), 400, ["'fare'", "number"]),
     ("fraction-for-int", json.dumps({"instances": [_with(trip_start_hour=3.5)]}).encode(), 400, ["'trip_start_hour'", "integer"]),
+    ("int-beyond-int64", json.dumps({"instances": [_with(trip_start_hour=2**70)]}).encode(), 400, ["'trip_start_hour'", "64-bit"]),
+    ("huge-int-for-float", json.dumps({"instances": [_with(fare=10**400)]}).encode(), 400, ["'fare'", "out of range"]),
+    ("lone-surrogate", json.dumps({"instances": [_with(company="Flash \udcff Cab")]}).encode(), 400, ["'company'", "not valid text"]),
     ("number-for-string", json.dumps({"instances": [_with(payment_type=1)]}).encode(), 400, ["'payment_type'", "string"]),
     ("object-for-string", json.dumps({"instances": [_with(company={"b64": "eA=="})]}).encode(), 400, ["'company'", "string"]),
     ("nan-for-required", json.dumps({"instances": [_with(fare=math.nan)]}).encode(), 400, ["'fare'", "required"]),
