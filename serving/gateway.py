@@ -60,7 +60,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import aiohttp
 import orjson
 import prometheus_client
 from aiohttp import web
@@ -83,6 +82,7 @@ from serving.client import (
     values_from_tensor,
 )
 from serving.gateway_config import GatewaySettings, add_settings_arguments, load_gateway_settings, settings_overrides
+from serving.http_pool import HttpPool, UpstreamClosed, UpstreamProtocolError, UpstreamUnreachable
 from serving.prediction_log import Feedback, LoggedRequest
 from serving.routing import ModelRoute, RoutingError, Target, UnknownModel
 from transforms.features import SERVING_FEATURES, Kind
@@ -281,23 +281,22 @@ class CircuitBreaker:
 
 
 class RestUpstream:
-    """The model server's REST API over one pooled keep-alive aiohttp session."""
+    """The model server's REST API over a pool of keep-alive connections (serving.http_pool)."""
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.base = settings.model_server_rest.rstrip("/")
         self.timeout_s = settings.upstream_timeout_s
-        connector = aiohttp.TCPConnector(limit=settings.upstream_pool_size, keepalive_timeout=60, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=settings.upstream_timeout_s, sock_connect=settings.upstream_connect_timeout_s)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        self.pool = HttpPool(self.base, max_idle=settings.upstream_pool_size,
+                             connect_timeout_s=settings.upstream_connect_timeout_s)
         self.breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_s)
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.pool.close()
 
     async def predict(self, model: str, version: int | None, rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-        url = f"{self.base}/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
         payload = orjson.dumps({"signature_name": DEFAULT_SIGNATURE, "instances": rows})  # JSON_NAN -> NaN
-        status, raw = await self._send("POST", url, payload)
+        status, raw = await self._send("POST", path, payload)
         if status != 200:
             raise GatewayError(status, f"model server: {_upstream_error_text(raw)}")
         document = _loads(raw)
@@ -313,32 +312,26 @@ class RestUpstream:
         return probabilities, classes
 
     async def get(self, path: str) -> tuple[int, bytes]:
-        return await self._send("GET", self.base + path, None)
+        return await self._send("GET", path, None)
 
-    async def _send(self, method: str, url: str, payload: bytes | None) -> tuple[int, bytes]:
+    async def _send(self, method: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
         self.breaker.check(self.base)
-        headers = {"Content-Type": _JSON} if payload is not None else None
-        for attempt in (1, 2):
-            try:
-                async with self.session.request(method, url, data=payload, headers=headers) as response:
-                    raw = await response.read()
-                    self.breaker.success()
-                    return response.status, raw
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection the server had closed: one immediate retry on a fresh one.
-                if attempt == 2:
-                    self.breaker.failure()
-                    raise GatewayError(503, f"model server {self.base} closed the connection") from None
-            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as err:
-                self.breaker.failure()
-                raise GatewayError(503, f"model server {self.base} is unreachable ({type(err).__name__})") from None
-            except asyncio.TimeoutError:
-                self.breaker.failure()
-                raise GatewayError(504, f"model server {self.base} did not answer within {self.timeout_s}s") from None
-            except aiohttp.ClientError as err:
-                self.breaker.failure()
-                raise GatewayError(502, f"model server {self.base}: {type(err).__name__}: {err}") from None
-        raise AssertionError("unreachable")
+        try:
+            status, raw = await self.pool.request(method, path, payload, self.timeout_s)
+        except UpstreamUnreachable as err:
+            self.breaker.failure()
+            raise GatewayError(503, f"model server {self.base} is unreachable ({err})") from None
+        except UpstreamClosed:
+            self.breaker.failure()
+            raise GatewayError(503, f"model server {self.base} closed the connection") from None
+        except asyncio.TimeoutError:
+            self.breaker.failure()
+            raise GatewayError(504, f"model server {self.base} did not answer within {self.timeout_s}s") from None
+        except (UpstreamProtocolError, OSError) as err:
+            self.breaker.failure()
+            raise GatewayError(502, f"model server {self.base}: {type(err).__name__}: {err}") from None
+        self.breaker.success()
+        return status, raw
 
 
 class GrpcUpstream:
