@@ -99,6 +99,7 @@ class GatewaySettings:
     max_instances: int = 1_000
     upstream_connect_timeout_s: float = 0.25
     upstream_timeout_s: float = 10.0
+    # Keep-alive connections to the model server kept open between requests (more open under load).
     upstream_pool_size: int = 64
     # The circuit opens after this many consecutive connection failures...
     breaker_failure_threshold: int = 3
