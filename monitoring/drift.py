@@ -367,7 +367,9 @@ def compare_statistics(
                      for name in thresholds}
     floors = {name: noise_floor(name, *distributions[name]) for name in thresholds}
     applied = {name: max(float(thresholds[name]), floors[name]) for name in thresholds}
-    comparing = comparator_schema(schema, applied, kind)
+    # A feature with no values on one side has no histogram: TFDV would only warn and skip it.
+    comparing = comparator_schema(schema, {name: value for name, value in applied.items()
+                                           if distributions[name][0] and distributions[name][1]}, kind)
     if kind == DRIFT:
         anomalies = tfdv.validate_statistics(current_cmp, comparing, environment="SERVING", previous_statistics=reference_cmp)
     else:
@@ -389,9 +391,9 @@ def compare_statistics(
     for name in thresholds:
         if name in scores:
             continue
-        if name not in reference_stats:
+        if name not in reference_stats or not distributions[name][0]:
             not_compared[name] = "no values in the baseline"
-        elif name not in current_stats:
+        elif name not in current_stats or not distributions[name][1]:
             not_compared[name] = "no values in the current data"
         else:
             not_compared[name] = "TFDV could not compare the two distributions"
