@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import itertools
 import os
 import secrets
 import signal
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from mlops import airflow
 from mlops.config import load_config
@@ -151,7 +152,7 @@ def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Ev
     served = labelled = failed = 0
     session = requests.Session()
     with RestPredictionClient(GATEWAY_URL, model_name, timeout=10.0) as client:
-        for index, row in _trips(rows, repeat):
+        for index, row in itertools.cycle(enumerate(rows)) if repeat else enumerate(rows):
             if stop is not None and stop.is_set():
                 break
             trip = TaxiTrip.from_csv_row(row, source="traffic", line=index + 2)
@@ -178,13 +179,6 @@ def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Ev
     return served, labelled
 
 
-def _trips(rows: list[dict[str, str]], repeat: bool) -> Iterator[tuple[int, dict[str, str]]]:
-    while True:
-        yield from enumerate(rows)
-        if not repeat or not rows:
-            return
-
-
 def latest_run(client: airflow.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool] = lambda r: True) -> dict | None:
     runs = [r for r in client.list_runs(dag_id, limit=25) if (r.get("logical_date") or r.get("run_after") or "") >= after or
             (r.get("start_date") or "") >= after]
@@ -193,9 +187,12 @@ def latest_run(client: airflow.AirflowClient, dag_id: str, after: str, predicate
 
 
 def follow(client: airflow.AirflowClient, dag_id: str, run_id: str, timeout: float) -> str:
+    """Follows the run to its end; a failed run also prints its failing tasks' log tails."""
     say(f"Following {dag_id} run {run_id}")
-    state, _ = airflow.wait_for_run(client, dag_id, run_id, timeout=timeout, progress=say)
+    state, task_instances = airflow.wait_for_run(client, dag_id, run_id, timeout=timeout, progress=say)
     say(f"{dag_id} run {run_id}: {state}")
+    if state == "failed":
+        say(airflow.failure_report(client, dag_id, run_id, task_instances, tail=6))
     return state
 
 
@@ -311,10 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             follow(client, "taxi_training", retraining["dag_run_id"], timeout=3600)
             rollout = wait_for_triggered(client, "taxi_rollout", retrain_after, lambda r: True, timeout=120)
             if rollout is not None:
-                state = follow(client, "taxi_rollout", rollout["dag_run_id"], timeout=1800)
-                if state != "success":
-                    instances = client.task_instances("taxi_rollout", rollout["dag_run_id"])
-                    say(airflow.failure_report(client, "taxi_rollout", rollout["dag_run_id"], instances, tail=6))
+                follow(client, "taxi_rollout", rollout["dag_run_id"], timeout=1800)
         finally:
             stop.set()
             background.join(timeout=30)

@@ -190,15 +190,13 @@ def check_instances(instances: Any, max_instances: int) -> CheckedInstances:
                 elif value is not None:
                     raise GatewayError(400, f"instance {index}: feature {name!r} must be a number or null, got {value!r:.80}")
             elif kind == _INT:
+                if kind_of_value is float and value.is_integer():
+                    value, kind_of_value = int(value), int
                 if kind_of_value is int:
                     if value == -1:
                         value = None
                     elif not _INT64_MIN <= value <= _INT64_MAX:
                         raise GatewayError(400, f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
-                elif kind_of_value is float and value.is_integer():
-                    if not _INT64_MIN <= value <= _INT64_MAX:
-                        raise GatewayError(400, f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
-                    value = None if value == -1 else int(value)
                 elif value is not None:
                     raise GatewayError(400, f"instance {index}: feature {name!r} must be an integer or null, got {value!r:.80}")
             elif kind_of_value is str:
@@ -1015,7 +1013,7 @@ class Gateway:
         sent to it meanwhile would be answered 404. TF Serving refuses labels on such versions too.
         Only versions the routing table knows are asked about; the table reports unknown ones.
         """
-        if isinstance(version, bool) or not isinstance(version, int) or (route.served_versions and version not in route.served_versions):
+        if version < 0 or (route.served_versions and version not in route.served_versions):
             return
         path = f"/v1/models/{route.model_name}/versions/{version}"
         try:
