@@ -38,7 +38,10 @@ and `decision`), and `GetModelMetadata` /
 Under load, requests for the same model version that arrive while `upstream_max_in_flight` calls
 to it are already out wait and then go to the model server merged into one call
 (`serving/upstream_batching.py`); a lone request never waits. Each is still routed, checked,
-logged and answered on its own.
+logged and answered on its own. Whatever format the client used, the gateway checks examples as
+columns (one list per feature) and calls the model server's REST API in the columnar format
+(`inputs` -> `outputs`): per example, that is the cheapest form for the check, the merge, both
+ends' JSON and the log.
 
 Every example served with status 200 is one row in the request log; a shadow copy that was sent
 is one row with `is_shadow=true`. A request waits for room in a full log queue; if none comes in
@@ -92,7 +95,7 @@ from serving.gateway_config import GatewaySettings, add_settings_arguments, load
 from serving.http_pool import HttpPool, UpstreamClosed, UpstreamProtocolError, UpstreamUnreachable
 from serving.prediction_log import Feedback, LoggedRequest
 from serving.routing import ModelRoute, RoutingError, Target, UnknownModel
-from serving.upstream_batching import UpstreamBatcher
+from serving.upstream_batching import Columns, UpstreamBatcher, example_count
 from transforms.features import SERVING_FEATURES, Kind
 
 log = logging.getLogger(__name__)
@@ -142,11 +145,16 @@ def _gateway_error_response(err: GatewayError, headers: dict[str, str] | None = 
 
 @dataclass(slots=True)
 class CheckedInstances:
-    """Validated examples: `forward` rows carry the serving sentinels for the model (a missing float
-    is `JSON_NAN`, which orjson writes as the NaN token TF Serving expects), `logged` rows None."""
+    """Validated examples as columns (feature name -> one value per example).
 
-    forward: list[dict[str, Any]]
-    logged: list[dict[str, Any]]
+    `forward` carries the serving sentinels for the model (a missing float is `JSON_NAN`, which
+    orjson writes as the NaN token TF Serving expects); `logged` carries None for a missing value.
+    A column with nothing to change is the same list in both, and the caller's own list.
+    """
+
+    forward: dict[str, list[Any]]
+    logged: dict[str, list[Any]]
+    count: int
     missing: dict[str, int]
 
 
@@ -173,92 +181,154 @@ def check_instances(instances: Any, max_instances: int) -> CheckedInstances:
         raise GatewayError(400, "'instances' is empty: send at least one example")
     if len(instances) > max_instances:
         raise GatewayError(413, f"too many instances: {len(instances)} in one request, the limit is {max_instances}")
-    forward: list[dict[str, Any]] = []
-    logged: list[dict[str, Any]] = []
-    missing_names: list[str] = []  # counted once at the end (Counter is C code; a dict.get per value was not)
     feature_count = len(_FEATURE_NAMES)
     for index, instance in enumerate(instances):
         if type(instance) is not dict:
             raise GatewayError(400, f"instance {index}: expected an object of feature values, got {type(instance).__name__}")
         if len(instance) != feature_count or not _FEATURE_NAMES.issuperset(instance):
-            absent = sorted(_FEATURE_NAMES.difference(instance))
-            extra = sorted(set(instance).difference(_FEATURE_NAMES))
-            parts = []
-            if absent:
-                parts.append(f"missing features {absent} (send null for a missing value)")
-            if extra:
-                parts.append(f"unknown features {extra}")
-            raise GatewayError(400, f"instance {index}: " + "; ".join(parts))
-        row: dict[str, Any] = {}
-        logged_row: dict[str, Any] | None = None
-        for name, kind, required, sentinel in _CHECKS:
-            value = instance[name]
-            kind_of_value = type(value)
-            if kind == _FLOAT:
-                if kind_of_value is float:
-                    if value != value:  # NaN: the float sentinel for missing
-                        value = None
-                    elif value in _INFINITIES:
-                        raise GatewayError(400, f"instance {index}: feature {name!r} must be a finite number, got {value}")
-                elif kind_of_value is int:
-                    if not _INT64_MIN <= value <= _INT64_MAX:
-                        raise GatewayError(400, f"instance {index}: feature {name!r} is out of range, got {value!r:.80}")
-                    value = float(value)
-                elif value is not None:
-                    raise GatewayError(400, f"instance {index}: feature {name!r} must be a number or null, got {value!r:.80}")
-            elif kind == _INT:
-                if kind_of_value is float and value.is_integer():
-                    value, kind_of_value = int(value), int
-                if kind_of_value is int:
-                    if value == -1:
-                        value = None
-                    elif not _INT64_MIN <= value <= _INT64_MAX:
-                        raise GatewayError(400, f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
-                elif value is not None:
-                    raise GatewayError(400, f"instance {index}: feature {name!r} must be an integer or null, got {value!r:.80}")
-            elif kind_of_value is str:
-                if not value:
-                    value = None
-                elif not value.isascii():
-                    try:
-                        value.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise GatewayError(400, f"instance {index}: feature {name!r} is not valid text (a lone "
-                                                f"surrogate escape), got {value!r:.80}") from None
-            elif value is not None:
-                raise GatewayError(400, f"instance {index}: feature {name!r} must be a string or null, got {value!r:.80}")
-            if value is None:
-                if required:
-                    raise GatewayError(400, f"instance {index}: feature {name!r} is required and may not be missing (null, NaN or sentinel)")
-                missing_names.append(name)
-                if logged_row is None:
-                    logged_row = {}
-                logged_row[name] = None
-                row[name] = sentinel
-            else:
-                row[name] = value
-        forward.append(row)
-        if logged_row is None:
-            logged.append(row)
-        else:
-            logged.append({**row, **logged_row})
-    return CheckedInstances(forward, logged, dict(collections.Counter(missing_names)) if missing_names else {})
+            raise GatewayError(400, f"instance {index}: {_feature_name_problems(instance)}")
+    return _check_columns({name: [instance[name] for instance in instances] for name, *_ in _CHECKS}, len(instances))
 
 
-def columns_to_instances(inputs: Any) -> list[dict[str, Any]]:
-    """Columnar `inputs` ({feature: [values...]}) as rows, so both formats share one check."""
+def check_inputs(inputs: Any, max_instances: int) -> CheckedInstances:
+    """Checks columnar `inputs` ({feature: [values...]}, REST `inputs` or gRPC tensors) like `check_instances`."""
     if not isinstance(inputs, dict):
         raise GatewayError(400, f"'inputs' must be an object mapping each feature to a list of values, got {type(inputs).__name__}")
     lengths = {}
     for name, values in inputs.items():
-        if not isinstance(values, list):
+        if type(values) is not list:
             raise GatewayError(400, f"inputs[{name!r}] must be a list (one value per example), got {type(values).__name__}")
         lengths[name] = len(values)
     if len(set(lengths.values())) > 1:
         raise GatewayError(400, f"all inputs must have the same number of values, got {lengths}")
-    count = next(iter(lengths.values()), 0)
-    names = list(inputs)
-    return [{name: inputs[name][i] for name in names} for i in range(count)]
+    if len(inputs) != len(_FEATURE_NAMES) or not _FEATURE_NAMES.issuperset(inputs):
+        raise GatewayError(400, f"inputs: {_feature_name_problems(inputs)}")
+    count = next(iter(lengths.values()))
+    if not count:
+        raise GatewayError(400, "'inputs' holds no examples: send at least one value per feature")
+    if count > max_instances:
+        raise GatewayError(413, f"too many instances: {count} in one request, the limit is {max_instances}")
+    return _check_columns(inputs, count)
+
+
+def _feature_name_problems(given: dict[str, Any]) -> str:
+    parts = []
+    absent = sorted(_FEATURE_NAMES.difference(given))
+    extra = sorted(set(given).difference(_FEATURE_NAMES))
+    if absent:
+        parts.append(f"missing features {absent} (send null for a missing value)")
+    if extra:
+        parts.append(f"unknown features {extra}")
+    return "; ".join(parts)
+
+
+def _check_columns(columns: dict[str, list[Any]], count: int) -> CheckedInstances:
+    forward: dict[str, list[Any]] = {}
+    logged: dict[str, list[Any]] = {}
+    missing: dict[str, int] = {}
+    for name, kind, required, sentinel in _CHECKS:
+        checked = _check_common_column(kind, required, columns[name])
+        if checked is None:
+            checked = _check_values(name, kind, required, sentinel, columns[name])
+        forward[name], logged[name], absent = checked
+        if absent:
+            missing[name] = absent
+    return CheckedInstances(forward, logged, count, missing)
+
+
+_NONE = type(None)
+_FLOAT_KINDS, _INT_KINDS, _STRING_KINDS = frozenset({float, _NONE}), frozenset({int, _NONE}), frozenset({str, _NONE})
+
+
+def _check_common_column(kind: int, required: bool, values: list[Any]) -> tuple[list[Any], list[Any], int] | None:
+    """(forwarded, logged, missing) for a column of the usual shape, with C-level calls and list
+    comprehensions; None for anything else (an int for a float, a wrong type, a bad value, a
+    required feature missing), which `_check_values` then takes value by value and names.
+    """
+    kinds = set(map(type, values))
+    if kind == _FLOAT:
+        if not kinds <= _FLOAT_KINDS:
+            return None
+        if _NONE not in kinds and math.isfinite(sum(values)):  # NaN or an infinity makes the sum NaN or infinite
+            return values, values, 0
+        if math.inf in values or -math.inf in values:
+            return None
+        logged = [None if value is None or value != value else value for value in values]  # NaN is missing
+        forward = [JSON_NAN if value is None else value for value in logged]
+    elif kind == _INT:
+        if not kinds <= _INT_KINDS:
+            return None
+        present = values if _NONE not in kinds else [value for value in values if value is not None]
+        if present and not (_INT64_MIN <= min(present) and max(present) <= _INT64_MAX):
+            return None
+        if _NONE not in kinds and -1 not in values:
+            return values, values, 0
+        logged = [None if value is None or value == -1 else value for value in values]
+        forward = values if _NONE not in kinds else [-1 if value is None else value for value in values]
+    else:
+        if not kinds <= _STRING_KINDS:
+            return None
+        forward = values if _NONE not in kinds else [value or "" for value in values]
+        if not all(map(str.isascii, forward)):  # non-ASCII text is checked for lone surrogates one by one
+            return None
+        if "" not in forward:
+            return values, values, 0
+        logged = [value or None for value in values]
+    missing = logged.count(None)
+    if missing and required:
+        return None
+    return forward, logged, missing
+
+
+def _check_values(name: str, kind: int, required: bool, sentinel: Any, values: list[Any]) -> tuple[list[Any], list[Any], int]:
+    """One feature's values one by one: (forwarded values, logged values, how many are missing)."""
+    forward: list[Any] = []
+    logged: list[Any] = []
+    missing = 0
+    for index, value in enumerate(values):
+        kind_of_value = type(value)
+        if kind == _FLOAT:
+            if kind_of_value is float:
+                if value != value:  # NaN: the float sentinel for missing
+                    value = None
+                elif value in _INFINITIES:
+                    raise GatewayError(400, f"instance {index}: feature {name!r} must be a finite number, got {value}")
+            elif kind_of_value is int:
+                if not _INT64_MIN <= value <= _INT64_MAX:
+                    raise GatewayError(400, f"instance {index}: feature {name!r} is out of range, got {value!r:.80}")
+                value = float(value)
+            elif value is not None:
+                raise GatewayError(400, f"instance {index}: feature {name!r} must be a number or null, got {value!r:.80}")
+        elif kind == _INT:
+            if kind_of_value is float and value.is_integer():
+                value, kind_of_value = int(value), int
+            if kind_of_value is int:
+                if value == -1:
+                    value = None
+                elif not _INT64_MIN <= value <= _INT64_MAX:
+                    raise GatewayError(400, f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
+            elif value is not None:
+                raise GatewayError(400, f"instance {index}: feature {name!r} must be an integer or null, got {value!r:.80}")
+        elif kind_of_value is str:
+            if not value:
+                value = None
+            elif not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise GatewayError(400, f"instance {index}: feature {name!r} is not valid text (a lone "
+                                            f"surrogate escape), got {value!r:.80}") from None
+        elif value is not None:
+            raise GatewayError(400, f"instance {index}: feature {name!r} must be a string or null, got {value!r:.80}")
+        if value is None:
+            if required:
+                raise GatewayError(400, f"instance {index}: feature {name!r} is required and may not be missing (null, NaN or sentinel)")
+            missing += 1
+            forward.append(sentinel)
+        else:
+            forward.append(value)
+        logged.append(value)
+    return forward, logged, missing
 
 
 # --- the model server ---------------------------------------------------------------------------
@@ -308,22 +378,25 @@ class RestUpstream:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def predict(self, model: str, version: int | None, rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    async def predict(self, model: str, version: int | None, columns: Columns) -> tuple[list[Any], list[Any]]:
+        # Columnar `inputs` in, `outputs` out: one list per feature costs both ends less than a
+        # dict per example (the model server builds each tensor from a list either way).
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
-        payload = orjson.dumps({"signature_name": DEFAULT_SIGNATURE, "instances": rows})  # JSON_NAN -> NaN
+        payload = orjson.dumps({"signature_name": DEFAULT_SIGNATURE, "inputs": columns})  # JSON_NAN -> NaN
         status, raw = await self._send("POST", path, payload)
         if status != 200:
             raise GatewayError(status, f"model server: {_upstream_error_text(raw)}")
+        count = example_count(columns)
         document = _loads(raw)
-        predictions = document.get("predictions") if isinstance(document, dict) else None
-        if not isinstance(predictions, list) or len(predictions) != len(rows):
-            raise GatewayError(502, f"model server answered {str(predictions)[:120]} for {len(rows)} instances")
-        probabilities, classes = [], []
-        for item in predictions:
-            if not isinstance(item, dict):
-                raise GatewayError(502, f"model server answered a prediction {item!r:.80} without 'probability' and 'class'")
-            probabilities.append(item.get(PROBABILITY_OUTPUT))
-            classes.append(item.get(CLASS_OUTPUT))
+        outputs = document.get("outputs") if isinstance(document, dict) else None
+        if not isinstance(outputs, dict):
+            raise GatewayError(502, f"model server answered outputs {str(outputs)[:120]}, not an object with "
+                                    f"{PROBABILITY_OUTPUT!r} and {CLASS_OUTPUT!r}")
+        probabilities = outputs.get(PROBABILITY_OUTPUT)
+        classes = outputs.get(CLASS_OUTPUT, [None] * count)
+        for name, values in ((PROBABILITY_OUTPUT, probabilities), (CLASS_OUTPUT, classes)):
+            if not isinstance(values, list) or len(values) != count:
+                raise GatewayError(502, f"model server answered {name} {str(values)[:120]} for {count} instances")
         return probabilities, classes
 
     async def get(self, path: str) -> tuple[int, bytes]:
@@ -368,7 +441,7 @@ class GrpcUpstream:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def predict(self, model: str, version: int | None, rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    async def predict(self, model: str, version: int | None, columns: Columns) -> tuple[list[Any], list[Any]]:
         request = self.apis.predict_pb2.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = DEFAULT_SIGNATURE
@@ -376,18 +449,19 @@ class GrpcUpstream:
             request.model_spec.version.value = version
         for feature in SERVING_FEATURES:
             name = feature.name
-            values = [row[name] for row in rows]
+            values = columns[name]
             if feature.kind is Kind.FLOAT:
                 values = [math.nan if value is JSON_NAN else value for value in values]
             request.inputs[name].CopyFrom(tensor_from_values(feature.kind, values))
         response = await self.call(self.predictions.Predict, request)
+        count = example_count(columns)
         try:
             probabilities = values_from_tensor(response.outputs[PROBABILITY_OUTPUT], PROBABILITY_OUTPUT)
-            classes = values_from_tensor(response.outputs[CLASS_OUTPUT], CLASS_OUTPUT) if CLASS_OUTPUT in response.outputs else [None] * len(rows)
+            classes = values_from_tensor(response.outputs[CLASS_OUTPUT], CLASS_OUTPUT) if CLASS_OUTPUT in response.outputs else [None] * count
         except (KeyError, ValueError) as err:
             raise GatewayError(502, f"model server answered outputs {sorted(response.outputs)}: {err}") from None
-        if len(probabilities) != len(rows):
-            raise GatewayError(502, f"model server answered {len(probabilities)} probabilities for {len(rows)} instances")
+        if len(probabilities) != count:
+            raise GatewayError(502, f"model server answered {len(probabilities)} probabilities for {count} instances")
         return probabilities, classes
 
     async def call(self, method: Any, request: Any) -> Any:
@@ -709,7 +783,7 @@ class Gateway:
             shadow = routing.shadow_target(route) if version is None and label is None else None
             if shadow is not None:
                 self._enqueue_shadow(ShadowJob(route, shadow, checked, request_id, arrival_us))
-            self._remember(request_id, len(checked.forward))
+            self._remember(request_id, checked.count)
             metrics.child(metrics.requests, metric_model, route_label, "200").inc()
             return served
         except GatewayError as err:
@@ -771,7 +845,7 @@ class Gateway:
 
     async def _send_shadow(self, job: ShadowJob) -> None:
         started = time.perf_counter()
-        count = len(job.checked.forward)
+        count = job.checked.count
         try:
             served = await self.predict(job.route, job.target, job.checked)
             probabilities, classes, decisions, status = served.probabilities, served.classes, served.decisions, 200
@@ -885,7 +959,7 @@ class Gateway:
             raise GatewayError(400, "the request body needs exactly one of 'instances' (rows) or 'inputs' (columns)")
         if "instances" in body:
             return check_instances(body["instances"], self.settings.max_instances), False
-        return check_instances(columns_to_instances(body["inputs"]), self.settings.max_instances), True
+        return check_inputs(body["inputs"], self.settings.max_instances), True
 
     async def handle_model_get(self, request: web.Request) -> web.Response:
         match = _MODEL_PATH.match(request.path)
@@ -1117,7 +1191,7 @@ class Gateway:
                 unknown_outputs = set(request.output_filter) - _GRPC_OUTPUTS
                 if unknown_outputs:
                     raise GatewayError(400, f"output_filter names {sorted(unknown_outputs)}; the gateway's outputs are {sorted(_GRPC_OUTPUTS)}")
-                checked = check_instances(_grpc_rows(request.inputs, self.settings.max_instances), self.settings.max_instances)
+                checked = check_inputs(_grpc_columns(request.inputs, self.settings.max_instances), self.settings.max_instances)
             except GatewayError as err:
                 known = self.routes.route(spec.name) is not None
                 self.metrics.child(self.metrics.requests, spec.name if known else "unknown", "none", str(err.status)).inc()
@@ -1171,8 +1245,8 @@ _GRPC_OUTPUTS = frozenset({PROBABILITY_OUTPUT, CLASS_OUTPUT, DECISION_OUTPUT})
 _ADMIN_ACTIONS = frozenset({"policy", "stats", "canary", "share", "promote", "rollback", "shadow", "automation"})
 
 
-def _grpc_rows(inputs: Any, max_instances: int) -> list[dict[str, Any]]:
-    """gRPC input tensors as row dicts (strings decoded), for the same checks as REST."""
+def _grpc_columns(inputs: Any, max_instances: int) -> dict[str, list[Any]]:
+    """gRPC input tensors as columns (strings decoded), for the same checks as REST."""
     columns: dict[str, list[Any]] = {}
     for name, tensor in inputs.items():
         try:
@@ -1187,7 +1261,7 @@ def _grpc_rows(inputs: Any, max_instances: int) -> list[dict[str, Any]]:
         columns[name] = values
     if not columns:
         raise GatewayError(400, "the request has no inputs; send one 1-D tensor per feature")
-    return columns_to_instances(columns)
+    return columns
 
 
 def _rest_answer(served: Served, columnar: bool) -> dict[str, Any]:

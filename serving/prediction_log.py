@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,10 +82,11 @@ _SERVING_COLUMNS = tuple(feature.name for feature in SERVING_FEATURES)
 
 
 class LoggedRequest(NamedTuple):
-    """One served request: `instances` rows sharing `request_id` (a NamedTuple: cheap on the hot path).
+    """One served request: one log row per example, all sharing `request_id` (a NamedTuple: cheap on the hot path).
 
-    `instances` hold the raw feature values with None for missing; `probabilities` hold None
-    where the model gave no number (null or NaN).
+    `features` holds the raw values as columns (feature name -> one value per example, None for
+    missing), as the gateway checked them; `probabilities` hold None where the model gave no
+    number (null or NaN).
     """
 
     request_id: str
@@ -95,7 +96,7 @@ class LoggedRequest(NamedTuple):
     label: str
     policy: str
     automation: str
-    instances: Sequence[dict[str, Any]]
+    features: Mapping[str, Sequence[Any]]
     probabilities: Sequence[float | None]
     classes: Sequence[int | None]
     decisions: Sequence[str]
@@ -105,7 +106,7 @@ class LoggedRequest(NamedTuple):
 
     @property
     def rows(self) -> int:
-        return len(self.instances)
+        return len(self.probabilities)
 
 
 class Feedback(NamedTuple):
@@ -127,7 +128,7 @@ def request_columns(entries: Sequence[LoggedRequest]) -> dict[str, list[Any]]:
     """Columns of REQUEST_SCHEMA for `entries`, one row per instance."""
     columns: dict[str, list[Any]] = {name: [] for name in REQUEST_SCHEMA.names}
     for entry in entries:
-        count = len(entry.instances)
+        count = len(entry.probabilities)
         columns["request_id"].extend([entry.request_id] * count)
         columns["instance_index"].extend(range(count))
         columns["timestamp"].extend([entry.timestamp_us] * count)
@@ -137,7 +138,7 @@ def request_columns(entries: Sequence[LoggedRequest]) -> dict[str, list[Any]]:
         columns["policy"].extend([entry.policy] * count)
         columns["automation"].extend([entry.automation] * count)
         for name in _SERVING_COLUMNS:
-            columns[name].extend(instance.get(name) for instance in entry.instances)
+            columns[name].extend(entry.features[name])
         columns["probability"].extend(entry.probabilities)
         columns["predicted_class"].extend(entry.classes)
         columns["decision"].extend(entry.decisions)

@@ -2,8 +2,9 @@
 
 While `max_in_flight` calls to a model version are already on their way, a new request waits in
 that version's queue instead of opening one more; when a call returns, everything that queued up
-meanwhile goes out as ONE call (up to `max_batch_rows` rows) and each waiting request gets its own
-slice of the answer. A lone client never waits (nothing is in flight, so its request goes at
+meanwhile goes out as ONE call (up to `max_batch_rows` examples) and each waiting request gets its
+own slice of the answer. Examples travel as columns (feature name -> one value per example), so
+merging is one list concatenation per feature. A lone client never waits (nothing is in flight, so its request goes at
 once); under load the model server sees a few larger batches instead of many small requests,
 which is what both TF Serving's batching and this machine's 2 cores are best at.
 
@@ -19,16 +20,21 @@ import collections
 import dataclasses
 from typing import Any, Awaitable, Callable
 
-Rows = list[dict[str, Any]]
-Answer = tuple[list[Any], list[Any]]  # (probabilities, classes), one entry per row
-PredictCall = Callable[[str, "int | None", Rows], Awaitable[Answer]]
+Columns = dict[str, list[Any]]  # feature name -> one value per example; every list as long
+Answer = tuple[list[Any], list[Any]]  # (probabilities, classes), one entry per example
+PredictCall = Callable[[str, "int | None", Columns], Awaitable[Answer]]
 # Called with the number of client requests each model-server call carried.
 BatchObserver = Callable[[int], None]
 
 
+def example_count(columns: Columns) -> int:
+    return len(next(iter(columns.values())))
+
+
 @dataclasses.dataclass(slots=True)
 class _Waiting:
-    rows: Rows
+    columns: Columns
+    count: int
     future: asyncio.Future[Answer]
 
 
@@ -41,7 +47,7 @@ class _Lane:
 
 
 class UpstreamBatcher:
-    """`await batcher.predict(model, version, rows)` has the same answer and errors as `call(...)`."""
+    """`await batcher.predict(model, version, columns)` has the same answer and errors as `call(...)`."""
 
     def __init__(
         self,
@@ -62,7 +68,7 @@ class UpstreamBatcher:
         self._lanes: dict[tuple[str, int | None], _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def predict(self, model: str, version: int | None, rows: Rows) -> Answer:
+    async def predict(self, model: str, version: int | None, columns: Columns) -> Answer:
         key = (model, version)
         lane = self._lanes.get(key)
         if lane is None:
@@ -70,7 +76,7 @@ class UpstreamBatcher:
         if lane.in_flight < self._max_in_flight and not lane.waiting:
             lane.in_flight += 1
             try:
-                answer = await self._call(model, version, rows)
+                answer = await self._call(model, version, columns)
             finally:
                 lane.in_flight -= 1
                 self._dispatch(key, lane)
@@ -78,7 +84,7 @@ class UpstreamBatcher:
                 self._observe(1)
             return answer
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        lane.waiting.append(_Waiting(rows, future))
+        lane.waiting.append(_Waiting(columns, example_count(columns), future))
         return await future
 
     @property
@@ -96,10 +102,10 @@ class UpstreamBatcher:
                 if head.future.done():  # its caller gave up (cancelled): nothing to send
                     lane.waiting.popleft()
                     continue
-                if batch and rows + len(head.rows) > self._max_batch_rows:
+                if batch and rows + head.count > self._max_batch_rows:
                     break
                 batch.append(lane.waiting.popleft())
-                rows += len(head.rows)
+                rows += head.count
             if not batch:
                 break
             lane.in_flight += 1
@@ -112,7 +118,12 @@ class UpstreamBatcher:
     async def _send(self, key: tuple[str, int | None], lane: _Lane, batch: list[_Waiting]) -> None:
         model, version = key
         try:
-            merged: Rows = [row for item in batch for row in item.rows]
+            merged: Columns = {}
+            for name in batch[0].columns:
+                column: list[Any] = []
+                for item in batch:
+                    column += item.columns[name]
+                merged[name] = column
             try:
                 probabilities, classes = await self._call(model, version, merged)
             except Exception as err:  # noqa: BLE001 - handed to the waiting callers below
@@ -126,7 +137,7 @@ class UpstreamBatcher:
                 self._observe(len(batch))
             start = 0
             for item in batch:
-                end = start + len(item.rows)
+                end = start + item.count
                 _settle(item.future, answer=(probabilities[start:end], classes[start:end]))
                 start = end
         except BaseException as err:  # cancelled at shutdown: no caller may wait forever
@@ -140,7 +151,7 @@ class UpstreamBatcher:
     async def _send_one_by_one(self, model: str, version: int | None, batch: list[_Waiting]) -> None:
         async def one(item: _Waiting) -> None:
             try:
-                answer = await self._call(model, version, item.rows)
+                answer = await self._call(model, version, item.columns)
             except Exception as err:  # noqa: BLE001 - this request's own error
                 _settle(item.future, error=err)
             else:

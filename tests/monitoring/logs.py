@@ -105,16 +105,17 @@ def write_requests(
         chunk = range(first, min(first + INSTANCES_PER_REQUEST, len(records)))
         request_id = uuid.UUID(int=int(rng.integers(1 << 62)) << 64 | first).hex
         timestamp = start_us + int(rng.integers(0, max(span_us, 1)))
-        instances = [_instance(records[i]) for i in chunk]
+        rows = [_instance(records[i]) for i in chunk]
+        columns = {name: [row.get(name) for row in rows] for name in features.SERVING_COLUMNS}
         probs = [None if probabilities[i] is None or np.isnan(probabilities[i]) else float(probabilities[i]) for i in chunk]
         classes = [None if p is None else int(p >= 0.5) for p in probs]
         decisions = ["none" if p is None else ("big_tipper" if p >= 0.5 else "not_big_tipper") for p in probs]
         entries.append(LoggedRequest(request_id, timestamp, model_name, model_version, "stable", "blue_green", "full",
-                                     instances, probs, classes, decisions, 12.5, 200, False))
+                                     columns, probs, classes, decisions, 12.5, 200, False))
         if shadow_probabilities is not None:
             shadow = [float(shadow_probabilities[i]) for i in chunk]
             entries.append(LoggedRequest(request_id, timestamp, model_name, shadow_version, "shadow", "shadow", "full",
-                                         instances, shadow, [int(p >= 0.5) for p in shadow], ["none"] * len(shadow),
+                                         columns, shadow, [int(p >= 0.5) for p in shadow], ["none"] * len(shadow),
                                          15.0, 200, True))
         ids.append(request_id)
     _write_by_date(log_dir / REQUESTS_DIR, entries, REQUEST_SCHEMA, request_columns)

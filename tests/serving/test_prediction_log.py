@@ -32,10 +32,14 @@ def _instance(fare: float | None = 12.5, company: str | None = "Flash Cab") -> d
     return row
 
 
+def _columns(rows: list[dict]) -> dict[str, list]:
+    return {feature.name: [row[feature.name] for row in rows] for feature in SERVING_FEATURES}
+
+
 def _request(request_id: str, count: int, when: dt.datetime = DAY_1, **fields) -> LoggedRequest:
     values = dict(
         request_id=request_id, timestamp_us=_us(when), model_name="taxi", model_version=3, label="stable",
-        policy="blue_green", automation="full", instances=[_instance() for _ in range(count)],
+        policy="blue_green", automation="full", features=_columns([_instance() for _ in range(count)]),
         probabilities=[0.25] * count, classes=[0] * count, decisions=["not_big_tipper"] * count,
         latency_ms=1.5, status_code=200, is_shadow=False,
     )
@@ -52,7 +56,7 @@ def writer(tmp_path):
 
 def test_rows_follow_the_architecture_schema_and_partitions(writer, tmp_path):
     assert writer.try_put(_request("r1", 3, DAY_1))
-    assert writer.try_put(_request("r2", 2, DAY_2, instances=[_instance(fare=None, company=None), _instance()],
+    assert writer.try_put(_request("r2", 2, DAY_2, features=_columns([_instance(fare=None, company=None), _instance()]),
                                    probabilities=[None, 0.9], classes=[None, 1], decisions=["refer_to_human", "big_tipper"],
                                    label="canary", model_version=4, is_shadow=True))
     writer.close()

@@ -22,7 +22,7 @@ class RequestRefused(Exception):
 
 
 class HeldUpstream:
-    """Answers each row with its own `id` (probability) and `id % 2` (class), once the test releases the call."""
+    """Answers each example with its own `id` (probability) and `id % 2` (class), once the test releases the call."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int | None, list[int]]] = []
@@ -30,8 +30,10 @@ class HeldUpstream:
         self.refuse_ids: set[int] = set()
         self.fail_all: Exception | None = None
 
-    async def predict(self, model: str, version: int | None, rows: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-        ids = [row["id"] for row in rows]
+    async def predict(self, model: str, version: int | None, columns: dict[str, list[Any]]) -> tuple[list[Any], list[Any]]:
+        assert len(columns["id"]) == len(columns["twice"]), "every column of a merged call is as long"
+        assert columns["twice"] == [2 * i for i in columns["id"]], "columns stay aligned when merged"
+        ids = list(columns["id"])
         self.calls.append((model, version, ids))
         gate = asyncio.Event()
         self.gates.append(gate)
@@ -48,8 +50,9 @@ class HeldUpstream:
             gate.set()
 
 
-def rows(*ids: int) -> list[dict[str, Any]]:
-    return [{"id": i} for i in ids]
+def rows(*ids: int) -> dict[str, list[Any]]:
+    """Examples with these ids, as the batcher takes them: columns."""
+    return {"id": list(ids), "twice": [2 * i for i in ids]}
 
 
 def make(upstream: HeldUpstream, *, max_in_flight: int = 1, max_batch_rows: int = 100, seen: list[int] | None = None) -> UpstreamBatcher:
