@@ -20,14 +20,21 @@ class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type, or out of range."""
 
 
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+
+
 @dataclasses.dataclass(frozen=True)
 class MetadataConfig:
-    """Where ML Metadata lives: SQLite by default, or a PostgreSQL/MySQL server."""
+    """Where ML Metadata lives: SQLite by default, or a PostgreSQL or MySQL/MariaDB server.
+
+    MySQL users must authenticate with mysql_native_password: MLMD's bundled client speaks no
+    other plugin (not MySQL 8's caching_sha2_password, not MariaDB's ed25519).
+    """
 
     backend: str = "sqlite"  # sqlite | postgresql | mysql
     sqlite_path: Path = Path("var/mlmd/metadata.sqlite")
     host: str = "localhost"
-    port: int = 5432
+    port: int = 0  # 0: the backend's standard port (PostgreSQL 5432, MySQL 3306)
     user: str = ""
     password: str = ""
     database: str = "mlmd"
@@ -35,6 +42,10 @@ class MetadataConfig:
     def __post_init__(self) -> None:
         if self.backend not in ("sqlite", "postgresql", "mysql"):
             raise ConfigError(f"metadata.backend must be sqlite, postgresql or mysql, got {self.backend!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"metadata.port must be in [0, 65535], got {self.port}")
+        if self.port == 0:
+            object.__setattr__(self, "port", _DEFAULT_PORTS.get(self.backend, 0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,17 @@ def postgres_metadata():
         yield config
 
 
+@pytest.fixture(scope="session")
+def mysql_metadata():
+    """MLMD settings for a real MySQL server (Debian's MariaDB) started for this test session."""
+    from tests.fixtures.mysql import mysql_binaries_present, running_mysql
+
+    if not mysql_binaries_present():
+        pytest.skip("MariaDB server binaries are missing: `make test` installs Debian's mariadb-server")
+    with running_mysql() as config:
+        yield config
+
+
 @pytest.fixture
 def sqlite_metadata(tmp_path):
     from mlops.config import MetadataConfig

@@ -1,5 +1,5 @@
 """Auditor queries on stores populated by real pipeline runs, real monitoring and a drift-triggered retraining,
-on SQLite and on a real PostgreSQL server: model, request and dataset lineage, runs, pictures, and the CLI.
+on SQLite and on real PostgreSQL and MySQL (MariaDB) servers: model, request and dataset lineage, runs, pictures, and the CLI.
 
 The history is tests/monitoring/story.py: train-1 pushes taxi:1 (2013-01..06 trips); monitor-2 finds the
 2016 trips drifted; retrain-2, triggered by that check, pushes taxi:2.
@@ -22,15 +22,17 @@ from tests.monitoring.story import story
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+SERVER_FIXTURES = {"postgresql": "postgres_metadata", "mysql": "mysql_metadata"}
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", "mysql"])
 def history(request, tmp_path_factory):
     taxi = request.getfixturevalue("taxi")
+    root = tmp_path_factory.mktemp(f"story-{request.param}")
     if request.param == "sqlite":
-        root = tmp_path_factory.mktemp("story-sqlite")
         metadata = MetadataConfig(backend="sqlite", sqlite_path=root / "mlmd.sqlite")
     else:
-        root = tmp_path_factory.mktemp("story-postgresql")
-        metadata = request.getfixturevalue("postgres_metadata")
+        metadata = request.getfixturevalue(SERVER_FIXTURES[request.param])
     built = story(request.param, root, metadata, taxi)
     return built, connect(built.config.metadata)
 

@@ -1,4 +1,4 @@
-"""The step recorder on real ML Metadata stores: SQLite and a real PostgreSQL server."""
+"""The step recorder on real ML Metadata stores: SQLite and real PostgreSQL and MySQL (MariaDB) servers."""
 
 from __future__ import annotations
 
@@ -17,15 +17,18 @@ from mlops.config import MetadataConfig
 Execution = metadata_store_pb2.Execution
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+SERVER_FIXTURES = {"postgresql": "postgres_metadata", "mysql": "mysql_metadata"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         return connect(MetadataConfig(sqlite_path=tmp_path / "m.sqlite"))
-    return connect(request.getfixturevalue("postgres_metadata"))
+    return connect(request.getfixturevalue(SERVER_FIXTURES[request.param]))
 
 
 def _unique(store, tmp_path: Path) -> str:
-    # The PostgreSQL server is shared by the session: keep names apart per test.
+    # The database servers are shared by the session: keep names apart per test.
     return tmp_path.name
 
 

@@ -28,6 +28,7 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
         ({"training": {"learning_rat": 0.1}}, r"\[training\] has unknown keys \['learning_rat'\]"),
         ({"evaluation": {"auc_floor": "high"}}, r"\[evaluation\] auc_floor must be float"),
         ({"metadata": {"backend": "oracle"}}, "metadata.backend must be sqlite, postgresql or mysql"),
+        ({"metadata": {"backend": "mysql", "port": 70000}}, r"metadata.port must be in \[0, 65535\]"),
         ({"data": {"eval_buckets": 3}}, "data.eval_buckets"),
         ({"colour": "blue"}, r"config has unknown keys \['colour'\]"),
     ],
@@ -35,6 +36,12 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
 def test_bad_values_are_rejected_naming_the_key(values, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(values, tmp_path)
+
+
+@pytest.mark.parametrize("backend, port", [("postgresql", 5432), ("mysql", 3306)])
+def test_a_server_backend_without_a_port_uses_its_standard_port(backend, port, tmp_path):
+    assert config_from_dict({"metadata": {"backend": backend}}, tmp_path).metadata.port == port
+    assert config_from_dict({"metadata": {"backend": backend, "port": 6000}}, tmp_path).metadata.port == 6000
 
 
 def test_a_missing_or_broken_file_is_a_clear_error(tmp_path):
