@@ -52,9 +52,12 @@ class TrainResult:
 
 
 def load_split(transformed_dir: Path, split: str, feature_spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """All transformed examples of a split as numpy columns (the taxi splits are a few MB).
+    """All transformed examples of a split as numpy columns (the taxi splits are a few MB), in canonical order.
 
     Holding them in memory makes each training step a slice of arrays, not a file read + parse.
+    The rows are sorted by their content (`canonical_order`): a Beam job guarantees which rows it
+    writes, not in which order or into how many shards, and the seeded shuffle permutes whatever
+    order it is given. Sorted, the same rows give the same model however they were written.
     """
     files = sorted(tf.io.gfile.glob(split_pattern(transformed_dir, split)))
     if not files:
@@ -74,7 +77,27 @@ def load_split(transformed_dir: Path, split: str, feature_spec: Mapping[str, Any
     arrays = {name: np.concatenate(parts) if parts else np.zeros([0]) for name, parts in columns.items()}
     if not len(arrays[LABEL]):
         raise DataError(f"{split_dir(transformed_dir, split)}: the split has no examples")
-    return arrays
+    order = canonical_order(arrays)
+    return {name: values[order] for name, values in arrays.items()}
+
+
+def canonical_order(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Row indices that sort the rows by content, column by column in name order, value by value.
+
+    Numbers are compared by bit pattern, not value, so the order is total and the same whatever
+    the input order (0.0 and -0.0, NaNs); rows that tie are bit-identical and interchangeable.
+    """
+    keys: list[np.ndarray] = []
+    for name in sorted(columns):
+        values = np.ascontiguousarray(columns[name])
+        flat = values.reshape(len(values), -1)
+        if flat.dtype.kind in "fiub":
+            flat = flat.view(f"u{flat.dtype.itemsize}")
+        elif flat.dtype.kind == "O":  # tf.string: bytes objects, ranked
+            flat = np.unique(flat, return_inverse=True)[1].reshape(flat.shape)
+        keys.extend(flat[:, index] for index in range(flat.shape[1]))
+    # np.lexsort sorts by the last key first.
+    return np.lexsort(keys[::-1]) if keys else np.arange(0)
 
 
 def _features_and_labels(columns: Mapping[str, np.ndarray], input_names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -207,9 +230,11 @@ class ServingModule(tf.Module):
 def saved_model_fingerprint(model_dir: Path) -> str:
     """sha256 over saved_model.pb and the variables files (names and bytes), in a fixed order.
 
-    Reproducible for the same training in a fresh process. saved_model.pb names traced functions
-    with a per-process counter, so a second export in the same process gets another fingerprint
-    even with identical weights.
+    Reproducible for the same training in a fresh process only with the same PYTHONHASHSEED
+    (measured: random seeds gave two saved_model.pb files for bit-identical weights), and only for
+    the same transform_graph directory: its graph embeds the Transform run's temporary vocabulary
+    path. saved_model.pb names traced functions with a per-process counter, so a second export in
+    the same process gets another fingerprint even with identical weights.
     """
     digest = hashlib.sha256()
     paths = [model_dir / "saved_model.pb"] + sorted((model_dir / "variables").rglob("*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -12,11 +13,15 @@ import tensorflow as tf
 
 from mlops.config import TrainingConfig
 from mlops.errors import DataError
+from beam_jobs.example_codec import TFRECORD_SUFFIX, split_dir, split_pattern
 from tests.transforms.cleaned_examples import clean_rows, shared_transform, small_transform
 from trainer.train import (
     CLASS_THRESHOLD,
     RESULT_FILE,
+    canonical_order,
     classification_metrics,
+    fit_and_evaluate,
+    load_transform_output,
     roc_auc,
     saved_model_fingerprint,
     train_model,
@@ -25,6 +30,17 @@ from transforms.features import SERVING_FEATURES, Kind
 
 SMALL = TrainingConfig(train_steps=60, batch_size=40, seed=5)
 DTYPES = {Kind.FLOAT: tf.float32, Kind.INT: tf.int64, Kind.STRING: tf.string}
+
+
+def write_records(root: Path, split: str, records: list[bytes], shards: int) -> None:
+    """Serialized examples into root/Split-<split>/data-*.tfrecord.gz, dealt round-robin over `shards` files."""
+    directory = split_dir(root, split)
+    directory.mkdir(parents=True)
+    for shard in range(shards):
+        path = directory / f"data-{shard:05d}-of-{shards:05d}{TFRECORD_SUFFIX}"
+        with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+            for record in records[shard::shards]:
+                writer.write(record)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +125,46 @@ def test_same_seed_gives_the_same_model_and_another_seed_does_not(trained, small
         transform.transformed_dir, transform.transform_graph_dir, tmp_path / "other", TrainingConfig(train_steps=60, seed=6)
     )
     assert other.eval_metrics["loss"] != first.eval_metrics["loss"]
+
+
+def test_the_same_rows_in_another_order_and_sharding_train_the_same_model(small, tmp_path):
+    """A Beam job fixes which rows it writes, not their order or file count: neither may change the model."""
+    _, _, transform = small
+    reshuffled = tmp_path / "transformed"
+    for split in ("train", "eval"):
+        files = sorted(tf.io.gfile.glob(split_pattern(transform.transformed_dir, split)))
+        records = [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+        permuted = list(records)
+        random.Random(7).shuffle(permuted)
+        assert permuted != records
+        write_records(reshuffled, split, permuted, shards=3)
+    tf_transform_output = load_transform_output(transform.transform_graph_dir)
+    config = TrainingConfig(train_steps=30, batch_size=40, seed=5)
+    model, train_metrics, eval_metrics = fit_and_evaluate(transform.transformed_dir, tf_transform_output, config)
+    other_model, other_train_metrics, other_eval_metrics = fit_and_evaluate(reshuffled, tf_transform_output, config)
+    assert eval_metrics == other_eval_metrics
+    del train_metrics["train_seconds"], other_train_metrics["train_seconds"]
+    assert train_metrics == other_train_metrics
+    weights, other_weights = model.get_weights(), other_model.get_weights()
+    assert len(weights) == len(other_weights) > 10
+    for index, (first, second) in enumerate(zip(weights, other_weights)):
+        assert first.tobytes() == second.tobytes(), model.weights[index].name
+
+
+def test_canonical_order_depends_on_the_rows_only():
+    rng = np.random.default_rng(0)
+    columns = {
+        "id": rng.integers(0, 3, 500),
+        "score": rng.normal(size=500).astype(np.float32),
+        "signed_zero": np.where(rng.random(500) < 0.5, np.float32(0.0), np.float32(-0.0)),
+        "pair": rng.integers(0, 2, (500, 2)),
+        "name": np.array([b"b", b"a"] * 250, dtype=object),
+    }
+    permutation = rng.permutation(500)
+    shuffled = {name: values[permutation] for name, values in columns.items()}
+    order, shuffled_order = canonical_order(columns), canonical_order(shuffled)
+    for name in columns:
+        assert columns[name][order].tobytes() == shuffled[name][shuffled_order].tobytes(), name
 
 
 def test_retraining_into_the_same_folder_replaces_the_model(small, tmp_path):
