@@ -18,6 +18,7 @@ from serving.gateway import (
     _INT,
     JSON_NAN,
     GatewayError,
+    _check_columns,
     _check_common_column,
     _check_values,
     check_inputs,
@@ -46,6 +47,8 @@ def _same(left, right) -> bool:
     """Equal, with NaN equal to NaN and the JSON_NAN fragment equal only to itself."""
     if isinstance(left, list) and isinstance(right, list):
         return len(left) == len(right) and all(_same(a, b) for a, b in zip(left, right))
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(_same(left[key], right[key]) for key in left)
     if isinstance(left, tuple) and isinstance(right, tuple):
         return len(left) == len(right) and all(_same(a, b) for a, b in zip(left, right))
     if isinstance(left, float) and isinstance(right, float) and math.isnan(left) and math.isnan(right):
@@ -69,6 +72,27 @@ def test_the_column_fast_path_gives_what_the_value_by_value_check_gives(name, ki
         taken += 1
         assert _same(fast, _value_by_value(name, kind, required, sentinel, list(values))), values
     assert taken > 100  # the fast path really was exercised, not just declined
+
+
+def _outcome(check, *args):
+    try:
+        checked = check(*args)
+    except GatewayError as err:
+        return err.status, err.message
+    return checked.forward, checked.logged, checked.count, checked.missing
+
+
+def test_a_single_example_checks_as_a_column_of_one_would():
+    """Single examples (most serving requests) take their own feature-by-feature path."""
+    rng = random.Random("single")
+    template = instances(real_trips(1))[0]
+    for _ in range(2000):
+        instance = {name: rng.choice(_values_for(kind)) if rng.random() < 0.3 else template[name]
+                    for name, kind, _required, _sentinel in _CHECKS}
+        column = {name: [value] for name, value in instance.items()}
+        one = _outcome(check_instances, [instance], 10)
+        assert _same(one, _outcome(_check_columns, column, 1)), instance
+        assert _same(one, _outcome(check_inputs, column, 10)), instance
 
 
 def test_rows_and_columns_of_the_same_examples_check_the_same():
