@@ -124,6 +124,46 @@ def test_null_means_missing_is_counted_and_forwarded_as_the_sentinel(gateway, ht
     assert logs["trip_miles"].isna().iloc[0] and logs["company"].iloc[0] is None and logs["trip_seconds"].isna().iloc[1]
 
 
+def _nan_body(*instances_: dict) -> bytes:
+    """A body as TF Serving clients write it: Python's json writes a float NaN as the NaN token."""
+    return json.dumps({"instances": list(instances_)}).encode()
+
+
+def test_nan_tokens_are_missing_floats_and_text_that_says_nan_is_kept(gateway, http, tmp_path):
+    # The gateway reads NaN tokens with a fast parse that marks them; text containing NaN must survive it.
+    cases = [
+        (_nan_body(_with(dropoff_latitude=math.nan, company="NaN Cab"), _with(trip_miles=math.nan)), "NaN Cab"),
+        (_nan_body(_with(dropoff_latitude=math.nan, company="Cab:NaN, Ltd"), _good()), "Cab:NaN, Ltd"),
+        (_nan_body(_with(dropoff_latitude=math.nan, company="\x00NaN")), "\x00NaN"),  # the mark's own text
+        (_nan_body(_with(dropoff_latitude=math.nan, company='say "NaN"')), 'say "NaN"'),
+        (_nan_body(_with(dropoff_latitude=math.nan, company="back\\NaN")), "back\\NaN"),
+    ]
+    for raw, company in cases:
+        response = predict(http, gateway, None, raw=raw)
+        assert response.status_code == 200, (raw, response.text)
+    gateway.stop()
+    logs = read_prediction_logs(tmp_path / "logs")
+    assert list(logs["company"].iloc[[0, 2, 4, 5, 6]]) == [company for _, company in cases]
+    assert logs["dropoff_latitude"].iloc[[0, 2, 4, 5, 6]].isna().all() and logs["trip_miles"].isna().iloc[1]
+
+
+@pytest.mark.parametrize(
+    "instance, words",
+    [
+        (_with(trip_start_hour=math.nan), ["'trip_start_hour'", "integer or null", "nan"]),
+        (_with(payment_type=math.nan), ["'payment_type'", "string or null", "nan"]),
+        (_with(fare=math.nan), ["'fare'", "required"]),
+    ],
+    ids=["nan-for-int", "nan-for-string", "nan-for-required-float"],
+)
+def test_a_nan_token_where_no_float_belongs_is_refused_as_nan(gateway, http, instance, words):
+    for raw in (_nan_body(instance), _nan_body(_good(), instance)):  # one example, and a column of two
+        response = predict(http, gateway, None, raw=raw)
+        assert response.status_code == 400, response.text
+        for word in words:
+            assert word in response.json()["error"], response.json()["error"]
+
+
 def test_columnar_inputs_are_checked_and_answered_as_outputs(gateway, http):
     rows = instances(real_trips(3))
     columns = {name: [row[name] for row in rows] for name in rows[0]}
