@@ -176,7 +176,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what a tensor holds; larger JSON
 def check_instances(instances: Any, max_instances: int, *, marked_nan: bool = False) -> CheckedInstances:
     """Checks row-format instances against `features.SERVING_FEATURES`; GatewayError 400/413 names the problem.
 
-    `marked_nan`: the body was parsed with NaN tokens as `_NAN_MARK` strings (`_read_predict_json`).
+    `marked_nan`: the body was parsed with NaN tokens as `_NAN_MARK` strings (`Gateway._checked_predict_body`).
     """
     if not isinstance(instances, list):
         raise GatewayError(400, f"'instances' must be a list of objects (one per example), got {type(instances).__name__}")
@@ -221,7 +221,7 @@ def check_inputs(inputs: Any, max_instances: int, *, marked_nan: bool = False) -
     return _check_columns(inputs, count)
 
 
-# A NaN token of a predict body, as `_read_predict_json` hands it to orjson, and as it comes back.
+# A NaN token of a predict body, as `Gateway._checked_predict_body` hands it to orjson, and as it comes back.
 _NAN_MARK_JSON = b'"\\u0000NaN"'
 _NAN_MARK = "\x00NaN"
 
@@ -966,8 +966,7 @@ class Gateway:
                 self.metrics.child(self.metrics.requests, "unknown", "none", "501").inc()
                 raise GatewayError(501, f":{verb} is not served by the gateway; use :predict")
             try:
-                body, marked_nan = await self._read_predict_json(request)
-                checked, columnar = self._checked_body(body, marked_nan)
+                checked, columnar = self._checked_predict_body(await self._read_body(request))
             except GatewayError as err:
                 known = self.routes.route(model) is not None
                 self.metrics.child(self.metrics.requests, model if known else "unknown", "none", str(err.status)).inc()
@@ -991,23 +990,28 @@ class Gateway:
     async def _read_json(self, request: web.Request) -> Any:
         return _parse_json(await self._read_body(request))
 
-    async def _read_predict_json(self, request: web.Request) -> tuple[Any, bool]:
-        """The predict body, and whether NaN tokens in it were parsed as `_NAN_MARK` strings.
+    def _checked_predict_body(self, raw: bytes) -> tuple[CheckedInstances, bool]:
+        """The checked examples of a predict body, and whether it was columnar.
 
         TF Serving clients send a missing float as the NaN token, which orjson refuses; the standard
         library's parser takes it, at 2-3x orjson's cost per value. So each NaN token goes to orjson
         as the string `_NAN_MARK`, which the checks turn back into NaN. A NaN inside a string cannot
         be mistaken for a token: the inserted quotes break that string apart, orjson refuses the
         body, and the exact parser reads it. No client string can equal the mark: it holds a NUL,
-        which JSON can only carry as the escape the guard looks for.
+        which JSON can only carry as the escape the guard looks for. A body the checks refuse is
+        read again by the exact parser, so the error names values as the client wrote them.
         """
-        raw = await self._read_body(request)
         if b"NaN" in raw and b"Infinity" not in raw and b"\\u0000" not in raw:
             try:
-                return orjson.loads(raw.replace(b"NaN", _NAN_MARK_JSON)), True
+                body = orjson.loads(raw.replace(b"NaN", _NAN_MARK_JSON))
             except orjson.JSONDecodeError:
                 pass
-        return _parse_json(raw), False
+            else:
+                try:
+                    return self._checked_body(body, marked_nan=True)
+                except GatewayError:
+                    pass
+        return self._checked_body(_parse_json(raw))
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -153,8 +153,9 @@ def test_nan_tokens_are_missing_floats_and_text_that_says_nan_is_kept(gateway, h
         (_with(trip_start_hour=math.nan), ["'trip_start_hour'", "integer or null", "nan"]),
         (_with(payment_type=math.nan), ["'payment_type'", "string or null", "nan"]),
         (_with(fare=math.nan), ["'fare'", "required"]),
+        (_with(fare=[math.nan]), ["'fare'", "number or null", "got [nan]"]),  # named as the client wrote it
     ],
-    ids=["nan-for-int", "nan-for-string", "nan-for-required-float"],
+    ids=["nan-for-int", "nan-for-string", "nan-for-required-float", "nan-in-a-list"],
 )
 def test_a_nan_token_where_no_float_belongs_is_refused_as_nan(gateway, http, instance, words):
     for raw in (_nan_body(instance), _nan_body(_good(), instance)):  # one example, and a column of two
