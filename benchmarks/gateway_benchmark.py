@@ -172,6 +172,14 @@ async def run_grpc(target: str, request, clients: int, limit: int, seconds: floa
         return await _drive(one, clients, limit, seconds, latencies)
 
 
+def run_target(protocol: str, address: str, body: bytes, request, clients: int, limit: int,
+               seconds: float) -> tuple[list[float], float]:
+    """Latencies (s) and wall time of one load run against a REST base URL or a gRPC target."""
+    if protocol == "REST":
+        return asyncio.run(run_rest(f"{address}/v1/models/{MODEL}:predict", body, clients, limit, seconds))
+    return asyncio.run(run_grpc(address, request, clients, limit, seconds))
+
+
 async def _drive(one, clients: int, limit: int, seconds: float, latencies: list[float]) -> tuple[list[float], float]:
     """`clients` loops sending one request after another until `limit` requests or `seconds` are done."""
     for _ in range(max(20, clients * 5)):  # warm-up: connections, caches
@@ -211,11 +219,7 @@ def paired_added_latency(targets: list[tuple[str, str, str]], trips: list, round
             for _ in range(rounds):
                 p50 = {}
                 for name in ("model server", "gateway"):
-                    if protocol == "REST":
-                        url = f"{address[(name, protocol)]}/v1/models/{MODEL}:predict"
-                        latencies, _wall = asyncio.run(run_rest(url, body, 1, 10**9, seconds))
-                    else:
-                        latencies, _wall = asyncio.run(run_grpc(address[(name, protocol)], request, 1, 10**9, seconds))
+                    latencies, _wall = run_target(protocol, address[(name, protocol)], body, request, 1, 10**9, seconds)
                     p50[name] = percentile(sorted(latencies), 0.5)
                 deltas.setdefault((protocol, batch), []).append(p50["gateway"] - p50["model server"])
             print(f"  done: paired rounds {protocol} batch={batch}", file=sys.stderr, flush=True)
@@ -272,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name, protocol, address in targets:
                         cpu_before = {p.pid: cpu_seconds(p.pid) for p in (server, gateway)}
                         merged_before = merged_calls(gateway_rest)
-                        if protocol == "REST":
-                            url = f"{address}/v1/models/{MODEL}:predict"
-                            latencies, wall = asyncio.run(run_rest(url, body, clients, args.requests, args.seconds))
-                        else:
-                            latencies, wall = asyncio.run(run_grpc(address, request, clients, args.requests, args.seconds))
+                        latencies, wall = run_target(protocol, address, body, request, clients, args.requests, args.seconds)
                         latencies.sort()
                         # CPU per request (warm-up included in both counts): what each process pays, whatever the load.
                         total = len(latencies) + max(20, clients * 5)

@@ -4,9 +4,10 @@ While `max_in_flight` calls to a model version are already on their way, a new r
 that version's queue instead of opening one more; when a call returns, everything that queued up
 meanwhile goes out as ONE call (up to `max_batch_rows` examples) and each waiting request gets its
 own slice of the answer. Examples travel as columns (feature name -> one value per example), so
-merging is one list concatenation per feature. A lone client never waits (nothing is in flight, so its request goes at
-once); under load the model server sees a few larger batches instead of many small requests,
-which is what both TF Serving's batching and this machine's 2 cores are best at.
+merging is one list concatenation per feature. A lone client never waits (nothing is in flight,
+so its request goes at once); under load the model server sees a few larger batches instead of
+many small requests, which is what both TF Serving's batching and this machine's 2 cores are
+best at.
 
 A merged call that the model server refuses with 400 is retried one request at a time, so a bad
 request gets its own error and never fails its neighbours. Any other failure (503, timeout, a
