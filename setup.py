@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-PACKAGES = ("mlops", "beam_jobs", "transforms", "trainer", "serving", "metadata", "monitoring", "validation")
+PACKAGES = ("core", "mlops", "beam_jobs", "transforms", "trainer", "serving", "metadata", "monitoring", "validation")
 
 setup(
     name="mlops-suite",

@@ -54,7 +54,7 @@ from beam_jobs.ingest import (
     WriteJsonLines,
     scan_csv,
 )
-from mlops.errors import DataError, MlopsError
+from core.errors import DataError, MlopsError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind, parse_value
 
 _LOG = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from google.protobuf.message import DecodeError
 from beam_jobs import _options
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern, split_prefix
 from beam_jobs.ingest import WriteExamples, WriteJsonLines
-from mlops.errors import DataError, MlopsError
+from core.errors import DataError, MlopsError
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, Feature, Kind, OnInvalid
 
 _LOG = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import _options
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, serialize_row, split_prefix
-from mlops.errors import DataError, MlopsError
+from core.errors import DataError, MlopsError
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind, parse_value
 
 _LOG = logging.getLogger(__name__)

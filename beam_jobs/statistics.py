@@ -31,7 +31,7 @@ from tfx_bsl.public import tfxio
 
 from beam_jobs import _options
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, row_to_example, split_dir, split_pattern
-from mlops.errors import DataError
+from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, Kind
 
 STATS_FILE_NAME = "FeatureStats.pb"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _CHILD = r"""
 import json, sys, time
 began = time.time()
-from mlops.config import config_from_dict
+from core.config import config_from_dict
 from mlops.pipeline import run_pipeline
 import tensorflow, apache_beam, tensorflow_transform  # what a step pays for on first use
 imported = time.time() - began

@@ -24,7 +24,7 @@ def _print_json(value: Any) -> None:
 
 def _store_and_config(args: argparse.Namespace):
     from metadata.store import connect
-    from mlops.config import load_config
+    from core.config import load_config
 
     config = load_config(args.config)
     return connect(config.metadata), config

@@ -21,7 +21,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from metadata.store import ARTIFACT_TYPES, CONTEXT_TYPES, EXECUTION_PROPERTIES, Store
-from mlops.version import code_version, source_hash
+from core.version import code_version, source_hash
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class PipelineRun:
         code_digest: str | None = None,
     ) -> "StepRecord":
         """A step's record. `code_digest` identifies the code its outputs depend on (see
-        `mlops.version.modules_hash`); without it every project source counts."""
+        `core.version.modules_hash`); without it every project source counts."""
         return StepRecord(self, execution_type, inputs, parameters, use_cache, code_digest)
 
 

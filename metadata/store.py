@@ -17,7 +17,7 @@ from ml_metadata import errors
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from mlops.config import MetadataConfig
+from core.config import MetadataConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -583,8 +583,8 @@ def exit_on_user_error(task: str) -> Iterator[None]:
 
     Other exceptions propagate: Airflow records them and retries the task with backoff.
     """
-    from mlops.config import ConfigError
-    from mlops.errors import MlopsError, ModelNotBlessedError
+    from core.config import ConfigError
+    from core.errors import MlopsError, ModelNotBlessedError
 
     try:
         yield
@@ -638,13 +638,13 @@ def trigger_of(trigger_param: Mapping[str, Any] | None, run_type: str) -> Any:
 
 
 def _load_config(config_path: str) -> Any:
-    from mlops.config import load_config
+    from core.config import load_config
 
     return load_config(config_path or None)
 
 
 def _params(params_json: str | Mapping[str, Any]) -> dict[str, Any]:
-    from mlops.errors import DataError
+    from core.errors import DataError
 
     if isinstance(params_json, Mapping):
         return dict(params_json)
@@ -672,7 +672,7 @@ def training_config(config: Any, params: Mapping[str, Any]) -> Any:
 
 def check_window(start: str, end: str) -> tuple[dt.date, dt.date]:
     """The training window [start, end) as dates; an empty or reversed window is refused."""
-    from mlops.errors import DataError
+    from core.errors import DataError
 
     try:
         first, last = dt.date.fromisoformat(str(start)), dt.date.fromisoformat(str(end))
@@ -738,7 +738,7 @@ def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: 
 def monitoring_window(params: Mapping[str, Any], interval_start: str | None, interval_end: str | None,
                       now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
     """The window to check: explicit params, else the run's data interval, else the last full hour."""
-    from mlops.errors import DataError
+    from core.errors import DataError
 
     def parse(name: str, text: Any) -> dt.datetime:
         try:
@@ -930,7 +930,7 @@ def gateway_client(params: Mapping[str, Any]) -> Any:
     url = params.get("gateway_url") or os.environ.get("MLOPS_GATEWAY_URL") or "http://127.0.0.1:8000"
     token = os.environ.get("MLOPS_GATEWAY_ADMIN_TOKEN", "")
     if not token:
-        from mlops.errors import DataError
+        from core.errors import DataError
 
         raise DataError("MLOPS_GATEWAY_ADMIN_TOKEN is not set in Airflow's environment: the rollout needs the "
                         "gateway's admin token (set it before `python -m mlops.airflow start`)")
@@ -978,7 +978,7 @@ def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_
     """
     with exit_on_user_error(action):
         from mlops import steps
-        from mlops.errors import DataError
+        from core.errors import DataError
 
         params = _params(params_json)
         if action not in ("canary", "blue_green", "rollback"):
@@ -1019,7 +1019,7 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
     traffic back to 0 at once (the stable version was never changed). The gateway writes the
     `canary` and `stable` labels of TF Serving's models.config, so the model server follows.
     """
-    from mlops.errors import DataError
+    from core.errors import DataError
 
     shares = [int(share) for share in params.get("shares") or (5, 25, 50, 100)]
     if not shares or any(not 0 < share <= 100 for share in shares) or shares != sorted(set(shares)):
@@ -1145,7 +1145,7 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
     with exit_on_user_error("score"):
         from beam_jobs.batch_predict import batch_predict
         from mlops import steps
-        from mlops.errors import DataError
+        from core.errors import DataError
 
         params = _params(params_json)
         config = _load_config(config_path)

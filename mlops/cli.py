@@ -17,8 +17,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\..*")
 
-from mlops.config import ConfigError, load_config  # noqa: E402
-from mlops.errors import MlopsError, ModelNotBlessedError  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from core.errors import MlopsError, ModelNotBlessedError  # noqa: E402
 
 EXIT_DATA_ERROR = 2
 EXIT_NOT_BLESSED = 3

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mlops import airflow
-from mlops.config import load_config
+from core.config import load_config
 from transforms import features
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typing import Callable
 
 from metadata.recorder import Trigger
 from mlops import steps
-from mlops.config import Config
+from core.config import Config
 
 Progress = Callable[[str], None]
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
-from mlops.config import Config
-from mlops.errors import DataError, ModelNotBlessedError, SchemaAnomaliesError
-from mlops.version import modules_hash
+from core.config import Config
+from core.errors import DataError, ModelNotBlessedError, SchemaAnomaliesError
+from core.version import modules_hash
 
 STEP_NAMES = ("ingest", "validate", "clean", "transform", "train", "evaluate", "push")
 

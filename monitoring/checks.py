@@ -37,8 +37,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
 from metadata.queries import DEFAULT_LOG_DIR
 from metadata.recorder import ArtifactRef, Trigger
-from mlops.config import Config
-from mlops.errors import DataError
+from core.config import Config
+from core.errors import DataError
 from monitoring import drift
 from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds, load_thresholds
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind

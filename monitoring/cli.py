@@ -20,7 +20,7 @@ def cmd_monitor_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from metadata.recorder import Trigger
-    from mlops.config import load_config
+    from core.config import load_config
     from monitoring.checks import run_monitoring
     from monitoring.settings import load_thresholds
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from mlops.errors import DataError
+from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, SERVING_COLUMNS, Kind, parse_value
 
 

@@ -33,7 +33,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs import _options
 from beam_jobs.statistics import load_statistics, stats_options
-from mlops.errors import DataError
+from core.errors import DataError
 from serving.prediction_log import REQUESTS_DIR
 from transforms.features import SERVING_FEATURES, Kind
 

@@ -23,8 +23,8 @@ import pyarrow as pa
 from metadata.lineage import LineageNotFoundError, find_pushed_model
 from metadata.queries import training_chain
 from metadata.recorder import ArtifactRef, PipelineRun, Trigger, properties_of
-from mlops.config import Config
-from mlops.errors import DataError
+from core.config import Config
+from core.errors import DataError
 from monitoring import checks
 from monitoring.checks import (
     Baseline,

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlops.errors import DataError
+from core.errors import DataError
 from transforms.features import SERVING_FEATURES, Kind
 
 DEFAULT_THRESHOLDS_PATH = Path(__file__).resolve().parent / "thresholds.toml"

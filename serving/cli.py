@@ -60,13 +60,13 @@ def add_commands(subparsers: Any) -> None:
 def _model_name(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
-    from mlops.config import load_config
+    from core.config import load_config
 
     return load_config(args.config).serving.model_name
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mlops.errors import DataError
+    from core.errors import DataError
     from serving.client import GrpcPredictionClient, RestPredictionClient, read_trips_csv
 
     if args.batch_size < 1:
@@ -131,14 +131,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from mlops.config import load_config
+    from core.config import load_config
     from serving.gateway import start_gateway
     from serving.model_server import start_model_server
 
     config = load_config(args.config)
     serving = config.serving
     if not serving.model_config_file.is_file():
-        from mlops.errors import DataError
+        from core.errors import DataError
 
         raise DataError(f"{serving.model_config_file}: no models.config yet; push a model first (`mlops pipeline run`)")
     # The model server first: it imports TensorFlow, which the gateway then shares.

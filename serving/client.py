@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from mlops.errors import DataError, MlopsError
+from core.errors import DataError, MlopsError
 from transforms import features
 from transforms.features import SERVING_FEATURES, Kind
 

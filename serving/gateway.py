@@ -74,7 +74,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from mlops.errors import MlopsError
+from core.errors import MlopsError
 from serving import prediction_log, routing
 from serving.client import (
     CLASS_OUTPUT,

@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlops.errors import DataError
+from core.errors import DataError
 
 ENV_PREFIX = "MLOPS_GATEWAY_"
 

@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from mlops.errors import DataError
+from core.errors import DataError
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 ModelConfig = model_server_config_pb2.ModelConfig

@@ -170,7 +170,7 @@ def monitoring_config_class() -> type:
 
 def read_monitoring_config(path: Path) -> str | None:
     """The Prometheus path a `--monitoring_config_file` enables, or None when it is disabled."""
-    from mlops.errors import DataError
+    from core.errors import DataError
 
     config = monitoring_config_class()()
     try:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlops.errors import DataError
+from core.errors import DataError
 from transforms.features import SERVING_FEATURES, Kind
 
 log = logging.getLogger(__name__)

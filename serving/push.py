@@ -21,7 +21,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from mlops.errors import DataError
+from core.errors import DataError
 from serving import model_config as mc
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Callable
 
-from mlops.errors import MlopsError
+from core.errors import MlopsError
 
 # Retried only when the call surely did not change anything: the gateway refused the connection
 # (restarting) or a proxy in front of it answered that it is unavailable. A timeout is not retried:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlops.errors import DataError
+from core.errors import DataError
 from serving.gateway_config import AUTOMATION_MODES, POLICIES, GatewayConfigError, ModelPolicy, check_policy_values
 
 log = logging.getLogger(__name__)

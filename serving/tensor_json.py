@@ -34,7 +34,7 @@ import orjson
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from mlops.errors import DataError, MlopsError
+from core.errors import DataError, MlopsError
 
 
 class Code(enum.IntEnum):

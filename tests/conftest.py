@@ -54,6 +54,6 @@ def mysql_metadata():
 
 @pytest.fixture
 def sqlite_metadata(tmp_path):
-    from mlops.config import MetadataConfig
+    from core.config import MetadataConfig
 
     return MetadataConfig(backend="sqlite", sqlite_path=tmp_path / "mlmd" / "metadata.sqlite")

@@ -25,8 +25,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from beam_jobs.example_codec import split_pattern
-from mlops.config import EvaluationConfig
-from mlops.errors import DataError
+from core.config import EvaluationConfig
+from core.errors import DataError
 from transforms import features
 
 EVALUATION_FILE = "evaluation.json"

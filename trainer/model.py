@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from mlops.config import TrainingConfig
+from core.config import TrainingConfig
 from transforms.features import transformed_name
 from transforms.preprocessing import HOUR_BUCKET, categorical_outputs, dense_outputs
 

@@ -29,8 +29,8 @@ import tensorflow_transform as tft
 import tf_keras
 
 from beam_jobs.example_codec import split_dir, split_pattern
-from mlops.config import TrainingConfig
-from mlops.errors import DataError
+from core.config import TrainingConfig
+from core.errors import DataError
 from trainer.model import build_keras_model, model_input_specs
 from transforms.feature_spec import dense_to_sparse, raw_feature_spec, serving_input_signature
 from transforms.preprocessing import LABEL
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m trainer.train TRANSFORMED_DIR TRANSFORM_GRAPH_DIR OUTPUT_DIR` with the config's [training]."""
     import argparse
 
-    from mlops.config import load_config
+    from core.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("transformed_dir", type=Path)

@@ -58,6 +58,15 @@ TIMESTAMP_KEY = "trip_start_timestamp"
 # Tips above this share of the fare make a trip a "big tipper".
 BIG_TIPPER_SHARE = 0.2
 
+# What the gateway decides for one served example (logged as `decision`), and what a person may
+# answer instead. The positive decision is the label's name.
+DECISION_BIG_TIPPER = LABEL_KEY
+DECISION_NOT_BIG_TIPPER = "not_big_tipper"
+DECISION_REFER_TO_HUMAN = "refer_to_human"  # partial automation: the model was unsure
+DECISION_NONE = "none"  # shadow automation: the model answered, nobody acted on it
+HUMAN_DECISIONS = (DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER)
+DECISIONS = (*HUMAN_DECISIONS, DECISION_REFER_TO_HUMAN, DECISION_NONE)
+
 _F, _I, _S = Kind.FLOAT, Kind.INT, Kind.STRING
 
 RAW_FEATURES: tuple[Feature, ...] = (

@@ -31,7 +31,7 @@ from tfx_bsl.public import tfxio
 
 from beam_jobs._options import add_job_argument
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
-from mlops.errors import DataError
+from core.errors import DataError
 from transforms.feature_spec import raw_feature_spec, raw_schema
 from transforms.preprocessing import preprocessing_fn
 

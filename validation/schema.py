@@ -22,7 +22,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.statistics import load_statistics
-from mlops.errors import DataError
+from core.errors import DataError
 from transforms.features import (
     CHICAGO_LATITUDE,
     CHICAGO_LONGITUDE,

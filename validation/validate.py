@@ -16,7 +16,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from beam_jobs.example_codec import SPLITS, split_dir
 from beam_jobs.statistics import load_statistics, statistics_path
-from mlops.errors import DataError, SchemaAnomaliesError
+from core.errors import DataError, SchemaAnomaliesError
 from validation.files import write_atomic
 from validation.schema import TRAINING, load_schema
 

@@ -19,7 +19,7 @@ from beam_jobs.batch_predict import (
     read_predictions,
     run,
 )
-from mlops.errors import DataError
+from core.errors import DataError
 from tests.conftest import write_csv
 from transforms.features import SERVING_COLUMNS, TIPS_KEY
 

@@ -19,7 +19,7 @@ from beam_jobs.clean import (
     clean_examples,
 )
 from beam_jobs.example_codec import TFRECORD_SUFFIX, parse_serialized, serialize_row, split_dir
-from mlops.errors import DataError
+from core.errors import DataError
 from tests.beam_jobs._helpers import BEAM_ARGS, canonical_rows, is_clean, parse_csv_row, read_jsonl, read_split_rows
 from transforms.features import FARE_KEY, RAW_FEATURES, TIPS_KEY, Kind, OnInvalid
 

@@ -24,7 +24,7 @@ from beam_jobs.ingest import (
     ingest_csv,
     split_index,
 )
-from mlops.errors import DataError
+from core.errors import DataError
 from tests.beam_jobs._helpers import BEAM_ARGS, canonical_rows, parse_csv_row, read_jsonl, read_split_rows
 from tests.conftest import write_csv
 from transforms.features import FARE_KEY, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, TIPS_KEY, Kind

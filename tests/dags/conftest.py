@@ -166,7 +166,7 @@ def push_tiny_models(config_path: Path, weights: list[float]) -> list[int]:
         from pathlib import Path
         from metadata.recorder import PipelineRun, Trigger
         from metadata.store import connect
-        from mlops.config import load_config
+        from core.config import load_config
         from serving.push import push_model
         from tests.fixtures.tiny_model import export_tiny_model
 

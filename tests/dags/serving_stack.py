@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mlops.config import load_config
+from core.config import load_config
 from serving.client import read_trips_csv
 from serving.gateway import start_gateway
 from serving.gateway_config import GatewaySettings

@@ -28,7 +28,7 @@ from mlops.airflow import (
     pipeline_run_id,
     retraining_conf,
 )
-from mlops.errors import DataError, ModelNotBlessedError
+from core.errors import DataError, ModelNotBlessedError
 from tests.dags.conftest import PROJECT_ROOT
 
 

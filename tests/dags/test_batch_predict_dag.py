@@ -50,7 +50,7 @@ def test_the_stable_version_scores_every_row_and_the_run_is_recorded(workspace):
         import json, sys
         from metadata.recorder import properties_of
         from metadata.store import connect
-        from mlops.config import load_config
+        from core.config import load_config
 
         store = connect(load_config(sys.argv[1]).metadata)
         [execution] = store.get_executions_by_id([int(sys.argv[2])])

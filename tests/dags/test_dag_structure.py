@@ -157,7 +157,7 @@ def test_training_params_have_defaults_and_reject_a_bad_window_or_hyperparameter
 
 def test_an_empty_or_reversed_window_is_refused_before_any_work(dagbag):
     from mlops.airflow import check_window
-    from mlops.errors import DataError
+    from core.errors import DataError
 
     assert [str(d) for d in check_window("2013-01-01", "2013-04-01")] == ["2013-01-01", "2013-04-01"]
     for start, end in (("2013-04-01", "2013-01-01"), ("2013-01-01", "2013-01-01")):

@@ -32,7 +32,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
         """
         import csv, datetime as dt, json, sys
         from pathlib import Path
-        from mlops.config import load_config
+        from core.config import load_config
         from mlops.pipeline import run_pipeline
         from tests.conftest import TAXI_CSV
         from tests.monitoring.logs import score, taxi_frame, write_requests, year_of
@@ -122,7 +122,7 @@ def test_the_triggered_training_run_records_the_drift_check_on_its_mlmd_context(
         import json, sys
         from metadata.recorder import properties_of
         from metadata.store import connect
-        from mlops.config import load_config
+        from core.config import load_config
 
         store = connect(load_config(sys.argv[1]).metadata)
         print(json.dumps(properties_of(store.get_context_by_type_and_name("PipelineRun", sys.argv[2]))))

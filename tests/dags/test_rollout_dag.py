@@ -75,7 +75,7 @@ def deploy_record(root: Path, execution_id: int) -> dict:
         import json, sys
         from metadata.recorder import properties_of
         from metadata.store import connect
-        from mlops.config import load_config
+        from core.config import load_config
 
         store = connect(load_config(sys.argv[1]).metadata)
         [execution] = store.get_executions_by_id([int(sys.argv[2])])
@@ -97,7 +97,7 @@ def deploy_decisions(root: Path) -> list[dict]:
         import json, sys
         from metadata.recorder import properties_of
         from metadata.store import connect
-        from mlops.config import load_config
+        from core.config import load_config
 
         store = connect(load_config(sys.argv[1]).metadata)
         deploys = [properties_of(e) for e in store.get_executions_by_type("Deploy")]

@@ -95,7 +95,7 @@ def test_the_pushed_models_lineage_names_the_airflow_run_and_its_trigger(workspa
         from metadata.lineage import model_lineage
         from metadata.recorder import properties_of
         from metadata.store import connect
-        from mlops.config import load_config
+        from core.config import load_config
 
         config = load_config(sys.argv[1])
         store = connect(config.metadata)

@@ -4,7 +4,7 @@ No Docker engine runs here, so each piece is run the way its container would run
 PostgreSQL init script against a real PostgreSQL server (then ML Metadata connects with the
 platform's config), the volume set-up script with `sh` on a temporary folder, the healthcheck
 commands against real HTTP servers on loopback, the config files through the parsers of the
-programs that read them (TF Serving's protos, mlops.config, the gateway's settings loader).
+programs that read them (TF Serving's protos, core.config, the gateway's settings loader).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_model_configs_parse_with_the_pipelines_reader() -> None:
     seed = read_model_config(TFSERVING_DIR / "models.seed.config")
     assert seed.WhichOneof("config") == "model_config_list" and len(seed.model_config_list.config) == 0
     example = read_model_config(TFSERVING_DIR / "models.config")
-    from mlops.config import load_config
+    from core.config import load_config
 
     serving = load_config(COMPOSE_TOML).serving
     [model] = example.model_config_list.config
@@ -100,7 +100,7 @@ def test_model_configs_parse_with_the_pipelines_reader() -> None:
 
 
 def test_compose_config_matches_the_containers(resolved: dict[str, Any]) -> None:
-    from mlops.config import load_config
+    from core.config import load_config
 
     model = resolved["default"]
     config = load_config(COMPOSE_TOML)
@@ -318,7 +318,7 @@ def test_postgres_init_creates_a_database_mlmd_can_use(monkeypatch: pytest.Monke
     from ml_metadata.metadata_store import metadata_store
     from ml_metadata.proto import metadata_store_pb2
 
-    from mlops.config import load_config
+    from core.config import load_config
 
     mlmd_password = "p'w\"d\\with quotes"
     with running_postgres(database="airflow") as superuser:
@@ -355,7 +355,7 @@ def test_postgres_init_creates_a_database_mlmd_can_use(monkeypatch: pytest.Monke
 def test_metadata_store_leaves_an_empty_password_to_libpq() -> None:
     from metadata.store import connection_config
 
-    from mlops.config import load_config
+    from core.config import load_config
 
     connection = connection_config(load_config(COMPOSE_TOML).metadata)
     assert connection.postgresql.user == "mlmd"

@@ -15,7 +15,7 @@ import pytest
 from metadata.lineage import LineageNotFoundError
 from metadata.queries import compare_runs, data_audit, list_runs, model_audit, model_graph, request_audit
 from metadata.store import connect
-from mlops.config import MetadataConfig
+from core.config import MetadataConfig
 from tests.conftest import TAXI_CSV
 from tests.monitoring.story import story
 

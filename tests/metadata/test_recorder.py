@@ -12,7 +12,7 @@ from ml_metadata.proto import metadata_store_pb2
 from metadata.lineage import LineageNotFoundError, model_lineage, walk
 from metadata.recorder import PipelineRun, Trigger, properties_of
 from metadata.store import connect
-from mlops.config import MetadataConfig
+from core.config import MetadataConfig
 
 Execution = metadata_store_pb2.Execution
 

@@ -12,8 +12,8 @@ import pytest
 
 from metadata.lineage import model_lineage
 from metadata.store import connect
-from mlops.config import Config, config_from_dict
-from mlops.errors import DataError, SchemaAnomaliesError
+from core.config import Config, config_from_dict
+from core.errors import DataError, SchemaAnomaliesError
 from mlops.pipeline import run_pipeline
 from tests.conftest import PROJECT_ROOT, TAXI_CSV, write_csv
 

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from metadata.recorder import Trigger
-from mlops.config import Config, MetadataConfig, load_config
+from core.config import Config, MetadataConfig, load_config
 from tests.conftest import PROJECT_ROOT, TAXI_CSV
 from tests.monitoring import logs
 

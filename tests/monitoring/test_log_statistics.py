@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from beam_jobs.statistics import load_statistics
-from mlops.errors import DataError
+from core.errors import DataError
 from monitoring import drift
 from monitoring.log_statistics import generate_log_statistics, run, statistics_of_frame
 from tests.monitoring import logs

@@ -17,8 +17,8 @@ from ml_metadata.proto import metadata_store_pb2
 from metadata.queries import inputs_of, outputs_of, producer
 from metadata.recorder import properties_of
 from metadata.store import connect
-from mlops.config import MetadataConfig
-from mlops.errors import DataError
+from core.config import MetadataConfig
+from core.errors import DataError
 from monitoring import checks
 from monitoring.checks import run_monitoring
 from tests.monitoring import logs

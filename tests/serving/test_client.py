@@ -16,7 +16,7 @@ import grpc
 import pytest
 from aiohttp import web
 
-from mlops.errors import DataError
+from core.errors import DataError
 from serving.client import (
     BadPredictionRequest,
     GrpcPredictionClient,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops.errors import DataError
+from core.errors import DataError
 from serving import prediction_log as plog
 from serving.prediction_log import Feedback, LoggedRequest
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind

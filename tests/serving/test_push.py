@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mlops.errors import DataError
+from core.errors import DataError
 from serving import model_config as mc
 from serving.push import FINGERPRINT_FILE, PushResult, model_fingerprint, push_model
 

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 from beam_jobs.example_codec import row_to_example, split_dir
-from mlops.config import EvaluationConfig
-from mlops.errors import DataError
+from core.config import EvaluationConfig
+from core.errors import DataError
 from tests.fixtures.tiny_model import export_tiny_model
 from trainer import evaluate as ev
 from trainer.report import rewrite_report

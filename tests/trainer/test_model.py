@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
-from mlops.config import TrainingConfig
+from core.config import TrainingConfig
 from tests.transforms.cleaned_examples import small_transform
 from trainer.model import CROSSES, build_keras_model, model_input_specs
 from trainer.train import load_split

@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from beam_jobs.example_codec import serialize_row
-from mlops.config import TrainingConfig
+from core.config import TrainingConfig
 from tests.transforms.cleaned_examples import (
     BEAM_ARGS,
     blank_some_values,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mlops.config import TrainingConfig
-from mlops.errors import DataError
+from core.config import TrainingConfig
+from core.errors import DataError
 from beam_jobs.example_codec import TFRECORD_SUFFIX, split_dir, split_pattern
 from tests.transforms.cleaned_examples import clean_rows, shared_transform, small_transform
 from trainer.train import (

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from beam_jobs.example_codec import row_to_example, split_pattern
-from mlops.errors import DataError
+from core.errors import DataError
 from tests.transforms.cleaned_examples import (
     EVAL_ONLY_COMPANY,
     clean_rows,

@@ -9,7 +9,7 @@ import pytest
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.statistics import generate_statistics
-from mlops.errors import DataError
+from core.errors import DataError
 from tests.validation.helpers import CHECKED_IN_SCHEMA, trip_year, write_rows
 from transforms.features import RAW_FEATURES, TIPS_KEY, Kind
 from validation import schema as schema_lib

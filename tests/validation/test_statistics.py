@@ -16,7 +16,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs import statistics
 from beam_jobs.example_codec import row_to_example
-from mlops.errors import DataError
+from core.errors import DataError
 from tests.validation.helpers import PROJECT_ROOT, write_examples, write_rows
 from transforms.features import FARE_KEY
 

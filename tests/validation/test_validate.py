@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from mlops.errors import DataError, SchemaAnomaliesError
+from core.errors import DataError, SchemaAnomaliesError
 from tests.validation.conftest import BROKEN_BATCHES
 from tests.validation.helpers import CHECKED_IN_SCHEMA
 from validation.validate import (

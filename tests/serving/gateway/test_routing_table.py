@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.errors import DataError
+from core.errors import DataError
 from serving import model_config as mc
 from serving.gateway_config import ModelPolicy
 from serving.routing import ModelRoute, RoutingError, RoutingTable, canary_bucket, choose_target, decide

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.config import ConfigError, config_from_dict, load_config
+from core.config import ConfigError, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

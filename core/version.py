@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_PACKAGES = ("mlops", "beam_jobs", "transforms", "trainer", "serving", "metadata", "monitoring", "validation")
+SOURCE_PACKAGES = ("core", "mlops", "beam_jobs", "transforms", "trainer", "serving", "metadata", "monitoring", "validation")
 
 
 @functools.lru_cache(maxsize=None)

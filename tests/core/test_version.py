@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlops.steps import step_code
-from mlops.version import module_closure, modules_hash
+from core.version import module_closure, modules_hash
 
 PACKAGES = ("pkg", "other")
 
@@ -54,7 +54,7 @@ def test_a_name_that_is_no_project_module_is_refused(tree):
         ("beam_jobs.ingest", {"transforms.features"}),
         ("beam_jobs.clean", {"beam_jobs.ingest", "transforms.features"}),
         ("transforms.transform", {"transforms.preprocessing", "transforms.features"}),
-        ("trainer.train", {"trainer.model", "transforms.preprocessing", "mlops.config"}),
+        ("trainer.train", {"trainer.model", "transforms.preprocessing", "core.config"}),
         ("trainer.evaluate", {"trainer.report", "transforms.features"}),
     ],
 )
