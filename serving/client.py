@@ -6,24 +6,17 @@ retyped here. The same client talks to the gateway or straight to a model server
 TF Serving): missing values travel as the serving sentinels (`features.missing_value`), which
 both accept.
 
-Also here, because the gateway needs them too: `serving_apis()`, which loads TF Serving's
-protos without importing all of TensorFlow (14 s and ~500 MB that a client or the gateway
-never use), and the conversions between feature columns and `TensorProto`s.
+The wire names live in `serving/protocol.py`, the protos and tensor conversions in
+`serving/tensor_protos.py` (the gateway uses both too); they are re-exported here for callers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import importlib.util
 import json
 import math
 import random
-import sys
-import threading
 import time
-import types
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -31,17 +24,11 @@ from typing import Any, Iterator, Mapping, Sequence
 from core.errors import DataError, MlopsError
 from transforms import features
 from transforms.features import SERVING_FEATURES, Kind
-
-REQUEST_KEY_HEADER = "X-Request-Key"
-REQUEST_ID_HEADER = "X-Request-Id"
-MODEL_VERSION_HEADER = "X-Model-Version"
-MODEL_LABEL_HEADER = "X-Model-Label"
-REQUEST_KEY_METADATA = "x-request-key"
-REQUEST_ID_METADATA = "x-request-id"
-DEFAULT_SIGNATURE = "serving_default"
-PROBABILITY_OUTPUT = "probability"
-CLASS_OUTPUT = "class"
-DECISION_OUTPUT = "decision"
+from serving.protocol import (  # noqa: F401 - the client's public names
+    CLASS_OUTPUT, DECISION_OUTPUT, DEFAULT_SIGNATURE, MODEL_LABEL_HEADER, MODEL_VERSION_HEADER, PROBABILITY_OUTPUT,
+    REQUEST_ID_HEADER, REQUEST_ID_METADATA, REQUEST_KEY_HEADER, REQUEST_KEY_METADATA,
+)
+from serving.tensor_protos import serving_apis, tensor_from_values, values_from_tensor  # noqa: F401
 
 # Worth another attempt: the server is restarting, overloaded or slow, not refusing the request.
 RETRYABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})
@@ -63,108 +50,6 @@ class BadPredictionRequest(PredictionError, DataError):
 
 class ServerUnavailable(PredictionError):
     """Every attempt failed with a connection error, a timeout or a retryable status."""
-
-
-# --- TF Serving protos without TensorFlow ------------------------------------------------------
-
-
-_PROTO_LOCK = threading.Lock()
-
-
-@functools.cache
-def serving_apis() -> types.SimpleNamespace:
-    """TF Serving's `tensorflow_serving.apis` modules, plus `tensor_pb2` and `types_pb2`.
-
-    Those protos import `tensorflow.core.framework.*_pb2`, and importing any `tensorflow.*`
-    module runs `tensorflow/__init__.py`, which loads all of TensorFlow. When TensorFlow is not
-    loaded yet, a bare package object stands in for `tensorflow` while the pure-protobuf
-    modules load from TensorFlow's own files, and is removed afterwards, so a later
-    `import tensorflow` still runs the real initialisation (and shares these very classes).
-    """
-    with _PROTO_LOCK:
-        stand_in = None
-        if "tensorflow" not in sys.modules:
-            spec = importlib.util.find_spec("tensorflow")
-            if spec is None or not spec.submodule_search_locations:
-                raise ImportError("the tensorflow package (which ships the TensorFlow protos) is not installed")
-            stand_in = types.ModuleType("tensorflow")
-            stand_in.__path__ = list(spec.submodule_search_locations)
-            sys.modules["tensorflow"] = stand_in
-        try:
-            names = ("predict_pb2", "prediction_service_pb2_grpc", "get_model_metadata_pb2", "get_model_status_pb2",
-                     "model_service_pb2_grpc", "model_pb2")
-            apis = {name: importlib.import_module(f"tensorflow_serving.apis.{name}") for name in names}
-            apis["tensor_pb2"] = importlib.import_module("tensorflow.core.framework.tensor_pb2")
-            apis["types_pb2"] = importlib.import_module("tensorflow.core.framework.types_pb2")
-        finally:
-            if stand_in is not None and sys.modules.get("tensorflow") is stand_in:
-                del sys.modules["tensorflow"]
-    return types.SimpleNamespace(**apis)
-
-
-def tensor_from_values(kind: Kind, values: Sequence[Any]) -> Any:
-    """A 1-D `TensorProto` of `values` with the dtype the serving signature expects for `kind`."""
-    apis = serving_apis()
-    tensor = apis.tensor_pb2.TensorProto()
-    tensor.tensor_shape.dim.add().size = len(values)
-    if kind is Kind.FLOAT:
-        tensor.dtype = apis.types_pb2.DT_FLOAT
-        tensor.float_val.extend(values)
-    elif kind is Kind.INT:
-        tensor.dtype = apis.types_pb2.DT_INT64
-        tensor.int64_val.extend(values)
-    else:
-        tensor.dtype = apis.types_pb2.DT_STRING
-        tensor.string_val.extend(v.encode("utf-8") if isinstance(v, str) else v for v in values)
-    return tensor
-
-
-# tensorflow/core/framework/types.proto numbers (wire constants): dtype -> (value field, packed numpy dtype).
-_TENSOR_FIELDS: dict[int, tuple[str, str | None]] = {
-    1: ("float_val", "<f4"),  # DT_FLOAT
-    2: ("double_val", "<f8"),  # DT_DOUBLE
-    3: ("int_val", "<i4"),  # DT_INT32
-    9: ("int64_val", "<i8"),  # DT_INT64
-    7: ("string_val", None),  # DT_STRING
-}
-
-
-def values_from_tensor(tensor: Any, name: str, max_count: int | None = None) -> list[Any]:
-    """The values of a 1-D `TensorProto` as Python floats, ints or bytes.
-
-    Handles the packed `tensor_content` form that `tf.make_tensor_proto` produces, and TF's rule
-    that a single value fills the whole shape. A shape longer than `max_count` is refused before
-    anything is filled in. Raises ValueError naming the tensor otherwise.
-    """
-    dims = tensor.tensor_shape.dim
-    if tensor.tensor_shape.unknown_rank or len(dims) != 1 or dims[0].size < 0:
-        shape = "a tensor of unknown rank" if tensor.tensor_shape.unknown_rank else f"shape {[d.size for d in dims]}"
-        raise ValueError(f"input {name!r} must be a 1-D tensor (one value per example), got {shape}")
-    count = dims[0].size
-    if max_count is not None and count > max_count:
-        raise ValueError(f"input {name!r} has {count} values (its shape); at most {max_count} examples are accepted per request")
-    field = _TENSOR_FIELDS.get(tensor.dtype)
-    if field is None:
-        types = serving_apis().types_pb2.DataType
-        dtype = types.Name(tensor.dtype) if tensor.dtype in types.values() else f"number {tensor.dtype}"
-        raise ValueError(f"input {name!r} has unsupported dtype {dtype}")
-    if tensor.tensor_content:
-        if field[1] is None:
-            raise ValueError(f"input {name!r}: packed tensor_content is not supported for strings")
-        import numpy as np
-
-        width = np.dtype(field[1]).itemsize
-        if len(tensor.tensor_content) % width:
-            raise ValueError(f"input {name!r}: tensor_content holds {len(tensor.tensor_content)} bytes, "
-                             f"not a whole number of {width}-byte values")
-        values = np.frombuffer(tensor.tensor_content, dtype=field[1]).tolist()
-    else:
-        values = list(getattr(tensor, field[0]))
-    if len(values) == 1 and count > 1:
-        values = values * count
-    if len(values) != count:
-        raise ValueError(f"input {name!r}: shape says {count} values, its {field[0]} holds {len(values)}")
-    return values
 
 
 # --- the typed row -------------------------------------------------------------------------------

@@ -34,67 +34,8 @@ import orjson
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from core.errors import DataError, MlopsError
-
-
-class Code(enum.IntEnum):
-    """Canonical status codes (the same numbers as `grpc.StatusCode` and `tensorflow.error.Code`)."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
-
-
-# TF Serving's `ToHTTPStatusCode` (model_servers/http_server.cc).
-HTTP_STATUS: Mapping[Code, int] = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
-
-class ServingError(MlopsError):
-    """A request or load failure with the status code TF Serving would return and its message."""
-
-    def __init__(self, code: Code, message: str) -> None:
-        super().__init__(message)
-        self.code = Code(code)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-    def status_string(self) -> str:
-        """`INVALID_ARGUMENT: ...`, the form TF Serving nests inside other messages."""
-        return f"{self.code.name}: {self.message}"
+from core.errors import DataError
+from serving.status import HTTP_STATUS, Code, ServingError  # noqa: F401 - re-exported for the model server
 
 
 class InvalidRequestError(ServingError, DataError):
