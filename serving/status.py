@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Mapping
 
-from core.errors import MlopsError
+from core.errors import DataError, MlopsError
 
 
 class Code(enum.IntEnum):
@@ -70,6 +70,17 @@ class ServingError(MlopsError):
     def status_string(self) -> str:
         """`INVALID_ARGUMENT: ...`, the form TF Serving nests inside other messages."""
         return f"{self.code.name}: {self.message}"
+
+
+class InvalidRequestError(ServingError, DataError):
+    """The request itself is unusable (INVALID_ARGUMENT): wrong type, shape, name or JSON."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.INVALID_ARGUMENT, message)
+
+
+def invalid(message: str) -> InvalidRequestError:
+    return InvalidRequestError(message)
 
 
 # The reverse of HTTP_STATUS for the statuses TF Serving answers with (several codes share 400,

@@ -40,8 +40,8 @@ GATEWAY_TOML = PROJECT_ROOT / "deploy/gateway.compose.toml"
 def tfserving_message(name: str) -> Any:
     """Message classes for TF Serving protos that tensorflow-serving-api does not ship: the servers'
     own mirrors of `config/monitoring_config.proto` and `session_bundle_config.proto`."""
-    from serving.model_server import monitoring_config_class
-    from serving.server_batching import batching_parameters_class
+    from serving.model_server.batching import batching_parameters_class
+    from serving.model_server.metrics import monitoring_config_class
 
     return {"MonitoringConfig": monitoring_config_class, "BatchingParameters": batching_parameters_class}[name]()
 

@@ -14,14 +14,15 @@ import dataclasses
 import itertools
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pytest
+import requests
 
-from tests.serving.contract.clients import GrpcClient, RestClient
+from tests.fixtures.polling import poll_until
+from tests.serving.contract.clients import CallError, GrpcClient, RestClient
 from tests.serving.contract.layout import (
     CONFIG_NAME,
     CONTRACT_MODEL,
@@ -38,6 +39,9 @@ from transforms.features import SERVING_FEATURES, Kind, missing_value, parse_val
 EXTRA_WEIGHTS = (0.5, 2.0)
 POLL_SECONDS = 0.5  # the embedded server's poll intervals (TF Serving's flags take whole seconds)
 WAIT_SECONDS = 90.0
+# What a condition may raise while the server catches up (a model not listed yet, a version not
+# seen yet, a connection refused): poll_until retries these; anything else fails at once.
+CATCHING_UP = (CallError, KeyError, requests.RequestException)
 
 
 @dataclasses.dataclass
@@ -53,23 +57,6 @@ class ServingTarget:
     @property
     def config_file(self) -> Path | None:
         return None if self.base_dir is None else self.base_dir / CONFIG_NAME
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS, interval: float = 0.1) -> Any:
-    """Polls `condition` until it returns something truthy; fails naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-            if result:
-                return result
-        except AssertionError:
-            raise
-        except Exception as err:  # noqa: BLE001 - the condition may fail until the server catches up
-            last_error = err
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})")
 
 
 @pytest.fixture(scope="session")
@@ -268,7 +255,8 @@ class ModelRepository:
             states = self.states(name)
             return all(v in states and states[v].state == "AVAILABLE" for v in versions)
 
-        wait_for(available, f"versions {sorted(versions)} of {name} to become AVAILABLE")
+        poll_until(available, f"versions {sorted(versions)} of {name} to become AVAILABLE",
+                   timeout=WAIT_SECONDS, retry_on=CATCHING_UP)
 
     def cleanup(self) -> None:
         for name in self._added:
@@ -296,4 +284,4 @@ def repository(
             grpc_client.close()
 
 
-__all__ = ["CONTRACT_MODEL", "ModelRepository", "ServingTarget", "local_predict", "serving_inputs", "wait_for"]
+__all__ = ["CATCHING_UP", "CONTRACT_MODEL", "WAIT_SECONDS", "ModelRepository", "ServingTarget", "local_predict", "serving_inputs"]

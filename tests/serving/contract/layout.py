@@ -112,7 +112,7 @@ def install_version(source: Path, model_root: Path, version: int, *, seconds_per
             continue
         shutil.copy2(path, target)
         if seconds_per_file:
-            time.sleep(seconds_per_file)
+            time.sleep(seconds_per_file)  # a slow push on purpose: time passes between files
     final = model_root / str(version)
     os.rename(temp, final)
     return final

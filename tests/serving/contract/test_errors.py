@@ -357,7 +357,7 @@ def test_a_shape_far_beyond_the_values_sent_is_refused_not_allocated(
     rest: RestClient, grpc_client: GrpcClient, taxi_inputs: dict, feature: str, size: int
 ) -> None:
     """TF Serving fills a short tensor up to its shape whatever the size; the embedded server bounds it."""
-    from serving.tensor_json import MAX_FILLED_ELEMENTS
+    from serving.model_server.tensors import MAX_FILLED_ELEMENTS
 
     inputs: dict[str, Any] = {k: make_tensor_proto(v[:1]) for k, v in taxi_inputs.items()}
     inputs[feature].tensor_shape.dim[0].size = size  # one value, `size` elements asked for

@@ -18,31 +18,26 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
-from tensorflow_serving.apis import get_model_status_pb2, model_pb2
+from tensorflow_serving.apis import model_pb2
 
-from serving.servables import ModelManager, Servable, VersionStatus
-from serving.tensor_json import (
-    HTTP_STATUS,
-    Code,
-    ServingError,
-    TensorSpec,
+from serving.model_server.json_requests import parse_examples_request, parse_predict_request
+from serving.model_server.json_responses import (
     encode_classification_results,
     encode_predict_response,
     encode_regression_results,
     error_body,
-    invalid,
-    parse_examples_request,
-    parse_predict_request,
 )
-
-if TYPE_CHECKING:
-    from serving.model_server import ServingMetrics
+from serving.model_server.manager import ModelManager, VersionStatus, status_response
+from serving.model_server.metrics import ServingMetrics
+from serving.model_server.servable import Servable
+from serving.model_server.tensors import TensorSpec
+from serving.status import HTTP_STATUS, Code, ServingError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +80,7 @@ def _version_number(text: str | None) -> int | None:
 
 def status_json(statuses: list[VersionStatus]) -> bytes:
     """GetModelStatusResponse as TF Serving prints it (every field, including an OK status)."""
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for status in statuses:
-        entry = response.model_version_status.add()
-        entry.version = status.version
-        entry.state = int(status.state)
-        entry.status.error_code = int(status.error_code)
-        entry.status.error_message = status.error_message
-    document = json_format.MessageToDict(response, including_default_value_fields=True)
+    document = json_format.MessageToDict(status_response(statuses), including_default_value_fields=True)
     return orjson.dumps(document, option=orjson.OPT_INDENT_2)
 
 
@@ -111,7 +99,7 @@ def metadata_json(servable: Servable) -> bytes:
 class RestApiHandler:
     """One REST request in, one response out; never raises for anything a client sends."""
 
-    def __init__(self, manager: ModelManager, metrics: "ServingMetrics | None" = None) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics | None = None) -> None:
         self._manager = manager
         self._metrics = metrics
 

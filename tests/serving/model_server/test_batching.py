@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.model_server import StartupError, main, start_model_server
-from serving.server_batching import BatchingOptions, read_batching_parameters
+from serving.model_server.batching import BatchingOptions, read_batching_parameters
+from serving.model_server.server import StartupError, main, start_model_server
 from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
     MODEL,
     STABLE_VERSION,
@@ -96,8 +96,8 @@ def test_a_run_that_fails_for_one_caller_is_retried_call_by_call_so_only_that_ca
 
     import numpy as np
 
-    from serving.server_batching import BatchScheduler
-    from serving.tensor_json import ServingError
+    from serving.model_server.batching import BatchScheduler
+    from serving.status import ServingError
 
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=16, batch_timeout_micros=200_000, num_batch_threads=1))
     runs: list[list[int]] = []
@@ -133,8 +133,8 @@ def test_a_run_that_fails_for_one_caller_is_retried_call_by_call_so_only_that_ca
 def test_a_full_queue_answers_unavailable_at_once():
     import numpy as np
 
-    from serving.server_batching import BatchScheduler, _Task
-    from serving.tensor_json import Code, ServingError
+    from serving.model_server.batching import BatchScheduler, _Task
+    from serving.status import Code, ServingError
 
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=1, num_batch_threads=1))
     scheduler.stop()  # no worker takes anything: the queue only fills
@@ -164,7 +164,7 @@ def test_bad_batching_parameters_stop_the_start_with_the_field_named(tmp_path, m
 
 def test_defaults_are_tf_servings_and_the_compose_file_parses():
     assert read_batching_parameters(None) == BatchingOptions()
-    compose = read_batching_parameters(Path(__file__).resolve().parents[2] / "deploy/tfserving/batching.config")
+    compose = read_batching_parameters(Path(__file__).resolve().parents[3] / "deploy/tfserving/batching.config")
     assert compose.max_batch_size == 1024 and compose.enable_large_batch_splitting and compose.execution_batch_size == 64
 
 

@@ -1,21 +1,21 @@
-"""TF Serving's wire formats: REST JSON <-> numpy arrays, `TensorProto` <-> numpy arrays, and errors.
+"""TF Serving's REST request JSON -> numpy arrays and serialized tf.Examples.
 
 The rules follow TF Serving's own `util/json_tensor.cc` and `servables/tensorflow/predict_util.cc`
 (read from tensorflow/serving), so a client written against `tensorflow_model_server` gets the same
 shapes, the same type checks and the same error messages here:
 
-- requests: `signature_name`, then `instances` (row format) or `inputs` (columnar), never both;
+- predict: `signature_name`, then `instances` (row format) or `inputs` (columnar), never both;
   binary values as `{"b64": "..."}`; NaN/Infinity/-Infinity accepted; an int sent for a float is
   accepted only when float32 can hold it exactly; a float sent for an int is a type error.
-- responses: row requests get `{"predictions": [...]}` (a list of objects when there are several
-  outputs), columnar requests get `{"outputs": ...}`; outputs named `*_bytes` are base64 objects.
-- errors: a status code (the gRPC code set) and a message; REST bodies are `{"error": "..."}`.
+- classify/regress: `examples` (JSON objects, one key per feature) and an optional shared `context`.
+- errors: `InvalidRequestError` (INVALID_ARGUMENT) naming the value, in TF Serving's wording;
+  the REST edge turns them into `{"error": "..."}` bodies.
 
 Conversions are vectorised: a batch of scalars becomes one numpy array without a Python loop per
 value; the slow, value-by-value path only runs to find the exact place of an error.
 
 Where this module is stricter than TF Serving, it says so next to the check: a request is never
-silently truncated or half-used.
+silently truncated or half-used. The answers go back as JSON through `json_responses.py`.
 """
 
 from __future__ import annotations
@@ -27,27 +27,31 @@ import enum
 import itertools
 import json
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import orjson
 from tensorflow.core.example import example_pb2, feature_pb2
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from core.errors import DataError
-from serving.status import HTTP_STATUS, Code, ServingError  # noqa: F401 - re-exported for the model server
-
-
-class InvalidRequestError(ServingError, DataError):
-    """The request itself is unusable (INVALID_ARGUMENT): wrong type, shape, name or JSON."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(Code.INVALID_ARGUMENT, message)
-
-
-def invalid(message: str) -> InvalidRequestError:
-    return InvalidRequestError(message)
-
+from serving.model_server.tensors import (
+    DT_BOOL,
+    DT_DOUBLE,
+    DT_FLOAT,
+    DT_INT8,
+    DT_INT16,
+    DT_INT32,
+    DT_INT64,
+    DT_STRING,
+    DT_UINT8,
+    DT_UINT16,
+    DT_UINT32,
+    DT_UINT64,
+    TensorSpec,
+    dtype_name,
+    numpy_dtype,
+    shape_string,
+)
+from serving.status import Code, InvalidRequestError, ServingError, invalid
 
 def _utf8(value: str) -> bytes:
     """A JSON string as tensor bytes; a lone surrogate (valid JSON escape, not text) is a client error."""
@@ -60,114 +64,6 @@ def _utf8(value: str) -> bytes:
 def with_message(err: ServingError, message: str) -> ServingError:
     """The same kind of error (and class) with a message that adds where it happened."""
     return invalid(message) if err.code == Code.INVALID_ARGUMENT else ServingError(err.code, message)
-
-
-# --- Data types -------------------------------------------------------------------------------
-
-DT_FLOAT = types_pb2.DT_FLOAT
-DT_DOUBLE = types_pb2.DT_DOUBLE
-DT_INT32 = types_pb2.DT_INT32
-DT_UINT8 = types_pb2.DT_UINT8
-DT_INT16 = types_pb2.DT_INT16
-DT_INT8 = types_pb2.DT_INT8
-DT_STRING = types_pb2.DT_STRING
-DT_COMPLEX64 = types_pb2.DT_COMPLEX64
-DT_INT64 = types_pb2.DT_INT64
-DT_BOOL = types_pb2.DT_BOOL
-DT_BFLOAT16 = types_pb2.DT_BFLOAT16
-DT_UINT16 = types_pb2.DT_UINT16
-DT_COMPLEX128 = types_pb2.DT_COMPLEX128
-DT_HALF = types_pb2.DT_HALF
-DT_UINT32 = types_pb2.DT_UINT32
-DT_UINT64 = types_pb2.DT_UINT64
-
-
-@dataclasses.dataclass(frozen=True)
-class _DType:
-    name: str  # TensorFlow's DataTypeString, used in messages
-    numpy: Any  # numpy dtype of the in-memory array (object for strings)
-    proto_field: str  # the repeated TensorProto field AsProtoField writes
-    bits_view: Any = None  # half/bfloat16 travel as their 16-bit patterns in `half_val`
-
-
-def _bfloat16_dtype() -> Any:
-    import ml_dtypes  # shipped with TensorFlow; only needed for bfloat16 tensors
-
-    return np.dtype(ml_dtypes.bfloat16)
-
-
-_DTYPES: dict[int, _DType] = {
-    DT_FLOAT: _DType("float", np.dtype(np.float32), "float_val"),
-    DT_DOUBLE: _DType("double", np.dtype(np.float64), "double_val"),
-    DT_INT32: _DType("int32", np.dtype(np.int32), "int_val"),
-    DT_UINT8: _DType("uint8", np.dtype(np.uint8), "int_val"),
-    DT_INT16: _DType("int16", np.dtype(np.int16), "int_val"),
-    DT_INT8: _DType("int8", np.dtype(np.int8), "int_val"),
-    DT_UINT16: _DType("uint16", np.dtype(np.uint16), "int_val"),
-    DT_STRING: _DType("string", np.dtype(object), "string_val"),
-    DT_COMPLEX64: _DType("complex64", np.dtype(np.complex64), "scomplex_val"),
-    DT_COMPLEX128: _DType("complex128", np.dtype(np.complex128), "dcomplex_val"),
-    DT_INT64: _DType("int64", np.dtype(np.int64), "int64_val"),
-    DT_BOOL: _DType("bool", np.dtype(np.bool_), "bool_val"),
-    DT_HALF: _DType("half", np.dtype(np.float16), "half_val", bits_view=np.dtype(np.uint16)),
-    DT_UINT32: _DType("uint32", np.dtype(np.uint32), "uint32_val"),
-    DT_UINT64: _DType("uint64", np.dtype(np.uint64), "uint64_val"),
-}
-
-
-def dtype_name(dtype: int) -> str:
-    """TensorFlow's name for a DataType enum value (`float`, `int64`, `string`...)."""
-    known = _DTYPES.get(dtype)
-    if known is not None:
-        return known.name
-    if dtype == DT_BFLOAT16:
-        return "bfloat16"
-    name = types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values() else str(dtype)
-    return name.removeprefix("DT_").lower()
-
-
-def numpy_dtype(dtype: int) -> np.dtype:
-    """The numpy dtype holding a tensor of `dtype`; UNIMPLEMENTED for types TF Serving cannot carry."""
-    if dtype == DT_BFLOAT16:
-        return _bfloat16_dtype()
-    known = _DTYPES.get(dtype)
-    if known is None:
-        raise ServingError(Code.UNIMPLEMENTED, f"Tensors of type {dtype_name(dtype)} are not supported")
-    return known.numpy
-
-
-def dtype_of_array(array: np.ndarray) -> int:
-    """The DataType enum of a numpy array (bytes/str/object arrays are DT_STRING)."""
-    kind = array.dtype
-    if kind == object or kind.kind in ("S", "U"):
-        return DT_STRING
-    for enum_value, info in _DTYPES.items():
-        if info.numpy == kind and enum_value != DT_STRING:
-            return enum_value
-    if kind.name == "bfloat16":
-        return DT_BFLOAT16
-    raise ServingError(Code.UNIMPLEMENTED, f"numpy arrays of dtype {kind} have no TensorFlow equivalent")
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One signature input or output, as the SignatureDef's TensorInfo describes it."""
-
-    alias: str  # the key in the SignatureDef (what clients name)
-    dtype: int  # DataType enum
-    shape: tuple[int, ...] | None  # -1 for an unknown dimension; None for unknown rank
-
-    def shape_string(self) -> str:
-        return "[?]" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"
-
-    def accepts_shape(self, shape: Sequence[int]) -> bool:
-        if self.shape is None:
-            return True
-        return len(shape) == len(self.shape) and all(want in (-1, got) for want, got in zip(self.shape, shape))
-
-
-def shape_string(shape: Sequence[int]) -> str:
-    return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
 # --- JSON parsing -----------------------------------------------------------------------------
@@ -352,8 +248,6 @@ def _fill_slow(value: Any, level: int, dims: list[int], dtype: int, out: list[An
 class _NotFast(Exception):
     """The vectorised path met something unusual; the slow path will produce the exact error."""
 
-
-_SCALAR_TYPES = frozenset((int, float, str, bool, dict, type(None)))
 
 
 _LIST_ONLY = frozenset((list,))
@@ -643,119 +537,8 @@ def _inputs_to_arrays(value: Any, specs: Mapping[str, TensorSpec]) -> dict[str, 
     return arrays
 
 
-# --- Predict responses ------------------------------------------------------------------------
 
-
-def _is_bytes_output(name: str) -> bool:
-    """TF Serving writes DT_STRING outputs whose alias ends in `_bytes` as base64 objects."""
-    return name.endswith("_bytes")
-
-
-def _string_leaf(raw: Any, as_bytes: bool) -> Any:
-    data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-    if not as_bytes:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass  # TF Serving would emit invalid JSON here; a b64 object keeps the bytes intact
-    return {"b64": base64.b64encode(data).decode("ascii")}
-
-
-def _jsonable(name: str, array: np.ndarray) -> tuple[Any, bool]:
-    """(value orjson can write, True when it holds NaN/±Infinity that need the slow writer)."""
-    kind = array.dtype
-    if kind == object or kind.kind in ("S", "U"):
-        as_bytes = _is_bytes_output(name)
-        flat = [_string_leaf(v, as_bytes) for v in array.ravel().tolist()]
-        return _nest(flat, array.shape), False
-    if kind.kind == "c":
-        raise invalid(f"Failed to write JSON value for tensor type: {dtype_name(dtype_of_array(array))}")
-    if kind.name == "bfloat16":
-        array = array.astype(np.float32)
-        kind = array.dtype
-    if kind.kind == "f":
-        if not np.all(np.isfinite(array)):
-            return array, True
-    if not array.flags.c_contiguous:
-        array = np.ascontiguousarray(array)
-    return array, False
-
-
-def _nest(flat: list[Any], shape: tuple[int, ...]) -> Any:
-    """Flat row-major values -> nested lists of `shape` (any dimension may be 0)."""
-    holder = np.empty(len(flat), dtype=object)
-    holder[:] = flat
-    return holder.reshape(shape).tolist()
-
-
-def _slow_json(array: Any) -> Any:
-    """Non-finite floats as Python floats so `json` writes NaN/Infinity like TF Serving does."""
-    if isinstance(array, np.ndarray) and array.dtype.kind == "f":
-        # str() of a float32 is its shortest round-trip text; keep that precision, not float64 noise.
-        values = [float(str(v)) for v in array.ravel()] if array.dtype == np.float32 else array.ravel().tolist()
-        return _nest(values, array.shape)
-    if isinstance(array, np.ndarray):
-        return array.tolist()
-    return array
-
-
-def _dump(doc: Any, needs_slow: bool) -> bytes:
-    if not needs_slow:
-        return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-    return json.dumps(_deep_slow(doc), separators=(",", ":"), allow_nan=True).encode("utf-8")
-
-
-def _deep_slow(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_slow(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_slow(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _slow_json(value)
-    if isinstance(value, np.generic):
-        return _slow_json(np.asarray(value))
-    return value
-
-
-def encode_predict_response(outputs: Mapping[str, np.ndarray], request_format: RequestFormat) -> bytes:
-    """Output arrays -> TF Serving's response JSON (`predictions` for rows, `outputs` for columns)."""
-    if not outputs:
-        raise invalid("Cannot convert empty tensor map to JSON")
-    names = sorted(outputs)
-    if request_format is RequestFormat.COLUMNAR:
-        converted = {name: _jsonable(name, outputs[name]) for name in names}
-        needs_slow = any(slow for _, slow in converted.values())
-        if len(names) == 1:
-            body: Any = converted[names[0]][0]
-        else:
-            body = {name: value for name, (value, _) in converted.items()}
-        return _dump({"outputs": body}, needs_slow)
-
-    batch = 0
-    for name in names:
-        array = outputs[name]
-        if array.ndim == 0:
-            raise invalid(f"Tensor name: {name} has no shape information ")
-        if array.shape[0] < 1:
-            raise invalid(f"Tensor name: {name} has invalid batch size: {array.shape[0]}")
-        if batch and array.shape[0] != batch:
-            raise invalid(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch}")
-        batch = array.shape[0]
-    converted = {name: _jsonable(name, outputs[name]) for name in names}
-    needs_slow = any(slow for _, slow in converted.values())
-    if len(names) == 1:
-        return _dump({"predictions": converted[names[0]][0]}, needs_slow)
-    columns = [(name, value) for name, (value, _) in converted.items()]
-    rows = [{name: value[i] for name, value in columns} for i in range(batch)]
-    return _dump({"predictions": rows}, needs_slow)
-
-
-def error_body(message: str) -> bytes:
-    """TF Serving's REST error document."""
-    return orjson.dumps({"error": message})
-
-
-# --- Classify / Regress (tf.Example input) ----------------------------------------------------
+# --- Classify / Regress requests (tf.Example input) -------------------------------------------
 
 
 def _add_value_to_feature(value: Any, name: str, feature: feature_pb2.Feature) -> None:
@@ -825,124 +608,3 @@ def parse_examples_request(body: bytes, method: str) -> tuple[str, list[bytes]]:
         raise invalid(f"JSON Value: {json_value_string(doc)} 'examples' value is an empty array")
     # Concatenated serialized protos merge, which is how TF Serving applies the shared context.
     return signature_name, [context + example_from_json(item).SerializeToString() for item in examples]
-
-
-def encode_classification_results(classes: Sequence[Sequence[tuple[str, float]]]) -> bytes:
-    """`{"results": [[[label, score], ...], ...]}`, one list of (label, score) pairs per example."""
-    if not classes:
-        raise invalid("Cannot convert empty ClassificationResults to JSON")
-    results = [[[label, _json_float(score)] for label, score in example] for example in classes]
-    return json.dumps({"results": results}, separators=(",", ":"), allow_nan=True).encode("utf-8")
-
-
-def encode_regression_results(values: Sequence[float]) -> bytes:
-    if not len(values):
-        raise invalid("Cannot convert empty RegressionResults to JSON")
-    return json.dumps({"results": [_json_float(v) for v in values]}, separators=(",", ":"), allow_nan=True).encode()
-
-
-def _json_float(value: float) -> float:
-    return float(str(np.float32(value)))
-
-
-# --- TensorProto <-> numpy --------------------------------------------------------------------
-
-
-def array_to_tensor_proto(array: np.ndarray, dtype: int | None = None) -> tensor_pb2.TensorProto:
-    """numpy -> TensorProto in TF Serving's response encoding (typed `*_val` fields, not tensor_content)."""
-    dtype = dtype_of_array(array) if dtype is None else dtype
-    proto = tensor_pb2.TensorProto(dtype=dtype)
-    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in array.shape)
-    flat = array.ravel()
-    if dtype == DT_STRING:
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in flat.tolist())
-    elif dtype in (DT_HALF, DT_BFLOAT16):
-        proto.half_val.extend(flat.view(np.uint16).astype(np.int32).tolist())
-    elif dtype in (DT_COMPLEX64, DT_COMPLEX128):
-        pairs = np.empty(flat.size * 2, dtype=np.float64)
-        pairs[0::2], pairs[1::2] = flat.real, flat.imag
-        getattr(proto, _DTYPES[dtype].proto_field).extend(pairs.tolist())
-    else:
-        info = _DTYPES.get(dtype)
-        if info is None:
-            raise ServingError(Code.UNIMPLEMENTED, f"Tensors of type {dtype_name(dtype)} are not supported")
-        getattr(proto, info.proto_field).extend(flat.tolist())
-    return proto
-
-
-# The most elements a tensor may be filled up to from fewer values (TensorFlow's "repeat the last
-# value" rule). A few bytes of proto must not make the server allocate gigabytes: TF Serving would
-# try (and fail, or be killed for it) on a shape of 10^9 strings.
-MAX_FILLED_ELEMENTS = 1 << 22
-
-
-def tensor_proto_to_array(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
-    """TensorProto -> numpy with TensorFlow's Tensor::FromProto rules (tensor_content or `*_val`).
-
-    As in TensorFlow, fewer values than the shape holds repeat the last value (up to
-    MAX_FILLED_ELEMENTS elements); more is an error.
-    """
-    if proto.tensor_shape.unknown_rank:
-        raise invalid(f"tensor parsing error: {alias} (the tensor has an unknown rank)")
-    shape = [int(d.size) for d in proto.tensor_shape.dim]
-    if any(d < 0 for d in shape):
-        raise invalid(f"tensor parsing error: {alias} (negative dimension in shape {shape_string(shape)})")
-    size = math.prod(shape)
-    dtype = proto.dtype
-    target = numpy_dtype(dtype)
-    if dtype == DT_STRING:
-        values: Any = list(proto.string_val)
-    elif proto.tensor_content:
-        try:
-            return np.frombuffer(proto.tensor_content, dtype=target).reshape(shape).copy()
-        except ValueError:
-            raise invalid(
-                f"tensor parsing error: {alias} (tensor_content holds {len(proto.tensor_content)} bytes, "
-                f"not {size} values of {dtype_name(dtype)})"
-            ) from None
-    elif dtype in (DT_HALF, DT_BFLOAT16):
-        values = np.array(proto.half_val, dtype=np.uint16).view(target)
-    elif dtype in (DT_COMPLEX64, DT_COMPLEX128):
-        pairs = np.array(getattr(proto, _DTYPES[dtype].proto_field), dtype=np.float64)
-        values = (pairs[0::2] + 1j * pairs[1::2]).astype(target)
-    else:
-        values = getattr(proto, _DTYPES[dtype].proto_field)
-    count = len(values)
-    if count > size:
-        raise invalid(f"tensor parsing error: {alias} ({count} values for shape {shape_string(shape)})")
-    if count < size and size > MAX_FILLED_ELEMENTS:
-        raise invalid(
-            f"tensor parsing error: {alias} (shape {shape_string(shape)} asks for {size} elements from {count} values; "
-            f"at most {MAX_FILLED_ELEMENTS} elements are filled in from fewer values: send the values)"
-        )
-    if dtype == DT_STRING:
-        array = np.empty(size, dtype=object)
-        if count:
-            array[:count] = values
-            array[count:] = values[-1]
-        else:
-            array[:] = b""
-        return array.reshape(shape)
-    flat = np.asarray(values, dtype=target) if count else np.zeros(0, dtype=target)
-    if count == size:
-        return flat.reshape(shape)
-    filled = np.zeros(size, dtype=target)
-    if count:
-        filled[:count] = flat
-        filled[count:] = flat[-1]
-    return filled.reshape(shape)
-
-
-def examples_from_input(input_proto: Any) -> list[bytes]:
-    """`tensorflow.serving.Input` -> serialized Examples (context merged), TF Serving's rule."""
-    kind = input_proto.WhichOneof("kind")
-    if kind == "example_list":
-        examples = [e.SerializeToString() for e in input_proto.example_list.examples]
-    elif kind == "example_list_with_context":
-        context = input_proto.example_list_with_context.context.SerializeToString()
-        examples = [context + e.SerializeToString() for e in input_proto.example_list_with_context.examples]
-    else:
-        examples = []
-    if not examples:
-        raise invalid("Input is empty.")
-    return examples

@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
-from serving.tensor_json import Code, ServingError, invalid
+from core.errors import DataError
+from serving.status import Code, ServingError, invalid
 
 Arrays = Mapping[str, np.ndarray]
 RunBatch = Callable[[Arrays], dict[str, np.ndarray]]
@@ -44,11 +45,11 @@ class BatchingOptions:
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"batching parameter {name} must be >= 1, got {getattr(self, name)}")
+                raise DataError(f"batching parameter {name} must be >= 1, got {getattr(self, name)}")
         if self.batch_timeout_micros < 0:
-            raise ValueError(f"batching parameter batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
+            raise DataError(f"batching parameter batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
         if self.max_execution_batch_size is not None and not 1 <= self.max_execution_batch_size <= self.max_batch_size:
-            raise ValueError(f"batching parameter max_execution_batch_size must be in 1..max_batch_size "
+            raise DataError(f"batching parameter max_execution_batch_size must be in 1..max_batch_size "
                              f"({self.max_batch_size}), got {self.max_execution_batch_size}")
 
     @property
@@ -81,15 +82,15 @@ def batching_parameters_class() -> type:
 
 
 def read_batching_parameters(path: Path | None) -> BatchingOptions:
-    """The options of a `--batching_parameters_file` (None: TF Serving's defaults); ValueError names the problem."""
+    """The options of a `--batching_parameters_file` (None: TF Serving's defaults); DataError names the problem."""
     if path is None:
         return BatchingOptions()
     try:
         parameters = text_format.Parse(Path(path).read_text(), batching_parameters_class()())
     except OSError as err:
-        raise ValueError(f"cannot read --batching_parameters_file {path}: {err}") from None
+        raise DataError(f"cannot read --batching_parameters_file {path}: {err}") from None
     except text_format.ParseError as err:
-        raise ValueError(f"--batching_parameters_file {path} is not a BatchingParameters text proto: {err}") from None
+        raise DataError(f"--batching_parameters_file {path} is not a BatchingParameters text proto: {err}") from None
     chosen: dict[str, Any] = {}
     for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
                   "enable_large_batch_splitting", "max_execution_batch_size"):
@@ -97,8 +98,8 @@ def read_batching_parameters(path: Path | None) -> BatchingOptions:
             chosen[field] = getattr(parameters, field).value
     try:
         return BatchingOptions(**chosen)
-    except ValueError as err:
-        raise ValueError(f"--batching_parameters_file {path}: {err}") from None
+    except DataError as err:
+        raise DataError(f"--batching_parameters_file {path}: {err}") from None
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,11 +1,9 @@
-"""The embedded server's core without sockets: version policies, availability, labels, warm-up,
-and TF Serving's JSON/TensorProto rules. Real SavedModels throughout (the tiny contract model)."""
+"""The model manager without sockets: version policies, availability, labels, config checks and
+warm-up. Real SavedModels throughout (the tiny contract model)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,7 +33,7 @@ def _config(*entries: Any) -> Any:
 
 @pytest.fixture
 def manager() -> Iterator[Any]:
-    from serving.servables import ModelManager
+    from serving.model_server.manager import ModelManager
 
     created = ModelManager()
     yield created
@@ -114,7 +112,7 @@ def test_failed_version_keeps_the_old_one_serving_and_is_retried_only_when_chang
     broken = tmp_path / "m" / "2"
     broken.mkdir()
     (broken / "saved_model.pb").write_bytes(b"\x0a\x03garbage")
-    with caplog.at_level(logging.INFO, logger="serving.servables"):
+    with caplog.at_level(logging.INFO, logger="serving.model_server.manager"):
         for _ in range(3):
             manager.poll()
     attempts = [r for r in caplog.records if r.getMessage().startswith("Loading servable version {name: m version: 2} from")]
@@ -142,7 +140,7 @@ def test_missing_saved_model_is_reported_with_tf_servings_message(manager: Any, 
 
 
 def test_removing_a_model_from_the_config_unloads_it(manager: Any, exported: dict, tmp_path: Path) -> None:
-    from serving.tensor_json import ServingError
+    from serving.status import ServingError
 
     install_version(exported[1.0], tmp_path / "a", 1)
     install_version(exported[1.0], tmp_path / "b", 1)
@@ -155,7 +153,7 @@ def test_removing_a_model_from_the_config_unloads_it(manager: Any, exported: dic
 
 
 def test_adding_a_model_without_loadable_versions_is_reported_but_applied(manager: Any, exported: dict, tmp_path: Path) -> None:
-    from serving.servables import ModelsUnavailableError
+    from serving.model_server.manager import ModelsUnavailableError
 
     install_version(exported[1.0], tmp_path / "a", 1)
     manager.reload_config(_config(model_entry("a", str(tmp_path / "a"))), initial=True)
@@ -171,7 +169,7 @@ def test_adding_a_model_without_loadable_versions_is_reported_but_applied(manage
 
 
 def test_labels_resolve_and_strict_mode_refuses_labels_on_unavailable_versions(manager: Any, exported: dict, tmp_path: Path) -> None:
-    from serving.tensor_json import Code, ServingError
+    from serving.status import Code, ServingError
 
     install_version(exported[1.0], tmp_path / "m", 1)
     install_version(exported[-1.0], tmp_path / "m", 2)
@@ -192,7 +190,7 @@ def test_labels_resolve_and_strict_mode_refuses_labels_on_unavailable_versions(m
 
 
 def test_startup_refuses_a_label_on_a_version_that_did_not_load(manager: Any, exported: dict, tmp_path: Path) -> None:
-    from serving.tensor_json import ServingError
+    from serving.status import ServingError
 
     install_version(exported[1.0], tmp_path / "m", 1)
     with pytest.raises(ServingError, match="label to version 5 of model m"):
@@ -200,8 +198,8 @@ def test_startup_refuses_a_label_on_a_version_that_did_not_load(manager: Any, ex
 
 
 def test_allow_flag_admits_new_labels_but_not_moving_one_onto_an_unavailable_version(exported: dict, tmp_path: Path) -> None:
-    from serving.servables import ModelManager
-    from serving.tensor_json import Code, ServingError
+    from serving.model_server.manager import ModelManager
+    from serving.status import Code, ServingError
 
     manager = ModelManager(allow_version_labels_for_unavailable_models=True)
     try:
@@ -228,7 +226,7 @@ def test_allow_flag_admits_new_labels_but_not_moving_one_onto_an_unavailable_ver
     ],
 )
 def test_invalid_configs_are_refused_with_tf_servings_messages(manager: Any, entries: list, message: str) -> None:
-    from serving.tensor_json import ServingError
+    from serving.status import ServingError
 
     with pytest.raises(ServingError) as caught:
         manager.reload_config(_config(*(model_entry(n, p) for n, p in entries)))
@@ -236,7 +234,7 @@ def test_invalid_configs_are_refused_with_tf_servings_messages(manager: Any, ent
 
 
 def test_unsupported_platform_is_refused(manager: Any) -> None:
-    from serving.tensor_json import ServingError
+    from serving.status import ServingError
 
     entry = model_entry("m", "/abs/m")
     entry.model_platform = "pytorch"
@@ -251,7 +249,7 @@ def _write_warmup(version_dir: Path, inputs: dict[str, np.ndarray]) -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    from serving.tensor_json import array_to_tensor_proto
+    from serving.model_server.tensors import array_to_tensor_proto
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "m"
@@ -275,162 +273,3 @@ def test_warmup_requests_are_replayed_and_a_failing_one_fails_the_load(manager: 
     assert states[1].state.name == "AVAILABLE"
     assert states[2].state.name == "END"
     assert "Failed to warm up model" in states[2].error_message and "float but int64" in states[2].error_message
-
-
-# --- JSON <-> arrays (tensor_json) ------------------------------------------------------------
-
-
-def _specs(**dtypes: int) -> dict[str, Any]:
-    from serving.tensor_json import TensorSpec
-
-    return {name: TensorSpec(name, dtype, (-1,)) for name, dtype in dtypes.items()}
-
-
-def test_json_to_array_shapes_types_and_b64() -> None:
-    from serving.tensor_json import DT_FLOAT, DT_INT64, DT_STRING, json_to_array
-
-    floats = json_to_array([[1, 2.5], [3, float("nan")]], DT_FLOAT)
-    assert floats.dtype == np.float32 and floats.shape == (2, 2) and math.isnan(floats[1, 1])
-    assert json_to_array(7, DT_INT64).shape == ()
-    strings = json_to_array([{"b64": "aGk="}, "plain", {"b64": "aGk"}], DT_STRING)
-    assert list(strings) == [b"hi", b"plain", b"hi"]
-
-
-@pytest.mark.parametrize(
-    ("value", "dtype_name", "message"),
-    [
-        ([1, "2"], "DT_FLOAT", 'JSON Value: "2" Type: String is not of expected type: float'),
-        ([1.5], "DT_INT64", "JSON Value: 1.5 Type: Number is not of expected type: int64"),
-        ([True], "DT_FLOAT", "JSON Value: true Type: True is not of expected type: float"),
-        ([300], "DT_INT8", "JSON Value: 300 Type: Number is not of expected type: int8"),
-        ([16777217], "DT_FLOAT", "Cannot convert JSON value: 16777217 to float without loss of precision."),
-        ([1e39], "DT_FLOAT", "Cannot convert JSON value: 1e+39 to float without loss of precision."),
-        ([[1], [1, 2]], "DT_FLOAT", "Encountered list at unexpected size: 2 at level: 1 expected size: 1"),
-        ([[1], 2], "DT_FLOAT", "JSON Value: 2 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
-        ([{"b64": "%%%"}], "DT_STRING", "Unable to base64 decode"),
-        ([{"b65": "x"}], "DT_STRING", 'JSON Value: {"b65":"x"} not formatted correctly for base64 data'),
-    ],
-)
-def test_json_to_array_errors_match_tf_serving(value: Any, dtype_name: str, message: str) -> None:
-    from tensorflow.core.framework import types_pb2
-
-    from serving.tensor_json import InvalidRequestError, json_to_array
-
-    with pytest.raises(InvalidRequestError) as caught:
-        json_to_array(value, types_pb2.DataType.Value(dtype_name))
-    assert caught.value.message == message
-
-
-def test_row_format_errors_name_element_and_key() -> None:
-    from serving.tensor_json import DT_FLOAT, DT_STRING, InvalidRequestError, parse_predict_request
-
-    specs = _specs(a=DT_FLOAT, b=DT_STRING)
-    body = json.dumps({"instances": [{"a": 1.0, "b": "x"}, {"a": "oops", "b": "y"}]}).encode()
-    with pytest.raises(InvalidRequestError) as caught:
-        parse_predict_request(body, lambda _: specs)
-    assert caught.value.message == (
-        "Failed to process element: 1 key: a of 'instances' list. Error: INVALID_ARGUMENT: "
-        'JSON Value: "oops" Type: String is not of expected type: float'
-    )
-    ragged = json.dumps({"instances": [{"a": [1.0], "b": "x"}, {"a": [1.0, 2.0], "b": "y"}]}).encode()
-    with pytest.raises(InvalidRequestError, match="Failed to process element: 1 key: a .* Expecting tensor size: 1 but got: 2"):
-        parse_predict_request(ragged, lambda _: specs)
-
-
-def test_row_and_columnar_requests_give_the_same_arrays() -> None:
-    from serving.tensor_json import DT_FLOAT, DT_INT64, RequestFormat, parse_predict_request
-
-    specs = _specs(x=DT_FLOAT, n=DT_INT64)
-    rows = parse_predict_request(b'{"instances": [{"x": [1, 2], "n": 3}, {"x": [3, NaN], "n": 4}]}', lambda _: specs)
-    columns = parse_predict_request(b'{"inputs": {"x": [[1, 2], [3, NaN]], "n": [3, 4]}}', lambda _: specs)
-    assert (rows.format, columns.format) == (RequestFormat.ROW, RequestFormat.COLUMNAR)
-    for name in specs:
-        np.testing.assert_array_equal(rows.inputs[name], columns.inputs[name])
-    assert rows.inputs["x"].shape == (2, 2) and rows.inputs["n"].dtype == np.int64
-
-
-def test_parse_errors_use_rapidjson_wording() -> None:
-    from serving.tensor_json import InvalidRequestError, parse_json_body
-
-    for body, message in [
-        (b"", "JSON Parse error: The document is empty"),
-        (b"{", "JSON Parse error: Missing a name for object member. at offset: 1"),
-        (b'{"a" 1}', "JSON Parse error: Missing a colon after a name of object member. at offset: 5"),
-        (b"[1] x", "JSON Parse error: The document root must not be followed by other values. at offset: 4"),
-        (b"[" * 100_000, "JSON Parse error: the document is nested too deeply"),
-    ]:
-        with pytest.raises(InvalidRequestError) as caught:
-            parse_json_body(body)
-        assert caught.value.message == message
-    assert math.isinf(parse_json_body(b"[-Infinity]")[0])
-
-
-def test_responses_follow_tf_servings_shapes_and_tokens() -> None:
-    from serving.tensor_json import RequestFormat, encode_predict_response
-
-    outputs = {"p": np.asarray([0.25, float("nan")], dtype=np.float32), "c": np.asarray([1, 0], dtype=np.int64)}
-    rows = encode_predict_response(outputs, RequestFormat.ROW).decode()
-    assert "NaN" in rows  # written as TF Serving does, not as null
-    parsed = json.loads(rows)["predictions"]
-    assert parsed[0] == {"c": 1, "p": 0.25} and math.isnan(parsed[1]["p"])
-    single = json.loads(encode_predict_response({"p": np.asarray([[1.0, 2.0]], dtype=np.float32)}, RequestFormat.ROW))
-    assert single == {"predictions": [[1.0, 2.0]]}
-    columnar = json.loads(encode_predict_response(outputs | {"p": np.asarray([0.5, 1.0], dtype=np.float32)}, RequestFormat.COLUMNAR))
-    assert columnar == {"outputs": {"c": [1, 0], "p": [0.5, 1.0]}}
-    binary = json.loads(
-        encode_predict_response(
-            {"img_bytes": np.asarray([b"\x00\x01"], dtype=object), "text": np.asarray([b"\xff"], dtype=object)},
-            RequestFormat.COLUMNAR,
-        )
-    )
-    assert binary == {"outputs": {"img_bytes": [{"b64": "AAE="}], "text": [{"b64": "/w=="}]}}
-
-
-def test_row_response_refuses_outputs_without_a_batch() -> None:
-    from serving.tensor_json import InvalidRequestError, RequestFormat, encode_predict_response
-
-    with pytest.raises(InvalidRequestError, match="Tensor name: s has no shape information"):
-        encode_predict_response({"s": np.float32(1.0) * np.ones(())}, RequestFormat.ROW)
-    with pytest.raises(InvalidRequestError, match="Tensor name: b has inconsistent batch size: 3 expecting: 2"):
-        encode_predict_response({"a": np.zeros(2), "b": np.zeros(3)}, RequestFormat.ROW)
-
-
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.asarray([[1.5, -2.0]], dtype=np.float32),
-        np.asarray([1.0, 2.0], dtype=np.float64),
-        np.asarray([1, -2], dtype=np.int32),
-        np.asarray([[1], [2]], dtype=np.int64),
-        np.asarray([True, False]),
-        np.asarray([1, 255], dtype=np.uint8),
-        np.asarray([1.5, 2.0], dtype=np.float16),
-        np.asarray([b"a", b"\xff"], dtype=object),
-        np.asarray([1 + 2j], dtype=np.complex64),
-    ],
-)
-def test_tensor_proto_round_trip(array: np.ndarray) -> None:
-    from serving.tensor_json import array_to_tensor_proto, tensor_proto_to_array
-
-    back = tensor_proto_to_array(array_to_tensor_proto(array), "x")
-    assert back.dtype == array.dtype and back.shape == array.shape
-    np.testing.assert_array_equal(back, array)
-
-
-def test_tensor_proto_rules_from_tensorflow() -> None:
-    import tensorflow as tf
-
-    from serving.tensor_json import InvalidRequestError, tensor_proto_to_array
-
-    content = tf.make_tensor_proto(np.arange(6, dtype=np.float32).reshape(2, 3))  # tensor_content encoding
-    np.testing.assert_array_equal(tensor_proto_to_array(content, "x"), np.arange(6, dtype=np.float32).reshape(2, 3))
-    short = tf.make_tensor_proto(np.float32(0))
-    short.tensor_shape.dim.add(size=3)
-    short.ClearField("tensor_content")
-    short.float_val[:] = [7.0]
-    np.testing.assert_array_equal(tensor_proto_to_array(short, "x"), [7.0, 7.0, 7.0])  # last value repeats
-    too_many = tf.make_tensor_proto([1, 2, 3], dtype=tf.int64)
-    too_many.ClearField("tensor_content")
-    too_many.int64_val[:] = [1, 2, 3, 4]
-    with pytest.raises(InvalidRequestError, match="tensor parsing error: x"):
-        tensor_proto_to_array(too_many, "x")

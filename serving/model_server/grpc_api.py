@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from tensorflow_serving.apis import (
@@ -28,11 +28,12 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.servables import CLASSIFY_METHOD, REGRESS_METHOD, ModelManager, Servable, check_input_names
-from serving.tensor_json import Code, ServingError, array_to_tensor_proto, examples_from_input, invalid, tensor_proto_to_array
-
-if TYPE_CHECKING:
-    from serving.model_server import ServingMetrics
+from serving.model_server.manager import ModelManager, status_response
+from serving.model_server.metrics import ServingMetrics
+from serving.model_server.servable import Servable
+from serving.model_server.signatures import CLASSIFY_METHOD, REGRESS_METHOD, check_input_names
+from serving.model_server.tensors import array_to_tensor_proto, examples_from_input, tensor_proto_to_array
+from serving.status import Code, ServingError, invalid
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _model_spec(name: str, version: int, signature_name: str | None = None) -> m
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ModelManager, metrics: "ServingMetrics | None" = None) -> None:
+    def __init__(self, manager: ModelManager, metrics: ServingMetrics | None = None) -> None:
         self._manager = manager
         self._metrics = metrics
 
@@ -213,14 +214,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             statuses = self._manager.model_status(spec.name, version)
         except ServingError as err:
             return _abort(context, err)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in statuses:
-            entry = response.model_version_status.add()
-            entry.version = status.version
-            entry.state = int(status.state)
-            entry.status.error_code = int(status.error_code)
-            entry.status.error_message = status.error_message
-        return response
+        return status_response(statuses)
 
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
@@ -250,7 +244,7 @@ class GrpcServer:
         host: str,
         port: int,
         max_workers: int,
-        metrics: "ServingMetrics | None" = None,
+        metrics: ServingMetrics | None = None,
     ) -> None:
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")

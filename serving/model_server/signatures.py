@@ -1,0 +1,165 @@
+"""A SignatureDef as the server uses it, and TF Serving's checks around a call to one: the
+request checks before it (predict_util.cc, classifier.cc, regressor.cc) and the checks that turn
+the outputs of a classify or regress signature into results after it. Plain functions of the
+signature and numpy arrays: they never call TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from tensorflow.core.protobuf import meta_graph_pb2
+
+from serving.model_server.tensors import DT_FLOAT, DT_STRING, TensorSpec, dtype_name, dtype_of_array, shape_string
+from serving.status import Code, ServingError, invalid
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A SignatureDef as the server uses it: typed inputs and outputs by alias."""
+
+    name: str
+    method_name: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+    input_tensor_names: Mapping[str, str]  # alias -> graph tensor name (MultiInference compares them)
+
+    @classmethod
+    def from_def(cls, name: str, signature_def: meta_graph_pb2.SignatureDef) -> "Signature":
+        return cls(
+            name=name,
+            method_name=signature_def.method_name,
+            inputs={alias: _tensor_spec(alias, info) for alias, info in signature_def.inputs.items()},
+            outputs={alias: _tensor_spec(alias, info) for alias, info in signature_def.outputs.items()},
+            input_tensor_names={alias: info.name for alias, info in signature_def.inputs.items()},
+        )
+
+
+ClassificationResult = list[list[tuple[bytes, float]]]  # per example: (label, score) per class
+
+
+def _tensor_spec(alias: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+    shape = None if info.tensor_shape.unknown_rank else tuple(int(d.size) for d in info.tensor_shape.dim)
+    return TensorSpec(alias=alias, dtype=int(info.dtype), shape=shape)
+
+
+def check_input_names(signature: Signature, names: Iterable[str]) -> None:
+    """VerifyRequestInputsSize + the alias check of PreProcessPrediction, with their messages."""
+    sent, wanted = sorted(names), sorted(signature.inputs)
+    if sent != wanted:
+        if len(sent) != len(wanted):
+            extra = sorted(set(sent) - set(wanted))
+            missing = sorted(set(wanted) - set(sent))
+            raise invalid(
+                f"input size does not match signature: {len(sent)}!={len(wanted)} len({{{','.join(sent)}}}) != "
+                f"len({{{','.join(wanted)}}}). Sent extra: {{{','.join(extra)}}}. "
+                f"Missing but required: {{{','.join(missing)}}}."
+            )
+        unknown = next(alias for alias in sent if alias not in signature.inputs)
+        raise invalid(
+            f"input tensor alias not found in signature: {unknown}. "
+            f"Inputs expected to be in the set {{{','.join(wanted)}}}."
+        )
+
+
+def check_input_arrays(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
+    for index, alias in enumerate(sorted(inputs)):
+        array, spec = inputs[alias], signature.inputs[alias]
+        got = dtype_of_array(array)
+        if got != spec.dtype:
+            raise invalid(
+                f"Expects arg[{index}] to be {dtype_name(spec.dtype)} but {dtype_name(got)} is provided "
+                f"(input '{alias}')"
+            )
+        if not spec.accepts_shape(array.shape):
+            raise invalid(
+                f"input '{alias}' has shape {shape_string(array.shape)}, but signature "
+                f"'{signature.name}' expects {spec.shape_string()}"
+            )
+
+
+def check_output_filter(signature: Signature, output_filter: Sequence[str]) -> list[str]:
+    if not output_filter:
+        return list(signature.outputs)
+    seen: set[str] = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                f"{{{','.join(sorted(signature.outputs))}}}."
+            )
+        if alias in seen:
+            raise invalid(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return list(output_filter)
+
+
+def check_examples_signature(signature: Signature, method: str) -> None:
+    """PreProcessClassification / PreProcessRegression (classifier.cc, regressor.cc)."""
+    kind = "classification" if method == CLASSIFY_METHOD else "regression"
+    if signature.method_name != method:
+        raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    if "inputs" not in signature.inputs:
+        raise ServingError(Code.FAILED_PRECONDITION, f"No {kind} inputs found in SignatureDef: {signature.name}")
+    if method == CLASSIFY_METHOD:
+        if len(signature.outputs) not in (1, 2):
+            raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+        if "classes" not in signature.outputs and "scores" not in signature.outputs:
+            raise invalid(
+                'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+                f"Signature was: {signature.name}"
+            )
+    else:
+        if len(signature.outputs) != 1:
+            raise invalid("Expected one output Tensor.")
+        if "outputs" not in signature.outputs:
+            raise ServingError(Code.FAILED_PRECONDITION, f"No regression outputs found in SignatureDef: {signature.name}")
+
+
+def classification_result(outputs: Mapping[str, np.ndarray], num_examples: int) -> ClassificationResult:
+    """PostProcessClassificationResult: validate `classes`/`scores`, then pair them per example."""
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    for name, tensor, dtype in (("classes", classes, DT_STRING), ("scores", scores, DT_FLOAT)):
+        if tensor is None:
+            continue
+        if tensor.ndim != 2:
+            raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {shape_string(tensor.shape)}")
+        if dtype_of_array(tensor) != dtype:
+            raise invalid(f"Expected {name} Tensor of DT_{dtype_name(dtype).upper()}. Got: {dtype_name(dtype_of_array(tensor))}")
+        if tensor.shape[0] != num_examples:
+            raise invalid(f"Expected {name} output batch size of {num_examples}. Got: {tensor.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise invalid(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}")
+    num_classes = (classes if classes is not None else scores).shape[1]  # type: ignore[union-attr]
+    result: ClassificationResult = []
+    for i in range(num_examples):
+        result.append(
+            [
+                (
+                    bytes(classes[i, c]) if classes is not None else b"",
+                    float(scores[i, c]) if scores is not None else 0.0,
+                )
+                for c in range(num_classes)
+            ]
+        )
+    return result
+
+
+def regression_result(output: np.ndarray, num_examples: int) -> list[float]:
+    if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
+        raise invalid(
+            f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got {shape_string(output.shape)}"
+        )
+    if output.shape[0] != num_examples:
+        raise invalid(f"Input batch size did not match output batch size: {num_examples} vs. {output.shape[0]}")
+    if output.dtype != np.float32:
+        raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {dtype_name(dtype_of_array(output))}")
+    return [float(v) for v in output.ravel()]
