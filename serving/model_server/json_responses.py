@@ -21,6 +21,9 @@ from serving.model_server.tensors import dtype_name, dtype_of_array
 from serving.status import invalid
 
 
+# --- Predict responses ------------------------------------------------------------------------
+
+
 def _is_bytes_output(name: str) -> bool:
     """TF Serving writes DT_STRING outputs whose alias ends in `_bytes` as base64 objects."""
     return name.endswith("_bytes")
@@ -130,7 +133,7 @@ def error_body(message: str) -> bytes:
     return orjson.dumps({"error": message})
 
 
-# --- Classify / Regress responses ---------------------------------------------------------
+# --- Classify / Regress responses -------------------------------------------------------------
 
 
 def encode_classification_results(classes: Sequence[Sequence[tuple[str, float]]]) -> bytes:
