@@ -1,5 +1,5 @@
-"""An embedded stand-in for `tensorflow_model_server`: TF Serving's REST and gRPC APIs over the same
-model base path and `models.config`, for machines where the real binary cannot run.
+"""Starting the embedded model server: the flags, the model config (re-read when it changes), the
+poller of the base paths, and the wiring of manager, REST and gRPC servers and metrics.
 
     python -m serving.model_server --port=8500 --rest_api_port=8501 \\
         --model_config_file=var/serving/models.config --model_config_file_poll_wait_seconds=1
