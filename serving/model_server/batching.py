@@ -50,7 +50,7 @@ class BatchingOptions:
             raise DataError(f"batching parameter batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}")
         if self.max_execution_batch_size is not None and not 1 <= self.max_execution_batch_size <= self.max_batch_size:
             raise DataError(f"batching parameter max_execution_batch_size must be in 1..max_batch_size "
-                             f"({self.max_batch_size}), got {self.max_execution_batch_size}")
+                            f"({self.max_batch_size}), got {self.max_execution_batch_size}")
 
     @property
     def execution_batch_size(self) -> int:
