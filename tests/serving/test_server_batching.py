@@ -12,15 +12,12 @@ import requests
 
 from serving.model_server import StartupError, main, start_model_server
 from serving.server_batching import BatchingOptions, read_batching_parameters
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    MODEL,
-    STABLE_VERSION,
+from tests.serving.gateway.conftest import (  # noqa: F401 - fixtures pytest finds by name
     model_root,
     model_server,
-    real_trips,
     reference,
-    write_model_config,
 )
+from tests.serving.gateway.helpers import MODEL, STABLE_VERSION, real_trips, write_model_config
 
 
 def tf_runs(handle) -> int:
