@@ -156,7 +156,7 @@ class AdminApi:
             status, raw = await self.core.rest_upstream.get(path)
         except GatewayError as err:
             raise GatewayError(Code.UNAVAILABLE, f"{what}: cannot ask the model server whether {route.model_name} version {version} "
-                                                  f"is loaded: {err.message}") from None
+                                                 f"is loaded: {err.message}") from None
         try:
             document = loads(raw) if status == 200 else None
         except ValueError:
@@ -166,7 +166,7 @@ class AdminApi:
         if "AVAILABLE" not in states:
             found = states[0] if states else f"HTTP {status}: {upstream_error_text(raw)}"
             raise GatewayError(Code.UNAVAILABLE, f"{what}: {route.model_name} version {version} is not AVAILABLE on the model server yet "
-                                                  f"({found}); retry once it has loaded")
+                                                 f"({found}); retry once it has loaded")
 
 
 def _field(body: dict[str, Any], name: str, kind: type, *, optional: bool = False) -> Any:

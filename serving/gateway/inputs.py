@@ -8,7 +8,7 @@ Hot path, tuned; change it only with `benchmarks/gateway_benchmark.py` at hand:
   writes the error messages;
 - a body with NaN tokens is still parsed by orjson (`check_predict_body`: the NaN mark).
 
-Refusals are `InvalidRequest` (400) or `RequestTooLarge` (413), naming the example and the feature.
+Refusals are `InvalidRequest` (or `RequestTooLarge` for too many examples), naming the example and the feature.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def _checked_value(index: int, name: str, kind: int, value: Any) -> Any:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise InvalidRequest(f"instance {index}: feature {name!r} is not valid text (a lone "
-                                        f"surrogate escape), got {value!r:.80}") from None
+                                     f"surrogate escape), got {value!r:.80}") from None
     elif value is not None:
         raise InvalidRequest(f"instance {index}: feature {name!r} must be a string or null, got {value!r:.80}")
     return value

@@ -45,7 +45,7 @@ class CircuitBreaker:
             self.probing = True  # this request is the probe
             return
         raise GatewayError(Code.UNAVAILABLE, f"model server {what} is unavailable ({self.failures} consecutive failures); "
-                                f"retrying it in {max(0.0, self.open_until - now):.1f}s")
+                                             f"retrying it in {max(0.0, self.open_until - now):.1f}s")
 
     def success(self) -> None:
         self.failures = 0
@@ -84,7 +84,7 @@ class RestUpstream:
         outputs = document.get("outputs") if isinstance(document, dict) else None
         if not isinstance(outputs, dict):
             raise BadModelServerAnswer(f"model server answered outputs {str(outputs)[:120]}, not an object with "
-                                    f"{PROBABILITY_OUTPUT!r} and {CLASS_OUTPUT!r}")
+                                       f"{PROBABILITY_OUTPUT!r} and {CLASS_OUTPUT!r}")
         probabilities = outputs.get(PROBABILITY_OUTPUT)
         classes = outputs.get(CLASS_OUTPUT, [None] * count)
         for name, values in ((PROBABILITY_OUTPUT, probabilities), (CLASS_OUTPUT, classes)):
