@@ -481,4 +481,5 @@ def test_gateway_image_runs_the_gateway_unprivileged(resolved: dict[str, Any]) -
     assert re.findall(r"^USER (\S+)", text, re.M)[-1] == "${MLOPS_UID}:0"
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     assert cmd == services(resolved["default"])["gateway"]["command"]
-    assert (PROJECT_ROOT / "serving").is_dir() and cmd[:3] == ["python", "-m", "serving.gateway"]
+    assert cmd[:3] == ["python", "-m", "serving.gateway"]
+    assert (PROJECT_ROOT / "serving" / "gateway" / "__main__.py").is_file(), "`python -m serving.gateway` needs it"
