@@ -7,7 +7,7 @@ Each scenario (target x examples per request x concurrent clients) stops after `
 requests or `--seconds` seconds, whichever comes first, after a short warm-up. The model server
 and the gateway run as their own processes (`python -m serving.model_server`,
 `python -m serving.gateway`) on 127.0.0.1, as in production; the load comes from this process
-(asyncio: serving.http_pool for REST, grpc.aio for gRPC), so on a small machine the client's own CPU is part
+(asyncio: serving.gateway.http_pool for REST, grpc.aio for gRPC), so on a small machine the client's own CPU is part
 of every number. The gateway logs every request to Parquet as it would in production.
 
 Prints a table and the two numbers the issue aims at: what the gateway adds at p50 over the
@@ -139,9 +139,9 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 async def run_rest(url: str, body: bytes, clients: int, limit: int, seconds: float) -> tuple[list[float], float]:
-    # serving.http_pool, the gateway's own lean keep-alive client: a heavier client (aiohttp's costs
+    # serving.gateway.http_pool, the gateway's own lean keep-alive client: a heavier client (aiohttp's costs
     # ~2x the CPU per request) would take its share of the 2 cores from the servers it measures.
-    from serving.http_pool import HttpPool
+    from serving.gateway.http_pool import HttpPool
 
     base, path = url.split("/v1/", 1)
     pool = HttpPool(base, max_idle=clients, connect_timeout_s=5.0)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from serving.client import build_predict_request
-    from tests.serving.gateway.fixtures import real_trips
+    from tests.serving.gateway.helpers import real_trips
 
     trips = real_trips(32)
     rows: list[dict[str, object]] = []
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<22} {protocol:<5} {batch:>8} {clients:>7} {p50 * 1e3:>8.2f} {p99 * 1e3:>8.2f} {throughput:>9.0f} "
               f"{server_text:>18} {gateway_text:>19} {per_call_text:>18}")
     print("(req/upstream call: client requests per model-server call; above 1 the gateway merged concurrent requests,"
-          " see serving/upstream_batching.py; MLOPS_GATEWAY_UPSTREAM_MAX_IN_FLIGHT=0 turns merging off)")
+          " see serving/gateway/upstream_batching.py; MLOPS_GATEWAY_UPSTREAM_MAX_IN_FLIGHT=0 turns merging off)")
     print()
     by_key = {(r[0], r[1], r[2], r[3]): r for r in rows}
     for (protocol, batch), deltas in paired.items():

@@ -30,7 +30,7 @@ from metadata.store import Store
 
 Event = metadata_store_pb2.Event
 Execution = metadata_store_pb2.Execution
-# Where the gateway writes its logs by default (serving/gateway_config.py), relative to the config's root.
+# Where the gateway writes its logs by default (serving/gateway/config.py), relative to the config's root.
 DEFAULT_LOG_DIR = Path("var/logs/predictions")
 _STATES = {v: k for k, v in Execution.State.items()}
 

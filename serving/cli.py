@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transforms.features import DECISION_REFER_TO_HUMAN
+
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 
 
 def add_commands(subparsers: Any) -> None:
     """Registers `predict`, `serve` and `gateway` on the `mlops` sub-command parser."""
-    from serving.gateway_config import add_settings_arguments
+    from serving.gateway.config import add_settings_arguments
 
     predict = subparsers.add_parser("predict", help="score the rows of a CSV through the gateway (REST or gRPC)")
     predict.add_argument("--csv", required=True, help="CSV with the serving columns of transforms/features.py (extra columns are ignored)")
@@ -104,7 +106,7 @@ def _score_batch(client: Any, batch: list[tuple[int, Any, str | None]], args: ar
     positives = referrals = 0
     for instance_index, ((row, _, _), prediction) in enumerate(zip(batch, result.predictions)):
         positives += prediction.predicted_class == 1
-        referrals += prediction.decision == "refer_to_human"
+        referrals += prediction.decision == DECISION_REFER_TO_HUMAN
         print(json.dumps({
             "row": row, "request_id": result.request_id, "instance_index": instance_index,
             "model_version": result.model_version, "label": result.label, "probability": prediction.probability,
@@ -115,13 +117,13 @@ def _score_batch(client: Any, batch: list[tuple[int, Any, str | None]], args: ar
 
 
 def _gateway_settings(args: argparse.Namespace, **extra: Any) -> Any:
-    from serving.gateway_config import load_gateway_settings, settings_overrides
+    from serving.gateway.config import load_gateway_settings, settings_overrides
 
     return load_gateway_settings(args.gateway_config, overrides={**settings_overrides(args), **extra})
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from serving.gateway import run_gateway
+    from serving.gateway.app import run_gateway
 
     run_gateway(_gateway_settings(args))
     return 0
@@ -132,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from core.config import load_config
-    from serving.gateway import start_gateway
+    from serving.gateway.app import start_gateway
     from serving.model_server import start_model_server
 
     config = load_config(args.config)

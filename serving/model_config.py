@@ -18,13 +18,13 @@ import contextlib
 import fcntl
 import operator
 import os
-import secrets
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from core import atomic
 from core.errors import DataError
 
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
@@ -65,28 +65,7 @@ def write_model_config(config: ModelServerConfig, path: Path) -> None:
     """Validates `config`, then replaces `path` atomically so a polling server never sees a partial file."""
     path = Path(path)
     validate_model_config(config, source=str(path))
-    text = text_format.MessageToString(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Makes a rename inside `directory` durable (the rename itself is in the directory's data)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic.write_text(path, text_format.MessageToString(config))
 
 
 def lock_path(config_path: Path) -> Path:

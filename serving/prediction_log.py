@@ -19,7 +19,6 @@ import datetime as dt
 import functools
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core import atomic
 from core.errors import DataError
 from transforms.features import SERVING_FEATURES, Kind
 
@@ -40,9 +40,6 @@ FEEDBACK_DIR = "feedback"
 PARTITION_PREFIX = "date="
 _PARTITION_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _PART_GLOB = "part-*.parquet"
-
-DECISIONS = ("big_tipper", "not_big_tipper", "refer_to_human", "none")
-HUMAN_DECISIONS = ("big_tipper", "not_big_tipper")
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _FEATURE_TYPES = {Kind.FLOAT: pa.float64(), Kind.INT: pa.int64(), Kind.STRING: pa.string()}
@@ -346,25 +343,11 @@ class ParquetLogWriter:
 
 
 def write_table_atomically(table: pa.Table, partition_dir: Path) -> Path:
-    """Writes `table` as `part-<unix_ms>-<uuid8>.parquet` in `partition_dir`: hidden temp name, fsync, rename."""
-    partition_dir.mkdir(parents=True, exist_ok=True)
-    name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-    final = partition_dir / name
-    temp = partition_dir / f".{name}.tmp"
-    try:
-        with open(temp, "wb") as handle:
-            pq.write_table(table, handle, compression="snappy")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fd = os.open(partition_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Writes `table` as `part-<unix_ms>-<uuid8>.parquet` in `partition_dir`, atomically (core.atomic):
+    until the rename, the file has a hidden temp name that the readers' `part-*.parquet` glob skips."""
+    final = partition_dir / f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+    with atomic.atomic_file(final, "wb") as handle:
+        pq.write_table(table, handle, compression="snappy")
     return final
 
 

@@ -21,6 +21,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from core import atomic
 from core.errors import DataError
 from serving import model_config as mc
 
@@ -119,25 +120,13 @@ def _copy_atomically(model_dir: Path, model_root: Path, version: int, fingerprin
         except (shutil.Error, OSError) as err:
             raise DataError(f"cannot copy the SavedModel {model_dir} for {target}: {err}") from err
         (temp / FINGERPRINT_FILE).write_text(fingerprint + "\n", encoding="utf-8")
-        _fsync_tree(temp)
+        atomic.fsync_tree(temp)
         # rename(2) onto a missing name is atomic: TF Serving sees no directory or a complete one.
         os.rename(temp, target)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    mc.fsync_directory(model_root)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flushes every file and directory under `root`, so the renamed version survives a crash."""
-    for directory, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        mc.fsync_directory(Path(directory))
+    atomic.fsync_directory(model_root)
 
 
 def _remove_abandoned_temp_dirs(model_root: Path) -> None:

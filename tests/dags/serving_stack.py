@@ -23,8 +23,8 @@ from pathlib import Path
 
 from core.config import load_config
 from serving.client import read_trips_csv
-from serving.gateway import start_gateway
-from serving.gateway_config import GatewaySettings
+from serving.gateway.app import start_gateway
+from serving.gateway.config import GatewaySettings
 from serving.model_server import start_model_server
 
 TAXI_CSV = Path(__file__).resolve().parents[2] / "data" / "taxi" / "data.csv"

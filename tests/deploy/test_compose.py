@@ -27,7 +27,7 @@ PLATFORM_SERVICES = AIRFLOW_SERVICES | {"volumes-init", "postgres", "gateway", "
 MODEL_SERVER = {"default": "tfserving", "gpu": "tfserving-gpu"}
 ONE_SHOT_SERVICES = {"volumes-init", "airflow-init"}
 
-# The gateway's metric contract (serving/gateway.py implements these names; the lead's brief
+# The gateway's metric contract (serving/gateway/metrics.py implements these names; the lead's brief
 # fixed them): name -> kind.
 GATEWAY_METRICS = {
     "mlops_gateway_request_latency_seconds": "histogram",
@@ -479,10 +479,9 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
 
 
 def test_dashboard_metric_names_match_the_gateway_source() -> None:
-    """Once the gateway exists, the names the dashboard relies on must be in its code."""
-    sources = [path for path in (PROJECT_ROOT / "serving").glob("*.py") if "mlops_gateway_" in path.read_text()]
-    if not sources:
-        pytest.skip("serving/ defines no mlops_gateway_* metric yet (the gateway is being written)")
+    """The names the dashboard relies on must be in the gateway's code."""
+    sources = [path for path in sorted((PROJECT_ROOT / "serving").rglob("*.py")) if "mlops_gateway_" in path.read_text()]
+    assert sources, "no file under serving/ defines an mlops_gateway_* metric: where did the gateway's metrics go?"
     code = "\n".join(path.read_text() for path in sources)
     for name, kind in GATEWAY_METRICS.items():
         # prometheus_client appends _total to counters; the code may name them with or without it.

@@ -23,21 +23,23 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from serving.gateway_config import ModelPolicy
+from serving.gateway.config import ModelPolicy
 from tests.deploy.conftest import PROJECT_ROOT
 from tests.deploy.test_compose import dashboards, panels_of
 from tests.fixtures.servers import free_port
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures pytest finds by name
+from tests.serving.conftest import (  # noqa: F401 - the serving tests' fixtures, used here by name
+    gateway_config_file,
+    http,
+    model_root,
+    start_gw,
+)
+from tests.serving.gateway.helpers import (
     CANARY_VERSION,
     MODEL,
     STABLE_VERSION,
-    gateway_config_file,
-    http,
     instances,
-    model_root,
     predict,
     real_trips,
-    start_gw,
     write_model_config,
 )
 

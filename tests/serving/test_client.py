@@ -26,18 +26,7 @@ from serving.client import (
     read_trips_csv,
     serving_apis,
 )
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    CANARY_VERSION,
-    MODEL,
-    STABLE_VERSION,
-    TAXI_CSV,
-    gateway_config_file,
-    model_root,
-    model_server,
-    real_trips,
-    reference,
-    start_gw,
-)
+from tests.serving.gateway.helpers import CANARY_VERSION, STABLE_VERSION, TAXI_CSV, real_trips
 from transforms import features
 from transforms.features import SERVING_FEATURES, Kind
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import shutil
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +14,7 @@ import pytest
 from core.errors import DataError
 from serving import prediction_log as plog
 from serving.prediction_log import Feedback, LoggedRequest
+from tests.fixtures.polling import poll_until
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind
 
 DAY_1 = dt.datetime(2016, 3, 1, 23, 59, 59, tzinfo=dt.timezone.utc)
@@ -106,23 +106,16 @@ def test_a_flush_happens_every_n_rows_and_after_t_seconds(tmp_path):
     try:
         for index in range(4):
             by_rows.try_put(_request(f"r{index}", 3))  # the 4th brings 12 rows: over 10
-        _wait(lambda: by_rows.rows_written == 12)
+        poll_until(lambda: by_rows.rows_written == 12, "12 rows written", interval=0.02)
         assert by_rows.files_written == 1
     finally:
         by_rows.close()
     by_time = plog.open_request_log(tmp_path / "time", capacity_rows=100, flush_rows=100, flush_seconds=0.2)
     try:
         by_time.try_put(_request("late", 1))
-        _wait(lambda: by_time.rows_written == 1)
+        poll_until(lambda: by_time.rows_written == 1, "the row written by time", interval=0.02)
     finally:
         by_time.close()
-
-
-def _wait(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_a_full_queue_refuses_instead_of_dropping_and_close_writes_everything(tmp_path):
@@ -136,7 +129,7 @@ def test_a_full_queue_refuses_instead_of_dropping_and_close_writes_everything(tm
         assert not writer.try_put(_request("c", 1))  # refused, so the caller waits (back-pressure)
         assert not writer.put(_request("c", 1), timeout=0.2)
         assert writer.pending_rows == 10
-        _wait(lambda: writer.write_failures >= 1)
+        poll_until(lambda: writer.write_failures >= 1, "a failed write", interval=0.02)
         blocker.unlink()  # the disk recovers: the kept rows are written on the next retry
         assert writer.put(_request("c", 1), timeout=30)
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import statistics
 import threading
-import time
 
 import pytest
 import requests
@@ -13,21 +12,16 @@ import requests
 from serving import model_config as mc
 from serving.prediction_log import read_prediction_logs
 from serving.rollout import AdminApiError, GatewayAdminClient
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
+from tests.fixtures.polling import poll_until
+from tests.serving.gateway.helpers import (
     ADMIN_TOKEN,
     CANARY_VERSION,
     MODEL,
     STABLE_VERSION,
     admin,
-    gateway_config_file,
-    http,
     instances,
-    model_root,
-    model_server,
     predict,
     real_trips,
-    reference,
-    start_gw,
     write_model_config,
 )
 
@@ -91,16 +85,6 @@ def _label_answers_like(server, label: str, trips, expected: float) -> bool:
     return response.status_code == 200 and abs(response.json()["predictions"][0]["probability"] - expected) < 1e-6
 
 
-def _wait_for(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_canary_promote_and_instant_rollback_under_load(following_server, start_gw, reference, tmp_path):
     server, config = following_server
     gateway = start_gw(model_server_rest=server.rest_url, model_server_grpc=server.grpc_target, model_config_file=config)
@@ -133,9 +117,10 @@ def test_canary_promote_and_instant_rollback_under_load(following_server, start_
         policy = client.set_canary(MODEL, CANARY_VERSION, 0.25)
         assert (policy["policy"], policy["canary_version"], policy["canary_share"]) == ("canary", CANARY_VERSION, 0.25)
         assert mc.labels(mc.read_model_config(config), MODEL) == {"stable": STABLE_VERSION, "canary": CANARY_VERSION}
-        _wait_for(lambda: _label_answers_like(server, "canary", trips, probability[CANARY_VERSION]), "the server's canary label")
+        poll_until(lambda: _label_answers_like(server, "canary", trips, probability[CANARY_VERSION]), "the server's canary label")
         client.set_share(MODEL, 0.5)
-        time.sleep(0.5)
+        mark = len(answers)
+        poll_until(lambda: len(answers) >= mark + 20, "traffic at a 50% canary share")
 
         promoted = client.promote(MODEL)
         assert promoted["stable_version"] == CANARY_VERSION and promoted["previous_stable"] == STABLE_VERSION
@@ -143,14 +128,14 @@ def test_canary_promote_and_instant_rollback_under_load(following_server, start_
         mark = len(answers)
         assert _versions_after(answers, mark, 30) == {CANARY_VERSION}  # every answer after the switch
         assert mc.labels(mc.read_model_config(config), MODEL) == {"stable": CANARY_VERSION}
-        _wait_for(lambda: _label_answers_like(server, "stable", trips, probability[CANARY_VERSION]), "the server's stable label to move")
+        poll_until(lambda: _label_answers_like(server, "stable", trips, probability[CANARY_VERSION]), "the server's stable label to move")
 
         rolled = client.rollback(MODEL)
         assert rolled["stable_version"] == STABLE_VERSION and rolled["rolled_back_from"] == CANARY_VERSION
         mark = len(answers)
         assert _versions_after(answers, mark, 30) == {STABLE_VERSION}
         assert mc.labels(mc.read_model_config(config), MODEL) == {"stable": STABLE_VERSION}
-        _wait_for(lambda: _label_answers_like(server, "stable", trips, probability[STABLE_VERSION]), "the server's stable label to move back")
+        poll_until(lambda: _label_answers_like(server, "stable", trips, probability[STABLE_VERSION]), "the server's stable label to move back")
 
         again = client.rollback(MODEL)  # nothing left to undo: harmless
         assert again["stable_version"] == STABLE_VERSION and again["rolled_back_from"] is None
@@ -171,7 +156,7 @@ def test_canary_promote_and_instant_rollback_under_load(following_server, start_
 
 def _versions_after(answers: list, mark: int, count: int) -> set[int]:
     """Versions of the `count` answers that started after `mark` answers were in (waits for them)."""
-    _wait_for(lambda: len(answers) >= mark + count + 3, f"{count} more answers")
+    poll_until(lambda: len(answers) >= mark + count + 3, f"{count} more answers")
     # The 3 answers right after the mark may have been in flight during the switch: skip them.
     return {version for _, version, _ in answers[mark + 3: mark + 3 + count]}
 

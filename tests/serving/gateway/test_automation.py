@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.gateway_config import ModelPolicy
+from serving.gateway.config import ModelPolicy
 from serving.prediction_log import read_prediction_logs
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    MODEL,
-    STABLE_VERSION,
-    admin,
-    gateway_config_file,
-    http,
-    instances,
-    metric_value,
-    model_root,
-    model_server,
-    predict,
-    real_trips,
-    reference,
-    start_gw,
-)
+from tests.serving.gateway.helpers import MODEL, STABLE_VERSION, admin, instances, metric_value, predict, real_trips
 
 
 @pytest.fixture

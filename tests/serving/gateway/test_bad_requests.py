@@ -10,18 +10,7 @@ import pytest
 
 from serving.client import GrpcPredictionClient, serving_apis
 from serving.prediction_log import read_prediction_logs
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    MODEL,
-    gateway_config_file,
-    http,
-    instances,
-    metric_value,
-    model_root,
-    model_server,
-    predict,
-    real_trips,
-    start_gw,
-)
+from tests.serving.gateway.helpers import MODEL, instances, metric_value, predict, real_trips
 
 
 def _good() -> dict:

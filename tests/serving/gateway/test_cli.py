@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 
 from serving.prediction_log import read_prediction_logs
-from tests.serving.gateway.fixtures import MODEL, STABLE_VERSION, instances, model_root, real_trips, write_model_config  # noqa: F401
+from tests.serving.gateway.helpers import MODEL, STABLE_VERSION, instances, real_trips, write_model_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.gateway_config import GatewayConfigError, GatewaySettings, ModelPolicy, load_gateway_settings
+from serving.gateway.config import GatewayConfigError, GatewaySettings, ModelPolicy, load_gateway_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "a-long-enough-admin-token"

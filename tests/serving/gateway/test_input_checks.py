@@ -12,19 +12,19 @@ import random
 
 import pytest
 
-from serving.gateway import (
+from serving.gateway.errors import GatewayError
+from serving.gateway.inputs import (
     _CHECKS,
     _FLOAT,
     _INT,
     JSON_NAN,
-    GatewayError,
     _check_columns,
     _check_common_column,
     _check_values,
     check_inputs,
     check_instances,
 )
-from tests.serving.gateway.fixtures import instances, real_trips
+from tests.serving.gateway.helpers import instances, real_trips
 
 # Values a client can send for any feature, valid or not: the fast path must agree on all of them.
 _FLOATS = [0.0, 1.5, -3.25, 12.0, 1e300, math.nan, math.inf, -math.inf, None, 7, -1, 2**70, True, "1.5", ""]
@@ -40,7 +40,7 @@ def _value_by_value(name, kind, required, sentinel, values):
     try:
         return _check_values(name, kind, required, sentinel, values)
     except GatewayError as err:
-        return err.status, err.message
+        return err.http_status, err.message
 
 
 def _same(left, right) -> bool:
@@ -78,7 +78,7 @@ def _outcome(check, *args):
     try:
         checked = check(*args)
     except GatewayError as err:
-        return err.status, err.message
+        return err.http_status, err.message
     return checked.forward, checked.logged, checked.count, checked.missing
 
 
@@ -138,7 +138,7 @@ def test_a_bad_value_is_named_by_instance_and_feature_in_both_formats(change, wo
     for check, given in ((check_instances, rows), (check_inputs, columns)):
         with pytest.raises(GatewayError) as caught:
             check(given, 10)
-        assert caught.value.status == 400
+        assert caught.value.http_status == 400
         for word in words:
             assert word in caught.value.message, caught.value.message
 
@@ -151,6 +151,6 @@ def test_columnar_inputs_name_missing_and_unknown_features_and_limits():
         check_inputs(columns, 10)
     with pytest.raises(GatewayError) as caught:
         check_inputs({name: [row[name] for row in instances(real_trips(5))] for name in columns if name != "tips"} | {"fare": [1.0] * 5}, 4)
-    assert caught.value.status == 413 and "5" in caught.value.message and "4" in caught.value.message
+    assert caught.value.http_status == 413 and "5" in caught.value.message and "4" in caught.value.message
     with pytest.raises(GatewayError, match="no examples"):
         check_inputs({name: [] for name, *_ in _CHECKS}, 10)

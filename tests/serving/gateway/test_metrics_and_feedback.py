@@ -5,21 +5,9 @@ from __future__ import annotations
 import collections
 
 from serving.client import GrpcPredictionClient
-from serving.gateway_config import ModelPolicy
+from serving.gateway.config import ModelPolicy
 from serving.prediction_log import join_feedback, read_feedback, read_prediction_logs
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    MODEL,
-    STABLE_VERSION,
-    gateway_config_file,
-    http,
-    instances,
-    metric_value,
-    model_root,
-    model_server,
-    predict,
-    real_trips,
-    start_gw,
-)
+from tests.serving.gateway.helpers import MODEL, STABLE_VERSION, instances, metric_value, predict, real_trips
 
 DASHBOARD_METRICS = (
     "mlops_gateway_request_latency_seconds", "mlops_gateway_requests_total", "mlops_gateway_null_outputs_total",

@@ -7,23 +7,17 @@ import concurrent.futures
 import pytest
 import requests
 
-from serving.gateway_config import ModelPolicy
+from serving.gateway.config import ModelPolicy
 from serving.prediction_log import read_prediction_logs
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
+from tests.serving.gateway.helpers import (
     CANARY_VERSION,
     MODEL,
     STABLE_VERSION,
     admin,
-    gateway_config_file,
-    http,
     instances,
     metric_value,
-    model_root,
-    model_server,
     predict,
     real_trips,
-    reference,
-    start_gw,
 )
 
 

@@ -12,15 +12,15 @@ import pytest
 
 from core.errors import DataError
 from serving import model_config as mc
-from serving.gateway_config import ModelPolicy
-from serving.routing import ModelRoute, RoutingError, RoutingTable, canary_bucket, choose_target, decide
+from serving.gateway.config import ModelPolicy
+from serving.gateway.routing import ModelRoute, RoutingError, RoutingTable, canary_bucket, choose_target, decide
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_canary_buckets_are_the_same_in_every_process():
     keys = [f"rider-{i}" for i in range(50)]
-    code = "import json, sys; from serving.routing import canary_bucket; print(json.dumps([canary_bucket('taxi', k) for k in json.loads(sys.argv[1])]))"
+    code = "import json, sys; from serving.gateway.routing import canary_bucket; print(json.dumps([canary_bucket('taxi', k) for k in json.loads(sys.argv[1])]))"
     # Another interpreter with another hash seed (replicas, restarts) must put every key in the same bucket.
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(PROJECT_ROOT)}
     other = subprocess.run([sys.executable, "-c", code, json.dumps(keys)], env=env, capture_output=True, text=True, check=True)

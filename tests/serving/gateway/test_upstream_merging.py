@@ -7,18 +7,7 @@ import concurrent.futures
 import pytest
 import requests
 
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    STABLE_VERSION,
-    gateway_config_file,
-    instances,
-    metric_value,
-    model_root,
-    model_server,
-    predict,
-    real_trips,
-    reference,
-    start_gw,
-)
+from tests.serving.gateway.helpers import STABLE_VERSION, instances, metric_value, predict, real_trips
 
 CALLS = "mlops_gateway_upstream_call_requests"
 

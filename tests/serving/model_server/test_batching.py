@@ -12,15 +12,7 @@ import requests
 
 from serving.model_server.batching import BatchingOptions, read_batching_parameters
 from serving.model_server.server import StartupError, main, start_model_server
-from tests.serving.gateway.fixtures import (  # noqa: F401 - fixtures
-    MODEL,
-    STABLE_VERSION,
-    model_root,
-    model_server,
-    real_trips,
-    reference,
-    write_model_config,
-)
+from tests.serving.gateway.helpers import MODEL, STABLE_VERSION, real_trips, write_model_config
 
 
 def tf_runs(handle) -> int:

@@ -102,7 +102,7 @@ class GatewaySettings:
     # Keep-alive connections to the model server kept open between requests (more open under load).
     upstream_pool_size: int = 64
     # Calls in flight to one model version before new requests queue and go out merged into one
-    # call when a slot frees (serving.upstream_batching); 0 sends every request on its own.
+    # call when a slot frees (serving.gateway.upstream_batching); 0 sends every request on its own.
     upstream_max_in_flight: int = 2
     # The most rows one merged call carries (a single larger request still goes, alone).
     upstream_batch_max_rows: int = 256

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from serving.http_pool import HttpPool, UpstreamClosed, UpstreamProtocolError, UpstreamUnreachable
+from serving.gateway.http_pool import HttpPool, UpstreamClosed, UpstreamProtocolError, UpstreamUnreachable
 
 
 async def _serve(answer, *, close_after: int | None = None):

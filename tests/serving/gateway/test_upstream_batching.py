@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from serving.upstream_batching import UpstreamBatcher
+from serving.gateway.upstream_batching import UpstreamBatcher
 
 
 class RequestRefused(Exception):

@@ -30,16 +30,16 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from core import atomic
 from core.errors import DataError
-from serving.gateway_config import AUTOMATION_MODES, POLICIES, GatewayConfigError, ModelPolicy, check_policy_values
+from serving.gateway.config import AUTOMATION_MODES, POLICIES, GatewayConfigError, ModelPolicy, check_policy_values
+from transforms.features import DECISION_BIG_TIPPER, DECISION_NONE, DECISION_NOT_BIG_TIPPER, DECISION_REFER_TO_HUMAN
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ CANARY = "canary"
 SHADOW = "shadow"
 STATE_FORMAT = 1
 _SHARE_BUCKETS = 10_000
-
-BIG_TIPPER = "big_tipper"
-NOT_BIG_TIPPER = "not_big_tipper"
-REFER_TO_HUMAN = "refer_to_human"
-NO_DECISION = "none"
 
 
 class RoutingError(DataError):
@@ -133,14 +128,14 @@ def shadow_target(route: ModelRoute) -> Target | None:
 def decide(automation: str, band: tuple[float, float], probability: float | None, predicted_class: int | None) -> str:
     """The per-instance decision the gateway returns and logs."""
     if automation == "shadow":
-        return NO_DECISION
+        return DECISION_NONE
     if probability is None:
         # No usable number from the model: a person has to look, whatever the automation level.
-        return REFER_TO_HUMAN
+        return DECISION_REFER_TO_HUMAN
     if automation == "partial" and band[0] <= probability <= band[1]:
-        return REFER_TO_HUMAN
+        return DECISION_REFER_TO_HUMAN
     positive = predicted_class == 1 if predicted_class is not None else probability >= 0.5
-    return BIG_TIPPER if positive else NOT_BIG_TIPPER
+    return DECISION_BIG_TIPPER if positive else DECISION_NOT_BIG_TIPPER
 
 
 # --- the routing table: snapshots, admin changes, persistence ---------------------------------------
@@ -375,22 +370,7 @@ class RoutingTable:
                 for name, route in sorted(routes.items())
             },
         }
-        write_json_atomically(self.state_file, document)
-
-
-def write_json_atomically(path: Path, document: Any) -> None:
-    """Replaces `path` with `document` as JSON: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+        atomic.write_json(self.state_file, document)
 
 
 def _route_from_policy(name: str, policy: ModelPolicy) -> ModelRoute:
