@@ -15,11 +15,12 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_USE_LEGACY_KERAS := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run pipeline stop test setup airflow airflow-stop benchmark lock clean-var help
+.PHONY: run pipeline stop test test-fast setup airflow airflow-stop benchmark lock clean-var help
 
 help:
 	@echo "make run    - set up, then run the training pipeline on the 2013-2014 trips"
 	@echo "make test   - set up, then run the test suite"
+	@echo "make test-fast - the edit-test loop: every test not marked slow (no model training, no live Airflow)"
 	@echo "make airflow - start Airflow (UI on http://localhost:8080)"
 	@echo "make benchmark - time the pipeline per step"
 
@@ -68,6 +69,12 @@ stop:
 test: setup
 	$(ML)/bin/python -m pytest --ignore=tests/dags $(PYTEST_ARGS)
 	$(AIRFLOW)/bin/python -m pytest tests/dags $(PYTEST_ARGS)
+
+# The edit-test loop: the same two runs without the tests marked `slow` (they train models or run
+# Airflow's scheduler). `make test` still runs everything.
+test-fast: setup
+	$(ML)/bin/python -m pytest --ignore=tests/dags -m "not slow" $(PYTEST_ARGS)
+	$(AIRFLOW)/bin/python -m pytest tests/dags -m "not slow" $(PYTEST_ARGS)
 
 # Airflow in the foreground (Ctrl-C stops it); prints the UI address and the admin login.
 airflow: setup
