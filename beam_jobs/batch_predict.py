@@ -40,7 +40,6 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import _options
 from beam_jobs.example_codec import serialize_row
 from beam_jobs.ingest import (
     DEFAULT_CHUNK_BYTES,
@@ -54,6 +53,9 @@ from beam_jobs.ingest import (
     WriteJsonLines,
     scan_csv,
 )
+from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
+from beam_jobs.outputs import WriteSummaryFn, discard, make_staging_dir, promote, read_summary, refuse_existing_outputs
+from core.atomic import write_json
 from core.errors import DataError, MlopsError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind, parse_value
 
@@ -341,7 +343,7 @@ def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_v
         )
         | "GatherFacts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(SummarizeScoringFn())
-        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+        | "WriteSummary" >> beam.ParDo(WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 
 
@@ -387,15 +389,15 @@ def batch_predict(
     model_dir = Path(model_dir).resolve()
     version = model_version_of(model_dir) if model_version is None else int(model_version)
     output_dir = Path(output_dir)
-    _options.refuse_existing_outputs(output_dir, (PREDICTIONS_DIR, REJECTED_DIR, RESULT_FILE))
+    refuse_existing_outputs(output_dir, (PREDICTIONS_DIR, REJECTED_DIR, RESULT_FILE))
     plan = plan_scoring(Path(csv_path), chunk_bytes=chunk_bytes)
     load_example_signature(str(model_dir))  # a wrong model fails here, not inside a worker
-    staging = _options.make_staging_dir(output_dir, "batch_predict")
+    staging = make_staging_dir(output_dir, "batch_predict")
     try:
         with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, plan, model_dir=str(model_dir), model_version=version, output_dir=str(staging),
                   output_format=output_format, batch_size=batch_size)
-        summary = _options.read_summary(staging / SUMMARY_FILE)
+        summary = read_summary(staging / SUMMARY_FILE)
         result = _result(plan, summary, model_dir, version, output_dir, output_format)
         if not result.rows_scored + result.rows_rejected == summary["read"] == plan.data_rows:
             raise RuntimeError(
@@ -403,7 +405,7 @@ def batch_predict(
                 f"{summary['read']} read, {result.rows_scored} scored + {result.rows_rejected} rejected"
             )
         if result.rows_rejected > max_rejected_fraction * result.rows_read:
-            _options.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
+            promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
             examples = "; ".join(f"line {line}: {detail}" for line, detail in summary["examples"])
             raise DataError(
                 f"{plan.csv_path}: {result.rows_rejected} of {result.rows_read} rows "
@@ -411,10 +413,10 @@ def batch_predict(
                 f"{max_rejected_fraction:.2%} ({result.rejected_by_reason}), e.g. {examples}. "
                 f"Every rejected line, with its reason, is in {output_dir / REJECTED_DIR}/"
             )
-        _options.promote(staging, output_dir, (PREDICTIONS_DIR, REJECTED_DIR))
-        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+        promote(staging, output_dir, (PREDICTIONS_DIR, REJECTED_DIR))
+        write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
-        _options.discard(staging)
+        discard(staging)
     _LOG.info("batch_predict %s with %s (version %d): %s", plan.csv_path, model_dir, version, dataclasses.asdict(result))
     return result
 
@@ -461,17 +463,17 @@ def read_predictions(output_dir: Path) -> list[dict[str, Any]]:
 class BatchPredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _options.add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to score.")
-        _options.add_job_argument(parser, "--output", type=str, default=None,
+        add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to score.")
+        add_job_argument(parser, "--output", type=str, default=None,
                                   help="The output directory (must not hold an earlier run's outputs).")
-        _options.add_job_argument(parser, "--model_dir", type=str, default=None,
+        add_job_argument(parser, "--model_dir", type=str, default=None,
                                   help="The SavedModel version directory, e.g. var/serving/models/taxi/3.")
-        _options.add_job_argument(parser, "--model_version", type=int, default=None,
+        add_job_argument(parser, "--model_version", type=int, default=None,
                                   help="The model version to record (default: the model directory's name).")
-        _options.add_job_argument(parser, "--format", type=str, default="jsonl", help="jsonl or csv.")
-        _options.add_job_argument(parser, "--max_rejected_fraction", type=float, default=0.01,
+        add_job_argument(parser, "--format", type=str, default="jsonl", help="jsonl or csv.")
+        add_job_argument(parser, "--max_rejected_fraction", type=float, default=0.01,
                                   help="Fail when more than this share of the rows cannot be parsed.")
-        _options.add_job_argument(parser, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+        add_job_argument(parser, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
                                   help="Largest batch of examples per model call.")
 
 
@@ -479,7 +481,7 @@ def run(argv: Sequence[str] | None = None) -> BatchPredictResult:
     """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args).view_as(BatchPredictOptions)
-    _options.require_flags("beam_jobs.batch_predict", {
+    require_flags("beam_jobs.batch_predict", {
         "--input": options.input, "--output": options.output, "--model_dir": options.model_dir})
     return batch_predict(
         Path(options.input),
@@ -494,7 +496,7 @@ def run(argv: Sequence[str] | None = None) -> BatchPredictResult:
 
 
 def main() -> None:
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         result = run()
     except MlopsError as err:

@@ -37,8 +37,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import _options
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, serialize_row, split_prefix
+from beam_jobs.options import add_job_argument, configure_cli_logging, iso_date, require_flags, utc_midnight
+from beam_jobs.outputs import WriteSummaryFn, discard, make_staging_dir, promote, read_summary, refuse_existing_outputs
+from core.atomic import write_json
 from core.errors import DataError, MlopsError
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind, parse_value
 
@@ -467,7 +469,7 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         facts
         | "GatherFacts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(SummarizeIngestFn())
-        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+        | "WriteSummary" >> beam.ParDo(WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 
 
@@ -495,26 +497,26 @@ def ingest_csv(
     if not 0.0 <= max_unparseable_fraction <= 1.0:
         raise ValueError(f"max_unparseable_fraction must be in [0, 1], got {max_unparseable_fraction}")
     output_dir = Path(output_dir)
-    _options.refuse_existing_outputs(output_dir, (EXAMPLES_DIR, REJECTED_DIR, RESULT_FILE))
+    refuse_existing_outputs(output_dir, (EXAMPLES_DIR, REJECTED_DIR, RESULT_FILE))
     # Plan first: a bad file fails before any output folder is created.
     plan = plan_ingest(csv_path, output_dir, start=start, end=end, hash_buckets=hash_buckets,
                        eval_buckets=eval_buckets, chunk_bytes=chunk_bytes)
-    staging = _options.make_staging_dir(output_dir, "ingest")
+    staging = make_staging_dir(output_dir, "ingest")
     try:
         with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, dataclasses.replace(plan, output_dir=str(staging)))
-        summary = _options.read_summary(staging / SUMMARY_FILE)
+        summary = read_summary(staging / SUMMARY_FILE)
         result = _result_from_summary(summary)
         _check_counts(plan, result)
         try:
             _check_outcome(plan, summary, result, max_unparseable_fraction, start, end, output_dir)
         except DataError:
-            _options.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
+            promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
             raise
-        _options.promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
-        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+        promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
+        write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
-        _options.discard(staging)
+        discard(staging)
     _LOG.info("ingest %s: %s", plan.csv_path, dataclasses.asdict(result))
     return result
 
@@ -598,16 +600,16 @@ def _instant(moment: datetime.datetime) -> str:
 class IngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _options.add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to ingest.")
-        _options.add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
-        _options.add_job_argument(parser, "--start", type=_options.iso_date, default=None,
+        add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to ingest.")
+        add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
+        add_job_argument(parser, "--start", type=iso_date, default=None,
                                   help="First day of the window (YYYY-MM-DD, UTC, inclusive).")
-        _options.add_job_argument(parser, "--end", type=_options.iso_date, default=None,
+        add_job_argument(parser, "--end", type=iso_date, default=None,
                                   help="Day after the window (YYYY-MM-DD, UTC, exclusive).")
-        _options.add_job_argument(parser, "--hash_buckets", type=int, default=3,
+        add_job_argument(parser, "--hash_buckets", type=int, default=3,
                                   help="Hash buckets for the split; train:eval = (buckets - eval):eval.")
-        _options.add_job_argument(parser, "--eval_buckets", type=int, default=1, help="Buckets that go to eval.")
-        _options.add_job_argument(parser, "--max_unparseable_fraction", type=float, default=0.01,
+        add_job_argument(parser, "--eval_buckets", type=int, default=1, help="Buckets that go to eval.")
+        add_job_argument(parser, "--max_unparseable_fraction", type=float, default=0.01,
                                   help="Fail when more than this share of a column does not parse.")
 
 
@@ -615,13 +617,13 @@ def run(argv: Sequence[str] | None = None) -> IngestResult:
     """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args).view_as(IngestOptions)
-    _options.require_flags("beam_jobs.ingest", {"--input": options.input, "--output": options.output,
+    require_flags("beam_jobs.ingest", {"--input": options.input, "--output": options.output,
                                                 "--start": options.start, "--end": options.end})
     return ingest_csv(
         Path(options.input),
         Path(options.output),
-        start=_options.utc_midnight(options.start),
-        end=_options.utc_midnight(options.end),
+        start=utc_midnight(options.start),
+        end=utc_midnight(options.end),
         hash_buckets=options.hash_buckets,
         eval_buckets=options.eval_buckets,
         max_unparseable_fraction=options.max_unparseable_fraction,
@@ -630,7 +632,7 @@ def run(argv: Sequence[str] | None = None) -> IngestResult:
 
 
 def main() -> None:
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         result = run()
     except MlopsError as err:

@@ -343,9 +343,9 @@ def transform(ctx: StepContext, cleaned: ArtifactRef) -> StepOutcome:
     """TF Transform analyze-and-transform on Beam: the transform graph that ships inside the model."""
     started = time.time()
     with ctx.run.step("Transform", {"cleaned": cleaned}, {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
-                     code_digest=step_code("transforms.transform")) as record:
+                     code_digest=step_code("beam_jobs.transform")) as record:
         if not record.cached:
-            from transforms.transform import transform_examples
+            from beam_jobs.transform import transform_examples
 
             final = ctx.run_dir / "transform"
             with _atomic_output_dir(final) as out:
