@@ -90,7 +90,8 @@ def measure(examples: Path, csv_path: Path, sizes: Sequence[int], repeats: int, 
 
 def measure_model(examples: Path, csv_path: Path, model_dir: Path, sizes: Sequence[int], repeats: int, seed: int) -> pd.DataFrame:
     """Prediction drift and concept-drift metrics of the model on undrifted samples and on drifted data."""
-    from monitoring.checks import PredictionBaseline, concept_metrics, probability_histogram
+    from monitoring.checks import concept_metrics, probability_histogram
+    from monitoring.results import PredictionBaseline
     from trainer.evaluate import score_examples
 
     thresholds = load_thresholds()
