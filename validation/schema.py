@@ -22,6 +22,7 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.statistics import load_statistics
+from core.atomic import write_text
 from core.errors import DataError
 from transforms.features import (
     CHICAGO_LATITUDE,
@@ -34,7 +35,6 @@ from transforms.features import (
     Feature,
     Kind,
 )
-from validation.files import write_atomic
 
 TRAINING = "TRAINING"
 SERVING = "SERVING"
@@ -197,4 +197,4 @@ _HEADER = (
 
 def write_schema(schema: schema_pb2.Schema, path: "str | Path") -> Path:
     """Writes a Schema as text, atomically, under a header that says where it comes from."""
-    return write_atomic(path, _HEADER + text_format.MessageToString(schema))
+    return write_text(path, _HEADER + text_format.MessageToString(schema))
