@@ -39,9 +39,8 @@ CALIBRATION_BINS = 10
 HISTOGRAM_BINS = 20
 MISSING_SLICE_VALUE = "(missing)"
 
-# Looked up, not retyped: renaming the feature in features.py fails here at import.
-PAYMENT_TYPE = features.FEATURES_BY_NAME["payment_type"]
-START_HOUR = features.FEATURES_BY_NAME["trip_start_hour"]
+PAYMENT_TYPE = features.FEATURES_BY_NAME[features.PAYMENT_TYPE_KEY]
+START_HOUR = features.FEATURES_BY_NAME[features.HOUR_KEY]
 HOUR_BUCKET_SLICE = "hour_bucket"
 SLICE_NAMES = (PAYMENT_TYPE.name, HOUR_BUCKET_SLICE)
 _SLICE_VALUE_ORDER: Mapping[str, tuple[str, ...]] = {HOUR_BUCKET_SLICE: tuple(name for _, _, name in features.HOUR_BUCKETS)}
