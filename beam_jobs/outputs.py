@@ -1,8 +1,11 @@
-"""What the Beam programs write besides their data: staged (atomic) outputs and run summaries.
+"""How the Beam programs write: examples and JSON-lines files, staged (atomic) outputs, run summaries.
 
 Outputs: a job writes everything into a hidden staging folder inside its output directory and only
 renames finished folders into place, so a crashed or rejected run never leaves half a split behind
 where the next step would read it.
+
+Files: `WriteExamples` writes rows as gzip TFRecords of tf.Example, `WriteJsonLines` writes
+records (rejected rows, predictions) one JSON object per line.
 
 Summaries: a job's counts come out of the pipeline as data (one small JSON file), not as runner
 metrics, because metrics support differs between runners while a file reads the same everywhere.
@@ -17,9 +20,46 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from beam_jobs.example_codec import TFRECORD_SUFFIX, serialize_row
 from core.atomic import replace_directory
+
+
+class WriteExamples(beam.PTransform):
+    """Rows -> gzip TFRecords of tf.Example under `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+
+    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            rows
+            | "ToExample" >> beam.Map(serialize_row)
+            | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+                self._prefix, file_name_suffix=TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
+        )
+
+
+class WriteJsonLines(beam.PTransform):
+    """Dicts -> JSON Lines files under `prefix`."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+
+    def expand(self, records: beam.PCollection) -> beam.pvalue.PDone:
+        return (
+            records
+            | "ToJson" >> beam.Map(_to_json_line)
+            | "WriteText" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
+        )
+
+
+def _to_json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False)
 
 
 def refuse_existing_outputs(output_dir: Path, names: Iterable[str]) -> None:

@@ -78,13 +78,13 @@ class StatisticsOptions(PipelineOptions):
         # Beam shares one parser between every imported job (see beam_jobs/options.py), so flags
         # go through add_job_argument and none is argparse-required.
         add_job_argument(parser, "--input", type=str, default=None,
-                                  help="Examples directory with Split-<split>/data-*.tfrecord.gz (required)")
+                         help="Examples directory with Split-<split>/data-*.tfrecord.gz (required)")
         add_job_argument(parser, "--output", type=str, default=None,
-                                  help="Directory for Split-<split>/FeatureStats.pb (required)")
+                         help="Directory for Split-<split>/FeatureStats.pb (required)")
         add_job_argument(parser, "--splits", type=str, default=",".join(SPLITS),
-                                  help="Comma-separated split names")
+                         help="Comma-separated split names")
         add_job_argument(parser, "--sample_rate", type=float, default=None,
-                                  help="Share of record batches to sample, in (0, 1]; default: all")
+                         help="Share of record batches to sample, in (0, 1]; default: all")
 
 
 class ComputeStatistics(beam.PTransform):
