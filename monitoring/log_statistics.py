@@ -54,15 +54,15 @@ class LogStatisticsOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
         add_job_argument(parser, "--log_dir", type=str, default=None,
-                                  help="The gateway's log directory (holds requests/date=YYYY-MM-DD/)")
+                         help="The gateway's log directory (holds requests/date=YYYY-MM-DD/)")
         add_job_argument(parser, "--window_start", type=str, default=None,
-                                  help="First request time to include, ISO 8601 (UTC if no zone)")
+                         help="First request time to include, ISO 8601 (UTC if no zone)")
         add_job_argument(parser, "--window_end", type=str, default=None,
-                                  help="Request time after the window, ISO 8601 (exclusive)")
+                         help="Request time after the window, ISO 8601 (exclusive)")
         add_job_argument(parser, "--model_name", type=str, default=None,
-                                  help="Only requests for this model (default: all)")
+                         help="Only requests for this model (default: all)")
         add_job_argument(parser, "--statistics_output", type=str, default=None,
-                                  help="Where to write the binary DatasetFeatureStatisticsList")
+                         help="Where to write the binary DatasetFeatureStatisticsList")
 
 
 def utc(value: dt.datetime | str, what: str = "time") -> dt.datetime:
