@@ -13,10 +13,10 @@ Writes into the output directory:
   scored + rejected = data rows, checked after the run.
 - `batch_predict_result.json`: the counts and the model version used.
 
-Rows are parsed as ingest parses them (the same line-numbered, byte-range reading from
-`beam_jobs.ingest` and the same cell parser, `transforms.features.parse_value`), except that the
-label column (`tips`) is not needed and a missing value is not a reason to reject a row: the model
-treats missing values as it does at serving time. Scoring goes through Beam's `RunInference` with a
+Rows are parsed as ingest parses them (the same line-numbered, byte-range reading and the same
+cell parser, `beam_jobs/csv_source.py`), except that the label column (`tips`) is not needed and a
+missing value is not a reason to reject a row: the model treats missing values as it does at
+serving time. Scoring goes through Beam's `RunInference` with a
 model handler for the SavedModel's `serving_examples` signature, so the model's own TF Transform
 graph turns raw rows into features: batch and online predictions cannot disagree.
 
@@ -40,22 +40,12 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import _options
+from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import serialize_row
-from beam_jobs.ingest import (
-    DEFAULT_CHUNK_BYTES,
-    REASON_INVALID_ENCODING,
-    REASON_MALFORMED_CSV,
-    REASON_UNPARSEABLE_VALUE,
-    REASON_WRONG_FIELD_COUNT,
-    CsvChunk,
-    ReadChunkLinesFn,
-    ReadCsvLines,
-    WriteJsonLines,
-    scan_csv,
-)
+from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
+from core.atomic import write_json
 from core.errors import DataError, MlopsError
-from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind, parse_value
+from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
 
 _LOG = logging.getLogger(__name__)
 
@@ -71,7 +61,6 @@ SIGNATURE_INPUT = "examples"
 DEFAULT_BATCH_SIZE = 256
 # How many rejected lines an error message quotes.
 _EXAMPLES_IN_MESSAGE = 3
-_EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,23 +80,23 @@ class BatchPredictResult:
 
 @dataclasses.dataclass(frozen=True)
 class ScoringPlan:
-    """The checked input: header columns and line-aligned byte ranges (see beam_jobs.ingest)."""
+    """The checked input: header columns and line-aligned byte ranges (see beam_jobs/csv_source.py)."""
 
     csv_path: str
     columns: tuple[str, ...]
-    chunks: tuple[CsvChunk, ...]
+    chunks: tuple[csv_source.CsvChunk, ...]
     data_rows: int
 
 
 # --- Checking the input before the pipeline ---
 
 
-def plan_scoring(csv_path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ScoringPlan:
+def plan_scoring(csv_path: Path, chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES) -> ScoringPlan:
     """Checks the header and cuts the file into line-aligned byte ranges for parallel reading.
 
     Unlike ingest, the label column is not required: a day of trips to score has no tips yet.
     """
-    layout = scan_csv(csv_path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
+    layout = csv_source.scan_csv(csv_path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
     return ScoringPlan(layout.csv_path, layout.columns, layout.chunks, layout.data_rows)
 
 
@@ -125,31 +114,16 @@ class ParseScoringLineFn(beam.DoFn):
 
     def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
         line_no, raw = element
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield _rejected(line_no, REASON_INVALID_ENCODING, None, f"byte {err.start} is not UTF-8",
-                            raw.decode("utf-8", errors="replace"), None)
+        line = csv_source.split_csv_line(raw, len(self._columns))
+        if isinstance(line, csv_source.BadLine):
+            yield _rejected(line_no, line.reason, None, line.detail, line.text, None)
             return
-        try:
-            fields = next(csv.reader([text]))
-        except csv.Error as err:
-            yield _rejected(line_no, REASON_MALFORMED_CSV, None, f"not a CSV row: {err}", text, None)
-            return
-        if len(fields) != len(self._columns):
-            yield _rejected(line_no, REASON_WRONG_FIELD_COUNT, None,
-                            f"expected {len(self._columns)} fields as in the header, got {len(fields)}", text, None)
-            return
+        text, fields = line
         cells = {name: fields[self._index[name]] for name in SERVING_COLUMNS}
-        row: dict[str, Any] = {}
-        bad: list[tuple[str, str]] = []
-        for feature in SERVING_FEATURES:
-            try:
-                row[feature.name] = parse_value(feature, cells[feature.name])
-            except ValueError:
-                bad.append((feature.name, f"{feature.name}={cells[feature.name]!r}: expected {_EXPECTED_BY_KIND[feature.kind]}"))
+        row, bad = csv_source.parse_cells(SERVING_FEATURES, cells)
         if bad:
-            yield _rejected(line_no, REASON_UNPARSEABLE_VALUE, bad[0][0], "; ".join(detail for _, detail in bad), text, cells)
+            detail = "; ".join(f"{column}={cell!r}: {expected}" for column, cell, expected in bad)
+            yield _rejected(line_no, csv_source.REASON_UNPARSEABLE_VALUE, bad[0][0], detail, text, cells)
             return
         yield line_no, row
 
@@ -183,9 +157,9 @@ class ExampleSignatureModelHandler(ModelHandler[bytes, PredictionResult, Any]):
                       inference_args: Mapping[str, Any] | None = None) -> Iterable[PredictionResult]:
         import tensorflow as tf
 
-        outputs = model.signatures[SIGNATURE](**{SIGNATURE_INPUT: tf.constant(list(batch), dtype=tf.string)})
-        probabilities = outputs["probability"].numpy().reshape(-1)
-        classes = outputs["class"].numpy().reshape(-1)
+        results = model.signatures[SIGNATURE](**{SIGNATURE_INPUT: tf.constant(list(batch), dtype=tf.string)})
+        probabilities = results["probability"].numpy().reshape(-1)
+        classes = results["class"].numpy().reshape(-1)
         if len(probabilities) != len(batch) or len(classes) != len(batch):
             raise RuntimeError(
                 f"{self._model_dir}: signature {SIGNATURE} returned {len(probabilities)} probabilities and "
@@ -260,7 +234,7 @@ class WritePredictions(beam.PTransform):
                 | "ToCsv" >> beam.Map(_to_csv_line)
                 | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=".csv", header=",".join(PREDICTION_FIELDS))
             )
-        return records | "WriteJsonl" >> WriteJsonLines(self._prefix)
+        return records | "WriteJsonl" >> outputs.WriteJsonLines(self._prefix)
 
 
 class SummarizeScoringFn(beam.CombineFn):
@@ -320,7 +294,7 @@ def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_v
     Writes below output_dir: predictions/, rejected/ and summary.json (the run's counts).
     """
     output = Path(output_dir)
-    read = pipeline | "ReadCsv" >> ReadCsvLines(plan.csv_path, plan.chunks)
+    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines(plan.csv_path, plan.chunks)
     parsed = read.lines | "ParseRows" >> beam.ParDo(ParseScoringLineFn(plan.columns)).with_outputs(
         ParseScoringLineFn.REJECTED, main="rows")
     handler = KeyedModelHandler(ExampleSignatureModelHandler(model_dir, model_version, max_batch_size=batch_size))
@@ -332,16 +306,16 @@ def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_v
     )
     _ = predictions | "WritePredictions" >> WritePredictions(str(output / PREDICTIONS_DIR / "predictions"), output_format)
     rejected = parsed[ParseScoringLineFn.REJECTED]
-    _ = rejected | "WriteRejected" >> WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
+    _ = rejected | "WriteRejected" >> outputs.WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
     _ = (
         (
-            read[ReadChunkLinesFn.FACTS],  # ("read", lines) per byte range, counted before parsing
+            read[csv_source.ReadChunkLinesFn.FACTS],  # ("read", lines) per byte range, counted before parsing
             predictions | "ScoredFacts" >> beam.Map(_scored_fact),
             rejected | "RejectedFacts" >> beam.Map(_rejected_fact),
         )
         | "GatherFacts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(SummarizeScoringFn())
-        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+        | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 
 
@@ -369,7 +343,7 @@ def batch_predict(
     max_rejected_fraction: float = 0.01,
     batch_size: int = DEFAULT_BATCH_SIZE,
     beam_args: Sequence[str] = (),
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
 ) -> BatchPredictResult:
     """Scores every data row of `csv_path` with the SavedModel in `model_dir`; see the module docstring.
 
@@ -387,15 +361,15 @@ def batch_predict(
     model_dir = Path(model_dir).resolve()
     version = model_version_of(model_dir) if model_version is None else int(model_version)
     output_dir = Path(output_dir)
-    _options.refuse_existing_outputs(output_dir, (PREDICTIONS_DIR, REJECTED_DIR, RESULT_FILE))
+    outputs.refuse_existing_outputs(output_dir, (PREDICTIONS_DIR, REJECTED_DIR, RESULT_FILE))
     plan = plan_scoring(Path(csv_path), chunk_bytes=chunk_bytes)
     load_example_signature(str(model_dir))  # a wrong model fails here, not inside a worker
-    staging = _options.make_staging_dir(output_dir, "batch_predict")
+    staging = outputs.make_staging_dir(output_dir, "batch_predict")
     try:
         with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, plan, model_dir=str(model_dir), model_version=version, output_dir=str(staging),
                   output_format=output_format, batch_size=batch_size)
-        summary = _options.read_summary(staging / SUMMARY_FILE)
+        summary = outputs.read_summary(staging / SUMMARY_FILE)
         result = _result(plan, summary, model_dir, version, output_dir, output_format)
         if not result.rows_scored + result.rows_rejected == summary["read"] == plan.data_rows:
             raise RuntimeError(
@@ -403,7 +377,7 @@ def batch_predict(
                 f"{summary['read']} read, {result.rows_scored} scored + {result.rows_rejected} rejected"
             )
         if result.rows_rejected > max_rejected_fraction * result.rows_read:
-            _options.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
+            outputs.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
             examples = "; ".join(f"line {line}: {detail}" for line, detail in summary["examples"])
             raise DataError(
                 f"{plan.csv_path}: {result.rows_rejected} of {result.rows_read} rows "
@@ -411,10 +385,10 @@ def batch_predict(
                 f"{max_rejected_fraction:.2%} ({result.rejected_by_reason}), e.g. {examples}. "
                 f"Every rejected line, with its reason, is in {output_dir / REJECTED_DIR}/"
             )
-        _options.promote(staging, output_dir, (PREDICTIONS_DIR, REJECTED_DIR))
-        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+        outputs.promote(staging, output_dir, (PREDICTIONS_DIR, REJECTED_DIR))
+        write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
-        _options.discard(staging)
+        outputs.discard(staging)
     _LOG.info("batch_predict %s with %s (version %d): %s", plan.csv_path, model_dir, version, dataclasses.asdict(result))
     return result
 
@@ -461,25 +435,25 @@ def read_predictions(output_dir: Path) -> list[dict[str, Any]]:
 class BatchPredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _options.add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to score.")
-        _options.add_job_argument(parser, "--output", type=str, default=None,
-                                  help="The output directory (must not hold an earlier run's outputs).")
-        _options.add_job_argument(parser, "--model_dir", type=str, default=None,
-                                  help="The SavedModel version directory, e.g. var/serving/models/taxi/3.")
-        _options.add_job_argument(parser, "--model_version", type=int, default=None,
-                                  help="The model version to record (default: the model directory's name).")
-        _options.add_job_argument(parser, "--format", type=str, default="jsonl", help="jsonl or csv.")
-        _options.add_job_argument(parser, "--max_rejected_fraction", type=float, default=0.01,
-                                  help="Fail when more than this share of the rows cannot be parsed.")
-        _options.add_job_argument(parser, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
-                                  help="Largest batch of examples per model call.")
+        add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to score.")
+        add_job_argument(parser, "--output", type=str, default=None,
+                         help="The output directory (must not hold an earlier run's outputs).")
+        add_job_argument(parser, "--model_dir", type=str, default=None,
+                         help="The SavedModel version directory, e.g. var/serving/models/taxi/3.")
+        add_job_argument(parser, "--model_version", type=int, default=None,
+                         help="The model version to record (default: the model directory's name).")
+        add_job_argument(parser, "--format", type=str, default="jsonl", help="jsonl or csv.")
+        add_job_argument(parser, "--max_rejected_fraction", type=float, default=0.01,
+                         help="Fail when more than this share of the rows cannot be parsed.")
+        add_job_argument(parser, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
+                         help="Largest batch of examples per model call.")
 
 
 def run(argv: Sequence[str] | None = None) -> BatchPredictResult:
     """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args).view_as(BatchPredictOptions)
-    _options.require_flags("beam_jobs.batch_predict", {
+    require_flags("beam_jobs.batch_predict", {
         "--input": options.input, "--output": options.output, "--model_dir": options.model_dir})
     return batch_predict(
         Path(options.input),
@@ -494,7 +468,7 @@ def run(argv: Sequence[str] | None = None) -> BatchPredictResult:
 
 
 def main() -> None:
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         result = run()
     except MlopsError as err:

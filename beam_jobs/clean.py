@@ -33,9 +33,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from google.protobuf.message import DecodeError
 
-from beam_jobs import _options
+from beam_jobs import outputs
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern, split_prefix
-from beam_jobs.ingest import WriteExamples, WriteJsonLines
+from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
+from core.atomic import write_json
 from core.errors import DataError, MlopsError
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, Feature, Kind, OnInvalid
 
@@ -176,8 +177,8 @@ class ParseExamples(beam.PTransform):
     """Serialized tf.Examples -> rows (every raw column present, None = missing)."""
 
     def expand(self, records: beam.PCollection) -> StageOutput:
-        outputs = records | "Decode" >> beam.ParDo(ParseExamplesFn()).with_outputs(_REJECTED, main="kept")
-        return StageOutput(outputs.kept, outputs[_REJECTED])
+        tagged = records | "Decode" >> beam.ParDo(ParseExamplesFn()).with_outputs(_REJECTED, main="kept")
+        return StageOutput(tagged.kept, tagged[_REJECTED])
 
 
 # --- DropDuplicates ---
@@ -208,13 +209,13 @@ class DropDuplicates(beam.PTransform):
     """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`."""
 
     def expand(self, rows: beam.PCollection) -> StageOutput:
-        outputs = (
+        tagged = (
             rows
             | "KeyByContent" >> beam.Map(_key_by_content)
             | "GroupByContent" >> beam.GroupByKey()
             | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn()).with_outputs(_REJECTED, main="kept")
         )
-        return StageOutput(outputs.kept, outputs[_REJECTED])
+        return StageOutput(tagged.kept, tagged[_REJECTED])
 
 
 # --- ApplyMissingValuePolicy ---
@@ -242,9 +243,9 @@ class ApplyMissingValuePolicy(beam.PTransform):
         self._features = tuple(features)
 
     def expand(self, rows: beam.PCollection) -> StageOutput:
-        outputs = rows | "RejectMissingRequired" >> beam.ParDo(
+        tagged = rows | "RejectMissingRequired" >> beam.ParDo(
             MissingValuePolicyFn(self._features)).with_outputs(_REJECTED, main="kept")
-        return StageOutput(outputs.kept, outputs[_REJECTED])
+        return StageOutput(tagged.kept, tagged[_REJECTED])
 
 
 # --- CheckValueRanges ---
@@ -313,9 +314,9 @@ class CheckValueRanges(beam.PTransform):
         self._features = tuple(features)
 
     def expand(self, rows: beam.PCollection) -> CleanOutput:
-        outputs = rows | "ApplyRangePolicy" >> beam.ParDo(
+        tagged = rows | "ApplyRangePolicy" >> beam.ParDo(
             ValueRangeFn(self._features)).with_outputs(_REJECTED, _ADJUSTED, main="kept")
-        return CleanOutput(outputs.kept, outputs[_REJECTED], outputs[_ADJUSTED])
+        return CleanOutput(tagged.kept, tagged[_REJECTED], tagged[_ADJUSTED])
 
 
 # --- The whole cleaning of one split ---
@@ -394,8 +395,8 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
         records = pipeline | f"ReadSplit[{split}]" >> beam.io.ReadFromTFRecord(
             split_pattern(plan.examples_dir, split), compression_type=CompressionTypes.GZIP)
         cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features)
-        _ = cleaned.kept | f"WriteCleaned[{split}]" >> WriteExamples(split_prefix(output / CLEANED_DIR, split))
-        _ = cleaned.rejected | f"WriteRejected[{split}]" >> WriteJsonLines(
+        _ = cleaned.kept | f"WriteCleaned[{split}]" >> outputs.WriteExamples(split_prefix(output / CLEANED_DIR, split))
+        _ = cleaned.rejected | f"WriteRejected[{split}]" >> outputs.WriteJsonLines(
             str(split_dir(output / REJECTED_DIR, split) / "rejected"))
         facts += [
             records | f"InFact[{split}]" >> beam.Map(_in_fact, split),
@@ -407,7 +408,7 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
         facts
         | "GatherFacts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(CountFactsFn())
-        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+        | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 
 
@@ -436,17 +437,17 @@ def clean_examples(
                 f"{split_dir(examples_dir, split)}: no files match data-*{TFRECORD_SUFFIX} "
                 f"(expected the raw examples of split {split!r}, as the ingest job writes them)"
             )
-    _options.refuse_existing_outputs(output_dir, (CLEANED_DIR, REJECTED_DIR, RESULT_FILE))
-    staging = _options.make_staging_dir(output_dir, "clean")
+    outputs.refuse_existing_outputs(output_dir, (CLEANED_DIR, REJECTED_DIR, RESULT_FILE))
+    staging = outputs.make_staging_dir(output_dir, "clean")
     try:
         with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, CleanPlan(str(examples_dir), str(staging), splits))
-        result = result_from_facts(_options.read_summary(staging / SUMMARY_FILE), splits)
+        result = result_from_facts(outputs.read_summary(staging / SUMMARY_FILE), splits)
         check_accounted(result, examples_dir)
-        _options.promote(staging, output_dir, (CLEANED_DIR, REJECTED_DIR))
-        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+        outputs.promote(staging, output_dir, (CLEANED_DIR, REJECTED_DIR))
+        write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
-        _options.discard(staging)
+        outputs.discard(staging)
     _LOG.info("clean %s: %s", examples_dir, dataclasses.asdict(result))
     return result
 
@@ -495,24 +496,24 @@ def check_accounted(result: CleanResult, examples_dir: Path) -> None:
 class CleanOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _options.add_job_argument(parser, "--input", type=str, default=None,
-                                  help="Directory holding Split-<split>/data-*.tfrecord.gz.")
-        _options.add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
-        _options.add_job_argument(parser, "--splits", type=str, default=",".join(SPLITS),
-                                  help="Comma-separated splits to clean.")
+        add_job_argument(parser, "--input", type=str, default=None,
+                         help="Directory holding Split-<split>/data-*.tfrecord.gz.")
+        add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
+        add_job_argument(parser, "--splits", type=str, default=",".join(SPLITS),
+                         help="Comma-separated splits to clean.")
 
 
 def run(argv: Sequence[str] | None = None) -> CleanResult:
     """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args).view_as(CleanOptions)
-    _options.require_flags("beam_jobs.clean", {"--input": options.input, "--output": options.output})
+    require_flags("beam_jobs.clean", {"--input": options.input, "--output": options.output})
     splits = [split.strip() for split in options.splits.split(",") if split.strip()]
     return clean_examples(Path(options.input), Path(options.output), splits=splits, beam_args=args)
 
 
 def main() -> None:
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         result = run()
     except MlopsError as err:

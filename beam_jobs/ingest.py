@@ -7,21 +7,13 @@
 Writes `examples/Split-<split>/data-*.tfrecord.gz`, `rejected/rejected-*.jsonl` (one JSON object per
 rejected line, with its 1-based line number and raw text) and `ingest_result.json`.
 
-How lines are read (and why not ReadFromText): rejected rows must carry their line number so a user
-can open the file at that line, and ReadFromText does not give line numbers. Before the pipeline
-starts, one sequential pass over the file checks the header and cuts the file into byte ranges that
-start on line boundaries, each with the number of its first line. The pipeline `Create`s those
-ranges, reshuffles them across workers, and each worker seeks to its range through Beam's
-FileSystems and numbers the lines itself. That stays correct on any runner and parallel for large
-files; the driver holds only the offsets, never the data. The price is that the input must not
-change while the job runs (checked: a range that reads short fails the run) and that a quoted CSV
-field spanning lines is not supported (such a row is rejected as `wrong_field_count`, never merged).
-Blank lines are skipped and not counted as rows; line numbers count them, as an editor does.
+Lines are read in parallel by byte range, each with its line number, and parsed by the shared
+CSV reader (beam_jobs/csv_source.py, also used by batch prediction); this module selects the time
+window, splits by a hash of the row, writes the splits and checks the outcome.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import hashlib
@@ -29,18 +21,18 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_jobs import _options
-from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, serialize_row, split_prefix
+from beam_jobs import csv_source, outputs
+from beam_jobs.example_codec import SPLITS, canonical_row, split_prefix
+from beam_jobs.options import add_job_argument, configure_cli_logging, iso_date, require_flags, utc_midnight
+from core.atomic import write_json
 from core.errors import DataError, MlopsError
-from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind, parse_value
+from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY
 
 _LOG = logging.getLogger(__name__)
 
@@ -48,20 +40,10 @@ EXAMPLES_DIR = "examples"
 REJECTED_DIR = "rejected"
 RESULT_FILE = "ingest_result.json"
 SUMMARY_FILE = "summary.json"
-# Byte ranges handed to workers: small enough to spread the shipped 1.9 MB file over two workers.
-DEFAULT_CHUNK_BYTES = 256 * 1024
 # How many bad values an error message quotes per column.
 _EXAMPLES_PER_COLUMN = 3
-
-# Rejection reasons (the "reason" field of rejected-*.jsonl).
-REASON_UNPARSEABLE_VALUE = "unparseable_value"
+# Rejection reason of a row without a timestamp (the others are in beam_jobs/csv_source.py).
 REASON_MISSING_TIMESTAMP = "missing_timestamp"
-REASON_WRONG_FIELD_COUNT = "wrong_field_count"
-REASON_MALFORMED_CSV = "malformed_csv"
-REASON_INVALID_ENCODING = "invalid_encoding"
-_ROW_LEVEL_REASONS = (REASON_WRONG_FIELD_COUNT, REASON_MALFORMED_CSV, REASON_INVALID_ENCODING)
-
-_EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,21 +56,13 @@ class IngestResult:
     unparseable_by_column: dict[str, int]
 
 
-class CsvChunk(NamedTuple):
-    """A byte range of the CSV that starts at a line start and ends after a newline (or at EOF)."""
-
-    start: int
-    end: int
-    first_line: int  # 1-based line number of the range's first line (the header is line 1)
-
-
 @dataclasses.dataclass(frozen=True)
 class IngestPlan:
     """Everything the pipeline needs, checked before Beam starts."""
 
     csv_path: str
     columns: tuple[str, ...]  # the header, in file order
-    chunks: tuple[CsvChunk, ...]
+    chunks: tuple[csv_source.CsvChunk, ...]
     data_rows: int  # non-blank lines after the header, counted by the planning pass
     start_seconds: float
     end_seconds: float
@@ -108,7 +82,7 @@ def plan_ingest(
     end: datetime.datetime,
     hash_buckets: int = 3,
     eval_buckets: int = 1,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
 ) -> IngestPlan:
     """Checks arguments and the CSV header, and cuts the file into line-aligned byte ranges.
 
@@ -120,7 +94,7 @@ def plan_ingest(
         raise ValueError(f"eval_buckets must be in 1..hash_buckets-1, got {eval_buckets} of {hash_buckets}")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    layout = scan_csv(csv_path, RAW_COLUMNS, chunk_bytes=chunk_bytes)
+    layout = csv_source.scan_csv(csv_path, RAW_COLUMNS, chunk_bytes=chunk_bytes)
     return IngestPlan(
         csv_path=layout.csv_path,
         columns=layout.columns,
@@ -142,120 +116,7 @@ def _check_window(start: datetime.datetime, end: datetime.datetime) -> None:
         raise ValueError(f"the window is empty: start {start.isoformat()} is not before end {end.isoformat()}")
 
 
-@dataclasses.dataclass(frozen=True)
-class CsvLayout:
-    """A checked CSV: its header and line-aligned byte ranges that Beam workers read in parallel."""
-
-    csv_path: str
-    columns: tuple[str, ...]  # the header, in file order
-    chunks: tuple[CsvChunk, ...]
-    data_rows: int  # non-blank lines after the header
-
-
-def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-             needed_for: str = "that ingest requires") -> CsvLayout:
-    """Checks the header (UTF-8, no duplicates, `required_columns` present) and cuts the file into
-    line-aligned byte ranges of about `chunk_bytes`, counting data rows on the way.
-
-    Raises DataError for a missing or empty file, a bad header or a header without data rows, so a
-    bad file fails in a second instead of after a pipeline start-up. `needed_for` ends the missing
-    columns message ("... column(s) the model needs: ...").
-    """
-    path = str(csv_path)
-    if not FileSystems.exists(path):
-        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(required_columns)})")
-    chunks: list[CsvChunk] = []
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        header_bytes = handle.readline()
-        columns = _parse_header(path, header_bytes, required_columns, needed_for)
-        offset = chunk_start = len(header_bytes)
-        line_no, chunk_first_line, data_rows = 1, 2, 0
-        for raw in handle:
-            line_no += 1
-            offset += len(raw)
-            if raw.strip():
-                data_rows += 1
-            if offset - chunk_start >= chunk_bytes:
-                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-                chunk_start, chunk_first_line = offset, line_no + 1
-        if offset > chunk_start:
-            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-    if data_rows == 0:
-        raise DataError(f"{path}: has a header but no data rows")
-    return CsvLayout(path, columns, tuple(chunks), data_rows)
-
-
-def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str], needed_for: str) -> tuple[str, ...]:
-    if not header_bytes.strip():
-        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(required_columns)})")
-    try:
-        header_text = header_bytes.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: the header row is not UTF-8 text ({err})") from None
-    columns = tuple(name.strip() for name in next(csv.reader([header_text.rstrip("\r\n")])))
-    duplicated = sorted({name for name in columns if columns.count(name) > 1})
-    if duplicated:
-        raise DataError(f"{path}: the header names these columns more than once: {', '.join(duplicated)}")
-    missing = [name for name in required_columns if name not in columns]
-    if missing:
-        raise DataError(
-            f"{path}: the header is missing {len(missing)} column(s) {needed_for}: {', '.join(missing)} "
-            f"(found: {', '.join(columns)})"
-        )
-    extra = [name for name in columns if name not in FEATURES_BY_NAME]
-    if extra:
-        _LOG.warning("%s: ignoring column(s) not defined in transforms/features.py: %s", path, ", ".join(extra))
-    return columns
-
-
 # --- Pipeline parts ---
-
-
-class ReadChunkLinesFn(beam.DoFn):
-    """Reads one byte range and yields (line number, raw bytes) for each non-blank line."""
-
-    FACTS = "facts"
-
-    def __init__(self, csv_path: str) -> None:
-        self._csv_path = csv_path
-        self._lines = Metrics.counter("ingest", "lines_read")
-
-    def process(self, chunk: CsvChunk) -> Iterator[Any]:
-        with FileSystems.open(self._csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.seek(chunk.start)
-            data = handle.read(chunk.end - chunk.start)
-        if len(data) != chunk.end - chunk.start:
-            raise RuntimeError(f"{self._csv_path} changed while being read (bytes {chunk.start}..{chunk.end} are gone)")
-        pieces = data.split(b"\n")
-        if pieces and pieces[-1] == b"":
-            pieces.pop()  # the range ends with a newline, not with another line
-        lines_read = 0
-        for index, raw in enumerate(pieces):
-            if raw.strip():
-                lines_read += 1
-                yield chunk.first_line + index, raw.rstrip(b"\r")
-        self._lines.inc(lines_read)
-        # Counted here, independently of parsing, so the summary can prove no line was dropped.
-        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", lines_read))
-
-
-class ReadCsvLines(beam.PTransform):
-    """The CSV's data lines with their 1-based line numbers, read in parallel by byte range."""
-
-    def __init__(self, csv_path: str, chunks: Sequence[CsvChunk]) -> None:
-        super().__init__()
-        self._csv_path = csv_path
-        self._chunks = list(chunks)
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
-        """Main output: (line number, raw bytes); output 'facts': ("read", lines) per byte range."""
-        return (
-            pbegin
-            | "ListByteRanges" >> beam.Create(self._chunks)
-            | "SpreadByteRanges" >> beam.Reshuffle()
-            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path)).with_outputs(
-                ReadChunkLinesFn.FACTS, main="lines")
-        )
 
 
 class ParseCsvLineFn(beam.DoFn):
@@ -275,36 +136,19 @@ class ParseCsvLineFn(beam.DoFn):
 
     def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
         line_no, raw = element
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield from self._reject(line_no, REASON_INVALID_ENCODING, None,
-                                    f"byte {err.start} is not UTF-8", raw.decode("utf-8", errors="replace"), None, ())
+        line = csv_source.split_csv_line(raw, len(self._columns))
+        if isinstance(line, csv_source.BadLine):
+            yield from self._reject(line_no, line.reason, None, line.detail, line.text, None, ())
             return
-        try:
-            fields = next(csv.reader([text]))
-        except csv.Error as err:
-            yield from self._reject(line_no, REASON_MALFORMED_CSV, None, f"not a CSV row: {err}", text, None, ())
-            return
-        if len(fields) != len(self._columns):
-            yield from self._reject(line_no, REASON_WRONG_FIELD_COUNT, None,
-                                    f"expected {len(self._columns)} fields as in the header, got {len(fields)}",
-                                    text, None, ())
-            return
+        text, fields = line
         cells = {name: fields[self._index[name]] for name in RAW_COLUMNS}
-        row: dict[str, Any] = {}
-        bad: list[tuple[str, str, str]] = []  # (column, cell, what was expected)
-        for feature in RAW_FEATURES:
-            try:
-                row[feature.name] = parse_value(feature, cells[feature.name])
-            except ValueError:
-                bad.append((feature.name, cells[feature.name], f"expected {_EXPECTED_BY_KIND[feature.kind]}"))
+        row, bad = csv_source.parse_cells(RAW_FEATURES, cells)
         timestamp_unparsed = any(column == TIMESTAMP_KEY for column, _, _ in bad)
         if not timestamp_unparsed and row.get(TIMESTAMP_KEY) is None:
             bad.append((TIMESTAMP_KEY, cells[TIMESTAMP_KEY], "missing; it selects the time window"))
         if bad:
             only_timestamp_missing = len(bad) == 1 and bad[0][0] == TIMESTAMP_KEY and not timestamp_unparsed
-            reason = REASON_MISSING_TIMESTAMP if only_timestamp_missing else REASON_UNPARSEABLE_VALUE
+            reason = REASON_MISSING_TIMESTAMP if only_timestamp_missing else csv_source.REASON_UNPARSEABLE_VALUE
             detail = "; ".join(f"{column}={cell!r}: {expected}" for column, cell, expected in bad)
             yield from self._reject(line_no, reason, bad[0][0], detail, text, cells,
                                     tuple((column, cell) for column, cell, _ in bad))
@@ -349,41 +193,6 @@ def split_index(row: dict[str, Any], num_splits: int, hash_buckets: int, eval_bu
     return SPLITS.index("eval") if bucket >= hash_buckets - eval_buckets else SPLITS.index("train")
 
 
-class WriteExamples(beam.PTransform):
-    """Rows -> gzip TFRecords of tf.Example under `prefix`."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self._prefix = prefix
-
-    def expand(self, rows: beam.PCollection) -> beam.pvalue.PDone:
-        return (
-            rows
-            | "ToExample" >> beam.Map(serialize_row)
-            | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-                self._prefix, file_name_suffix=TFRECORD_SUFFIX, compression_type=CompressionTypes.GZIP)
-        )
-
-
-class WriteJsonLines(beam.PTransform):
-    """Dicts -> JSON Lines files under `prefix`."""
-
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self._prefix = prefix
-
-    def expand(self, records: beam.PCollection) -> beam.pvalue.PDone:
-        return (
-            records
-            | "ToJson" >> beam.Map(_to_json_line)
-            | "WriteText" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
-        )
-
-
-def _to_json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False)
-
-
 class SummarizeIngestFn(beam.CombineFn):
     """Folds the facts of a run into counts, timestamp range and the first bad values per column."""
 
@@ -405,7 +214,7 @@ class SummarizeIngestFn(beam.CombineFn):
         elif kind == "rejected":
             _, reason, line_no, text, bad_cells = fact
             acc["reasons"][reason] = acc["reasons"].get(reason, 0) + 1
-            if reason in _ROW_LEVEL_REASONS:
+            if reason in csv_source.ROW_LEVEL_REASONS:
                 acc["row_examples"] = _first_lines(acc["row_examples"] + [[line_no, text]])
             for column, cell in bad_cells:
                 acc["bad_counts"][column] = acc["bad_counts"].get(column, 0) + 1
@@ -449,7 +258,7 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     Writes below plan.output_dir: examples/, rejected/ and SUMMARY_FILE (the run's counts).
     """
     output = Path(plan.output_dir)
-    read = pipeline | "ReadCsv" >> ReadCsvLines(plan.csv_path, plan.chunks)
+    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines(plan.csv_path, plan.chunks)
     parsed = read.lines | "ParseRows" >> beam.ParDo(ParseCsvLineFn(plan.columns)).with_outputs(
         ParseCsvLineFn.REJECTED, ParseCsvLineFn.FACTS, main="rows")
     windowed = parsed.rows | "SelectWindow" >> beam.ParDo(
@@ -458,16 +267,16 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     splits = windowed.inside | "SplitByHash" >> beam.Partition(
         split_index, len(SPLITS), plan.hash_buckets, plan.eval_buckets)
 
-    facts = [read[ReadChunkLinesFn.FACTS], parsed[ParseCsvLineFn.FACTS], windowed[SelectWindowFn.FACTS]]
+    facts = [read[csv_source.ReadChunkLinesFn.FACTS], parsed[ParseCsvLineFn.FACTS], windowed[SelectWindowFn.FACTS]]
     for index, split in enumerate(SPLITS):
-        _ = splits[index] | f"WriteSplit[{split}]" >> WriteExamples(split_prefix(output / EXAMPLES_DIR, split))
+        _ = splits[index] | f"WriteSplit[{split}]" >> outputs.WriteExamples(split_prefix(output / EXAMPLES_DIR, split))
         facts.append(splits[index] | f"SplitFact[{split}]" >> beam.Map(_split_fact, split))
-    _ = parsed[ParseCsvLineFn.REJECTED] | "WriteRejected" >> WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
+    _ = parsed[ParseCsvLineFn.REJECTED] | "WriteRejected" >> outputs.WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
     _ = (
         facts
         | "GatherFacts" >> beam.Flatten()
         | "Summarize" >> beam.CombineGlobally(SummarizeIngestFn())
-        | "WriteSummary" >> beam.ParDo(_options.WriteSummaryFn(str(output / SUMMARY_FILE)))
+        | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 
 
@@ -484,7 +293,7 @@ def ingest_csv(
     eval_buckets: int = 1,
     max_unparseable_fraction: float = 0.01,
     beam_args: Sequence[str] = (),
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
 ) -> IngestResult:
     """Runs the ingest pipeline and checks its outcome; see the module docstring for the layout.
 
@@ -495,26 +304,26 @@ def ingest_csv(
     if not 0.0 <= max_unparseable_fraction <= 1.0:
         raise ValueError(f"max_unparseable_fraction must be in [0, 1], got {max_unparseable_fraction}")
     output_dir = Path(output_dir)
-    _options.refuse_existing_outputs(output_dir, (EXAMPLES_DIR, REJECTED_DIR, RESULT_FILE))
+    outputs.refuse_existing_outputs(output_dir, (EXAMPLES_DIR, REJECTED_DIR, RESULT_FILE))
     # Plan first: a bad file fails before any output folder is created.
     plan = plan_ingest(csv_path, output_dir, start=start, end=end, hash_buckets=hash_buckets,
                        eval_buckets=eval_buckets, chunk_bytes=chunk_bytes)
-    staging = _options.make_staging_dir(output_dir, "ingest")
+    staging = outputs.make_staging_dir(output_dir, "ingest")
     try:
         with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, dataclasses.replace(plan, output_dir=str(staging)))
-        summary = _options.read_summary(staging / SUMMARY_FILE)
+        summary = outputs.read_summary(staging / SUMMARY_FILE)
         result = _result_from_summary(summary)
         _check_counts(plan, result)
         try:
             _check_outcome(plan, summary, result, max_unparseable_fraction, start, end, output_dir)
         except DataError:
-            _options.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
+            outputs.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
             raise
-        _options.promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
-        _options.write_json_atomic(output_dir / RESULT_FILE, dataclasses.asdict(result))
+        outputs.promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
+        write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
-        _options.discard(staging)
+        outputs.discard(staging)
     _LOG.info("ingest %s: %s", plan.csv_path, dataclasses.asdict(result))
     return result
 
@@ -546,7 +355,7 @@ def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResu
                    start: datetime.datetime, end: datetime.datetime, output_dir: Path) -> None:
     rejected_at = output_dir / REJECTED_DIR
     problems: list[str] = []
-    row_problems = sum(summary["reasons"].get(reason, 0) for reason in _ROW_LEVEL_REASONS)
+    row_problems = sum(summary["reasons"].get(reason, 0) for reason in csv_source.ROW_LEVEL_REASONS)
     if row_problems / result.rows_read > max_fraction:
         examples = ", ".join(f"line {line}: {_clip(text)!r}" for line, text in summary["row_examples"])
         problems.append(
@@ -555,7 +364,7 @@ def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResu
         )
     for column, count in result.unparseable_by_column.items():
         if count / result.rows_read > max_fraction:
-            expected = _EXPECTED_BY_KIND[FEATURES_BY_NAME[column].kind]
+            expected = csv_source.EXPECTED_BY_KIND[FEATURES_BY_NAME[column].kind]
             examples = ", ".join(f"line {line}: {_clip(cell)!r}" for line, cell in summary["bad_examples"][column])
             problems.append(
                 f"column {column!r} has {count} values that are not {expected} "
@@ -598,30 +407,30 @@ def _instant(moment: datetime.datetime) -> str:
 class IngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _options.add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to ingest.")
-        _options.add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
-        _options.add_job_argument(parser, "--start", type=_options.iso_date, default=None,
-                                  help="First day of the window (YYYY-MM-DD, UTC, inclusive).")
-        _options.add_job_argument(parser, "--end", type=_options.iso_date, default=None,
-                                  help="Day after the window (YYYY-MM-DD, UTC, exclusive).")
-        _options.add_job_argument(parser, "--hash_buckets", type=int, default=3,
-                                  help="Hash buckets for the split; train:eval = (buckets - eval):eval.")
-        _options.add_job_argument(parser, "--eval_buckets", type=int, default=1, help="Buckets that go to eval.")
-        _options.add_job_argument(parser, "--max_unparseable_fraction", type=float, default=0.01,
-                                  help="Fail when more than this share of a column does not parse.")
+        add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to ingest.")
+        add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
+        add_job_argument(parser, "--start", type=iso_date, default=None,
+                         help="First day of the window (YYYY-MM-DD, UTC, inclusive).")
+        add_job_argument(parser, "--end", type=iso_date, default=None,
+                         help="Day after the window (YYYY-MM-DD, UTC, exclusive).")
+        add_job_argument(parser, "--hash_buckets", type=int, default=3,
+                         help="Hash buckets for the split; train:eval = (buckets - eval):eval.")
+        add_job_argument(parser, "--eval_buckets", type=int, default=1, help="Buckets that go to eval.")
+        add_job_argument(parser, "--max_unparseable_fraction", type=float, default=0.01,
+                         help="Fail when more than this share of a column does not parse.")
 
 
 def run(argv: Sequence[str] | None = None) -> IngestResult:
     """Command-line entry: app flags and runner flags in one argv, as Beam programs take them."""
     args = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args).view_as(IngestOptions)
-    _options.require_flags("beam_jobs.ingest", {"--input": options.input, "--output": options.output,
-                                                "--start": options.start, "--end": options.end})
+    require_flags("beam_jobs.ingest", {"--input": options.input, "--output": options.output,
+                                       "--start": options.start, "--end": options.end})
     return ingest_csv(
         Path(options.input),
         Path(options.output),
-        start=_options.utc_midnight(options.start),
-        end=_options.utc_midnight(options.end),
+        start=utc_midnight(options.start),
+        end=utc_midnight(options.end),
         hash_buckets=options.hash_buckets,
         eval_buckets=options.eval_buckets,
         max_unparseable_fraction=options.max_unparseable_fraction,
@@ -630,7 +439,7 @@ def run(argv: Sequence[str] | None = None) -> IngestResult:
 
 
 def main() -> None:
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         result = run()
     except MlopsError as err:

@@ -29,8 +29,8 @@ from google.protobuf.message import DecodeError
 from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx_bsl.public import tfxio
 
-from beam_jobs import _options
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, row_to_example, split_dir, split_pattern
+from beam_jobs.options import add_job_argument, configure_cli_logging
 from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, Kind
 
@@ -75,16 +75,16 @@ class StatisticsOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        # Beam shares one parser between every imported job (see beam_jobs/_options.py), so flags
+        # Beam shares one parser between every imported job (see beam_jobs/options.py), so flags
         # go through add_job_argument and none is argparse-required.
-        _options.add_job_argument(parser, "--input", type=str, default=None,
-                                  help="Examples directory with Split-<split>/data-*.tfrecord.gz (required)")
-        _options.add_job_argument(parser, "--output", type=str, default=None,
-                                  help="Directory for Split-<split>/FeatureStats.pb (required)")
-        _options.add_job_argument(parser, "--splits", type=str, default=",".join(SPLITS),
-                                  help="Comma-separated split names")
-        _options.add_job_argument(parser, "--sample_rate", type=float, default=None,
-                                  help="Share of record batches to sample, in (0, 1]; default: all")
+        add_job_argument(parser, "--input", type=str, default=None,
+                         help="Examples directory with Split-<split>/data-*.tfrecord.gz (required)")
+        add_job_argument(parser, "--output", type=str, default=None,
+                         help="Directory for Split-<split>/FeatureStats.pb (required)")
+        add_job_argument(parser, "--splits", type=str, default=",".join(SPLITS),
+                         help="Comma-separated split names")
+        add_job_argument(parser, "--sample_rate", type=float, default=None,
+                         help="Share of record batches to sample, in (0, 1]; default: all")
 
 
 class ComputeStatistics(beam.PTransform):
@@ -332,7 +332,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Path]:
 if __name__ == "__main__":
     import sys
 
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         for split_name, stats_file in run(sys.argv[1:]).items():
             print(f"{split_name}\t{stats_file}")

@@ -29,12 +29,18 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from monitoring import checks  # noqa: E402
-from monitoring.checks import Baseline  # noqa: E402
 from monitoring.frames import frame_from_csv_rows  # noqa: E402
 from monitoring.log_statistics import generate_log_statistics, statistics_of_frame  # noqa: E402
+from monitoring.results import Baseline  # noqa: E402
 from monitoring.settings import load_thresholds  # noqa: E402
 from serving.prediction_log import REQUEST_SCHEMA, REQUESTS_DIR, read_prediction_logs, write_table_atomically  # noqa: E402
-from transforms.features import RAW_COLUMNS, SERVING_COLUMNS, TIMESTAMP_KEY  # noqa: E402
+from transforms.features import (  # noqa: E402
+    DECISION_BIG_TIPPER,
+    DECISION_NOT_BIG_TIPPER,
+    RAW_COLUMNS,
+    SERVING_COLUMNS,
+    TIMESTAMP_KEY,
+)
 from validation.schema import load_schema  # noqa: E402
 
 START = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
@@ -60,7 +66,7 @@ def write_logs(log_dir: Path, source: pd.DataFrame, rows: int, seed: int) -> Non
             "policy": ["blue_green"] * n, "automation": ["full"] * n,
             **{name: chunk[name].astype(object).where(chunk[name].notna(), None).tolist() for name in SERVING_COLUMNS},
             "probability": probability, "predicted_class": (probability >= 0.5).astype(np.int64),
-            "decision": np.where(probability >= 0.5, "big_tipper", "not_big_tipper").tolist(),
+            "decision": np.where(probability >= 0.5, DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER).tolist(),
             "latency_ms": np.full(n, 3.0), "status_code": np.full(n, 200, dtype=np.int32), "is_shadow": np.zeros(n, dtype=bool),
         }
         table = pa.Table.from_pydict(columns, schema=REQUEST_SCHEMA)

@@ -59,12 +59,13 @@ def _short(value: Any) -> str:
 
 
 def _write_pictures(args: argparse.Namespace, graph, title: str, summary: Mapping[str, Any]) -> None:
-    from metadata.lineage_graph import render_html, render_svg, write_atomic
+    from core.atomic import write_text
+    from metadata.lineage_graph import render_html, render_svg
 
     if getattr(args, "html", None):
-        print(f"wrote {write_atomic(Path(args.html), render_html(graph, title, summary))}", file=sys.stderr)
+        print(f"wrote {write_text(Path(args.html), render_html(graph, title, summary))}", file=sys.stderr)
     if getattr(args, "svg", None):
-        print(f"wrote {write_atomic(Path(args.svg), render_svg(graph, title))}", file=sys.stderr)
+        print(f"wrote {write_text(Path(args.svg), render_svg(graph, title))}", file=sys.stderr)
 
 
 # --- lineage model ---------------------------------------------------------------------------

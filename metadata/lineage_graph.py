@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -166,16 +164,3 @@ def render_html(graph: LineageGraph, title: str, summary: Mapping[str, Any] | No
         "<h2>Nodes</h2><table><tr><th>node</th><th>type</th><th>uri / run</th><th>properties</th></tr>"
         + "".join(rows) + "</table></body></html>\n"
     )
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path

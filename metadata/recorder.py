@@ -10,11 +10,13 @@ execution links the same inputs to the earlier outputs, and the caller is told w
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import time
+import uuid
 from typing import Any, Iterator, Mapping, Sequence
 
 from ml_metadata.metadata_store import metadata_store
@@ -122,6 +124,11 @@ def _bounded_trigger_json(details: Mapping[str, Any]) -> str:
     kept = {k: (v[:200] if isinstance(v, str) else v) for k, v in kept.items()}
     kept["truncated"] = f"evidence of {len(text)} characters cut to fit; see the artifact ids above"
     return json.dumps(kept, sort_keys=True, default=str)
+
+
+def new_run_id(prefix: str = "cli") -> str:
+    """A fresh run id, `<prefix>-<UTC time>-<random>`: sortable by start and unique across processes."""
+    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 class PipelineRun:

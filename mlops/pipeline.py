@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from metadata.recorder import Trigger
-from mlops import steps
 from core.config import Config
+from metadata.recorder import Trigger, new_run_id
+from mlops import steps
 
 Progress = Callable[[str], None]
 
@@ -61,7 +61,7 @@ def run_pipeline(
 ) -> PipelineResult:
     """Runs steps 1-7. A failing step raises (nothing after it runs, so nothing is pushed)."""
     began = time.time()
-    run_id = run_id or steps.new_run_id()
+    run_id = run_id or new_run_id()
     ctx = steps.open_run(config, run_id, trigger)
     progress(f"pipeline run {run_id} (metadata: {ctx.run.store.description})")
     tracker = StepProgress(progress)

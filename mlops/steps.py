@@ -13,21 +13,19 @@ Heavy libraries are imported inside the functions so importing this module stays
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
-import shutil
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
+from core.atomic import atomic_directory
 from core.config import Config
 from core.errors import DataError, ModelNotBlessedError, SchemaAnomaliesError
 from core.version import modules_hash
+from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
 
 STEP_NAMES = ("ingest", "validate", "clean", "transform", "train", "evaluate", "push")
 
@@ -89,10 +87,6 @@ class StepOutcome:
         )
 
 
-def new_run_id(prefix: str = "cli") -> str:
-    return f"{prefix}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
 def open_run(
     config: Config,
     run_id: str,
@@ -106,24 +100,6 @@ def open_run(
     store = connect(config.metadata)
     run = PipelineRun(store, config.pipeline_name, run_id, trigger, airflow_dag_id, airflow_run_id)
     return StepContext(config, run)
-
-
-@contextlib.contextmanager
-def _atomic_output_dir(final: Path) -> Iterator[Path]:
-    """Yields a fresh temp dir next to `final`; renames it to `final` only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
-    try:
-        yield temp
-        if final.exists():  # an earlier attempt of this run with other inputs: replace it whole
-            stale = final.parent / f".stale-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        temp.rename(final)
-    finally:
-        if temp.exists():
-            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _outcome(step: str, record: StepRecord, started: float, summary: str) -> StepOutcome:
@@ -209,7 +185,7 @@ def ingest(
             from beam_jobs.ingest import ingest_csv
 
             final = ctx.run_dir / "ingest"
-            with _atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 result = ingest_csv(
                     Path(raw.uri),
                     out,
@@ -266,7 +242,7 @@ def validate(ctx: StepContext, examples: ArtifactRef, schema_path: Path | None =
             from validation.validate import validate_statistics
 
             final = ctx.run_dir / "validate"
-            with _atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 generate_statistics(Path(examples.uri), out / "statistics", beam_args=ctx.beam_args())
                 result = validate_statistics(out / "statistics", schema_path, out / "anomalies")
                 _render_statistics(out, schema_path)
@@ -316,7 +292,7 @@ def clean(ctx: StepContext, examples: ArtifactRef, schema: ArtifactRef, anomalie
             from beam_jobs.clean import clean_examples
 
             final = ctx.run_dir / "clean"
-            with _atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 result = clean_examples(Path(examples.uri), out, beam_args=ctx.beam_args())
             rows_in, kept, rejected = (sum(d.values()) for d in (result.rows_in, result.rows_kept, result.rows_rejected))
             if rows_in != kept + rejected:
@@ -343,12 +319,12 @@ def transform(ctx: StepContext, cleaned: ArtifactRef) -> StepOutcome:
     """TF Transform analyze-and-transform on Beam: the transform graph that ships inside the model."""
     started = time.time()
     with ctx.run.step("Transform", {"cleaned": cleaned}, {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
-                     code_digest=step_code("transforms.transform")) as record:
+                     code_digest=step_code("beam_jobs.transform")) as record:
         if not record.cached:
-            from transforms.transform import transform_examples
+            from beam_jobs.transform import transform_examples
 
             final = ctx.run_dir / "transform"
-            with _atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 result = transform_examples(Path(cleaned.uri), out, beam_args=ctx.beam_args())
             record.output("transform_graph", "TransformGraph", str(final / "transform_graph"))
             record.output("transformed", "TransformedExamples", str(final / "transformed"), {
@@ -368,7 +344,7 @@ def train(ctx: StepContext, transformed: ArtifactRef, transform_graph: ArtifactR
             from trainer.train import train_model
 
             final = ctx.run_dir / "train"
-            with _atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 result = train_model(Path(transformed.uri), Path(transform_graph.uri), out, ctx.config.training)
             record.output("model", "Model", str(final / "model"), {
                 "fingerprint": result.fingerprint, "hyperparameters": hyperparameters,
@@ -432,7 +408,7 @@ def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, requir
             from trainer.evaluate import evaluate_model
 
             final = ctx.run_dir / "evaluate"
-            with _atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 result = evaluate_model(
                     Path(model.uri), Path(examples.uri), out, config=ctx.config.evaluation,
                     baseline_model_dir=baseline[1] if baseline else None,

@@ -27,7 +27,7 @@ from monitoring import drift
 from monitoring.frames import frame_from_csv_rows, read_examples_frame
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.settings import load_thresholds
-from transforms.features import SERVING_COLUMNS, TIMESTAMP_KEY
+from transforms.features import FARE_KEY, PAYMENT_TYPE_KEY, SERVING_COLUMNS, TIMESTAMP_KEY, TIPS_KEY, is_big_tipper
 from validation.schema import load_schema
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -39,14 +39,14 @@ def scenarios(heldout: pd.DataFrame, csv: pd.DataFrame, rng: np.random.Generator
     def new_payment_type() -> pd.DataFrame:
         frame = heldout.copy()
         chosen = rng.random(len(frame)) < 0.1
-        frame.loc[chosen, "payment_type"] = "Mobile"
+        frame.loc[chosen, PAYMENT_TYPE_KEY] = "Mobile"
         return frame
 
     return {
         "2015 trips": lambda: csv[year == 2015],
         "2016 trips": lambda: csv[year == 2016],
-        "fare x1.5": lambda: heldout.assign(fare=heldout["fare"] * 1.5),
-        "no Cash": lambda: heldout[heldout["payment_type"] != "Cash"],
+        "fare x1.5": lambda: heldout.assign(**{FARE_KEY: heldout[FARE_KEY] * 1.5}),
+        "no Cash": lambda: heldout[heldout[PAYMENT_TYPE_KEY] != "Cash"],
         "10% Mobile": new_payment_type,
     }
 
@@ -90,7 +90,8 @@ def measure(examples: Path, csv_path: Path, sizes: Sequence[int], repeats: int, 
 
 def measure_model(examples: Path, csv_path: Path, model_dir: Path, sizes: Sequence[int], repeats: int, seed: int) -> pd.DataFrame:
     """Prediction drift and concept-drift metrics of the model on undrifted samples and on drifted data."""
-    from monitoring.checks import PredictionBaseline, concept_metrics, probability_histogram
+    from monitoring.checks import concept_metrics, probability_histogram
+    from monitoring.results import PredictionBaseline
     from trainer.evaluate import score_examples
 
     thresholds = load_thresholds()
@@ -120,7 +121,7 @@ def measure_model(examples: Path, csv_path: Path, model_dir: Path, sizes: Sequen
             "auc change": f"{frame['auc change'].min():+.3f}", "accuracy change": f"{frame['accuracy change'].min():+.3f}",
             "ece change": f"{frame['ece change'].max():+.3f}"}
     csv = frame_from_csv_rows(pd.read_csv(csv_path, dtype=str, keep_default_na=False).to_dict("records"),
-                              (*SERVING_COLUMNS, "tips"))
+                              (*SERVING_COLUMNS, TIPS_KEY))
     year = pd.to_datetime(csv[TIMESTAMP_KEY], unit="s").dt.year
     import tensorflow as tf
 
@@ -133,9 +134,10 @@ def measure_model(examples: Path, csv_path: Path, model_dir: Path, sizes: Sequen
         serialized = [serialize_row({k: v for k, v in r.items() if k in SERVING_COLUMNS}) for r in rows]
         return signature(examples=tf.constant(serialized))["probability"].numpy().astype(float)
 
-    for label, frame in {"2016 trips": csv[year == 2016], "fare x1.5": csv[year <= 2014].assign(fare=csv["fare"] * 1.5),
-                         "no Cash": csv[(year <= 2014) & (csv["payment_type"] != "Cash")]}.items():
-        truth = (frame["tips"] > 0.2 * frame["fare"]).to_numpy(dtype=int)
+    drifted = {"2016 trips": csv[year == 2016], "fare x1.5": csv[year <= 2014].assign(**{FARE_KEY: csv[FARE_KEY] * 1.5}),
+               "no Cash": csv[(year <= 2014) & (csv[PAYMENT_TYPE_KEY] != "Cash")]}
+    for label, frame in drifted.items():
+        truth = is_big_tipper(frame[TIPS_KEY], frame[FARE_KEY]).to_numpy(dtype=int)
         values = row(predict(frame), truth)
         columns[f"{label} (n={len(frame)})"] = {k: f"{v:+.3f}" if "change" in k else f"{v:.3f}" for k, v in values.items()}
     table = pd.DataFrame(columns)

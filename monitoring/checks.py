@@ -1,11 +1,9 @@
-"""The monitoring checks on a window of prediction logs, and `run_monitoring`, which the monitoring DAG calls.
+"""The monitoring checks on a window of prediction logs.
 
 Every check is a plain function on DataFrames and TFDV statistics (usable from tests and
-notebooks) returning a `CheckOutcome`: its value, its threshold, pass/fail and the evidence
-(which features moved, how far). `run_monitoring` reads the window, finds the served model's
-training baseline by following its lineage in ML Metadata, runs every check, writes `result.json`
-and `report.html`, and records a `DriftCheck` execution whose `DriftCheckResult` output is what a
-drift-triggered retraining points back to (docs/ARCHITECTURE.md, "Monitoring").
+notebooks) returning a `CheckOutcome` (monitoring/results.py): its value, its threshold, pass/fail
+and the evidence (which features moved, how far). `monitoring.monitor.run_monitoring` reads the
+window, finds the baselines and runs them (docs/ARCHITECTURE.md, "Monitoring").
 
 Checks (names as in the result):
 - data_drift: TFDV drift comparators, window vs the previous window and vs the training data;
@@ -19,44 +17,36 @@ Checks (names as in the result):
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime as dt
-import json
 import logging
 import math
-import os
-import shutil
-import uuid
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
-from metadata.queries import DEFAULT_LOG_DIR
-from metadata.recorder import ArtifactRef, Trigger
-from core.config import Config
 from core.errors import DataError
 from monitoring import drift
-from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds, load_thresholds
+from monitoring.results import (
+    CONCEPT_DRIFT,
+    DATA_DRIFT,
+    MISSING_VALUES,
+    NULL_OUTPUTS,
+    PREDICTION_DRIFT,
+    SCHEMA_ANOMALIES,
+    SKEW,
+    Baseline,
+    CheckOutcome,
+    ConceptBaseline,
+    PredictionBaseline,
+    finite_or_none,
+    skipped_outcome,
+)
+from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind
 
 log = logging.getLogger(__name__)
 
-DATA_DRIFT = "data_drift"
-SKEW = "training_serving_skew"
-SCHEMA_ANOMALIES = "schema_anomalies"
-MISSING_VALUES = "missing_values"
-NULL_OUTPUTS = "null_outputs"
-PREDICTION_DRIFT = "prediction_drift"
-CONCEPT_DRIFT = "concept_drift"
-CHECK_NAMES = (DATA_DRIFT, SKEW, SCHEMA_ANOMALIES, MISSING_VALUES, NULL_OUTPUTS, PREDICTION_DRIFT, CONCEPT_DRIFT)
-
-RESULT_FILE = "result.json"
-REPORT_FILE = "report.html"
-STATISTICS_FILE = Path("statistics") / "FeatureStats.pb"
 # A category counts as vanished when the baseline saw it at least this many times, its share
 # predicts at least this many rows in the window, and none came: P(0 | Poisson(10)) = 4.5e-5, so
 # noise does not trip it (and a value seen twice in training is no evidence of anything).
@@ -71,101 +61,11 @@ MISSING_NOISE_SIGMAS = 3.0
 _KINDS = {feature.name: feature.kind for feature in SERVING_FEATURES}
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckOutcome:
-    name: str
-    passed: bool
-    value: float | None  # the worst score seen
-    threshold: float | None
-    evidence: dict  # which features moved and how far, counts, etc.
-    # What the report draws (distributions per feature); not part of the JSON result.
-    details: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "value": _finite(self.value), "threshold": self.threshold,
-                "evidence": _plain(self.evidence)}
-
-    def details_json(self) -> dict[str, Any]:
-        """The details as strict JSON (per-feature tables and distributions), for result.json and tests."""
-        return _plain({key: value for key, value in self.details.items() if key != "scores"})
-
-
-@dataclasses.dataclass(frozen=True)
-class MonitoringResult:
-    checks: list[CheckOutcome]
-    window_start: dt.datetime
-    window_end: dt.datetime
-    model_name: str
-    model_version: int | None
-    rows: int
-    report_html: Path | None
-    artifact: ArtifactRef | None  # the DriftCheckResult artifact recorded in MLMD
-
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.checks)
-
-    @property
-    def failed(self) -> list[CheckOutcome]:
-        return [check for check in self.checks if not check.passed]
-
-    def check(self, name: str) -> CheckOutcome:
-        for outcome in self.checks:
-            if outcome.name == name:
-                return outcome
-        raise KeyError(f"no check {name!r} in this result; checks: {[c.name for c in self.checks]}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "failed_checks": [check.name for check in self.failed],
-            "checks": [check.to_json() for check in self.checks],
-            "window_start": self.window_start.isoformat(),
-            "window_end": self.window_end.isoformat(),
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "rows": self.rows,
-            "report_html": str(self.report_html) if self.report_html else None,
-            "artifact": self.artifact.to_json() if self.artifact else None,
-        }
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (np.floating, np.integer)):
-        return _finite(value.item())
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Strict-JSON types: NaN/inf become None, numpy scalars Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return _finite(value)
-
-
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_EVIDENCE_TEXT else text[:MAX_EVIDENCE_TEXT - 3] + "..."
 
 
-def skipped_outcome(name: str, why: str, **evidence: Any) -> CheckOutcome:
-    """A check that could not judge this window (too few rows or labels): it passes and says why."""
-    return CheckOutcome(name, True, None, None, {"judged": False, "skipped": why, **evidence})
-
-
 # --- distribution checks ---------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Baseline:
-    """Data to compare the window with: its TFDV statistics and, when available, the raw rows."""
-
-    label: str  # e.g. "training data (taxi:3)" or "previous window"
-    statistics: statistics_pb2.DatasetFeatureStatisticsList
-    frame: pd.DataFrame | None = None
 
 
 def closed_vocabularies(schema: schema_pb2.Schema) -> list[str]:
@@ -345,19 +245,6 @@ def null_outputs(served: pd.DataFrame, thresholds: MonitoringThresholds) -> Chec
                         thresholds.max_null_output_fraction, {"null": nulls, "rows": rows, "null_by_version": by_version})
 
 
-@dataclasses.dataclass(frozen=True)
-class PredictionBaseline:
-    """The model's predicted probabilities on its evaluation data, as counts on fixed bins of [0, 1]."""
-
-    edges: tuple[float, ...]
-    counts: tuple[float, ...]
-    source: str  # where the numbers come from (evaluation.json, or a cached scoring)
-
-    def __post_init__(self) -> None:
-        if len(self.edges) != len(self.counts) + 1 or len(self.counts) < 2:
-            raise DataError(f"prediction baseline from {self.source}: {len(self.edges)} edges for {len(self.counts)} bins")
-
-
 def probability_histogram(probabilities: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     values = np.clip(np.asarray(probabilities, dtype=np.float64), edges[0], edges[-1])
     return np.histogram(values, bins=np.asarray(edges, dtype=np.float64))[0].astype(np.float64)
@@ -383,16 +270,6 @@ def prediction_drift(probabilities: np.ndarray, baseline: PredictionBaseline, th
                 "configured_threshold": thresholds.prediction_js, "noise_floor": round(floor, 6)}
     details = {"edges": list(baseline.edges), "baseline": base.tolist(), "current": now.tolist()}
     return CheckOutcome(PREDICTION_DRIFT, value <= threshold, value, threshold, evidence, details)
-
-
-@dataclasses.dataclass(frozen=True)
-class ConceptBaseline:
-    """The model's evaluation metrics the labelled traffic is held against."""
-
-    auc: float
-    accuracy: float
-    ece: float
-    source: str
 
 
 def concept_metrics(labels: np.ndarray, probabilities: np.ndarray, decision_threshold: float, bins: int) -> dict[str, float]:
@@ -442,84 +319,11 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
     evidence = {
         "labels": count,
         "metrics_failed": failed,
-        "metrics": {name: {"current": _finite(round(current, 4)), "baseline": _finite(round(baseline_values[name], 4)),
-                           "limit": _finite(round(limit, 4))}
+        "metrics": {name: {"current": finite_or_none(round(current, 4)), "baseline": finite_or_none(round(baseline_values[name], 4)),
+                           "limit": finite_or_none(round(limit, 4))}
                     for name, (current, limit, _, _) in limits.items()},
         "positive_rate": round(metrics["positive_rate"], 4),
         "baseline_source": baseline.source,
         "worst_metric": worst,
     }
     return CheckOutcome(CONCEPT_DRIFT, not failed, judged[worst][2], judged[worst][3], evidence, {"metrics": metrics})
-
-
-# --- run_monitoring --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_output_dir(final: Path) -> Iterator[Path]:
-    """A temp dir next to `final`, renamed to `final` only when the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    temp.mkdir()
-    try:
-        yield temp
-        if final.exists():
-            stale = final.parent / f".stale-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        temp.rename(final)
-    finally:
-        if temp.exists():
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, value: Any) -> Path:
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        temp.write_text(json.dumps(_plain(value), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _utc(value: dt.datetime | str, what: str) -> dt.datetime:
-    from monitoring.log_statistics import utc
-
-    return utc(value, what)
-
-
-def judged_version(served: pd.DataFrame) -> int:
-    """The model version that answered most of the window's served examples."""
-    versions = served["model_version"].dropna()
-    if versions.empty:
-        raise DataError("the logged requests carry no model_version: cannot tell which model to judge")
-    return int(versions.value_counts().sort_index(ascending=False).idxmax())
-
-
-def run_monitoring(
-    config: Config,
-    *,
-    window_start: dt.datetime,
-    window_end: dt.datetime,
-    log_dir: Path | None = None,
-    run_id: str | None = None,
-    trigger: Trigger = Trigger("schedule"),
-    thresholds: MonitoringThresholds | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> MonitoringResult:
-    """Runs every check on the served requests logged in [window_start, window_end) and records the result.
-
-    A window without logged requests returns a result with `rows == 0` and no checks (nothing is
-    recorded: there was nothing to judge). Raises DataError when the model that served the window
-    has no training lineage in ML Metadata, since there is then no baseline to judge it against.
-    """
-    from monitoring.monitor import Monitor
-
-    start, end = _utc(window_start, "window_start"), _utc(window_end, "window_end")
-    if end <= start:
-        raise DataError(f"the monitoring window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
-    monitor = Monitor(config, thresholds or load_thresholds(), Path(log_dir) if log_dir else config.root / DEFAULT_LOG_DIR,
-                      progress or (lambda message: log.info("%s", message)))
-    return monitor.run(start, end, run_id=run_id, trigger=trigger)

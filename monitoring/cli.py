@@ -21,7 +21,7 @@ def cmd_monitor_check(args: argparse.Namespace) -> int:
 
     from metadata.recorder import Trigger
     from core.config import load_config
-    from monitoring.checks import run_monitoring
+    from monitoring.monitor import run_monitoring
     from monitoring.settings import load_thresholds
 
     config = load_config(args.config)

@@ -31,7 +31,7 @@ import tensorflow_data_validation as tfdv
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from beam_jobs import _options
+from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
 from beam_jobs.statistics import load_statistics, stats_options
 from core.errors import DataError
 from serving.prediction_log import REQUESTS_DIR
@@ -53,16 +53,16 @@ class LogStatisticsOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        _options.add_job_argument(parser, "--log_dir", type=str, default=None,
-                                  help="The gateway's log directory (holds requests/date=YYYY-MM-DD/)")
-        _options.add_job_argument(parser, "--window_start", type=str, default=None,
-                                  help="First request time to include, ISO 8601 (UTC if no zone)")
-        _options.add_job_argument(parser, "--window_end", type=str, default=None,
-                                  help="Request time after the window, ISO 8601 (exclusive)")
-        _options.add_job_argument(parser, "--model_name", type=str, default=None,
-                                  help="Only requests for this model (default: all)")
-        _options.add_job_argument(parser, "--statistics_output", type=str, default=None,
-                                  help="Where to write the binary DatasetFeatureStatisticsList")
+        add_job_argument(parser, "--log_dir", type=str, default=None,
+                         help="The gateway's log directory (holds requests/date=YYYY-MM-DD/)")
+        add_job_argument(parser, "--window_start", type=str, default=None,
+                         help="First request time to include, ISO 8601 (UTC if no zone)")
+        add_job_argument(parser, "--window_end", type=str, default=None,
+                         help="Request time after the window, ISO 8601 (exclusive)")
+        add_job_argument(parser, "--model_name", type=str, default=None,
+                         help="Only requests for this model (default: all)")
+        add_job_argument(parser, "--statistics_output", type=str, default=None,
+                         help="Where to write the binary DatasetFeatureStatisticsList")
 
 
 def utc(value: dt.datetime | str, what: str = "time") -> dt.datetime:
@@ -145,7 +145,7 @@ class SelectServedRequests(beam.DoFn):
 
 def build(pipeline: beam.Pipeline, options: LogStatisticsOptions) -> Path:
     """ListLogFiles -> ReadLogTables -> SelectServedRequests -> GenerateStatistics -> WriteStatistics."""
-    _options.require_flags("monitoring.log_statistics", {
+    require_flags("monitoring.log_statistics", {
         "--log_dir": options.log_dir, "--window_start": options.window_start,
         "--window_end": options.window_end, "--statistics_output": options.statistics_output})
     start, end = utc(options.window_start, "--window_start"), utc(options.window_end, "--window_end")
@@ -206,7 +206,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
 if __name__ == "__main__":
     import sys
 
-    _options.configure_cli_logging()
+    configure_cli_logging()
     try:
         print(run(sys.argv[1:]))
     except DataError as err:

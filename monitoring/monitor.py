@@ -1,7 +1,11 @@
 """One monitoring run: read the window, find the baselines through ML Metadata, run the checks, record.
 
-`monitoring.checks.run_monitoring` is the entry point; this module holds the steps so that each
-one (finding the baseline, the previous window, the labels) reads on its own.
+`run_monitoring` is the entry point (the monitoring DAG and `mlops monitor check` call it). It reads
+the window, finds the served model's training baseline by following its lineage in ML Metadata,
+runs every check of monitoring/checks.py, writes `result.json` and `report.html`, and records a
+`DriftCheck` execution whose `DriftCheckResult` output is what a drift-triggered retraining points
+back to (docs/ARCHITECTURE.md, "Monitoring"). `Monitor` holds the steps so that each one (finding
+the baseline, the previous window, the labels) reads on its own.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,22 +23,27 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from metadata.lineage import LineageNotFoundError, find_pushed_model
-from metadata.queries import training_chain
-from metadata.recorder import ArtifactRef, PipelineRun, Trigger, properties_of
+from core.atomic import atomic_directory, atomic_file, write_json
 from core.config import Config
 from core.errors import DataError
+from metadata.lineage import LineageNotFoundError, find_pushed_model
+from metadata.queries import DEFAULT_LOG_DIR, training_chain
+from metadata.recorder import ArtifactRef, PipelineRun, Trigger, new_run_id, properties_of
 from monitoring import checks
-from monitoring.checks import (
+from monitoring.results import (
+    CONCEPT_DRIFT,
+    REPORT_FILE,
+    RESULT_FILE,
+    STATISTICS_FILE,
     Baseline,
     CheckOutcome,
     ConceptBaseline,
     MonitoringResult,
     PredictionBaseline,
-    atomic_output_dir,
-    write_json_atomic,
+    as_strict_json,
+    skipped_outcome,
 )
-from monitoring.settings import MonitoringThresholds
+from monitoring.settings import MonitoringThresholds, load_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +60,6 @@ def monitoring_pipeline_name(config: Config) -> str:
 
 def _ref(artifact: Any, type_name: str) -> ArtifactRef:
     return ArtifactRef(artifact.id, type_name, artifact.uri, properties_of(artifact))
-
-
-def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        frame.to_parquet(temp, index=False)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 @dataclasses.dataclass
@@ -136,7 +133,8 @@ class Monitor:
         if cached.is_file():
             return with_feature_types(pd.read_parquet(cached))
         frame = read_examples_frame(Path(examples.uri), "train")
-        _write_parquet_atomic(frame, cached)
+        with atomic_file(cached, "wb") as handle:
+            frame.to_parquet(handle, index=False)
         return frame
 
     def evaluation_document(self, baseline: ModelBaseline) -> dict[str, Any] | None:
@@ -170,8 +168,8 @@ class Monitor:
         scored = score_examples(examples, "eval", {"model": baseline.model_dir})
         edges = np.linspace(0.0, 1.0, PREDICTION_BINS + 1)
         counts = checks.probability_histogram(scored.probabilities["model"], edges)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cached, {"edges": edges.tolist(), "counts": counts.tolist(), "model_dir": str(baseline.model_dir)})
+        write_json(cached, {"edges": edges.tolist(), "counts": counts.tolist(), "model_dir": str(baseline.model_dir)},
+                   allow_nan=False)
         return PredictionBaseline(tuple(edges.tolist()), tuple(counts.tolist()), str(cached))
 
     def concept_baseline(self, baseline: ModelBaseline, document: dict[str, Any] | None) -> ConceptBaseline | None:
@@ -254,14 +252,13 @@ class Monitor:
 
     def run(self, start: dt.datetime, end: dt.datetime, *, run_id: str | None, trigger: Trigger) -> MonitoringResult:
         from metadata.store import connect
-        from mlops.steps import new_run_id
 
         served = self.read_served(start, end)
         if served.empty:
             self.progress(f"no served requests for {self.model_name} logged in [{start.isoformat()}, {end.isoformat()}) "
                           f"under {self.log_dir}: nothing to check")
             return MonitoringResult([], start, end, self.model_name, None, 0, None, None)
-        version = checks.judged_version(served)
+        version = judged_version(served)
         store = connect(self.config.metadata)
         baseline = self.model_baseline(store, version)
         run_id = run_id or new_run_id("monitoring")
@@ -283,10 +280,10 @@ class Monitor:
         self.progress(f"checking {len(served)} served requests of [{start.isoformat()}, {end.isoformat()}) "
                       f"against {self.model_name}:{version} (run {run_id})")
         with run.step("DriftCheck", inputs, parameters, use_cache=False) as record:
-            with atomic_output_dir(final) as out:
+            with atomic_directory(final) as out:
                 outcomes, report_inputs = self._checks(store, served, version, baseline, start, end, out)
-                result = MonitoringResult(outcomes, start, end, self.model_name, version, len(served), final / checks.REPORT_FILE, None)
-                concept = next(c for c in outcomes if c.name == checks.CONCEPT_DRIFT)
+                result = MonitoringResult(outcomes, start, end, self.model_name, version, len(served), final / REPORT_FILE, None)
+                concept = next(c for c in outcomes if c.name == CONCEPT_DRIFT)
                 concept_metrics = self._concept_summary(concept, end)
                 history = self.concept_history(store, version) + ([{**concept_metrics, "window_end": end.isoformat()}]
                                                                   if concept_metrics else [])
@@ -294,17 +291,17 @@ class Monitor:
                             "run_id": run_id, "log_dir": str(self.log_dir),
                             "thresholds": self.thresholds.to_json(), "baselines": report_inputs["baselines"],
                             "concept_history": history}
-                document["report_html"] = str(final / checks.REPORT_FILE)
-                write_json_atomic(out / checks.RESULT_FILE, document)
+                document["report_html"] = str(final / REPORT_FILE)
+                write_json(out / RESULT_FILE, as_strict_json(document), allow_nan=False)
                 from monitoring.report import write_report
 
                 links = self._report_links(baseline, final)
-                write_report(out / checks.REPORT_FILE, result, report_inputs, history, links, run_id)
+                write_report(out / REPORT_FILE, result, report_inputs, history, links, run_id)
             record.output("result", "DriftCheckResult", str(final), {
                 "passed": int(result.passed), "model_name": self.model_name, "model_version": version,
                 "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),
-                "failed_checks": [c.name for c in result.failed], "report": str(final / checks.REPORT_FILE),
-                "statistics": str(final / checks.STATISTICS_FILE), "log_dir": str(self.log_dir),
+                "failed_checks": [c.name for c in result.failed], "report": str(final / REPORT_FILE),
+                "statistics": str(final / STATISTICS_FILE), "log_dir": str(self.log_dir),
                 "concept_metrics": concept_metrics or None,
             })
             record.record(passed=int(result.passed), failed_checks=[c.name for c in result.failed], rows=len(served),
@@ -312,7 +309,7 @@ class Monitor:
         artifact = record.outputs["result"]
         self._link_evaluation_report(store, baseline, version)
         status = "all checks passed" if result.passed else "FAILED: " + ", ".join(c.name for c in result.failed)
-        self.progress(f"{status}; report {final / checks.REPORT_FILE}; DriftCheckResult {artifact.id}")
+        self.progress(f"{status}; report {final / REPORT_FILE}; DriftCheckResult {artifact.id}")
         return dataclasses.replace(result, artifact=artifact)
 
     def _checks(self, store: Any, served: pd.DataFrame, version: int, baseline: ModelBaseline,
@@ -324,7 +321,7 @@ class Monitor:
         thresholds = self.thresholds
         window_hours = (end - start).total_seconds() / 3600
         self.progress("statistics of the window (Beam job over the Parquet logs)")
-        current_path = generate_log_statistics(self.log_dir, start, end, out / checks.STATISTICS_FILE,
+        current_path = generate_log_statistics(self.log_dir, start, end, out / STATISTICS_FILE,
                                                model_name=self.model_name, beam_args=self.beam_args())
         current_stats = load_statistics(current_path)
         training_stats = load_statistics(statistics_path(baseline.statistics.uri, "train"))
@@ -351,7 +348,7 @@ class Monitor:
         concept_baseline = self.concept_baseline(baseline, document)
         labelled = self.labelled_requests(end, version)
         if concept_baseline is None:
-            outcomes.append(checks.skipped_outcome(checks.CONCEPT_DRIFT, "the model has no evaluation to compare with"))
+            outcomes.append(skipped_outcome(CONCEPT_DRIFT, "the model has no evaluation to compare with"))
         else:
             outcomes.append(checks.concept_drift(labelled, concept_baseline, thresholds.concept,
                                                  self.config.evaluation.decision_threshold))
@@ -414,3 +411,42 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _utc(value: dt.datetime | str, what: str) -> dt.datetime:
+    from monitoring.log_statistics import utc
+
+    return utc(value, what)
+
+
+def judged_version(served: pd.DataFrame) -> int:
+    """The model version that answered most of the window's served examples."""
+    versions = served["model_version"].dropna()
+    if versions.empty:
+        raise DataError("the logged requests carry no model_version: cannot tell which model to judge")
+    return int(versions.value_counts().sort_index(ascending=False).idxmax())
+
+
+def run_monitoring(
+    config: Config,
+    *,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    log_dir: Path | None = None,
+    run_id: str | None = None,
+    trigger: Trigger = Trigger("schedule"),
+    thresholds: MonitoringThresholds | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> MonitoringResult:
+    """Runs every check on the served requests logged in [window_start, window_end) and records the result.
+
+    A window without logged requests returns a result with `rows == 0` and no checks (nothing is
+    recorded: there was nothing to judge). Raises DataError when the model that served the window
+    has no training lineage in ML Metadata, since there is then no baseline to judge it against.
+    """
+    start, end = _utc(window_start, "window_start"), _utc(window_end, "window_end")
+    if end <= start:
+        raise DataError(f"the monitoring window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    monitor = Monitor(config, thresholds or load_thresholds(), Path(log_dir) if log_dir else config.root / DEFAULT_LOG_DIR,
+                      progress or (lambda message: log.info("%s", message)))
+    return monitor.run(start, end, run_id=run_id, trigger=trigger)

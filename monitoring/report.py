@@ -12,15 +12,14 @@ import base64
 import html
 import io
 import math
-import os
 import urllib.parse
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure  # the object API: no pyplot global state, no GUI backend
 
-from monitoring import checks
+from core.atomic import write_text
+from monitoring import results
 from monitoring.drift import FeatureScore
 from transforms.features import SERVING_COLUMNS
 
@@ -64,38 +63,38 @@ def _png(figure: Figure, alt: str) -> str:
     return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def _status(outcome: checks.CheckOutcome) -> str:
+def _status(outcome: results.CheckOutcome) -> str:
     if outcome.evidence.get("judged") is False:
         return '<span class="skip">not judged</span>'
     return '<span class="pass">passed</span>' if outcome.passed else '<span class="fail">FAILED</span>'
 
 
-def _summary(outcome: checks.CheckOutcome) -> str:
+def _summary(outcome: results.CheckOutcome) -> str:
     evidence = outcome.evidence
     if evidence.get("judged") is False:
         return _e(evidence.get("skipped", ""))
-    if outcome.name in (checks.DATA_DRIFT, checks.SKEW):
+    if outcome.name in (results.DATA_DRIFT, results.SKEW):
         moved = evidence.get("drifted_features") or []
         return "features moved: " + _e(", ".join(moved)) if moved else "no feature moved beyond its threshold"
-    if outcome.name == checks.SCHEMA_ANOMALIES:
+    if outcome.name == results.SCHEMA_ANOMALIES:
         found = (outcome.details or {}).get("anomalies") or evidence.get("anomalies") or {}
         return _e("; ".join(f"{k}: {v}" for k, v in found.items())) or "none"
-    if outcome.name == checks.MISSING_VALUES:
+    if outcome.name == results.MISSING_VALUES:
         exceeded = evidence.get("features_exceeded") or []
         return "missing more often than in training: " + _e(", ".join(exceeded)) if exceeded else "as in training"
-    if outcome.name == checks.NULL_OUTPUTS:
+    if outcome.name == results.NULL_OUTPUTS:
         return f"{evidence.get('null')} of {evidence.get('rows')} predictions were null"
-    if outcome.name == checks.PREDICTION_DRIFT:
+    if outcome.name == results.PREDICTION_DRIFT:
         return (f"mean probability {_fmt(evidence.get('mean_probability'))} "
                 f"(evaluation {_fmt(evidence.get('baseline_mean_probability'))})")
-    if outcome.name == checks.CONCEPT_DRIFT:
+    if outcome.name == results.CONCEPT_DRIFT:
         failed = evidence.get("metrics_failed") or []
         return (f"{evidence.get('labels')} labels; " +
                 ("worse than the evaluation: " + _e(", ".join(failed)) if failed else "in line with the evaluation"))
     return ""
 
 
-def _checks_table(result: checks.MonitoringResult) -> str:
+def _checks_table(result: results.MonitoringResult) -> str:
     rows = ["<tr><th>check</th><th>status</th><th>value</th><th>threshold</th><th>evidence</th></tr>"]
     for outcome in result.checks:
         rows.append(f'<tr id="check-{_e(outcome.name)}"><td>{_e(outcome.name)}</td><td>{_status(outcome)}</td>'
@@ -120,10 +119,10 @@ def _distribution_figure(name: str, score: FeatureScore, baseline_label: str, co
     return figure
 
 
-def _feature_sections(result: checks.MonitoringResult) -> str:
+def _feature_sections(result: results.MonitoringResult) -> str:
     try:
-        drift = result.check(checks.DATA_DRIFT)
-        skew = result.check(checks.SKEW)
+        drift = result.check(results.DATA_DRIFT)
+        skew = result.check(results.SKEW)
     except KeyError:
         return ""
     if drift.evidence.get("judged") is False:
@@ -134,7 +133,7 @@ def _feature_sections(result: checks.MonitoringResult) -> str:
     previous_label = labels[1] if len(labels) > 1 else None
     skew_scores: Mapping[str, FeatureScore] = next(iter(((skew.details or {}).get("scores") or {}).values()), {})
     drifted = set(drift.evidence.get("drifted_features") or []) | set(skew.evidence.get("drifted_features") or [])
-    rates = (result.check(checks.MISSING_VALUES).details or {}).get("rates") or {}
+    rates = (result.check(results.MISSING_VALUES).details or {}).get("rates") or {}
     sections = []
     names = [n for n in SERVING_COLUMNS if any(n in scores for scores in details.values())]
     for name in sorted(names, key=lambda n: (n not in drifted, SERVING_COLUMNS.index(n))):
@@ -173,8 +172,8 @@ def _feature_sections(result: checks.MonitoringResult) -> str:
     return '<div class="features">' + "".join(sections) + "</div>"
 
 
-def _missing_section(result: checks.MonitoringResult) -> str:
-    outcome = result.check(checks.MISSING_VALUES)
+def _missing_section(result: results.MonitoringResult) -> str:
+    outcome = result.check(results.MISSING_VALUES)
     rates = (outcome.details or {}).get("rates") or {}
     if not rates:
         return f"<p>{_e(outcome.evidence.get('skipped', 'no rates'))}</p>"
@@ -198,8 +197,8 @@ def _missing_section(result: checks.MonitoringResult) -> str:
     return "<table>" + "".join(rows) + "</table>" + _png(figure, "missing-value rates")
 
 
-def _prediction_section(result: checks.MonitoringResult) -> str:
-    outcome = result.check(checks.PREDICTION_DRIFT)
+def _prediction_section(result: results.MonitoringResult) -> str:
+    outcome = result.check(results.PREDICTION_DRIFT)
     if not outcome.details:
         return f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>"
     edges = outcome.details["edges"]
@@ -217,8 +216,8 @@ def _prediction_section(result: checks.MonitoringResult) -> str:
     return text + _png(figure, "distribution of predicted probabilities")
 
 
-def _concept_section(result: checks.MonitoringResult, history: Sequence[Mapping[str, Any]]) -> str:
-    outcome = result.check(checks.CONCEPT_DRIFT)
+def _concept_section(result: results.MonitoringResult, history: Sequence[Mapping[str, Any]]) -> str:
+    outcome = result.check(results.CONCEPT_DRIFT)
     parts = []
     metrics = outcome.evidence.get("metrics") or {}
     if metrics:
@@ -253,7 +252,7 @@ def _links(links: Mapping[str, str]) -> str:
     return "<ul>" + "".join(items) + "</ul>" if items else "<p>No related reports.</p>"
 
 
-def render_report(result: checks.MonitoringResult, inputs: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
+def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
                   links: Mapping[str, str], run_id: str = "") -> str:
     """The HTML of one monitoring run (see the module docstring)."""
     verdict_class = "pass" if result.passed else "fail"
@@ -285,7 +284,7 @@ def render_report(result: checks.MonitoringResult, inputs: Mapping[str, Any], hi
         _feature_sections(result), "</section>",
         '<section id="missing"><h2>Missing values</h2>', _missing_section(result), "</section>",
         '<section id="schema"><h2>Schema anomalies (serving environment)</h2>',
-        "<p>" + _summary(result.check(checks.SCHEMA_ANOMALIES)) + "</p></section>",
+        "<p>" + _summary(result.check(results.SCHEMA_ANOMALIES)) + "</p></section>",
         '<section id="predictions"><h2>Predictions</h2>', _prediction_section(result), "</section>",
         '<section id="concept"><h2>Concept drift (labelled feedback)</h2>', _concept_section(result, history), "</section>",
         '<section id="links"><h2>Related reports</h2>', _links(links), "</section>",
@@ -294,18 +293,7 @@ def render_report(result: checks.MonitoringResult, inputs: Mapping[str, Any], hi
     return "\n".join(parts)
 
 
-def write_report(path: Path, result: checks.MonitoringResult, inputs: Mapping[str, Any],
+def write_report(path: Path, result: results.MonitoringResult, inputs: Mapping[str, Any],
                  history: Sequence[Mapping[str, Any]], links: Mapping[str, str], run_id: str = "") -> Path:
-    """Renders and writes the report atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(render_report(result, inputs, history, links, run_id))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    """Renders and writes the report atomically (core.atomic: temp file, fsync, rename)."""
+    return write_text(path, render_report(result, inputs, history, links, run_id))

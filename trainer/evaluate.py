@@ -16,15 +16,14 @@ import datetime as dt
 import glob
 import json
 import math
-import os
-import secrets
 import types
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from beam_jobs.example_codec import split_pattern
+from core.atomic import write_text
 from core.config import EvaluationConfig
 from core.errors import DataError
 from transforms import features
@@ -40,9 +39,8 @@ CALIBRATION_BINS = 10
 HISTOGRAM_BINS = 20
 MISSING_SLICE_VALUE = "(missing)"
 
-# Looked up, not retyped: renaming the feature in features.py fails here at import.
-PAYMENT_TYPE = features.FEATURES_BY_NAME["payment_type"]
-START_HOUR = features.FEATURES_BY_NAME["trip_start_hour"]
+PAYMENT_TYPE = features.FEATURES_BY_NAME[features.PAYMENT_TYPE_KEY]
+START_HOUR = features.FEATURES_BY_NAME[features.HOUR_KEY]
 HOUR_BUCKET_SLICE = "hour_bucket"
 SLICE_NAMES = (PAYMENT_TYPE.name, HOUR_BUCKET_SLICE)
 _SLICE_VALUE_ORDER: Mapping[str, tuple[str, ...]] = {HOUR_BUCKET_SLICE: tuple(name for _, _, name in features.HOUR_BUCKETS)}
@@ -430,7 +428,7 @@ def evaluate_model(
         "report_html": REPORT_FILE,
     }
     evaluation_json = output_dir / EVALUATION_FILE
-    write_text_atomically(evaluation_json, json.dumps(_null_for_nan(document), indent=2, allow_nan=False) + "\n")
+    write_text(evaluation_json, json.dumps(_null_for_nan(document), indent=2, allow_nan=False) + "\n")
     write_report(document, output_dir / REPORT_FILE, related_links)
     return _result_from_document(document, evaluation_json)
 
@@ -495,18 +493,3 @@ def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POIN
         return fpr, tpr
     keep = np.unique(np.linspace(0, fpr.size - 1, max_points).round().astype(int))
     return fpr[keep], tpr[keep]
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Temp file in the same directory, fsync, rename: readers see the old file or the new one."""
-    temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-

@@ -21,15 +21,23 @@ import tensorflow_transform as tft
 import tf_keras
 
 from core.config import TrainingConfig
-from transforms.features import transformed_name
+from transforms.features import (
+    COMPANY_KEY,
+    DAY_KEY,
+    DROPOFF_COORDINATES,
+    HOUR_KEY,
+    PAYMENT_TYPE_KEY,
+    PICKUP_COORDINATES,
+    transformed_name,
+)
 from transforms.preprocessing import HOUR_BUCKET, categorical_outputs, dense_outputs
 
-PAYMENT_TYPE = transformed_name("payment_type")
-COMPANY = transformed_name("company")
-HOUR = transformed_name("trip_start_hour")
-DAY = transformed_name("trip_start_day")
-PICKUP = (transformed_name("pickup_latitude"), transformed_name("pickup_longitude"))
-DROPOFF = (transformed_name("dropoff_latitude"), transformed_name("dropoff_longitude"))
+PAYMENT_TYPE = transformed_name(PAYMENT_TYPE_KEY)
+COMPANY = transformed_name(COMPANY_KEY)
+HOUR = transformed_name(HOUR_KEY)
+DAY = transformed_name(DAY_KEY)
+PICKUP = (transformed_name(PICKUP_COORDINATES[0]), transformed_name(PICKUP_COORDINATES[1]))
+DROPOFF = (transformed_name(DROPOFF_COORDINATES[0]), transformed_name(DROPOFF_COORDINATES[1]))
 PROBABILITY = "probability"
 
 # Pairs of categoricals whose combination carries more than the two alone, for the wide part:

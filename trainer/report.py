@@ -12,14 +12,14 @@ import html
 import io
 import json
 import math
-import os
-import secrets
 import types
 import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from matplotlib.figure import Figure  # the object API: no pyplot global state, no GUI backend
+
+from core.atomic import write_text
 
 _NO_LINKS: Mapping[str, str] = types.MappingProxyType({})
 # Report order; counts are shown as integers.
@@ -75,19 +75,8 @@ def render_report(document: Mapping[str, Any], related_links: Mapping[str, str] 
 
 
 def write_report(document: Mapping[str, Any], path: Path, related_links: Mapping[str, str] = _NO_LINKS) -> Path:
-    """Renders and writes the report atomically (temp file + rename)."""
-    path = Path(path)
-    temp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(render_report(document, related_links))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    """Renders and writes the report atomically (core.atomic: temp file, fsync, rename)."""
+    return write_text(path, render_report(document, related_links))
 
 
 def rewrite_report(evaluation_json: Path, related_links: Mapping[str, str]) -> Path:

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import tensorflow_transform as tft
 import tf_keras
 
 from beam_jobs.example_codec import split_dir, split_pattern
+from core.atomic import replace_directory, write_json
 from core.config import TrainingConfig
 from core.errors import DataError
 from trainer.model import build_keras_model, model_input_specs
@@ -256,18 +256,10 @@ def export_model(model: tf_keras.Model, tf_transform_output: tft.TFTransformOutp
             str(staging / MODEL_DIR),
             signatures={"serving_default": module.serving_default, "serving_examples": module.serving_examples},
         )
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        os.replace(staging / MODEL_DIR, model_dir)
+        replace_directory(staging / MODEL_DIR, model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model_dir
-
-
-def _write_json_atomically(path: Path, value: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
 
 
 def load_transform_output(transform_graph_dir: Path) -> tft.TFTransformOutput:
@@ -342,7 +334,7 @@ def train_model(
     model_dir = export_model(model, tf_transform_output, output_dir / MODEL_DIR)
     print(f"exported {model_dir} ({time.perf_counter() - started:.1f}s)", flush=True)
     result = TrainResult(model_dir, train_metrics, eval_metrics, saved_model_fingerprint(model_dir))
-    _write_json_atomically(
+    write_json(
         output_dir / RESULT_FILE,
         {
             "model_dir": str(model_dir),

@@ -52,9 +52,19 @@ CHICAGO_LATITUDE = (41.60, 42.10)
 CHICAGO_LONGITUDE = (-88.00, -87.50)
 
 LABEL_KEY = "big_tipper"
+# The raw features code refers to one by one (the others are only iterated over, via RAW_FEATURES).
 TIPS_KEY = "tips"
 FARE_KEY = "fare"
 TIMESTAMP_KEY = "trip_start_timestamp"
+TRIP_MILES_KEY = "trip_miles"
+TRIP_SECONDS_KEY = "trip_seconds"
+PAYMENT_TYPE_KEY = "payment_type"
+COMPANY_KEY = "company"
+HOUR_KEY = "trip_start_hour"
+DAY_KEY = "trip_start_day"
+MONTH_KEY = "trip_start_month"
+PICKUP_COORDINATES = ("pickup_latitude", "pickup_longitude")
+DROPOFF_COORDINATES = ("dropoff_latitude", "dropoff_longitude")
 # Tips above this share of the fare make a trip a "big tipper".
 BIG_TIPPER_SHARE = 0.2
 
@@ -71,22 +81,22 @@ _F, _I, _S = Kind.FLOAT, Kind.INT, Kind.STRING
 
 RAW_FEATURES: tuple[Feature, ...] = (
     Feature("pickup_community_area", _I, "Community area of the pick-up (1-77)", valid_min=1, valid_max=77, on_invalid=OnInvalid.NULL),
-    Feature("fare", _F, "Fare in USD", required=True, valid_min=0.0, valid_max=1000.0),
-    Feature("trip_start_month", _I, "Month the trip started (1-12)", required=True, valid_min=1, valid_max=12),
-    Feature("trip_start_hour", _I, "Hour of day the trip started (0-23)", required=True, valid_min=0, valid_max=23),
-    Feature("trip_start_day", _I, "Day of week the trip started (1=Sunday .. 7)", required=True, valid_min=1, valid_max=7),
+    Feature(FARE_KEY, _F, "Fare in USD", required=True, valid_min=0.0, valid_max=1000.0),
+    Feature(MONTH_KEY, _I, "Month the trip started (1-12)", required=True, valid_min=1, valid_max=12),
+    Feature(HOUR_KEY, _I, "Hour of day the trip started (0-23)", required=True, valid_min=0, valid_max=23),
+    Feature(DAY_KEY, _I, "Day of week the trip started (1=Sunday .. 7)", required=True, valid_min=1, valid_max=7),
     Feature(TIMESTAMP_KEY, _I, "Trip start, Unix seconds", required=True, valid_min=0, model_input=False),
-    Feature("pickup_latitude", _F, "Pick-up latitude", valid_min=CHICAGO_LATITUDE[0], valid_max=CHICAGO_LATITUDE[1]),
-    Feature("pickup_longitude", _F, "Pick-up longitude", valid_min=CHICAGO_LONGITUDE[0], valid_max=CHICAGO_LONGITUDE[1]),
-    Feature("dropoff_latitude", _F, "Drop-off latitude", valid_min=CHICAGO_LATITUDE[0], valid_max=CHICAGO_LATITUDE[1]),
-    Feature("dropoff_longitude", _F, "Drop-off longitude", valid_min=CHICAGO_LONGITUDE[0], valid_max=CHICAGO_LONGITUDE[1]),
-    Feature("trip_miles", _F, "Distance in miles", valid_min=0.0, valid_max=500.0, on_invalid=OnInvalid.NULL),
+    Feature(PICKUP_COORDINATES[0], _F, "Pick-up latitude", valid_min=CHICAGO_LATITUDE[0], valid_max=CHICAGO_LATITUDE[1]),
+    Feature(PICKUP_COORDINATES[1], _F, "Pick-up longitude", valid_min=CHICAGO_LONGITUDE[0], valid_max=CHICAGO_LONGITUDE[1]),
+    Feature(DROPOFF_COORDINATES[0], _F, "Drop-off latitude", valid_min=CHICAGO_LATITUDE[0], valid_max=CHICAGO_LATITUDE[1]),
+    Feature(DROPOFF_COORDINATES[1], _F, "Drop-off longitude", valid_min=CHICAGO_LONGITUDE[0], valid_max=CHICAGO_LONGITUDE[1]),
+    Feature(TRIP_MILES_KEY, _F, "Distance in miles", valid_min=0.0, valid_max=500.0, on_invalid=OnInvalid.NULL),
     # 100% missing in the shipped data: carried and validated, not fed to the model.
     Feature("pickup_census_tract", _I, "Census tract of the pick-up", model_input=False),
     Feature("dropoff_census_tract", _I, "Census tract of the drop-off"),
-    Feature("payment_type", _S, "How the trip was paid", required=True),
-    Feature("company", _S, "Taxi company"),
-    Feature("trip_seconds", _I, "Duration in seconds", valid_min=1, valid_max=86_400),
+    Feature(PAYMENT_TYPE_KEY, _S, "How the trip was paid", required=True),
+    Feature(COMPANY_KEY, _S, "Taxi company"),
+    Feature(TRIP_SECONDS_KEY, _I, "Duration in seconds", valid_min=1, valid_max=86_400),
     Feature("dropoff_community_area", _I, "Community area of the drop-off (1-77)", valid_min=1, valid_max=77, on_invalid=OnInvalid.NULL),
     Feature(TIPS_KEY, _F, "Tip in USD (label source, absent at serving time)", required=True, valid_min=0.0, valid_max=1000.0, model_input=False),
 )
@@ -98,20 +108,20 @@ SERVING_FEATURES: tuple[Feature, ...] = tuple(f for f in RAW_FEATURES if f.name 
 SERVING_COLUMNS: tuple[str, ...] = tuple(f.name for f in SERVING_FEATURES)
 
 # --- Encodings used by preprocessing_fn (the only place they are defined) ---
-DENSE_FLOAT_FEATURES = ("fare", "trip_miles", "trip_seconds")
+DENSE_FLOAT_FEATURES = (FARE_KEY, TRIP_MILES_KEY, TRIP_SECONDS_KEY)
 # Numerics that get a log1p before scaling: long-tailed money, distance and time.
-LOG_SCALED_FEATURES = ("fare", "trip_miles", "trip_seconds")
-BUCKET_FEATURES = ("pickup_latitude", "pickup_longitude", "dropoff_latitude", "dropoff_longitude")
+LOG_SCALED_FEATURES = (FARE_KEY, TRIP_MILES_KEY, TRIP_SECONDS_KEY)
+BUCKET_FEATURES = (*PICKUP_COORDINATES, *DROPOFF_COORDINATES)
 FEATURE_BUCKET_COUNT = 10
-VOCAB_FEATURES = ("payment_type", "company", "dropoff_census_tract")
+VOCAB_FEATURES = (PAYMENT_TYPE_KEY, COMPANY_KEY, "dropoff_census_tract")
 VOCAB_SIZE = 1000
 OOV_SIZE = 10
 # Integer categoricals: one id per value of the feature's valid range, plus 0 for missing or out of
 # range (see transforms.preprocessing.categorical_id_count).
 CATEGORICAL_FEATURES: tuple[str, ...] = (
-    "trip_start_hour",
-    "trip_start_day",
-    "trip_start_month",
+    HOUR_KEY,
+    DAY_KEY,
+    MONTH_KEY,
     "pickup_community_area",
     "dropoff_community_area",
 )
@@ -133,10 +143,11 @@ def hour_bucket(hour: int) -> str:
     for low, high, name in HOUR_BUCKETS:
         if low <= hour < high:
             return name
-    raise ValueError(f"trip_start_hour must be in 0..23, got {hour!r}")
+    raise ValueError(f"{HOUR_KEY} must be in 0..23, got {hour!r}")
 
 
-def is_big_tipper(tips: float, fare: float) -> bool:
+def is_big_tipper(tips: Any, fare: Any) -> Any:
+    """The label rule, on numbers or element-wise on numpy arrays and pandas Series."""
     return tips > BIG_TIPPER_SHARE * fare
 
 

@@ -18,25 +18,25 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from transforms.features import (
-    BIG_TIPPER_SHARE,
     BUCKET_FEATURES,
     CATEGORICAL_FEATURES,
+    DAY_KEY,
     DENSE_FLOAT_FEATURES,
     FARE_KEY,
     FEATURE_BUCKET_COUNT,
     FEATURES_BY_NAME,
     HOUR_BUCKETS,
+    HOUR_KEY,
     LABEL_KEY,
     LOG_SCALED_FEATURES,
     OOV_SIZE,
     TIPS_KEY,
     VOCAB_FEATURES,
     VOCAB_SIZE,
+    is_big_tipper,
     transformed_name,
 )
 
-HOUR_KEY = "trip_start_hour"
-DAY_KEY = "trip_start_day"
 # trip_start_day counts from 1 = Sunday, so Saturday is 7.
 WEEKEND_DAYS = (1, 7)
 HOURS_PER_DAY = 24
@@ -168,10 +168,10 @@ def _time_features(hour: tf.SparseTensor, day: tf.SparseTensor) -> dict[str, tf.
 
 
 def _big_tipper(tips: tf.SparseTensor, fare: tf.SparseTensor) -> tf.Tensor:
-    """1 when tips > BIG_TIPPER_SHARE * fare; 0 when either is missing (NaN compares false)."""
+    """1 for a big tipper (features.is_big_tipper); 0 when either is missing (NaN compares false)."""
     tips_value = _to_dense(tips, math.nan)
     fare_value = _to_dense(fare, math.nan)
-    return tf.cast(tips_value > BIG_TIPPER_SHARE * fare_value, tf.int64)
+    return tf.cast(is_big_tipper(tips_value, fare_value), tf.int64)
 
 
 def _single_valued(name: str, values: tf.SparseTensor) -> tf.SparseTensor:

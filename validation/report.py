@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
 from beam_jobs.statistics import load_statistics
+from core.atomic import write_text
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS
-from validation.files import write_atomic
 from validation.schema import load_schema
 from validation.validate import DATASET_KEY, anomalies_by_feature
 
@@ -201,5 +201,5 @@ def render_statistics_html(
         f"{' &middot; schema ' + html.escape(str(schema_path)) if schema_path is not None else ''}"
         f" &middot; {count}</p>{body}</body></html>\n"
     )
-    write_atomic(output_html, page)
+    write_text(output_html, page)
     return Path(output_html)

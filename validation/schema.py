@@ -22,19 +22,22 @@ from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.statistics import load_statistics
+from core.atomic import write_text
 from core.errors import DataError
 from transforms.features import (
     CHICAGO_LATITUDE,
     CHICAGO_LONGITUDE,
     FARE_KEY,
     FEATURES_BY_NAME,
+    PAYMENT_TYPE_KEY,
     RAW_FEATURES,
     TIMESTAMP_KEY,
     TIPS_KEY,
+    TRIP_MILES_KEY,
+    TRIP_SECONDS_KEY,
     Feature,
     Kind,
 )
-from validation.files import write_atomic
 
 TRAINING = "TRAINING"
 SERVING = "SERVING"
@@ -60,7 +63,7 @@ NO_DRIFT_CHECK = (TIMESTAMP_KEY,)
 # Closed vocabularies: every value seen in the whole shipped CSV (2013-2016), not just the
 # training years, so serving data from later years does not flag a known rare value.
 CLOSED_VOCABULARIES: Mapping[str, tuple[str, ...]] = {
-    "payment_type": ("Cash", "Credit Card", "Dispute", "No Charge", "Pcard", "Prcard", "Unknown"),
+    PAYMENT_TYPE_KEY: ("Cash", "Credit Card", "Dispute", "No Charge", "Pcard", "Prcard", "Unknown"),
 }
 # Share of a closed-vocabulary feature's values that must be in its domain: a handful of new
 # values is tolerated, a new payment method taking over is not.
@@ -75,8 +78,8 @@ _LONGITUDE_BOUNDS = (-89.0, -87.0)
 STRUCTURAL_BOUNDS: Mapping[str, tuple[float | None, float | None]] = {
     FARE_KEY: (0.0, 10_000.0),
     TIPS_KEY: (0.0, 10_000.0),
-    "trip_miles": (0.0, 5_000.0),
-    "trip_seconds": (0, 200_000),
+    TRIP_MILES_KEY: (0.0, 5_000.0),
+    TRIP_SECONDS_KEY: (0, 200_000),
     TIMESTAMP_KEY: (0, _UNIX_2100),
     **{f.name: _LATITUDE_BOUNDS for f in RAW_FEATURES if (f.valid_min, f.valid_max) == CHICAGO_LATITUDE},
     **{f.name: _LONGITUDE_BOUNDS for f in RAW_FEATURES if (f.valid_min, f.valid_max) == CHICAGO_LONGITUDE},
@@ -197,4 +200,4 @@ _HEADER = (
 
 def write_schema(schema: schema_pb2.Schema, path: "str | Path") -> Path:
     """Writes a Schema as text, atomically, under a header that says where it comes from."""
-    return write_atomic(path, _HEADER + text_format.MessageToString(schema))
+    return write_text(path, _HEADER + text_format.MessageToString(schema))

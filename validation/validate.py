@@ -16,8 +16,8 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 
 from beam_jobs.example_codec import SPLITS, split_dir
 from beam_jobs.statistics import load_statistics, statistics_path
+from core.atomic import write_bytes, write_text
 from core.errors import DataError, SchemaAnomaliesError
-from validation.files import write_atomic
 from validation.schema import TRAINING, load_schema
 
 ANOMALIES_FILE_NAME = "SchemaDiff.pb"
@@ -107,14 +107,14 @@ def validate_statistics(
     for split in splits:
         statistics = load_statistics(statistics_path(statistics_dir, split))
         anomalies = tfdv.validate_statistics(statistics, schema, environment=environment)
-        write_atomic(split_dir(output_dir, split) / ANOMALIES_FILE_NAME, anomalies.SerializeToString())
+        write_bytes(split_dir(output_dir, split) / ANOMALIES_FILE_NAME, anomalies.SerializeToString())
         found[split] = anomalies_by_feature(anomalies)
         examples = statistics.datasets[0].num_examples if statistics.datasets else 0
         sections.append(
             f"== split {split!r}: {_count(len(found[split]), 'anomaly', 'anomalies')} in {examples} examples "
             f"(schema {schema_path}, environment {environment})\n{format_anomalies(anomalies)}"
         )
-    write_atomic(output_dir / REPORT_FILE_NAME, "\n".join(sections))
+    write_text(output_dir / REPORT_FILE_NAME, "\n".join(sections))
     return ValidationResult(anomalies_by_split=found, anomalies_path=output_dir)
 
 

@@ -15,15 +15,9 @@ from pathlib import Path
 import pytest
 
 from beam_jobs import ingest
+from beam_jobs.csv_source import REASON_UNPARSEABLE_VALUE, REASON_WRONG_FIELD_COUNT
 from beam_jobs.example_codec import SPLITS, canonical_row
-from beam_jobs.ingest import (
-    REASON_MISSING_TIMESTAMP,
-    REASON_UNPARSEABLE_VALUE,
-    REASON_WRONG_FIELD_COUNT,
-    IngestResult,
-    ingest_csv,
-    split_index,
-)
+from beam_jobs.ingest import REASON_MISSING_TIMESTAMP, IngestResult, ingest_csv, split_index
 from core.errors import DataError
 from tests.beam_jobs._helpers import BEAM_ARGS, canonical_rows, parse_csv_row, read_jsonl, read_split_rows
 from tests.conftest import write_csv

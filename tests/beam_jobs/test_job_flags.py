@@ -4,7 +4,7 @@ import importlib
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-JOBS = ("beam_jobs.ingest", "beam_jobs.clean", "beam_jobs.statistics", "beam_jobs.batch_predict", "transforms.transform")
+JOBS = ("beam_jobs.ingest", "beam_jobs.clean", "beam_jobs.statistics", "beam_jobs.batch_predict", "beam_jobs.transform")
 
 
 def test_every_job_imported_together_still_parses_options():

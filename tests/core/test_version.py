@@ -51,9 +51,9 @@ def test_a_name_that_is_no_project_module_is_refused(tree):
 @pytest.mark.parametrize(
     "entry, must_cover",
     [
-        ("beam_jobs.ingest", {"transforms.features"}),
-        ("beam_jobs.clean", {"beam_jobs.ingest", "transforms.features"}),
-        ("transforms.transform", {"transforms.preprocessing", "transforms.features"}),
+        ("beam_jobs.ingest", {"beam_jobs.csv_source", "transforms.features"}),
+        ("beam_jobs.clean", {"beam_jobs.outputs", "transforms.features"}),
+        ("beam_jobs.transform", {"transforms.preprocessing", "transforms.features"}),
         ("trainer.train", {"trainer.model", "transforms.preprocessing", "core.config"}),
         ("trainer.evaluate", {"trainer.report", "transforms.features"}),
     ],

@@ -42,7 +42,7 @@ def thresholds():
 
 @pytest.fixture(scope="session")
 def training_baseline(split_2013_2014):
-    from monitoring.checks import Baseline
+    from monitoring.results import Baseline
     from monitoring.log_statistics import statistics_of_frame
 
     training, _ = split_2013_2014

@@ -90,7 +90,7 @@ def _trips(taxi: pd.DataFrame) -> pd.DataFrame:
 def build_story(root: Path, metadata: MetadataConfig, taxi: pd.DataFrame) -> Story:
     from mlops.airflow import retraining_conf, trigger_of
     from mlops.pipeline import run_pipeline
-    from monitoring.checks import run_monitoring
+    from monitoring.monitor import run_monitoring
 
     root.mkdir(parents=True, exist_ok=True)
     config_file = write_config(root, metadata)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from monitoring import checks, drift
-from monitoring.checks import Baseline, ConceptBaseline, PredictionBaseline
+from monitoring.results import Baseline, CheckOutcome, ConceptBaseline, MonitoringResult, PredictionBaseline
 from monitoring.log_statistics import statistics_of_frame
 
 DAY, HOUR = 24.0, 1.0
@@ -292,8 +292,8 @@ def test_prediction_drift_compares_predicted_probabilities_with_the_evaluation(r
 def test_result_json_is_strict_json(thresholds):
     import json
 
-    outcome = checks.CheckOutcome("null_outputs", True, math.nan, 0.01, {"x": math.inf, "y": [np.float64(0.5)]})
-    result = checks.MonitoringResult([outcome], pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime(),
+    outcome = CheckOutcome("null_outputs", True, math.nan, 0.01, {"x": math.inf, "y": [np.float64(0.5)]})
+    result = MonitoringResult([outcome], pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime(),
                                      pd.Timestamp("2026-01-02", tz="UTC").to_pydatetime(), "taxi", 3, 10, None, None)
     text = json.dumps(result.to_json(), allow_nan=False)
     assert json.loads(text)["checks"][0] == {"name": "null_outputs", "passed": True, "value": None, "threshold": 0.01,

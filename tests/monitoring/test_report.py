@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from monitoring import checks
-from monitoring.checks import Baseline, ConceptBaseline, MonitoringResult, PredictionBaseline
+from monitoring.results import DATA_DRIFT, Baseline, ConceptBaseline, MonitoringResult, PredictionBaseline
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.report import render_report, write_report
 from tests.monitoring import browser
@@ -72,7 +72,7 @@ def test_the_report_shows_the_drifted_feature_first_with_its_score_and_threshold
     first_feature = re.search(r'<div class="feature[^"]*" id="feature-([a-z_]+)"', html)
     assert first_feature.group(1) == "fare"
     fare = re.search(r'<div class="feature drifted" id="feature-fare">(.*?)</div>', html, re.S).group(1)
-    score = result.check(checks.DATA_DRIFT).details_json()["baselines"]["training data"]["features"]["fare"]
+    score = result.check(DATA_DRIFT).details_json()["baselines"]["training data"]["features"]["fare"]
     assert f"{score['value']:.4f}" in fare and f"{score['threshold']:.4f}" in fare and "over" in fare
     assert 'href="evaluation.html"' in html
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained, static

@@ -19,8 +19,8 @@ from metadata.recorder import properties_of
 from metadata.store import connect
 from core.config import MetadataConfig
 from core.errors import DataError
-from monitoring import checks
-from monitoring.checks import run_monitoring
+from monitoring import results
+from monitoring.monitor import run_monitoring
 from tests.monitoring import logs
 from tests.monitoring.story import DAY, HOUR_1, HOUR_2, SHADOW_VERSION, story
 
@@ -36,11 +36,11 @@ def sqlite_story(tmp_path_factory, taxi):
 def test_trips_of_the_training_period_pass_every_check(sqlite_story):
     result = sqlite_story.undrifted
     assert result.passed, [(c.name, c.evidence) for c in result.failed]
-    assert [c.name for c in result.checks] == list(checks.CHECK_NAMES)
+    assert [c.name for c in result.checks] == list(results.CHECK_NAMES)
     assert result.model_version == 1 and result.rows == 400  # the 400 shadow copies are not served requests
-    concept = result.check(checks.CONCEPT_DRIFT)
+    concept = result.check(results.CONCEPT_DRIFT)
     assert concept.evidence["labels"] == 400 and concept.value is not None  # judged, not skipped
-    for name in (checks.DATA_DRIFT, checks.SKEW, checks.PREDICTION_DRIFT, checks.MISSING_VALUES):
+    for name in (results.DATA_DRIFT, results.SKEW, results.PREDICTION_DRIFT, results.MISSING_VALUES):
         outcome = result.check(name)
         assert outcome.evidence.get("judged") is not False and outcome.value < outcome.threshold, name
 
@@ -49,14 +49,14 @@ def test_the_2016_trips_fail_naming_the_payment_mix_and_concept_drift_uses_the_r
     result = sqlite_story.drifted
     assert not result.passed
     failed = {c.name for c in result.failed}
-    assert {checks.DATA_DRIFT, checks.SKEW} <= failed
-    assert "payment_type" in result.check(checks.DATA_DRIFT).evidence["drifted_features"]
-    assert "payment_type" in result.check(checks.SKEW).evidence["drifted_features"]
+    assert {results.DATA_DRIFT, results.SKEW} <= failed
+    assert "payment_type" in result.check(results.DATA_DRIFT).evidence["drifted_features"]
+    assert "payment_type" in result.check(results.SKEW).evidence["drifted_features"]
     # Labels arrive late and few: the concept check judges the last 7 days, hour 1's 400 labels plus these 100.
-    concept = result.check(checks.CONCEPT_DRIFT)
+    concept = result.check(results.CONCEPT_DRIFT)
     assert concept.evidence["labels"] == 500 and concept.value is not None
     # Hour 1 was checked just before: its statistics are reused as the previous window.
-    drift = result.check(checks.DATA_DRIFT)
+    drift = result.check(results.DATA_DRIFT)
     assert "reused" in drift.evidence["previous_window"]
     previous = [label for label in drift.details_json()["baselines"] if label.startswith("previous window")]
     assert len(previous) == 1 and "payment_type" in drift.details_json()["baselines"][previous[0]]["drifted"]
@@ -88,13 +88,13 @@ def test_the_check_is_recorded_in_mlmd_with_the_log_window_model_and_training_st
 
 def test_result_json_and_report_are_written_next_to_each_other(sqlite_story):
     folder = Path(sqlite_story.drifted.artifact.uri)
-    document = json.loads((folder / checks.RESULT_FILE).read_text())  # strict JSON: NaN would fail here
+    document = json.loads((folder / results.RESULT_FILE).read_text())  # strict JSON: NaN would fail here
     assert document["passed"] is False
     assert document["failed_checks"] == [c.name for c in sqlite_story.drifted.failed]
     assert document["checks"] == json.loads(json.dumps(sqlite_story.drifted.to_json()["checks"]))
-    assert (folder / checks.REPORT_FILE).is_file() and (folder / checks.STATISTICS_FILE).is_file()
-    assert sqlite_story.drifted.report_html == folder / checks.REPORT_FILE
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert (folder / results.REPORT_FILE).is_file() and (folder / results.STATISTICS_FILE).is_file()
+    assert sqlite_story.drifted.report_html == folder / results.REPORT_FILE
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "temp folders left behind"
 
 
 def test_the_evaluation_report_and_the_monitoring_report_link_to_each_other(sqlite_story):
@@ -142,10 +142,10 @@ def test_requests_answered_by_a_model_without_lineage_are_a_clear_error(sqlite_s
 
 
 def test_shadow_copies_never_reach_the_checks(sqlite_story):
-    predictions = sqlite_story.undrifted.check(checks.PREDICTION_DRIFT)
+    predictions = sqlite_story.undrifted.check(results.PREDICTION_DRIFT)
     # The shadow candidate answered 1 - p: had it counted, the mean would sit near 0.5 and drift would fire.
     assert predictions.passed and predictions.evidence["rows"] == 400
-    assert str(SHADOW_VERSION) not in json.dumps(sqlite_story.undrifted.check(checks.NULL_OUTPUTS).evidence)
+    assert str(SHADOW_VERSION) not in json.dumps(sqlite_story.undrifted.check(results.NULL_OUTPUTS).evidence)
 
 
 def test_mlops_monitor_check_prints_the_verdict_and_exits_1_on_drift(sqlite_story, capsys):

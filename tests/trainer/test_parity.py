@@ -27,7 +27,7 @@ from tests.transforms.cleaned_examples import (
 from trainer.train import export_model, fit_and_evaluate, load_transform_output
 from transforms.feature_spec import raw_feature_spec
 from transforms.features import TIPS_KEY
-from transforms.transform import transform_examples
+from beam_jobs.transform import transform_examples
 
 TOLERANCE = 1e-5
 

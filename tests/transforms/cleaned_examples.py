@@ -113,7 +113,7 @@ def shared_transform(
         import shutil
         import tempfile
 
-        from transforms.transform import transform_examples
+        from beam_jobs.transform import transform_examples
 
         root = Path(tempfile.mkdtemp(prefix=f"transform-{name}-"))
         atexit.register(shutil.rmtree, root, True)

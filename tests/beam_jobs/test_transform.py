@@ -21,7 +21,7 @@ from tests.transforms.cleaned_examples import (
 from transforms.feature_spec import raw_feature_spec
 from transforms.features import OOV_SIZE, VOCAB_FEATURES, transformed_name
 from transforms.preprocessing import LABEL, vocabulary_filename
-from transforms.transform import run, transform_examples
+from beam_jobs.transform import run, transform_examples
 
 BEAM_ARGS = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 
@@ -93,7 +93,7 @@ def test_the_same_input_gives_bit_identical_analysis_and_rows(taxi_rows, tmp_pat
 
     With TFXIO's default, record batches were sized by measured time, and TFT's float32 mean/var
     sums and vectorised ops follow the batch boundaries: two runs on all shipped rows differed by
-    up to 1e-5 relative, enough to train another model (READ_BATCH_SIZE in transforms/transform.py).
+    up to 1e-5 relative, enough to train another model (READ_BATCH_SIZE in beam_jobs/transform.py).
     Below ~5,000 train rows the batching did not vary, hence all rows; the first run is the one the
     quality-bar test in tests/trainer reuses.
     """

@@ -7,7 +7,7 @@ vocabularies) on the train split only, so evaluation data never leaks into the e
 
 Usable as a library (`transform_examples`) and as a Beam program:
 
-    python -m transforms.transform --input DIR --output DIR --runner=DirectRunner
+    python -m beam_jobs.transform --input DIR --output DIR --runner=DirectRunner
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -29,8 +28,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 from tfx_bsl.public import tfxio
 
-from beam_jobs._options import add_job_argument
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
+from beam_jobs.options import add_job_argument
+from core.atomic import replace_directory
 from core.errors import DataError
 from transforms.feature_spec import raw_feature_spec, raw_schema
 from transforms.preprocessing import preprocessing_fn
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 TRANSFORM_GRAPH_DIR = "transform_graph"
 TRANSFORMED_DIR = "transformed"
 ANALYZED_SPLIT = "train"
-_METRICS_NAMESPACE = "transforms.transform"
+_METRICS_NAMESPACE = "beam_jobs.transform"
 _TELEMETRY = ["mlops-suite", "Transform"]
 # Rows per Arrow RecordBatch read from the cleaned examples. Fixed, not left to TFXIO: its default
 # lets Beam's BatchElements size batches by measured time, so batch boundaries change from run to
@@ -62,7 +62,7 @@ class TransformOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         # Beam builds one parser from every imported PipelineOptions: flags other jobs share go
-        # through add_job_argument (see beam_jobs/_options.py).
+        # through add_job_argument (see beam_jobs/options.py).
         add_job_argument(parser, "--input", type=str, default="", help="Cleaned examples: <dir>/Split-<split>/data-*.tfrecord.gz")
         add_job_argument(parser, "--output", type=str, default="", help="Writes transform_graph/ and transformed/ below it")
         add_job_argument(
@@ -183,17 +183,6 @@ def _as_data_error(err: RuntimeError, cleaned_dir: Path, splits: Sequence[str]) 
     return DataError(f"{where}: a record is not a tf.Example with the raw feature kinds of transforms/features.py: {first_line}")
 
 
-def _replace_dir(source: Path, target: Path) -> None:
-    """Moves `source` to `target`; a previous `target` is removed only after the move succeeded."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def transform_examples(
     cleaned_dir: Path, output_dir: Path, *, beam_args: Sequence[str] = (), splits: Sequence[str] = SPLITS
 ) -> TransformResult:
@@ -225,7 +214,7 @@ def transform_examples(
         rows = _counted_rows(result, splits)
         shutil.rmtree(staging / "tft_tmp", ignore_errors=True)
         for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR):
-            _replace_dir(staging / name, output_dir / name)
+            replace_directory(staging / name, output_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("transformed rows %s into %s", rows, output_dir)

@@ -1,0 +1,209 @@
+"""Reading a CSV of taxi trips in parallel, each line with its number: shared by ingest and batch prediction.
+
+Why not ReadFromText: a rejected row must carry its line number so a user can open the file at that
+line, and ReadFromText does not give line numbers. Before the pipeline starts, `scan_csv` makes one
+sequential pass over the file: it checks the header and cuts the file into byte ranges that start
+on line boundaries, each with the number of its first line. `ReadCsvLines` `Create`s those ranges,
+reshuffles them across workers, and each worker seeks to its range through Beam's FileSystems and
+numbers the lines itself. That stays correct on any runner and parallel for large files; the
+driver holds only the offsets, never the data. The price is that the input must not change while
+the job runs (checked: a range that reads short fails the run) and that a quoted CSV field spanning
+lines is not supported (such a row is rejected as `wrong_field_count`, never merged). Blank lines
+are skipped and not counted as rows; line numbers count them, as an editor does.
+
+`split_csv_line` and `parse_cells` turn one line into typed values the same way for both jobs, and
+name the reason (the "reason" field of rejected-*.jsonl) when they cannot.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from core.errors import DataError
+from transforms.features import FEATURES_BY_NAME, Feature, Kind, parse_value
+
+_LOG = logging.getLogger(__name__)
+
+# Byte ranges handed to workers: small enough to spread the shipped 1.9 MB file over two workers.
+DEFAULT_CHUNK_BYTES = 256 * 1024
+
+# Rejection reasons of a line that is not a CSV row of the header's shape ...
+REASON_WRONG_FIELD_COUNT = "wrong_field_count"
+REASON_MALFORMED_CSV = "malformed_csv"
+REASON_INVALID_ENCODING = "invalid_encoding"
+ROW_LEVEL_REASONS = (REASON_WRONG_FIELD_COUNT, REASON_MALFORMED_CSV, REASON_INVALID_ENCODING)
+# ... and of a row with a cell that is not of its feature's kind.
+REASON_UNPARSEABLE_VALUE = "unparseable_value"
+
+EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
+
+
+class CsvChunk(NamedTuple):
+    """A byte range of the CSV that starts at a line start and ends after a newline (or at EOF)."""
+
+    start: int
+    end: int
+    first_line: int  # 1-based line number of the range's first line (the header is line 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvLayout:
+    """A checked CSV: its header and line-aligned byte ranges that Beam workers read in parallel."""
+
+    csv_path: str
+    columns: tuple[str, ...]  # the header, in file order
+    chunks: tuple[CsvChunk, ...]
+    data_rows: int  # non-blank lines after the header
+
+
+def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+             needed_for: str = "that ingest requires") -> CsvLayout:
+    """Checks the header (UTF-8, no duplicates, `required_columns` present) and cuts the file into
+    line-aligned byte ranges of about `chunk_bytes`, counting data rows on the way.
+
+    Raises DataError for a missing or empty file, a bad header or a header without data rows, so a
+    bad file fails in a second instead of after a pipeline start-up. `needed_for` ends the missing
+    columns message ("... column(s) the model needs: ...").
+    """
+    path = str(csv_path)
+    if not FileSystems.exists(path):
+        raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(required_columns)})")
+    chunks: list[CsvChunk] = []
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        header_bytes = handle.readline()
+        columns = _parse_header(path, header_bytes, required_columns, needed_for)
+        offset = chunk_start = len(header_bytes)
+        line_no, chunk_first_line, data_rows = 1, 2, 0
+        for raw in handle:
+            line_no += 1
+            offset += len(raw)
+            if raw.strip():
+                data_rows += 1
+            if offset - chunk_start >= chunk_bytes:
+                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                chunk_start, chunk_first_line = offset, line_no + 1
+        if offset > chunk_start:
+            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+    if data_rows == 0:
+        raise DataError(f"{path}: has a header but no data rows")
+    return CsvLayout(path, columns, tuple(chunks), data_rows)
+
+
+def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str], needed_for: str) -> tuple[str, ...]:
+    if not header_bytes.strip():
+        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(required_columns)})")
+    try:
+        header_text = header_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: the header row is not UTF-8 text ({err})") from None
+    columns = tuple(name.strip() for name in next(csv.reader([header_text.rstrip("\r\n")])))
+    duplicated = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{path}: the header names these columns more than once: {', '.join(duplicated)}")
+    missing = [name for name in required_columns if name not in columns]
+    if missing:
+        raise DataError(
+            f"{path}: the header is missing {len(missing)} column(s) {needed_for}: {', '.join(missing)} "
+            f"(found: {', '.join(columns)})"
+        )
+    extra = [name for name in columns if name not in FEATURES_BY_NAME]
+    if extra:
+        _LOG.warning("%s: ignoring column(s) not defined in transforms/features.py: %s", path, ", ".join(extra))
+    return columns
+
+
+# --- One line ---
+
+
+class BadLine(NamedTuple):
+    """Why a line is not a CSV row of the header's shape (one of ROW_LEVEL_REASONS)."""
+
+    reason: str
+    detail: str
+    text: str  # the line as text (undecodable bytes replaced)
+
+
+def split_csv_line(raw: bytes, width: int) -> tuple[str, list[str]] | BadLine:
+    """The line's text and its `width` fields, or why it has not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return BadLine(REASON_INVALID_ENCODING, f"byte {err.start} is not UTF-8", raw.decode("utf-8", errors="replace"))
+    try:
+        fields = next(csv.reader([text]))
+    except csv.Error as err:
+        return BadLine(REASON_MALFORMED_CSV, f"not a CSV row: {err}", text)
+    if len(fields) != width:
+        return BadLine(REASON_WRONG_FIELD_COUNT, f"expected {width} fields as in the header, got {len(fields)}", text)
+    return text, fields
+
+
+def parse_cells(features: Sequence[Feature], cells: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """The typed values of `features`, and (column, cell, what was expected) for every cell that does not parse."""
+    row: dict[str, Any] = {}
+    bad: list[tuple[str, str, str]] = []
+    for feature in features:
+        try:
+            row[feature.name] = parse_value(feature, cells[feature.name])
+        except ValueError:
+            bad.append((feature.name, cells[feature.name], f"expected {EXPECTED_BY_KIND[feature.kind]}"))
+    return row, bad
+
+
+# --- Pipeline parts ---
+
+
+class ReadChunkLinesFn(beam.DoFn):
+    """Reads one byte range and yields (line number, raw bytes) for each non-blank line."""
+
+    FACTS = "facts"
+
+    def __init__(self, csv_path: str) -> None:
+        self._csv_path = csv_path
+        self._lines = Metrics.counter("ingest", "lines_read")
+
+    def process(self, chunk: CsvChunk) -> Iterator[Any]:
+        with FileSystems.open(self._csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.seek(chunk.start)
+            data = handle.read(chunk.end - chunk.start)
+        if len(data) != chunk.end - chunk.start:
+            raise RuntimeError(f"{self._csv_path} changed while being read (bytes {chunk.start}..{chunk.end} are gone)")
+        pieces = data.split(b"\n")
+        if pieces and pieces[-1] == b"":
+            pieces.pop()  # the range ends with a newline, not with another line
+        lines_read = 0
+        for index, raw in enumerate(pieces):
+            if raw.strip():
+                lines_read += 1
+                yield chunk.first_line + index, raw.rstrip(b"\r")
+        self._lines.inc(lines_read)
+        # Counted here, independently of parsing, so the summary can prove no line was dropped.
+        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", lines_read))
+
+
+class ReadCsvLines(beam.PTransform):
+    """The CSV's data lines with their 1-based line numbers, read in parallel by byte range."""
+
+    def __init__(self, csv_path: str, chunks: Sequence[CsvChunk]) -> None:
+        super().__init__()
+        self._csv_path = csv_path
+        self._chunks = list(chunks)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        """Main output: (line number, raw bytes); output 'facts': ("read", lines) per byte range."""
+        return (
+            pbegin
+            | "ListByteRanges" >> beam.Create(self._chunks)
+            | "SpreadByteRanges" >> beam.Reshuffle()
+            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path)).with_outputs(
+                ReadChunkLinesFn.FACTS, main="lines")
+        )

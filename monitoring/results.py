@@ -1,0 +1,153 @@
+"""What a monitoring run produces and compares with: check outcomes, the run's result, the baselines.
+
+Types only (no checks, no I/O), so the checks (monitoring/checks.py), the run that drives them
+(monitoring/monitor.py) and the report that draws them (monitoring/report.py) share them without
+importing each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from tensorflow_metadata.proto.v0 import statistics_pb2
+
+from core.errors import DataError
+from metadata.recorder import ArtifactRef
+
+# The checks, by the names a result carries.
+DATA_DRIFT = "data_drift"
+SKEW = "training_serving_skew"
+SCHEMA_ANOMALIES = "schema_anomalies"
+MISSING_VALUES = "missing_values"
+NULL_OUTPUTS = "null_outputs"
+PREDICTION_DRIFT = "prediction_drift"
+CONCEPT_DRIFT = "concept_drift"
+CHECK_NAMES = (DATA_DRIFT, SKEW, SCHEMA_ANOMALIES, MISSING_VALUES, NULL_OUTPUTS, PREDICTION_DRIFT, CONCEPT_DRIFT)
+
+# A run's output folder: the JSON result, the HTML report and the window's statistics.
+RESULT_FILE = "result.json"
+REPORT_FILE = "report.html"
+STATISTICS_FILE = Path("statistics") / "FeatureStats.pb"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    value: float | None  # the worst score seen
+    threshold: float | None
+    evidence: dict  # which features moved and how far, counts, etc.
+    # What the report draws (distributions per feature); not part of the JSON result.
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "value": finite_or_none(self.value), "threshold": self.threshold,
+                "evidence": as_strict_json(self.evidence)}
+
+    def details_json(self) -> dict[str, Any]:
+        """The details as strict JSON (per-feature tables and distributions), for result.json and tests."""
+        return as_strict_json({key: value for key, value in self.details.items() if key != "scores"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringResult:
+    checks: list[CheckOutcome]
+    window_start: dt.datetime
+    window_end: dt.datetime
+    model_name: str
+    model_version: int | None
+    rows: int
+    report_html: Path | None
+    artifact: ArtifactRef | None  # the DriftCheckResult artifact recorded in MLMD
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failed(self) -> list[CheckOutcome]:
+        return [check for check in self.checks if not check.passed]
+
+    def check(self, name: str) -> CheckOutcome:
+        for outcome in self.checks:
+            if outcome.name == name:
+                return outcome
+        raise KeyError(f"no check {name!r} in this result; checks: {[c.name for c in self.checks]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "failed_checks": [check.name for check in self.failed],
+            "checks": [check.to_json() for check in self.checks],
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "rows": self.rows,
+            "report_html": str(self.report_html) if self.report_html else None,
+            "artifact": self.artifact.to_json() if self.artifact else None,
+        }
+
+
+def finite_or_none(value: Any) -> Any:
+    """None for NaN and infinities, Python numbers for numpy scalars."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return finite_or_none(value.item())
+    return value
+
+
+def as_strict_json(value: Any) -> Any:
+    """Strict-JSON types: NaN/inf become None, numpy scalars Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): as_strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_strict_json(v) for v in value]
+    return finite_or_none(value)
+
+
+def skipped_outcome(name: str, why: str, **evidence: Any) -> CheckOutcome:
+    """A check that could not judge this window (too few rows or labels): it passes and says why."""
+    return CheckOutcome(name, True, None, None, {"judged": False, "skipped": why, **evidence})
+
+
+# --- baselines: what the window is compared with ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """Data to compare the window with: its TFDV statistics and, when available, the raw rows."""
+
+    label: str  # e.g. "training data (taxi:3)" or "previous window"
+    statistics: statistics_pb2.DatasetFeatureStatisticsList
+    frame: pd.DataFrame | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionBaseline:
+    """The model's predicted probabilities on its evaluation data, as counts on fixed bins of [0, 1]."""
+
+    edges: tuple[float, ...]
+    counts: tuple[float, ...]
+    source: str  # where the numbers come from (evaluation.json, or a cached scoring)
+
+    def __post_init__(self) -> None:
+        if len(self.edges) != len(self.counts) + 1 or len(self.counts) < 2:
+            raise DataError(f"prediction baseline from {self.source}: {len(self.edges)} edges for {len(self.counts)} bins")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptBaseline:
+    """The model's evaluation metrics the labelled traffic is held against."""
+
+    auc: float
+    accuracy: float
+    ece: float
+    source: str
