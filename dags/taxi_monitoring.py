@@ -1,7 +1,7 @@
 """taxi_monitoring: hourly drift checks on the prediction logs; a failed check triggers retraining.
 
 A declaration only: stdlib, pendulum and airflow.sdk/providers at module level. The checks run in
-the ML runtime (`mlops.airflow.run_monitoring_task` -> `monitoring.checks.run_monitoring`).
+the ML runtime (`mlops.airflow.run_monitoring_task` -> `monitoring.monitor.run_monitoring`).
 """
 
 from __future__ import annotations

@@ -789,7 +789,7 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
     the conf for retraining. Exits with EXIT_NOTHING_TO_CHECK (a skipped task) when the window holds no logs.
     """
     with exit_on_user_error("check_drift"):
-        from monitoring.checks import run_monitoring
+        from monitoring.monitor import run_monitoring
 
         params = _params(params_json)
         config = _load_config(config_path)

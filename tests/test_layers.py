@@ -3,8 +3,10 @@
 - Packages are layered; a package imports only itself and the packages below it (LAYERS).
 - `core` imports no project package; `mlops` (the orchestration layer) is imported only by the
   programs on top: dags/, tests/, benchmarks/ and `__main__` modules.
-- No module imports another package's private module (`beam_jobs._options`).
+- No module imports another package's private module (a `_name` module is its package's own).
 - No import cycles between modules (imports under `if TYPE_CHECKING:` do not count).
+- Every name imported from a project module exists there: a lazy import inside a function would
+  otherwise fail only when that function first runs (in an Airflow task, say).
 
 Imports are read with `ast`, lazy ones inside functions included: they run too.
 """
@@ -168,6 +170,47 @@ def _cycles() -> list[list[str]]:
 def test_no_import_cycles():
     cycles = _cycles()
     assert not cycles, "modules importing each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def _defined_names(path: Path) -> set[str] | None:
+    """The names a module defines at its top level (None when it has a module `__getattr__`)."""
+    names: set[str] = set()
+    pending = list(ast.parse(path.read_bytes(), filename=str(path)).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name == "__getattr__":
+                return None
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            pending.extend(node.body)
+            pending.extend(getattr(node, "orelse", []))
+            pending.extend(getattr(node, "finalbody", []))
+            for handler in getattr(node, "handlers", []):
+                pending.extend(handler.body)
+    return names
+
+
+def test_every_name_imported_from_a_project_module_exists_there():
+    missing = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or node.level or node.module not in MODULES:
+                continue
+            defined = _defined_names(MODULES[node.module])
+            if defined is None:
+                continue
+            missing.extend(f"{module}: `from {node.module} import {alias.name}` (line {node.lineno})"
+                           for alias in node.names
+                           if alias.name != "*" and alias.name not in defined
+                           and f"{node.module}.{alias.name}" not in MODULES)
+    assert not missing, "imported names that do not exist:\n" + "\n".join(missing)
 
 
 @pytest.mark.parametrize("package", LAYERS)
