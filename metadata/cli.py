@@ -23,8 +23,8 @@ def _print_json(value: Any) -> None:
 
 
 def _store_and_config(args: argparse.Namespace):
-    from metadata.store import connect
     from core.config import load_config
+    from metadata.store import connect
 
     config = load_config(args.config)
     return connect(config.metadata), config

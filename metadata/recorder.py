@@ -22,8 +22,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from metadata.store import ARTIFACT_TYPES, CONTEXT_TYPES, EXECUTION_PROPERTIES, Store
 from core.version import code_version, source_hash
+from metadata.store import ARTIFACT_TYPES, CONTEXT_TYPES, EXECUTION_PROPERTIES, Store
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ EXIT_CHECK_FAILED = 1
 def cmd_monitor_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from metadata.recorder import Trigger
     from core.config import load_config
+    from metadata.recorder import Trigger
     from monitoring.monitor import run_monitoring
     from monitoring.settings import load_thresholds
 

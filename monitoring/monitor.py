@@ -191,12 +191,11 @@ class Monitor:
 
     def labelled_requests(self, end: dt.datetime, version: int) -> pd.DataFrame:
         """Served examples of this version in the rolling concept window, joined with their feedback."""
-        from serving.prediction_log import join_feedback, read_feedback
-
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
         from monitoring.log_statistics import log_files
+        from serving.prediction_log import join_feedback, read_feedback
 
         start = end - dt.timedelta(days=self.thresholds.concept.window_days)
         feedback = read_feedback(self.log_dir, start, end)

@@ -22,13 +22,21 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from core.errors import DataError, MlopsError
-from transforms import features
-from transforms.features import SERVING_FEATURES, Kind
 from serving.protocol import (  # noqa: F401 - the client's public names
-    CLASS_OUTPUT, DECISION_OUTPUT, DEFAULT_SIGNATURE, MODEL_LABEL_HEADER, MODEL_VERSION_HEADER, PROBABILITY_OUTPUT,
-    REQUEST_ID_HEADER, REQUEST_ID_METADATA, REQUEST_KEY_HEADER, REQUEST_KEY_METADATA,
+    CLASS_OUTPUT,
+    DECISION_OUTPUT,
+    DEFAULT_SIGNATURE,
+    MODEL_LABEL_HEADER,
+    MODEL_VERSION_HEADER,
+    PROBABILITY_OUTPUT,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_METADATA,
+    REQUEST_KEY_HEADER,
+    REQUEST_KEY_METADATA,
 )
 from serving.tensor_protos import serving_apis, tensor_from_values, values_from_tensor  # noqa: F401
+from transforms import features
+from transforms.features import SERVING_FEATURES, Kind
 
 # Worth another attempt: the server is restarting, overloaded or slow, not refusing the request.
 RETRYABLE_HTTP_STATUS = frozenset({429, 502, 503, 504})

@@ -15,8 +15,6 @@ from typing import Any, Sequence
 
 from transforms.features import Kind
 
-
-
 _PROTO_LOCK = threading.Lock()
 
 

@@ -14,7 +14,6 @@ import collections
 import socket
 import urllib.parse
 
-
 _HEADER_END = b"\r\n\r\n"
 MAX_HEADER_BYTES = 64 * 1024
 

@@ -53,6 +53,7 @@ from serving.model_server.tensors import (
 )
 from serving.status import Code, InvalidRequestError, ServingError, invalid
 
+
 def _utf8(value: str) -> bytes:
     """A JSON string as tensor bytes; a lone surrogate (valid JSON escape, not text) is a client error."""
     try:

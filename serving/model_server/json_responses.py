@@ -20,7 +20,6 @@ from serving.model_server.json_requests import RequestFormat
 from serving.model_server.tensors import dtype_name, dtype_of_array
 from serving.status import invalid
 
-
 # --- Predict responses ------------------------------------------------------------------------
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import apache_beam as beam
 import pytest
 import tensorflow as tf
-from google.protobuf.message import DecodeError
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from google.protobuf.message import DecodeError
 
 from beam_jobs.clean import (
     CLIPPED,

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from beam_jobs.example_codec import row_to_example, split_pattern
+from beam_jobs.transform import run, transform_examples
 from core.errors import DataError
 from tests.transforms.cleaned_examples import (
     EVAL_ONLY_COMPANY,
@@ -21,7 +22,6 @@ from tests.transforms.cleaned_examples import (
 from transforms.feature_spec import raw_feature_spec
 from transforms.features import OOV_SIZE, VOCAB_FEATURES, transformed_name
 from transforms.preprocessing import LABEL, vocabulary_filename
-from beam_jobs.transform import run, transform_examples
 
 BEAM_ARGS = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops.steps import step_code
 from core.version import module_closure, modules_hash
+from mlops.steps import step_code
 
 PACKAGES = ("pkg", "other")
 

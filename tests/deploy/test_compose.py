@@ -19,7 +19,15 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import (
-    COMPOSE_FILE, ENV_EXAMPLE, PROFILES, PROJECT_ROOT, container_ports, hostnames, mount_for, run_compose, services,
+    COMPOSE_FILE,
+    ENV_EXAMPLE,
+    PROFILES,
+    PROJECT_ROOT,
+    container_ports,
+    hostnames,
+    mount_for,
+    run_compose,
+    services,
 )
 
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}

@@ -354,9 +354,8 @@ def test_postgres_init_creates_a_database_mlmd_can_use(monkeypatch: pytest.Monke
 
 
 def test_metadata_store_leaves_an_empty_password_to_libpq() -> None:
-    from metadata.store import connection_config
-
     from core.config import load_config
+    from metadata.store import connection_config
 
     connection = connection_config(load_config(COMPOSE_TOML).metadata)
     assert connection.postgresql.user == "mlmd"

@@ -12,10 +12,10 @@ import xml.etree.ElementTree as ElementTree
 
 import pytest
 
+from core.config import MetadataConfig
 from metadata.lineage import LineageNotFoundError
 from metadata.queries import compare_runs, data_audit, list_runs, model_audit, model_graph, request_audit
 from metadata.store import connect
-from core.config import MetadataConfig
 from tests.conftest import TAXI_CSV
 from tests.monitoring.story import story
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
+from core.config import MetadataConfig
 from metadata.lineage import LineageNotFoundError, model_lineage, walk
 from metadata.recorder import PipelineRun, Trigger, properties_of
 from metadata.store import connect
-from core.config import MetadataConfig
 
 Execution = metadata_store_pb2.Execution
 

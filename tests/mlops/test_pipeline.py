@@ -5,15 +5,14 @@ Real Beam, TFDV, TFT, TF and MLMD; every path points into the test's temp direct
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from metadata.lineage import model_lineage
-from metadata.store import connect
 from core.config import Config, config_from_dict
 from core.errors import DataError, SchemaAnomaliesError
+from metadata.lineage import model_lineage
+from metadata.store import connect
 from mlops.pipeline import run_pipeline
 from tests.conftest import PROJECT_ROOT, TAXI_CSV, write_csv
 

@@ -42,8 +42,8 @@ def thresholds():
 
 @pytest.fixture(scope="session")
 def training_baseline(split_2013_2014):
-    from monitoring.results import Baseline
     from monitoring.log_statistics import statistics_of_frame
+    from monitoring.results import Baseline
 
     training, _ = split_2013_2014
     return Baseline("training data", statistics_of_frame(training), training)

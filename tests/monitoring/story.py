@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metadata.recorder import Trigger
 from core.config import Config, MetadataConfig, load_config
+from metadata.recorder import Trigger
 from tests.conftest import PROJECT_ROOT, TAXI_CSV
 from tests.monitoring import logs
 

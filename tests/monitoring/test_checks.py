@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from monitoring import checks, drift
-from monitoring.results import Baseline, CheckOutcome, ConceptBaseline, MonitoringResult, PredictionBaseline
 from monitoring.log_statistics import statistics_of_frame
+from monitoring.results import Baseline, CheckOutcome, ConceptBaseline, MonitoringResult, PredictionBaseline
 
 DAY, HOUR = 24.0, 1.0
 TWO_YEARS = 2 * 366 * DAY

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from monitoring import checks
-from monitoring.results import DATA_DRIFT, Baseline, ConceptBaseline, MonitoringResult, PredictionBaseline
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.report import render_report, write_report
+from monitoring.results import DATA_DRIFT, Baseline, ConceptBaseline, MonitoringResult, PredictionBaseline
 from tests.monitoring import browser
 
 pytestmark = pytest.mark.skipif(not browser.available(), reason="Debian's chromium is not installed (make test installs it)")

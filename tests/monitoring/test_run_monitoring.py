@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 
+from core.config import MetadataConfig
+from core.errors import DataError
 from metadata.queries import inputs_of, outputs_of, producer
 from metadata.recorder import properties_of
 from metadata.store import connect
-from core.config import MetadataConfig
-from core.errors import DataError
 from monitoring import results
 from monitoring.monitor import run_monitoring
 from tests.monitoring import logs

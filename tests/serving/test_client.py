@@ -30,7 +30,6 @@ from tests.serving.gateway.helpers import CANARY_VERSION, STABLE_VERSION, TAXI_C
 from transforms import features
 from transforms.features import SERVING_FEATURES, Kind
 
-
 # --- the typed row --------------------------------------------------------------------------------
 
 

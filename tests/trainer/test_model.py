@@ -97,6 +97,7 @@ def test_compiled_with_adam_at_config_learning_rate_binary_cross_entropy_and_auc
     assert "auc" in metric_names
 
 
+@pytest.mark.slow  # trains a model
 def test_training_steps_move_the_prediction_and_stay_finite(transform_output, batch):
     from trainer.train import fit
 

@@ -12,9 +12,9 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
 
 from beam_jobs.example_codec import serialize_row
+from beam_jobs.transform import transform_examples
 from core.config import TrainingConfig
 from tests.transforms.cleaned_examples import (
     BEAM_ARGS,
@@ -27,7 +27,8 @@ from tests.transforms.cleaned_examples import (
 from trainer.train import export_model, fit_and_evaluate, load_transform_output
 from transforms.feature_spec import raw_feature_spec
 from transforms.features import TIPS_KEY
-from beam_jobs.transform import transform_examples
+
+pytestmark = pytest.mark.slow  # the fixture transforms and trains a model
 
 TOLERANCE = 1e-5
 

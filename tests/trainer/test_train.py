@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from beam_jobs.example_codec import TFRECORD_SUFFIX, split_dir, split_pattern
 from core.config import TrainingConfig
 from core.errors import DataError
-from beam_jobs.example_codec import TFRECORD_SUFFIX, split_dir, split_pattern
 from tests.transforms.cleaned_examples import clean_rows, shared_transform, small_transform
 from trainer.train import (
     CLASS_THRESHOLD,
@@ -55,6 +55,7 @@ def trained(small, tmp_path_factory):
     return output, train_model(transform.transformed_dir, transform.transform_graph_dir, output, SMALL)
 
 
+@pytest.mark.slow  # trains a model
 def test_exports_the_model_and_a_result_file_that_agree(trained, small):
     output, result = trained
     _, counts, _ = small
@@ -69,6 +70,7 @@ def test_exports_the_model_and_a_result_file_that_agree(trained, small):
         assert 0.5 < metrics["auc"] <= 1 and 0 < metrics["loss"] < 1 and 0 <= metrics["accuracy"] <= 1
 
 
+@pytest.mark.slow  # trains a model
 def test_signatures_follow_the_serving_contract(trained):
     _, result = trained
     loaded = tf.saved_model.load(str(result.model_dir))
@@ -86,6 +88,7 @@ def test_signatures_follow_the_serving_contract(trained):
         assert outputs["class"].dtype == tf.int64 and outputs["class"].shape.as_list() == [None]
 
 
+@pytest.mark.slow  # trains a model
 def test_class_is_probability_at_least_one_half(trained, taxi_rows):
     _, result = trained
     from beam_jobs.example_codec import serialize_row
@@ -99,6 +102,7 @@ def test_class_is_probability_at_least_one_half(trained, taxi_rows):
     assert 0 < klass.sum() < len(rows), "a trained model should predict both classes on 300 trips"
 
 
+@pytest.mark.slow  # trains a model
 def test_an_example_with_two_values_for_a_feature_is_refused_naming_it(trained, taxi_rows):
     _, result = trained
     from beam_jobs.example_codec import row_to_example
@@ -110,6 +114,7 @@ def test_an_example_with_two_values_for_a_feature_is_refused_naming_it(trained, 
         loaded.signatures["serving_examples"](examples=tf.constant([example.SerializeToString()]))
 
 
+@pytest.mark.slow  # trains a model
 def test_same_seed_gives_the_same_model_and_another_seed_does_not(trained, small, tmp_path):
     _, first = trained
     _, _, transform = small
@@ -127,6 +132,7 @@ def test_same_seed_gives_the_same_model_and_another_seed_does_not(trained, small
     assert other.eval_metrics["loss"] != first.eval_metrics["loss"]
 
 
+@pytest.mark.slow  # trains a model
 def test_the_same_rows_in_another_order_and_sharding_train_the_same_model(small, tmp_path):
     """A Beam job fixes which rows it writes, not their order or file count: neither may change the model."""
     _, _, transform = small
@@ -167,6 +173,7 @@ def test_canonical_order_depends_on_the_rows_only():
         assert columns[name][order].tobytes() == shuffled[name][shuffled_order].tobytes(), name
 
 
+@pytest.mark.slow  # trains a model
 def test_retraining_into_the_same_folder_replaces_the_model(small, tmp_path):
     _, _, transform = small
     config = TrainingConfig(train_steps=10, seed=1)
@@ -201,7 +208,7 @@ def test_roc_auc_is_exact_including_ties():
     assert metrics["accuracy"] == 0.5 and metrics["examples"] == 4 and metrics["positive_rate"] == 0.5
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # trains a model
 def test_quality_bar_on_the_tfx_protocol(taxi_rows, tmp_path):
     """All 15,002 shipped rows, cleaned, hash split 2:1, 1,000 steps of 40: eval AUC >= 0.935 (TFX: 0.932-0.934)."""
     rows = clean_rows(taxi_rows)
