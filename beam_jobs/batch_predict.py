@@ -42,9 +42,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import serialize_row
-from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
+from beam_jobs.options import add_job_argument, require_flags, run_program
 from core.atomic import write_json
-from core.errors import DataError, MlopsError
+from core.errors import DataError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
 
 _LOG = logging.getLogger(__name__)
@@ -468,12 +468,7 @@ def run(argv: Sequence[str] | None = None) -> BatchPredictResult:
 
 
 def main() -> None:
-    configure_cli_logging()
-    try:
-        result = run()
-    except MlopsError as err:
-        sys.exit(f"error: {err}")
-    print(json.dumps(dataclasses.asdict(result), indent=2))
+    run_program(run)
 
 
 if __name__ == "__main__":

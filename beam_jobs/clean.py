@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -35,9 +34,9 @@ from google.protobuf.message import DecodeError
 
 from beam_jobs import outputs
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern, split_prefix
-from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
+from beam_jobs.options import add_job_argument, require_flags, run_program
 from core.atomic import write_json
-from core.errors import DataError, MlopsError
+from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, Feature, Kind, OnInvalid
 
 _LOG = logging.getLogger(__name__)
@@ -513,12 +512,7 @@ def run(argv: Sequence[str] | None = None) -> CleanResult:
 
 
 def main() -> None:
-    configure_cli_logging()
-    try:
-        result = run()
-    except MlopsError as err:
-        sys.exit(f"error: {err}")
-    print(json.dumps(dataclasses.asdict(result), indent=2))
+    run_program(run)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -29,9 +28,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import SPLITS, canonical_row, split_prefix
-from beam_jobs.options import add_job_argument, configure_cli_logging, iso_date, require_flags, utc_midnight
+from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
 from core.atomic import write_json
-from core.errors import DataError, MlopsError
+from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY
 
 _LOG = logging.getLogger(__name__)
@@ -439,12 +438,7 @@ def run(argv: Sequence[str] | None = None) -> IngestResult:
 
 
 def main() -> None:
-    configure_cli_logging()
-    try:
-        result = run()
-    except MlopsError as err:
-        sys.exit(f"error: {err}")
-    print(json.dumps(dataclasses.asdict(result), indent=2))
+    run_program(run)
 
 
 if __name__ == "__main__":

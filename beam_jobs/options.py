@@ -1,4 +1,4 @@
-"""Command-line flags shared by the Beam programs.
+"""Command-line flags and the `main()` shared by the Beam programs.
 
 Beam builds ONE argparse parser from every imported `PipelineOptions` subclass
 (`PipelineOptions.get_all_options`), so two jobs that both declare `--input` make every pipeline
@@ -10,9 +10,14 @@ next job reuse it, as long as both agree on its type.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import logging
-from typing import Any
+import sys
+from typing import Any, Callable
+
+from core.errors import MlopsError
 
 
 def add_job_argument(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
@@ -36,6 +41,17 @@ def configure_cli_logging() -> None:
     """INFO for the job, WARNING for Beam: its runners forward every worker log line at INFO."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+
+def run_program(run: Callable[[], Any]) -> None:
+    """A Beam job's `main()`: logging as jobs want it, then `run()`; a user error ends the process
+    with one `error: ...` line (exit status 1), a result is printed as JSON."""
+    configure_cli_logging()
+    try:
+        result = run()
+    except MlopsError as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps(dataclasses.asdict(result), indent=2))
 
 
 def iso_date(text: str) -> str:

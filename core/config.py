@@ -130,6 +130,16 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
+    def pipeline_args(self) -> list[str]:
+        """`beam_args` for a job run now: with a `--temp_location` below `pipeline_root` (created)
+        unless the config names one, since Beam's file sinks and TFT stage their files there."""
+        args = list(self.beam_args)
+        if not any(arg.startswith("--temp_location") for arg in args):
+            temp = self.pipeline_root / "tmp" / "beam"
+            temp.mkdir(parents=True, exist_ok=True)
+            args.append(f"--temp_location={temp}")
+        return args
+
 
 def _section(cls: type, values: Mapping[str, Any], root: Path, section: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}

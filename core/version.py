@@ -51,7 +51,7 @@ def module_closure(modules: Sequence[str], root: Path = PROJECT_ROOT, packages: 
         found[name] = path
         parts = name.split(".")
         pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        pending.extend(_imported_names(path, name))
+        pending.extend(imported_names(path, name))
     missing = [name for name in modules if name not in found]
     if missing:
         raise ValueError(f"no project module {missing} under {root} (packages {list(packages)})")
@@ -66,11 +66,21 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
-def _imported_names(path: Path, module: str) -> set[str]:
-    """Every name an `import` statement in the file could refer to as a module."""
+def imported_names(path: Path, module: str, *, skip_type_checking: bool = False) -> set[str]:
+    """Every dotted name an `import` statement in the file could refer to as a module: `a.b` and
+    `a.b.name` for `from a.b import name`, relative imports resolved against `module`. With
+    `skip_type_checking`, imports under `if TYPE_CHECKING:` (which never run) are left out."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    skipped: set[int] = set()
+    if skip_type_checking:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(child) for statement in node.body for child in ast.walk(statement))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -358,33 +358,18 @@ def _restrict(store: Store, graph: LineageGraph, artifact_ids: set[int], executi
 # --- prediction logs -------------------------------------------------------------------------
 
 
-def _request_files(log_dir: Path) -> list[Path]:
-    requests = Path(log_dir) / "requests"
-    return sorted(requests.glob("date=*/part-*.parquet")) if requests.is_dir() else []
+def _log_files(log_dir: Path, kind: str) -> list[Path]:
+    """The Parquet parts of one of the gateway's logs (`requests` or `feedback`), oldest day first."""
+    folder = Path(log_dir) / kind
+    return sorted(folder.glob("date=*/part-*.parquet")) if folder.is_dir() else []
 
 
-def find_logged_request(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
-    """Every logged row (instance, shadow copy) of `request_id`, read straight from the Parquet logs."""
+def _logged_rows(log_dir: Path, kind: str, request_id: str) -> list[dict[str, Any]]:
+    """The rows of `request_id` in one of the gateway's logs, timestamps as ISO strings."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    files = _request_files(log_dir)
-    if not files:
-        return []
-    table = ds.dataset([str(f) for f in files], format="parquet").to_table(filter=pc.field("request_id") == request_id)
-    rows = table.to_pylist()
-    for row in rows:
-        if isinstance(row.get("timestamp"), dt.datetime):
-            row["timestamp"] = row["timestamp"].isoformat()
-    return sorted(rows, key=lambda r: (bool(r.get("is_shadow")), r.get("instance_index", 0)))
-
-
-def _feedback_for(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    feedback = Path(log_dir) / "feedback"
-    files = sorted(feedback.glob("date=*/part-*.parquet")) if feedback.is_dir() else []
+    files = _log_files(log_dir, kind)
     if not files:
         return []
     table = ds.dataset([str(f) for f in files], format="parquet").to_table(filter=pc.field("request_id") == request_id)
@@ -395,11 +380,21 @@ def _feedback_for(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def find_logged_request(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
+    """Every logged row (instance, shadow copy) of `request_id`, read straight from the Parquet logs."""
+    rows = _logged_rows(log_dir, "requests", request_id)
+    return sorted(rows, key=lambda r: (bool(r.get("is_shadow")), r.get("instance_index", 0)))
+
+
+def _feedback_for(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
+    return _logged_rows(log_dir, "feedback", request_id)
+
+
 def requests_per_model(log_dir: Path) -> dict[tuple[str, int | None], dict[str, int]]:
     """(model, version) -> {"served": rows answered to clients, "shadow": shadow copies, "requests": distinct ids}."""
     import pyarrow.dataset as ds
 
-    files = _request_files(log_dir)
+    files = _log_files(log_dir, "requests")
     if not files:
         return {}
     table = ds.dataset([str(f) for f in files], format="parquet").to_table(

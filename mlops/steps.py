@@ -40,12 +40,7 @@ class StepContext:
         return self.config.pipeline_root / "runs" / self.run.run_id
 
     def beam_args(self) -> list[str]:
-        temp = self.config.pipeline_root / "tmp" / "beam"
-        temp.mkdir(parents=True, exist_ok=True)
-        args = list(self.config.beam_args)
-        if not any(a.startswith("--temp_location") for a in args):
-            args.append(f"--temp_location={temp}")
-        return args
+        return self.config.pipeline_args()
 
 
 @dataclasses.dataclass(frozen=True)

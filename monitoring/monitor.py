@@ -86,12 +86,7 @@ class Monitor:
     # --- inputs ------------------------------------------------------------------------------
 
     def beam_args(self) -> list[str]:
-        temp = self.config.pipeline_root / "tmp" / "beam"
-        temp.mkdir(parents=True, exist_ok=True)
-        args = list(self.config.beam_args)
-        if not any(a.startswith("--temp_location") for a in args):
-            args.append(f"--temp_location={temp}")
-        return args
+        return self.config.pipeline_args()
 
     def read_served(self, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
         from serving.prediction_log import read_prediction_logs

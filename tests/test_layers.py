@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from core.version import imported_names
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Bottom first. Each package may import the ones before it, never the ones after.
@@ -33,34 +35,11 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    skipped: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(child) for stmt in node.body for child in ast.walk(stmt))
-    return skipped
-
-
 def _imports(path: Path, module: str) -> set[str]:
-    """Every project module or name `module` imports, as dotted names."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
-    skipped = _type_checking_nodes(tree)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
-            names.update(f"{source}.{alias.name}" for alias in node.names)
+    """Every project module or name `module` imports (that runs), as dotted names."""
     top_level = set(LAYERS) | set(PROGRAMS)
-    return {name for name in names if name.split(".")[0] in top_level}
+    return {name for name in imported_names(path, module, skip_type_checking=True)
+            if name.split(".")[0] in top_level}
 
 
 def _project_modules() -> dict[str, Path]:

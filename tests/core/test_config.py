@@ -60,3 +60,13 @@ def test_environment_variable_selects_the_file(tmp_path, monkeypatch):
     config = load_config()
     assert config.training.train_steps == 7
     assert config.pipeline_root == tmp_path / "elsewhere"
+
+
+def test_pipeline_args_add_a_temp_location_below_the_pipeline_root_unless_one_is_given(tmp_path):
+    config = config_from_dict({"pipeline_root": "pipe", "beam_args": ["--runner=DirectRunner"]}, tmp_path)
+    args = config.pipeline_args()
+    temp = tmp_path / "pipe" / "tmp" / "beam"
+    assert args == ["--runner=DirectRunner", f"--temp_location={temp}"] and temp.is_dir()
+    assert config.beam_args == ("--runner=DirectRunner",)  # the config itself is unchanged
+    given = config.replace(beam_args=("--temp_location=gs://bucket/tmp",))
+    assert given.pipeline_args() == ["--temp_location=gs://bucket/tmp"]
