@@ -15,6 +15,7 @@ from core.errors import DataError, ModelNotBlessedError
 from mlops.airflow.tasks import (
     EXIT_DATA_ERROR,
     EXIT_NOT_BLESSED,
+    check_window,
     exit_on_user_error,
     monitoring_window,
     pipeline_run_id,
@@ -39,6 +40,13 @@ def test_retraining_conf_carries_the_failed_checks_and_their_evidence():
     assert trigger["evidence"]["data_drift"] == {"value": 0.31, "threshold": 0.1, "fare": {"psi": 0.31}}
     assert trigger["drift_check_artifact_id"] == 42 and trigger["monitoring_run_id"] == "taxi_monitoring__run1"
     assert (conf["start"], conf["end"]) == ("2014-01-01", "2017-01-01")
+
+
+def test_an_empty_or_reversed_training_window_is_refused_before_any_work():
+    assert [str(d) for d in check_window("2013-01-01", "2013-04-01")] == ["2013-01-01", "2013-04-01"]
+    for start, end in (("2013-04-01", "2013-01-01"), ("2013-01-01", "2013-01-01")):
+        with pytest.raises(DataError, match=r"the window is empty: end 2013-0\d-01 is not after start"):
+            check_window(start, end)
 
 
 def test_the_monitoring_window_is_explicit_or_the_data_interval_or_the_last_hour():

@@ -154,16 +154,6 @@ def test_training_params_have_defaults_and_reject_a_bad_window_or_hyperparameter
             _validate(dagbag, "taxi_training", {name: value})
 
 
-def test_an_empty_or_reversed_window_is_refused_before_any_work(dagbag):
-    from mlops.airflow.tasks import check_window
-    from core.errors import DataError
-
-    assert [str(d) for d in check_window("2013-01-01", "2013-04-01")] == ["2013-01-01", "2013-04-01"]
-    for start, end in (("2013-04-01", "2013-01-01"), ("2013-01-01", "2013-01-01")):
-        with pytest.raises(DataError, match=r"the window is empty: end 2013-0\d-01 is not after start"):
-            check_window(start, end)
-
-
 def test_rollout_batch_and_monitoring_params_are_validated(dagbag):
     from airflow.sdk.exceptions import ParamValidationError
 
