@@ -40,7 +40,6 @@ class LauncherError(RuntimeError):
     """Airflow could not be started, reached or driven; the message says what to do."""
 
 
-
 @dataclasses.dataclass(frozen=True)
 class AirflowLayout:
     """Where this checkout keeps Airflow's pieces."""

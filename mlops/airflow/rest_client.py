@@ -3,7 +3,7 @@
 `AirflowClient` authenticates with a JWT from `/auth/token` (user `admin`, the password Airflow
 generated, see `launcher.admin_password`). `trigger_and_wait` (behind `python -m mlops.airflow
 trigger --wait`) prints one line per task state change and, when the run fails, the failing
-task's log tail, so a terminal user never has to open the UI to see why. Stdlib imports only.
+task's log tail, so a terminal user never has to open the UI to see why. Stdlib (and the launcher) only.
 """
 
 from __future__ import annotations
