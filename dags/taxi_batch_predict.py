@@ -1,7 +1,7 @@
 """taxi_batch_predict: score a CSV of trips with the served model, as a Beam job, recorded in MLMD.
 
 A declaration only: stdlib, pendulum and airflow.sdk at module level. The Beam job is
-`beam_jobs/batch_predict.py`, run in the ML runtime by `mlops.airflow.run_batch_predict_task`.
+`beam_jobs/batch_predict.py`, run in the ML runtime by `mlops.airflow.tasks.run_batch_predict_task`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ import pendulum
 from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The launcher's defaults (mlops.airflow.launcher.AirflowLayout), for a DagBag outside Airflow.
 ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
 CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 
 log = logging.getLogger(__name__)
 
+# mlops.airflow.tasks ends the ML process with these codes for errors no retry can fix
+# (a copy: tests/dags/test_dag_copies.py ties it to the EXIT_* constants there).
 USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
 
 
@@ -73,6 +76,7 @@ reason; the run fails if more than 1 % of the rows are rejected.
     default_args=DEFAULT_ARGS,
     doc_md=DAG_DOC,
     tags=["mlops", "serving"],
+    # The defaults are mlops.airflow.tasks' DEFAULT_* values (tests/dags/test_dag_copies.py).
     params={
         "csv_path": Param("", type="string", title="CSV to score",
                           description="A CSV of trips with the serving columns; empty = data/taxi/data.csv."),
@@ -87,7 +91,7 @@ def taxi_batch_predict() -> None:
     @task.external_python(task_id="score", python=ML_PYTHON, expect_airflow=False, multiple_outputs=False,
                           doc_md="The batch scoring Beam job, recorded in MLMD with the model version used.")
     def score(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str) -> dict:
-        from mlops.airflow import run_batch_predict_task
+        from mlops.airflow.tasks import run_batch_predict_task
 
         return run_batch_predict_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
                                       run_type=run_type, params_json=params_json)

@@ -1,7 +1,7 @@
 """taxi_monitoring: hourly drift checks on the prediction logs; a failed check triggers retraining.
 
 A declaration only: stdlib, pendulum and airflow.sdk/providers at module level. The checks run in
-the ML runtime (`mlops.airflow.run_monitoring_task` -> `monitoring.monitor.run_monitoring`).
+the ML runtime (`mlops.airflow.tasks.run_monitoring_task` -> `monitoring.monitor.run_monitoring`).
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import CronDataIntervalTimetable, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The launcher's defaults (mlops.airflow.launcher.AirflowLayout), for a DagBag outside Airflow.
 ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
 CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
-# mlops.airflow exits with this code when the window holds no predictions: the task is skipped.
+# mlops.airflow.tasks exits with this code when the window holds no predictions: the task is skipped.
 EXIT_NOTHING_TO_CHECK = 99
 
 log = logging.getLogger(__name__)
 
+# mlops.airflow.tasks ends the ML process with these codes for errors no retry can fix
+# (a copy: tests/dags/test_dag_copies.py ties it to the EXIT_* constants there).
 USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
 
 
@@ -81,6 +84,7 @@ A window without any logged prediction skips the run's tasks (nothing to check i
     default_args=DEFAULT_ARGS,
     doc_md=DAG_DOC,
     tags=["mlops", "monitoring"],
+    # The defaults are mlops.airflow.tasks' DEFAULT_* values (tests/dags/test_dag_copies.py).
     params={
         "window_start": Param("", type="string", title="Window start",
                               description="ISO date/time (UTC) of the first logged request to check; "
@@ -100,7 +104,7 @@ def taxi_monitoring() -> None:
                           doc_md="Runs every drift check on the window's prediction logs and records the result in MLMD.")
     def check_drift(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
                     interval_start: str, interval_end: str) -> dict:
-        from mlops.airflow import run_monitoring_task
+        from mlops.airflow.tasks import run_monitoring_task
 
         return run_monitoring_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
                                    run_type=run_type, params_json=params_json, interval_start=interval_start,

@@ -1,7 +1,7 @@
 """taxi_rollout: deploy a pushed model safely: canary with automatic ramp or rollback, blue-green, rollback.
 
 A declaration only: stdlib, pendulum and airflow.sdk at module level. The work runs in the ML
-runtime (`mlops.airflow.run_rollout_task`), which talks to the gateway's admin API and records a
+runtime (`mlops.airflow.tasks.run_rollout_task`), which talks to the gateway's admin API and records a
 `Deploy` execution in ML Metadata.
 """
 
@@ -15,14 +15,18 @@ import pendulum
 from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The launcher's defaults (mlops.airflow.launcher.AirflowLayout), for a DagBag outside Airflow.
 ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
 CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 # Updated by taxi_training's push task.
 PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
+# mlops.airflow.tasks.ROLLOUT_ACTIONS; each is also a task id.
 ACTIONS = ("canary", "blue_green", "rollback")
 
 log = logging.getLogger(__name__)
 
+# mlops.airflow.tasks ends the ML process with these codes for errors no retry can fix
+# (a copy: tests/dags/test_dag_copies.py ties it to the EXIT_* constants there).
 USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
 
 
@@ -83,6 +87,8 @@ Airflow's environment, its URL from `gateway_url` or `MLOPS_GATEWAY_URL`.
     default_args=DEFAULT_ARGS,
     doc_md=DAG_DOC,
     tags=["mlops", "serving"],
+    # The defaults are mlops.airflow.tasks' DEFAULT_* values and serving.rollout.CanaryThresholds'
+    # (tests/dags/test_dag_copies.py).
     params={
         "action": Param("canary", type="string", enum=list(ACTIONS),
                         description="canary (observe and ramp), blue_green (switch now) or rollback (previous stable)."),
@@ -119,7 +125,7 @@ def taxi_rollout() -> None:
     def deploy_task(action: str, doc: str):
         @task.external_python(task_id=action, python=ML_PYTHON, expect_airflow=False, multiple_outputs=False, doc_md=doc)
         def deploy(action: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str) -> dict:
-            from mlops.airflow import run_rollout_task
+            from mlops.airflow.tasks import run_rollout_task
 
             return run_rollout_task(action, config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
                                     run_type=run_type, params_json=params_json)

@@ -1,7 +1,7 @@
 """taxi_training: the training pipeline, one task per step, in the ML runtime.
 
 A declaration only: stdlib, pendulum and airflow.sdk at module level (the scheduler parses this
-file every few seconds). Each task runs `mlops.airflow.run_training_task` in the ML environment
+file every few seconds). Each task runs `mlops.airflow.tasks.run_training_task` in the ML environment
 through `@task.external_python`, with explicit arguments: the config file, the Airflow run, the
 params as JSON, and the outcomes of the steps before it (XCom).
 """
@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The launcher's defaults (mlops.airflow.launcher.AirflowLayout), for a DagBag outside Airflow.
 ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml" / "bin" / "python")
 CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 # taxi_rollout is scheduled on this asset: every successful push starts a rollout.
@@ -23,7 +24,8 @@ PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
 
 log = logging.getLogger(__name__)
 
-# mlops.airflow ends the ML process with these codes for errors no retry can fix.
+# mlops.airflow.tasks ends the ML process with these codes for errors no retry can fix
+# (a copy: tests/dags/test_dag_copies.py ties it to the EXIT_* constants there).
 USER_ERRORS = {2: "bad input or parameters", 3: "the model is not blessed", 4: "the canary was rolled back"}
 
 
@@ -63,6 +65,16 @@ RUN = {
     "params_json": "{{ params | tojson }}",
 }
 ML_TASK = {"python": ML_PYTHON, "expect_airflow": False, "multiple_outputs": False}
+# One task per pipeline step, in order (a copy of mlops.steps.STEP_NAMES: tests/dags/test_dag_copies.py).
+STEP_DOCS = {
+    "ingest": "CSV → tf.Example splits for the window (Beam); rejected rows kept with reasons.",
+    "validate": "TFDV statistics per split, checked against the curated schema; anomalies stop the run.",
+    "clean": "Duplicates, missing and impossible values → cleaned examples + rejected rows with reasons (Beam).",
+    "transform": "TF Transform analyze-and-transform; the transform graph ships inside the model.",
+    "train": "Trains the wide-and-deep model and exports a SavedModel with both serving signatures.",
+    "evaluate": "Metrics overall and per slice against the served model; a model that is not blessed stops the run.",
+    "push": "Copies the blessed model into TF Serving's model base path (atomic) and updates the `taxi_pushed_model` asset.",
+}
 
 DAG_DOC = """
 ### Train, evaluate and push the taxi tip model
@@ -96,6 +108,7 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
     default_args=DEFAULT_ARGS,
     doc_md=DAG_DOC,
     tags=["mlops", "training"],
+    # The defaults are mlops.airflow.tasks' DEFAULT_* values and HYPERPARAMETERS (tests/dags/test_dag_copies.py).
     params={
         "start": Param("2013-01-01", type="string", format="date", title="Window start",
                        description="First day of the training window (YYYY-MM-DD, UTC, inclusive)."),
@@ -119,59 +132,24 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
     },
 )
 def taxi_training() -> None:
-    @task.external_python(task_id="ingest", doc_md="CSV → tf.Example splits for the window (Beam); rejected rows kept with reasons.", **ML_TASK)
-    def ingest(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str) -> dict:
-        from mlops.airflow import run_training_task
+    def step_task(step: str, upstream=None):
+        """The task running `step` in the ML runtime; it returns every outcome so far, for the next task (XCom)."""
+        # push announces the new model version: taxi_rollout is scheduled on that asset.
+        options = {"outlets": [PUSHED_MODEL]} if step == "push" else {}
 
-        return run_training_task("ingest", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json)
+        @task.external_python(task_id=step, doc_md=STEP_DOCS[step], **ML_TASK, **options)
+        def run_step(step: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
+                     upstream: dict | None = None) -> dict:
+            from mlops.airflow.tasks import run_training_task
 
-    @task.external_python(task_id="validate", doc_md="TFDV statistics per split, checked against the curated schema; anomalies stop the run.", **ML_TASK)
-    def validate(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
-        from mlops.airflow import run_training_task
+            return run_training_task(step, config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                     run_type=run_type, params_json=params_json, upstream=upstream)
 
-        return run_training_task("validate", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json, upstream=upstream)
+        return run_step(step=step, **RUN, **({} if upstream is None else {"upstream": upstream}))
 
-    @task.external_python(task_id="clean", doc_md="Duplicates, missing and impossible values → cleaned examples + rejected rows with reasons (Beam).", **ML_TASK)
-    def clean(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
-        from mlops.airflow import run_training_task
-
-        return run_training_task("clean", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json, upstream=upstream)
-
-    @task.external_python(task_id="transform", doc_md="TF Transform analyze-and-transform; the transform graph ships inside the model.", **ML_TASK)
-    def transform(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
-        from mlops.airflow import run_training_task
-
-        return run_training_task("transform", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json, upstream=upstream)
-
-    @task.external_python(task_id="train", doc_md="Trains the wide-and-deep model and exports a SavedModel with both serving signatures.", **ML_TASK)
-    def train(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
-        from mlops.airflow import run_training_task
-
-        return run_training_task("train", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json, upstream=upstream)
-
-    @task.external_python(task_id="evaluate", doc_md="Metrics overall and per slice against the served model; a model that is not blessed stops the run.", **ML_TASK)
-    def evaluate(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
-        from mlops.airflow import run_training_task
-
-        return run_training_task("evaluate", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json, upstream=upstream)
-
-    @task.external_python(task_id="push", outlets=[PUSHED_MODEL],
-                          doc_md="Copies the blessed model into TF Serving's model base path (atomic) and updates the `taxi_pushed_model` asset.", **ML_TASK)
-    def push(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str, upstream: dict) -> dict:
-        from mlops.airflow import run_training_task
-
-        return run_training_task("push", config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                 run_type=run_type, params_json=params_json, upstream=upstream)
-
-    outcomes = ingest(**RUN)
-    for step in (validate, clean, transform, train, evaluate, push):
-        outcomes = step(**RUN, upstream=outcomes)
+    outcomes = None
+    for step in STEP_DOCS:
+        outcomes = step_task(step, upstream=outcomes)
 
 
 taxi_training()

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mlops import airflow
+from mlops.airflow import launcher, rest_client
+from mlops.airflow.tasks import DEFAULT_TRAINING_WINDOW
 from core.config import load_config
 from transforms import features
 
@@ -40,7 +41,7 @@ GATEWAY_URL = "http://127.0.0.1:8000"
 TOKEN_FILE = RUN_DIR / "gateway_admin_token"
 SERVE_PID = RUN_DIR / "serve.pid"
 SERVE_LOG = RUN_DIR / "serve.log"
-TRAINING_WINDOW = ("2013-01-01", "2015-01-01")
+TRAINING_WINDOW = DEFAULT_TRAINING_WINDOW  # taxi_training's own default: the 2013-2014 trips
 TRAFFIC_YEARS = (2015, 2016)
 
 say: Callable[[str], None] = lambda line: print(line, flush=True)  # noqa: E731
@@ -179,20 +180,20 @@ def send_traffic(rows: list[dict[str, str]], model_name: str, stop: threading.Ev
     return served, labelled
 
 
-def latest_run(client: airflow.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool] = lambda r: True) -> dict | None:
+def latest_run(client: rest_client.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool] = lambda r: True) -> dict | None:
     runs = [r for r in client.list_runs(dag_id, limit=25) if (r.get("logical_date") or r.get("run_after") or "") >= after or
             (r.get("start_date") or "") >= after]
     runs = [r for r in runs if predicate(r)]
     return max(runs, key=lambda r: r.get("start_date") or r.get("run_after") or "") if runs else None
 
 
-def follow(client: airflow.AirflowClient, dag_id: str, run_id: str, timeout: float) -> str:
+def follow(client: rest_client.AirflowClient, dag_id: str, run_id: str, timeout: float) -> str:
     """Follows the run to its end; a failed run also prints its failing tasks' log tails."""
     say(f"Following {dag_id} run {run_id}")
-    state, task_instances = airflow.wait_for_run(client, dag_id, run_id, timeout=timeout, progress=say)
+    state, task_instances = rest_client.wait_for_run(client, dag_id, run_id, timeout=timeout, progress=say)
     say(f"{dag_id} run {run_id}: {state}")
     if state == "failed":
-        say(airflow.failure_report(client, dag_id, run_id, task_instances, tail=6))
+        say(rest_client.failure_report(client, dag_id, run_id, task_instances, tail=6))
     return state
 
 
@@ -234,7 +235,7 @@ def model_summary(config: Any) -> str:
     ])
 
 
-def wait_for_triggered(client: airflow.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool],
+def wait_for_triggered(client: rest_client.AirflowClient, dag_id: str, after: str, predicate: Callable[[dict], bool],
                        timeout: float = 300.0) -> dict | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -250,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--traffic", type=int, default=1500, help="2015-2016 trips to send through the gateway")
     parser.add_argument("--stop", action="store_true", help="stop Airflow and the servers started by `make run`")
     args = parser.parse_args(argv)
-    layout = airflow.AirflowLayout.from_env()
-    port = airflow.airflow_port()
+    layout = launcher.AirflowLayout.from_env()
+    port = launcher.airflow_port()
     if args.stop:
         stop_serving()
-        airflow.stop(layout, progress=say)
+        launcher.stop(layout, progress=say)
         return 0
 
     config = load_config(ROOT / "mlops.toml")
@@ -263,15 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLOPS_GATEWAY_URL", GATEWAY_URL)
     began = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     say("== 1. Airflow")
-    airflow.start(layout, port, progress=say)
-    say(airflow.login_banner(layout, port))
-    client = airflow.AirflowClient(airflow.base_url(port), airflow.ADMIN_USER, airflow.admin_password(layout))
+    launcher.start(layout, port, progress=say)
+    say(launcher.login_banner(layout, port))
+    client = rest_client.AirflowClient(launcher.base_url(port), launcher.ADMIN_USER, launcher.admin_password(layout))
 
     say("== 2. Model server and gateway")
     start_serving(config)
 
     say(f"== 3. taxi_training on {TRAINING_WINDOW[0]} .. {TRAINING_WINDOW[1]} (Airflow's scheduler runs each step as a task)")
-    code = airflow.trigger_and_wait(layout, port, "taxi_training", {"start": TRAINING_WINDOW[0], "end": TRAINING_WINDOW[1]},
+    code = rest_client.trigger_and_wait(layout, port, "taxi_training", {"start": TRAINING_WINDOW[0], "end": TRAINING_WINDOW[1]},
                                     wait=True, timeout=3600, progress=say)
     if code != 0:
         return code
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say("== 5. taxi_monitoring on that traffic")
     retrain_after = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    code = airflow.trigger_and_wait(layout, port, "taxi_monitoring", {
+    code = rest_client.trigger_and_wait(layout, port, "taxi_monitoring", {
         "window_start": traffic_start.isoformat(), "window_end": traffic_end.isoformat()}, wait=True, timeout=1800, progress=say)
     if code != 0:
         return code

@@ -1,20 +1,26 @@
-"""`GatewayAdminClient`: the rollout DAG's handle on the gateway's admin API (docs/ARCHITECTURE.md).
+"""Rolling a model version out: the gateway's admin API and the canary judgement.
+
+- `GatewayAdminClient`: the rollout DAG's handle on the gateway's admin API (docs/ARCHITECTURE.md).
+  Every call sends `Authorization: Bearer <token>`; an error answer raises `AdminApiError` with
+  the gateway's message and status. Shares are fractions in [0, 1]: 5 % is 0.05.
+- `judge_canary`: the rollout policy. Given one window of the gateway's `stats` for the canary and
+  the stable version, it says whether the canary is healthy and, if not, why
+  (`CanaryThresholds` are the limits, `CanaryJudgement` the verdict with its evidence).
 
 Standard library only (urllib + json), so it runs in either environment (the Airflow venv or the
-ML runtime) without importing the serving stack. Every call sends `Authorization: Bearer <token>`;
-an error answer raises `AdminApiError` with the gateway's message and status.
-
-Shares are fractions in [0, 1]: 5 % is 0.05.
+ML runtime) without importing the serving stack.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from core.errors import MlopsError
 
@@ -166,3 +172,121 @@ def _error_message(err: urllib.error.HTTPError) -> str:
         return str(json.loads(err.read()).get("error", err.reason))
     except (ValueError, AttributeError):
         return str(err.reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# The canary judgement
+# ---------------------------------------------------------------------------------------------
+
+# Below this many requests on either side a p99 is just the slowest request; p90 is compared instead.
+MIN_REQUESTS_FOR_P99 = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryThresholds:
+    """The limits a canary's window must stay within to be ramped on (the rollout DAG's Param defaults)."""
+
+    max_error_rate: float = 0.02
+    max_p99_latency_ratio: float = 1.5
+    # Latency differences below this are noise on any real network, whatever their ratio.
+    latency_tolerance_ms: float = 10.0
+    max_mean_probability_shift: float = 0.1
+    # A shift must also stand out from sampling noise by this many standard errors.
+    min_shift_z_score: float = 3.0
+    min_canary_requests: int = 20
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "CanaryThresholds":
+        """The thresholds named in `values` (e.g. the rollout DAG's params), the defaults for the others."""
+        return cls(**{field.name: type(field.default)(values.get(field.name, field.default))
+                      for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class CanaryJudgement:
+    """The verdict on one window: healthy or not, why not, and the stats of both sides it was based on."""
+
+    healthy: bool
+    reasons: list[str]
+    canary: dict[str, Any]
+    stable: dict[str, Any]
+
+    def summary(self) -> str:
+        """One line with what each side saw: requests, error rate, p99 latency, mean score."""
+        def side(stats: Mapping[str, Any]) -> str:
+            mean, p99 = stats.get("mean_probability"), stats.get("latency_p99_ms")
+            return (f"{stats.get('requests', 0)} requests, error rate {float(stats.get('error_rate') or 0):.3f}, "
+                    f"p99 {float(p99):.1f} ms, mean score {float(mean):.3f}" if _finite(mean) and _finite(p99)
+                    else f"{stats.get('requests', 0)} requests")
+
+        return f"canary {side(self.canary)}; stable {side(self.stable)}"
+
+
+def judge_canary(stats: Mapping[str, Mapping[str, Any]], thresholds: CanaryThresholds) -> CanaryJudgement:
+    """Compares the canary's window of traffic with the stable version's: errors, tail latency, predictions.
+
+    Too little canary traffic is a failure too: promoting a model nobody has exercised is a guess.
+    The comparisons are built not to roll back a healthy canary on noise: the tail latency is p99
+    only with enough requests (p90 otherwise) and must exceed the ratio by more than a tolerance;
+    a shift of the mean probability must exceed its threshold and be significant given the spread
+    of the scores on both sides (a two-sample z-test when the gateway reports the spread).
+    """
+    canary = dict(stats.get("canary") or {})
+    stable = dict(stats.get("stable") or {})
+    reasons: list[str] = []
+    requests = int(canary.get("requests") or 0)
+    if requests < thresholds.min_canary_requests:
+        reasons.append(f"only {requests} requests reached the canary (at least {thresholds.min_canary_requests} needed to judge it)")
+        return CanaryJudgement(False, reasons, canary, stable)
+    error_rate = float(canary.get("error_rate") or 0.0)
+    if error_rate > thresholds.max_error_rate:
+        reasons.append(f"error rate {error_rate:.3f} > {thresholds.max_error_rate:.3f}")
+    reasons.extend(_latency_problems(canary, stable, thresholds))
+    reasons.extend(_prediction_shift_problems(canary, stable, thresholds))
+    return CanaryJudgement(not reasons, reasons, canary, stable)
+
+
+def _latency_problems(canary: Mapping[str, Any], stable: Mapping[str, Any], thresholds: CanaryThresholds) -> list[str]:
+    fewest = min(int(canary.get("requests") or 0), int(stable.get("requests") or 0))
+    quantile = "p99" if fewest >= MIN_REQUESTS_FOR_P99 or canary.get("latency_p90_ms") is None else "p90"
+    canary_latency, stable_latency = canary.get(f"latency_{quantile}_ms"), stable.get(f"latency_{quantile}_ms")
+    if not (_finite(canary_latency) and _finite(stable_latency)) or stable_latency <= 0:
+        return []
+    limit = thresholds.max_p99_latency_ratio * float(stable_latency) + thresholds.latency_tolerance_ms
+    if float(canary_latency) <= limit:
+        return []
+    ratio = float(canary_latency) / float(stable_latency)
+    return [f"{quantile} latency {float(canary_latency):.1f} ms is {ratio:.2f}x the stable version's {float(stable_latency):.1f} ms "
+            f"(max {thresholds.max_p99_latency_ratio:.2f}x + {thresholds.latency_tolerance_ms:.0f} ms)"]
+
+
+def _prediction_shift_problems(canary: Mapping[str, Any], stable: Mapping[str, Any], thresholds: CanaryThresholds) -> list[str]:
+    canary_mean, stable_mean = canary.get("mean_probability"), stable.get("mean_probability")
+    if not (_finite(canary_mean) and _finite(stable_mean)):
+        return []
+    shift = abs(float(canary_mean) - float(stable_mean))
+    if shift <= thresholds.max_mean_probability_shift:
+        return []
+    evidence = ""
+    standard_error = _standard_error_of_difference(canary, stable)
+    if standard_error is not None:
+        z_score = shift / standard_error if standard_error > 0 else math.inf
+        if z_score < thresholds.min_shift_z_score:
+            return []  # as large a difference is likely between two random samples of the same model
+        evidence = f", {z_score:.1f} standard errors" if math.isfinite(z_score) else ""
+    return [f"mean predicted probability moved by {shift:.3f} ({float(stable_mean):.3f} -> {float(canary_mean):.3f}; "
+            f"max {thresholds.max_mean_probability_shift:.3f}{evidence})"]
+
+
+def _standard_error_of_difference(canary: Mapping[str, Any], stable: Mapping[str, Any]) -> float | None:
+    terms = []
+    for side in (canary, stable):
+        std, count = side.get("probability_std"), side.get("scored")
+        if not _finite(std) or not isinstance(count, int) or count <= 0:
+            return None
+        terms.append(float(std) ** 2 / count)
+    return math.sqrt(sum(terms))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

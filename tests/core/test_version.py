@@ -62,7 +62,7 @@ def test_each_training_step_covers_its_features_but_not_serving_monitoring_or_ai
     closure = set(module_closure([entry]))
     assert must_cover <= closure
     assert not {name for name in closure if name.split(".")[0] in ("serving", "monitoring")}
-    assert not {"mlops.airflow", "mlops.loop", "mlops.cli", "mlops.steps"} & closure
+    assert not {name for name in closure if name.split(".")[0] == "mlops"}  # mlops.airflow.*, loop, cli, steps
 
 
 def test_a_steps_code_digest_changes_with_its_modules_only():

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
-    """A port whose +713/+714 neighbours (the log servers, see mlops.airflow.airflow_env) are free too."""
+    """A port whose +713/+714 neighbours (the log servers, see mlops.airflow.launcher.airflow_env) are free too."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

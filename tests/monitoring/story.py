@@ -88,7 +88,7 @@ def _trips(taxi: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_story(root: Path, metadata: MetadataConfig, taxi: pd.DataFrame) -> Story:
-    from mlops.airflow import retraining_conf, trigger_of
+    from mlops.airflow.tasks import retraining_conf, trigger_of
     from mlops.pipeline import run_pipeline
     from monitoring.monitor import run_monitoring
 
@@ -120,7 +120,7 @@ def build_story(root: Path, metadata: MetadataConfig, taxi: pd.DataFrame) -> Sto
     drifted = run_monitoring(config, window_start=HOUR_2[0], window_end=HOUR_2[1], log_dir=log_dir, run_id="monitor-2",
                              progress=quiet)
 
-    # What the monitoring DAG sends to taxi_training, and what that DAG records (mlops.airflow).
+    # What the monitoring DAG sends to taxi_training, and what that DAG records (mlops.airflow.tasks).
     conf = retraining_conf(json.loads(json.dumps(drifted.to_json(), default=str)), {}, "monitor-2")
     trigger = trigger_of(conf["trigger"], "manual")
     retrain_config = config.replace(training=dataclasses.replace(config.training, train_steps=200))

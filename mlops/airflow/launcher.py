@@ -1,0 +1,317 @@
+"""Starts and stops this checkout's Airflow: `python -m mlops.airflow standalone | start | stop | status`.
+
+Airflow 3 lives in its own environment (`.venvs/airflow`, see /work/shared/STACK.md); this module
+only spawns it, so it runs from the ML environment or any plain Python (stdlib and core only).
+Everything Airflow needs is set in one place, `airflow_env()`: `AIRFLOW_HOME=<repo>/airflow_home`,
+`dags/` as the DAGs folder, no example DAGs, the API on 127.0.0.1, the ML runtime's python for
+the tasks (`MLOPS_ML_PYTHON`), the project config (`MLOPS_CONFIG`). The admin login is the one
+Airflow's simple auth manager generates into `$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from core.atomic import write_text
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+PORT_ENV = "MLOPS_AIRFLOW_PORT"
+HOME_ENV = "MLOPS_AIRFLOW_HOME"  # overrides <repo>/airflow_home (tests use a temp folder)
+ML_PYTHON_ENV = "MLOPS_ML_PYTHON"
+CONFIG_ENV = "MLOPS_CONFIG"
+DEFAULT_PORT = 8080
+ADMIN_USER = "admin"
+PASSWORD_FILE_NAME = "simple_auth_manager_passwords.json.generated"
+
+
+class LauncherError(RuntimeError):
+    """Airflow could not be started, reached or driven; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AirflowLayout:
+    """Where this checkout keeps Airflow's pieces."""
+
+    root: Path = REPO_ROOT
+    home_override: Path | None = None
+
+    @classmethod
+    def from_env(cls, root: Path = REPO_ROOT) -> "AirflowLayout":
+        home = os.environ.get(HOME_ENV)
+        return cls(root=root, home_override=Path(home).resolve() if home else None)
+
+    @property
+    def home(self) -> Path:
+        return self.home_override or self.root / "airflow_home"
+
+    @property
+    def dags_folder(self) -> Path:
+        return self.root / "dags"
+
+    @property
+    def airflow_bin(self) -> Path:
+        return self.root / ".venvs" / "airflow" / "bin"
+
+    @property
+    def ml_python(self) -> Path:
+        return self.root / ".venvs" / "ml" / "bin" / "python"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "mlops.toml"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "standalone.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "standalone.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.home / PASSWORD_FILE_NAME
+
+
+def airflow_port(environ: Mapping[str, str] = os.environ) -> int:
+    text = environ.get(PORT_ENV, str(DEFAULT_PORT))
+    if not text.isdigit() or not 1024 <= int(text) <= 65535 - 714:
+        raise LauncherError(f"{PORT_ENV} must be a TCP port number in 1024..{65535 - 714} "
+                            f"(the log servers use port + 713 and + 714), got {text!r}")
+    return int(text)
+
+
+def airflow_env(layout: AirflowLayout, port: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every Airflow process this project starts.
+
+    `airflow standalone` spawns `airflow scheduler` etc. by name, so the Airflow environment's
+    bin/ goes first on PATH. MLOPS_* values already set (e.g. a test's temp config) are kept.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "AIRFLOW_HOME": str(layout.home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(layout.dags_folder),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        # Two shared cores: the API server can take longer than the 5 s default to answer a worker.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
+        # The scheduler's and triggerer's log servers sit beside the API port (8080 -> Airflow's own
+        # defaults 8793/8794), so a second Airflow on another port (a test) does not collide.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 713),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 714),
+        ML_PYTHON_ENV: env.get(ML_PYTHON_ENV) or str(layout.ml_python),
+        CONFIG_ENV: env.get(CONFIG_ENV) or str(layout.config_file),
+        "PATH": f"{layout.airflow_bin}{os.pathsep}{env.get('PATH', '')}",
+        "TF_USE_LEGACY_KERAS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    })
+    # The DAGs are this project's: active from the start (monitoring hourly, rollout after each
+    # push), unless the caller chose otherwise in Airflow's own variable.
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    return env
+
+
+def base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def health(port: int, timeout: float = 3.0) -> dict[str, Any] | None:
+    """Airflow's /api/v2/monitor/health document, or None when nothing answers on the port."""
+    try:
+        with urllib.request.urlopen(f"{base_url(port)}/api/v2/monitor/health", timeout=timeout) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def is_healthy(document: Mapping[str, Any] | None) -> bool:
+    """All components report healthy (metadatabase, scheduler, triggerer, dag_processor)."""
+    if not document:
+        return False
+    statuses = [part.get("status") for part in document.values() if isinstance(part, Mapping)]
+    return bool(statuses) and all(status == "healthy" for status in statuses)
+
+
+def admin_password(layout: AirflowLayout) -> str:
+    path = layout.password_file
+    try:
+        passwords = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LauncherError(f"{path} does not exist yet: Airflow writes it on its first start "
+                            "(`python -m mlops.airflow start`)") from None
+    except ValueError as err:
+        raise LauncherError(f"{path}: not valid JSON ({err})") from None
+    if ADMIN_USER not in passwords:
+        raise LauncherError(f"{path} has no password for user {ADMIN_USER!r} (users: {sorted(passwords)})")
+    return str(passwords[ADMIN_USER])
+
+
+def login_banner(layout: AirflowLayout, port: int) -> str:
+    try:
+        password = admin_password(layout)
+    except LauncherError:
+        password = f"(see {layout.password_file} once Airflow has started)"
+    return (
+        f"Airflow UI:  http://localhost:{port}\n"
+        f"Log in as:   {ADMIN_USER} / {password}\n"
+        f"             (the password is generated by Airflow and kept in {layout.password_file})\n"
+        f"DAGs folder: {layout.dags_folder}\n"
+        f"Logs:        {layout.home / 'logs'}"
+    )
+
+
+def _check_installed(layout: AirflowLayout) -> None:
+    if not (layout.airflow_bin / "airflow").exists():
+        raise LauncherError(f"{layout.airflow_bin / 'airflow'} not found: build the Airflow environment with `make setup`")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(layout: AirflowLayout) -> int | None:
+    try:
+        text = layout.pid_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+def wait_until_healthy(port: int, timeout: float, process_alive: Callable[[], bool] = lambda: True,
+                       progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Polls the health endpoint; fails early when the process we started has died."""
+    deadline = time.monotonic() + timeout
+    last_report = 0.0
+    while time.monotonic() < deadline:
+        document = health(port)
+        if is_healthy(document):
+            return document or {}
+        if not process_alive():
+            raise LauncherError("Airflow exited before it became healthy")
+        if time.monotonic() - last_report > 20:
+            state = ", ".join(f"{k}={v.get('status')}" for k, v in (document or {}).items() if isinstance(v, Mapping))
+            progress(f"  waiting for Airflow on port {port} ({state or 'not answering yet'}) ...")
+            last_report = time.monotonic()
+        time.sleep(2)
+    raise LauncherError(f"Airflow did not become healthy on port {port} within {timeout:.0f}s")
+
+
+def start(layout: AirflowLayout, port: int, timeout: float = 600.0, progress: Callable[[str], None] = print) -> bool:
+    """Starts `airflow standalone` in the background unless a healthy Airflow answers on `port`.
+
+    Returns True when it started one, False when it reused a running one. The process gets its
+    own session (process group), whose id goes into the pid file, so `stop` ends exactly it and
+    its children.
+    """
+    if is_healthy(health(port)):
+        progress(f"Airflow is already running on port {port}; reusing it.")
+        return False
+    _check_installed(layout)
+    pid = _read_pid(layout)
+    if pid is not None and _pid_alive(pid):
+        progress(f"Airflow (pid {pid}) is starting; waiting for it ...")
+        wait_until_healthy(port, timeout, lambda: _pid_alive(pid), progress)
+        return False
+    layout.home.mkdir(parents=True, exist_ok=True)
+    progress(f"Starting Airflow (AIRFLOW_HOME={layout.home}, port {port}); log: {layout.log_file}")
+    with layout.log_file.open("ab") as log:
+        process = subprocess.Popen(
+            [str(layout.airflow_bin / "airflow"), "standalone"],
+            env=airflow_env(layout, port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=layout.root, start_new_session=True,
+        )
+    write_text(layout.pid_file, f"{process.pid}\n")
+    try:
+        wait_until_healthy(port, timeout, lambda: process.poll() is None, progress)
+    except LauncherError as err:
+        if process.poll() is None:
+            stop(layout, progress=lambda _: None)
+        raise LauncherError(f"{err}. Last lines of {layout.log_file}:\n{_log_tail(layout.log_file)}") from None
+    progress("Airflow is up.")
+    return True
+
+
+def stop(layout: AirflowLayout, timeout: float = 90.0, progress: Callable[[str], None] = print) -> bool:
+    """Stops the Airflow this launcher started (the process group in the pid file). True if it was running."""
+    pid = _read_pid(layout)
+    if pid is None or not _pid_alive(pid):
+        layout.pid_file.unlink(missing_ok=True)
+        progress("No Airflow started by this launcher is running.")
+        return False
+    progress(f"Stopping Airflow (process group {pid}) ...")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(1)
+    if _group_alive(pid):
+        progress(f"  still running after {timeout:.0f}s; killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    layout.pid_file.unlink(missing_ok=True)
+    progress("Airflow stopped.")
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie leader keeps the group "alive" for killpg; reap it if it is our child.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    return True
+
+
+def standalone(layout: AirflowLayout, port: int) -> int:
+    """Runs `airflow standalone` in the foreground; prints the login once the UI answers."""
+    if is_healthy(health(port)):
+        print(f"Airflow is already running on port {port}.\n{login_banner(layout, port)}")
+        return 0
+    _check_installed(layout)
+    layout.home.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([str(layout.airflow_bin / "airflow"), "standalone"], env=airflow_env(layout, port),
+                               cwd=layout.root)
+    try:
+        wait_until_healthy(port, 900, lambda: process.poll() is None, progress=lambda _: None)
+        print(f"\n{'=' * 72}\n{login_banner(layout, port)}\nStop with Ctrl-C.\n{'=' * 72}\n", flush=True)
+        return process.wait()
+    except LauncherError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return process.wait() if process.poll() is not None else 1
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to the whole foreground group; let standalone shut its parts down.
+        return process.wait()

@@ -1,0 +1,230 @@
+"""Airflow's stable REST API v2 from a terminal: trigger a DAG run, follow it task by task, read task logs.
+
+`AirflowClient` authenticates with a JWT from `/auth/token` (user `admin`, the password Airflow
+generated, see `launcher.admin_password`). `trigger_and_wait` (behind `python -m mlops.airflow
+trigger --wait`) prints one line per task state change and, when the run fails, the failing
+task's log tail, so a terminal user never has to open the UI to see why. Stdlib (and the launcher) only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Callable, Mapping, Sequence
+
+from mlops.airflow.launcher import ADMIN_USER, AirflowLayout, LauncherError, admin_password, base_url
+
+FINISHED_TASK_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
+FINISHED_RUN_STATES = ("success", "failed")
+
+
+class AirflowApiError(LauncherError):
+    def __init__(self, method: str, path: str, status: int, detail: str) -> None:
+        super().__init__(f"Airflow API {method} {path} -> HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class AirflowClient:
+    """Airflow's stable REST API v2, authenticated with a JWT from /auth/token."""
+
+    def __init__(self, url: str, username: str, password: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._token = self._fetch_token(username, password)
+
+    def _fetch_token(self, username: str, password: str) -> str:
+        document = self._send("POST", "/auth/token", {"username": username, "password": password}, token=None)
+        token = document.get("access_token") if isinstance(document, Mapping) else None
+        if not token:
+            raise LauncherError(f"{self.url}/auth/token answered without an access_token: {document!r}")
+        return str(token)
+
+    def _send(self, method: str, path: str, body: Any = None, *, token: str | None = "", query: Mapping[str, Any] | None = None) -> Any:
+        url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token or self._token}"
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(detail)
+                detail = parsed.get("detail", detail) if isinstance(parsed, dict) else detail
+            raise AirflowApiError(method, path, err.code, str(detail)) from None
+        except (urllib.error.URLError, OSError) as err:
+            raise LauncherError(f"cannot reach Airflow at {self.url} ({err}); start it with `python -m mlops.airflow start`") from None
+        return json.loads(payload) if payload else None
+
+    @staticmethod
+    def _quote(value: str) -> str:
+        return urllib.parse.quote(value, safe="")
+
+    def get_dag(self, dag_id: str) -> dict[str, Any]:
+        return self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}")
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180.0) -> dict[str, Any]:
+        """Waits until the DAG processor has parsed the DAG (a fresh Airflow needs a few seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.get_dag(dag_id)
+            except AirflowApiError as err:
+                if err.status != 404 or time.monotonic() > deadline:
+                    raise LauncherError(
+                        f"DAG {dag_id!r} is not known to Airflow ({err.detail}); check the DAG file in dags/ "
+                        "and the import errors in the UI (Browse > DAG import errors)") from None
+            time.sleep(3)
+
+    def set_paused(self, dag_id: str, paused: bool) -> dict[str, Any]:
+        return self._send("PATCH", f"/api/v2/dags/{self._quote(dag_id)}", {"is_paused": paused})
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any] | None = None, note: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"logical_date": None, "conf": dict(conf or {})}
+        if note:
+            body["note"] = note
+        return self._send("POST", f"/api/v2/dags/{self._quote(dag_id)}/dagRuns", body)
+
+    def get_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}")
+
+    def list_runs(self, dag_id: str, limit: int = 25) -> list[dict[str, Any]]:
+        document = self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}/dagRuns",
+                              query={"limit": limit, "order_by": "-run_after"})
+        return list(document.get("dag_runs", []))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        document = self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances")
+        return list(document.get("task_instances", []))
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
+        """The task's log for one try, as text lines."""
+        path = (f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances/"
+                f"{self._quote(task_id)}/logs/{try_number}")
+        document = self._send("GET", path, query={"full_content": "true"})
+        return log_lines(document.get("content") if isinstance(document, Mapping) else document)
+
+
+def log_lines(content: Any) -> list[str]:
+    """Airflow 3 returns structured log events; turns them into readable lines."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return content.splitlines()
+    lines: list[str] = []
+    for event in content:
+        if isinstance(event, str):
+            lines.append(event)
+            continue
+        text = str(event.get("event", ""))
+        level = str(event.get("level", "") or "")
+        stamp = str(event.get("timestamp", "") or "")[11:19]
+        lines.append(f"{stamp} {level:<7} {text}".rstrip() if stamp or level else text)
+        if event.get("error_detail"):
+            for detail in event["error_detail"]:
+                lines.append(f"         {detail.get('exc_type', '')}: {detail.get('exc_value', '')}")
+    return lines
+
+
+@dataclasses.dataclass
+class RunWatcher:
+    """Turns successive task-instance listings into one readable line per state change."""
+
+    task_order: Sequence[str] = ()
+    seen: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+
+    def changes(self, task_instances: Sequence[Mapping[str, Any]]) -> list[str]:
+        order = {task_id: index for index, task_id in enumerate(self.task_order)}
+        lines = []
+        # Chronological within one poll (a branch's later task must not print before the branch);
+        # tasks that never started (skipped) come last, in DAG order.
+        for ti in sorted(task_instances, key=lambda t: (str(t.get("start_date") or "~"), order.get(t["task_id"], len(order)))):
+            state = ti.get("state") or "none"
+            key = (state, int(ti.get("try_number") or 0))
+            if self.seen.get(ti["task_id"]) == key or state in ("none", "scheduled", "queued"):
+                continue
+            self.seen[ti["task_id"]] = key
+            lines.append(format_task_line(ti))
+        return lines
+
+
+def format_task_line(ti: Mapping[str, Any]) -> str:
+    state = ti.get("state") or "none"
+    duration = ti.get("duration")
+    timing = f"  ({float(duration):.1f}s)" if duration is not None and state in FINISHED_TASK_STATES else ""
+    attempt = int(ti.get("try_number") or 0)
+    retry = f"  try {attempt}" if attempt > 1 else ""
+    return f"  {ti['task_id']:<22} {state:<16}{timing}{retry}"
+
+
+def wait_for_run(client: AirflowClient, dag_id: str, run_id: str, *, timeout: float = 7200.0, poll: float = 3.0,
+                 progress: Callable[[str], None] = print) -> tuple[str, list[dict[str, Any]]]:
+    """Polls the run until it finishes; prints a line per task state change. Returns (state, task instances)."""
+    watcher = RunWatcher()
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get_run(dag_id, run_id)
+        task_instances = client.task_instances(dag_id, run_id)
+        if not watcher.task_order and task_instances:
+            watcher.task_order = [t["task_id"] for t in sorted(task_instances, key=lambda t: str(t.get("start_date") or "~"))]
+        for line in watcher.changes(task_instances):
+            progress(line)
+        if run.get("state") in FINISHED_RUN_STATES:
+            return str(run["state"]), task_instances
+        if time.monotonic() > deadline:
+            raise LauncherError(f"run {run_id} of {dag_id} did not finish within {timeout:.0f}s (state {run.get('state')})")
+        time.sleep(poll)
+
+
+def failure_report(client: AirflowClient, dag_id: str, run_id: str, task_instances: Sequence[Mapping[str, Any]],
+                   tail: int = 40) -> str:
+    """The failing tasks and the last lines of each one's log."""
+    failed = [t for t in task_instances if t.get("state") == "failed"]
+    if not failed:
+        return f"run {run_id} of {dag_id} failed, but no task failed (was it marked failed by hand?)"
+    parts = []
+    for ti in failed:
+        try_number = max(int(ti.get("try_number") or 1), 1)
+        try:
+            lines = client.task_log(dag_id, run_id, ti["task_id"], try_number)
+        except LauncherError as err:
+            lines = [f"(could not read the log: {err})"]
+        interesting = [line for line in lines if "::group::" not in line and "::endgroup::" not in line]
+        parts.append(f"Task {ti['task_id']} failed (try {try_number}). Last {min(tail, len(interesting))} log lines:\n"
+                     + "\n".join(f"    {line}" for line in interesting[-tail:]))
+    return "\n".join(parts)
+
+
+def trigger_and_wait(layout: AirflowLayout, port: int, dag_id: str, conf: Mapping[str, Any], *, wait: bool,
+                     timeout: float, progress: Callable[[str], None] = print) -> int:
+    """Unpauses the DAG, triggers a run with `conf`; with `wait`, follows it to the end. Returns an exit code."""
+    client = AirflowClient(base_url(port), ADMIN_USER, admin_password(layout))
+    client.wait_for_dag(dag_id)
+    client.set_paused(dag_id, False)
+    run = client.trigger(dag_id, conf)
+    run_id = run["dag_run_id"]
+    progress(f"Triggered {dag_id} run {run_id}")
+    progress(f"  follow it in the UI: http://localhost:{port}/dags/{urllib.parse.quote(dag_id)}/runs/{urllib.parse.quote(run_id, safe='')}")
+    if not wait:
+        return 0
+    began = time.monotonic()
+    state, task_instances = wait_for_run(client, dag_id, run_id, timeout=timeout, progress=progress)
+    if state == "success":
+        progress(f"{dag_id} run {run_id} succeeded in {time.monotonic() - began:.0f}s.")
+        return 0
+    progress(f"{dag_id} run {run_id} FAILED after {time.monotonic() - began:.0f}s.")
+    progress(failure_report(client, dag_id, run_id, task_instances))
+    return 1
+

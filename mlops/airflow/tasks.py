@@ -1,0 +1,549 @@
+"""The task side: what the DAGs' tasks run inside `@task.external_python`, in the ML runtime.
+
+DAG files stay declarations (stdlib, pendulum and airflow.sdk only); the work, its argument
+checks and its MLMD records live here, where they can be tested without Airflow. One entry point
+per DAG: `run_training_task` (taxi_training, one call per step), `run_monitoring_task`
+(taxi_monitoring), `run_rollout_task` (taxi_rollout), `run_batch_predict_task` (taxi_batch_predict).
+
+Retry policy (why exit codes): a task's ML process fails in one of two ways. A Python exception
+(a lock held too long, a full disk, a server that is restarting, a bug) reaches Airflow as an
+`AirflowException` and is retried with exponential backoff. A user error (bad data, schema
+anomalies, a model that is not blessed, a canary that was rolled back, a bad parameter) is caught
+here, printed as one clear line, and ends the process with a distinct exit code; Airflow sees a
+`CalledProcessError` and the DAGs' retry policy fails the task at once: retrying cannot fix the
+input.
+
+The DAG files repeat the exit codes and the Param defaults below (they cannot import this module
+where Airflow parses them, docs/AIRFLOW.md); tests/dags/test_dag_copies.py ties each copy to its
+source here. Module level imports are stdlib only, so the DAG tests can import this module in the
+Airflow environment; the ML stack is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+# Exit codes of a task's ML process for errors a retry cannot fix (the CLI uses 2 and 3 too).
+EXIT_DATA_ERROR = 2
+EXIT_NOT_BLESSED = 3
+EXIT_ROLLED_BACK = 4
+# "Nothing to do" (no prediction logs in the window): the DAG maps it to a skipped task.
+EXIT_NOTHING_TO_CHECK = 99
+
+# Defaults of the DAGs' Params (and what an empty Param falls back to here).
+DEFAULT_TRAINING_WINDOW = ("2013-01-01", "2015-01-01")
+DEFAULT_RETRAINING_WINDOW = ("2013-01-01", "2017-01-01")
+ROLLOUT_ACTIONS = ("canary", "blue_green", "rollback")
+DEFAULT_CANARY_SHARES = (5, 25, 50, 100)
+DEFAULT_OBSERVE_SECONDS = 60
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+DEFAULT_BATCH_OUTPUT_FORMAT = "jsonl"
+
+# How long a rollout waits for the model server to load a freshly pushed version.
+MODEL_LOAD_TIMEOUT_S = 300.0
+
+
+@contextlib.contextmanager
+def exit_on_user_error(task: str) -> Iterator[None]:
+    """Turns an error a retry cannot fix into one clear log line and a distinct exit code.
+
+    Other exceptions propagate: Airflow records them and retries the task with backoff.
+    """
+    from core.config import ConfigError
+    from core.errors import MlopsError, ModelNotBlessedError
+
+    try:
+        yield
+    except MlopsError as err:
+        if _is_transient(err):
+            raise  # a gateway that is restarting: Airflow retries the task with backoff
+        if isinstance(err, ModelNotBlessedError):
+            _report_failure(task, err, "the model stays where it is; nothing was pushed or deployed")
+            raise SystemExit(EXIT_NOT_BLESSED) from None
+        _report_failure(task, err, "fix the input or the parameters, then trigger a new run (this task is not retried)")
+        raise SystemExit(EXIT_DATA_ERROR) from None
+    except RolledBackError as err:
+        _report_failure(task, err, "traffic is back on the stable version")
+        raise SystemExit(EXIT_ROLLED_BACK) from None
+    except ConfigError as err:
+        _report_failure(task, err, "fix the config file or the parameters, then trigger a new run (this task is not retried)")
+        raise SystemExit(EXIT_DATA_ERROR) from None
+
+
+def _is_transient(err: BaseException) -> bool:
+    """An admin call that did not reach the gateway, or that the gateway failed (5xx), may succeed later."""
+    status = getattr(err, "status", "absent")
+    return type(err).__name__ == "AdminApiError" and (status is None or (isinstance(status, int) and status >= 500))
+
+
+def _report_failure(task: str, err: BaseException, advice: str) -> None:
+    print(f"ERROR {task} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    print(f"ERROR {task}: {advice}", file=sys.stderr, flush=True)
+
+
+class RolledBackError(Exception):
+    """A canary failed its checks and was rolled back (recorded in MLMD before this is raised)."""
+
+
+def pipeline_run_id(dag_id: str, airflow_run_id: str) -> str:
+    """The MLMD PipelineRun name and run directory of an Airflow run: readable, and safe as a path."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dag_id}__{airflow_run_id}").strip("_")
+
+
+def trigger_of(trigger_param: Mapping[str, Any] | None, run_type: str) -> Any:
+    """Who started the run: the `trigger` param (e.g. a drift check with evidence), else Airflow's run type."""
+    from metadata.recorder import Trigger
+
+    details = dict(trigger_param or {})
+    kind = str(details.pop("kind", "") or "")
+    if not kind:
+        run_kind = run_type.rsplit(".", 1)[-1].lower()  # "DagRunType.SCHEDULED" or "scheduled"
+        kind = {"scheduled": "schedule", "asset_triggered": "asset", "backfill": "schedule"}.get(run_kind, "manual")
+        details.setdefault("airflow_run_type", run_kind)
+    return Trigger(kind, details)
+
+
+def _load_config(config_path: str) -> Any:
+    from core.config import load_config
+
+    return load_config(config_path or None)
+
+
+def _params(params_json: str | Mapping[str, Any]) -> dict[str, Any]:
+    from core.errors import DataError
+
+    if isinstance(params_json, Mapping):
+        return dict(params_json)
+    try:
+        value = json.loads(params_json)
+    except ValueError as err:
+        raise DataError(f"the DAG params are not JSON ({err}): {params_json[:200]!r}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"the DAG params must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+HYPERPARAMETERS = ("learning_rate", "train_steps", "batch_size", "hidden_units", "seed")
+
+
+def training_config(config: Any, params: Mapping[str, Any]) -> Any:
+    """The config with the run's hyperparameter overrides (None = keep mlops.toml's), validated."""
+    overrides = {name: params[name] for name in HYPERPARAMETERS if params.get(name) is not None}
+    if "hidden_units" in overrides:
+        overrides["hidden_units"] = tuple(overrides["hidden_units"])
+    if not overrides:
+        return config
+    return config.replace(training=dataclasses.replace(config.training, **overrides))
+
+
+def check_window(start: str, end: str) -> tuple[dt.date, dt.date]:
+    """The training window [start, end) as dates; an empty or reversed window is refused."""
+    from core.errors import DataError
+
+    try:
+        first, last = dt.date.fromisoformat(str(start)), dt.date.fromisoformat(str(end))
+    except ValueError:
+        raise DataError(f"start and end must be dates as YYYY-MM-DD, got start={start!r} end={end!r}") from None
+    if last <= first:
+        raise DataError(f"the window is empty: end {last} is not after start {first}")
+    return first, last
+
+
+def run_training_task(step: str, *, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
+                      params_json: str | Mapping[str, Any], upstream: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Runs one pipeline step for the `taxi_training` DAG; returns every outcome so far (for XCom).
+
+    Each task receives the outcomes of the steps before it and passes them on with its own, so a
+    step can use any earlier step's artifacts while the DAG's edges stay the plain chain
+    ingest -> validate -> ... -> push.
+    """
+    with exit_on_user_error(step):
+        from mlops import steps
+
+        if step not in steps.STEP_NAMES:
+            raise ValueError(f"unknown step {step!r}; steps: {steps.STEP_NAMES}")
+        params = _params(params_json)
+        start, end = check_window(params.get("start", ""), params.get("end", ""))
+        config = training_config(_load_config(config_path), params)
+        ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
+                             airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
+        done = {name: steps.StepOutcome.from_json(value) for name, value in dict(upstream or {}).items()}
+        missing = [name for name in steps.STEP_NAMES[: steps.STEP_NAMES.index(step)] if name not in done]
+        if missing:
+            raise RuntimeError(f"{step} needs the outcomes of {missing} from the tasks before it (XCom)")
+        print(f"{step}: pipeline run {ctx.run.run_id} (metadata: {ctx.run.store.description}); "
+              f"trigger {ctx.run.trigger.kind}", flush=True)
+        outcome = _run_step(steps, ctx, step, done, params, start, end, config)
+        print(f"{step}: {'reused' if outcome.cached else 'done'} in {outcome.seconds:.1f}s: {outcome.summary}", flush=True)
+        return {**{name: value.to_json() for name, value in done.items()}, step: outcome.to_json()}
+
+
+def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: Mapping[str, Any],
+              start: dt.date, end: dt.date, config: Any) -> Any:
+    if step == "ingest":
+        csv_path = Path(params.get("csv_path") or config.data.csv_path)
+        return steps.ingest(ctx, csv_path, start.isoformat(), end.isoformat())
+    if step == "validate":
+        return steps.validate(ctx, done["ingest"].outputs["examples"])
+    if step == "clean":
+        validated = done["validate"].outputs
+        return steps.clean(ctx, done["ingest"].outputs["examples"], validated["schema"], validated["anomalies"])
+    if step == "transform":
+        return steps.transform(ctx, done["clean"].outputs["cleaned"])
+    if step == "train":
+        transformed = done["transform"].outputs
+        return steps.train(ctx, transformed["transformed"], transformed["transform_graph"])
+    if step == "evaluate":
+        return steps.evaluate(ctx, done["train"].outputs["model"], done["clean"].outputs["cleaned"])
+    return steps.push(ctx, done["train"].outputs["model"], done["evaluate"].outputs["blessing"])
+
+
+# --- taxi_monitoring ---
+
+
+def monitoring_window(params: Mapping[str, Any], interval_start: str | None, interval_end: str | None,
+                      now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+    """The window to check: explicit params, else the run's data interval, else the last full hour."""
+    from core.errors import DataError
+
+    def parse(name: str, text: Any) -> dt.datetime:
+        try:
+            value = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        except ValueError:
+            raise DataError(f"{name} must be an ISO 8601 date or time (e.g. 2026-11-23T10:00:00Z), got {text!r}") from None
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+    if params.get("window_start") or params.get("window_end"):
+        if not (params.get("window_start") and params.get("window_end")):
+            raise DataError("give both window_start and window_end, or neither (then the run's data interval is checked)")
+        start, end = parse("window_start", params["window_start"]), parse("window_end", params["window_end"])
+    elif interval_start and interval_end and interval_start not in ("None", "") and interval_end != interval_start:
+        start, end = parse("data_interval_start", interval_start), parse("data_interval_end", interval_end)
+    else:
+        now = now or dt.datetime.now(dt.timezone.utc)
+        end = now.replace(minute=0, second=0, microsecond=0)
+        start = end - dt.timedelta(hours=1)
+    if end <= start:
+        raise DataError(f"the monitoring window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    return start, end
+
+
+def retraining_conf(result: Mapping[str, Any], params: Mapping[str, Any], monitoring_run_id: str) -> dict[str, Any]:
+    """The conf with which the monitoring DAG triggers taxi_training (docs/ARCHITECTURE.md)."""
+    failed = [check for check in result.get("checks", []) if not check.get("passed")]
+    artifact = result.get("artifact") or {}
+    return {
+        "trigger": {
+            "kind": "drift_check",
+            "checks": [check["name"] for check in failed],
+            "evidence": {check["name"]: {"value": check.get("value"), "threshold": check.get("threshold"),
+                                         **dict(check.get("evidence") or {})} for check in failed},
+            "drift_check_artifact_id": artifact.get("id") if isinstance(artifact, Mapping) else artifact,
+            "monitoring_run_id": monitoring_run_id,
+            "window_start": result.get("window_start"),
+            "window_end": result.get("window_end"),
+        },
+        "start": params.get("retrain_start") or DEFAULT_RETRAINING_WINDOW[0],
+        "end": params.get("retrain_end") or DEFAULT_RETRAINING_WINDOW[1],
+    }
+
+
+def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
+                        params_json: str | Mapping[str, Any], interval_start: str | None = None,
+                        interval_end: str | None = None) -> dict[str, Any]:
+    """Runs the drift checks on the window's prediction logs; returns the result and, if a check failed,
+    the conf for retraining. Exits with EXIT_NOTHING_TO_CHECK (a skipped task) when the window holds no logs.
+    """
+    with exit_on_user_error("check_drift"):
+        from monitoring.monitor import run_monitoring
+
+        params = _params(params_json)
+        config = _load_config(config_path)
+        start, end = monitoring_window(params, interval_start, interval_end)
+        run_id = pipeline_run_id(dag_id, airflow_run_id)
+        log_dir = Path(params["log_dir"]) if params.get("log_dir") else None
+        print(f"check_drift: prediction logs of [{start.isoformat()}, {end.isoformat()})"
+              f"{f' in {log_dir}' if log_dir else ''}", flush=True)
+        result = run_monitoring(config, window_start=start, window_end=end, log_dir=log_dir, run_id=run_id,
+                                trigger=trigger_of(params.get("trigger"), run_type))
+        document = _jsonable(result.to_json())
+        for check in result.checks:
+            mark = "passed" if check.passed else "FAILED"
+            print(f"check_drift:   {check.name:<24} {mark:<7} value={check.value} threshold={check.threshold}", flush=True)
+        if result.rows == 0:
+            print("check_drift: no predictions were logged in the window; nothing to check", flush=True)
+            raise SystemExit(EXIT_NOTHING_TO_CHECK)
+        passed = bool(result.passed)
+        print(f"check_drift: {result.rows} predictions checked: "
+              f"{'all checks passed' if passed else 'failed: ' + ', '.join(c.name for c in result.failed)}", flush=True)
+        return {
+            "passed": passed,
+            "failed_checks": [check.name for check in result.failed],
+            "rows": result.rows,
+            "result": document,
+            "training_conf": None if passed else retraining_conf(document, params, run_id),
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types only (XCom is JSON): dates as ISO text, paths as strings, NaN as None."""
+    return json.loads(json.dumps(value, default=str), parse_constant=lambda _: None)
+
+def gateway_client(params: Mapping[str, Any]) -> Any:
+    """The gateway admin client; the token comes from the environment, never from a DAG param."""
+    from serving.rollout import GatewayAdminClient
+
+    url = params.get("gateway_url") or os.environ.get("MLOPS_GATEWAY_URL") or DEFAULT_GATEWAY_URL
+    token = os.environ.get("MLOPS_GATEWAY_ADMIN_TOKEN", "")
+    if not token:
+        from core.errors import DataError
+
+        raise DataError("MLOPS_GATEWAY_ADMIN_TOKEN is not set in Airflow's environment: the rollout needs the "
+                        "gateway's admin token (set it before `python -m mlops.airflow start`)")
+    return GatewayAdminClient(url, token)
+
+
+def _pushed_model(store: Any, model_name: str, version: int) -> Any:
+    from metadata.recorder import ArtifactRef, properties_of
+
+    for artifact in store.get_artifacts_by_type("PushedModel"):
+        props = properties_of(artifact)
+        if props.get("model_name") == model_name and props.get("version") == version:
+            return ArtifactRef(artifact.id, "PushedModel", artifact.uri, props)
+    return None
+
+
+def serving_labels(config: Any) -> dict[str, int]:
+    from serving.model_config import labels, read_model_config
+
+    path = config.serving.model_config_file
+    return labels(read_model_config(path), config.serving.model_name) if Path(path).exists() else {}
+
+
+def newest_version(config: Any) -> int | None:
+    from serving.model_config import version_directories
+
+    model_root = Path(config.serving.model_base_dir) / config.serving.model_name
+    versions = version_directories(model_root) if model_root.is_dir() else []
+    return versions[-1] if versions else None
+
+
+def _sleep_observing(seconds: float, label: str) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, 15.0))
+        print(f"{label}: observing ... {max(deadline - time.monotonic(), 0):.0f}s left", flush=True)
+
+
+def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
+                     params_json: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Deploys a pushed version: canary with automatic ramp or rollback, blue-green switch, or rollback.
+
+    Every decision is recorded as a `Deploy` execution in MLMD whose input is the PushedModel.
+    A rolled-back canary ends the task with EXIT_ROLLED_BACK (after recording), so the run shows red.
+    """
+    with exit_on_user_error(action):
+        from mlops import steps
+        from core.errors import DataError
+
+        params = _params(params_json)
+        if action not in ROLLOUT_ACTIONS:
+            raise DataError(f"action must be canary, blue_green or rollback, got {action!r}")
+        config = _load_config(config_path)
+        model = config.serving.model_name
+        ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
+                             airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
+        labels = serving_labels(config)
+        stable = labels.get("stable")
+        if action == "rollback":
+            decision = _rollback(params, model, stable)
+            return _record_deploy(ctx, action, decision.get("stable"), params, decision)
+        version = int(params["version"]) if params.get("version") not in (None, "") else newest_version(config)
+        if version is None:
+            raise DataError(f"no pushed versions of {model} under {config.serving.model_base_dir}; run taxi_training first")
+        if not (Path(config.serving.model_base_dir) / model / str(version)).is_dir():
+            raise DataError(f"{model} version {version} is not in {config.serving.model_base_dir / model}")
+        if version == stable:
+            decision = {"decision": "already_stable", "version": version,
+                        "reasons": [f"version {version} is already the stable version; nothing to roll out"]}
+            print(f"{action}: {decision['reasons'][0]}", flush=True)
+            return _record_deploy(ctx, action, version, params, decision)
+        if action == "blue_green":
+            return _record_deploy(ctx, action, version, params, _blue_green(params, model, version, stable))
+        decision = _canary(params, model, version, stable)
+        outcome = _record_deploy(ctx, action, version, params, decision)
+        if decision["decision"] == "rolled_back":
+            raise RolledBackError(f"canary {model}:{version} rolled back at {decision['share']}%: " + "; ".join(decision["reasons"]))
+        return outcome
+
+
+def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | None) -> dict[str, Any]:
+    """Ramps the canary through the shares below 100 %, judging each window; promotes or aborts.
+
+    Every share below 100 % is observed for `observe_seconds` and judged against the stable
+    version; the final 100 % is the promotion itself. An unhealthy window sets the canary's
+    traffic back to 0 at once (the stable version was never changed). The gateway writes the
+    `canary` and `stable` labels of TF Serving's models.config, so the model server follows.
+    """
+    from core.errors import DataError
+    from serving.rollout import CanaryThresholds, judge_canary
+
+    shares = [int(share) for share in params.get("shares") or DEFAULT_CANARY_SHARES]
+    if not shares or any(not 0 < share <= 100 for share in shares) or shares != sorted(set(shares)):
+        raise DataError(f"shares must be increasing percentages in 1..100, got {shares}")
+    observe = float(params.get("observe_seconds") or DEFAULT_OBSERVE_SECONDS)
+    if observe <= 0:
+        raise DataError(f"observe_seconds must be > 0, got {observe}")
+    thresholds = CanaryThresholds.from_mapping(params)
+    client = gateway_client(params)
+    _wait_until_loaded(client, model, version)
+    observations: list[dict[str, Any]] = []
+    for index, share in enumerate(share for share in shares if share < 100):
+        if index == 0:
+            client.set_canary(model, version, share / 100)
+        else:
+            client.set_share(model, share / 100)
+        print(f"canary: {model}:{version} takes {share}% of the traffic (stable: {stable}); observing {observe:.0f}s", flush=True)
+        _sleep_observing(observe, "canary")
+        judgement = judge_canary(client.stats(model, int(math.ceil(observe))), thresholds)
+        observations.append({"share": share, "healthy": judgement.healthy, "reasons": judgement.reasons,
+                             "canary": judgement.canary, "stable": judgement.stable})
+        if not judgement.healthy:
+            # After set_canary the gateway has no promote to undo: rollback only stops canary traffic.
+            client.rollback(model)
+            print(f"canary: ABORTED at {share}%: {'; '.join(judgement.reasons)}; all traffic is back on {model}:{stable}", flush=True)
+            return {"decision": "rolled_back", "version": version, "stable": stable, "share": share,
+                    "reasons": judgement.reasons, "observations": observations}
+        print(f"canary: healthy at {share}%: {judgement.summary()}", flush=True)
+    client.promote(model, version)
+    print(f"canary: promoted {model}:{version} to stable (previous stable {stable} kept for rollback)", flush=True)
+    return {"decision": "promoted", "version": version, "previous_stable": stable, "share": 100,
+            "reasons": [f"healthy at every share of {shares} below 100%"], "observations": observations}
+
+
+def _wait_until_loaded(client: Any, model: str, version: int) -> None:
+    """A rollout right after a push must not send traffic to a version the model server is still loading."""
+    client.wait_until_available(model, version, timeout_s=MODEL_LOAD_TIMEOUT_S,
+                                progress=lambda line: print(f"rollout: {line}", flush=True))
+
+
+def _blue_green(params: Mapping[str, Any], model: str, version: int, stable: int | None) -> dict[str, Any]:
+    client = gateway_client(params)
+    _wait_until_loaded(client, model, version)
+    client.promote(model, version)
+    print(f"blue_green: {model}:{version} is stable now (previous stable {stable} kept for rollback)", flush=True)
+    return {"decision": "switched", "version": version, "previous_stable": stable,
+            "reasons": ["manual blue-green switch"]}
+
+
+def _rollback(params: Mapping[str, Any], model: str, stable: int | None) -> dict[str, Any]:
+    client = gateway_client(params)
+    policy = client.rollback(model)
+    restored_from = policy.get("rolled_back_from")
+    if restored_from is None:
+        reason = f"no promote to undo: canary traffic stopped, stable stays {model}:{stable}"
+    else:
+        reason = f"stable {model}:{restored_from} replaced by the previous stable {model}:{policy.get('stable_version')}"
+    print(f"rollback: {reason}", flush=True)
+    return {"decision": "rolled_back", "version": restored_from, "stable": policy.get("stable_version"),
+            "reasons": [f"manual rollback: {reason}"], "policy": _jsonable(policy)}
+
+
+def _record_deploy(ctx: Any, action: str, version: int | None, params: Mapping[str, Any],
+                   decision: Mapping[str, Any]) -> dict[str, Any]:
+    """A Deploy execution: input = the PushedModel (when known), results = the decision and its evidence."""
+    config = ctx.config
+    inputs = {}
+    pushed = _pushed_model(ctx.run.store, config.serving.model_name, version) if version is not None else None
+    if pushed is not None:
+        inputs["pushed_model"] = pushed
+    parameters = {"action": action, **{k: v for k, v in params.items() if k not in ("trigger",)}}
+    with ctx.run.step("Deploy", inputs, parameters, use_cache=False) as record:
+        record.record(decision=decision["decision"], version=version, reasons=list(decision.get("reasons", [])),
+                      details=_jsonable(dict(decision)))
+    return {"execution_id": record.execution_id, "pushed_model_id": pushed.id if pushed else None, **_jsonable(dict(decision))}
+
+
+# --- taxi_batch_predict ---
+
+# Until metadata/store.py declares them, the batch-scoring types are registered here on first use.
+BATCH_EXECUTION_TYPE = "BatchPredict"
+BATCH_ARTIFACT_TYPE = "BatchPredictions"
+
+
+def _ensure_batch_types(store: Any) -> None:
+    from ml_metadata.proto import metadata_store_pb2
+
+    from metadata import store as store_module
+
+    store_module.ARTIFACT_TYPES.setdefault(BATCH_ARTIFACT_TYPE, {"rows": metadata_store_pb2.INT, "model_version": metadata_store_pb2.INT})
+    if BATCH_ARTIFACT_TYPE not in store.type_ids:
+        artifact_type = metadata_store_pb2.ArtifactType(name=BATCH_ARTIFACT_TYPE)
+        for key, value_type in store_module.ARTIFACT_TYPES[BATCH_ARTIFACT_TYPE].items():
+            artifact_type.properties[key] = value_type
+        store.type_ids[BATCH_ARTIFACT_TYPE] = store.put_artifact_type(artifact_type, can_add_fields=True)
+    if BATCH_EXECUTION_TYPE not in store.type_ids:
+        execution_type = metadata_store_pb2.ExecutionType(name=BATCH_EXECUTION_TYPE)
+        for key, value_type in store_module.EXECUTION_PROPERTIES.items():
+            execution_type.properties[key] = value_type
+        store.type_ids[BATCH_EXECUTION_TYPE] = store.put_execution_type(execution_type, can_add_fields=True)
+
+
+def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
+                           params_json: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Scores a CSV with a served model version (default: `stable`) and records it in MLMD."""
+    with exit_on_user_error("score"):
+        from beam_jobs.batch_predict import batch_predict
+        from mlops import steps
+        from core.errors import DataError
+
+        params = _params(params_json)
+        config = _load_config(config_path)
+        model = config.serving.model_name
+        run_id = pipeline_run_id(dag_id, airflow_run_id)
+        if params.get("model_version") not in (None, ""):
+            version = int(params["model_version"])
+        else:
+            version = serving_labels(config).get("stable") or newest_version(config)
+            if version is None:
+                raise DataError(f"no served version of {model} (no `stable` label in {config.serving.model_config_file} "
+                                f"and nothing under {config.serving.model_base_dir / model}); run taxi_training first")
+        model_dir = Path(config.serving.model_base_dir) / model / str(version)
+        if not model_dir.is_dir():
+            raise DataError(f"{model} version {version} is not in {config.serving.model_base_dir / model}")
+        csv_path = Path(params.get("csv_path") or config.data.csv_path).resolve()
+        output = Path(params.get("output_path") or config.pipeline_root / "batch_predictions" / run_id)
+        ctx = steps.open_run(config, run_id, trigger_of(params.get("trigger"), run_type),
+                             airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
+        _ensure_batch_types(ctx.run.store)
+        raw = steps.register_raw_data(ctx, csv_path)
+        inputs = {"raw_data": raw}
+        pushed = _pushed_model(ctx.run.store, model, version)
+        if pushed is not None:
+            inputs["pushed_model"] = pushed
+        parameters = {"model_name": model, "model_version": version,
+                      "output_format": params.get("output_format") or DEFAULT_BATCH_OUTPUT_FORMAT}
+        print(f"score: {csv_path} with {model}:{version} ({model_dir}) -> {output}", flush=True)
+        with ctx.run.step(BATCH_EXECUTION_TYPE, inputs, parameters, use_cache=False) as record:
+            result = batch_predict(csv_path, model_dir, output, model_version=version,
+                                   output_format=parameters["output_format"], beam_args=ctx.beam_args())
+            record.output("predictions", BATCH_ARTIFACT_TYPE, str(output), {"rows": result.rows_scored, "model_version": version})
+            record.record(rows_read=result.rows_read, rows_scored=result.rows_scored, rows_rejected=result.rows_rejected,
+                          rejected_by_reason=result.rejected_by_reason, positive_rate=result.positive_rate,
+                          mean_probability=result.mean_probability, model_version=version)
+        print(f"score: {result.rows_scored} of {result.rows_read} rows scored ({result.rows_rejected} rejected), "
+              f"positive rate {result.positive_rate}, predictions in {output}", flush=True)
+        return {"execution_id": record.execution_id, "model_version": version, "output_path": str(output),
+                **_jsonable(dataclasses.asdict(result))}
+
+
