@@ -16,6 +16,10 @@ value; the slow, value-by-value path only runs to find the exact place of an err
 
 Where this module is stricter than TF Serving, it says so next to the check: a request is never
 silently truncated or half-used. The answers go back as JSON through `json_responses.py`.
+
+Why one file of ~600 lines: the fast vectorised path and the slow value-by-value path must agree
+on every rule (the slow one exists to word the error the fast one detected), so they stay side by
+side where one reader can check them against each other.
 """
 
 from __future__ import annotations

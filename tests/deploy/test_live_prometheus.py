@@ -26,6 +26,7 @@ import yaml
 from serving.gateway.config import ModelPolicy
 from tests.deploy.conftest import PROJECT_ROOT
 from tests.deploy.test_compose import dashboards, panels_of
+from tests.fixtures.polling import poll_until
 from tests.fixtures.servers import free_port
 from tests.serving.conftest import (  # noqa: F401 - the serving tests' fixtures, used here by name
     gateway_config_file,
@@ -99,13 +100,11 @@ def prometheus(model_server: Any, start_gw: Any, tmp_path: Path) -> Iterator[tup
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # Prometheus hands out its first targets a few seconds after it is ready
+        def every_target_up() -> bool:  # Prometheus hands out its first targets a few seconds after it is ready
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, f"Prometheus did not scrape every target within 60 s: {_health(url)}"
-            if set(_health(url).values()) == {"up"}:
-                break
-            time.sleep(0.2)
+            return set(_health(url).values()) == {"up"}
+
+        poll_until(every_target_up, "Prometheus to scrape every target", timeout=60, interval=0.2)
         yield url, gateway
     finally:
         process.terminate()
@@ -140,16 +139,13 @@ def test_every_dashboard_query_runs_on_live_scrapes_and_shows_the_traffic(promet
             body = {"instances": instances(trips[index:index + 1 + 2 * (index % 2)])}
             assert predict(http, gateway, body, key=f"rider-{index}").status_code == 200
         assert predict(http, gateway, {"instances": [{"fare": "twelve"}]}).status_code == 400  # an error code to show
-        time.sleep(2.5)
+        time.sleep(2.5)  # time passes: the next burst lands a few scrapes later
 
-    # Scraped after the traffic: the gateway's request count is in.
-    deadline = time.monotonic() + 60
-    while True:
+    def served_all() -> bool:  # scraped after the traffic: the gateway's request count is in
         served = _api(url, "query", query=f'sum(mlops_gateway_requests_total{{model="{MODEL}", code="200"}})')["result"]
-        if served and float(served[0]["value"][1]) >= 60:
-            break
-        assert time.monotonic() < deadline, f"targets {_health(url)}, served {served}"
-        time.sleep(0.5)
+        return bool(served) and float(served[0]["value"][1]) >= 60
+
+    poll_until(served_all, f"Prometheus to see 60 served requests (targets {_health(url)})", timeout=60, interval=0.5)
 
     model_values = _api(url, "series", **{"match[]": "mlops_gateway_requests_total"})
     assert {series["model"] for series in model_values} >= {MODEL}  # the $model variable's values
