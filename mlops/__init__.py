@@ -1,0 +1,9 @@
+"""The orchestration layer, on top of every other package; only programs (dags/, tests/,
+benchmarks/, `__main__` modules) import it (tests/test_layers.py).
+
+- `steps.py`: each pipeline step = its package's plain function + ML Metadata recording + reuse.
+- `pipeline.py`: the steps in order, in one process (`mlops pipeline run`).
+- `cli.py`: the `mlops` command.
+- `airflow/`: Airflow's launcher, its REST client, and what the DAG tasks run in the ML runtime.
+- `loop.py`: `make run`, the whole loop through Airflow's scheduler.
+"""
