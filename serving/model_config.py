@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import operator
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -54,9 +55,14 @@ def read_model_config(path: Path) -> ModelServerConfig:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as err:
+        # TF Serving's words (protobuf's C++ text-format parser), then the file and position.
         line, column = err.GetLine(), err.GetColumn()
         where = f"{path}:{line}:{column}" if line else str(path)
-        raise ModelConfigError(f"{where}: not a valid ModelServerConfig text proto: {err}") from None
+        detail = re.sub(r"^\d+:\d+ : ", "", str(err))
+        position = f"{line}:{column}: " if line else ""
+        raise ModelConfigError(
+            f"{where}: Error parsing text-format tensorflow.serving.ModelServerConfig: {position}{detail}"
+        ) from None
     validate_model_config(config, source=str(path))
     return config
 

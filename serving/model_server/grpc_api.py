@@ -12,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import grpc
 from tensorflow_serving.apis import (
@@ -245,8 +245,12 @@ class GrpcServer:
         port: int,
         max_workers: int,
         metrics: ServingMetrics | None = None,
+        socket_path: str | None = None,
+        channel_arguments: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # --grpc_socket_path: TF Serving listens on "unix:<path>" as well as on the TCP port.
+        self._socket_address = f"unix:{socket_path}" if socket_path else None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
         self._server = grpc.server(
             self._executor,
@@ -255,19 +259,29 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 # Without this two servers could share one port and split the traffic silently.
                 ("grpc.so_reuseport", 0),
+                # --grpc_channel_arguments last, so that they override the defaults above.
+                *channel_arguments,
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager, metrics), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), self._server)
         self.port = 0
 
-    def start(self) -> int:
+    def _bind(self, address: str) -> int:
         try:
-            port = self._server.add_insecure_port(self._address)
+            port = self._server.add_insecure_port(address)
         except RuntimeError as err:
-            raise OSError(f"cannot bind the gRPC server to {self._address}: {err}") from None
+            raise OSError(f"cannot bind the gRPC server to {address}: {err}") from None
         if port == 0:
-            raise OSError(f"cannot bind the gRPC server to {self._address} (address in use?)")
+            raise OSError(f"cannot bind the gRPC server to {address} (address in use?)")
+        return port
+
+    def start(self) -> int:
+        port = self._bind(self._address)
+        if self._socket_address is not None:
+            # gRPC replaces a stale socket file at the path (TF Serving's tests start every server on
+            # the same path) but refuses any other kind of file.
+            self._bind(self._socket_address)
         self._server.start()
         self.port = port
         return port

@@ -221,8 +221,11 @@ class RestServer:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         metrics_path: str | None = None,
         metrics_page: Callable[[], bytes] | None = None,
+        timeout_in_ms: int = 0,
     ) -> None:
         self._handler = handler
+        # --rest_api_timeout_in_ms (TF Serving: the RunOptions timeout of each REST call; <= 0: none)
+        self._timeout = timeout_in_ms / 1000 if timeout_in_ms > 0 else None
         self._host, self._requested_port = host, port
         self._executor = executor
         self._max_body_bytes = max_body_bytes
@@ -253,7 +256,14 @@ class RestServer:
             response.force_close()  # the connection's body was not read to the end: it cannot carry another request
             return response
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(self._executor, self._handler.process, request.method, path, body)
+        call = loop.run_in_executor(self._executor, self._handler.process, request.method, path, body)
+        try:
+            response = await asyncio.wait_for(call, self._timeout)
+        except TimeoutError:
+            # TF Serving's session gives up with DEADLINE_EXCEEDED; here the model call cannot be
+            # interrupted, so it finishes on its worker thread and its answer is dropped.
+            message = f"Timed out waiting for the model (--rest_api_timeout_in_ms={round(self._timeout * 1000)})"
+            return web.Response(status=HTTP_STATUS[Code.DEADLINE_EXCEEDED], body=error_body(message), content_type="application/json")
         return web.Response(status=response.status, body=response.body, content_type=response.content_type)
 
     async def _setup(self, sock: socket.socket) -> None:

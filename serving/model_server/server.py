@@ -6,7 +6,29 @@ poller of the base paths, and the wiring of manager, REST and gRPC servers and m
 
 or in-process (tests, benchmarks): `handle = start_model_server(...); ...; handle.stop()`.
 
-The flags are `tensorflow_model_server`'s. Differences, each deliberate:
+The flags are `tensorflow_model_server`'s (model_servers/main.cc), parsed as tensorflow::Flags
+parses them: `--flag=value`, booleans as `--flag`, `--flag=true` or `--flag=false`; no abbreviations.
+- honoured: --port, --rest_api_port, --grpc_socket_path (gRPC on `unix:<path>` as well as the TCP
+  port), --rest_api_timeout_in_ms (default 30000 as TF Serving's; a REST call that takes longer is
+  answered 504 DEADLINE_EXCEEDED, and its model call finishes on its worker thread, since it cannot be
+  interrupted), --grpc_channel_arguments (`k=v,...`, integers as integers, given to grpcio as server
+  options after this server's own), --model_name, --model_base_path, --model_config_file,
+  --model_config_file_poll_wait_seconds, --file_system_poll_wait_seconds, --monitoring_config_file,
+  --allow_version_labels_for_unavailable_models, --rest_api_num_threads, --grpc_max_threads,
+  --tensorflow_intra_op_parallelism, --tensorflow_inter_op_parallelism, --enable_batching,
+  --batching_parameters_file, --version; and this server's own --host and --rest_api_max_body_bytes;
+- accepted and logged once (a WARNING, INFO for a false boolean), else ignored: the flags in
+  IGNORED_FLAGS below, each with what happens instead (TF Lite's --prefer_tflite_model and
+  --num_tflite_*, --enable_profiler, warm-up, load threads and retries, XLA, TPU, session and
+  platform configs, ...): TF Lite models and the profiler service are out of scope;
+- refused at start: --ssl_config_file and --use_alts_credentials (serving plaintext where TF Serving
+  would serve TLS/ALTS would be worse than not starting);
+- start-up failures print "Failed to start server. Error: ..." (on stderr) and exit with 255, as
+  main.cc's `return -1`; a config that does not parse names the file and position, then TF
+  Serving's "Error parsing text-format tensorflow.serving.ModelServerConfig: <line>:<column>: ...".
+  An unknown flag exits with argparse's status 2 (tensorflow_model_server prints it and goes on).
+
+Differences, each deliberate:
 - a port of 0 means "any free port" (TF Serving: REST disabled); the chosen ports are printed in
   TF Serving's own start-up lines and are on the returned handle;
 - start-up checks version labels after the first load, so a label on a version that loaded is
@@ -56,6 +78,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRPC_PORT = 8500
 DEFAULT_REST_PORT = 8501
+DEFAULT_REST_TIMEOUT_MS = 30_000  # TF Serving's (server.h: http_timeout_in_ms)
+# main.cc returns -1 when BuildAndStart fails: the shell sees 255.
+START_FAILURE_EXIT_STATUS = 255
 
 
 class StartupError(Exception):
@@ -195,6 +220,7 @@ class ModelServerHandle:
     _executor: concurrent.futures.ThreadPoolExecutor
     _stopped: bool = False
     _scheduler: "BatchScheduler | None" = None
+    grpc_socket_path: str | None = None
 
     @property
     def rest_url(self) -> str:
@@ -250,16 +276,21 @@ def start_model_server(
     rest_api_max_body_bytes: int | None = None,
     enable_batching: bool = False,
     batching_parameters_file: str | Path | None = None,
+    grpc_socket_path: str | Path | None = None,
+    grpc_channel_arguments: str = "",
+    rest_api_timeout_in_ms: int = 0,
 ) -> ModelServerHandle:
     """Loads the models, then serves gRPC on `port` and REST on `rest_api_port` (0 = a free port).
 
     Returns once every version found at start-up has been loaded (or has failed and is reported).
     Raises StartupError for unusable flags, and the config's own DataError / ServingError.
+    `rest_api_timeout_in_ms` <= 0 (the default here, unlike the command line's 30000) sets no limit.
     """
     if model_config_file and model_base_path:
         raise StartupError("give either --model_config_file or --model_base_path, not both")
     if not model_config_file and not model_base_path:
         raise StartupError("nothing to serve: give --model_config_file or --model_name with --model_base_path")
+    channel_arguments = parse_grpc_channel_arguments(grpc_channel_arguments)
     _configure_tensorflow_threads(tensorflow_intra_op_parallelism, tensorflow_inter_op_parallelism)
 
     from serving.model_server.grpc_api import GrpcServer
@@ -299,6 +330,8 @@ def start_model_server(
         port=port,
         max_workers=grpc_max_threads if grpc_max_threads > 0 else 4 * (os.cpu_count() or 1),
         metrics=metrics,
+        socket_path=str(grpc_socket_path) if grpc_socket_path else None,
+        channel_arguments=channel_arguments,
     )
     rest_server = RestServer(
         RestApiHandler(manager, metrics),
@@ -308,6 +341,7 @@ def start_model_server(
         max_body_bytes=rest_api_max_body_bytes or DEFAULT_MAX_BODY_BYTES,
         metrics_path=metrics_path,
         metrics_page=metrics.exposition,
+        timeout_in_ms=rest_api_timeout_in_ms,
     )
     try:
         grpc_port = grpc_server.start()
@@ -337,10 +371,67 @@ def start_model_server(
         _poller=poller,
         _executor=executor,
         _scheduler=scheduler,
+        grpc_socket_path=str(grpc_socket_path) if grpc_socket_path else None,
     )
 
 
 # --- Command line -----------------------------------------------------------------------------
+
+# tensorflow_model_server's flags (model_servers/main.cc) that mean nothing to this server: accepted
+# so that TF Serving's command lines (its own test harness's among them) start it, and logged once
+# when given. Name -> (value type, what happens instead).
+IGNORED_FLAGS: dict[str, tuple[str, str]] = {
+    "rest_api_enable_cors_support": ("bool", "no CORS headers are added"),
+    "enable_per_model_batching_parameters": ("bool", "batching_params.pbtxt in a SavedModel is not read"),
+    "num_load_threads": ("int", "versions are loaded by the manager's own thread"),
+    "num_unload_threads": ("int", "versions are unloaded by the manager's own thread"),
+    "max_num_load_retries": ("int", "a version that fails to load is reported in the model status"),
+    "load_retry_interval_micros": ("int", "a version that fails to load is reported in the model status"),
+    "flush_filesystem_caches": ("bool", "there are no file-system caches to flush"),
+    "tensorflow_session_parallelism": ("int", "use --tensorflow_intra_op_parallelism and --tensorflow_inter_op_parallelism"),
+    "tensorflow_session_config_file": ("str", "TensorFlow's default session options apply"),
+    "platform_config_file": ("str", "only the tensorflow platform is served"),
+    "per_process_gpu_memory_fraction": ("float", "TensorFlow's default GPU memory growth applies"),
+    "saved_model_tags": ("str", "SavedModels are loaded with the 'serve' tag"),
+    "enable_model_warmup": ("bool", "warm-up requests (assets.extra/tf_serving_warmup_requests) are not replayed"),
+    "num_request_iterations_for_warmup": ("int", "warm-up requests are not replayed"),
+    "remove_unused_fields_from_bundle_metagraph": ("bool", "the MetaGraphDef is not kept in memory"),
+    "prefer_tflite_model": ("bool", "TF Lite models are not served by this stand-in"),
+    "num_tflite_pools": ("int", "TF Lite models are not served by this stand-in"),
+    "num_tflite_interpreters_per_pool": ("int", "TF Lite models are not served by this stand-in"),
+    "xla_cpu_compilation_enabled": ("bool", "TensorFlow's own XLA settings apply"),
+    "xla_gpu_compilation_enabled": ("bool", "TensorFlow's own XLA settings apply"),
+    "enable_profiler": ("bool", "there is no profiler service"),
+    "thread_pool_factory_config_file": ("str", "requests run on the server's own thread pools"),
+    "mixed_precision": ("str", "models run in the precision they were saved in"),
+    "skip_initialize_tpu": ("bool", "there is no TPU support"),
+    "enable_grpc_healthcheck_service": ("bool", "there is no grpc.health.v1 service; ModelService.GetModelStatus answers instead"),
+    "enable_serialization_as_tensor_content": ("bool", "output tensors are written in the typed *_val fields"),
+}
+# Serving plaintext where TF Serving would serve TLS or ALTS would be worse than not starting.
+REFUSED_FLAGS: dict[str, tuple[str, str]] = {
+    "ssl_config_file": ("str", "TLS is not supported by this stand-in"),
+    "use_alts_credentials": ("bool", "ALTS is not supported by this stand-in"),
+}
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def parse_grpc_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """--grpc_channel_arguments "k=v,k=v" as TF Serving's server.cc reads it: a value that is a 32-bit
+    integer is passed as an integer, any other as a string (gRPC ignores keys it does not know)."""
+    arguments: list[tuple[str, int | str]] = []
+    for item in text.split(",") if text else ():
+        if not item:
+            continue
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise StartupError(f"--grpc_channel_arguments: expected key=value, got {item!r}")
+        value = value.split("=", 1)[0]  # TF Serving keeps what is between the first and second '='
+        number = value.strip()
+        digits = number[1:] if number[:1] in "+-" else number
+        is_int32 = digits.isascii() and digits.isdigit() and _INT32[0] <= int(number) <= _INT32[1]
+        arguments.append((key, int(number) if is_int32 else value))
+    return arguments
 
 
 def _flag_bool(text: str) -> bool:
@@ -352,14 +443,29 @@ def _flag_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+_FLAG_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _add_flag(parser: argparse.ArgumentParser, name: str, kind: str, default: object, help_text: str) -> None:
+    if kind == "bool":  # tensorflow::Flags: --flag, --flag=true, --flag=false
+        parser.add_argument(f"--{name}", type=_flag_bool, nargs="?", const=True, default=default, help=help_text)
+    else:
+        parser.add_argument(f"--{name}", type=_FLAG_TYPES[kind], default=default, help=help_text)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving.model_server",
         description="TF Serving's REST and gRPC APIs over a model base path (a tensorflow_model_server stand-in).",
+        allow_abbrev=False,  # tensorflow::Flags knows no abbreviations
     )
     add = parser.add_argument
     add("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (0: any free port)")
+    add("--grpc_socket_path", default="", help="also serve gRPC on this UNIX socket (a path)")
     add("--rest_api_port", type=int, default=DEFAULT_REST_PORT, help="REST port (0: any free port)")
+    add("--rest_api_timeout_in_ms", type=int, default=DEFAULT_REST_TIMEOUT_MS,
+        help="answer a REST call with 504 DEADLINE_EXCEEDED after this long (<= 0: no limit)")
+    add("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
     add("--host", default="0.0.0.0", help="address to listen on (TF Serving listens on all interfaces)")
     add("--model_name", default="default", help="name of the single model served from --model_base_path")
     add("--model_base_path", default=None, help="directory holding the model's integer version directories")
@@ -367,32 +473,63 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--model_config_file_poll_wait_seconds", type=float, default=0.0, help="re-read the config file this often (0: never)")
     add("--file_system_poll_wait_seconds", type=float, default=1.0, help="re-scan the base paths this often")
     add("--monitoring_config_file", default=None, help="a MonitoringConfig text proto enabling Prometheus metrics")
-    add(
-        "--allow_version_labels_for_unavailable_models",
-        type=_flag_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="let a new label point at a version that is not loaded",
-    )
+    _add_flag(parser, "allow_version_labels_for_unavailable_models", "bool", False,
+              "let a new label point at a version that is not loaded")
     add("--rest_api_num_threads", type=int, default=0, help="REST worker threads (0: 4 per CPU)")
     add("--grpc_max_threads", type=int, default=0, help="gRPC worker threads (0: 4 per CPU)")
     add("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0: TensorFlow decides)")
     add("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0: TensorFlow decides)")
     add("--rest_api_max_body_bytes", type=int, default=None, help="largest REST request body accepted")
-    add("--enable_batching", type=_flag_bool, nargs="?", const=True, default=False,
-        help="run concurrent Predict calls on one signature as one model call")
+    _add_flag(parser, "enable_batching", "bool", False, "run concurrent Predict calls on one signature as one model call")
     add("--batching_parameters_file", default=None, help="a BatchingParameters text proto (with --enable_batching)")
+    _add_flag(parser, "version", "bool", False, "print the versions and exit")
+    for name, (kind, reason) in IGNORED_FLAGS.items():
+        _add_flag(parser, name, kind, None, f"accepted and ignored: {reason}")
+    for name, (kind, reason) in REFUSED_FLAGS.items():
+        _add_flag(parser, name, kind, None, f"refused when set: {reason}")
     return parser
+
+
+def _check_unsupported_flags(args: argparse.Namespace) -> None:
+    """Logs each ignored flag given; StartupError for a security flag that cannot be honoured."""
+    for name, (_kind, reason) in REFUSED_FLAGS.items():
+        if getattr(args, name):
+            raise StartupError(f"--{name} is not supported: {reason}")
+    for name, (kind, reason) in IGNORED_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        shown = str(value).lower() if kind == "bool" else value
+        level = logging.INFO if value is False or value == "" else logging.WARNING
+        log.log(level, "--%s=%s accepted and ignored: %s", name, shown, reason)
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    def version_of(distribution: str) -> str:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"TensorFlow ModelServer: mlops-suite stand-in (tensorflow-serving-api {version_of('tensorflow-serving-api')})\n"
+        f"TensorFlow Library: {version_of('tensorflow')}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    if args.version:
+        print(_versions(), flush=True)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
+        _check_unsupported_flags(args)
         handle = start_model_server(
             port=args.port,
             rest_api_port=args.rest_api_port,
@@ -411,13 +548,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             rest_api_max_body_bytes=args.rest_api_max_body_bytes,
             enable_batching=args.enable_batching,
             batching_parameters_file=args.batching_parameters_file,
+            grpc_socket_path=args.grpc_socket_path or None,
+            grpc_channel_arguments=args.grpc_channel_arguments,
+            rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         )
-    except Exception as err:  # noqa: BLE001 - reported the way tensorflow_model_server does, then exit 1
+    except Exception as err:  # noqa: BLE001 - reported the way tensorflow_model_server does
         status = getattr(err, "status_string", None)
         print(f"Failed to start server. Error: {status() if callable(status) else err}", file=sys.stderr, flush=True)
-        return 1
+        return START_FAILURE_EXIT_STATUS
     # TF Serving's own start-up lines: scripts wait for them and read the ports from them.
     print(f"Running gRPC ModelServer at {args.host}:{handle.grpc_port} ...", flush=True)
+    if handle.grpc_socket_path:
+        print(f"Running gRPC ModelServer at UNIX socket {handle.grpc_socket_path} ...", flush=True)
     print(f"Exporting HTTP/REST API at:{args.host}:{handle.rest_port} ...", flush=True)
     try:
         while not stop.wait(1.0):
