@@ -180,8 +180,9 @@ class Servable:
         start = time.perf_counter_ns()
         try:
             if order is not None:
-                # Inputs were checked against the signature (names, dtypes, shapes) by the caller,
-                # so TensorFlow's per-call re-binding of keyword arguments can be skipped.
+                # Inputs were checked against the signature (names, dtypes) by the caller, so
+                # TensorFlow's per-call re-binding of keyword arguments can be skipped. Like the
+                # keyword call, it feeds any shape: the graph's ops decide (as in TF Serving).
                 outputs = function._call_flat([_to_tensor(arrays[alias]) for alias in order], function.captured_inputs)
             else:
                 outputs = function(**{alias: tf.constant(array) for alias, array in arrays.items()})

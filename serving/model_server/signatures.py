@@ -69,6 +69,12 @@ def check_input_names(signature: Signature, names: Iterable[str]) -> None:
 
 
 def check_input_arrays(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
+    """The dtype of each input, with the message TF's runtime gives for a fed tensor of another type.
+
+    Shapes are not checked: TF Serving feeds the tensors as they come (predict_util.cc checks the
+    input names only) and lets the graph decide, so a [3] tensor for an `x` declared [-1,1] runs
+    wherever the graph's ops accept it, and an op that cannot take it answers with TF's own
+    INVALID_ARGUMENT."""
     for index, alias in enumerate(sorted(inputs)):
         array, spec = inputs[alias], signature.inputs[alias]
         got = dtype_of_array(array)
@@ -76,11 +82,6 @@ def check_input_arrays(signature: Signature, inputs: Mapping[str, np.ndarray]) -
             raise invalid(
                 f"Expects arg[{index}] to be {dtype_name(spec.dtype)} but {dtype_name(got)} is provided "
                 f"(input '{alias}')"
-            )
-        if not spec.accepts_shape(array.shape):
-            raise invalid(
-                f"input '{alias}' has shape {shape_string(array.shape)}, but signature "
-                f"'{signature.name}' expects {spec.shape_string()}"
             )
 
 

@@ -184,12 +184,17 @@ def test_bad_base64_is_refused(rest: RestClient) -> None:
     assert "Unable to base64 decode" in error
 
 
-def test_wrong_rank_is_refused(rest: RestClient, taxi_inputs: dict, serving_target: Any) -> None:
-    columns = {k: [[v]] for k, v in _row(taxi_inputs).items()}  # [1, 1] tensors for [-1] inputs
-    status, error = _rest_error(rest, {"inputs": columns})
-    assert status == 400
-    if serving_target.embedded:  # TF Serving reports the runtime's shape error instead
-        assert "input 'company' has shape [1,1], but signature 'serving_default' expects [-1]" in error
+def test_another_rank_than_declared_reaches_the_graph(rest: RestClient, taxi_inputs: dict) -> None:
+    """TF Serving checks input names and dtypes, not shapes: [1, 1] tensors for inputs declared [-1]
+    are fed as they are, and this model's element-wise graph answers [1, 1] outputs (a graph that
+    cannot take a shape answers TF's INVALID_ARGUMENT: test_half_plus_two.py)."""
+    columns = {k: [[v]] for k, v in _row(taxi_inputs).items()}
+    response = rest.raw("POST", PREDICT, json.dumps({"inputs": columns}))
+    assert response.status_code == 200, response.text
+    outputs = json.loads(response.text)["outputs"]
+    expected = rest.predict(CONTRACT_MODEL, {k: v[:1] for k, v in taxi_inputs.items()}, columnar=True)
+    assert outputs["class"] == [[int(expected["class"][0])]]
+    assert outputs["probability"][0][0] == pytest.approx(float(expected["probability"][0]), rel=1e-6)
 
 
 # --- gRPC tensors -----------------------------------------------------------------------------

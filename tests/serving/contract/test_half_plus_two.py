@@ -1,0 +1,135 @@
+"""TF Serving's own example model, half-plus-two (y = 0.5 * x + 2), asked what TF Serving's tests ask
+of it, over REST and gRPC, as a native TF2 export and as a TF1 graph export (tests/fixtures/
+half_plus_two.py).
+
+Predict checks the input names and dtypes, never the shapes: TF Serving feeds the tensors as they
+come and lets the graph decide, so a row of scalars for an `x` declared [-1,1] is answered, and an
+op that cannot take a shape answers with TensorFlow's own INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from tests.fixtures.half_plus_two import export_half_plus_two_tf1, export_half_plus_two_tf2
+from tests.serving.contract.clients import CallError, GrpcClient, RestClient, tensor_proto_to_numpy
+from tests.serving.contract.conftest import ModelRepository, ServingTarget
+from tests.serving.contract.layout import install_version
+
+EXPORTS = {"tf2": export_half_plus_two_tf2, "tf1": export_half_plus_two_tf1}
+
+
+@pytest.fixture(scope="module")
+def half_plus_two_models(
+    tmp_path_factory: pytest.TempPathFactory, serving_target: ServingTarget, exported_models: dict[float, Path]
+) -> Iterator[dict[str, str]]:
+    """Both exports served as two models (version 1 each) for this module: {"tf2": name, "tf1": name}."""
+    if serving_target.base_dir is None:
+        pytest.skip("writes into the model base path: set TFSERVING_MODEL_BASE_PATH")
+    rest = RestClient(serving_target.rest_url) if serving_target.rest_url else None
+    grpc_client = GrpcClient(serving_target.grpc_target) if serving_target.grpc_target else None
+    repository = ModelRepository(serving_target, exported_models, rest, grpc_client)
+    names: dict[str, str] = {}
+    try:
+        for kind, export in EXPORTS.items():
+            name = repository.unique_name(f"half_plus_two_{kind}")
+            install_version(export(tmp_path_factory.mktemp(kind) / "export"), repository.model_root(name), 1)
+            repository.set_entry(name)
+            names[kind] = name
+        for name in names.values():
+            repository.wait_available(name, {1})
+        yield names
+    finally:
+        repository.cleanup()
+        if grpc_client is not None:
+            grpc_client.close()
+
+
+@pytest.fixture(params=sorted(EXPORTS))
+def model(request: pytest.FixtureRequest, half_plus_two_models: dict[str, str]) -> str:
+    return half_plus_two_models[request.param]
+
+
+def _post(rest: RestClient, model: str, document: Any, verb: str = "predict") -> tuple[int, Any]:
+    response = rest.raw("POST", f"/v1/models/{model}:{verb}", json.dumps(document))
+    return response.status_code, json.loads(response.text)
+
+
+# --- shapes: the graph decides ----------------------------------------------------------------
+
+
+def test_rest_row_of_scalars_for_a_column_input(rest: RestClient, model: str) -> None:
+    """TF Serving's own example: a [3] tensor for `x` declared [-1,1] is answered."""
+    assert _post(rest, model, {"instances": [2.0, 3.0, 4.0]}) == (200, {"predictions": [3.0, 3.5, 4.0]})
+
+
+def test_rest_rows_of_the_declared_shape(rest: RestClient, model: str) -> None:
+    assert _post(rest, model, {"instances": [[2.0], [3.0]]}) == (200, {"predictions": [[3.0], [3.5]]})
+
+
+def test_rest_named_input_and_default_signature_name(rest: RestClient, model: str) -> None:
+    document = {"signature_name": "serving_default", "instances": [{"x": 2.0}, {"x": 4.0}]}
+    assert _post(rest, model, document) == (200, {"predictions": [3.0, 4.0]})
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs"),
+    [([2.0, 3.0], [3.0, 3.5]), ({"x": [[1.0, 2.0, 3.0]]}, [[2.5, 3.0, 3.5]]), (4.0, 4.0)],
+)
+def test_rest_columnar_inputs_of_any_shape(rest: RestClient, model: str, inputs: Any, outputs: Any) -> None:
+    assert _post(rest, model, {"inputs": inputs}) == (200, {"outputs": outputs})
+
+
+@pytest.mark.parametrize("shape", [(3,), (3, 1), (1, 3), (2, 1, 2), ()])
+def test_grpc_any_shape_the_graph_takes(grpc_client: GrpcClient, model: str, shape: tuple[int, ...]) -> None:
+    x = (np.arange(int(np.prod(shape)), dtype=np.float32) + 2.0).reshape(shape)
+    response = grpc_client.predict_response(model, {"x": x})
+    assert response.model_spec.signature_name == "serving_default"
+    y = tensor_proto_to_numpy(response.outputs["y"])
+    assert y.shape == shape
+    np.testing.assert_allclose(y, 0.5 * x + 2.0)
+
+
+# --- what the graph refuses, TensorFlow says ----------------------------------------------------
+
+
+def test_rest_shape_the_graph_refuses_is_tensorflows_invalid_argument(rest: RestClient, model: str) -> None:
+    """ParseExample needs a vector of serialized Examples: a [1,1] string tensor reaches it and fails."""
+    status, document = _post(rest, model, {"signature_name": "regress_x_to_y", "inputs": [["not an example"]]})
+    assert status == 400
+    assert list(document) == ["error"]
+    assert "Expected serialized to be a" in document["error"] and "got shape: [1,1]" in document["error"]
+    assert "File " not in document["error"]  # the runtime's message, no server-side Python stack
+
+
+def test_grpc_shape_the_graph_refuses_is_tensorflows_invalid_argument(grpc_client: GrpcClient, model: str) -> None:
+    inputs = {"inputs": np.asarray([[b"not an example"]], dtype=object)}
+    with pytest.raises(CallError) as caught:
+        grpc_client.predict_response(model, inputs, signature_name="regress_x_to_y")
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert "Expected serialized to be a" in caught.value.message and "got shape: [1,1]" in caught.value.message
+
+
+# --- what Predict still checks --------------------------------------------------------------------
+
+
+def test_grpc_wrong_input_name_and_dtype_are_refused(grpc_client: GrpcClient, model: str) -> None:
+    with pytest.raises(CallError) as caught:
+        grpc_client.predict_response(model, {"z": np.asarray([1.0], dtype=np.float32)})
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert "input tensor alias not found in signature: z" in caught.value.message
+    with pytest.raises(CallError) as caught:
+        grpc_client.predict_response(model, {"x": np.asarray([1.0], dtype=np.float64)})
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert "to be float but double is provided" in caught.value.message
+
+
+def test_rest_string_for_a_float_input_is_refused(rest: RestClient, model: str) -> None:
+    status, document = _post(rest, model, {"instances": ["two"]})
+    assert status == 400
+    assert 'JSON Value: "two" Type: String is not of expected type: float' in document["error"]
