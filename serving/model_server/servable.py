@@ -26,7 +26,6 @@ from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 from serving.model_server.batching import BatchScheduler
 from serving.model_server.signatures import (
     CLASSIFY_METHOD,
-    PREDICT_METHOD,
     REGRESS_METHOD,
     ClassificationResult,
     Signature,
@@ -34,6 +33,7 @@ from serving.model_server.signatures import (
     check_input_arrays,
     check_input_names,
     check_output_filter,
+    check_predict_method_name,
     classification_result,
     regression_result,
 )
@@ -121,9 +121,11 @@ class Servable:
         meta_graph: meta_graph_pb2.MetaGraphDef,
         observer: RuntimeObserver | None = None,
         scheduler: BatchScheduler | None = None,
+        check_method_name: bool = False,
     ) -> None:
         self.name = name
         self._scheduler = scheduler
+        self._check_method_name = check_method_name  # --enable_signature_method_name_check
         self.version = version
         self.path = path
         self._module = module  # owns the variables the functions use: keep it alive with them
@@ -142,16 +144,17 @@ class Servable:
     @classmethod
     def load(
         cls, name: str, version: int, path: Path, observer: RuntimeObserver | None = None,
-        scheduler: BatchScheduler | None = None,
+        scheduler: BatchScheduler | None = None, check_method_name: bool = False,
     ) -> "Servable":
-        """Loads the SavedModel at `path` and warms it up; raises ServingError on any failure."""
+        """Loads the SavedModel at `path` and warms it up; raises ServingError on any failure.
+        `check_method_name`: --enable_signature_method_name_check (TF Serving's default: off)."""
         meta_graph = read_meta_graph(path)
         try:
             module = tf.saved_model.load(str(path), tags=[SERVE_TAG])
         except Exception as err:  # noqa: BLE001 - any loader failure becomes the version's error status
             status = status_from_exception(err)
             raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
-        servable = cls(name, version, path, module, meta_graph, observer, scheduler)
+        servable = cls(name, version, path, module, meta_graph, observer, scheduler, check_method_name)
         servable.warm_up()
         return servable
 
@@ -200,12 +203,7 @@ class Servable:
         signature = self.signatures.get(key)
         if signature is None:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-        if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
-            raise ServingError(
-                Code.INTERNAL,
-                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
-                f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}",
-            )
+        check_predict_method_name(signature, self._check_method_name)
         return signature
 
     def predict(
@@ -232,7 +230,7 @@ class Servable:
         signature = self.signatures.get(key)
         if signature is None:
             raise invalid(f"No signature was found with the name: {key}")
-        check_examples_signature(signature, method)
+        check_examples_signature(signature, method, self._check_method_name)
         return signature
 
     def classify(self, signature_name: str, examples: Sequence[bytes]) -> tuple[str, ClassificationResult]:
@@ -249,9 +247,9 @@ class Servable:
     def multi_inference(
         self, tasks: Sequence[tuple[str, str]], examples: Sequence[bytes]
     ) -> list[tuple[str, str, ClassificationResult | list[float]]]:
-        """(signature_name, method_name) tasks over the same Examples (multi_inference.cc's rules)."""
+        """(signature_name, method_name) tasks over the same Examples (multi_inference.cc's rules:
+        the Examples are fed to each signature's input tensor, whether or not they share one)."""
         seen: set[str] = set()
-        input_tensor = ""
         resolved: list[tuple[Signature, str]] = []
         for signature_name, method in tasks:
             key = signature_name or DEFAULT_SIGNATURE
@@ -263,11 +261,7 @@ class Servable:
                 raise invalid(f"Requested signature not found in model graph: {key}")
             if method not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
-            check_examples_signature(signature, method)
-            tensor = signature.input_tensor_names.get("inputs", "")
-            if input_tensor and tensor != input_tensor:
-                raise invalid("Input tensor must be the same for all Signatures.")
-            input_tensor = tensor
+            check_examples_signature(signature, method, self._check_method_name)
             resolved.append((signature, method))
         batch = _string_vector(examples)
         results: list[tuple[str, str, ClassificationResult | list[float]]] = []

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.model_server.tensors import DT_FLOAT, DT_STRING, TensorSpec, dtype_name, dtype_of_array, shape_string
@@ -28,7 +29,7 @@ class Signature:
     method_name: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
-    input_tensor_names: Mapping[str, str]  # alias -> graph tensor name (MultiInference compares them)
+    debug_string: str = ""  # the SignatureDef as text, as TF Serving's messages quote it (DebugString)
 
     @classmethod
     def from_def(cls, name: str, signature_def: meta_graph_pb2.SignatureDef) -> "Signature":
@@ -37,7 +38,7 @@ class Signature:
             method_name=signature_def.method_name,
             inputs={alias: _tensor_spec(alias, info) for alias, info in signature_def.inputs.items()},
             outputs={alias: _tensor_spec(alias, info) for alias, info in signature_def.outputs.items()},
-            input_tensor_names={alias: info.name for alias, info in signature_def.inputs.items()},
+            debug_string=text_format.MessageToString(signature_def),
         )
 
 
@@ -101,28 +102,40 @@ def check_output_filter(signature: Signature, output_filter: Sequence[str]) -> l
     return list(output_filter)
 
 
-def check_examples_signature(signature: Signature, method: str) -> None:
-    """PreProcessClassification / PreProcessRegression (classifier.cc, regressor.cc)."""
+def check_predict_method_name(signature: Signature, check_method_name: bool) -> None:
+    """predict_util.cc's VerifySignature: only with --enable_signature_method_name_check."""
+    if check_method_name and signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        raise ServingError(
+            Code.INTERNAL,
+            f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
+            f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}",
+        )
+
+
+def check_examples_signature(signature: Signature, method: str, check_method_name: bool) -> None:
+    """PreProcessClassification / PreProcessRegression (classifier.cc, regressor.cc).
+
+    The method name is checked only with --enable_signature_method_name_check (TF Serving's default
+    is off, so the signatures of a native TF2 export, all `tensorflow/serving/predict`, can serve
+    Classify and Regress); the signature's inputs and outputs are checked either way."""
     kind = "classification" if method == CLASSIFY_METHOD else "regression"
-    if signature.method_name != method:
+    if check_method_name and signature.method_name != method:
         raise invalid(f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise invalid("Expected one input Tensor.")
+    if method == CLASSIFY_METHOD and len(signature.outputs) not in (1, 2):
+        raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    if method == REGRESS_METHOD and len(signature.outputs) != 1:
+        raise invalid("Expected one output Tensor.")
     if "inputs" not in signature.inputs:
-        raise ServingError(Code.FAILED_PRECONDITION, f"No {kind} inputs found in SignatureDef: {signature.name}")
-    if method == CLASSIFY_METHOD:
-        if len(signature.outputs) not in (1, 2):
-            raise invalid(f"Expected one or two output Tensors, found {len(signature.outputs)}")
-        if "classes" not in signature.outputs and "scores" not in signature.outputs:
-            raise invalid(
-                'Expected classification signature outputs to contain at least one of "classes" or "scores". '
-                f"Signature was: {signature.name}"
-            )
-    else:
-        if len(signature.outputs) != 1:
-            raise invalid("Expected one output Tensor.")
-        if "outputs" not in signature.outputs:
-            raise ServingError(Code.FAILED_PRECONDITION, f"No regression outputs found in SignatureDef: {signature.name}")
+        raise invalid(f"No {kind} inputs found in SignatureDef: {signature.debug_string}")
+    if method == CLASSIFY_METHOD and "classes" not in signature.outputs and "scores" not in signature.outputs:
+        raise invalid(
+            'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+            f"Signature was: {signature.debug_string}"
+        )
+    if method == REGRESS_METHOD and "outputs" not in signature.outputs:
+        raise invalid(f"No regression outputs found in SignatureDef: {signature.debug_string}")
 
 
 def classification_result(outputs: Mapping[str, np.ndarray], num_examples: int) -> ClassificationResult:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from tests.fixtures.half_plus_two import export_half_plus_two_tf1, export_half_plus_two_tf2
+from tests.fixtures.half_plus_two import example_bytes, export_half_plus_two_tf1, export_half_plus_two_tf2
 from tests.serving.contract.clients import CallError, GrpcClient, RestClient, tensor_proto_to_numpy
 from tests.serving.contract.conftest import ModelRepository, ServingTarget
 from tests.serving.contract.layout import install_version
@@ -133,3 +133,47 @@ def test_rest_string_for_a_float_input_is_refused(rest: RestClient, model: str) 
     status, document = _post(rest, model, {"instances": ["two"]})
     assert status == 400
     assert 'JSON Value: "two" Type: String is not of expected type: float' in document["error"]
+
+
+# --- Classify / Regress / MultiInference: no method-name check by default ------------------------
+# A TF2 export's signatures all say `tensorflow/serving/predict`; TF Serving serves them anyway
+# unless --enable_signature_method_name_check (test_method_name_check.py has the check turned on).
+
+EXAMPLES = [{"x": 2.0}, {"x": 4.0}]
+
+
+def test_rest_regress(rest: RestClient, model: str) -> None:
+    assert _post(rest, model, {"signature_name": "regress_x_to_y", "examples": EXAMPLES}, "regress") == (
+        200, {"results": [3.0, 4.0]})
+    assert _post(rest, model, {"signature_name": "regress_x_to_y2", "examples": EXAMPLES}, "regress") == (
+        200, {"results": [4.0, 5.0]})
+
+
+def test_rest_classify(rest: RestClient, model: str) -> None:
+    assert _post(rest, model, {"signature_name": "classify_x_to_y", "examples": EXAMPLES}, "classify") == (
+        200, {"results": [[["", 3.0]], [["", 4.0]]]})
+
+
+def test_grpc_classify_regress_and_multi_inference(grpc_client: GrpcClient, model: str) -> None:
+    examples = [example_bytes(x["x"]) for x in EXAMPLES]
+    regressed = grpc_client.regress(model, examples, signature_name="regress_x_to_y")
+    assert [r.value for r in regressed.result.regressions] == [3.0, 4.0]
+    classified = grpc_client.classify(model, examples, signature_name="classify_x_to_y")
+    assert [[(c.label, c.score) for c in e.classes] for e in classified.result.classifications] == [[("", 3.0)], [("", 4.0)]]
+    multi = grpc_client.multi_inference(
+        model, [("classify_x_to_y", "tensorflow/serving/classify"), ("regress_x_to_y2", "tensorflow/serving/regress")], examples
+    )
+    assert [r.model_spec.signature_name for r in multi.results] == ["classify_x_to_y", "regress_x_to_y2"]
+    assert [c.classes[0].score for c in multi.results[0].classification_result.classifications] == [3.0, 4.0]
+    assert [r.value for r in multi.results[1].regression_result.regressions] == [4.0, 5.0]
+
+
+def test_regress_on_a_classify_signature_is_refused_by_its_outputs(rest: RestClient, grpc_client: GrpcClient, model: str) -> None:
+    """Without the method-name check the signature's structure still decides: no `outputs` output."""
+    status, document = _post(rest, model, {"signature_name": "classify_x_to_y", "examples": EXAMPLES}, "regress")
+    assert status == 400
+    assert document["error"].startswith("No regression outputs found in SignatureDef: ")
+    assert 'key: "scores"' in document["error"]  # TF Serving quotes the SignatureDef
+    with pytest.raises(CallError) as caught:
+        grpc_client.regress(model, [example_bytes(2.0)], signature_name="classify_x_to_y")
+    assert (caught.value.code, caught.value.message) == ("INVALID_ARGUMENT", document["error"])
