@@ -3,7 +3,8 @@ as ready-to-call functions, its metadata, and its warm-up.
 
 `Servable.load` reads the MetaGraph, loads the SavedModel and warms it up (TF Serving's warm-up
 records when the version ships them, else one synthetic call per signature); any failure is a
-`ServingError` with the status TF Serving would report. `predict`, `classify`, `regress` and
+`ServingError` with the status TF Serving would report. A SavedModel `tf.saved_model.load` cannot
+read is loaded into a TF1 session instead (`SessionModule`), as TF Serving loads every model. `predict`, `classify`, `regress` and
 `multi_inference` run TF Serving's checks (`signatures.py`) around one TensorFlow call and return
 numpy arrays. Which versions are loaded, and when, is the manager's business (`manager.py`).
 """
@@ -20,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
 from serving.model_server.batching import BatchScheduler
@@ -109,6 +110,67 @@ def status_from_exception(err: BaseException) -> ServingError:
     return ServingError(Code.UNKNOWN, f"{type(err).__name__}: {err}")
 
 
+class SessionSignature:
+    """One signature of a SavedModel loaded the TF1 way: one session callable that feeds the
+    signature's input tensors by name and fetches its outputs. Like TF Serving's session (and unlike
+    `Session.run`'s Python feed checks) it feeds any shape: the graph's ops decide."""
+
+    def __init__(self, session: Any, signature_def: meta_graph_pb2.SignatureDef) -> None:
+        self._inputs = tuple(sorted(signature_def.inputs))
+        self._outputs = tuple(sorted(signature_def.outputs))
+        graph = session.graph
+        for info in (*signature_def.inputs.values(), *signature_def.outputs.values()):
+            graph.get_tensor_by_name(info.name)  # KeyError/ValueError now, not at the first request
+        # Session::MakeCallable through the session's own wrapper (private in the pinned TensorFlow):
+        # `Session.run` and `make_callable` with feeds check shapes in Python first, TF Serving does not.
+        self._callable = session._make_callable_from_options(
+            config_pb2.CallableOptions(
+                feed=[signature_def.inputs[alias].name for alias in self._inputs],
+                fetch=[signature_def.outputs[alias].name for alias in self._outputs],
+            )
+        )
+
+    def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._callable(*(arrays[alias] for alias in self._inputs))
+        return {alias: _like_eager_numpy(value) for alias, value in zip(self._outputs, values)}
+
+
+def _like_eager_numpy(value: Any) -> Any:
+    """What EagerTensor.numpy() gives for the same tensor: an array, or a numpy scalar for rank 0."""
+    array = np.asarray(value)
+    return array[()] if array.ndim == 0 else array
+
+
+class SessionModule:
+    """A SavedModel loaded into a TF1 session (`tf.compat.v1.saved_model.loader.load`), as TF Serving
+    loads every SavedModel: what `Servable` uses when `tf.saved_model.load` cannot read a TF1 export."""
+
+    def __init__(self, session: Any, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+        self.session = session  # owns the variables: alive as long as the servable
+        self.signatures: dict[str, SessionSignature] = {}
+        for key, signature_def in meta_graph.signature_def.items():
+            try:
+                self.signatures[key] = SessionSignature(session, signature_def)
+            except (KeyError, ValueError, TypeError) as err:  # e.g. an init-op entry without outputs
+                log.info("signature %s cannot be called: %s", key, err)
+
+    @classmethod
+    def load(cls, path: Path) -> "SessionModule":
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(path))
+            return cls(session, meta_graph)
+        except BaseException:
+            session.close()
+            raise
+
+
 class Servable:
     """One loaded version of one model: its signatures, ready-to-call functions and metadata."""
 
@@ -150,10 +212,18 @@ class Servable:
         `check_method_name`: --enable_signature_method_name_check (TF Serving's default: off)."""
         meta_graph = read_meta_graph(path)
         try:
-            module = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+            module: Any = tf.saved_model.load(str(path), tags=[SERVE_TAG])
         except Exception as err:  # noqa: BLE001 - any loader failure becomes the version's error status
             status = status_from_exception(err)
-            raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
+            try:
+                # TF Serving loads every SavedModel into a TF1 session; some TF1 exports only load
+                # that way (e.g. a shapeless serialized-Example placeholder of a pre-1.2 graph,
+                # which tf.saved_model.load reads as a scalar).
+                module = SessionModule.load(path)
+            except Exception as tf1_err:  # noqa: BLE001 - the TF2 loader's error is the one reported
+                log.info("%s version %d: the TF1 loader failed too: %s", name, version, status_from_exception(tf1_err).message)
+                raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
+            log.info("%s version %d: loaded with the TF1 session loader (tf.saved_model.load: %s)", name, version, status.message)
         servable = cls(name, version, path, module, meta_graph, observer, scheduler, check_method_name)
         servable.warm_up()
         return servable
@@ -182,20 +252,24 @@ class Servable:
         order = self._flat_order.get(signature.name)
         start = time.perf_counter_ns()
         try:
-            if order is not None:
+            if isinstance(function, SessionSignature):
+                results = function.run(arrays)
+            elif order is not None:
                 # Inputs were checked against the signature (names, dtypes) by the caller, so
                 # TensorFlow's per-call re-binding of keyword arguments can be skipped. Like the
                 # keyword call, it feeds any shape: the graph's ops decide (as in TF Serving).
                 outputs = function._call_flat([_to_tensor(arrays[alias]) for alias in order], function.captured_inputs)
             else:
                 outputs = function(**{alias: tf.constant(array) for alias, array in arrays.items()})
+            if not isinstance(function, SessionSignature):
+                results = {alias: tensor.numpy() for alias, tensor in outputs.items()}
         except tf.errors.OpError as err:
             raise ServingError(Code(err.error_code), runtime_message(err)) from None
         except (TypeError, ValueError) as err:
             raise invalid(f"{signature.name}: {err}") from None
         if self._observer is not None:
             self._observer(self.name, api, (time.perf_counter_ns() - start) // 1000)
-        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
+        return results
 
     def predict_signature(self, signature_name: str) -> Signature:
         """The signature a PredictRequest names ("" is serving_default), or TF Serving's error."""

@@ -1,6 +1,6 @@
 """TF Serving's own example model, half-plus-two (y = 0.5 * x + 2), asked what TF Serving's tests ask
-of it, over REST and gRPC, as a native TF2 export and as a TF1 graph export (tests/fixtures/
-half_plus_two.py).
+of it, over REST and gRPC, as a native TF2 export, as a TF1 graph export and as a TF 1.0 export
+that only TF1's session loader reads (tests/fixtures/half_plus_two.py).
 
 Predict checks the input names and dtypes, never the shapes: TF Serving feeds the tensors as they
 come and lets the graph decide, so a row of scalars for an `x` declared [-1,1] is answered, and an
@@ -9,6 +9,7 @@ op that cannot take a shape answers with TensorFlow's own INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,14 +22,19 @@ from tests.serving.contract.clients import CallError, GrpcClient, RestClient, te
 from tests.serving.contract.conftest import ModelRepository, ServingTarget
 from tests.serving.contract.layout import install_version
 
-EXPORTS = {"tf2": export_half_plus_two_tf2, "tf1": export_half_plus_two_tf1}
+EXPORTS = {
+    "tf2": export_half_plus_two_tf2,
+    "tf1": export_half_plus_two_tf1,
+    # A TF 1.0 export that tf.saved_model.load cannot read: served through the TF1 session loader.
+    "tf1_0": functools.partial(export_half_plus_two_tf1, shapeless_examples=True),
+}
 
 
 @pytest.fixture(scope="module")
 def half_plus_two_models(
     tmp_path_factory: pytest.TempPathFactory, serving_target: ServingTarget, exported_models: dict[float, Path]
 ) -> Iterator[dict[str, str]]:
-    """Both exports served as two models (version 1 each) for this module: {"tf2": name, "tf1": name}."""
+    """Each export served as a model of its own (version 1) for this module: {kind: model name}."""
     if serving_target.base_dir is None:
         pytest.skip("writes into the model base path: set TFSERVING_MODEL_BASE_PATH")
     rest = RestClient(serving_target.rest_url) if serving_target.rest_url else None
