@@ -37,6 +37,7 @@ from serving.model_server.signatures import (
     check_predict_method_name,
     classification_result,
     regression_result,
+    with_defaults,
 )
 from serving.model_server.tensors import DT_STRING, TensorSpec, examples_from_input, numpy_dtype, tensor_proto_to_array
 from serving.protocol import DEFAULT_SIGNATURE
@@ -119,8 +120,12 @@ class SessionSignature:
         self._inputs = tuple(sorted(signature_def.inputs))
         self._outputs = tuple(sorted(signature_def.outputs))
         graph = session.graph
-        for info in (*signature_def.inputs.values(), *signature_def.outputs.values()):
+        for info in signature_def.outputs.values():
             graph.get_tensor_by_name(info.name)  # KeyError/ValueError now, not at the first request
+        self.input_dtypes = {
+            alias: int(graph.get_tensor_by_name(signature_def.inputs[alias].name).dtype.as_datatype_enum)
+            for alias in self._inputs
+        }
         # Session::MakeCallable through the session's own wrapper (private in the pinned TensorFlow):
         # `Session.run` and `make_callable` with feeds check shapes in Python first, TF Serving does not.
         self._callable = session._make_callable_from_options(
@@ -133,6 +138,17 @@ class SessionSignature:
     def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._callable(*(arrays[alias] for alias in self._inputs))
         return {alias: _like_eager_numpy(value) for alias, value in zip(self._outputs, values)}
+
+
+def _runtime_input_dtypes(function: Any) -> dict[str, int]:
+    """alias -> DataType enum of the tensors a signature function is fed (empty when unknown)."""
+    if isinstance(function, SessionSignature):
+        return dict(function.input_dtypes)
+    try:
+        _, specs = function.structured_input_signature
+        return {alias: int(spec.dtype.as_datatype_enum) for alias, spec in specs.items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
 
 
 def _like_eager_numpy(value: Any) -> Any:
@@ -195,12 +211,16 @@ class Servable:
         self._observer = observer
         self.signatures: dict[str, Signature] = {}
         self._functions: dict[str, Any] = {}
+        # alias -> DataType the graph itself takes (a SignatureDef's dtype can be wrong, and TF
+        # Serving's runtime only compares a fed tensor with the graph)
+        self._input_dtypes: dict[str, dict[str, int]] = {}
         for key, signature_def in meta_graph.signature_def.items():
             if key not in module.signatures:
                 continue  # e.g. __saved_model_init_op: metadata lists it, nobody can call it
             self.signatures[key] = Signature.from_def(key, signature_def)
             # Resolved once: requests never look a function up by name or trace anything.
             self._functions[key] = module.signatures[key]
+            self._input_dtypes[key] = _runtime_input_dtypes(module.signatures[key])
         self._flat_order: dict[str, tuple[str, ...]] = {}
 
     @classmethod
@@ -289,7 +309,8 @@ class Servable:
         """Runs a signature (predict_util.cc's checks and messages); returns (signature used, outputs)."""
         signature = self.predict_signature(signature_name)
         check_input_names(signature, inputs.keys())
-        check_input_arrays(signature, inputs)
+        inputs = with_defaults(signature, inputs)
+        check_input_arrays(signature, inputs, self._input_dtypes.get(signature.name))
         wanted = check_output_filter(signature, output_filter)
         if self._scheduler is not None:  # --enable_batching: run together with concurrent calls
             outputs = self._scheduler.run((id(self), signature.name), inputs,
@@ -310,13 +331,20 @@ class Servable:
     def classify(self, signature_name: str, examples: Sequence[bytes]) -> tuple[str, ClassificationResult]:
         """Classify on serialized Examples: (label, score) per class per example."""
         signature = self.examples_signature(signature_name, CLASSIFY_METHOD)
-        outputs = self._call(signature, "Classify", {"inputs": _string_vector(examples)})
+        outputs = self._call_on_examples(signature, "Classify", _string_vector(examples))
         return signature.name, classification_result(outputs, len(examples))
 
     def regress(self, signature_name: str, examples: Sequence[bytes]) -> tuple[str, list[float]]:
         signature = self.examples_signature(signature_name, REGRESS_METHOD)
-        outputs = self._call(signature, "Regress", {"inputs": _string_vector(examples)})
+        outputs = self._call_on_examples(signature, "Regress", _string_vector(examples))
         return signature.name, regression_result(outputs["outputs"], len(examples))
+
+    def _call_on_examples(self, signature: Signature, api: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The serialized Examples fed to the signature's `inputs` (a non-string input is the
+        runtime's type error, as for Predict)."""
+        arrays = {"inputs": batch}
+        check_input_arrays(signature, arrays, self._input_dtypes.get(signature.name))
+        return self._call(signature, api, arrays)
 
     def multi_inference(
         self, tasks: Sequence[tuple[str, str]], examples: Sequence[bytes]
@@ -340,7 +368,7 @@ class Servable:
         batch = _string_vector(examples)
         results: list[tuple[str, str, ClassificationResult | list[float]]] = []
         for signature, method in resolved:
-            outputs = self._call(signature, "MultiInference", {"inputs": batch})
+            outputs = self._call_on_examples(signature, "MultiInference", batch)
             if method == CLASSIFY_METHOD:
                 results.append((signature.name, method, classification_result(outputs, len(examples))))
             else:

@@ -212,7 +212,9 @@ def test_grpc_missing_and_extra_inputs_are_named(grpc_client: GrpcClient, taxi_i
     with pytest.raises(CallError) as caught:
         grpc_client.predict(CONTRACT_MODEL, inputs)
     assert caught.value.code == "INVALID_ARGUMENT"
-    assert "input tensor alias not found in signature: colour" in caught.value.message
+    # TF's saved_model::GetInputValues, which TF Serving's Predict uses for the names
+    assert caught.value.message.startswith("Signature input alias: fare(feed name: ")
+    assert "not found in request and no default value provided. Inputs expected to be in the request {" in caught.value.message
 
 
 def test_grpc_wrong_dtype_is_invalid_argument(grpc_client: GrpcClient, taxi_inputs: dict) -> None:

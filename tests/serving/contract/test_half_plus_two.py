@@ -128,7 +128,11 @@ def test_grpc_wrong_input_name_and_dtype_are_refused(grpc_client: GrpcClient, mo
     with pytest.raises(CallError) as caught:
         grpc_client.predict_response(model, {"z": np.asarray([1.0], dtype=np.float32)})
     assert caught.value.code == "INVALID_ARGUMENT"
-    assert "input tensor alias not found in signature: z" in caught.value.message
+    assert caught.value.message.startswith("Signature input alias: x(feed name: ")
+    assert caught.value.message.endswith(
+        "not found in request and no default value provided. Inputs expected to be in the request {z}, "
+        "or default input alias set: "
+    )
     with pytest.raises(CallError) as caught:
         grpc_client.predict_response(model, {"x": np.asarray([1.0], dtype=np.float64)})
     assert caught.value.code == "INVALID_ARGUMENT"
@@ -183,3 +187,22 @@ def test_regress_on_a_classify_signature_is_refused_by_its_outputs(rest: RestCli
     with pytest.raises(CallError) as caught:
         grpc_client.regress(model, [example_bytes(2.0)], signature_name="classify_x_to_y")
     assert (caught.value.code, caught.value.message) == ("INVALID_ARGUMENT", document["error"])
+
+
+# --- SignatureDef.defaults (a TF2 function's default arguments) -----------------------------------
+
+
+def test_grpc_an_input_with_a_default_may_be_left_out(grpc_client: GrpcClient, half_plus_two_models: dict[str, str]) -> None:
+    model = half_plus_two_models["tf2"]
+    response = grpc_client.predict_response(model, {}, signature_name="x_defaults_to_zero")
+    np.testing.assert_array_equal(tensor_proto_to_numpy(response.outputs["y"]), [[2.0]])
+    response = grpc_client.predict_response(model, {"x": np.asarray([[4.0]], dtype=np.float32)}, signature_name="x_defaults_to_zero")
+    np.testing.assert_array_equal(tensor_proto_to_numpy(response.outputs["y"]), [[4.0]])
+    with pytest.raises(CallError) as caught:
+        grpc_client.predict_response(model, {"z": np.asarray([1.0], dtype=np.float32)}, signature_name="x_defaults_to_zero")
+    assert (caught.value.code, caught.value.message) == (
+        "INVALID_ARGUMENT", "Inputs contains invalid name. Used request inputs: , request input: z")
+    with pytest.raises(CallError) as caught:  # no defaults: leaving an input out is a size mismatch
+        grpc_client.predict_response(model, {})
+    assert caught.value.message == (
+        "input size does not match signature: 0!=1 len({}) != len({x}). Sent extra: {}. Missing but required: {x}.")

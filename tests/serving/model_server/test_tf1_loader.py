@@ -72,3 +72,20 @@ def test_a_model_neither_loader_reads_reports_the_tf2_loaders_error(tmp_path: Pa
     with pytest.raises(ServingError) as caught:
         Servable.load("broken", 1, export)
     assert caught.value.message.startswith(f"Failed to load SavedModel at {export}: ")
+
+
+def test_a_wrong_dtype_in_the_signature_def_does_not_matter(tf1_0_export: Path, tmp_path: Path) -> None:
+    """TF Serving's half_plus_three testdata declares its serialized-Example input DT_FLOAT; the
+    runtime only compares a fed tensor with the graph, so Regress still works there and here."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from serving.model_server.servable import Servable
+
+    export = tmp_path / "export"
+    shutil.copytree(tf1_0_export, export)
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((export / "saved_model.pb").read_bytes())
+    saved_model.meta_graphs[0].signature_def["regress_x_to_y"].inputs["inputs"].dtype = types_pb2.DT_FLOAT
+    (export / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    assert Servable.load("half_plus_three", 1, export).regress("regress_x_to_y", [example_bytes(2.0)]) == ("regress_x_to_y", [3.0])
