@@ -161,10 +161,12 @@ class ModelManager:
         self,
         *,
         allow_version_labels_for_unavailable_models: bool = False,
+        enable_signature_method_name_check: bool = False,
         observer: RuntimeObserver | None = None,
         scheduler: BatchScheduler | None = None,
     ) -> None:
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._check_method_name = enable_signature_method_name_check  # TF Serving's default: off
         self._observer = observer
         self._scheduler = scheduler
         self._write_lock = threading.RLock()
@@ -320,7 +322,7 @@ class ModelManager:
         self._set_status(name, VersionStatus(version, State.LOADING))
         log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
         try:
-            servable = Servable.load(name, version, path, self._observer, self._scheduler)
+            servable = Servable.load(name, version, path, self._observer, self._scheduler, self._check_method_name)
         except Exception as err:  # noqa: BLE001 - a broken version must never take the server down
             status = status_from_exception(err)
             self._failed[(name, version)] = fingerprint

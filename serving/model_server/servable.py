@@ -3,7 +3,8 @@ as ready-to-call functions, its metadata, and its warm-up.
 
 `Servable.load` reads the MetaGraph, loads the SavedModel and warms it up (TF Serving's warm-up
 records when the version ships them, else one synthetic call per signature); any failure is a
-`ServingError` with the status TF Serving would report. `predict`, `classify`, `regress` and
+`ServingError` with the status TF Serving would report. A SavedModel `tf.saved_model.load` cannot
+read is loaded into a TF1 session instead (`SessionModule`), as TF Serving loads every model. `predict`, `classify`, `regress` and
 `multi_inference` run TF Serving's checks (`signatures.py`) around one TensorFlow call and return
 numpy arrays. Which versions are loaded, and when, is the manager's business (`manager.py`).
 """
@@ -20,13 +21,12 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from google.protobuf import text_format
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
 
 from serving.model_server.batching import BatchScheduler
 from serving.model_server.signatures import (
     CLASSIFY_METHOD,
-    PREDICT_METHOD,
     REGRESS_METHOD,
     ClassificationResult,
     Signature,
@@ -34,8 +34,10 @@ from serving.model_server.signatures import (
     check_input_arrays,
     check_input_names,
     check_output_filter,
+    check_predict_method_name,
     classification_result,
     regression_result,
+    with_defaults,
 )
 from serving.model_server.tensors import DT_STRING, TensorSpec, examples_from_input, numpy_dtype, tensor_proto_to_array
 from serving.protocol import DEFAULT_SIGNATURE
@@ -109,6 +111,82 @@ def status_from_exception(err: BaseException) -> ServingError:
     return ServingError(Code.UNKNOWN, f"{type(err).__name__}: {err}")
 
 
+class SessionSignature:
+    """One signature of a SavedModel loaded the TF1 way: one session callable that feeds the
+    signature's input tensors by name and fetches its outputs. Like TF Serving's session (and unlike
+    `Session.run`'s Python feed checks) it feeds any shape: the graph's ops decide."""
+
+    def __init__(self, session: Any, signature_def: meta_graph_pb2.SignatureDef) -> None:
+        self._inputs = tuple(sorted(signature_def.inputs))
+        self._outputs = tuple(sorted(signature_def.outputs))
+        graph = session.graph
+        for info in signature_def.outputs.values():
+            graph.get_tensor_by_name(info.name)  # KeyError/ValueError now, not at the first request
+        self.input_dtypes = {
+            alias: int(graph.get_tensor_by_name(signature_def.inputs[alias].name).dtype.as_datatype_enum)
+            for alias in self._inputs
+        }
+        # Session::MakeCallable through the session's own wrapper (private in the pinned TensorFlow):
+        # `Session.run` and `make_callable` with feeds check shapes in Python first, TF Serving does not.
+        self._callable = session._make_callable_from_options(
+            config_pb2.CallableOptions(
+                feed=[signature_def.inputs[alias].name for alias in self._inputs],
+                fetch=[signature_def.outputs[alias].name for alias in self._outputs],
+            )
+        )
+
+    def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._callable(*(arrays[alias] for alias in self._inputs))
+        return {alias: _like_eager_numpy(value) for alias, value in zip(self._outputs, values)}
+
+
+def _runtime_input_dtypes(function: Any) -> dict[str, int]:
+    """alias -> DataType enum of the tensors a signature function is fed (empty when unknown)."""
+    if isinstance(function, SessionSignature):
+        return dict(function.input_dtypes)
+    try:
+        _, specs = function.structured_input_signature
+        return {alias: int(spec.dtype.as_datatype_enum) for alias, spec in specs.items()}
+    except (AttributeError, TypeError, ValueError):
+        return {}
+
+
+def _like_eager_numpy(value: Any) -> Any:
+    """What EagerTensor.numpy() gives for the same tensor: an array, or a numpy scalar for rank 0."""
+    array = np.asarray(value)
+    return array[()] if array.ndim == 0 else array
+
+
+class SessionModule:
+    """A SavedModel loaded into a TF1 session (`tf.compat.v1.saved_model.loader.load`), as TF Serving
+    loads every SavedModel: what `Servable` uses when `tf.saved_model.load` cannot read a TF1 export."""
+
+    def __init__(self, session: Any, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+        self.session = session  # owns the variables: alive as long as the servable
+        self.signatures: dict[str, SessionSignature] = {}
+        for key, signature_def in meta_graph.signature_def.items():
+            try:
+                self.signatures[key] = SessionSignature(session, signature_def)
+            except (KeyError, ValueError, TypeError) as err:  # e.g. an init-op entry without outputs
+                log.info("signature %s cannot be called: %s", key, err)
+
+    @classmethod
+    def load(cls, path: Path) -> "SessionModule":
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(path))
+            return cls(session, meta_graph)
+        except BaseException:
+            session.close()
+            raise
+
+
 class Servable:
     """One loaded version of one model: its signatures, ready-to-call functions and metadata."""
 
@@ -121,9 +199,11 @@ class Servable:
         meta_graph: meta_graph_pb2.MetaGraphDef,
         observer: RuntimeObserver | None = None,
         scheduler: BatchScheduler | None = None,
+        check_method_name: bool = False,
     ) -> None:
         self.name = name
         self._scheduler = scheduler
+        self._check_method_name = check_method_name  # --enable_signature_method_name_check
         self.version = version
         self.path = path
         self._module = module  # owns the variables the functions use: keep it alive with them
@@ -131,27 +211,40 @@ class Servable:
         self._observer = observer
         self.signatures: dict[str, Signature] = {}
         self._functions: dict[str, Any] = {}
+        # alias -> DataType the graph itself takes (a SignatureDef's dtype can be wrong, and TF
+        # Serving's runtime only compares a fed tensor with the graph)
+        self._input_dtypes: dict[str, dict[str, int]] = {}
         for key, signature_def in meta_graph.signature_def.items():
             if key not in module.signatures:
                 continue  # e.g. __saved_model_init_op: metadata lists it, nobody can call it
             self.signatures[key] = Signature.from_def(key, signature_def)
             # Resolved once: requests never look a function up by name or trace anything.
             self._functions[key] = module.signatures[key]
+            self._input_dtypes[key] = _runtime_input_dtypes(module.signatures[key])
         self._flat_order: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def load(
         cls, name: str, version: int, path: Path, observer: RuntimeObserver | None = None,
-        scheduler: BatchScheduler | None = None,
+        scheduler: BatchScheduler | None = None, check_method_name: bool = False,
     ) -> "Servable":
-        """Loads the SavedModel at `path` and warms it up; raises ServingError on any failure."""
+        """Loads the SavedModel at `path` and warms it up; raises ServingError on any failure.
+        `check_method_name`: --enable_signature_method_name_check (TF Serving's default: off)."""
         meta_graph = read_meta_graph(path)
         try:
-            module = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+            module: Any = tf.saved_model.load(str(path), tags=[SERVE_TAG])
         except Exception as err:  # noqa: BLE001 - any loader failure becomes the version's error status
             status = status_from_exception(err)
-            raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
-        servable = cls(name, version, path, module, meta_graph, observer, scheduler)
+            try:
+                # TF Serving loads every SavedModel into a TF1 session; some TF1 exports only load
+                # that way (e.g. a shapeless serialized-Example placeholder of a pre-1.2 graph,
+                # which tf.saved_model.load reads as a scalar).
+                module = SessionModule.load(path)
+            except Exception as tf1_err:  # noqa: BLE001 - the TF2 loader's error is the one reported
+                log.info("%s version %d: the TF1 loader failed too: %s", name, version, status_from_exception(tf1_err).message)
+                raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
+            log.info("%s version %d: loaded with the TF1 session loader (tf.saved_model.load: %s)", name, version, status.message)
+        servable = cls(name, version, path, module, meta_graph, observer, scheduler, check_method_name)
         servable.warm_up()
         return servable
 
@@ -179,19 +272,24 @@ class Servable:
         order = self._flat_order.get(signature.name)
         start = time.perf_counter_ns()
         try:
-            if order is not None:
-                # Inputs were checked against the signature (names, dtypes, shapes) by the caller,
-                # so TensorFlow's per-call re-binding of keyword arguments can be skipped.
+            if isinstance(function, SessionSignature):
+                results = function.run(arrays)
+            elif order is not None:
+                # Inputs were checked against the signature (names, dtypes) by the caller, so
+                # TensorFlow's per-call re-binding of keyword arguments can be skipped. Like the
+                # keyword call, it feeds any shape: the graph's ops decide (as in TF Serving).
                 outputs = function._call_flat([_to_tensor(arrays[alias]) for alias in order], function.captured_inputs)
             else:
                 outputs = function(**{alias: tf.constant(array) for alias, array in arrays.items()})
+            if not isinstance(function, SessionSignature):
+                results = {alias: tensor.numpy() for alias, tensor in outputs.items()}
         except tf.errors.OpError as err:
             raise ServingError(Code(err.error_code), runtime_message(err)) from None
         except (TypeError, ValueError) as err:
             raise invalid(f"{signature.name}: {err}") from None
         if self._observer is not None:
             self._observer(self.name, api, (time.perf_counter_ns() - start) // 1000)
-        return {alias: tensor.numpy() for alias, tensor in outputs.items()}
+        return results
 
     def predict_signature(self, signature_name: str) -> Signature:
         """The signature a PredictRequest names ("" is serving_default), or TF Serving's error."""
@@ -199,12 +297,7 @@ class Servable:
         signature = self.signatures.get(key)
         if signature is None:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-        if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
-            raise ServingError(
-                Code.INTERNAL,
-                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
-                f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}",
-            )
+        check_predict_method_name(signature, self._check_method_name)
         return signature
 
     def predict(
@@ -216,7 +309,8 @@ class Servable:
         """Runs a signature (predict_util.cc's checks and messages); returns (signature used, outputs)."""
         signature = self.predict_signature(signature_name)
         check_input_names(signature, inputs.keys())
-        check_input_arrays(signature, inputs)
+        inputs = with_defaults(signature, inputs)
+        check_input_arrays(signature, inputs, self._input_dtypes.get(signature.name))
         wanted = check_output_filter(signature, output_filter)
         if self._scheduler is not None:  # --enable_batching: run together with concurrent calls
             outputs = self._scheduler.run((id(self), signature.name), inputs,
@@ -231,26 +325,33 @@ class Servable:
         signature = self.signatures.get(key)
         if signature is None:
             raise invalid(f"No signature was found with the name: {key}")
-        check_examples_signature(signature, method)
+        check_examples_signature(signature, method, self._check_method_name)
         return signature
 
     def classify(self, signature_name: str, examples: Sequence[bytes]) -> tuple[str, ClassificationResult]:
         """Classify on serialized Examples: (label, score) per class per example."""
         signature = self.examples_signature(signature_name, CLASSIFY_METHOD)
-        outputs = self._call(signature, "Classify", {"inputs": _string_vector(examples)})
+        outputs = self._call_on_examples(signature, "Classify", _string_vector(examples))
         return signature.name, classification_result(outputs, len(examples))
 
     def regress(self, signature_name: str, examples: Sequence[bytes]) -> tuple[str, list[float]]:
         signature = self.examples_signature(signature_name, REGRESS_METHOD)
-        outputs = self._call(signature, "Regress", {"inputs": _string_vector(examples)})
+        outputs = self._call_on_examples(signature, "Regress", _string_vector(examples))
         return signature.name, regression_result(outputs["outputs"], len(examples))
+
+    def _call_on_examples(self, signature: Signature, api: str, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The serialized Examples fed to the signature's `inputs` (a non-string input is the
+        runtime's type error, as for Predict)."""
+        arrays = {"inputs": batch}
+        check_input_arrays(signature, arrays, self._input_dtypes.get(signature.name))
+        return self._call(signature, api, arrays)
 
     def multi_inference(
         self, tasks: Sequence[tuple[str, str]], examples: Sequence[bytes]
     ) -> list[tuple[str, str, ClassificationResult | list[float]]]:
-        """(signature_name, method_name) tasks over the same Examples (multi_inference.cc's rules)."""
+        """(signature_name, method_name) tasks over the same Examples (multi_inference.cc's rules:
+        the Examples are fed to each signature's input tensor, whether or not they share one)."""
         seen: set[str] = set()
-        input_tensor = ""
         resolved: list[tuple[Signature, str]] = []
         for signature_name, method in tasks:
             key = signature_name or DEFAULT_SIGNATURE
@@ -262,16 +363,12 @@ class Servable:
                 raise invalid(f"Requested signature not found in model graph: {key}")
             if method not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
-            check_examples_signature(signature, method)
-            tensor = signature.input_tensor_names.get("inputs", "")
-            if input_tensor and tensor != input_tensor:
-                raise invalid("Input tensor must be the same for all Signatures.")
-            input_tensor = tensor
+            check_examples_signature(signature, method, self._check_method_name)
             resolved.append((signature, method))
         batch = _string_vector(examples)
         results: list[tuple[str, str, ClassificationResult | list[float]]] = []
         for signature, method in resolved:
-            outputs = self._call(signature, "MultiInference", {"inputs": batch})
+            outputs = self._call_on_examples(signature, "MultiInference", batch)
             if method == CLASSIFY_METHOD:
                 results.append((signature.name, method, classification_result(outputs, len(examples))))
             else:

@@ -269,6 +269,7 @@ def start_model_server(
     file_system_poll_wait_seconds: float = 1.0,
     monitoring_config_file: str | Path | None = None,
     allow_version_labels_for_unavailable_models: bool = False,
+    enable_signature_method_name_check: bool = False,
     rest_api_num_threads: int = 0,
     grpc_max_threads: int = 0,
     tensorflow_intra_op_parallelism: int = 0,
@@ -309,6 +310,7 @@ def start_model_server(
     metrics = ServingMetrics()
     manager = ModelManager(
         allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
+        enable_signature_method_name_check=enable_signature_method_name_check,
         observer=metrics.record_runtime,
         scheduler=scheduler,
     )
@@ -475,6 +477,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--monitoring_config_file", default=None, help="a MonitoringConfig text proto enabling Prometheus metrics")
     _add_flag(parser, "allow_version_labels_for_unavailable_models", "bool", False,
               "let a new label point at a version that is not loaded")
+    _add_flag(parser, "enable_signature_method_name_check", "bool", False,
+              "refuse Classify/Regress/MultiInference on a signature of another method_name (off: TF2 exports serve them)")
     add("--rest_api_num_threads", type=int, default=0, help="REST worker threads (0: 4 per CPU)")
     add("--grpc_max_threads", type=int, default=0, help="gRPC worker threads (0: 4 per CPU)")
     add("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0: TensorFlow decides)")
@@ -541,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
             monitoring_config_file=args.monitoring_config_file,
             allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+            enable_signature_method_name_check=args.enable_signature_method_name_check,
             rest_api_num_threads=args.rest_api_num_threads,
             grpc_max_threads=args.grpc_max_threads,
             tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,

@@ -113,14 +113,6 @@ class TensorSpec:
     dtype: int  # DataType enum
     shape: tuple[int, ...] | None  # -1 for an unknown dimension; None for unknown rank
 
-    def shape_string(self) -> str:
-        return "[?]" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"
-
-    def accepts_shape(self, shape: Sequence[int]) -> bool:
-        if self.shape is None:
-            return True
-        return len(shape) == len(self.shape) and all(want in (-1, got) for want, got in zip(self.shape, shape))
-
 
 def shape_string(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(int(d)) for d in shape) + "]"
