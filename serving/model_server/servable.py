@@ -4,8 +4,8 @@ as ready-to-call functions, its metadata, and its warm-up.
 `Servable.load` reads the MetaGraph, loads the SavedModel and warms it up (TF Serving's warm-up
 records when the version ships them, else one synthetic call per signature); any failure is a
 `ServingError` with the status TF Serving would report. A SavedModel `tf.saved_model.load` cannot
-read is loaded into a TF1 session instead (`SessionModule`), as TF Serving loads every model. `predict`, `classify`, `regress` and
-`multi_inference` run TF Serving's checks (`signatures.py`) around one TensorFlow call and return
+read is loaded into a TF1 session instead (`SessionModule`), as TF Serving loads every model.
+`predict`, `classify`, `regress` and `multi_inference` run TF Serving's checks (`signatures.py`) around one TensorFlow call and return
 numpy arrays. Which versions are loaded, and when, is the manager's business (`manager.py`).
 """
 
@@ -237,7 +237,7 @@ class Servable:
             status = status_from_exception(err)
             try:
                 # TF Serving loads every SavedModel into a TF1 session; some TF1 exports only load
-                # that way (e.g. a shapeless serialized-Example placeholder of a pre-1.2 graph,
+                # that way (e.g. a shapeless serialized-Example placeholder of a TF 1.0 graph,
                 # which tf.saved_model.load reads as a scalar).
                 module = SessionModule.load(path)
             except Exception as tf1_err:  # noqa: BLE001 - the TF2 loader's error is the one reported
@@ -274,14 +274,14 @@ class Servable:
         try:
             if isinstance(function, SessionSignature):
                 results = function.run(arrays)
-            elif order is not None:
-                # Inputs were checked against the signature (names, dtypes) by the caller, so
-                # TensorFlow's per-call re-binding of keyword arguments can be skipped. Like the
-                # keyword call, it feeds any shape: the graph's ops decide (as in TF Serving).
-                outputs = function._call_flat([_to_tensor(arrays[alias]) for alias in order], function.captured_inputs)
             else:
-                outputs = function(**{alias: tf.constant(array) for alias, array in arrays.items()})
-            if not isinstance(function, SessionSignature):
+                if order is not None:
+                    # Inputs were checked against the signature (names, dtypes) by the caller, so
+                    # TensorFlow's per-call re-binding of keyword arguments can be skipped. Like the
+                    # keyword call, it feeds any shape: the graph's ops decide (as in TF Serving).
+                    outputs = function._call_flat([_to_tensor(arrays[alias]) for alias in order], function.captured_inputs)
+                else:
+                    outputs = function(**{alias: tf.constant(array) for alias, array in arrays.items()})
                 results = {alias: tensor.numpy() for alias, tensor in outputs.items()}
         except tf.errors.OpError as err:
             raise ServingError(Code(err.error_code), runtime_message(err)) from None
