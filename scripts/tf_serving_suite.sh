@@ -50,5 +50,5 @@ done
 
 echo "TF Serving's suite from $CHECKOUT against serving.model_server (work folder $WORK)" >&2
 cd "$WORK"
-TEST_SRCDIR="$WORK/srcdir" PYTHONPATH="$WORK/python:$WORK/deps:$ROOT" TF_CPP_MIN_LOG_LEVEL=2 \
+TEST_SRCDIR="$WORK/srcdir" TF_USE_LEGACY_KERAS=1 PYTHONPATH="$WORK/python:$WORK/deps:$ROOT" TF_CPP_MIN_LOG_LEVEL=2 \
     "$PYTHON" "$TEST_FILE" --test_tmpdir="$WORK/tmp" "$@"
