@@ -160,7 +160,7 @@ async def run_rest(url: str, body: bytes, clients: int, limit: int, seconds: flo
 async def run_grpc(target: str, request, clients: int, limit: int, seconds: float) -> tuple[list[float], float]:
     import grpc
 
-    from serving.client import serving_apis
+    from serving.tensor_protos import serving_apis
 
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:

@@ -7,7 +7,7 @@ TF Serving): missing values travel as the serving sentinels (`features.missing_v
 both accept.
 
 The wire names live in `serving/protocol.py`, the protos and tensor conversions in
-`serving/tensor_protos.py` (the gateway uses both too); they are re-exported here for callers.
+`serving/tensor_protos.py` (the gateway uses both too).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from core.errors import DataError, MlopsError
-from serving.protocol import (  # noqa: F401 - the client's public names
+from serving.protocol import (
     CLASS_OUTPUT,
     DECISION_OUTPUT,
     DEFAULT_SIGNATURE,
@@ -34,7 +34,7 @@ from serving.protocol import (  # noqa: F401 - the client's public names
     REQUEST_KEY_HEADER,
     REQUEST_KEY_METADATA,
 )
-from serving.tensor_protos import serving_apis, tensor_from_values, values_from_tensor  # noqa: F401
+from serving.tensor_protos import serving_apis, tensor_from_values, values_from_tensor
 from transforms import features
 from transforms.features import SERVING_FEATURES, Kind
 

@@ -24,8 +24,8 @@ from serving.client import (
     ServerUnavailable,
     TaxiTrip,
     read_trips_csv,
-    serving_apis,
 )
+from serving.tensor_protos import serving_apis
 from tests.serving.gateway.helpers import CANARY_VERSION, STABLE_VERSION, TAXI_CSV, real_trips
 from transforms import features
 from transforms.features import SERVING_FEATURES, Kind

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from tests.fixtures.servers import model_server_process
 from tests.serving.contract.clients import GrpcClient, RestClient
 from tests.serving.contract.layout import METRICS_PATH, install_version
 
 pytestmark = [pytest.mark.usefixtures("embedded_only"), pytest.mark.timeout(300)]
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _server(args: list[str], stderr_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_USE_LEGACY_KERAS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "serving.model_server", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=stderr_path.open("wb"),
-        text=True,
-    )
 
 
 def _wait_for_ports(process: subprocess.Popen, stderr_path: Path, timeout: float = 180) -> tuple[int, int]:
@@ -64,7 +50,7 @@ def running_cli(tmp_path: Path, exported_models: dict) -> Iterator[dict[str, Any
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}', encoding="utf-8")
     stderr_path = tmp_path / "stderr.log"
-    process = _server(
+    process = model_server_process(
         [
             "--port=0",
             "--rest_api_port=0",
@@ -109,7 +95,7 @@ def test_cli_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> None:
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "taxi" base_path: "taxi" model_platform: "tensorflow" } }')
     stderr_path = tmp_path / "stderr.log"
-    process = _server([f"--model_config_file={config}", "--port=0", "--rest_api_port=0", "--host=127.0.0.1"], stderr_path)
+    process = model_server_process([f"--model_config_file={config}", "--port=0", "--rest_api_port=0", "--host=127.0.0.1"], stderr_path)
     try:
         assert process.wait(timeout=180) == 255  # tensorflow_model_server: main() returns -1
     finally:
@@ -123,6 +109,6 @@ def test_cli_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> None:
 
 def test_cli_rejects_unknown_flags(tmp_path: Path) -> None:
     stderr_path = tmp_path / "stderr.log"
-    process = _server(["--enable_batching_typo"], stderr_path)
+    process = model_server_process(["--enable_batching_typo"], stderr_path)
     assert process.wait(timeout=180) == 2
     assert "unrecognized arguments: --enable_batching_typo" in stderr_path.read_text()

@@ -8,8 +8,9 @@ import math
 import grpc
 import pytest
 
-from serving.client import GrpcPredictionClient, serving_apis
+from serving.client import GrpcPredictionClient
 from serving.prediction_log import read_prediction_logs
+from serving.tensor_protos import serving_apis
 from tests.serving.gateway.helpers import MODEL, instances, metric_value, predict, real_trips
 
 

@@ -19,8 +19,7 @@ from serving.model_server.server import (
     parse_grpc_channel_arguments,
 )
 from tests.fixtures.polling import poll_until
-from tests.fixtures.servers import free_port
-from tests.serving.contract.test_cli import _server
+from tests.fixtures.servers import free_port, model_server_process
 
 pytestmark = pytest.mark.timeout(300)
 PARSE_ERROR = "Error parsing text-format tensorflow.serving.ModelServerConfig"
@@ -108,7 +107,7 @@ def test_tf_serving_harness_command_line_serves_grpc_over_tcp_and_the_unix_socke
     port, rest_api_port = free_port(), free_port()
     socket_path = tmp_path / "tf-serving.sock"
     stderr_path = tmp_path / "stderr.log"
-    process = _server(
+    process = model_server_process(
         [
             f"--port={port}",
             f"--rest_api_port={rest_api_port}",
@@ -155,7 +154,7 @@ def test_a_malformed_model_config_file_fails_with_tf_servings_text_and_status(tm
     config = tmp_path / "bad_model_config.txt"
     config.write_text("improperly formatted file")
     stderr_path = tmp_path / "stderr.log"
-    process = _server([f"--port={free_port()}", f"--rest_api_port={free_port()}", f"--model_config_file={config}"], stderr_path)
+    process = model_server_process([f"--port={free_port()}", f"--rest_api_port={free_port()}", f"--model_config_file={config}"], stderr_path)
     assert process.wait(timeout=180) == START_FAILURE_EXIT_STATUS == 255
     stderr = stderr_path.read_text()
     assert f"Failed to start server. Error: {config}:1:1: {PARSE_ERROR}: 1:1: " in stderr
@@ -164,8 +163,8 @@ def test_a_malformed_model_config_file_fails_with_tf_servings_text_and_status(tm
 
 def test_tls_flags_are_refused_rather_than_served_in_plaintext(tmp_path: Path, model_base: Path) -> None:
     stderr_path = tmp_path / "stderr.log"
-    process = _server(["--port=0", "--rest_api_port=0", f"--model_base_path={model_base}",
-                       f"--ssl_config_file={tmp_path / 'ssl.config'}"], stderr_path)
+    process = model_server_process(["--port=0", "--rest_api_port=0", f"--model_base_path={model_base}",
+                                    f"--ssl_config_file={tmp_path / 'ssl.config'}"], stderr_path)
     assert process.wait(timeout=180) == 255
     assert "Failed to start server. Error: --ssl_config_file is not supported: TLS is not supported" in stderr_path.read_text()
 
