@@ -131,7 +131,7 @@ class ParseScoringLineFn(beam.DoFn):
 def _rejected(line_no: int, reason: str, feature: str | None, detail: str, text: str,
               cells: Mapping[str, str] | None) -> beam.pvalue.TaggedOutput:
     record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text,
-              "row": dict(cells) if cells is not None else None}
+              "row": csv_source.displayable_cells(cells)}
     return beam.pvalue.TaggedOutput(ParseScoringLineFn.REJECTED, record)
 
 

@@ -33,7 +33,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from google.protobuf.message import DecodeError
 
 from beam_jobs import outputs
-from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern, split_prefix
+from beam_jobs.example_codec import (SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern,
+                                     split_prefix)
 from beam_jobs.options import add_job_argument, require_flags, run_program
 from core.atomic import write_json
 from core.errors import DataError
@@ -51,6 +52,7 @@ REASON_UNPARSEABLE = "unparseable"
 REASON_DUPLICATE = "duplicate"
 REASON_MISSING_REQUIRED = "missing_required"
 REASON_OUT_OF_RANGE = "out_of_range"
+REJECTION_REASONS = (REASON_UNPARSEABLE, REASON_DUPLICATE, REASON_MISSING_REQUIRED, REASON_OUT_OF_RANGE)
 
 CLIPPED = "clipped"
 NULLED = "nulled"
@@ -102,9 +104,11 @@ def _show(feature: Feature, value: Any) -> str:
 
 
 def rejection(reason: str, feature: str | None, detail: str, row: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    """One line of rejected-*.jsonl (docs/ARCHITECTURE.md, "On-disk formats")."""
-    record = {"reason": reason, "feature": feature, "detail": detail,
-              "row": None if row is None else _readable_row(row)}
+    """One line of rejected-*.jsonl (docs/ARCHITECTURE.md, "On-disk formats"): `line` is the CSV line
+    the row came from (None when the record itself could not be read)."""
+    line = None if row is None else row.get(SOURCE_LINE_KEY)
+    record = {"line": line, "reason": reason, "feature": feature, "detail": detail,
+              "row": None if row is None else _readable_row(without_source_line(row))}
     record.update(extra)
     return record
 
@@ -131,10 +135,12 @@ def decode_strict(serialized: bytes) -> dict[str, Any]:
     except DecodeError as err:
         raise _Undecodable(None, f"not a serialized tf.train.Example ({len(serialized)} bytes): {err}") from None
     stored = example.features.feature
-    unknown = sorted(name for name in stored if name not in FEATURES_BY_NAME)
+    unknown = sorted(name for name in stored if name not in FEATURES_BY_NAME and name != SOURCE_LINE_KEY)
     if unknown:
         raise _Undecodable(unknown[0], f"unknown feature(s) {', '.join(unknown)} (not in transforms/features.py)")
     row: dict[str, Any] = {}
+    if SOURCE_LINE_KEY in stored and stored[SOURCE_LINE_KEY].int64_list.value:
+        row[SOURCE_LINE_KEY] = stored[SOURCE_LINE_KEY].int64_list.value[0]
     for feature in RAW_FEATURES:
         if feature.name not in stored:
             row[feature.name] = None
@@ -196,12 +202,27 @@ class KeepOneCopyFn(beam.DoFn):
 
     def process(self, keyed: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
         _, rows = keyed
-        rows = list(rows)
-        yield rows[0]
+        # The copy from the earliest line is kept, so the rejected lines are the same on every run.
+        rows = sorted(rows, key=_source_line_order)
+        kept = rows[0]
+        yield kept
+        of_line = f" of line {kept[SOURCE_LINE_KEY]}" if kept.get(SOURCE_LINE_KEY) is not None else ""
         for copy in rows[1:]:
             Metrics.counter("clean", f"rejected_{REASON_DUPLICATE}").inc()
             yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
-                REASON_DUPLICATE, None, f"exact duplicate: {len(rows)} identical rows in this split, 1 kept", copy))
+                REASON_DUPLICATE, None, f"exact duplicate{of_line}: {len(rows)} identical rows in this split, 1 kept", copy))
+
+
+def _source_line_order(row: dict[str, Any]) -> tuple[bool, int]:
+    line = row.get(SOURCE_LINE_KEY)
+    return (line is None, line or 0)
+
+
+def without_source_line(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's features only: what the cleaned examples hold."""
+    if SOURCE_LINE_KEY not in row:
+        return row
+    return {name: value for name, value in row.items() if name != SOURCE_LINE_KEY}
 
 
 class DropDuplicates(beam.PTransform):
@@ -337,7 +358,8 @@ class CleanSplit(beam.PTransform):
             (parsed.rejected, unique.rejected, complete.rejected, in_range.rejected)
             | "GatherRejected" >> beam.Flatten()
         )
-        return CleanOutput(in_range.kept, rejected, in_range.adjusted)
+        kept = in_range.kept | "DropSourceLine" >> beam.Map(without_source_line)
+        return CleanOutput(kept, rejected, in_range.adjusted)
 
 
 # Facts of a run, counted by CountFactsFn: ("in"|"kept", split), ("rejected", split, reason),

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from core.errors import DataError
-from transforms.features import FEATURES_BY_NAME, Feature, Kind, parse_value
+from transforms.features import FEATURES_BY_NAME, Feature, parse_value
 
 _LOG = logging.getLogger(__name__)
 
@@ -39,12 +39,9 @@ DEFAULT_CHUNK_BYTES = 256 * 1024
 # Rejection reasons of a line that is not a CSV row of the header's shape ...
 REASON_WRONG_FIELD_COUNT = "wrong_field_count"
 REASON_MALFORMED_CSV = "malformed_csv"
-REASON_INVALID_ENCODING = "invalid_encoding"
-ROW_LEVEL_REASONS = (REASON_WRONG_FIELD_COUNT, REASON_MALFORMED_CSV, REASON_INVALID_ENCODING)
+ROW_LEVEL_REASONS = (REASON_WRONG_FIELD_COUNT, REASON_MALFORMED_CSV)
 # ... and of a row with a cell that is not of its feature's kind.
 REASON_UNPARSEABLE_VALUE = "unparseable_value"
-
-EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
 
 
 class CsvChunk(NamedTuple):
@@ -133,29 +130,45 @@ class BadLine(NamedTuple):
 
 
 def split_csv_line(raw: bytes, width: int) -> tuple[str, list[str]] | BadLine:
-    """The line's text and its `width` fields, or why it has not."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return BadLine(REASON_INVALID_ENCODING, f"byte {err.start} is not UTF-8", raw.decode("utf-8", errors="replace"))
+    """The line's text and its `width` fields, or why it has not.
+
+    Bytes that are not UTF-8 do not spoil the line: they stay in their field (as surrogate escapes),
+    so the cell that holds them is the one rejected, by `parse_cells`, naming its column. The text
+    returned is for people: undecodable bytes shown as U+FFFD.
+    """
+    text = raw.decode("utf-8", errors="surrogateescape")
+    shown = displayable(text)
     try:
         fields = next(csv.reader([text]))
     except csv.Error as err:
-        return BadLine(REASON_MALFORMED_CSV, f"not a CSV row: {err}", text)
+        return BadLine(REASON_MALFORMED_CSV, f"not a CSV row: {err}", shown)
     if len(fields) != width:
-        return BadLine(REASON_WRONG_FIELD_COUNT, f"expected {width} fields as in the header, got {len(fields)}", text)
-    return text, fields
+        return BadLine(REASON_WRONG_FIELD_COUNT, f"expected {width} fields as in the header, got {len(fields)}", shown)
+    return shown, fields
+
+
+def displayable(text: str) -> str:
+    """The text with undecodable bytes (surrogate escapes) as U+FFFD, safe to write as UTF-8."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def displayable_cells(cells: Mapping[str, str] | None) -> dict[str, str] | None:
+    return None if cells is None else {name: displayable(cell) for name, cell in cells.items()}
 
 
 def parse_cells(features: Sequence[Feature], cells: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
-    """The typed values of `features`, and (column, cell, what was expected) for every cell that does not parse."""
+    """The typed values of `features`, and (column, cell as shown, what was expected) for every cell
+    that does not parse, does not fit its feature's type or is not UTF-8."""
     row: dict[str, Any] = {}
     bad: list[tuple[str, str, str]] = []
     for feature in features:
+        cell = cells[feature.name]
         try:
-            row[feature.name] = parse_value(feature, cells[feature.name])
-        except ValueError:
-            bad.append((feature.name, cells[feature.name], f"expected {EXPECTED_BY_KIND[feature.kind]}"))
+            row[feature.name] = parse_value(feature, cell)
+        except ValueError as err:
+            bad.append((feature.name, displayable(cell), str(err)))
     return row, bad
 
 

@@ -17,6 +17,11 @@ from transforms.features import FEATURES_BY_NAME, Kind
 
 Row = dict[str, Any]
 
+# The CSV line a raw example came from, written by ingest beside the features so that the clean job
+# can say which line it rejected. Not a feature: statistics leave it out (beam_jobs/statistics.py)
+# and the clean job does not write it into the cleaned examples.
+SOURCE_LINE_KEY = "__source_line"
+
 
 def row_to_example(row: Mapping[str, Any]) -> tf.train.Example:
     example = tf.train.Example()
@@ -24,7 +29,7 @@ def row_to_example(row: Mapping[str, Any]) -> tf.train.Example:
     for name, value in row.items():
         if value is None:
             continue
-        kind = FEATURES_BY_NAME[name].kind
+        kind = Kind.INT if name == SOURCE_LINE_KEY else FEATURES_BY_NAME[name].kind
         if kind is Kind.FLOAT:
             features[name].float_list.value.append(float(value))
         elif kind is Kind.INT:

@@ -27,11 +27,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import csv_source, outputs
-from beam_jobs.example_codec import SPLITS, canonical_row, split_prefix
+from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
 from core.atomic import write_json
 from core.errors import DataError
-from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY
+from transforms.features import EXPECTED_BY_KIND, FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY
 
 _LOG = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ SUMMARY_FILE = "summary.json"
 _EXAMPLES_PER_COLUMN = 3
 # Rejection reason of a row without a timestamp (the others are in beam_jobs/csv_source.py).
 REASON_MISSING_TIMESTAMP = "missing_timestamp"
+INGEST_REJECTION_REASONS = (*csv_source.ROW_LEVEL_REASONS, csv_source.REASON_UNPARSEABLE_VALUE, REASON_MISSING_TIMESTAMP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class IngestResult:
     rows_unparseable: int  # rejected rows: a value not of its declared kind, no timestamp, broken line
     split_counts: dict[str, int]  # {"train": n, "eval": m}, sums to rows_in_window
     unparseable_by_column: dict[str, int]
+    rejected_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +154,14 @@ class ParseCsvLineFn(beam.DoFn):
             yield from self._reject(line_no, reason, bad[0][0], detail, text, cells,
                                     tuple((column, cell) for column, cell, _ in bad))
             return
+        row[SOURCE_LINE_KEY] = line_no
         yield row
 
     def _reject(self, line_no: int, reason: str, feature: str | None, detail: str, text: str,
                 cells: dict[str, str] | None, bad_cells: tuple[tuple[str, str], ...]) -> Iterator[Any]:
         self._rejected.inc()
-        record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text, "row": cells}
+        record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text,
+                  "row": csv_source.displayable_cells(cells)}
         yield beam.pvalue.TaggedOutput(self.REJECTED, record)
         yield beam.pvalue.TaggedOutput(self.FACTS, ("rejected", reason, line_no, text, bad_cells))
 
@@ -336,6 +340,7 @@ def _result_from_summary(summary: dict[str, Any]) -> IngestResult:
         split_counts={split: summary["splits"].get(split, 0) for split in SPLITS},
         unparseable_by_column={column: summary["bad_counts"][column]
                                for column in RAW_COLUMNS if column in summary["bad_counts"]},
+        rejected_by_reason=dict(sorted(summary["reasons"].items())),
     )
 
 
@@ -363,7 +368,7 @@ def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResu
         )
     for column, count in result.unparseable_by_column.items():
         if count / result.rows_read > max_fraction:
-            expected = csv_source.EXPECTED_BY_KIND[FEATURES_BY_NAME[column].kind]
+            expected = EXPECTED_BY_KIND[FEATURES_BY_NAME[column].kind]
             examples = ", ".join(f"line {line}: {_clip(cell)!r}" for line, cell in summary["bad_examples"][column])
             problems.append(
                 f"column {column!r} has {count} values that are not {expected} "

@@ -32,7 +32,7 @@ from tfx_bsl.public import tfxio
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, row_to_example, split_dir, split_pattern
 from beam_jobs.options import add_job_argument, configure_cli_logging
 from core.errors import DataError
-from transforms.features import FEATURES_BY_NAME, Kind
+from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, Kind
 
 STATS_FILE_NAME = "FeatureStats.pb"
 # Equal-width buckets of numeric histograms (TFDV's default is 10); Jensen-Shannon drift is computed
@@ -67,6 +67,9 @@ def stats_options(sample_rate: float | None = None) -> tfdv.StatsOptions:
         num_histogram_buckets=NUM_HISTOGRAM_BUCKETS,
         num_quantiles_histogram_buckets=NUM_QUANTILES_HISTOGRAM_BUCKETS,
         enable_semantic_domain_stats=False,
+        # The raw columns only: ingest's examples also carry the CSV line they came from, which is
+        # bookkeeping (example_codec.SOURCE_LINE_KEY), not data to describe or validate.
+        feature_allowlist=list(RAW_COLUMNS),
     )
 
 
@@ -119,7 +122,7 @@ def statistics_path(output_dir: "str | Path", split: str) -> Path:
     return split_dir(output_dir, split) / STATS_FILE_NAME
 
 
-def build(pipeline: beam.Pipeline, options: StatisticsOptions) -> dict[str, Path]:
+def build(pipeline: beam.Pipeline, options: StatisticsOptions, label: str = "") -> dict[str, Path]:
     """Adds, per split, ReadExamples -> ComputeStatistics -> WriteStatistics; returns the outputs.
 
     Fails before anything runs when a split has no files: Beam's own message for an empty glob
@@ -141,10 +144,10 @@ def build(pipeline: beam.Pipeline, options: StatisticsOptions) -> dict[str, Path
         output.parent.mkdir(parents=True, exist_ok=True)
         _ = (
             pipeline
-            | f"ReadExamples[{split}]" >> beam.io.ReadFromTFRecord(pattern)
-            | f"ComputeStatistics[{split}]" >> ComputeStatistics(stats)
+            | f"{label}ReadExamples[{split}]" >> beam.io.ReadFromTFRecord(pattern)
+            | f"{label}ComputeStatistics[{split}]" >> ComputeStatistics(stats)
             # WriteToText under the hood: a temp file renamed into place when the pipeline finishes.
-            | f"WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(str(output))
+            | f"{label}WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(str(output))
         )
         outputs[split] = output
     return outputs
@@ -209,29 +212,39 @@ def generate_statistics(
     Returns split -> statistics path. Raises DataError when a split has no files or no examples,
     or when Examples disagree on a feature's kind.
     """
+    return generate_statistics_of({"": (examples_dir, output_dir)}, splits=splits, beam_args=beam_args,
+                                  sample_rate=sample_rate)[""]
+
+
+def generate_statistics_of(
+    datasets: Mapping[str, tuple[Path, Path]],
+    *,
+    splits: Sequence[str] = SPLITS,
+    beam_args: Sequence[str] = (),
+    sample_rate: float | None = None,
+) -> dict[str, dict[str, Path]]:
+    """`generate_statistics` for several example folders (name -> (examples_dir, output_dir)) in one
+    pipeline: one start-up instead of one per folder. Returns name -> split -> statistics path."""
     if not splits:
         raise DataError("statistics: no splits given")
-    options = StatisticsOptions(
-        flags=list(beam_args),
-        input=str(examples_dir),
-        output=str(output_dir),
-        splits=",".join(splits),
-        sample_rate=sample_rate,
-    )
-    return _run_statistics_job(options)
-
-
-def _run_statistics_job(options: StatisticsOptions) -> dict[str, Path]:
-    outputs: dict[str, Path] = {}
+    jobs = {
+        name: StatisticsOptions(flags=list(beam_args), input=str(examples_dir), output=str(output_dir),
+                                splits=",".join(splits), sample_rate=sample_rate)
+        for name, (examples_dir, output_dir) in datasets.items()
+    }
+    outputs: dict[str, dict[str, Path]] = {}
 
     def add_transforms(pipeline: beam.Pipeline) -> None:
-        outputs.update(build(pipeline, options))
+        for name, options in jobs.items():
+            outputs[name] = build(pipeline, options, label=f"{name}/" if name else "")
 
-    patterns = [split_pattern(options.input, split) for split in _split_names(options)] if options.input else []
-    _run_pipeline(options, add_transforms, str(options.input), patterns)
-    for split, path in outputs.items():
-        _check_not_empty(path, f"{split_dir(options.input, split)} (split {split!r})")
-        log.info("statistics of split %s: %s", split, path)
+    patterns = [split_pattern(options.input, split) for options in jobs.values() for split in _split_names(options)]
+    sources = ", ".join(str(options.input) for options in jobs.values())
+    _run_pipeline(PipelineOptions(list(beam_args)), add_transforms, sources, patterns)
+    for name, found in outputs.items():
+        for split, path in found.items():
+            _check_not_empty(path, f"{split_dir(jobs[name].input, split)} (split {split!r})")
+            log.info("statistics of %s split %s: %s", jobs[name].input, split, path)
     return outputs
 
 
@@ -326,7 +339,12 @@ def load_statistics(path: "str | Path") -> statistics_pb2.DatasetFeatureStatisti
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Path]:
     """Entry point of `python -m beam_jobs.statistics`: job flags plus any Beam runner flags."""
-    return _run_statistics_job(StatisticsOptions(flags=argv))
+    options = StatisticsOptions(flags=argv)
+    for flag in ("input", "output"):
+        if not getattr(options, flag):
+            raise DataError(f"statistics: --{flag} is required")
+    return generate_statistics_of({"": (Path(options.input), Path(options.output))}, splits=_split_names(options),
+                                  beam_args=list(argv or ()), sample_rate=options.sample_rate)[""]
 
 
 if __name__ == "__main__":

@@ -17,5 +17,13 @@ class SchemaAnomaliesError(DataError):
         self.report = report
 
 
+class RejectedRowsError(DataError):
+    """Too many rows were rejected for a few bad rows: the feed itself is broken; `report` says how."""
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class ModelNotBlessedError(MlopsError):
     """The candidate model did not pass evaluation, so it is not pushed."""

@@ -68,8 +68,9 @@ ML_TASK = {"python": ML_PYTHON, "expect_airflow": False, "multiple_outputs": Fal
 # One task per pipeline step, in order (a copy of mlops.steps.STEP_NAMES: tests/dags/test_dag_copies.py).
 STEP_DOCS = {
     "ingest": "CSV → tf.Example splits for the window (Beam); rejected rows kept with reasons.",
-    "validate": "TFDV statistics per split, checked against the curated schema; anomalies stop the run.",
     "clean": "Duplicates, missing and impossible values → cleaned examples + rejected rows with reasons (Beam).",
+    "validate": "TFDV statistics of the cleaned rows against the curated schema, and the share of rejected rows "
+                "against its limits; anomalies or a broken feed stop the run.",
     "transform": "TF Transform analyze-and-transform; the transform graph ships inside the model.",
     "train": "Trains the wide-and-deep model and exports a SavedModel with both serving signatures.",
     "evaluate": "Metrics overall and per slice against the served model; a model that is not blessed stops the run.",
@@ -82,12 +83,16 @@ DAG_DOC = """
 One task per pipeline step, each recorded in ML Metadata under one `PipelineRun` context that names
 this DAG, the Airflow run id and what triggered it (manual, or a drift check with its evidence):
 
-`ingest` → `validate` → `clean` → `transform` → `train` → `evaluate` → `push`
+`ingest` → `clean` → `validate` → `transform` → `train` → `evaluate` → `push`
 
 * **Params**: the data window `start` (inclusive) and `end` (exclusive) as dates, `csv_path`
   (empty = the shipped Chicago taxi data), and hyperparameters that override `mlops.toml`
   (`learning_rate`, `train_steps`, `batch_size`, `hidden_units`, `seed`; empty = the config's).
   `trigger` is set by `taxi_monitoring` when a drift check triggers retraining.
+* **Bad rows**: `ingest` and `clean` reject them one by one, each with its line and reason, and the
+  run goes on. `validate` judges what is left: schema anomalies in the cleaned rows, or more rejected
+  rows than `[data] max_rejected_share` (per reason: `max_rejected_share_by_reason`) allows, fail it
+  with a report (the task log and `validate/rejected_share.txt`).
 * **Stops before push, visibly**: schema anomalies fail `validate`, a model that is not better than
   the served one fails `evaluate` (`ModelNotBlessedError`). The task log says what and why.
 * **Retries**: I/O failures are retried twice with exponential backoff (30 s, 60 s); data errors are

@@ -148,7 +148,8 @@ _CHAIN = (
     ("push", "pushed_model", {"model": "model", "blessing": "blessing"}),
     ("evaluate", "blessing", {"examples": "cleaned", "baseline_model": "baseline_model"}),
     ("train", "model", {"transformed": "transformed", "transform_graph": "transform_graph"}),
-    ("transform", "transformed", {"cleaned": "cleaned"}),
+    ("transform", "transformed", {"cleaned": "cleaned", "anomalies": "anomalies"}),
+    # Runs recorded before validation moved after cleaning have the checks as clean's inputs.
     ("clean", "cleaned", {"examples": "examples", "schema": "schema", "anomalies": "anomalies"}),
     ("validate", "anomalies", {"schema": "schema"}),
     ("ingest", "examples", {"raw_data": "raw_data"}),
@@ -157,7 +158,7 @@ _CHAIN = (
 _SIDE_OUTPUTS = {
     "evaluate": {"evaluation": "evaluation"},
     "clean": {"rejected": "rejected"},
-    "validate": {"statistics": "statistics"},
+    "validate": {"statistics": "statistics", "cleaned_statistics": "cleaned_statistics"},
     "ingest": {"rejected": "ingest_rejected"},
 }
 

@@ -91,12 +91,13 @@ def _step_runner(step_name: str) -> Handler:
         if step_name == "ingest":
             config = ctx.config
             outcome = steps.ingest(ctx, Path(args.csv or config.data.csv_path), args.start, args.end)
-        elif step_name == "validate":
-            outcome = steps.validate(ctx, _artifact(ctx, args.examples), Path(args.schema) if args.schema else None)
         elif step_name == "clean":
-            outcome = steps.clean(ctx, _artifact(ctx, args.examples), _artifact(ctx, args.schema), _artifact(ctx, args.anomalies))
+            outcome = steps.clean(ctx, _artifact(ctx, args.examples))
+        elif step_name == "validate":
+            outcome = steps.validate(ctx, _artifact(ctx, args.examples), _artifact(ctx, args.cleaned),
+                                     _artifact(ctx, args.rejected), Path(args.schema) if args.schema else None)
         elif step_name == "transform":
-            outcome = steps.transform(ctx, _artifact(ctx, args.cleaned))
+            outcome = steps.transform(ctx, _artifact(ctx, args.cleaned), _artifact(ctx, args.anomalies))
         elif step_name == "train":
             outcome = steps.train(ctx, _artifact(ctx, args.transformed), _artifact(ctx, args.transform_graph))
         elif step_name == "evaluate":
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     pipeline = sub.add_parser("pipeline", help="the whole training pipeline").add_subparsers(dest="action", required=True)
-    run = pipeline.add_parser("run", help="ingest -> validate -> clean -> transform -> train -> evaluate -> push")
+    run = pipeline.add_parser("run", help="ingest -> clean -> validate -> transform -> train -> evaluate -> push")
     run.add_argument("--start", required=True, help="window start, YYYY-MM-DD (inclusive)")
     run.add_argument("--end", required=True, help="window end, YYYY-MM-DD (exclusive)")
     run.add_argument("--csv", help="a CSV with the taxi columns (default: the shipped data)")
@@ -151,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     step_inputs = {
         "ingest": [("--csv", str, False), ("--start", str, True), ("--end", str, True)],
-        "validate": [("--examples", int, True), ("--schema", str, False)],
-        "clean": [("--examples", int, True), ("--schema", int, True), ("--anomalies", int, True)],
-        "transform": [("--cleaned", int, True)],
+        "clean": [("--examples", int, True)],
+        "validate": [("--examples", int, True), ("--cleaned", int, True), ("--rejected", int, True), ("--schema", str, False)],
+        "transform": [("--cleaned", int, True), ("--anomalies", int, True)],
         "train": [("--transformed", int, True), ("--transform-graph", int, True)],
         "evaluate": [("--model", int, True), ("--examples", int, True)],
         "push": [("--model", int, True), ("--blessing", int, True)],

@@ -1,4 +1,4 @@
-"""The whole training pipeline in one process: ingest -> validate -> clean -> transform -> train
+"""The whole training pipeline in one process: ingest -> clean -> validate -> transform -> train
 -> evaluate -> push, with a progress line per step. Airflow's `taxi_training` DAG runs the same
 step functions one task each."""
 
@@ -79,10 +79,10 @@ def run_pipeline(
         return outcome
 
     ingested = step("ingest", lambda: steps.ingest(ctx, Path(csv_path or config.data.csv_path), start, end))
-    validated = step("validate", lambda: steps.validate(ctx, ingested.outputs["examples"]))
-    cleaned = step("clean", lambda: steps.clean(
-        ctx, ingested.outputs["examples"], validated.outputs["schema"], validated.outputs["anomalies"]))
-    transformed = step("transform", lambda: steps.transform(ctx, cleaned.outputs["cleaned"]))
+    cleaned = step("clean", lambda: steps.clean(ctx, ingested.outputs["examples"]))
+    validated = step("validate", lambda: steps.validate(
+        ctx, ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))
+    transformed = step("transform", lambda: steps.transform(ctx, cleaned.outputs["cleaned"], validated.outputs["anomalies"]))
     trained = step("train", lambda: steps.train(
         ctx, transformed.outputs["transformed"], transformed.outputs["transform_graph"]))
     evaluated = step("evaluate", lambda: steps.evaluate(ctx, trained.outputs["model"], cleaned.outputs["cleaned"]))

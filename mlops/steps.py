@@ -23,11 +23,11 @@ from typing import Any, Mapping
 
 from core.atomic import atomic_directory
 from core.config import Config
-from core.errors import DataError, ModelNotBlessedError, SchemaAnomaliesError
+from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
 from core.version import modules_hash
 from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
 
-STEP_NAMES = ("ingest", "validate", "clean", "transform", "train", "evaluate", "push")
+STEP_NAMES = ("ingest", "clean", "validate", "transform", "train", "evaluate", "push")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,76 +213,15 @@ def ingest(
     ))
 
 
-def register_schema(ctx: StepContext, schema_path: Path | None = None) -> ArtifactRef:
-    """Records the curated schema file (by content) as a Schema artifact."""
-    schema_path = Path(schema_path or ctx.config.data.schema_path).resolve()
-    if not schema_path.is_file():
-        raise DataError(f"{schema_path}: schema file not found (bootstrap one with `mlops schema infer`)")
-    return ctx.run.register_artifact("Schema", str(schema_path), {"sha256": file_sha256(schema_path)}, identity=("sha256",))
-
-
-def validate(ctx: StepContext, examples: ArtifactRef, schema_path: Path | None = None) -> StepOutcome:
-    """TFDV statistics of every split, checked against the curated schema.
-
-    The statistics and anomalies are recorded even when the data breaks the schema; the step
-    then raises SchemaAnomaliesError so the pipeline stops before anything is trained.
-    """
-    started = time.time()
-    schema = register_schema(ctx, schema_path)
-    schema_path = Path(schema.uri)
-    with ctx.run.step("Validate", {"examples": examples, "schema": schema}, {"environment": "TRAINING"},
-                     code_digest=step_code("beam_jobs.statistics", "validation.validate", "validation.report")) as record:
-        if not record.cached:
-            from beam_jobs.statistics import generate_statistics
-            from validation.validate import validate_statistics
-
-            final = ctx.run_dir / "validate"
-            with atomic_directory(final) as out:
-                generate_statistics(Path(examples.uri), out / "statistics", beam_args=ctx.beam_args())
-                result = validate_statistics(out / "statistics", schema_path, out / "anomalies")
-                _render_statistics(out, schema_path)
-            count = sum(len(v) for v in result.anomalies_by_split.values())
-            record.output("statistics", "ExampleStatistics", str(final / "statistics"), {
-                "split_names": json.dumps(sorted(result.anomalies_by_split)), "report": str(final / "statistics.html"),
-            })
-            record.output("anomalies", "ExampleAnomalies", str(final / "anomalies"), {"num_anomalies": count})
-            record.record(num_anomalies=count, anomalies=result.anomalies_by_split)
-    anomalies: dict[str, dict[str, str]] = record.results.get("anomalies") or {}
-    if isinstance(anomalies, str):
-        anomalies = json.loads(anomalies)
-    problems = [f"{split}: {feature}: {text}" for split, found in sorted(anomalies.items()) for feature, text in sorted(found.items())]
-    if problems:
-        raise SchemaAnomaliesError(
-            f"validate: the data breaks the schema {schema_path.name} ({len(problems)} anomalies):\n  " + "\n  ".join(problems),
-            report=str(Path(record.outputs["anomalies"].uri)),
-        )
-    outcome = _outcome("validate", record, started, f"no anomalies against {schema_path.name}")
-    outcome.outputs["schema"] = schema  # passed on to clean: not an output of this execution
-    return outcome
-
-
-def _render_statistics(out: Path, schema_path: Path) -> None:
-    """The training split's statistics as a page people read, anomalous features highlighted."""
-    from validation.report import render_statistics_html
-    from validation.validate import load_anomalies
-
-    train_stats = out / "statistics" / "Split-train" / "FeatureStats.pb"
-    anomalies_file = out / "anomalies" / "Split-train" / "SchemaDiff.pb"
-    anomalies = load_anomalies(anomalies_file) if anomalies_file.exists() else None
-    render_statistics_html(train_stats, out / "statistics.html", schema_path=schema_path, anomalies=anomalies)
-
-
-def clean(ctx: StepContext, examples: ArtifactRef, schema: ArtifactRef, anomalies: ArtifactRef) -> StepOutcome:
+def clean(ctx: StepContext, examples: ArtifactRef) -> StepOutcome:
     """The Beam cleaning job: duplicates, missing values, impossible values -> rejected with reasons.
 
-    It takes the schema and the validation result as inputs: only validated data is cleaned,
-    and the model's lineage reaches the schema and the checks through this step.
+    Row-level problems are this step's: it runs before validation, which then judges the rows that
+    will train the model and how many were rejected (see `validate`).
     """
     started = time.time()
-    if anomalies.properties.get("num_anomalies"):
-        raise SchemaAnomaliesError(f"clean: the examples have {anomalies.properties['num_anomalies']} schema anomalies (see {anomalies.uri})")
-    inputs = {"examples": examples, "schema": schema, "anomalies": anomalies}
-    with ctx.run.step("Clean", inputs, {"policy": "transforms.features"}, code_digest=step_code("beam_jobs.clean")) as record:
+    with ctx.run.step("Clean", {"examples": examples}, {"policy": "transforms.features"},
+                     code_digest=step_code("beam_jobs.clean")) as record:
         if not record.cached:
             from beam_jobs.clean import clean_examples
 
@@ -310,10 +249,157 @@ def clean(ctx: StepContext, examples: ArtifactRef, schema: ArtifactRef, anomalie
     ))
 
 
-def transform(ctx: StepContext, cleaned: ArtifactRef) -> StepOutcome:
-    """TF Transform analyze-and-transform on Beam: the transform graph that ships inside the model."""
+def register_schema(ctx: StepContext, schema_path: Path | None = None) -> ArtifactRef:
+    """Records the curated schema file (by content) as a Schema artifact."""
+    schema_path = Path(schema_path or ctx.config.data.schema_path).resolve()
+    if not schema_path.is_file():
+        raise DataError(f"{schema_path}: schema file not found (bootstrap one with `mlops schema infer`)")
+    return ctx.run.register_artifact("Schema", str(schema_path), {"sha256": file_sha256(schema_path)}, identity=("sha256",))
+
+
+def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, rejected: ArtifactRef,
+             schema_path: Path | None = None) -> StepOutcome:
+    """Judges the data that will train the model: the cleaned rows' TFDV statistics against the
+    curated schema, and the share of rows ingest and clean rejected against the config's limits.
+
+    The raw examples' statistics are computed too (in the same Beam pipeline) and recorded as the
+    `statistics` output: serving traffic is raw, so they are the drift checks' baseline. Results are
+    recorded even when the data fails; the step then raises (SchemaAnomaliesError, RejectedRowsError)
+    so the pipeline stops before anything is trained.
+    """
     started = time.time()
-    with ctx.run.step("Transform", {"cleaned": cleaned}, {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
+    schema = register_schema(ctx, schema_path)
+    schema_path = Path(schema.uri)
+    data = ctx.config.data
+    parameters = {"environment": "TRAINING", "max_rejected_share": data.max_rejected_share,
+                  "max_rejected_share_by_reason": dict(sorted(data.max_rejected_share_by_reason.items()))}
+    _check_reasons(data.max_rejected_share_by_reason)
+    inputs = {"examples": examples, "cleaned": cleaned, "rejected": rejected, "schema": schema}
+    with ctx.run.step("Validate", inputs, parameters, code_digest=step_code(
+            "beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected")) as record:
+        if not record.cached:
+            from beam_jobs.statistics import generate_statistics_of
+            from validation.validate import validate_statistics
+
+            final = ctx.run_dir / "validate"
+            with atomic_directory(final) as out:
+                generate_statistics_of({"raw": (Path(examples.uri), out / "statistics"),
+                                        "cleaned": (Path(cleaned.uri), out / "cleaned_statistics")},
+                                       beam_args=ctx.beam_args())
+                result = validate_statistics(out / "cleaned_statistics", schema_path, out / "anomalies")
+                shares = _rejected_shares(ctx, examples, cleaned)
+                (out / "rejected_share.txt").write_text(shares.format(), encoding="utf-8")
+                _render_statistics(out, schema_path, shares.format())
+            count = sum(len(v) for v in result.anomalies_by_split.values())
+            splits = json.dumps(sorted(result.anomalies_by_split))
+            record.output("statistics", "ExampleStatistics", str(final / "statistics"), {
+                "split_names": splits, "report": str(final / "raw_statistics.html"),
+            })
+            record.output("cleaned_statistics", "ExampleStatistics", str(final / "cleaned_statistics"), {
+                "split_names": splits, "report": str(final / "statistics.html"),
+            })
+            record.output("anomalies", "ExampleAnomalies", str(final / "anomalies"), {"num_anomalies": count})
+            record.record(num_anomalies=count, anomalies=result.anomalies_by_split, rejected=shares.to_json(),
+                          rejected_report=shares.format())
+    _raise_for_failures(record, schema_path, [Path(examples.uri).parent / "rejected", Path(cleaned.uri).parent / "rejected"])
+    shares_json = _json_value(record.results.get("rejected")) or {}
+    outcome = _outcome("validate", record, started, (
+        f"no anomalies against {schema_path.name}; {shares_json.get('rows_rejected', 0)} of "
+        f"{shares_json.get('rows_judged', 0)} rows rejected ({shares_json.get('share', 0):.2%}, limit "
+        f"{shares_json.get('limit', data.max_rejected_share):.2%}) {_reason_counts(shares_json)}"
+    ))
+    outcome.outputs["schema"] = schema  # recorded as this execution's input; passed on for callers
+    return outcome
+
+
+def _check_reasons(limits: Mapping[str, float]) -> None:
+    from beam_jobs.clean import REJECTION_REASONS
+    from beam_jobs.ingest import INGEST_REJECTION_REASONS
+
+    known = (*INGEST_REJECTION_REASONS, *REJECTION_REASONS)
+    unknown = sorted(set(limits) - set(known))
+    if unknown:
+        raise DataError(f"[data] max_rejected_share_by_reason names unknown reason(s) {', '.join(unknown)}; "
+                        f"the reasons are: {', '.join(known)}")
+
+
+def _rejected_shares(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef) -> Any:
+    """What ingest and clean rejected (from their result files), against the config's limits."""
+    from beam_jobs.clean import RESULT_FILE as CLEAN_RESULT
+    from beam_jobs.ingest import RESULT_FILE as INGEST_RESULT
+    from validation.rejected import judge_rejected_shares, with_examples
+
+    ingest_dir, clean_dir = Path(examples.uri).parent, Path(cleaned.uri).parent
+    ingested = json.loads((ingest_dir / INGEST_RESULT).read_text(encoding="utf-8"))
+    cleaning = json.loads((clean_dir / CLEAN_RESULT).read_text(encoding="utf-8"))
+    by_reason = dict(ingested.get("rejected_by_reason") or {})
+    if not by_reason and ingested.get("rows_unparseable"):
+        by_reason = {"unparseable_value": ingested["rows_unparseable"]}
+    for reason, count in cleaning["rejected_by_reason"].items():
+        by_reason[reason] = by_reason.get(reason, 0) + count
+    rows_judged = ingested["rows_in_window"] + ingested["rows_unparseable"]
+    shares = judge_rejected_shares(rows_judged, by_reason, max_share=ctx.config.data.max_rejected_share,
+                                   max_share_by_reason=ctx.config.data.max_rejected_share_by_reason)
+    return with_examples(shares, [ingest_dir / "rejected", clean_dir / "rejected"])
+
+
+def _json_value(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _reason_counts(shares: Mapping[str, Any]) -> dict[str, int]:
+    return {reason: found["rows"] for reason, found in (shares.get("by_reason") or {}).items()}
+
+
+def _raise_for_failures(record: StepRecord, schema_path: Path, rejected_dirs: list[Path]) -> None:
+    """Stops the run when validation failed: anomalies first (they concern the rows kept), then the
+    rejected share. A cached failed validation fails again, with the same words."""
+    anomalies = _json_value(record.results.get("anomalies")) or {}
+    problems = [f"{split}: {feature}: {text}" for split, found in sorted(anomalies.items()) for feature, text in sorted(found.items())]
+    if problems:
+        raise SchemaAnomaliesError(
+            f"validate: the cleaned data breaks the schema {schema_path.name} ({len(problems)} anomalies):\n  "
+            + "\n  ".join(problems),
+            report=str(Path(record.outputs["anomalies"].uri)),
+        )
+    shares = _json_value(record.results.get("rejected")) or {}
+    if shares and not shares.get("ok", True):
+        report = record.results.get("rejected_report") or ""
+        raise RejectedRowsError(
+            "validate: too many rows were rejected for this to be a few bad rows (limits: [data] max_rejected_share "
+            f"and max_rejected_share_by_reason):\n{report}"
+            f"Every rejected row, with its line and reason, is in {' and '.join(map(str, rejected_dirs))}",
+            report=report,
+        )
+
+
+def _render_statistics(out: Path, schema_path: Path, rejected_report: str) -> None:
+    """The statistics as pages people read: the cleaned training split judged against the schema
+    (anomalous features highlighted, the rejected rows summarized on top), and the raw one."""
+    from validation.report import render_statistics_html
+    from validation.validate import load_anomalies
+
+    anomalies_file = out / "anomalies" / "Split-train" / "SchemaDiff.pb"
+    anomalies = load_anomalies(anomalies_file) if anomalies_file.exists() else None
+    render_statistics_html(out / "cleaned_statistics" / "Split-train" / "FeatureStats.pb", out / "statistics.html",
+                           schema_path=schema_path, anomalies=anomalies, preface=rejected_report,
+                           title="Cleaned data statistics (what the model trains on)")
+    render_statistics_html(out / "statistics" / "Split-train" / "FeatureStats.pb", out / "raw_statistics.html",
+                           schema_path=schema_path, title="Raw data statistics (before cleaning; the drift baseline)")
+
+
+def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef) -> StepOutcome:
+    """TF Transform analyze-and-transform on Beam: the transform graph that ships inside the model.
+
+    It takes the validation result as an input: only validated data is transformed, and the model's
+    lineage reaches the schema and the checks through this step.
+    """
+    started = time.time()
+    if anomalies.properties.get("num_anomalies"):
+        raise SchemaAnomaliesError(f"transform: the cleaned examples have {anomalies.properties['num_anomalies']} "
+                                   f"schema anomalies (see {anomalies.uri})")
+    with ctx.run.step("Transform", {"cleaned": cleaned, "anomalies": anomalies},
+                     {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
                      code_digest=step_code("beam_jobs.transform")) as record:
         if not record.cached:
             from beam_jobs.transform import transform_examples

@@ -170,23 +170,64 @@ def is_missing(value: Any) -> bool:
     return False
 
 
+# What a tf.Example and a serving tensor hold: float32 and int64. A value beyond them would become
+# an infinity or fail to encode far from where it came in, so every entry point checks it first.
+FLOAT32_MAX = 3.4028234663852886e38
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EXPECTED_BY_KIND = {Kind.FLOAT: "a finite number", Kind.INT: "an integer", Kind.STRING: "text"}
+
+
+def fit_problem(kind: Kind, value: Any) -> str | None:
+    """Why a parsed number does not fit its feature's stored type (float32, int64), or None if it does."""
+    if kind is Kind.FLOAT:
+        if not math.isfinite(value):
+            return f"expected a finite number, got {value!r}"
+        if abs(value) > FLOAT32_MAX:
+            return f"{value!r:.40} does not fit a float32 (magnitude at most {FLOAT32_MAX:.4g})"
+    elif kind is Kind.INT and not INT64_MIN <= value <= INT64_MAX:
+        return f"{value!r:.40} does not fit a 64-bit integer"
+    return None
+
+
 def parse_value(feature: Feature, text: str) -> Any:
-    """Parses one CSV cell. '' is missing (None); anything unparseable raises ValueError."""
+    """Parses one CSV cell. '' is missing (None); a cell that is not of the feature's kind, or does not
+    fit its stored type (float32, int64), raises ValueError saying what was expected."""
     text = text.strip()
     if text == "":
         return None
     if feature.kind is Kind.STRING:
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # bytes that were not UTF-8, kept as surrogate escapes
+                raise ValueError("expected UTF-8 text") from None
         return text
+    # Python's float() and int() also take "1_000" and non-ASCII digits; a CSV number does not.
+    if not text.isascii() or "_" in text:
+        raise ValueError(f"expected {EXPECTED_BY_KIND[feature.kind]}")
     if feature.kind is Kind.FLOAT:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError(f"{feature.name}: expected a finite number, got {text!r}")
-        return value
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected {EXPECTED_BY_KIND[feature.kind]}") from None
+    else:
+        value = _parse_int(text)
+    problem = fit_problem(feature.kind, value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _parse_int(text: str) -> int:
     # Integers sometimes arrive as "12.0" from spreadsheets: accept exact integral floats only.
     try:
         return int(text)
     except ValueError:
+        pass
+    try:
         as_float = float(text)
-        if not as_float.is_integer():
-            raise ValueError(f"{feature.name}: expected an integer, got {text!r}") from None
-        return int(as_float)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+    if not math.isfinite(as_float) or not as_float.is_integer():
+        raise ValueError("expected an integer")
+    return int(as_float)

@@ -180,12 +180,16 @@ def render_statistics_html(
     output_html: Path,
     schema_path: Path | None = None,
     anomalies: anomalies_pb2.Anomalies | None = None,
+    *,
+    title: str = "Data statistics",
+    preface: str = "",
 ) -> Path:
     """Writes a single self-contained HTML page of the statistics in `stats_path` (FeatureStats.pb).
 
     With a schema, each feature shows its declared type, presence and range, and features the
     schema declares but the data lacks get a section too. With anomalies, affected features are
-    highlighted with TFDV's description. Written atomically; returns `output_html`.
+    highlighted with TFDV's description. `preface` (plain text, e.g. what cleaning rejected) is shown
+    above the features. Written atomically; returns `output_html`.
     """
     statistics = load_statistics(stats_path)
     schema = load_schema(schema_path) if schema_path is not None else None
@@ -194,12 +198,13 @@ def render_statistics_html(
     if not statistics.datasets:
         body = "<p>The statistics file holds no dataset.</p>"
     count = f"{len(problems)} anomalies" if anomalies is not None else "anomalies not checked"
+    preface_html = f"<pre class=\"preface\">{html.escape(preface)}</pre>" if preface else ""
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Statistics: {html.escape(str(stats_path))}</title><style>{_CSS}</style></head><body>"
-        f"<h1>Data statistics</h1><p class=\"meta\">{html.escape(str(stats_path))}"
+        f"<h1>{html.escape(title)}</h1><p class=\"meta\">{html.escape(str(stats_path))}"
         f"{' &middot; schema ' + html.escape(str(schema_path)) if schema_path is not None else ''}"
-        f" &middot; {count}</p>{body}</body></html>\n"
+        f" &middot; {count}</p>{preface_html}{body}</body></html>\n"
     )
     write_text(output_html, page)
     return Path(output_html)

@@ -165,7 +165,7 @@ def run_training_task(step: str, *, config_path: str, dag_id: str, airflow_run_i
 
     Each task receives the outcomes of the steps before it and passes them on with its own, so a
     step can use any earlier step's artifacts while the DAG's edges stay the plain chain
-    ingest -> validate -> ... -> push.
+    ingest -> clean -> ... -> push.
     """
     with exit_on_user_error(step):
         from mlops import steps
@@ -193,13 +193,13 @@ def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: 
     if step == "ingest":
         csv_path = Path(params.get("csv_path") or config.data.csv_path)
         return steps.ingest(ctx, csv_path, start.isoformat(), end.isoformat())
-    if step == "validate":
-        return steps.validate(ctx, done["ingest"].outputs["examples"])
     if step == "clean":
-        validated = done["validate"].outputs
-        return steps.clean(ctx, done["ingest"].outputs["examples"], validated["schema"], validated["anomalies"])
+        return steps.clean(ctx, done["ingest"].outputs["examples"])
+    if step == "validate":
+        cleaned = done["clean"].outputs
+        return steps.validate(ctx, done["ingest"].outputs["examples"], cleaned["cleaned"], cleaned["rejected"])
     if step == "transform":
-        return steps.transform(ctx, done["clean"].outputs["cleaned"])
+        return steps.transform(ctx, done["clean"].outputs["cleaned"], done["validate"].outputs["anomalies"])
     if step == "train":
         transformed = done["transform"].outputs
         return steps.train(ctx, transformed["transformed"], transformed["transform_graph"])

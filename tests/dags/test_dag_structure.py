@@ -20,7 +20,7 @@ FORBIDDEN_MODULES = ("tensorflow", "tensorflow_transform", "tensorflow_data_vali
 ALLOWED_IMPORT_ROOTS = {"__future__", "pendulum", "airflow"}
 
 EDGES = {
-    "taxi_training": {("ingest", "validate"), ("validate", "clean"), ("clean", "transform"), ("transform", "train"),
+    "taxi_training": {("ingest", "clean"), ("clean", "validate"), ("validate", "transform"), ("transform", "train"),
                       ("train", "evaluate"), ("evaluate", "push")},
     # check_drift also feeds trigger_training (the conf) and no_retraining (the row count) through XCom.
     "taxi_monitoring": {("check_drift", "decide"), ("decide", "trigger_training"), ("decide", "no_retraining"),

@@ -18,7 +18,7 @@ from tests.dags.conftest import TAXI_CSV, captured_logs, parse_dag, run_in_ml, t
 pytestmark = pytest.mark.slow
 
 WINDOW = {"start": "2013-01-01", "end": "2013-04-01"}
-STEPS = ("ingest", "validate", "clean", "transform", "train", "evaluate", "push")
+STEPS = ("ingest", "clean", "validate", "transform", "train", "evaluate", "push")
 
 
 def write_trips(path: Path, *, corrupt_every: int | None = None) -> Path:

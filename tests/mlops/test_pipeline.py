@@ -58,7 +58,7 @@ def test_the_pipeline_pushes_a_blessed_model_and_reports_progress(first_run):
     assert result.outcomes["push"].results["version"] == 1
     assert result.outcomes["evaluate"].results["blessed"] == 1
     assert [line.split()[1] for line in lines if "running" in line] == [
-        "ingest", "validate", "clean", "transform", "train", "evaluate", "push"]
+        "ingest", "clean", "validate", "transform", "train", "evaluate", "push"]
     clean = result.outcomes["clean"].results
     assert clean["rows_in"] == clean["rows_kept"] + clean["rows_rejected"]
     ingest = result.outcomes["ingest"].results
@@ -88,7 +88,7 @@ def test_a_rerun_with_the_same_inputs_reuses_everything_and_says_so(first_run):
     config, first, _ = first_run
     lines: list[str] = []
     again = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
-    for name in ("ingest", "validate", "clean", "transform", "train", "evaluate"):
+    for name in ("ingest", "clean", "validate", "transform", "train", "evaluate"):
         assert again.outcomes[name].cached, name
         assert "reused the outputs of execution" in again.outcomes[name].summary
     assert again.outcomes["train"].outputs["model"].id == first.outcomes["train"].outputs["model"].id
