@@ -33,6 +33,10 @@ from transforms.features import FEATURES_BY_NAME, Feature, parse_value
 
 _LOG = logging.getLogger(__name__)
 
+# Python's csv module refuses a field over 128 KiB; a line is already in memory when it is split, so a
+# long field (a free-text column) costs nothing more and is read rather than rejected.
+csv.field_size_limit(64 * 1024 * 1024)
+
 # Byte ranges handed to workers: small enough to spread the shipped 1.9 MB file over two workers.
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
@@ -96,12 +100,12 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
 
 
 def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str], needed_for: str) -> tuple[str, ...]:
-    if not header_bytes.strip():
-        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(required_columns)})")
     try:
         header_text = header_bytes.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: the header row is not UTF-8 text ({err})") from None
+    if not header_text.strip():
+        raise DataError(f"{path}: file is empty (expected a header row with {', '.join(required_columns)})")
     columns = tuple(name.strip() for name in next(csv.reader([header_text.rstrip("\r\n")])))
     duplicated = sorted({name for name in columns if columns.count(name) > 1})
     if duplicated:

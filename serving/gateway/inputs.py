@@ -22,7 +22,8 @@ import orjson
 
 from serving.gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
 from serving.protocol import DEFAULT_SIGNATURE
-from transforms.features import SERVING_FEATURES, Kind
+# What a tensor holds (float32, int64): one definition, shared with the CSV parsers.
+from transforms.features import FLOAT32_MAX, INT64_MAX, INT64_MIN, SERVING_FEATURES, Kind, fit_problem
 
 _FEATURE_NAMES = frozenset(feature.name for feature in SERVING_FEATURES)
 _BODY_KEYS = frozenset({"signature_name", "instances", "inputs"})
@@ -56,9 +57,6 @@ _CHECKS = tuple(
     for f in SERVING_FEATURES
 )
 _INFINITIES = (math.inf, -math.inf)
-
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what a tensor holds; larger JSON integers are a client error
 
 
 def check_instances(instances: Any, max_instances: int, *, marked_nan: bool = False) -> CheckedInstances:
@@ -162,16 +160,21 @@ def _check_common_column(kind: int, required: bool, values: list[Any]) -> tuple[
         if not kinds <= _FLOAT_KINDS:
             return None
         if _NONE not in kinds and math.isfinite(sum(values)):  # NaN or an infinity makes the sum NaN or infinite
+            if values and not -FLOAT32_MAX <= min(values) <= max(values) <= FLOAT32_MAX:
+                return None
             return values, values, 0
         if math.inf in values or -math.inf in values:
             return None
         logged = [None if value is None or value != value else value for value in values]  # NaN is missing
+        present = [value for value in logged if value is not None]
+        if present and not -FLOAT32_MAX <= min(present) <= max(present) <= FLOAT32_MAX:
+            return None
         forward = [JSON_NAN if value is None else value for value in logged]
     elif kind == _INT:
         if not kinds <= _INT_KINDS:
             return None
         present = values if _NONE not in kinds else [value for value in values if value is not None]
-        if present and not (_INT64_MIN <= min(present) and max(present) <= _INT64_MAX):
+        if present and not (INT64_MIN <= min(present) and max(present) <= INT64_MAX):
             return None
         if _NONE not in kinds and -1 not in values:
             return values, values, 0
@@ -237,8 +240,10 @@ def _checked_value(index: int, name: str, kind: int, value: Any) -> Any:
                 return None
             if value in _INFINITIES:
                 raise InvalidRequest(f"instance {index}: feature {name!r} must be a finite number, got {value}")
+            if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                raise InvalidRequest(f"instance {index}: feature {name!r} {fit_problem(Kind.FLOAT, value)}")
         elif kind_of_value is int:
-            if not _INT64_MIN <= value <= _INT64_MAX:
+            if not INT64_MIN <= value <= INT64_MAX:
                 raise InvalidRequest(f"instance {index}: feature {name!r} is out of range, got {value!r:.80}")
             return float(value)
         elif value is not None:
@@ -249,7 +254,7 @@ def _checked_value(index: int, name: str, kind: int, value: Any) -> Any:
         if kind_of_value is int:
             if value == -1:
                 return None
-            if not _INT64_MIN <= value <= _INT64_MAX:
+            if not INT64_MIN <= value <= INT64_MAX:
                 raise InvalidRequest(f"instance {index}: feature {name!r} must fit in a 64-bit integer, got {value!r:.80}")
         elif value is not None:
             raise InvalidRequest(f"instance {index}: feature {name!r} must be an integer or null, got {value!r:.80}")
