@@ -10,6 +10,7 @@ a report that says which reason, how many rows, and shows some of them.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -112,21 +113,25 @@ def judge_rejected_shares(
 
 
 def with_examples(shares: RejectedShares, rejected_dirs: Sequence[Path]) -> RejectedShares:
-    """The shares with a few rejected records for every reason over its limit (or every reason when
-    only the overall limit is passed), read from the rejected-*.jsonl files below `rejected_dirs`."""
+    """The shares with the rejected records of the smallest line numbers for every reason over its limit
+    (or every reason when only the overall limit is passed), from the rejected-*.jsonl files below
+    `rejected_dirs`. Only done for a failed run; it holds a few records per reason, however many there are."""
     if shares.ok:
         return shares
     wanted = {r.reason for r in shares.by_reason if r.exceeded} or {r.reason for r in shares.by_reason}
-    examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in sorted(wanted)}
-    for record in _records(rejected_dirs):
-        found = examples.get(record.get("reason"))
-        if found is not None and len(found) < EXAMPLES_PER_REASON:
-            found.append(record)
-            if all(len(found) >= EXAMPLES_PER_REASON for found in examples.values()):
-                break
-    for found in examples.values():
-        found.sort(key=lambda record: (record.get("line") is None, record.get("line") or 0))
-    return dataclasses.replace(shares, examples={reason: found for reason, found in examples.items() if found})
+    smallest: dict[str, list[tuple[int, int, dict[str, Any]]]] = {reason: [] for reason in sorted(wanted)}
+    for order, record in enumerate(_records(rejected_dirs)):
+        found = smallest.get(record.get("reason"))
+        if found is None:
+            continue
+        line = record.get("line")
+        entry = (-(line if line is not None else 1 << 62), -order, record)  # a max-heap of the smallest lines
+        if len(found) < EXAMPLES_PER_REASON:
+            heapq.heappush(found, entry)
+        elif entry > found[0]:
+            heapq.heapreplace(found, entry)
+    examples = {reason: [record for _, _, record in sorted(found, reverse=True)] for reason, found in smallest.items() if found}
+    return dataclasses.replace(shares, examples=examples)
 
 
 def _records(rejected_dirs: Iterable[Path]) -> Iterator[dict[str, Any]]:
