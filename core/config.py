@@ -109,8 +109,14 @@ class DataConfig:
         "out_of_range": 0.07, "duplicate": 0.02, "missing_required": 0.02, "unparseable": 0.01,
         "unparseable_value": 0.02, "missing_timestamp": 0.01, "wrong_field_count": 0.01, "malformed_csv": 0.01,
     })
+    # The schema's drift comparators applied to the cleaned data against the data the served model
+    # trained on: "warn" records and reports what moved, "fail" stops the run, "off" skips it. Not
+    # "fail" by default: a retraining after drift is meant to learn from data that moved.
+    previous_data_check: str = "warn"
 
     def __post_init__(self) -> None:
+        if self.previous_data_check not in ("off", "warn", "fail"):
+            raise ConfigError(f"data.previous_data_check must be off, warn or fail, got {self.previous_data_check!r}")
         if not 0 < self.eval_buckets < self.hash_buckets:
             raise ConfigError("data.eval_buckets must be between 1 and data.hash_buckets - 1")
         if not 0.0 <= self.max_rejected_share <= 1.0:

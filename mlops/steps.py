@@ -272,9 +272,13 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
     schema_path = Path(schema.uri)
     data = ctx.config.data
     parameters = {"environment": "TRAINING", "max_rejected_share": data.max_rejected_share,
-                  "max_rejected_share_by_reason": dict(sorted(data.max_rejected_share_by_reason.items()))}
+                  "max_rejected_share_by_reason": dict(sorted(data.max_rejected_share_by_reason.items())),
+                  "previous_data_check": data.previous_data_check}
     _check_reasons(data.max_rejected_share_by_reason)
     inputs = {"examples": examples, "cleaned": cleaned, "rejected": rejected, "schema": schema}
+    previous = _served_model_statistics(ctx, cleaned) if data.previous_data_check != "off" else None
+    if previous is not None:
+        inputs["previous_statistics"] = previous
     with ctx.run.step("Validate", inputs, parameters, code_digest=step_code(
             "beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected")) as record:
         if not record.cached:
@@ -286,7 +290,8 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
                 generate_statistics_of({"raw": (Path(examples.uri), out / "statistics"),
                                         "cleaned": (Path(cleaned.uri), out / "cleaned_statistics")},
                                        beam_args=ctx.beam_args())
-                result = validate_statistics(out / "cleaned_statistics", schema_path, out / "anomalies")
+                result = validate_statistics(out / "cleaned_statistics", schema_path, out / "anomalies",
+                                             previous_statistics_dir=Path(previous.uri) if previous else None)
                 shares = _rejected_shares(ctx, examples, cleaned)
                 (out / "rejected_share.txt").write_text(shares.format(), encoding="utf-8")
                 _render_statistics(out, schema_path, shares.format())
@@ -300,16 +305,43 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
             })
             record.output("anomalies", "ExampleAnomalies", str(final / "anomalies"), {"num_anomalies": count})
             record.record(num_anomalies=count, anomalies=result.anomalies_by_split, rejected=shares.to_json(),
-                          rejected_report=shares.format())
-    _raise_for_failures(record, schema_path, [Path(examples.uri).parent / "rejected", Path(cleaned.uri).parent / "rejected"])
+                          rejected_report=shares.format(), previous_data_drift=result.drift_by_split,
+                          compared_with=previous.uri if previous else "")
+    _raise_for_failures(record, schema_path, data.previous_data_check, [Path(examples.uri).parent / "rejected", Path(cleaned.uri).parent / "rejected"])
     shares_json = _json_value(record.results.get("rejected")) or {}
+    drift = _json_value(record.results.get("previous_data_drift")) or {}
+    moved = sorted({feature for found in drift.values() for feature in found})
+    compared = (f"; moved since the served model's data: {', '.join(moved)}" if moved
+                else "; no drift against the served model's data" if record.results.get("compared_with") else "")
     outcome = _outcome("validate", record, started, (
         f"no anomalies against {schema_path.name}; {shares_json.get('rows_rejected', 0)} of "
         f"{shares_json.get('rows_judged', 0)} rows rejected ({shares_json.get('share', 0):.2%}, limit "
-        f"{shares_json.get('limit', data.max_rejected_share):.2%}) {_reason_counts(shares_json)}"
+        f"{shares_json.get('limit', data.max_rejected_share):.2%}) {_reason_counts(shares_json)}{compared}"
     ))
     outcome.outputs["schema"] = schema  # recorded as this execution's input; passed on for callers
     return outcome
+
+
+def _served_model_statistics(ctx: StepContext, cleaned: ArtifactRef) -> ArtifactRef | None:
+    """The cleaned statistics of the data the served model trained on, if it was recorded with them
+    and that data is not `cleaned` itself (a re-run: comparing data with itself adds nothing, and
+    leaving it out keeps the step's inputs the same, so it is reused)."""
+    from metadata.queries import training_chain
+    from metadata.recorder import properties_of
+
+    served = current_model(ctx)
+    pushed = _pushed_model_artifact(ctx, served[0]) if served else None
+    if pushed is None:
+        return None
+    [artifact] = ctx.run.store.get_artifacts_by_id([pushed.id])
+    chain = training_chain(ctx.run.store, artifact)
+    statistics = chain.artifact("cleaned_statistics")
+    trained_on = chain.artifact("cleaned")
+    if trained_on is not None and trained_on.id == cleaned.id:
+        return None
+    if statistics is None or not Path(statistics.uri).is_dir():
+        return None
+    return ArtifactRef(statistics.id, "ExampleStatistics", statistics.uri, properties_of(statistics))
 
 
 def _check_reasons(limits: Mapping[str, float]) -> None:
@@ -351,11 +383,15 @@ def _reason_counts(shares: Mapping[str, Any]) -> dict[str, int]:
     return {reason: found["rows"] for reason, found in (shares.get("by_reason") or {}).items()}
 
 
-def _raise_for_failures(record: StepRecord, schema_path: Path, rejected_dirs: list[Path]) -> None:
+def _raise_for_failures(record: StepRecord, schema_path: Path, previous_data_check: str, rejected_dirs: list[Path]) -> None:
     """Stops the run when validation failed: anomalies first (they concern the rows kept), then the
     rejected share. A cached failed validation fails again, with the same words."""
     anomalies = _json_value(record.results.get("anomalies")) or {}
     problems = [f"{split}: {feature}: {text}" for split, found in sorted(anomalies.items()) for feature, text in sorted(found.items())]
+    if previous_data_check == "fail":
+        drift = _json_value(record.results.get("previous_data_drift")) or {}
+        problems += [f"{split}: {feature}: {text} (against {record.results.get('compared_with')})"
+                     for split, found in sorted(drift.items()) for feature, text in sorted(found.items())]
     if problems:
         raise SchemaAnomaliesError(
             f"validate: the cleaned data breaks the schema {schema_path.name} ({len(problems)} anomalies):\n  "

@@ -32,6 +32,9 @@ class ValidationResult:
 
     anomalies_by_split: dict[str, dict[str, str]]  # split -> feature -> human-readable description
     anomalies_path: Path  # directory with Split-<split>/SchemaDiff.pb and anomalies.txt
+    # split -> feature -> description, of the schema's drift comparators against the previous data
+    # (empty when there was nothing to compare with). Not in anomalies_by_split: the caller decides.
+    drift_by_split: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +88,7 @@ def validate_statistics(
     *,
     splits: Sequence[str] = SPLITS,
     environment: str = TRAINING,
+    previous_statistics_dir: Path | None = None,
 ) -> ValidationResult:
     """Validates each split's FeatureStats.pb against the schema in `environment`.
 
@@ -92,6 +96,10 @@ def validate_statistics(
     `output_dir/anomalies.txt`, and returns what was found. Anomalies are results, not errors:
     the caller decides whether to stop (see `raise_for_anomalies`). Missing or unreadable
     statistics or schema raise DataError.
+
+    With `previous_statistics_dir` (statistics of the data an earlier model trained on), the schema's
+    drift comparators are applied to each split against the same split there; what they find is
+    `drift_by_split`, apart from the schema anomalies (SchemaDiff.pb holds both, as TFDV writes it).
     """
     if not splits:
         raise DataError("validate: no splits given")
@@ -103,19 +111,49 @@ def validate_statistics(
         )
     output_dir = Path(output_dir)
     found: dict[str, dict[str, str]] = {}
+    drift: dict[str, dict[str, str]] = {}
     sections: list[str] = []
     for split in splits:
         statistics = load_statistics(statistics_path(statistics_dir, split))
-        anomalies = tfdv.validate_statistics(statistics, schema, environment=environment)
+        previous = None
+        if previous_statistics_dir is not None and statistics_path(previous_statistics_dir, split).is_file():
+            previous = load_statistics(statistics_path(previous_statistics_dir, split))
+        anomalies = tfdv.validate_statistics(statistics, schema, environment=environment, previous_statistics=previous)
         write_bytes(split_dir(output_dir, split) / ANOMALIES_FILE_NAME, anomalies.SerializeToString())
-        found[split] = anomalies_by_feature(anomalies)
+        schema_part, drift_part = split_comparator_anomalies(anomalies)
+        found[split] = anomalies_by_feature(schema_part)
+        if previous is not None:
+            drift[split] = anomalies_by_feature(drift_part)
         examples = statistics.datasets[0].num_examples if statistics.datasets else 0
         sections.append(
             f"== split {split!r}: {_count(len(found[split]), 'anomaly', 'anomalies')} in {examples} examples "
             f"(schema {schema_path}, environment {environment})\n{format_anomalies(anomalies)}"
         )
     write_text(output_dir / REPORT_FILE_NAME, "\n".join(sections))
-    return ValidationResult(anomalies_by_split=found, anomalies_path=output_dir)
+    return ValidationResult(anomalies_by_split=found, anomalies_path=output_dir, drift_by_split=drift)
+
+
+_COMPARATOR_TYPES = frozenset(value for name, value in anomalies_pb2.AnomalyInfo.Type.items() if name.startswith("COMPARATOR_"))
+
+
+def split_comparator_anomalies(anomalies: anomalies_pb2.Anomalies) -> tuple[anomalies_pb2.Anomalies, anomalies_pb2.Anomalies]:
+    """(schema anomalies, drift/skew comparator anomalies): the reasons of each feature sorted into two."""
+    schema_part, drift_part = anomalies_pb2.Anomalies(), anomalies_pb2.Anomalies()
+    for part in (schema_part, drift_part):
+        part.baseline.CopyFrom(anomalies.baseline)
+    for feature, info in anomalies.anomaly_info.items():
+        for part, keep in ((schema_part, False), (drift_part, True)):
+            reasons = [reason for reason in info.reason if (reason.type in _COMPARATOR_TYPES) == keep]
+            if reasons:
+                target = part.anomaly_info[feature]
+                target.CopyFrom(info)
+                del target.reason[:]
+                target.reason.extend(reasons)
+                target.short_description = reasons[0].short_description if len(reasons) == 1 else target.short_description
+                target.description = reasons[0].description if len(reasons) == 1 else target.description
+    if anomalies.HasField("dataset_anomaly_info"):
+        schema_part.dataset_anomaly_info.CopyFrom(anomalies.dataset_anomaly_info)
+    return schema_part, drift_part
 
 
 def _count(number: int, singular: str, plural: str) -> str:

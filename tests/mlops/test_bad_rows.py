@@ -12,6 +12,7 @@ import pytest
 from core.errors import RejectedRowsError
 from mlops import steps
 from tests.conftest import write_csv
+from tests.monitoring import browser
 from tests.mlops.test_pipeline import SMALL_WINDOW, small_config
 
 pytestmark = pytest.mark.slow
@@ -58,9 +59,15 @@ def test_nine_impossible_rows_are_rejected_and_the_run_goes_on(tmp_path, taxi_ro
     lines = {r["line"]: r["feature"] for r in _records(clean_dir)}
     nulled = {"trip_miles"}  # on_invalid=NULL: the value goes, the row stays
     assert {line: column for line, column in bad_lines.items() if column not in nulled}.items() <= lines.items()
-    page = Path(validated.outputs["cleaned_statistics"].properties["report"])
-    assert "rows rejected" in page.read_text() and page.name == "statistics.html"
-    assert Path(validated.outputs["statistics"].properties["report"]).is_file()  # the raw data's page
+    cleaned_page = Path(validated.outputs["cleaned_statistics"].properties["report"])
+    raw_page = Path(validated.outputs["statistics"].properties["report"])
+    if browser.available():
+        for page, title in ((cleaned_page, "Cleaned data statistics"), (raw_page, "Raw data statistics")):
+            loaded = browser.load(page)
+            assert title in loaded.dom and loaded.script_errors == "" and not loaded.console_errors
+            assert loaded.images > 5 and loaded.decoded == loaded.images
+        shown = browser.load(cleaned_page).dom
+        assert "rows rejected" in shown and "out_of_range" in shown  # the rejected rows, above the features
 
 
 def test_a_broken_feed_stops_at_validate_with_the_reason_counts_and_lines(tmp_path, taxi_rows):

@@ -136,3 +136,24 @@ def test_a_schema_breaking_batch_names_the_feature(tmp_path, taxi_rows):
     rows = [dict(r, payment_type="Bitcoin") if i % 4 == 0 else r for i, r in enumerate(taxi_rows[:4000])]
     csv = write_csv(tmp_path / "bitcoin.csv", rows)
     _fails_and_pushes_nothing(tmp_path, csv, SchemaAnomaliesError, "payment_type")
+
+
+def test_validate_compares_new_data_with_the_served_models_and_fails_on_drift_only_when_asked(first_run, taxi_rows, tmp_path):
+    from mlops import steps
+
+    config, _, _ = first_run
+    inflated = [dict(r, fare=str(round(float(r["fare"]) * 4 + 20, 2)), tips=str(round(float(r["tips"] or 0) * 4, 2)))
+                if r["fare"] else r for r in taxi_rows[:6000]]
+    csv = write_csv(tmp_path / "inflated.csv", inflated)
+    for mode in ("warn", "fail"):
+        moded = config.replace(data=type(config.data)(**{**config.data.__dict__, "previous_data_check": mode}))
+        ctx = steps.open_run(moded, f"drifted-{mode}")
+        ingested = steps.ingest(ctx, csv, *SMALL_WINDOW)
+        cleaned = steps.clean(ctx, ingested.outputs["examples"])
+        if mode == "warn":
+            validated = steps.validate(ctx, ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"])
+            assert "moved since the served model's data: " in validated.summary and "fare" in validated.summary
+            assert validated.results["compared_with"].endswith("cleaned_statistics")
+        else:
+            with pytest.raises(SchemaAnomaliesError, match="fare.*Jensen-Shannon"):
+                steps.validate(ctx, ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"])
