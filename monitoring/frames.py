@@ -51,10 +51,14 @@ def frame_from_csv_rows(rows: Iterable[Mapping[str, str]], columns: Sequence[str
     """CSV rows (all strings, '' = missing) parsed with the rules of transforms/features.py."""
     parsed = []
     for line, row in enumerate(rows, start=2):
-        try:
-            parsed.append({name: parse_value(FEATURES_BY_NAME[name], row.get(name, "")) for name in columns})
-        except ValueError as err:
-            raise DataError(f"CSV line {line}: {err}") from None
+        values = {}
+        for name in columns:
+            text = row.get(name, "")
+            try:
+                values[name] = parse_value(FEATURES_BY_NAME[name], text)
+            except ValueError as err:
+                raise DataError(f"CSV line {line}: column {name!r}: {err}, got {text!r:.80}") from None
+        parsed.append(values)
     return typed_frame(parsed, columns)
 
 

@@ -109,7 +109,7 @@ def _trip_from_csv_row(cls: Any, row: Mapping[str, str], *, source: str = "<row>
         try:
             values[feature.name] = features.parse_value(feature, text if text is not None else "")
         except ValueError as err:
-            raise DataError(f"{where}: column {feature.name!r}: {err}") from None
+            raise DataError(f"{where}: column {feature.name!r}: {err}, got {text!r:.80}") from None
     trip = cls(**values)
     missing = trip.missing_required()
     if missing:

@@ -118,6 +118,22 @@ def test_unparseable_rows_are_rejected_with_line_and_reason_and_the_rest_scored(
     assert scored_lines == set(range(2, 52)) - {4, 7}
 
 
+def test_values_that_do_not_fit_the_models_tensors_are_rejected_naming_the_feature(tmp_path, taxi_rows, model_dir):
+    rows = [dict(r) for r in taxi_rows[:20]]
+    rows[2]["fare"] = "1e39"  # beyond float32
+    rows[5]["trip_seconds"] = str(2**64)  # beyond int64
+    source = write_csv(tmp_path / "overflow.csv", rows)
+
+    result = batch_predict(source, model_dir, tmp_path / "out", beam_args=BEAM_ARGS, max_rejected_fraction=0.2)
+
+    assert (result.rows_read, result.rows_scored, result.rows_rejected) == (20, 18, 2)
+    rejected = sorted((json.loads(line) for path in (tmp_path / "out" / REJECTED_DIR).glob("rejected-*.jsonl")
+                       for line in path.read_text().splitlines()), key=lambda r: r["line"])
+    assert [(r["line"], r["reason"], r["feature"]) for r in rejected] == [
+        (4, "unparseable_value", "fare"), (7, "unparseable_value", "trip_seconds")]
+    assert "float32" in rejected[0]["detail"] and "64-bit" in rejected[1]["detail"]
+
+
 def test_too_many_rejected_rows_fail_with_examples_and_publish_no_predictions(tmp_path, taxi_rows, model_dir):
     source = _corrupt_day(tmp_path, taxi_rows)
 

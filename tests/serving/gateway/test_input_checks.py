@@ -27,7 +27,7 @@ from serving.gateway.inputs import (
 from tests.serving.gateway.helpers import instances, real_trips
 
 # Values a client can send for any feature, valid or not: the fast path must agree on all of them.
-_FLOATS = [0.0, 1.5, -3.25, 12.0, 1e300, math.nan, math.inf, -math.inf, None, 7, -1, 2**70, True, "1.5", ""]
+_FLOATS = [0.0, 1.5, -3.25, 12.0, 1e300, -1e39, 3.4028234663852886e38, math.nan, math.inf, -math.inf, None, 7, -1, 2**70, True, "1.5", ""]
 _INTS = [0, 7, 1400269500, -1, -2, 2**63 - 1, -(2**63), 2**63, 3.0, 3.5, math.nan, None, False, "7"]
 _STRINGS = ["Cash", "Flash Cab", "", None, "Café", "bad \udcff text", 1, 0.5, {"b64": "eA=="}, ["x"]]
 
@@ -129,6 +129,8 @@ def test_missing_values_are_logged_as_none_and_forwarded_as_the_sentinels():
         ({"fare": None}, ["instance 1", "'fare'", "required"]),
         ({"company": "bad \udcff text"}, ["instance 1", "'company'", "not valid text"]),
         ({"trip_start_timestamp": 2**64}, ["instance 1", "'trip_start_timestamp'", "64-bit"]),
+        ({"fare": 1e39}, ["instance 1", "'fare'", "float32"]),  # the model's tensor would hold inf
+        ({"trip_miles": -3.5e38}, ["instance 1", "'trip_miles'", "float32"]),
     ],
 )
 def test_a_bad_value_is_named_by_instance_and_feature_in_both_formats(change, words):
