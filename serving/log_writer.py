@@ -15,7 +15,10 @@ When the journal cannot be written (full disk, I/O error, the directory gone), t
 reports it in `failure` and to the waiters, and retries with a new segment on the next entry,
 so it recovers by itself. With `on_failure="refuse"` it drops the entries (the gateway answers
 503 and logs nothing); with `"serve"` it keeps them in memory for the Parquet files, not durable.
-`journal=False` is the log as it was before the journal (memory only until a Parquet file).
+`fsync=False` skips the fdatasync: an entry is durable against the process dying (`kill -9`) as
+soon as it is written, not against a power cut; on a disk whose fdatasync is slow that is the
+cheaper trade. `journal=False` is the log as it was before the journal (memory only until a
+Parquet file).
 
 `capacity_rows` bounds the rows accepted but not yet in Parquet: `try_put` refuses an entry that
 would exceed it (back-pressure, never a silent drop). A failed Parquet write is retried; its
@@ -71,6 +74,7 @@ class ParquetLogWriter:
         entry_type: Callable[..., Any],
         *,
         journal_dir: Path | None = None,
+        fsync: bool = True,
         on_failure: str = "refuse",
         capacity_rows: int = 50_000,
         flush_rows: int = 10_000,
@@ -85,6 +89,7 @@ class ParquetLogWriter:
         self.directory = Path(directory)
         self.journal_dir = Path(journal_dir) if journal_dir is not None else None
         self.on_failure = on_failure
+        self.fsync = fsync
         self.schema = schema
         self._to_columns = to_columns
         self._entry_type = entry_type
@@ -243,7 +248,7 @@ class ParquetLogWriter:
             try:
                 if self._segment is None:
                     self._segment = Segment.create(self.journal_dir)
-                self._segment.append(b"".join(item[2] for item in batch))  # type: ignore[misc]
+                self._segment.append(b"".join(item[2] for item in batch), self.fsync)  # type: ignore[misc]
             except OSError as err:
                 error = self._journal_failed(err)
             else:
@@ -264,7 +269,10 @@ class ParquetLogWriter:
                     self._open_since = time.monotonic()
         for item in batch:
             if item[3] is not None:
-                item[3](error)
+                try:
+                    item[3](error)
+                except Exception:  # noqa: BLE001 - one waiter gone wrong (its loop closed) must not stop the journal
+                    log.exception("a log waiter failed")
 
     def _probe(self) -> None:
         try:
@@ -390,14 +398,15 @@ class ParquetLogWriter:
             self.skipped_records += skipped
             self.replayed_rows += rows
             self._pending_rows += rows
-            self._sealed.append(_Batch(segment.name, entries, rows, segment, 0))
+            self._seq += 1  # so that flush() waits for the replay too
+            self._sealed.append(_Batch(segment.name, entries, rows, segment, self._seq))
         if self._sealed:
             log.warning("replaying %d journal segment(s) (%d rows) left by a stopped writer under %s",
                         len(self._sealed), self.replayed_rows, self.journal_dir)
 
 
 def open_request_log(log_dir: Path, *, journal: bool = True, **options: Any) -> ParquetLogWriter:
-    """The writer of `<log_dir>/requests/`, journaled in `<log_dir>/_journal/requests/`."""
+    """The writer of `<log_dir>/requests/`, journaled in `<log_dir>/_journal/requests/` (unless `journal=False`)."""
     return _open(Path(log_dir), plog.REQUESTS_DIR, plog.REQUEST_SCHEMA, plog.request_columns, plog.LoggedRequest,
                  "request-log", journal, options)
 

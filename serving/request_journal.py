@@ -94,12 +94,15 @@ class Segment:
             raise
         return cls(path, fd, 0)
 
-    def append(self, data: bytes) -> None:
-        """Writes `data` and waits for it to reach the disk (one fdatasync for the whole group)."""
+    def append(self, data: bytes, sync: bool = True) -> None:
+        """Writes `data` and, with `sync`, waits for it to reach the disk (one fdatasync for the whole
+        group). Without it the data is in the kernel's page cache: safe from the process dying
+        (`kill -9` included), not from a power cut or a kernel crash."""
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
-        os.fdatasync(self._fd)
+        if sync:
+            os.fdatasync(self._fd)
         # Writes to a file someone deleted (say, the log directory removed under a running
         # gateway) succeed and are lost: that is a failing log too.
         if os.fstat(self._fd).st_nlink == 0:

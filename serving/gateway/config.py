@@ -121,6 +121,9 @@ class GatewaySettings:
     # so an answered request survives kill -9 and power loss (serving/log_writer.py). false: kept in
     # memory until its Parquet file, as before (a crash loses up to log_flush_seconds of requests).
     log_journal: bool = True
+    # false: the answer waits for the journal write but not its fdatasync (safe from the gateway
+    # dying, kill -9 included, not from a power cut); for disks with a slow fdatasync.
+    log_fsync: bool = True
     # When the journal cannot be written (full or failing disk): "refuse" answers 503 naming the
     # log problem until the disk works again; "serve" answers anyway, the entry in memory only.
     log_failure: str = "refuse"

@@ -90,7 +90,7 @@ class GatewayCore:
         """Opens the logs and the upstream connections, starts the shadow workers and the config poll."""
         s = self.settings
         log_options = {"capacity_rows": s.log_queue_rows, "flush_rows": s.log_flush_rows, "flush_seconds": s.log_flush_seconds,
-                       "journal": s.log_journal, "on_failure": s.log_failure}
+                       "journal": s.log_journal, "fsync": s.log_fsync, "on_failure": s.log_failure}
         loop = asyncio.get_running_loop()
         # Replay of a dead gateway's journal reads files: off the event loop.
         self.request_log = await loop.run_in_executor(None, lambda: log_writer.open_request_log(s.log_dir, **log_options))

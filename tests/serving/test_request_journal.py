@@ -60,8 +60,9 @@ def _break(directory: Path) -> None:
     directory.write_text("not a directory")
 
 
-def test_an_entry_is_in_the_journal_before_its_waiter_hears_and_the_segment_goes_once_in_parquet(tmp_path):
-    writer = log_writer.open_request_log(tmp_path, flush_seconds=3600.0)
+@pytest.mark.parametrize("fsync", [True, False])
+def test_an_entry_is_in_the_journal_before_its_waiter_hears_and_the_segment_goes_once_in_parquet(tmp_path, fsync):
+    writer = log_writer.open_request_log(tmp_path, flush_seconds=3600.0, fsync=fsync)
     try:
         assert _put_and_wait(writer, _request("r1", 3)) is None
         [segment] = _segments(tmp_path)
