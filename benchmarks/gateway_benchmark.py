@@ -19,7 +19,8 @@ durable log adds over the memory-only log at p50 (aim: < 0.2 ms). The added
 latency comes from paired rounds (model server, then gateway, back to back, `--paired-rounds`
 times), because on a shared machine two runs minutes apart can differ by more than 1 ms. The gateway
 takes its settings from MLOPS_GATEWAY_* variables as in production, so the same run can be
-repeated with, e.g., `MLOPS_GATEWAY_UPSTREAM_MAX_IN_FLIGHT=0` (no merging of concurrent requests).
+repeated with, e.g., `MLOPS_GATEWAY_UPSTREAM_MAX_IN_FLIGHT=0` (no merging of concurrent requests)
+or `MLOPS_GATEWAY_LOG_FSYNC=false` (the journal written but not fdatasynced before the answer).
 """
 
 from __future__ import annotations
