@@ -8,14 +8,19 @@ requests or `--seconds` seconds, whichever comes first, after a short warm-up. T
 and the gateway run as their own processes (`python -m serving.model_server`,
 `python -m serving.gateway`) on 127.0.0.1, as in production; the load comes from this process
 (asyncio: serving.gateway.http_pool for REST, grpc.aio for gRPC), so on a small machine the client's own CPU is part
-of every number. The gateway logs every request to Parquet as it would in production.
+of every number. The gateway logs every request as it does in production: durably, through its
+write-ahead journal (one fdatasync per group of concurrent requests, before the answer). A second
+gateway with `log_journal = false` (the log in memory until its Parquet file, as before the
+journal) runs beside it, so the table shows the durable log's cost side by side.
 
 Prints a table and the two numbers the issue aims at: what the gateway adds at p50 over the
-server it fronts (aim: < 1 ms) and its best throughput (aim: >= 1,000 requests/s). The added
+server it fronts (aim: < 1 ms) and its best throughput (aim: >= 1,000 requests/s), and what the
+durable log adds over the memory-only log at p50 (aim: < 0.2 ms). The added
 latency comes from paired rounds (model server, then gateway, back to back, `--paired-rounds`
 times), because on a shared machine two runs minutes apart can differ by more than 1 ms. The gateway
 takes its settings from MLOPS_GATEWAY_* variables as in production, so the same run can be
-repeated with, e.g., `MLOPS_GATEWAY_UPSTREAM_MAX_IN_FLIGHT=0` (no merging of concurrent requests).
+repeated with, e.g., `MLOPS_GATEWAY_UPSTREAM_MAX_IN_FLIGHT=0` (no merging of concurrent requests)
+or `MLOPS_GATEWAY_LOG_FSYNC=false` (the journal written but not fdatasynced before the answer).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 MODEL = "taxi"
+# The gateway with `log_journal = false`: its log is in memory until a Parquet file (lost on kill -9).
+MEMORY_LOG = "gateway, memory log"
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -200,11 +207,11 @@ async def _drive(one, clients: int, limit: int, seconds: float, latencies: list[
     return latencies, time.perf_counter() - started
 
 
-def paired_added_latency(targets: list[tuple[str, str, str]], trips: list, rounds: int,
-                         seconds: float) -> dict[tuple[str, int], list[float]]:
-    """Per (protocol, examples): the gateway's p50 minus the model server's, one difference per round.
+def paired_added_latency(targets: list[tuple[str, str, str]], trips: list, rounds: int, seconds: float,
+                         base: str = "model server", other: str = "gateway") -> dict[tuple[str, int], list[float]]:
+    """Per (protocol, examples): the p50 of `other` minus that of `base`, one difference per round.
 
-    Each round runs the model server, then the gateway, back to back, so both see the same
+    Each round runs `base`, then `other`, back to back, so both see the same
     machine: on a shared 2-core machine, load from elsewhere comes and goes over seconds, and one
     long run per target compares two different moments.
     """
@@ -218,11 +225,11 @@ def paired_added_latency(targets: list[tuple[str, str, str]], trips: list, round
         for protocol in ("REST", "gRPC"):
             for _ in range(rounds):
                 p50 = {}
-                for name in ("model server", "gateway"):
+                for name in (base, other):
                     latencies, _wall = run_target(protocol, address[(name, protocol)], body, request, 1, 10**9, seconds)
                     p50[name] = percentile(sorted(latencies), 0.5)
-                deltas.setdefault((protocol, batch), []).append(p50["gateway"] - p50["model server"])
-            print(f"  done: paired rounds {protocol} batch={batch}", file=sys.stderr, flush=True)
+                deltas.setdefault((protocol, batch), []).append(p50[other] - p50[base])
+            print(f"  done: paired rounds {other} vs {base}, {protocol} batch={batch}", file=sys.stderr, flush=True)
     return deltas
 
 
@@ -257,39 +264,47 @@ def main(argv: list[str] | None = None) -> int:
             env, ("Running gRPC ModelServer at", "Exporting HTTP/REST API at"))
         server_grpc = lines[0].split(" at ")[1].split()[0]
         server_rest = "http://" + lines[1].split("at:")[1].split()[0]
-        gateway = None
+        gateways: dict[str, subprocess.Popen] = {}
         try:
             gateway_env = {**env, "MLOPS_GATEWAY_MODEL_SERVER_REST": server_rest, "MLOPS_GATEWAY_MODEL_SERVER_GRPC": server_grpc,
-                           "MLOPS_GATEWAY_MODEL_CONFIG_FILE": str(config_file), "MLOPS_GATEWAY_LOG_DIR": str(workdir / "logs"),
-                           "MLOPS_GATEWAY_STATE_FILE": str(workdir / "state.json"), "MLOPS_GATEWAY_REST_PORT": "0",
+                           "MLOPS_GATEWAY_MODEL_CONFIG_FILE": str(config_file), "MLOPS_GATEWAY_REST_PORT": "0",
                            "MLOPS_GATEWAY_GRPC_PORT": "0"}
-            gateway, lines = start_process(["-m", "serving.gateway"], gateway_env, ("gateway: REST",))
-            words = lines[0].split()
-            gateway_rest, gateway_grpc = words[2], words[4]
-
-            targets = [("model server", "REST", server_rest), ("model server", "gRPC", server_grpc),
-                       ("gateway", "REST", gateway_rest), ("gateway", "gRPC", gateway_grpc)]
+            targets = [("model server", "REST", server_rest), ("model server", "gRPC", server_grpc)]
+            rest_of = {}
+            for name, journal in ((MEMORY_LOG, "false"), ("gateway", "true")):
+                folder = workdir / name.replace(" ", "-").replace(",", "")
+                gateways[name], lines = start_process(["-m", "serving.gateway"], {
+                    **gateway_env, "MLOPS_GATEWAY_LOG_DIR": str(folder / "logs"), "MLOPS_GATEWAY_STATE_FILE": str(folder / "state.json"),
+                    "MLOPS_GATEWAY_LOG_JOURNAL": journal}, ("gateway: REST",))
+                words = lines[0].split()
+                rest_of[name] = words[2]
+                targets += [(name, "REST", words[2]), (name, "gRPC", words[4])]
             for batch in (1, 32):
                 body = json.dumps({"instances": [trip.to_instance() for trip in trips[:batch]]}).encode()
                 request = build_predict_request(trips[:batch], MODEL)
                 for clients in (1, 8):
                     for name, protocol, address in targets:
-                        cpu_before = {p.pid: cpu_seconds(p.pid) for p in (server, gateway)}
-                        merged_before = merged_calls(gateway_rest)
+                        gateway = gateways.get(name)
+                        processes = (server, gateway) if gateway is not None else (server,)
+                        cpu_before = {p.pid: cpu_seconds(p.pid) for p in processes}
+                        merged_before = merged_calls(rest_of[name]) if gateway is not None else None
                         latencies, wall = run_target(protocol, address, body, request, clients, args.requests, args.seconds)
                         latencies.sort()
                         # CPU per request (warm-up included in both counts): what each process pays, whatever the load.
                         total = len(latencies) + max(20, clients * 5)
-                        cpu = {p.pid: (cpu_seconds(p.pid) - cpu_before[p.pid]) / total for p in (server, gateway)}
-                        carried, calls = (after - before for after, before in zip(merged_calls(gateway_rest), merged_before))
-                        per_call = (carried / calls if calls else 1.0) if name == "gateway" else None
+                        cpu = {p.pid: (cpu_seconds(p.pid) - cpu_before[p.pid]) / total for p in processes}
+                        per_call = None
+                        if gateway is not None:
+                            carried, calls = (after - before for after, before in zip(merged_calls(rest_of[name]), merged_before))
+                            per_call = carried / calls if calls else 1.0
                         rows.append((name, protocol, batch, clients, percentile(latencies, 0.5), percentile(latencies, 0.99),
-                                     len(latencies) / wall, cpu[server.pid], cpu[gateway.pid] if name == "gateway" else None,
+                                     len(latencies) / wall, cpu[server.pid], cpu[gateway.pid] if gateway is not None else None,
                                      per_call))
                         print(f"  done: {name} {protocol} batch={batch} clients={clients}", file=sys.stderr, flush=True)
             paired = paired_added_latency(targets, trips, args.paired_rounds, args.paired_seconds)
+            durable = paired_added_latency(targets, trips, args.paired_rounds, args.paired_seconds, base=MEMORY_LOG)
         finally:
-            if gateway is not None:
+            for gateway in gateways.values():
                 stop_process(gateway)
             stop_process(server)
 
@@ -310,6 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         deltas = sorted(deltas)
         print(f"gateway adds at p50 ({protocol}, {batch} example(s), 1 client): {statistics.median(deltas) * 1e3:+.2f} ms "
               f"(aim: < 1 ms; median of {len(deltas)} paired rounds, range {deltas[0] * 1e3:+.2f} to {deltas[-1] * 1e3:+.2f})")
+    for (protocol, batch), deltas in durable.items():
+        deltas = sorted(deltas)
+        print(f"durable log adds at p50 ({protocol}, {batch} example(s), 1 client): {statistics.median(deltas) * 1e3:+.2f} ms "
+              f"(aim: < 0.2 ms; median of {len(deltas)} paired rounds, range {deltas[0] * 1e3:+.2f} to {deltas[-1] * 1e3:+.2f})")
+    print("durable log vs memory log, side by side (p50 / p99 ms):")
+    for (name, protocol, batch, clients), row in by_key.items():
+        if name == "gateway":
+            memory = by_key[(MEMORY_LOG, protocol, batch, clients)]
+            print(f"  {protocol:<5} {batch:>2} example(s) {clients} client(s): durable {row[4] * 1e3:.2f} / {row[5] * 1e3:.2f}"
+                  f"   memory {memory[4] * 1e3:.2f} / {memory[5] * 1e3:.2f}")
     best = max((r for r in rows if r[0] == "gateway"), key=lambda r: r[6])
     print(f"gateway best throughput: {best[6]:.0f} requests/s ({best[1]}, {best[2]} example(s), {best[3]} clients) "
           f"(aim: >= 1,000 requests/s; {os.cpu_count()} CPUs shared by client, gateway and model server)")

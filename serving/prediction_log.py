@@ -2,29 +2,27 @@
 
 Layout and columns are the contract in docs/ARCHITECTURE.md ("Prediction logs"):
 `<log_dir>/requests/date=YYYY-MM-DD/part-<unix_ms>-<uuid8>.parquet`, one row per example served,
-and `<log_dir>/feedback/date=YYYY-MM-DD/part-*.parquet`.
+and `<log_dir>/feedback/date=YYYY-MM-DD/part-*.parquet`. This module owns the schemas, the rows
+of an entry, the atomic write of one part file and the readers.
 
-Writing happens off the request path: the gateway hands each served request to a
-`ParquetLogWriter`, whose bounded queue gives back-pressure (a caller that finds it full waits;
-nothing is dropped) and whose background thread writes a file every `flush_rows` rows or
-`flush_seconds` seconds and on `close()`. A file appears under its final name only when it is
-complete (written to a hidden temp name, fsynced, renamed), so a reader never sees half a file
-and readers skip the hidden temp names. A failed write keeps its rows and is retried.
+The gateway writes through `serving/log_writer.py`: every entry is first made durable in a
+write-ahead journal (`serving/request_journal.py`, under `<log_dir>/_journal/`, which readers
+never look at) before the request is answered, then compacted into these Parquet files; after a
+crash the journal is replayed into them, without duplicates. A part file appears under its final
+name only when it is complete (written to a hidden temp name, fsynced, renamed), so a reader never
+sees half a file and readers skip the hidden temp names.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import functools
-import logging
 import math
 import re
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,8 +30,6 @@ import pyarrow.parquet as pq
 from core import atomic
 from core.errors import DataError
 from transforms.features import SERVING_FEATURES, Kind
-
-log = logging.getLogger(__name__)
 
 REQUESTS_DIR = "requests"
 FEEDBACK_DIR = "feedback"
@@ -159,209 +155,32 @@ def feedback_columns(entries: Sequence[Feedback]) -> dict[str, list[Any]]:
 
 
 @functools.cache
-def _load_arrow_timezones() -> None:
+def load_arrow_timezones() -> None:
     """pyarrow imports pandas the first time it builds a tz-aware timestamp array (seconds of CPU here).
 
-    Done once when a writer is created, so it happens at start-up and not in the middle of
+    Writers call it once when they are created, so it happens at start-up and not in the middle of
     serving, where it would hold the GIL and stall requests.
     """
     pa.array([0], type=pa.int64()).view(_TIMESTAMP)
 
 
-class LogWriterClosed(RuntimeError):
-    """The writer was closed; nothing more can be logged through it."""
+def part_path(partition_dir: Path, name: str) -> Path:
+    """`<partition_dir>/part-<name>.parquet`; `name` is `<unix_ms>-<hex8>`."""
+    return partition_dir / f"part-{name}.parquet"
 
 
-class ParquetLogWriter:
-    """A bounded queue of log entries and a background thread that writes them as Parquet files.
-
-    `capacity_rows` bounds the rows accepted but not yet on disk; `try_put` refuses an entry
-    that would exceed it (the caller waits and retries: back-pressure, never a silent drop).
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        schema: pa.Schema,
-        to_columns: Callable[[Sequence[Any]], dict[str, list[Any]]],
-        *,
-        capacity_rows: int = 50_000,
-        flush_rows: int = 10_000,
-        flush_seconds: float = 5.0,
-        retry_seconds: float = 1.0,
-        name: str = "prediction-log",
-    ) -> None:
-        if capacity_rows < 1 or flush_rows < 1 or flush_seconds <= 0:
-            raise ValueError("capacity_rows and flush_rows must be >= 1 and flush_seconds > 0")
-        self.directory = Path(directory)
-        self.schema = schema
-        self._to_columns = to_columns
-        self.capacity_rows = capacity_rows
-        self.flush_rows = min(flush_rows, capacity_rows)
-        self.flush_seconds = flush_seconds
-        self._retry_seconds = retry_seconds
-        self._pending: collections.deque[Any] = collections.deque()
-        self._pending_rows = 0  # queued + being written
-        self._queued_rows = 0
-        self._oldest_monotonic: float | None = None
-        self._accepted = 0  # entries accepted so far
-        self._written = 0  # entries on disk so far (the writer keeps order)
-        self._flush_requested = False
-        self._closing = False
-        self._closed = False
-        self.rows_written = 0
-        self.files_written = 0
-        self.write_failures = 0
-        self._cond = threading.Condition()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        _load_arrow_timezones()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    # --- producers -------------------------------------------------------------------------
-    def try_put(self, entry: Any) -> bool:
-        """Queues `entry` unless that would exceed the capacity; never blocks (safe on an event loop)."""
-        rows = entry.rows
-        with self._cond:
-            if self._closing:
-                raise LogWriterClosed(f"log writer for {self.directory} is closed")
-            # An entry larger than the whole capacity is still accepted into an empty queue.
-            if self._pending_rows and self._pending_rows + rows > self.capacity_rows:
-                return False
-            self._pending.append(entry)
-            self._pending_rows += rows
-            self._queued_rows += rows
-            self._accepted += 1
-            if self._oldest_monotonic is None:
-                self._oldest_monotonic = time.monotonic()
-            if self._queued_rows >= self.flush_rows:
-                self._cond.notify_all()
-            return True
-
-    def put(self, entry: Any, timeout: float | None = None) -> bool:
-        """Blocking `try_put` for threads: waits for room up to `timeout` seconds; False if none came."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.try_put(entry):
-            with self._cond:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
-        return True
-
-    @property
-    def pending_rows(self) -> int:
-        with self._cond:
-            return self._pending_rows
-
-    def flush(self, timeout: float = 30.0) -> None:
-        """Writes everything accepted so far and waits until it is on disk (tests, shutdown, admin)."""
-        with self._cond:
-            target = self._accepted
-            self._flush_requested = True
-            self._cond.notify_all()
-            deadline = time.monotonic() + timeout
-            while self._written < target:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    raise TimeoutError(
-                        f"{self.directory}: {target - self._written} log entries not written after {timeout}s "
-                        f"({self.write_failures} failed writes)"
-                    )
-                self._cond.wait(min(remaining, 0.1))
-
-    def close(self, timeout: float = 60.0) -> None:
-        """Writes what is queued, then stops the thread. Idempotent.
-
-        If the disk keeps failing for `timeout` seconds, raises TimeoutError with the number of rows
-        still in memory (the thread keeps retrying as long as the process lives).
-        """
-        with self._cond:
-            if self._closed:
-                return
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
-        with self._cond:
-            self._closed = True
-            left = self._pending_rows
-        if self._thread.is_alive() or left:
-            raise TimeoutError(f"{self.directory}: {left} log rows could not be written before shutdown")
-
-    # --- the writer thread -----------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._should_write():
-                    if self._closing and not self._pending:
-                        return
-                    self._cond.wait(self._wait_seconds())
-                batch = list(self._pending)
-                self._pending.clear()
-                self._queued_rows = 0
-                self._oldest_monotonic = None
-                self._flush_requested = False
-            rows = sum(entry.rows for entry in batch)
-            try:
-                self._write(batch)
-            except Exception:  # noqa: BLE001 - any I/O failure: keep the rows and retry
-                self.write_failures += 1
-                log.exception("writing %d log rows under %s failed; will retry", rows, self.directory)
-                with self._cond:
-                    self._pending.extendleft(reversed(batch))
-                    self._queued_rows += rows
-                    self._oldest_monotonic = time.monotonic()
-                # Also while closing: close() waits up to its timeout, then reports the rows still unwritten.
-                time.sleep(self._retry_seconds)
-                continue
-            with self._cond:
-                self._pending_rows -= rows
-                self._written += len(batch)
-                self.rows_written += rows
-                self._cond.notify_all()
-
-    def _should_write(self) -> bool:
-        if not self._pending:
-            return False
-        if self._closing or self._flush_requested or self._queued_rows >= self.flush_rows:
-            return True
-        return self._oldest_monotonic is not None and time.monotonic() - self._oldest_monotonic >= self.flush_seconds
-
-    def _wait_seconds(self) -> float:
-        if self._oldest_monotonic is None:
-            return self.flush_seconds
-        return max(0.001, self.flush_seconds - (time.monotonic() - self._oldest_monotonic))
-
-    def _write(self, batch: Sequence[Any]) -> None:
-        by_date: dict[str, list[Any]] = collections.defaultdict(list)
-        for entry in batch:
-            by_date[_utc_date(entry.timestamp_us)].append(entry)
-        for date, entries in sorted(by_date.items()):
-            table = pa.Table.from_pydict(self._to_columns(entries), schema=self.schema)
-            write_table_atomically(table, self.directory / f"{PARTITION_PREFIX}{date}")
-            self.files_written += 1
-
-
-def write_table_atomically(table: pa.Table, partition_dir: Path) -> Path:
-    """Writes `table` as `part-<unix_ms>-<uuid8>.parquet` in `partition_dir`, atomically (core.atomic):
-    until the rename, the file has a hidden temp name that the readers' `part-*.parquet` glob skips."""
-    final = partition_dir / f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+def write_table_atomically(table: pa.Table, partition_dir: Path, name: str | None = None) -> Path:
+    """Writes `table` as `part-<name>.parquet` in `partition_dir` (default name: `<unix_ms>-<uuid8>`),
+    atomically (core.atomic): until the rename, the file has a hidden temp name that the readers'
+    `part-*.parquet` glob skips."""
+    final = part_path(partition_dir, name or f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}")
     with atomic.atomic_file(final, "wb") as handle:
         pq.write_table(table, handle, compression="snappy")
     return final
 
 
-def open_request_log(log_dir: Path, **options: Any) -> ParquetLogWriter:
-    """The writer of `<log_dir>/requests/`."""
-    return ParquetLogWriter(Path(log_dir) / REQUESTS_DIR, REQUEST_SCHEMA, request_columns, name="request-log", **options)
-
-
-def open_feedback_log(log_dir: Path, **options: Any) -> ParquetLogWriter:
-    """The writer of `<log_dir>/feedback/`."""
-    return ParquetLogWriter(Path(log_dir) / FEEDBACK_DIR, FEEDBACK_SCHEMA, feedback_columns, name="feedback-log", **options)
-
-
-def _utc_date(timestamp_us: int) -> str:
+def utc_date(timestamp_us: int) -> str:
+    """The `YYYY-MM-DD` partition of a timestamp in microseconds."""
     return dt.datetime.fromtimestamp(timestamp_us / 1_000_000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
 
 

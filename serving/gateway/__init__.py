@@ -2,9 +2,9 @@
 
 It routes each request by the model's policy (blue-green, canary, shadow), checks inputs before
 forwarding, adds a per-instance `decision` from the model's degree of automation, logs every
-served example to Parquet (`serving/prediction_log.py`), exposes Prometheus metrics, and has a
-token-protected admin API for rollouts (driven by `serving/rollout.py`). It never imports
-TensorFlow or the model server (tests/serving/test_boundaries.py).
+served example to Parquet (`serving/prediction_log.py`), durably before it answers, exposes
+Prometheus metrics, and has a token-protected admin API for rollouts (driven by
+`serving/rollout.py`). It never imports TensorFlow or the model server (tests/serving/test_boundaries.py).
 
 Run it: `python -m serving.gateway --config gateway.toml [--rest-port N ...]` (`__main__.py`), or
 in-process: `serving.gateway.app.start_gateway(settings)` returns a handle with `.rest_port`,
@@ -21,7 +21,7 @@ A map, in the order a predict request meets the code:
 | the body is parsed and checked against `transforms.features` (column fast path, single example, NaN tokens) | `inputs.py` (`check_predict_body`, `check_instances`, `check_inputs`) |
 | routed: policy, explicit version or label, sticky canary keys, decisions | `core.py` (`GatewayCore.resolve`) with `routing.py` (`RoutingTable`, `choose_target`, `decide`) |
 | forwarded to the model server, merged with concurrent calls under load | `core.py` (`GatewayCore.predict`), `upstream.py` (REST/gRPC clients, circuit breaker), `upstream_batching.py`, `http_pool.py` |
-| logged, counted, shadowed | `core.py` (`GatewayCore.serve`, the shadow workers), `metrics.py` |
+| logged (durably, before the answer), counted, shadowed | `core.py` (`GatewayCore.serve`, `GatewayCore.log`, the shadow workers), `serving/log_writer.py`, `metrics.py` |
 | feedback checked and logged | `core.py` (`GatewayCore.record_feedback`) |
 | admin calls land (`/admin/...`: policy, canary, promote, rollback, shadow, automation, stats, flush) | `admin.py` (`AdminApi`), changing `routing.py`'s table |
 | why a request failed, and the status each failure is answered with | `errors.py` (`GatewayError` and its kinds, carrying a `serving.status.Code`) |
@@ -65,6 +65,11 @@ list per feature) and calls the model server's REST API in the columnar format (
 the log.
 
 Every example served with status 200 is one row in the request log; a shadow copy that was sent
-is one row with `is_shadow=true`. A request waits for room in a full log queue; if none comes in
-`log_backpressure_timeout_s` it fails with 503 (so it was neither served nor logged).
+is one row with `is_shadow=true`. The answer leaves only once the rows are durable in the log's
+write-ahead journal (`serving/log_writer.py`; one fdatasync per group of concurrent requests), so
+a `kill -9` loses no answered request: the next start replays the journal into Parquet. A request
+waits for room in a full log queue; if none comes in `log_backpressure_timeout_s` it fails with
+503 (so it was neither served nor logged). When the journal cannot be written, `log_failure`
+decides: "refuse" (default) answers 503 naming the log problem (`/healthz` says 503 too) until
+the disk works again; "serve" answers with the rows in memory only.
 """

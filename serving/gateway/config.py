@@ -29,6 +29,7 @@ ENV_PREFIX = "MLOPS_GATEWAY_"
 POLICIES = ("blue_green", "canary", "shadow")
 AUTOMATION_MODES = ("shadow", "assist", "partial", "full")
 UPSTREAM_PROTOCOLS = ("rest", "grpc")
+LOG_FAILURE_POLICIES = ("refuse", "serve")
 # A short token is guessable; the admin API moves production traffic.
 MIN_ADMIN_TOKEN_LENGTH = 16
 
@@ -113,8 +114,19 @@ class GatewaySettings:
     log_queue_rows: int = 50_000
     log_flush_rows: int = 10_000
     log_flush_seconds: float = 5.0
-    # A request waits this long for room in a full log queue, then fails with 503 unlogged-and-unserved.
+    # A request waits this long for room in a full log queue (or for its journal write), then fails
+    # with 503 unlogged-and-unserved.
     log_backpressure_timeout_s: float = 5.0
+    # Each log entry is written and fdatasynced to a write-ahead journal before the answer leaves,
+    # so an answered request survives kill -9 and power loss (serving/log_writer.py). false: kept in
+    # memory until its Parquet file, as before (a crash loses up to log_flush_seconds of requests).
+    log_journal: bool = True
+    # false: the answer waits for the journal write but not its fdatasync (safe from the gateway
+    # dying, kill -9 included, not from a power cut); for disks with a slow fdatasync.
+    log_fsync: bool = True
+    # When the journal cannot be written (full or failing disk): "refuse" answers 503 naming the
+    # log problem until the disk works again; "serve" answers anyway, the entry in memory only.
+    log_failure: str = "refuse"
     shadow_queue_size: int = 1_000
     shadow_workers: int = 4
     # Request ids kept in memory to validate feedback and for admin stats.
@@ -153,6 +165,8 @@ class GatewaySettings:
             value = getattr(self, name)
             if not value > 0:
                 raise GatewayConfigError(f"gateway.{name} must be > 0, got {value!r}")
+        if self.log_failure not in LOG_FAILURE_POLICIES:
+            raise GatewayConfigError(f"gateway.log_failure must be one of {list(LOG_FAILURE_POLICIES)}, got {self.log_failure!r}")
         if self.upstream_max_in_flight < 0:
             raise GatewayConfigError(
                 f"gateway.upstream_max_in_flight must be >= 0 (0 = never merge requests), got {self.upstream_max_in_flight!r}"
@@ -307,9 +321,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config-file", help="TF Serving models.config with the stable/canary labels")
     parser.add_argument("--log-dir", help="prediction log directory")
     parser.add_argument("--state-file", help="where routing policies persist")
+    parser.add_argument("--log-failure", choices=LOG_FAILURE_POLICIES,
+                        help="when the prediction log cannot be written: refuse (503, default) or serve unlogged")
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("host", "rest_port", "grpc_port", "model_server_rest", "model_server_grpc", "upstream_protocol",
-             "model_config_file", "log_dir", "state_file")
+             "model_config_file", "log_dir", "state_file", "log_failure")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

@@ -8,14 +8,18 @@ keeps the metrics. Feedback is checked and logged here too. Failures are typed e
 (`errors.py`); the edges (`rest.py`, `grpc_service.py`, `admin.py`) turn them into answers.
 
 Every example served is one row in the request log; a shadow copy that was sent is one row with
-`is_shadow=true`. A request waits for room in a full log queue; if none comes in
-`log_backpressure_timeout_s` it fails UNAVAILABLE (so it was neither served nor logged).
+`is_shadow=true`. A request is answered only once its log entry is durable in the journal
+(`serving/log_writer.py`; one fdatasync per group of concurrent requests). A request waits for
+room in a full log queue; if none comes in `log_backpressure_timeout_s` it fails UNAVAILABLE (so
+it was neither served nor logged). When the journal cannot be written, `log_failure` decides:
+"refuse" fails the request with `LogUnavailable` (503), "serve" answers it, logged in memory only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import logging
 import math
@@ -25,10 +29,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from serving import prediction_log
+from serving import log_writer, prediction_log
 from serving.gateway import routing
 from serving.gateway.config import GatewaySettings
-from serving.gateway.errors import SERVED_STATUS, GatewayError, InvalidRequest, is_invalid_request
+from serving.gateway.errors import SERVED_STATUS, GatewayError, InvalidRequest, LogUnavailable, is_invalid_request
 from serving.gateway.inputs import CheckedInstances
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.routing import ModelRoute, Target
@@ -85,10 +89,14 @@ class GatewayCore:
     async def open(self) -> None:
         """Opens the logs and the upstream connections, starts the shadow workers and the config poll."""
         s = self.settings
-        log_options = {"capacity_rows": s.log_queue_rows, "flush_rows": s.log_flush_rows, "flush_seconds": s.log_flush_seconds}
-        self.request_log = prediction_log.open_request_log(s.log_dir, **log_options)
-        self.feedback_log = prediction_log.open_feedback_log(s.log_dir, **log_options)
+        log_options = {"capacity_rows": s.log_queue_rows, "flush_rows": s.log_flush_rows, "flush_seconds": s.log_flush_seconds,
+                       "journal": s.log_journal, "fsync": s.log_fsync, "on_failure": s.log_failure}
+        loop = asyncio.get_running_loop()
+        # Replay of a dead gateway's journal reads files: off the event loop.
+        self.request_log = await loop.run_in_executor(None, lambda: log_writer.open_request_log(s.log_dir, **log_options))
+        self.feedback_log = await loop.run_in_executor(None, lambda: log_writer.open_feedback_log(s.log_dir, **log_options))
         self.metrics.log_queue_rows.set_function(lambda: self.request_log.pending_rows)
+        self.metrics.watch_logs({"requests": self.request_log, "feedback": self.feedback_log})
         self.upstream: RestUpstream | GrpcUpstream = RestUpstream(s) if s.upstream_protocol == "rest" else GrpcUpstream(s)
         self.rest_upstream = self.upstream if isinstance(self.upstream, RestUpstream) else RestUpstream(s)
         self._grpc_passthrough: GrpcUpstream | None = self.upstream if isinstance(self.upstream, GrpcUpstream) else None
@@ -233,17 +241,38 @@ class GatewayCore:
         self.stats.record(model, served.target.label, served.target.version, SERVED_STATUS, latency_ms, total, scored, positives,
                           square_total)
 
-    async def log(self, entry: Any, writer: prediction_log.ParquetLogWriter | None = None) -> None:
-        """Queues a log entry, waiting (not blocking the loop) while the queue is full: back-pressure, no drops."""
+    async def log(self, entry: Any, writer: log_writer.ParquetLogWriter | None = None) -> None:
+        """Logs an entry and returns once it is durable (journaled); waits, without blocking the loop,
+        while the queue is full (back-pressure, no drops). LogUnavailable when the journal cannot be
+        written and `log_failure` is "refuse"."""
         writer = writer or self.request_log
-        if writer.try_put(entry):
+        timeout = self.settings.log_backpressure_timeout_s
+        durable: asyncio.Future | None = None
+        waiter = None
+        if writer.journaled:
+            loop = asyncio.get_running_loop()
+            durable = loop.create_future()
+            waiter = functools.partial(_settle_from_thread, loop, durable)
+        if not writer.try_put(entry, waiter):
+            self.metrics.log_waits.inc()
+            deadline = time.monotonic() + timeout
+            while not writer.try_put(entry, waiter):
+                if time.monotonic() > deadline:
+                    raise GatewayError(Code.UNAVAILABLE, f"the prediction log is not keeping up ({writer.pending_rows} rows waiting); request not served")
+                await asyncio.sleep(0.002)
+        if durable is None:
             return
-        self.metrics.log_waits.inc()
-        deadline = time.monotonic() + self.settings.log_backpressure_timeout_s
-        while not writer.try_put(entry):
-            if time.monotonic() > deadline:
-                raise GatewayError(Code.UNAVAILABLE, f"the prediction log is not keeping up ({writer.pending_rows} rows waiting); request not served")
-            await asyncio.sleep(0.002)
+        try:
+            async with asyncio.timeout(timeout):
+                problem = await durable
+        except TimeoutError:
+            problem = f"the log journal under {writer.journal_dir} did not confirm a write in {timeout:g}s (a stalled disk?)"
+            if self.settings.log_failure == "refuse":
+                raise LogUnavailable(problem) from None
+        if problem is not None:
+            if self.settings.log_failure == "refuse":
+                raise LogUnavailable(problem)
+            self.metrics.log_not_durable.inc()
 
     def _remember(self, request_id: str, instances: int) -> None:
         recent = self.recent
@@ -368,6 +397,16 @@ class GatewayCore:
         if not isinstance(source, str) or not 0 < len(source) <= 64:
             raise InvalidRequest(f"{where}: source must be a short string, got {source!r:.40}")
         return Feedback(request_id, index, now_us, truth, decision, source)
+
+
+def _settle_from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future, problem: str | None) -> None:
+    """The journal thread's answer to a waiting request, handed to the request's event loop."""
+    loop.call_soon_threadsafe(_settle, future, problem)
+
+
+def _settle(future: asyncio.Future, problem: str | None) -> None:
+    if not future.done():  # the request may have timed out or its client gone
+        future.set_result(problem)
 
 
 # Fresh request ids: a random per-process prefix and a counter. Unique across gateway processes

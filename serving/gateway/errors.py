@@ -68,3 +68,12 @@ class ModelServerRefused(GatewayError):
 def is_invalid_request(err: BaseException) -> bool:
     """The model server refused the call as a bad request (a merged call is then retried one by one)."""
     return isinstance(err, GatewayError) and err.http_status == HTTP_STATUS[Code.INVALID_ARGUMENT]
+
+
+class LogUnavailable(GatewayError):
+    """The request log cannot be written (full or failing disk) and `log_failure = "refuse"`: the
+    request is not answered rather than answered unlogged. UNAVAILABLE, HTTP 503; the message names
+    the log problem. It clears by itself when the disk works again."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(Code.UNAVAILABLE, f"{problem}; request not served (gateway log_failure = \"refuse\")")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import prometheus_client
 
@@ -50,6 +50,34 @@ class ScoreHistogram:
         yield family
 
 
+class LogCollector:
+    """The log writers' own counts, read when Prometheus scrapes (the writers' threads keep them)."""
+
+    def __init__(self, writers: Mapping[str, Any]) -> None:
+        self.writers = dict(writers)
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        healthy = GaugeMetricFamily("mlops_gateway_log_healthy", "1 while the log's journal can be written, 0 while it fails",
+                                    labels=["log"])
+        counters = {
+            "journal_failures": ("mlops_gateway_log_journal_failures", "Journal writes that failed (full or failing disk)"),
+            "journal_commits": ("mlops_gateway_log_journal_commits", "Journal group commits (one fdatasync each)"),
+            "journal_entries": ("mlops_gateway_log_journal_entries", "Log entries made durable in the journal"),
+            "not_durable_rows": ("mlops_gateway_log_not_durable_rows", "Rows logged in memory only while the journal failed (log_failure = serve)"),
+            "replayed_rows": ("mlops_gateway_log_replayed_rows", "Rows recovered from a stopped gateway's journal at start"),
+            "write_failures": ("mlops_gateway_log_parquet_write_failures", "Parquet writes that failed (retried)"),
+        }
+        families = {attribute: CounterMetricFamily(name, text, labels=["log"]) for attribute, (name, text) in counters.items()}
+        for kind, writer in self.writers.items():
+            healthy.add_metric([kind], 0.0 if writer.failure else 1.0)
+            for attribute, family in families.items():
+                family.add_metric([kind], getattr(writer, attribute))
+        yield healthy
+        yield from families.values()
+
+
 class GatewayMetrics:
     """The Prometheus metrics the Grafana dashboard reads; one registry per gateway (tests run several)."""
 
@@ -86,8 +114,15 @@ class GatewayMetrics:
             registry=r)
         self.log_waits = prometheus_client.Counter(
             "mlops_gateway_log_backpressure_waits_total", "Requests that waited for room in a full log queue", registry=r)
+        self.log_not_durable = prometheus_client.Counter(
+            "mlops_gateway_log_not_durable_requests", "Requests answered while their log entry could not be journaled "
+            "(log_failure = serve)", registry=r)
         prometheus_client.ProcessCollector(registry=r)
         self._children: dict[tuple, Any] = {}
+
+    def watch_logs(self, writers: Mapping[str, Any]) -> None:
+        """Exports the log writers' health and counts (`mlops_gateway_log_*`)."""
+        self.registry.register(LogCollector(writers))
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, cached: the lookup is measurable on the hot path."""

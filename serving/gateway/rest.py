@@ -156,10 +156,17 @@ class RestApi:
         return web.Response(body=payload, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        breaker = self.core.upstream.breaker
-        body = {"status": "ok", "model_server": "down" if breaker.failures >= breaker.threshold else "up",
-                "models": self.core.routes.models(), "log_queue_rows": self.core.request_log.pending_rows}
-        return json_response(body)
+        """200 while the gateway can serve; 503 while its log fails under `log_failure = "refuse"`
+        (it refuses predictions then), with `log_problem` saying what is wrong."""
+        core = self.core
+        breaker = core.upstream.breaker
+        problem = core.request_log.failure or core.feedback_log.failure
+        refusing = problem is not None and self.settings.log_failure == "refuse"
+        body = {"status": "log_failing" if problem else "ok", "model_server": "down" if breaker.failures >= breaker.threshold else "up",
+                "models": core.routes.models(), "log_queue_rows": core.request_log.pending_rows,
+                "log": "failing" if problem else ("durable" if core.request_log.journaled else "memory"),
+                "log_problem": problem, "log_failure": self.settings.log_failure}
+        return web.Response(status=503 if refusing else 200, body=orjson.dumps(body), content_type=_JSON)
 
 
 def _rest_answer(served: Served, columnar: bool) -> dict[str, Any]:

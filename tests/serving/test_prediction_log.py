@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.errors import DataError
+from serving import log_writer
 from serving import prediction_log as plog
 from serving.prediction_log import Feedback, LoggedRequest
 from tests.fixtures.polling import poll_until
@@ -49,7 +50,7 @@ def _request(request_id: str, count: int, when: dt.datetime = DAY_1, **fields) -
 
 @pytest.fixture
 def writer(tmp_path):
-    writer = plog.open_request_log(tmp_path, capacity_rows=100, flush_rows=50, flush_seconds=60.0, retry_seconds=0.05)
+    writer = log_writer.open_request_log(tmp_path, capacity_rows=100, flush_rows=50, flush_seconds=60.0, retry_seconds=0.05)
     yield writer
     writer.close()
 
@@ -102,7 +103,7 @@ def test_reader_windows_filters_and_drops_shadow_rows(writer, tmp_path):
 
 
 def test_a_flush_happens_every_n_rows_and_after_t_seconds(tmp_path):
-    by_rows = plog.open_request_log(tmp_path / "rows", capacity_rows=100, flush_rows=10, flush_seconds=3600.0)
+    by_rows = log_writer.open_request_log(tmp_path / "rows", capacity_rows=100, flush_rows=10, flush_seconds=3600.0)
     try:
         for index in range(4):
             by_rows.try_put(_request(f"r{index}", 3))  # the 4th brings 12 rows: over 10
@@ -110,7 +111,7 @@ def test_a_flush_happens_every_n_rows_and_after_t_seconds(tmp_path):
         assert by_rows.files_written == 1
     finally:
         by_rows.close()
-    by_time = plog.open_request_log(tmp_path / "time", capacity_rows=100, flush_rows=100, flush_seconds=0.2)
+    by_time = log_writer.open_request_log(tmp_path / "time", capacity_rows=100, flush_rows=100, flush_seconds=0.2)
     try:
         by_time.try_put(_request("late", 1))
         poll_until(lambda: by_time.rows_written == 1, "the row written by time", interval=0.02)
@@ -119,7 +120,7 @@ def test_a_flush_happens_every_n_rows_and_after_t_seconds(tmp_path):
 
 
 def test_a_full_queue_refuses_instead_of_dropping_and_close_writes_everything(tmp_path):
-    writer = plog.open_request_log(tmp_path, capacity_rows=10, flush_rows=10, flush_seconds=3600.0)
+    writer = log_writer.open_request_log(tmp_path, capacity_rows=10, flush_rows=10, flush_seconds=3600.0)
     blocker = tmp_path / "requests" / "date=2016-03-01"
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory")  # every write fails until it is removed
@@ -137,12 +138,12 @@ def test_a_full_queue_refuses_instead_of_dropping_and_close_writes_everything(tm
     frame = plog.read_prediction_logs(tmp_path)
     assert frame.groupby("request_id").size().to_dict() == {"a": 6, "b": 4, "c": 1}
     assert not [p for p in (tmp_path / "requests").rglob(".*")], "temp files left behind"
-    with pytest.raises(plog.LogWriterClosed):
+    with pytest.raises(log_writer.LogWriterClosed):
         writer.try_put(_request("d", 1))
 
 
 def test_an_entry_larger_than_the_queue_still_gets_in_when_it_is_empty(tmp_path):
-    writer = plog.open_request_log(tmp_path, capacity_rows=5, flush_rows=5, flush_seconds=3600.0)
+    writer = log_writer.open_request_log(tmp_path, capacity_rows=5, flush_rows=5, flush_seconds=3600.0)
     assert writer.try_put(_request("big", 8))
     writer.close()
     assert len(plog.read_prediction_logs(tmp_path)) == 8
@@ -178,8 +179,8 @@ def test_readers_skip_temp_files_and_name_broken_ones(writer, tmp_path):
 
 
 def test_feedback_rows_and_the_join(tmp_path):
-    requests_log = plog.open_request_log(tmp_path)
-    feedback_log = plog.open_feedback_log(tmp_path)
+    requests_log = log_writer.open_request_log(tmp_path)
+    feedback_log = log_writer.open_feedback_log(tmp_path)
     requests_log.try_put(_request("r1", 2))
     requests_log.try_put(_request("r1", 2, is_shadow=True, label="shadow"))
     feedback_log.try_put(Feedback("r1", 1, _us(DAY_1), 0, None, "api"))
