@@ -68,6 +68,11 @@ Metadata (a `DriftCheck` execution and its `DriftCheckResult`) whatever it says.
   its conf (`{"trigger": {"kind": "drift_check", "checks": [...], "evidence": {...},
   "drift_check_artifact_id": ..., "monitoring_run_id": ...}, "start": ..., "end": ...}`), which the
   training run records on its MLMD context; the training window is `retrain_start`..`retrain_end`.
+* a check failed but a retraining would learn from exactly what trained the served model (same
+  data, window, schema, hyperparameters and code: `mlops.retraining`) → `no_new_data` fails with
+  "drift persists; no new data to learn from" and the evidence (recorded in MLMD as a
+  `RetrainingDecision`), so people see it. The next windows with the same cause go to
+  `no_retraining` and say it was already raised; new data or another failed check decides anew.
 * all checks passed → `no_retraining` logs that nothing was triggered.
 
 A window without any logged prediction skips the run's tasks (nothing to check is not a failure).
@@ -110,18 +115,34 @@ def taxi_monitoring() -> None:
                                    run_type=run_type, params_json=params_json, interval_start=interval_start,
                                    interval_end=interval_end)
 
-    @task.branch(task_id="decide", doc_md="A failed check → trigger_training; all passed → no_retraining.")
-    def decide(passed: bool, failed_checks: list) -> str:
+    @task.branch(task_id="decide", doc_md="A failed check → trigger_training, or no_new_data when retraining cannot "
+                                          "change the model; all passed (or already raised) → no_retraining.")
+    def decide(passed: bool, failed_checks: list, retraining: dict | None) -> str:
         if passed:
+            return "no_retraining"
+        action = (retraining or {}).get("action", "retrain")
+        if action == "no_new_data":
+            return "no_new_data"
+        if action == "already_raised":
             return "no_retraining"
         log.warning("drift checks failed: %s; triggering taxi_training", ", ".join(failed_checks))
         return "trigger_training"
 
-    @task(task_id="no_retraining", doc_md="Records that every check passed and nothing was triggered.")
-    def no_retraining(rows: int) -> str:
-        message = f"all drift checks passed on {rows} predictions: no retraining"
-        log.info(message)
+    @task(task_id="no_retraining", doc_md="Records that nothing was triggered, and why.")
+    def no_retraining(rows: int, retraining: dict | None) -> str:
+        if retraining:
+            message = retraining["message"]
+            log.warning(message)
+        else:
+            message = f"all drift checks passed on {rows} predictions: no retraining"
+            log.info(message)
         return message
+
+    @task(task_id="no_new_data", doc_md="Drift persists and a retraining would change nothing: fails, saying so, once per cause.")
+    def no_new_data(retraining: dict) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(retraining["message"])
 
     check = check_drift(
         config_path=CONFIG_PATH,
@@ -140,7 +161,8 @@ def taxi_monitoring() -> None:
         fail_when_dag_is_paused=True,
         doc_md="Starts taxi_training with the failed checks and their evidence in the run's conf.",
     )
-    decide(check["passed"], check["failed_checks"]) >> [retrain, no_retraining(check["rows"])]
+    decide(check["passed"], check["failed_checks"], check["retraining"]) >> [
+        retrain, no_retraining(check["rows"], check["retraining"]), no_new_data(check["retraining"])]
 
 
 taxi_monitoring()

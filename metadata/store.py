@@ -54,7 +54,8 @@ EXECUTION_PROPERTIES = {
     "fingerprint": STRING,
     "error": STRING,
 }
-EXECUTION_TYPES = ("Ingest", "Validate", "Clean", "Transform", "Train", "Evaluate", "Push", "Deploy", "DriftCheck", "Serve", "BatchPredict")
+EXECUTION_TYPES = ("Ingest", "Validate", "Clean", "Transform", "Train", "Evaluate", "Push", "Deploy", "DriftCheck", "Serve",
+                   "BatchPredict", "RetrainingDecision")
 
 CONTEXT_TYPES: dict[str, dict[str, int]] = {
     "Pipeline": {},

@@ -330,7 +330,7 @@ def _served_model_statistics(ctx: StepContext, cleaned: ArtifactRef) -> Artifact
     from metadata.recorder import properties_of
 
     served = current_model(ctx)
-    pushed = _pushed_model_artifact(ctx, served[0]) if served else None
+    pushed = pushed_model_artifact(ctx, served[0]) if served else None
     if pushed is None:
         return None
     [artifact] = ctx.run.store.get_artifacts_by_id([pushed.id])
@@ -496,7 +496,7 @@ def current_model(ctx: StepContext) -> tuple[int, Path] | None:
     return version, model_dir / str(version)
 
 
-def _pushed_model_artifact(ctx: StepContext, version: int) -> ArtifactRef | None:
+def pushed_model_artifact(ctx: StepContext, version: int) -> ArtifactRef | None:
     from metadata.recorder import properties_of
 
     store = ctx.run.store
@@ -512,7 +512,7 @@ def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, requir
     started = time.time()
     baseline = current_model(ctx)
     inputs: dict[str, ArtifactRef] = {"model": model, "examples": examples}
-    baseline_ref = _pushed_model_artifact(ctx, baseline[0]) if baseline else None
+    baseline_ref = pushed_model_artifact(ctx, baseline[0]) if baseline else None
     if baseline_ref is not None and baseline_ref.properties.get("fingerprint") == model.properties.get("fingerprint"):
         # The candidate is the model already served (a re-run): comparing it with itself adds
         # nothing, and leaving it out keeps the step's inputs the same, so it is reused.
@@ -566,7 +566,7 @@ def push(ctx: StepContext, model: ArtifactRef, blessing: ArtifactRef) -> StepOut
             Path(model.uri), serving.model_base_dir, serving.model_name,
             fingerprint=model.properties.get("fingerprint"), config_file=serving.model_config_file,
         )
-        existing = _pushed_model_artifact(ctx, result.version) if result.reused else None
+        existing = pushed_model_artifact(ctx, result.version) if result.reused else None
         if existing is not None:
             record.link_output("pushed_model", existing)
             record.record(version=result.version, reused=1, path=str(result.path))

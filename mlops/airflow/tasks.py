@@ -286,12 +286,26 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
         passed = bool(result.passed)
         print(f"check_drift: {result.rows} predictions checked: "
               f"{'all checks passed' if passed else 'failed: ' + ', '.join(c.name for c in result.failed)}", flush=True)
+        conf = None if passed else retraining_conf(document, params, run_id)
+        decision = None
+        if conf is not None:
+            from mlops.retraining import RETRAIN, decide_retraining
+
+            decision = decide_retraining(
+                config, run_id, model_name=result.model_name, served_version=result.model_version,
+                failed_checks=[check.name for check in result.failed],
+                csv_path=config.data.csv_path, start=conf["start"], end=conf["end"],
+                drift_check=result.artifact)
+            print(f"check_drift: {decision.message}", flush=True)
+            if decision.action != RETRAIN:
+                conf = None
         return {
             "passed": passed,
             "failed_checks": [check.name for check in result.failed],
             "rows": result.rows,
             "result": document,
-            "training_conf": None if passed else retraining_conf(document, params, run_id),
+            "training_conf": conf,
+            "retraining": decision.to_json() if decision else None,
         }
 
 

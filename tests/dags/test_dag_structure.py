@@ -24,13 +24,14 @@ EDGES = {
                       ("train", "evaluate"), ("evaluate", "push")},
     # check_drift also feeds trigger_training (the conf) and no_retraining (the row count) through XCom.
     "taxi_monitoring": {("check_drift", "decide"), ("decide", "trigger_training"), ("decide", "no_retraining"),
+                        ("decide", "no_new_data"), ("check_drift", "no_new_data"),
                         ("check_drift", "trigger_training"), ("check_drift", "no_retraining")},
     "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback")},
     "taxi_batch_predict": set(),
 }
 TASKS = {
     "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push"},
-    "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining"},
+    "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data"},
     "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback"},
     "taxi_batch_predict": {"score"},
 }

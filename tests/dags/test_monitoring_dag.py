@@ -60,10 +60,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
         yield root
 
 
-def monitor(root: Path, hour: tuple[str, str]):
+def monitor(root: Path, hour: tuple[str, str], retrain: tuple[str, str] = ("2013-01-01", "2017-01-01")):
     return parse_dag("taxi_monitoring").test(run_conf={
         "window_start": hour[0], "window_end": hour[1], "log_dir": str(root / "prediction_logs"),
-        "retrain_start": "2013-01-01", "retrain_end": "2017-01-01"})
+        "retrain_start": retrain[0], "retrain_end": retrain[1]})
 
 
 def triggered_training_runs() -> list:
@@ -107,6 +107,27 @@ def test_a_drifted_window_triggers_training_with_the_failed_checks_and_their_evi
     assert trigger["monitoring_run_id"].startswith("taxi_monitoring__")
     assert (trigger["window_start"], trigger["window_end"]) == DRIFTED_HOUR
     assert (conf["start"], conf["end"]) == ("2013-01-01", "2017-01-01")
+
+
+def test_drift_without_new_data_is_raised_once_and_starts_no_training(workspace):
+    """The retraining window is the served model's own: a retraining would change nothing."""
+    before = triggered_training_runs()
+    first = monitor(workspace, DRIFTED_HOUR, retrain=TRAINING_WINDOW)
+
+    states = task_states(first)
+    assert first.state == "failed", states  # raised to people: a failed run saying why
+    assert states["no_new_data"][0] == "failed" and states["trigger_training"][0] == "skipped"
+    decision = xcom_value(first, "check_drift", "retraining")
+    assert decision["action"] == "no_new_data" and "no new data to learn from" in decision["message"]
+    assert f"{TRAINING_WINDOW[0]}..{TRAINING_WINDOW[1]}" in decision["message"]
+
+    again = monitor(workspace, DRIFTED_HOUR, retrain=TRAINING_WINDOW)  # the next window, the same cause
+    states = task_states(again)
+    assert again.state == "success", states
+    assert states["no_retraining"][0] == "success" and states["no_new_data"][0] == "skipped"
+    repeated = xcom_value(again, "check_drift", "retraining")
+    assert repeated["action"] == "already_raised" and repeated["execution_id"] == decision["execution_id"]
+    assert triggered_training_runs() == before
 
 
 def test_the_triggered_training_run_records_the_drift_check_on_its_mlmd_context(workspace):

@@ -157,3 +157,25 @@ def test_validate_compares_new_data_with_the_served_models_and_fails_on_drift_on
         else:
             with pytest.raises(SchemaAnomaliesError, match="fare.*Jensen-Shannon"):
                 steps.validate(ctx, ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"])
+
+
+def test_a_retraining_that_would_learn_nothing_new_is_refused_once_then_quietly(first_run):
+    from mlops.retraining import ALREADY_RAISED, NO_NEW_DATA, RETRAIN, decide_retraining
+
+    config, _, _ = first_run
+
+    def decide(start: str, end: str, checks=("prediction_drift",), config=config):
+        return decide_retraining(config, "monitoring-run", model_name="taxi", served_version=1, failed_checks=list(checks),
+                                 csv_path=config.data.csv_path, start=start, end=end, drift_check=None)
+
+    first = decide(*SMALL_WINDOW)
+    assert first.action == NO_NEW_DATA and "no new data to learn from" in first.message, first.message
+    again = decide(*SMALL_WINDOW)
+    assert again.action == ALREADY_RAISED and again.execution_id == first.execution_id
+    other_cause = decide(*SMALL_WINDOW, checks=("concept_drift",))
+    assert other_cause.action == NO_NEW_DATA and other_cause.execution_id != first.execution_id
+    later = decide(SMALL_WINDOW[0], "2014-01-01")
+    assert later.action == RETRAIN and set(later.differences) == {"window_end"}
+    other_steps = config.replace(training=type(config.training)(**{**config.training.__dict__, "train_steps": 300}))
+    changed = decide(*SMALL_WINDOW, config=other_steps)
+    assert changed.action == RETRAIN and set(changed.differences) == {"hyperparameters"}

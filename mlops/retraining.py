@@ -1,0 +1,169 @@
+"""Whether a failed drift check should start a retraining: not when nothing new would go in.
+
+A retraining on the same data, window, schema, hyperparameters and code as the served model reuses
+every cached step and pushes nothing new, so the drift it answers persists, hour after hour. Before
+the monitoring DAG triggers `taxi_training`, `decide_retraining` compares what the run would use with
+what trained the judged model (its lineage in ML Metadata). When they are the same it records a
+`RetrainingDecision` execution ("drift persists; no new data to learn from", with the evidence) and
+says so once: the next window with the same cause (the failed checks and the inputs' fingerprint,
+kept as the execution's parameters) finds that record and stays quiet. New data, another window, changed
+code or another failed check make a new cause, and the decision is taken again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from core.config import Config
+from core.version import code_version
+from metadata.recorder import ArtifactRef, properties_of
+
+RETRAIN = "retrain"
+NO_NEW_DATA = "no_new_data"
+ALREADY_RAISED = "already_raised"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingInputs:
+    """What a training run learns from, as far as its outcome goes."""
+
+    raw_sha256: str | None
+    window_start: str | None
+    window_end: str | None
+    schema_sha256: str | None
+    hyperparameters: Mapping[str, Any]
+    code_version: str | None
+
+    def fingerprint(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, other: "TrainingInputs") -> dict[str, tuple[Any, Any]]:
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return {key: (mine[key], theirs[key]) for key in mine if mine[key] != theirs[key]}
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainingDecision:
+    action: str  # RETRAIN, NO_NEW_DATA (say so now) or ALREADY_RAISED (said before, for the same cause)
+    message: str
+    served_version: int | None
+    differences: dict[str, Any]
+    execution_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "message": self.message, "served_version": self.served_version,
+                "differences": self.differences, "execution_id": self.execution_id}
+
+
+def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> TrainingInputs:
+    """What a triggered `taxi_training` run would learn from: the conf's CSV and window, the config's
+    schema and hyperparameters, this checkout's code."""
+    from mlops.steps import file_sha256
+
+    csv_path, schema = Path(csv_path).resolve(), config.data.schema_path.resolve()
+    return TrainingInputs(
+        raw_sha256=file_sha256(csv_path) if csv_path.is_file() else None,
+        window_start=_day(start), window_end=_day(end),
+        schema_sha256=file_sha256(schema) if schema.is_file() else None,
+        hyperparameters=_plain(dataclasses.asdict(config.training)),
+        code_version=code_version(),
+    )
+
+
+def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs | None:
+    """What trained the pushed model `model_name:version`, from its lineage; None if it is not recorded."""
+    from metadata.lineage import find_pushed_model
+    from metadata.queries import training_chain
+
+    try:
+        pushed = find_pushed_model(store, model_name, version)
+    except Exception:  # noqa: BLE001 - a model pushed outside the pipeline has no lineage to compare with
+        return None
+    chain = training_chain(store, pushed)
+    ingest, train = chain.executions.get("ingest"), chain.executions.get("train")
+    if ingest is None or train is None:
+        return None
+    ingest_props, train_props = properties_of(ingest), properties_of(train)
+    window = ingest_props.get("parameters") or {}
+    raw, schema = chain.artifact("raw_data"), chain.artifact("schema")
+    return TrainingInputs(
+        raw_sha256=properties_of(raw).get("sha256") if raw is not None else None,
+        window_start=_day(window.get("window_start")), window_end=_day(window.get("window_end")),
+        schema_sha256=properties_of(schema).get("sha256") if schema is not None else None,
+        hyperparameters=_plain(train_props.get("parameters") or {}),
+        code_version=train_props.get("code_version"),
+    )
+
+
+def decide_retraining(config: Config, run_id: str, *, model_name: str, served_version: int | None,
+                      failed_checks: Sequence[str], csv_path: Path, start: str, end: str,
+                      drift_check: ArtifactRef | None) -> RetrainingDecision:
+    """RETRAIN unless the run would learn from exactly what trained the served model (see the module
+    docstring). Every no-op decision is recorded in ML Metadata under the run `run_id`."""
+    from mlops import steps
+
+    planned = planned_inputs(config, csv_path, start, end)
+    ctx = steps.open_run(config, run_id)
+    served = served_inputs(ctx.run.store, model_name, served_version) if served_version is not None else None
+    if served is None:
+        return RetrainingDecision(RETRAIN, "the served model's training inputs are not recorded: retraining",
+                                  served_version, {})
+    differences = planned.differences(served)
+    if differences:
+        changed = ", ".join(sorted(differences))
+        return RetrainingDecision(RETRAIN, f"retraining: {changed} differ from what trained {model_name}:{served_version}",
+                                  served_version, {key: list(pair) for key, pair in differences.items()})
+    cause = {"failed_checks": sorted(failed_checks), "inputs": planned.fingerprint()}
+    parameters = {"cause": cause, "action": NO_NEW_DATA, "served_version": served_version}
+    checks = ", ".join(sorted(failed_checks))
+    earlier = _earlier_decision(ctx.run.store, parameters)
+    if earlier is not None:
+        first = properties_of(earlier).get("result_decided_at") or "earlier"
+        return RetrainingDecision(
+            ALREADY_RAISED,
+            f"drift persists ({checks}) and there is still no new data to learn from; already raised at {first} "
+            f"(RetrainingDecision execution {earlier.id}); not asking again for the same cause",
+            served_version, {}, earlier.id)
+    pushed = steps.pushed_model_artifact(ctx, served_version)
+    inputs = {"served_model": pushed} if pushed is not None else {}
+    with ctx.run.step("RetrainingDecision", inputs, parameters, use_cache=False) as record:
+        record.record(decision=NO_NEW_DATA, failed_checks=sorted(failed_checks), served_version=served_version,
+                      drift_check_artifact_id=drift_check.id if drift_check else None,
+                      window=[planned.window_start, planned.window_end], raw_sha256=planned.raw_sha256,
+                      decided_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    return RetrainingDecision(
+        NO_NEW_DATA,
+        f"drift persists ({checks}); no new data to learn from: a retraining would learn from exactly what trained "
+        f"{model_name}:{served_version} "
+        f"(same data sha256 {str(planned.raw_sha256)[:12]}, window {planned.window_start}..{planned.window_end}, "
+        f"schema, hyperparameters and code): not started. Give it new data (another CSV or a later window "
+        f"end in the DAG params retrain_start/retrain_end) or look into the drift "
+        f"(RetrainingDecision execution {record.execution_id})",
+        served_version, {}, record.execution_id)
+
+
+def _earlier_decision(store: Any, parameters: Mapping[str, Any]) -> Any:
+    """The first recorded no-op decision for the same cause, if any (the cool-down)."""
+    wanted = json.loads(json.dumps(parameters, sort_keys=True, default=str))
+    for execution in sorted(store.get_executions_by_type("RetrainingDecision"), key=lambda e: e.id):
+        if properties_of(execution).get("parameters") == wanted:
+            return execution
+    return None
+
+
+def _day(value: Any) -> str | None:
+    """Dates in any of the forms the steps record them (YYYY-MM-DD or ISO instants) as YYYY-MM-DD."""
+    if value in (None, ""):
+        return None
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).date().isoformat()
+
+
+def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters as JSON gives them back (tuples as lists), so recorded and configured compare equal."""
+    return json.loads(json.dumps(dict(value), default=str))
