@@ -27,6 +27,9 @@ from monitoring.results import PERFORMANCE_ESTIMATE, CalibrationMap, CheckOutcom
 from monitoring.settings import PerformanceEstimateThresholds
 
 DRAWS = 200
+# The estimated accuracy of a small window moves by chance (which requests came): a drop counts
+# only beyond this many standard deviations of that chance, as the data-drift thresholds do.
+NOISE_SIGMAS = 4.0
 # Realized metrics of the window are shown from this many labels on; fewer say little.
 MIN_REALIZED_LABELS = 30
 _CHUNK = 50
@@ -39,6 +42,7 @@ class PerformanceEstimate:
     auc: float
     accuracy_interval: tuple[float, float]
     auc_interval: tuple[float, float]
+    accuracy_sd: float = math.nan  # how much the estimate itself moves between samples of n requests
 
     def to_json(self) -> dict[str, Any]:
         return {"rows": self.rows, "accuracy": round(self.accuracy, 4), "auc": round(self.auc, 4),
@@ -86,10 +90,12 @@ def estimate_performance(probabilities: np.ndarray, calibration: CalibrationMap,
     p = p[np.isfinite(p)]
     chances = calibration.rate(p)
     predicted = p >= decision_threshold
-    accuracy = float(np.mean(np.where(predicted, chances, 1.0 - chances))) if p.size else math.nan
+    right = np.where(predicted, chances, 1.0 - chances)
+    accuracy = float(np.mean(right)) if p.size else math.nan
     auc = expected_auc(p, chances) if p.size > 1 else math.nan
     if p.size < 2:
         return PerformanceEstimate(int(p.size), accuracy, auc, (math.nan, math.nan), (math.nan, math.nan))
+    accuracy_sd = float(np.std(right, ddof=1) / math.sqrt(p.size))
     drawn_accuracy, drawn_auc = _drawn_metrics(_ranks(p), predicted, chances, draws, np.random.default_rng(seed))
     tail = (1.0 - interval) / 2 * 100
     finite_auc = drawn_auc[np.isfinite(drawn_auc)]
@@ -97,7 +103,7 @@ def estimate_performance(probabilities: np.ndarray, calibration: CalibrationMap,
                     if finite_auc.size else (math.nan, math.nan))
     return PerformanceEstimate(int(p.size), accuracy, auc,
                                tuple(float(v) for v in np.percentile(drawn_accuracy, [tail, 100 - tail])),  # type: ignore[arg-type]
-                               auc_interval)  # type: ignore[arg-type]
+                               auc_interval, accuracy_sd)  # type: ignore[arg-type]
 
 
 def realized_performance(labelled: pd.DataFrame, decision_threshold: float = 0.5) -> dict[str, Any]:
@@ -133,7 +139,9 @@ def performance_estimate(probabilities: np.ndarray, baseline: ConceptBaseline | 
                                rows=int(values.size), min_rows=thresholds.min_rows)
     estimate = estimate_performance(values, baseline.calibration, decision_threshold, thresholds.interval)
     realized = realized_performance(labelled, decision_threshold) if labelled is not None else {"labels": 0}
-    drops = {"accuracy": (baseline.accuracy - estimate.accuracy, thresholds.max_accuracy_drop),
+    accuracy_floor = NOISE_SIGMAS * estimate.accuracy_sd
+    allowed_accuracy_drop = max(thresholds.max_accuracy_drop, accuracy_floor)
+    drops = {"accuracy": (baseline.accuracy - estimate.accuracy, allowed_accuracy_drop),
              "auc": (baseline.auc - estimate.auc, thresholds.max_auc_drop)}
     judged = {name: pair for name, pair in drops.items() if math.isfinite(pair[0])}
     failed = sorted(name for name, (drop, allowed) in judged.items() if drop > allowed)
@@ -147,7 +155,8 @@ def performance_estimate(probabilities: np.ndarray, baseline: ConceptBaseline | 
         "worst_metric": worst,
         "metrics": {
             "accuracy": {"estimated": round(estimate.accuracy, 4), "interval": [round(v, 4) for v in estimate.accuracy_interval],
-                         "baseline": round(baseline.accuracy, 4), "limit": round(baseline.accuracy - thresholds.max_accuracy_drop, 4),
+                         "baseline": round(baseline.accuracy, 4), "limit": round(baseline.accuracy - allowed_accuracy_drop, 4),
+                         "configured_drop": thresholds.max_accuracy_drop, "noise_floor": round(accuracy_floor, 4),
                          "realized": realized.get("accuracy")},
             "auc": {"estimated": round(estimate.auc, 4), "interval": [round(v, 4) for v in estimate.auc_interval],
                     "baseline": round(baseline.auc, 4), "limit": round(baseline.auc - thresholds.max_auc_drop, 4),
