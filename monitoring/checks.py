@@ -337,8 +337,9 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
     if count < thresholds.min_labels:
         evidence["pooled_metrics_judged"] = False
     detectors: dict[str, tuple[float, float]] = {}
+    shifts: list[dict[str, Any]] = []
     if sequential_possible:
-        sequence, detectors = _sequence_evidence(usable, labels, probabilities, baseline.calibration, thresholds,
+        sequence, detectors, shifts = _sequence_evidence(usable, labels, probabilities, baseline.calibration, thresholds,
                                                  decision_threshold)
         evidence["sequential"] = sequence
     else:
@@ -354,12 +355,12 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
     worst = max(scores, key=lambda name: scores[name][0] / scores[name][1] if scores[name][1] > 0 else math.inf)
     evidence["worst_metric"] = worst
     return CheckOutcome(CONCEPT_DRIFT, not failed and not detectors_failed, scores[worst][0], scores[worst][1], evidence,
-                        {"metrics": metrics})
+                        {"metrics": metrics, "slices": shifts})
 
 
 def _sequence_evidence(usable: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, calibration: CalibrationMap,
                        thresholds: ConceptDriftThresholds, decision_threshold: float
-                       ) -> tuple[dict[str, Any], dict[str, tuple[float, float]]]:
+                       ) -> tuple[dict[str, Any], dict[str, tuple[float, float]], list[dict[str, Any]]]:
     """The sequential detectors' verdict, and the slices the labels moved in since the change began."""
     excess = sequential.excess_loss(labels, probabilities, calibration, decision_threshold)
     verdict = sequential.judge_sequence(excess, thresholds.window_labels, thresholds.cusum_slack)
@@ -368,7 +369,7 @@ def _sequence_evidence(usable: pd.DataFrame, labels: np.ndarray, probabilities: 
     part = slice(since, verdict.labels)
     part_excess = sequential.ExcessLoss(excess.values[part], excess.variances[part], excess.correct[part],
                                         excess.expected_correct[part])
-    slices = sequential.slice_values(usable.iloc[part])
+    shifts = sequential.slice_shifts(part_excess, sequential.slice_values(usable.iloc[part]), thresholds.window_z)
     evidence: dict[str, Any] = {
         "window_labels": verdict.window,
         "window_z": round(verdict.window_z, 3),
@@ -380,9 +381,9 @@ def _sequence_evidence(usable: pd.DataFrame, labels: np.ndarray, probabilities: 
         "recent_accuracy": round(verdict.recent_accuracy, 4),
         "recent_expected_accuracy": round(verdict.recent_expected_accuracy, 4),
         "slices_over_labels": verdict.labels - since,
-        "slices": sequential.slice_shifts(part_excess, slices, thresholds.window_z),
+        "slices": shifts[:sequential.MAX_EVIDENCE_SLICES],
     }
     if "timestamp" in usable.columns and verdict.excursion_labels:
         evidence["change_began"] = str(pd.Timestamp(usable["timestamp"].iloc[verdict.excursion_start]).isoformat())
     detectors = {"recent_window": (verdict.window_z, thresholds.window_z), "cusum": (verdict.cusum, thresholds.cusum_threshold)}
-    return evidence, detectors
+    return evidence, detectors, shifts

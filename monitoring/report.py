@@ -25,6 +25,7 @@ from monitoring.drift import FeatureScore
 from transforms.features import SERVING_COLUMNS
 
 _SAFE_SCHEMES = ("", "http", "https", "file")
+MAX_REPORT_SLICES = 10
 _COLORS = {"training": "#4a7ab5", "previous": "#9b9b9b", "current": "#e07b39"}
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
@@ -270,7 +271,7 @@ def _sequence_section(outcome: results.CheckOutcome) -> str:
             f"calibration expects {_fmt(sequence.get('recent_expected_accuracy'), 3)}; "
             f"{_e(sequence.get('labels_since_change'))} labels since the CUSUM last stood at zero"
             + (f" (from {_e(sequence['change_began'])})" if sequence.get("change_began") else "") + ".</p>")
-    slices = sequence.get("slices") or []
+    slices = ((outcome.details or {}).get("slices") or sequence.get("slices") or [])[:MAX_REPORT_SLICES]
     table = ""
     if slices:
         lines = ["<tr><th>slice</th><th>labels</th><th>accuracy</th><th>expected</th><th>z</th></tr>"]

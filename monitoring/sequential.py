@@ -35,7 +35,9 @@ PROBABILITY_CLIP = 0.01
 SLICE_FEATURES = (PAYMENT_TYPE_KEY, HOUR_KEY, COMPANY_KEY, DAY_KEY)
 # A slice value needs this many labels since the change to be named; fewer are anecdotes.
 MIN_SLICE_LABELS = 20
-MAX_EVIDENCE_SLICES = 5
+# Slices named in the evidence (it travels in XCom and MLMD properties); the details keep more.
+MAX_EVIDENCE_SLICES = 3
+MAX_DETAIL_SLICES = 30
 # Below this many labels in an excursion the CUSUM's start says little: slices use the recent window.
 MIN_EXCURSION_LABELS = 30
 
@@ -137,7 +139,7 @@ def slice_shifts(excess: ExcessLoss, slices: dict[str, np.ndarray], limit: float
                           "expected_accuracy": round(float(excess.expected_correct[members].mean()), 4),
                           "moved": z > limit})
     found.sort(key=lambda entry: -entry["z"])
-    return found[:MAX_EVIDENCE_SLICES]
+    return found[:MAX_DETAIL_SLICES]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,8 @@ however many, quick on a sudden change, patient with a slow one, blind to covari
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,6 +86,10 @@ def test_the_evidence_names_the_slice_where_the_change_sits_with_counts(rate_mod
     assert abs(top["labels"] - cards_after * sequence["slices_over_labels"] / 400) < 0.35 * cards_after
     assert top["accuracy"] < top["expected_accuracy"] - 0.1
     assert sequence["change_began"].startswith("2026-11-21")  # request 2000 of one a minute from 2026-11-20
+    # The evidence rides in XCom and the retraining run's MLMD trigger (PostgreSQL indexes 2.7 kB): a few slices;
+    # the details keep the rest for the report.
+    assert len(json.dumps(outcome.to_json())) < 1500
+    assert len(outcome.details["slices"]) > len(sequence["slices"]) == sequential.MAX_EVIDENCE_SLICES
 
 
 def test_a_slow_change_accumulates_in_the_cusum_before_the_window_sees_it(rate_model, thresholds):
