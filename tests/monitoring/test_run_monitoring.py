@@ -43,6 +43,15 @@ def test_trips_of_the_training_period_pass_every_check(sqlite_story):
     for name in (results.DATA_DRIFT, results.SKEW, results.PREDICTION_DRIFT, results.MISSING_VALUES):
         outcome = result.check(name)
         assert outcome.evidence.get("judged") is not False and outcome.value < outcome.threshold, name
+    # The labels as a sequence against the evaluation's own calibration (its score histogram), slices by request.
+    sequence = concept.evidence["sequential"]
+    assert sequence["window_labels"] == 300 and sequence["window_z"] < sequence["window_z_limit"]
+    assert sequence["slices"] and all(s["labels"] >= 20 for s in sequence["slices"])
+    # The label-free estimate, judged on the 400 served requests, next to the 400 labels of the same hour.
+    estimate = result.check(results.PERFORMANCE_ESTIMATE)
+    assert estimate.evidence.get("judged") is not False and estimate.evidence["realized_labels"] == 400
+    accuracy = estimate.evidence["metrics"]["accuracy"]
+    assert abs(accuracy["estimated"] - accuracy["realized"]) < 0.05 and "evaluation.json" in estimate.evidence["calibration_source"]
 
 
 def test_the_2016_trips_fail_naming_the_payment_mix_and_concept_drift_uses_the_rolling_label_window(sqlite_story):
@@ -70,6 +79,9 @@ def test_the_check_is_recorded_in_mlmd_with_the_log_window_model_and_training_st
     assert props["passed"] == 0 and props["model_name"] == "taxi" and props["model_version"] == 1
     assert set(props["failed_checks"]) == {c.name for c in sqlite_story.drifted.failed}
     assert props["window_start"] == HOUR_2[0].isoformat() and props["rows"] == 833
+    estimate = sqlite_story.drifted.check(results.PERFORMANCE_ESTIMATE).evidence["metrics"]
+    assert props["performance_estimate"]["estimated_accuracy"] == estimate["accuracy"]["estimated"]
+    assert props["performance_estimate"]["realized_labels"] == 100  # hour 2's labels
     execution = producer(store, artifact.id)
     assert execution.last_known_state == metadata_store_pb2.Execution.COMPLETE
     [execution_type] = store.get_execution_types_by_id([execution.type_id])
