@@ -92,18 +92,16 @@ def cusum(excess: ExcessLoss, slack: float) -> Cusum:
     """
     n = len(excess)
     scale = math.sqrt(float(np.mean(excess.variances))) if n else 0.0
-    path = np.zeros(n, dtype=np.float64)
-    start = n
     if scale <= 0:
-        return Cusum(path, scale, start)
-    level = 0.0
-    for index, step in enumerate((excess.values / scale - slack).tolist()):
-        if level == 0.0 and step > 0:
-            start = index
-        level = max(0.0, level + step)
-        if level == 0.0:
-            start = n
-        path[index] = level
+        return Cusum(np.zeros(n, dtype=np.float64), scale, n)
+    # The reflected walk max(0, S + step) is the cumulative sum less its running minimum (0 included).
+    walk = np.cumsum(excess.values / scale - slack)
+    path = walk - np.minimum(np.minimum.accumulate(walk), 0.0)
+    at_zero = np.flatnonzero(path <= 0.0)
+    if path.size and path[-1] <= 0.0:
+        start = n
+    else:
+        start = int(at_zero[-1]) + 1 if at_zero.size else 0
     return Cusum(path, scale, start)
 
 
@@ -166,18 +164,3 @@ def judge_sequence(excess: ExcessLoss, window_labels: int, slack: float) -> Sequ
         excursion_labels=n - path.excursion_start, excursion_start=path.excursion_start,
         recent_accuracy=float(excess.correct[recent].mean()) if window else math.nan,
         recent_expected_accuracy=float(excess.expected_correct[recent].mean()) if window else math.nan)
-
-
-def rolling_statistics(excess: ExcessLoss, window_labels: int, slack: float) -> tuple[np.ndarray, np.ndarray]:
-    """(window z, CUSUM) after every label of the sequence: what a check run after that label would see.
-
-    For calibration and the detection benchmark; the CUSUM scale is the whole sequence's.
-    """
-    values, variances = excess.values, excess.variances
-    sums = np.cumsum(np.r_[0.0, values])
-    spreads = np.cumsum(np.r_[0.0, variances])
-    ends = np.arange(1, values.size + 1)
-    starts = np.maximum(0, ends - window_labels)
-    spread = spreads[ends] - spreads[starts]
-    window = np.where(spread > 0, (sums[ends] - sums[starts]) / np.sqrt(np.where(spread > 0, spread, 1.0)), 0.0)
-    return window, cusum(excess, slack).path

@@ -12,7 +12,7 @@ import pytest
 from monitoring import checks, sequential
 from monitoring.results import CalibrationMap
 from tests.monitoring.models import labels_of
-from transforms.features import COMPANY_KEY, FARE_KEY, HOUR_KEY, PAYMENT_TYPE_KEY
+from transforms.features import COMPANY_KEY, HOUR_KEY, PAYMENT_TYPE_KEY
 
 
 def _stream(model, rows: pd.DataFrame, labels: np.ndarray, start: str = "2026-11-20") -> pd.DataFrame:
