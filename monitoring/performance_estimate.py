@@ -7,7 +7,8 @@ positive with chance c = calibration.rate(p) (the evaluation's P(label | p), mon
 - expected AUC = expected (positive, negative) pairs ranked right / expected pairs, each request
   counting c of a positive and 1 - c of a negative (NannyML's CBPE does the same with its ROC).
 The interval is where the realized metric of these very requests would fall if the concept held:
-labels are drawn as Bernoulli(c) many times and each draw's metric computed.
+labels are drawn as Bernoulli(c) many times, c itself drawn from what the evaluation's counts allow
+per bin, and each draw's metric computed.
 
 What it sees: covariate shift, i.e. requests moving toward inputs the model is less (or more) sure
 about. What it cannot see: concept drift. If P(label | input) changes, the probabilities do not,
@@ -70,14 +71,17 @@ def expected_auc(probabilities: np.ndarray, chances: np.ndarray) -> float:
     return pairs / total if total > 0 else math.nan
 
 
-def _drawn_metrics(ranks: np.ndarray, predicted: np.ndarray, chances: np.ndarray, draws: int,
+def _drawn_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration: CalibrationMap, draws: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and AUC of the requests under labels drawn from calibrations the evaluation allows."""
+    ranks = _ranks(probabilities)
     accuracies, aucs = [], []
     for first in range(0, draws, _CHUNK):
-        labels = rng.random((min(_CHUNK, draws - first), chances.size)) < chances
+        chances = calibration.plausible_rates(probabilities, min(_CHUNK, draws - first), rng)
+        labels = rng.random(chances.shape) < chances
         accuracies.append(np.mean(labels == predicted, axis=1))
         positives = labels.sum(axis=1).astype(np.float64)
-        negatives = chances.size - positives
+        negatives = probabilities.size - positives
         rank_sums = labels @ ranks
         with np.errstate(invalid="ignore", divide="ignore"):
             aucs.append((rank_sums - positives * (positives + 1) / 2) / (positives * negatives))
@@ -96,7 +100,7 @@ def estimate_performance(probabilities: np.ndarray, calibration: CalibrationMap,
     if p.size < 2:
         return PerformanceEstimate(int(p.size), accuracy, auc, (math.nan, math.nan), (math.nan, math.nan))
     accuracy_sd = float(np.std(right, ddof=1) / math.sqrt(p.size))
-    drawn_accuracy, drawn_auc = _drawn_metrics(_ranks(p), predicted, chances, draws, np.random.default_rng(seed))
+    drawn_accuracy, drawn_auc = _drawn_metrics(p, predicted, calibration, draws, np.random.default_rng(seed))
     tail = (1.0 - interval) / 2 * 100
     finite_auc = drawn_auc[np.isfinite(drawn_auc)]
     auc_interval = (tuple(float(v) for v in np.percentile(finite_auc, [tail, 100 - tail]))

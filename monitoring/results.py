@@ -187,6 +187,24 @@ class CalibrationMap:
     def rate(self, probabilities: np.ndarray) -> np.ndarray:
         return np.interp(np.asarray(probabilities, dtype=np.float64), self.centres, self.rates)
 
+    def plausible_rates(self, probabilities: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+        """`rate(probabilities)` under rate tables the evaluation's counts allow, one row per draw.
+
+        Each pooled bin's rate is drawn from its Beta posterior: an evaluation of 200 rows in a bin
+        knows its rate to about 0.03, and an interval that ignored that would claim too much.
+        """
+        rates, counts = np.asarray(self.rates), np.asarray(self.counts)
+        new_block = np.r_[True, rates[1:] != rates[:-1]]
+        block = np.cumsum(new_block) - 1
+        totals = np.bincount(block, weights=counts)
+        tables = rng.beta(rates[new_block] * totals + 0.5, (1.0 - rates[new_block]) * totals + 0.5,
+                          size=(draws, totals.size))[:, block]
+        centres = np.asarray(self.centres)
+        p = np.asarray(probabilities, dtype=np.float64)
+        left = np.clip(np.searchsorted(centres, p) - 1, 0, centres.size - 2)
+        weight = np.clip((p - centres[left]) / (centres[left + 1] - centres[left]), 0.0, 1.0)
+        return tables[:, left] * (1.0 - weight) + tables[:, left + 1] * weight
+
 
 @dataclasses.dataclass(frozen=True)
 class ConceptBaseline:
