@@ -169,3 +169,38 @@ def test_mlops_monitor_check_prints_the_verdict_and_exits_1_on_drift(sqlite_stor
     assert code == 1
     assert "data_drift" in out and "FAILED" in out and "payment_type" in out
     assert "report: " in out and "recorded: DriftCheckResult" in out
+
+
+def test_a_sudden_change_of_labels_in_one_hour_fails_though_days_of_calm_labels_pool_with_it(sqlite_story, taxi, tmp_path):
+    """The issue's scenario through real logs and feedback: 2,400 calm labelled requests, then one hour of 400
+    whose ground truth changed for the card trips (card riders stop tipping big: a new in-car tip screen, say)
+    while the inputs look like training data. The pooled metrics barely move; the sequence does."""
+    from tests.monitoring.story import training_period_trips
+
+    log_dir = tmp_path / "logs"
+    model_v1 = sqlite_story.config.serving.model_base_dir / sqlite_story.config.serving.model_name / "1"
+    period = training_period_trips(taxi)
+    start = DAY + dt.timedelta(days=2)
+    calm = period.sample(2400, replace=True, random_state=31).reset_index(drop=True)
+    calm_ids = logs.write_requests(log_dir, calm, logs.score(model_v1, calm), start, start + dt.timedelta(hours=6), seed=31)
+    logs.write_feedback(log_dir, calm, calm_ids, logs.big_tipper(calm).astype(int), start + dt.timedelta(hours=6))
+    hour = (start + dt.timedelta(hours=6), start + dt.timedelta(hours=7))
+    changed = period.sample(400, random_state=32).reset_index(drop=True)
+    truth = (logs.big_tipper(changed) & (changed["payment_type"] != "Credit Card").to_numpy()).astype(int)
+    changed_ids = logs.write_requests(log_dir, changed, logs.score(model_v1, changed), *hour, seed=32)
+    logs.write_feedback(log_dir, changed, changed_ids, truth, hour[1] - dt.timedelta(minutes=1))
+
+    result = run_monitoring(sqlite_story.config, window_start=hour[0], window_end=hour[1], log_dir=log_dir,
+                            run_id="monitor-sudden")
+    concept = result.check(results.CONCEPT_DRIFT)
+    assert not concept.passed and concept.evidence["labels"] == 2800
+    assert concept.evidence["metrics_failed"] == []  # pooled with 2,400 calm labels, the change hides
+    assert concept.evidence["detectors_failed"]
+    sequence = concept.evidence["sequential"]
+    assert sequence["change_began"] >= hour[0].isoformat()[:13]  # dated to the changed hour
+    assert (sequence["slices"][0]["feature"], sequence["slices"][0]["value"]) == ("payment_type", "Credit Card")
+    # The inputs look like training data: no data drift, and the label-free estimate cannot see it either.
+    assert result.check(results.DATA_DRIFT).passed
+    estimate = result.check(results.PERFORMANCE_ESTIMATE)
+    accuracy = estimate.evidence["metrics"]["accuracy"]
+    assert estimate.passed and accuracy["realized"] < accuracy["estimated"] - 0.05
