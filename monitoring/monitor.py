@@ -31,6 +31,7 @@ from metadata.queries import DEFAULT_LOG_DIR, training_chain
 from metadata.recorder import ArtifactRef, PipelineRun, Trigger, new_run_id, properties_of
 from monitoring import checks
 from monitoring.performance_estimate import performance_estimate
+from monitoring.sequential import SLICE_FEATURES
 from monitoring.results import (
     CONCEPT_DRIFT,
     REPORT_FILE,
@@ -201,8 +202,6 @@ class Monitor:
 
         start = end - dt.timedelta(days=self.thresholds.concept.window_days)
         feedback = read_feedback(self.log_dir, start, end)
-        from monitoring.sequential import SLICE_FEATURES
-
         # The slice features let the sequential check say where a change sits.
         columns = ["request_id", "instance_index", "timestamp", "model_name", "model_version", "probability", "is_shadow",
                    *SLICE_FEATURES]
