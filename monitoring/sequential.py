@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.results import CalibrationMap
+from trainer.evaluate import HOUR_BUCKET_SLICE, MISSING_SLICE_VALUE
 from transforms.features import COMPANY_KEY, DAY_KEY, HOUR_KEY, PAYMENT_TYPE_KEY, hour_bucket
 
 # Probabilities are read no closer to 0 or 1 than this: one label against a p of 1e-7 would
@@ -106,7 +107,7 @@ def cusum(excess: ExcessLoss, slack: float) -> Cusum:
 
 
 def slice_values(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The slice each labelled request falls in, per slice feature present in `frame` (missing: "(missing)")."""
+    """The slice each labelled request falls in, per slice feature present in `frame`, named as the evaluation names them."""
     found: dict[str, np.ndarray] = {}
     for name in SLICE_FEATURES:
         if name not in frame.columns:
@@ -114,11 +115,11 @@ def slice_values(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         column = frame[name]
         if name == HOUR_KEY:
             hours = pd.to_numeric(column, errors="coerce")
-            values = [hour_bucket(int(h)) if pd.notna(h) and 0 <= h < 24 else "(missing)" for h in hours]
+            values = [hour_bucket(int(h)) if pd.notna(h) and 0 <= h < 24 else MISSING_SLICE_VALUE for h in hours]
         else:
-            values = ["(missing)" if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else str(v)
+            values = [MISSING_SLICE_VALUE if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA else str(v)
                       for v in column.tolist()]
-        found["hour_bucket" if name == HOUR_KEY else name] = np.asarray(values, dtype=object)
+        found[HOUR_BUCKET_SLICE if name == HOUR_KEY else name] = np.asarray(values, dtype=object)
     return found
 
 
