@@ -26,6 +26,7 @@ from beam_jobs.statistics import generate_statistics, load_statistics, statistic
 from monitoring import drift
 from monitoring.frames import frame_from_csv_rows, read_examples_frame
 from monitoring.log_statistics import statistics_of_frame
+from monitoring.results import CalibrationMap
 from monitoring.settings import load_thresholds
 from transforms.features import FARE_KEY, PAYMENT_TYPE_KEY, SERVING_COLUMNS, TIMESTAMP_KEY, TIPS_KEY, is_big_tipper
 from validation.schema import load_schema
@@ -86,6 +87,31 @@ def measure(examples: Path, csv_path: Path, sizes: Sequence[int], repeats: int, 
     table = pd.DataFrame(columns).fillna("")
     table.insert(0, "threshold", [f"{features[name]:.3f}" if name in features else "" for name in table.index])
     return table
+
+
+def scored_eval_rows(examples: Path, model_dir: Path) -> pd.DataFrame:
+    """The eval split's rows (every raw column) with the model's label and probability, scored through serving_examples.
+
+    What the sequential concept detectors and the performance estimate are calibrated and
+    benchmarked on (benchmarks/detection_benchmark.py).
+    """
+    from core.errors import DataError
+    from trainer.evaluate import score_examples
+    from transforms.features import RAW_COLUMNS
+
+    scored = score_examples(examples, "eval", {"model": model_dir})
+    frame = read_examples_frame(examples, "eval", RAW_COLUMNS)
+    if len(frame) != scored.labels.size:
+        raise DataError(f"{examples}: {len(frame)} eval rows read but {scored.labels.size} scored")
+    return frame.assign(label=scored.labels.astype(int), probability=scored.probabilities["model"])
+
+
+def calibration_of(rows: pd.DataFrame, source: str) -> CalibrationMap:
+    """The calibration an evaluation of these rows would record (its 20-bin score histogram)."""
+    from trainer.evaluate import score_histogram
+
+    histogram = score_histogram(rows["label"].to_numpy(dtype=bool), rows["probability"].to_numpy(dtype=float))
+    return CalibrationMap.from_histogram(histogram["edges"], histogram["positives"], histogram["negatives"], source)
 
 
 def measure_model(examples: Path, csv_path: Path, model_dir: Path, sizes: Sequence[int], repeats: int, seed: int) -> pd.DataFrame:

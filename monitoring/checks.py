@@ -12,7 +12,9 @@ Checks (names as in the result):
 - missing_values: missing rate per feature vs the training rate plus a margin;
 - null_outputs: share of served examples the model gave no probability for;
 - prediction_drift: predicted probabilities vs the model's evaluation predictions;
-- concept_drift: accuracy, AUC and calibration on requests with ground truth from feedback.
+- concept_drift: accuracy, AUC and calibration on requests with ground truth from feedback, and the
+  labels as a sequence (monitoring/sequential.py) so that a sudden change is seen within hundreds of labels;
+- performance_estimate (monitoring/performance_estimate.py): accuracy and AUC estimated without labels.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pandas as pd
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
 from core.errors import DataError
-from monitoring import drift
+from monitoring import drift, sequential
 from monitoring.results import (
     CONCEPT_DRIFT,
     DATA_DRIFT,
@@ -36,6 +38,7 @@ from monitoring.results import (
     SCHEMA_ANOMALIES,
     SKEW,
     Baseline,
+    CalibrationMap,
     CheckOutcome,
     ConceptBaseline,
     PredictionBaseline,
@@ -284,18 +287,26 @@ def concept_metrics(labels: np.ndarray, probabilities: np.ndarray, decision_thre
 
 def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds: ConceptDriftThresholds,
                   decision_threshold: float = 0.5) -> CheckOutcome:
-    """Accuracy, AUC and calibration on served examples whose ground truth came back, vs the evaluation.
+    """Labelled requests against the evaluation: pooled metrics, and the labels as a sequence.
 
     `labelled` needs `probability` and `ground_truth` (0/1) columns; rows missing either are not
-    counted. Below `min_labels` labels nothing is judged: a few unlucky labels are not a change
-    of concept.
+    counted. With a `timestamp` column the rows are taken in request order (labels however late
+    they came), else in the order given; slice feature columns, when present, locate the change.
+    Pooled accuracy, AUC and calibration are judged from `min_labels` labels on (a few unlucky
+    labels are not a change of concept); the sequential detectors (monitoring/sequential.py)
+    from `min_sequence_labels`, when the evaluation kept a score histogram to expect labels from.
     """
-    usable = labelled[pd.to_numeric(labelled["probability"], errors="coerce").notna() & labelled["ground_truth"].notna()]
+    probabilities = pd.to_numeric(labelled["probability"], errors="coerce")
+    usable = labelled[probabilities.notna() & labelled["ground_truth"].notna()]
+    if "timestamp" in usable.columns:
+        order = [c for c in ("timestamp", "request_id", "instance_index") if c in usable.columns]
+        usable = usable.sort_values(order, kind="mergesort")
     labels = usable["ground_truth"].astype("int64").to_numpy()
     count = int(labels.size)
-    if count < thresholds.min_labels:
+    sequential_possible = baseline.calibration is not None and count >= thresholds.min_sequence_labels
+    if count < thresholds.min_labels and not sequential_possible:
         return skipped_outcome(CONCEPT_DRIFT, f"{count} labelled predictions; at least {thresholds.min_labels} are needed",
-                        labels=count, min_labels=thresholds.min_labels)
+                               labels=count, min_labels=thresholds.min_labels)
     if not set(np.unique(labels)) <= {0, 1}:
         raise DataError(f"ground_truth must be 0 or 1, got values {sorted(set(np.unique(labels).tolist()) - {0, 1})}")
     probabilities = pd.to_numeric(usable["probability"]).to_numpy(dtype=np.float64)
@@ -310,13 +321,11 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
                 thresholds.max_ece_increase),
     }
     # AUC is undefined when every label is one class; a metric the evaluation lacks cannot be compared.
-    judged = {name: values for name, values in limits.items() if not math.isnan(values[2])}
-    failed = sorted(name for name, (_, _, movement, allowed) in judged.items() if movement > allowed)
-    if not judged:
-        return skipped_outcome(CONCEPT_DRIFT, "no metric could be compared (single-class labels, no evaluation metrics)",
-                               labels=count)
-    worst = max(judged, key=lambda name: judged[name][2] / judged[name][3] if judged[name][3] > 0 else math.inf)
-    evidence = {
+    # Pooled metrics of fewer than min_labels labels are shown, never judged.
+    judged = {name: (values[2], values[3]) for name, values in limits.items()
+              if not math.isnan(values[2]) and count >= thresholds.min_labels}
+    failed = sorted(judged_name for judged_name, (movement, allowed) in judged.items() if movement > allowed)
+    evidence: dict[str, Any] = {
         "labels": count,
         "metrics_failed": failed,
         "metrics": {name: {"current": finite_or_none(round(current, 4)), "baseline": finite_or_none(round(baseline_values[name], 4)),
@@ -324,6 +333,57 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
                     for name, (current, limit, _, _) in limits.items()},
         "positive_rate": round(metrics["positive_rate"], 4),
         "baseline_source": baseline.source,
-        "worst_metric": worst,
     }
-    return CheckOutcome(CONCEPT_DRIFT, not failed, judged[worst][2], judged[worst][3], evidence, {"metrics": metrics})
+    if count < thresholds.min_labels:
+        evidence["pooled_metrics_judged"] = False
+    detectors: dict[str, tuple[float, float]] = {}
+    shifts: list[dict[str, Any]] = []
+    if sequential_possible:
+        sequence, detectors, shifts = _sequence_evidence(usable, labels, probabilities, baseline.calibration, thresholds,
+                                                 decision_threshold)
+        evidence["sequential"] = sequence
+    else:
+        evidence["sequential"] = {"judged": False, "why": "the evaluation kept no score histogram" if baseline.calibration is None
+                                  else f"{count} labels; at least {thresholds.min_sequence_labels} are needed"}
+    detectors_failed = sorted(name for name, (value, limit) in detectors.items() if value > limit)
+    evidence["detectors_failed"] = detectors_failed
+    if not judged and not detectors:
+        return skipped_outcome(CONCEPT_DRIFT, "no metric could be compared (single-class labels, no evaluation metrics)",
+                               labels=count)
+    # The worst of everything judged, by how far past (or short of) its limit it is.
+    scores = {**judged, **detectors}
+    worst = max(scores, key=lambda name: scores[name][0] / scores[name][1] if scores[name][1] > 0 else math.inf)
+    evidence["worst_metric"] = worst
+    return CheckOutcome(CONCEPT_DRIFT, not failed and not detectors_failed, scores[worst][0], scores[worst][1], evidence,
+                        {"metrics": metrics, "slices": shifts})
+
+
+def _sequence_evidence(usable: pd.DataFrame, labels: np.ndarray, probabilities: np.ndarray, calibration: CalibrationMap,
+                       thresholds: ConceptDriftThresholds, decision_threshold: float
+                       ) -> tuple[dict[str, Any], dict[str, tuple[float, float]], list[dict[str, Any]]]:
+    """The sequential detectors' verdict, and the slices the labels moved in since the change began."""
+    excess = sequential.excess_loss(labels, probabilities, calibration, decision_threshold)
+    verdict = sequential.judge_sequence(excess, thresholds.window_labels, thresholds.cusum_slack)
+    # Where the change sits: the labels since the CUSUM left zero, or the recent window when that says little.
+    since = verdict.excursion_start if verdict.excursion_labels >= sequential.MIN_EXCURSION_LABELS else verdict.labels - verdict.window
+    part = slice(since, verdict.labels)
+    part_excess = sequential.ExcessLoss(excess.values[part], excess.variances[part], excess.correct[part],
+                                        excess.expected_correct[part])
+    shifts = sequential.slice_shifts(part_excess, sequential.slice_values(usable.iloc[part]), thresholds.window_z)
+    evidence: dict[str, Any] = {
+        "window_labels": verdict.window,
+        "window_z": round(verdict.window_z, 3),
+        "window_z_limit": thresholds.window_z,
+        "cusum": round(verdict.cusum, 3),
+        "cusum_limit": thresholds.cusum_threshold,
+        "cusum_peak": round(verdict.cusum_peak, 3),
+        "labels_since_change": verdict.excursion_labels,
+        "recent_accuracy": round(verdict.recent_accuracy, 4),
+        "recent_expected_accuracy": round(verdict.recent_expected_accuracy, 4),
+        "slices_over_labels": verdict.labels - since,
+        "slices": shifts[:sequential.MAX_EVIDENCE_SLICES],
+    }
+    if "timestamp" in usable.columns and verdict.excursion_labels:
+        evidence["change_began"] = str(pd.Timestamp(usable["timestamp"].iloc[verdict.excursion_start]).isoformat())
+    detectors = {"recent_window": (verdict.window_z, thresholds.window_z), "cusum": (verdict.cusum, thresholds.cusum_threshold)}
+    return evidence, detectors, shifts

@@ -41,7 +41,8 @@ def cmd_monitor_check(args: argparse.Namespace) -> int:
         judged = check.evidence.get("judged") is not False
         mark = ("passed" if check.passed else "FAILED") if judged else "not judged"
         moved = (check.evidence.get("drifted_features") or check.evidence.get("features_exceeded")
-                 or check.evidence.get("features") or check.evidence.get("metrics_failed") or [])
+                 or check.evidence.get("features") or check.evidence.get("metrics_failed")
+                 or check.evidence.get("detectors_failed") or [])
         value = f"{check.value:.4f}" if isinstance(check.value, float) else "-"
         threshold = f"{check.threshold:.4f}" if isinstance(check.threshold, float) else "-"
         detail = check.evidence.get("skipped") if not judged else (", ".join(moved) if not check.passed else "")

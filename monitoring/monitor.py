@@ -30,15 +30,19 @@ from metadata.lineage import LineageNotFoundError, find_pushed_model
 from metadata.queries import DEFAULT_LOG_DIR, training_chain
 from metadata.recorder import ArtifactRef, PipelineRun, Trigger, new_run_id, properties_of
 from monitoring import checks
+from monitoring.performance_estimate import performance_estimate
+from monitoring.sequential import SLICE_FEATURES
 from monitoring.results import (
     CONCEPT_DRIFT,
     REPORT_FILE,
     RESULT_FILE,
     STATISTICS_FILE,
     Baseline,
+    CalibrationMap,
     CheckOutcome,
     ConceptBaseline,
     MonitoringResult,
+    PERFORMANCE_ESTIMATE,
     PredictionBaseline,
     as_strict_json,
     skipped_outcome,
@@ -176,8 +180,12 @@ class Monitor:
             bins = ((document.get("curves") or {}).get(label) or {}).get("calibration") or {}
             ece = (calibration_error_from_bins(bins["mean_predicted"], bins["observed_rate"], bins["count"])
                    if bins.get("count") else math.nan)
-            return ConceptBaseline(_number(metrics.get("auc")), _number(metrics.get("accuracy")), ece,
-                                   f"{baseline.evaluation.uri}/{EVALUATION_FILE}")
+            source = f"{baseline.evaluation.uri}/{EVALUATION_FILE}"
+            histogram = ((document.get("curves") or {}).get(label) or {}).get("histogram") or {}
+            calibration = (CalibrationMap.from_histogram(histogram["edges"], histogram["positives"], histogram["negatives"],
+                                                         f"{source} (score histogram)")
+                           if histogram.get("edges") and histogram.get("positives") else None)
+            return ConceptBaseline(_number(metrics.get("auc")), _number(metrics.get("accuracy")), ece, source, calibration)
         if baseline.evaluation is not None:
             metrics = baseline.evaluation.properties.get("metrics") or {}
             return ConceptBaseline(_number(metrics.get("auc")), _number(metrics.get("accuracy")), math.nan,
@@ -194,7 +202,9 @@ class Monitor:
 
         start = end - dt.timedelta(days=self.thresholds.concept.window_days)
         feedback = read_feedback(self.log_dir, start, end)
-        columns = ["request_id", "instance_index", "timestamp", "model_name", "model_version", "probability", "is_shadow"]
+        # The slice features let the sequential check say where a change sits.
+        columns = ["request_id", "instance_index", "timestamp", "model_name", "model_version", "probability", "is_shadow",
+                   *SLICE_FEATURES]
         files = log_files(self.log_dir, start, end)
         if feedback.empty or not files:
             return pd.DataFrame({**{c: [] for c in columns}, "ground_truth": pd.array([], dtype="Int64")})
@@ -297,6 +307,7 @@ class Monitor:
                 "failed_checks": [c.name for c in result.failed], "report": str(final / REPORT_FILE),
                 "statistics": str(final / STATISTICS_FILE), "log_dir": str(self.log_dir),
                 "concept_metrics": concept_metrics or None,
+                "performance_estimate": self._estimate_summary(result) or None,
             })
             record.record(passed=int(result.passed), failed_checks=[c.name for c in result.failed], rows=len(served),
                           model=f"{self.model_name}:{version}")
@@ -346,6 +357,9 @@ class Monitor:
         else:
             outcomes.append(checks.concept_drift(labelled, concept_baseline, thresholds.concept,
                                                  self.config.evaluation.decision_threshold))
+        in_window = labelled[(labelled["timestamp"] >= start) & (labelled["timestamp"] < end)] if len(labelled) else labelled
+        outcomes.append(performance_estimate(pd.to_numeric(of_version["probability"]).to_numpy(dtype=float), concept_baseline,
+                                             thresholds.performance, self.config.evaluation.decision_threshold, in_window))
         report_inputs = {
             "baselines": {"training_statistics": str(statistics_path(baseline.statistics.uri, "train")),
                           "training_examples": baseline.examples.uri, "schema": baseline.schema.uri,
@@ -367,6 +381,17 @@ class Monitor:
         return {"labels": concept.evidence.get("labels"), "passed": concept.passed,
                 **{k: (None if isinstance(v, float) and math.isnan(v) else round(float(v), 5))
                    for k, v in metrics.items() if k in ("auc", "accuracy", "ece", "positive_rate")}}
+
+    @staticmethod
+    def _estimate_summary(result: MonitoringResult) -> dict[str, Any]:
+        """Estimated and realized accuracy and AUC: small, for the DriftCheckResult's properties."""
+        outcome = next((c for c in result.checks if c.name == PERFORMANCE_ESTIMATE), None)
+        metrics = (outcome.evidence.get("metrics") or {}) if outcome else {}
+        if not metrics:
+            return {}
+        return {"passed": outcome.passed, "rows": outcome.evidence.get("rows"),
+                "realized_labels": outcome.evidence.get("realized_labels"),
+                **{f"{kind}_{name}": values.get(kind) for name, values in metrics.items() for kind in ("estimated", "realized")}}
 
     def _report_links(self, baseline: ModelBaseline, final: Path) -> dict[str, str]:
         links: dict[str, str] = {}

@@ -3,7 +3,8 @@
 What a person opening it needs, top to bottom: the verdict and which checks failed; per feature,
 the training (and previous window) distribution next to the window's, with the drift score
 against its threshold; missing-value rates; schema anomalies; the distribution of predicted
-probabilities; concept-drift metrics over time; links to the model's evaluation report.
+probabilities; estimated (label-free) and realized performance; concept-drift metrics and the
+sequential detectors with the slices that moved; links to the model's evaluation report.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from monitoring.drift import FeatureScore
 from transforms.features import SERVING_COLUMNS
 
 _SAFE_SCHEMES = ("", "http", "https", "file")
+MAX_REPORT_SLICES = 10
 _COLORS = {"training": "#4a7ab5", "previous": "#9b9b9b", "current": "#e07b39"}
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
@@ -88,9 +90,18 @@ def _summary(outcome: results.CheckOutcome) -> str:
         return (f"mean probability {_fmt(evidence.get('mean_probability'))} "
                 f"(evaluation {_fmt(evidence.get('baseline_mean_probability'))})")
     if outcome.name == results.CONCEPT_DRIFT:
-        failed = evidence.get("metrics_failed") or []
+        failed = (evidence.get("metrics_failed") or []) + (evidence.get("detectors_failed") or [])
+        moved = [f"{s['feature']}={s['value']} ({s['labels']} labels)" for s in
+                 ((evidence.get("sequential") or {}).get("slices") or []) if s.get("moved")]
         return (f"{evidence.get('labels')} labels; " +
-                ("worse than the evaluation: " + _e(", ".join(failed)) if failed else "in line with the evaluation"))
+                ("worse than the evaluation: " + _e(", ".join(failed)) if failed else "in line with the evaluation") +
+                ("; moved most in " + _e(", ".join(moved)) if moved else ""))
+    if outcome.name == results.PERFORMANCE_ESTIMATE:
+        metrics = evidence.get("metrics") or {}
+        failed = evidence.get("metrics_failed") or []
+        text = "; ".join(f"{name} estimated {_fmt(m.get('estimated'), 3)} (evaluation {_fmt(m.get('baseline'), 3)})"
+                         for name, m in metrics.items())
+        return _e(text) + (" - below the evaluation beyond the limit: " + _e(", ".join(failed)) if failed else "")
     return ""
 
 
@@ -228,6 +239,7 @@ def _concept_section(result: results.MonitoringResult, history: Sequence[Mapping
         parts.append("<table>" + "".join(rows) + "</table>")
     else:
         parts.append(f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>")
+    parts.append(_sequence_section(outcome))
     points = [h for h in history if h.get("labels")]
     if points:
         figure = Figure(figsize=(6.4, 2.8))
@@ -241,6 +253,60 @@ def _concept_section(result: results.MonitoringResult, history: Sequence[Mapping
         axes.legend(fontsize=8)
         parts.append(_png(figure, "concept-drift metrics over time"))
     return "".join(parts)
+
+
+def _sequence_section(outcome: results.CheckOutcome) -> str:
+    sequence = outcome.evidence.get("sequential") or {}
+    if not sequence or sequence.get("judged") is False:
+        return f"<p class=\"meta\">Sequential detectors: not judged ({_e(sequence.get('why', ''))}).</p>" if sequence else ""
+    rows = ["<tr><th>detector</th><th>value</th><th>limit</th><th></th></tr>"]
+    for name, value, limit in (("recent window: z of the last %s labels' excess loss" % sequence.get("window_labels"),
+                                sequence.get("window_z"), sequence.get("window_z_limit")),
+                               ("CUSUM of the excess loss", sequence.get("cusum"), sequence.get("cusum_limit"))):
+        status = '<span class="fail">over</span>' if value is not None and limit is not None and value > limit else \
+            '<span class="pass">within</span>'
+        rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(value, 2)}</td><td class=\"num\">{_fmt(limit, 2)}</td>"
+                    f"<td>{status}</td></tr>")
+    text = (f"<p>Labels in request order. Recent accuracy {_fmt(sequence.get('recent_accuracy'), 3)} where the evaluation's "
+            f"calibration expects {_fmt(sequence.get('recent_expected_accuracy'), 3)}; "
+            f"{_e(sequence.get('labels_since_change'))} labels since the CUSUM last stood at zero"
+            + (f" (from {_e(sequence['change_began'])})" if sequence.get("change_began") else "") + ".</p>")
+    slices = ((outcome.details or {}).get("slices") or sequence.get("slices") or [])[:MAX_REPORT_SLICES]
+    table = ""
+    if slices:
+        lines = ["<tr><th>slice</th><th>labels</th><th>accuracy</th><th>expected</th><th>z</th></tr>"]
+        for entry in slices:
+            css = ' class="fail"' if entry.get("moved") else ""
+            lines.append(f"<tr{css}><td>{_e(entry['feature'])} = {_e(entry['value'])}</td><td class=\"num\">{_e(entry['labels'])}</td>"
+                         f"<td class=\"num\">{_fmt(entry['accuracy'], 3)}</td><td class=\"num\">{_fmt(entry['expected_accuracy'], 3)}</td>"
+                         f"<td class=\"num\">{_fmt(entry['z'], 2)}</td></tr>")
+        table = (f"<p class=\"meta\">Slices that moved most over the last {_e(sequence.get('slices_over_labels'))} labels "
+                 "(z: excess loss in standard deviations):</p><table>" + "".join(lines) + "</table>")
+    return "<table>" + "".join(rows) + "</table>" + text + table
+
+
+def _performance_section(result: results.MonitoringResult) -> str:
+    try:
+        outcome = result.check(results.PERFORMANCE_ESTIMATE)
+    except KeyError:
+        return "<p>Not estimated in this run.</p>"
+    metrics = outcome.evidence.get("metrics") or {}
+    if not metrics:
+        return f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>"
+    rows = ["<tr><th>metric</th><th>estimated (no labels)</th><th>interval</th><th>realized (labels)</th>"
+            "<th>evaluation</th><th>limit</th></tr>"]
+    for name, m in metrics.items():
+        interval = m.get("interval") or [None, None]
+        rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(m.get('estimated'))}</td>"
+                    f"<td class=\"num\">{_fmt(interval[0])} to {_fmt(interval[1])}</td>"
+                    f"<td class=\"num\">{_fmt(m.get('realized'))}</td><td class=\"num\">{_fmt(m.get('baseline'))}</td>"
+                    f"<td class=\"num\">{_fmt(m.get('limit'))}</td></tr>")
+    return ("<table>" + "".join(rows) + "</table>"
+            f"<p class=\"meta\">Estimated from the {_e(outcome.evidence.get('rows'))} served probabilities through the "
+            f"evaluation's calibration; realized from the {_e(outcome.evidence.get('realized_labels'))} labels of this window "
+            "(shown from 30). The interval is where the realized metric falls if the concept holds. The estimate follows "
+            "covariate shift but cannot see concept drift: a change in what the labels mean leaves the probabilities, and so "
+            "the estimate, unchanged.</p>")
 
 
 def _links(links: Mapping[str, str]) -> str:
@@ -286,6 +352,8 @@ def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], h
         '<section id="schema"><h2>Schema anomalies (serving environment)</h2>',
         "<p>" + _summary(result.check(results.SCHEMA_ANOMALIES)) + "</p></section>",
         '<section id="predictions"><h2>Predictions</h2>', _prediction_section(result), "</section>",
+        '<section id="performance"><h2>Performance: estimated before labels, realized with them</h2>',
+        _performance_section(result), "</section>",
         '<section id="concept"><h2>Concept drift (labelled feedback)</h2>', _concept_section(result, history), "</section>",
         '<section id="links"><h2>Related reports</h2>', _links(links), "</section>",
         "</body></html>",

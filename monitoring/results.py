@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,9 @@ MISSING_VALUES = "missing_values"
 NULL_OUTPUTS = "null_outputs"
 PREDICTION_DRIFT = "prediction_drift"
 CONCEPT_DRIFT = "concept_drift"
-CHECK_NAMES = (DATA_DRIFT, SKEW, SCHEMA_ANOMALIES, MISSING_VALUES, NULL_OUTPUTS, PREDICTION_DRIFT, CONCEPT_DRIFT)
+PERFORMANCE_ESTIMATE = "performance_estimate"
+CHECK_NAMES = (DATA_DRIFT, SKEW, SCHEMA_ANOMALIES, MISSING_VALUES, NULL_OUTPUTS, PREDICTION_DRIFT, CONCEPT_DRIFT,
+               PERFORMANCE_ESTIMATE)
 
 # A run's output folder: the JSON result, the HTML report and the window's statistics.
 RESULT_FILE = "result.json"
@@ -144,6 +146,67 @@ class PredictionBaseline:
 
 
 @dataclasses.dataclass(frozen=True)
+class CalibrationMap:
+    """How often a request the model scored p turned out positive at evaluation: P(label | p).
+
+    Built from the evaluation's score histogram (positives and negatives per probability bin),
+    pooled until it rises with p (pool-adjacent-violators) and read between bin centres. It is what
+    the concept-drift detector expects a label to be, and what the label-free performance estimate
+    counts as the chance of each prediction being right.
+    """
+
+    centres: tuple[float, ...]
+    rates: tuple[float, ...]
+    counts: tuple[float, ...]
+    source: str
+
+    @classmethod
+    def from_histogram(cls, edges: Sequence[float], positives: Sequence[float], negatives: Sequence[float],
+                       source: str) -> "CalibrationMap":
+        edges_ = np.asarray(edges, dtype=np.float64)
+        pos, neg = np.asarray(positives, dtype=np.float64), np.asarray(negatives, dtype=np.float64)
+        if len(edges_) != len(pos) + 1 or len(pos) != len(neg) or len(pos) < 2:
+            raise DataError(f"calibration from {source}: {len(edges_)} edges for {len(pos)} positive and {len(neg)} negative bins")
+        counts = pos + neg
+        used = counts > 0
+        if used.sum() < 2:
+            raise DataError(f"calibration from {source}: fewer than two probability bins hold evaluation rows")
+        # Half a row each way keeps a bin of 3,000 negatives from claiming positives are impossible.
+        blocks = [[float(p + 0.5), float(n + 1.0), [float(c)]]
+                  for p, n, c in zip(pos[used], counts[used], ((edges_[:-1] + edges_[1:]) / 2)[used])]
+        pooled: list[list] = []
+        for block in blocks:
+            pooled.append(block)
+            while len(pooled) > 1 and pooled[-2][0] / pooled[-2][1] > pooled[-1][0] / pooled[-1][1]:
+                last = pooled.pop()
+                pooled[-1] = [pooled[-1][0] + last[0], pooled[-1][1] + last[1], pooled[-1][2] + last[2]]
+        centres = [c for block in pooled for c in block[2]]
+        rates = [block[0] / block[1] for block in pooled for _ in block[2]]
+        return cls(tuple(centres), tuple(rates), tuple(counts[used].tolist()), source)
+
+    def rate(self, probabilities: np.ndarray) -> np.ndarray:
+        return np.interp(np.asarray(probabilities, dtype=np.float64), self.centres, self.rates)
+
+    def plausible_rates(self, probabilities: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+        """`rate(probabilities)` under rate tables the evaluation's counts allow, one row per draw.
+
+        Each pooled bin's rate is drawn from its Beta posterior: an evaluation of 200 rows in a bin
+        knows its rate to about 0.03, and an interval that ignored that would claim too much.
+        """
+        rates, counts = np.asarray(self.rates), np.asarray(self.counts)
+        new_block = np.r_[True, rates[1:] != rates[:-1]]
+        block = np.cumsum(new_block) - 1
+        totals = np.bincount(block, weights=counts)
+        tables = rng.beta(rates[new_block] * totals + 0.5, (1.0 - rates[new_block]) * totals + 0.5,
+                          size=(draws, totals.size))[:, block]
+        centres = np.asarray(self.centres)
+        p = np.asarray(probabilities, dtype=np.float64)
+        left = np.clip(np.searchsorted(centres, p) - 1, 0, centres.size - 2)
+        weight = np.clip((p - centres[left]) / (centres[left + 1] - centres[left]), 0.0, 1.0)
+        return tables[:, left] * (1.0 - weight) + tables[:, left + 1] * weight
+
+
+@dataclasses.dataclass(frozen=True)
 class ConceptBaseline:
     """The model's evaluation metrics the labelled traffic is held against."""
 
@@ -151,3 +214,6 @@ class ConceptBaseline:
     accuracy: float
     ece: float
     source: str
+    # None when the evaluation kept no score histogram: the sequential detectors and the
+    # label-free estimate then have nothing to expect and do not judge.
+    calibration: CalibrationMap | None = None

@@ -70,6 +70,20 @@ class ConceptDriftThresholds:
     max_accuracy_drop: float
     max_ece_increase: float
     calibration_bins: int
+    # The sequential detectors (monitoring/sequential.py), on labelled requests in request-time order.
+    min_sequence_labels: int  # below this many labels they do not judge
+    window_labels: int  # the recent window: the last this many labels
+    window_z: float  # it fails when their excess loss is this many standard deviations above zero
+    cusum_slack: float  # per-label allowance (in standard deviations) the cumulative sum must beat
+    cusum_threshold: float  # it fails when the cumulative sum exceeds this
+
+
+@dataclasses.dataclass(frozen=True)
+class PerformanceEstimateThresholds:
+    min_rows: int  # below this many scored requests the estimate does not judge
+    max_auc_drop: float  # fails when the estimated AUC is this much below the evaluation's
+    max_accuracy_drop: float
+    interval: float  # coverage of the interval reported around each estimate (0.9 = 5th to 95th percentile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +96,7 @@ class MonitoringThresholds:
     max_null_output_fraction: float
     prediction_js: float
     concept: ConceptDriftThresholds
+    performance: PerformanceEstimateThresholds
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (written into each result.json)."""
@@ -148,7 +163,8 @@ def _comparator(values: Mapping[str, Any], name: str, where: Path) -> Comparator
 
 
 def thresholds_from_dict(values: Mapping[str, Any], source: Path) -> MonitoringThresholds:
-    known = {"window", "drift", "skew", "missing_values", "null_outputs", "prediction_drift", "concept_drift"}
+    known = {"window", "drift", "skew", "missing_values", "null_outputs", "prediction_drift", "concept_drift",
+             "performance_estimate"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ThresholdsError(f"{source}: unknown sections {unknown}; known: {sorted(known)}")
@@ -157,7 +173,10 @@ def thresholds_from_dict(values: Mapping[str, Any], source: Path) -> MonitoringT
     nulls = _section(values, "null_outputs", {"max_fraction"}, source)
     predictions = _section(values, "prediction_drift", {"js"}, source)
     concept = _section(values, "concept_drift", {"min_labels", "window_days", "max_auc_drop", "max_accuracy_drop",
-                                                 "max_ece_increase", "calibration_bins"}, source)
+                                                 "max_ece_increase", "calibration_bins", "min_sequence_labels",
+                                                 "window_labels", "window_z", "cusum_slack", "cusum_threshold"}, source)
+    performance = _section(values, "performance_estimate", {"min_rows", "max_auc_drop", "max_accuracy_drop", "interval"},
+                           source)
     missing_features = {
         _feature_name(name, f"{source} [missing_values.features]"): _number({"margin": margin}, "margin",
                                                                             f"{source} [missing_values.features.{name}]", 0.0, 1.0)
@@ -178,6 +197,17 @@ def thresholds_from_dict(values: Mapping[str, Any], source: Path) -> MonitoringT
             max_accuracy_drop=_number(concept, "max_accuracy_drop", f"{source} [concept_drift]", 0.0, 1.0),
             max_ece_increase=_number(concept, "max_ece_increase", f"{source} [concept_drift]", 0.0, 1.0),
             calibration_bins=int(_number(concept, "calibration_bins", f"{source} [concept_drift]", 2, 100)),
+            min_sequence_labels=int(_number(concept, "min_sequence_labels", f"{source} [concept_drift]", 1)),
+            window_labels=int(_number(concept, "window_labels", f"{source} [concept_drift]", 10)),
+            window_z=_number(concept, "window_z", f"{source} [concept_drift]", 0.0),
+            cusum_slack=_number(concept, "cusum_slack", f"{source} [concept_drift]", 0.0),
+            cusum_threshold=_number(concept, "cusum_threshold", f"{source} [concept_drift]", 0.0),
+        ),
+        performance=PerformanceEstimateThresholds(
+            min_rows=int(_number(performance, "min_rows", f"{source} [performance_estimate]", 1)),
+            max_auc_drop=_number(performance, "max_auc_drop", f"{source} [performance_estimate]", 0.0, 1.0),
+            max_accuracy_drop=_number(performance, "max_accuracy_drop", f"{source} [performance_estimate]", 0.0, 1.0),
+            interval=_number(performance, "interval", f"{source} [performance_estimate]", 0.5, 0.999),
         ),
     )
 

@@ -47,3 +47,17 @@ def training_baseline(split_2013_2014):
 
     training, _ = split_2013_2014
     return Baseline("training data", statistics_of_frame(training), training)
+
+
+@pytest.fixture(scope="session")
+def rate_model(split_2013_2014):
+    """(model, concept baseline with calibration, prediction baseline, traffic): the held-out rows split in two,
+    one half playing the evaluation, the other the traffic the checks are tried on."""
+    from tests.monitoring.models import RateModel, evaluation_baselines
+
+    training, heldout = split_2013_2014
+    model = RateModel(training)
+    evaluation = heldout.sample(frac=0.5, random_state=20140101)
+    traffic = heldout.drop(evaluation.index).reset_index(drop=True)
+    baseline, predictions = evaluation_baselines(model, evaluation)
+    return model, baseline, predictions, traffic

@@ -82,7 +82,8 @@ model_config_file = "models.config"
     return path
 
 
-def _trips(taxi: pd.DataFrame) -> pd.DataFrame:
+def training_period_trips(taxi: pd.DataFrame) -> pd.DataFrame:
+    """The trips of the period taxi:1 was trained on."""
     timestamps = pd.to_datetime(taxi["trip_start_timestamp"].astype("int64"), unit="s")
     return taxi[(timestamps >= TRAINING_WINDOW[0]) & (timestamps < TRAINING_WINDOW[1])]
 
@@ -100,7 +101,7 @@ def build_story(root: Path, metadata: MetadataConfig, taxi: pd.DataFrame) -> Sto
                          trigger=Trigger("manual", {"user": "test"}), progress=quiet)
     model_v1 = config.serving.model_base_dir / config.serving.model_name / "1"
     log_dir = root / "logs"
-    period = _trips(taxi)
+    period = training_period_trips(taxi)
     requests: dict[str, list[str]] = {}
 
     hour_1 = period.sample(400, random_state=1).reset_index(drop=True)

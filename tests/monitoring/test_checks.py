@@ -4,6 +4,7 @@ options as the Beam job); the comparators are TFDV's."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from monitoring import checks, drift
 from monitoring.log_statistics import statistics_of_frame
-from monitoring.results import Baseline, CheckOutcome, ConceptBaseline, MonitoringResult, PredictionBaseline
+from monitoring.results import Baseline, CheckOutcome, MonitoringResult
 
 DAY, HOUR = 24.0, 1.0
 TWO_YEARS = 2 * 366 * DAY
@@ -200,43 +201,12 @@ def test_null_outputs_fail_above_the_allowed_share(thresholds):
     assert checks.null_outputs(served.fillna(0.5), thresholds).passed
 
 
-class RateModel:
-    """A real, calibrated estimator without TensorFlow: the big-tipper rate per payment type and fare quartile."""
-
-    def __init__(self, training: pd.DataFrame) -> None:
-        self.edges = np.quantile(training["fare"], [0.25, 0.5, 0.75])
-        labels = training["tips"] > 0.2 * training["fare"]
-        keys = self._keys(training)
-        grouped = labels.groupby(keys).agg(["sum", "count"])
-        self.rates = ((grouped["sum"] + 1) / (grouped["count"] + 2)).to_dict()
-        self.prior = float(labels.mean())
-
-    def _keys(self, frame: pd.DataFrame) -> pd.Series:
-        return frame["payment_type"].fillna("") + "|" + pd.Series(np.searchsorted(self.edges, frame["fare"]), index=frame.index).astype(str)
-
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self._keys(frame).map(self.rates).fillna(self.prior).to_numpy(dtype=float)
-
-
-@pytest.fixture(scope="module")
-def rate_model(split_2013_2014):
-    training, heldout = split_2013_2014
-    model = RateModel(training)
-    probabilities = model.predict(heldout)
-    labels = (heldout["tips"] > 0.2 * heldout["fare"]).to_numpy(dtype=int)
-    metrics = checks.concept_metrics(labels, probabilities, 0.5, 10)
-    baseline = ConceptBaseline(metrics["auc"], metrics["accuracy"], metrics["ece"], "held-out 2013-2014 trips")
-    edges = np.linspace(0, 1, 21)
-    predictions = PredictionBaseline(tuple(edges), tuple(checks.probability_histogram(probabilities, edges)), "held-out")
-    return model, baseline, predictions
-
-
 def _labelled(model, frame, labels):
     return pd.DataFrame({"probability": model.predict(frame), "ground_truth": pd.array(labels, dtype="Int64")})
 
 
 def test_concept_drift_stays_quiet_when_the_meaning_of_labels_holds(rate_model, split_2013_2014, thresholds):
-    model, baseline, _ = rate_model
+    model, baseline, _, _ = rate_model
     _, heldout = split_2013_2014
     window = heldout.sample(400, random_state=10)
     labels = (window["tips"] > 0.2 * window["fare"]).astype(int)
@@ -245,7 +215,7 @@ def test_concept_drift_stays_quiet_when_the_meaning_of_labels_holds(rate_model, 
 
 
 def test_concept_drift_fires_when_tipping_norms_change_and_names_the_metrics(rate_model, split_2013_2014, thresholds):
-    model, baseline, _ = rate_model
+    model, baseline, _, _ = rate_model
     _, heldout = split_2013_2014
     window = heldout.sample(400, random_state=11)
     # Same trips, new meaning: cash tips start being recorded, and cash riders turn out to tip like
@@ -262,22 +232,31 @@ def test_concept_drift_fires_when_tipping_norms_change_and_names_the_metrics(rat
     assert accuracy["current"] < accuracy["limit"] < accuracy["baseline"]
 
 
-def test_concept_drift_does_not_fire_below_the_minimum_label_count(rate_model, split_2013_2014, thresholds):
-    model, baseline, _ = rate_model
+def test_below_the_minimum_label_count_only_the_sequential_detectors_judge(rate_model, split_2013_2014, thresholds):
+    model, baseline, _, _ = rate_model
     _, heldout = split_2013_2014
     window = heldout.sample(thresholds.concept.min_labels - 1, random_state=12)
     inverted = 1 - (window["tips"] > 0.2 * window["fare"]).astype(int)  # every label wrong
     outcome = checks.concept_drift(_labelled(model, window, inverted), baseline, thresholds.concept)
+    # Pooled metrics of 199 labels are shown, not judged; every label wrong is no chance, and the sequence says so.
+    assert outcome.evidence["pooled_metrics_judged"] is False and outcome.evidence["metrics_failed"] == []
+    assert not outcome.passed and set(outcome.evidence["detectors_failed"]) >= {"recent_window"}
+    # Without the evaluation's calibration there is nothing to expect labels from: not judged at all.
+    bare = dataclasses.replace(baseline, calibration=None)
+    outcome = checks.concept_drift(_labelled(model, window, inverted), bare, thresholds.concept)
     assert outcome.passed and outcome.value is None
     assert outcome.evidence["judged"] is False and outcome.evidence["labels"] == thresholds.concept.min_labels - 1
     # Unlabelled rows do not count toward the minimum.
     more = _labelled(model, heldout.sample(500, random_state=13), [None] * 500)
-    assert checks.concept_drift(pd.concat([_labelled(model, window, inverted), more]), baseline,
+    assert checks.concept_drift(pd.concat([_labelled(model, window, inverted), more]), bare,
                                 thresholds.concept).evidence["labels"] == thresholds.concept.min_labels - 1
+    few = window.iloc[:thresholds.concept.min_sequence_labels - 1]
+    assert checks.concept_drift(_labelled(model, few, inverted[:len(few)]), baseline,
+                                thresholds.concept).evidence["judged"] is False
 
 
 def test_prediction_drift_compares_predicted_probabilities_with_the_evaluation(rate_model, split_2013_2014, thresholds):
-    model, _, predictions = rate_model
+    model, _, predictions, _ = rate_model
     _, heldout = split_2013_2014
     same = checks.prediction_drift(model.predict(heldout.sample(500, random_state=14)), predictions, thresholds)
     assert same.passed and same.value < same.threshold

@@ -13,7 +13,8 @@ import pytest
 from monitoring import checks
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.report import render_report, write_report
-from monitoring.results import DATA_DRIFT, Baseline, ConceptBaseline, MonitoringResult, PredictionBaseline
+from monitoring.performance_estimate import performance_estimate
+from monitoring.results import DATA_DRIFT, Baseline, CalibrationMap, ConceptBaseline, MonitoringResult, PredictionBaseline
 from tests.monitoring import browser
 
 pytestmark = pytest.mark.skipif(not browser.available(), reason="Debian's chromium is not installed (make test installs it)")
@@ -34,7 +35,12 @@ def fare_drift_report(split_2013_2014, training_baseline, schema, thresholds, tm
     probabilities = np.clip(0.15 + 0.6 * (window["payment_type"] == "Credit Card").to_numpy(dtype=float), 0, 1)
     edges = np.linspace(0, 1, 21)
     served = pd.DataFrame({"probability": probabilities, "model_version": 3})
-    labelled = pd.DataFrame({"probability": probabilities, "ground_truth": pd.array(labels, dtype="Int64")})
+    labelled = pd.DataFrame({"probability": probabilities, "ground_truth": pd.array(labels, dtype="Int64"),
+                             "payment_type": window["payment_type"].to_numpy()})
+    # The evaluation saw card trips tip big 70 % of the time; in this window they tip less (fares went up, tips did not).
+    calibration = CalibrationMap.from_histogram(edges, np.r_[np.zeros(3), 15, np.zeros(11), 490, np.zeros(4)],
+                                                np.r_[np.zeros(3), 85, np.zeros(11), 210, np.zeros(4)], "evaluation.json")
+    concept_baseline = ConceptBaseline(0.9, 0.88, 0.02, "evaluation.json", calibration)
     outcomes = [
         checks.data_drift(stats, window, [training_baseline, previous], schema, thresholds, 1.0),
         checks.training_serving_skew(training_baseline, stats, window, schema, thresholds, 1.0),
@@ -43,7 +49,8 @@ def fare_drift_report(split_2013_2014, training_baseline, schema, thresholds, tm
         checks.null_outputs(served, thresholds),
         checks.prediction_drift(probabilities, PredictionBaseline(tuple(edges), tuple(np.histogram(
             np.linspace(0.05, 0.6, 500), edges)[0].astype(float)), "evaluation.json"), thresholds),
-        checks.concept_drift(labelled, ConceptBaseline(0.9, 0.88, 0.02, "evaluation.json"), thresholds.concept),
+        checks.concept_drift(labelled, concept_baseline, thresholds.concept),
+        performance_estimate(probabilities, concept_baseline, thresholds.performance, 0.5, labelled),
     ]
     result = MonitoringResult(outcomes, START, START + dt.timedelta(hours=1), "taxi", 3, len(window), None, None)
     folder = tmp_path_factory.mktemp("report")
@@ -91,3 +98,20 @@ def test_links_that_could_run_script_are_refused(fare_drift_report):
     _, result = fare_drift_report
     with pytest.raises(ValueError, match="must be relative or http"):
         render_report(result, {}, [], {"x": "javascript:alert(1)"})
+
+
+def test_the_report_shows_the_estimate_next_to_the_realized_metrics_and_the_slices_that_moved(fare_drift_report):
+    path, result = fare_drift_report
+    html = path.read_text()
+    performance = re.search(r'<section id="performance">(.*?)</section>', html, re.S).group(1)
+    metrics = result.check("performance_estimate").evidence["metrics"]
+    for name in ("accuracy", "auc"):
+        row = re.search(rf"<tr><td>{name}</td>(.*?)</tr>", performance).group(1)
+        assert f"{metrics[name]['estimated']:.4f}" in row and f"{metrics[name]['realized']:.4f}" in row
+        assert f"{metrics[name]['baseline']:.4f}" in row
+    assert "cannot see concept drift" in performance
+    concept = re.search(r'<section id="concept">(.*?)</section>', html, re.S).group(1)
+    sequence = result.check("concept_drift").evidence["sequential"]
+    assert "CUSUM" in concept and f"{sequence['window_z']:.2f}" in concept
+    top = sequence["slices"][0]
+    assert f"{top['feature']} = {top['value']}" in concept and f">{top['labels']}<" in concept

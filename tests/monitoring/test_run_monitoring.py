@@ -43,6 +43,15 @@ def test_trips_of_the_training_period_pass_every_check(sqlite_story):
     for name in (results.DATA_DRIFT, results.SKEW, results.PREDICTION_DRIFT, results.MISSING_VALUES):
         outcome = result.check(name)
         assert outcome.evidence.get("judged") is not False and outcome.value < outcome.threshold, name
+    # The labels as a sequence against the evaluation's own calibration (its score histogram), slices by request.
+    sequence = concept.evidence["sequential"]
+    assert sequence["window_labels"] == 300 and sequence["window_z"] < sequence["window_z_limit"]
+    assert sequence["slices"] and all(s["labels"] >= 20 for s in sequence["slices"])
+    # The label-free estimate, judged on the 400 served requests, next to the 400 labels of the same hour.
+    estimate = result.check(results.PERFORMANCE_ESTIMATE)
+    assert estimate.evidence.get("judged") is not False and estimate.evidence["realized_labels"] == 400
+    accuracy = estimate.evidence["metrics"]["accuracy"]
+    assert abs(accuracy["estimated"] - accuracy["realized"]) < 0.05 and "evaluation.json" in estimate.evidence["calibration_source"]
 
 
 def test_the_2016_trips_fail_naming_the_payment_mix_and_concept_drift_uses_the_rolling_label_window(sqlite_story):
@@ -70,6 +79,9 @@ def test_the_check_is_recorded_in_mlmd_with_the_log_window_model_and_training_st
     assert props["passed"] == 0 and props["model_name"] == "taxi" and props["model_version"] == 1
     assert set(props["failed_checks"]) == {c.name for c in sqlite_story.drifted.failed}
     assert props["window_start"] == HOUR_2[0].isoformat() and props["rows"] == 833
+    estimate = sqlite_story.drifted.check(results.PERFORMANCE_ESTIMATE).evidence["metrics"]
+    assert props["performance_estimate"]["estimated_accuracy"] == estimate["accuracy"]["estimated"]
+    assert props["performance_estimate"]["realized_labels"] == 100  # hour 2's labels
     execution = producer(store, artifact.id)
     assert execution.last_known_state == metadata_store_pb2.Execution.COMPLETE
     [execution_type] = store.get_execution_types_by_id([execution.type_id])
@@ -157,3 +169,38 @@ def test_mlops_monitor_check_prints_the_verdict_and_exits_1_on_drift(sqlite_stor
     assert code == 1
     assert "data_drift" in out and "FAILED" in out and "payment_type" in out
     assert "report: " in out and "recorded: DriftCheckResult" in out
+
+
+def test_a_sudden_change_of_labels_in_one_hour_fails_though_days_of_calm_labels_pool_with_it(sqlite_story, taxi, tmp_path):
+    """The issue's scenario through real logs and feedback: 2,400 calm labelled requests, then one hour of 400
+    whose ground truth changed for the card trips (card riders stop tipping big: a new in-car tip screen, say)
+    while the inputs look like training data. The pooled metrics barely move; the sequence does."""
+    from tests.monitoring.story import training_period_trips
+
+    log_dir = tmp_path / "logs"
+    model_v1 = sqlite_story.config.serving.model_base_dir / sqlite_story.config.serving.model_name / "1"
+    period = training_period_trips(taxi)
+    start = DAY + dt.timedelta(days=2)
+    calm = period.sample(2400, replace=True, random_state=31).reset_index(drop=True)
+    calm_ids = logs.write_requests(log_dir, calm, logs.score(model_v1, calm), start, start + dt.timedelta(hours=6), seed=31)
+    logs.write_feedback(log_dir, calm, calm_ids, logs.big_tipper(calm).astype(int), start + dt.timedelta(hours=6))
+    hour = (start + dt.timedelta(hours=6), start + dt.timedelta(hours=7))
+    changed = period.sample(400, random_state=32).reset_index(drop=True)
+    truth = (logs.big_tipper(changed) & (changed["payment_type"] != "Credit Card").to_numpy()).astype(int)
+    changed_ids = logs.write_requests(log_dir, changed, logs.score(model_v1, changed), *hour, seed=32)
+    logs.write_feedback(log_dir, changed, changed_ids, truth, hour[1] - dt.timedelta(minutes=1))
+
+    result = run_monitoring(sqlite_story.config, window_start=hour[0], window_end=hour[1], log_dir=log_dir,
+                            run_id="monitor-sudden")
+    concept = result.check(results.CONCEPT_DRIFT)
+    assert not concept.passed and concept.evidence["labels"] == 2800
+    assert concept.evidence["metrics_failed"] == []  # pooled with 2,400 calm labels, the change hides
+    assert concept.evidence["detectors_failed"]
+    sequence = concept.evidence["sequential"]
+    assert sequence["change_began"] >= hour[0].isoformat()[:13]  # dated to the changed hour
+    assert (sequence["slices"][0]["feature"], sequence["slices"][0]["value"]) == ("payment_type", "Credit Card")
+    # The inputs look like training data: no data drift, and the label-free estimate cannot see it either.
+    assert result.check(results.DATA_DRIFT).passed
+    estimate = result.check(results.PERFORMANCE_ESTIMATE)
+    accuracy = estimate.evidence["metrics"]["accuracy"]
+    assert estimate.passed and accuracy["realized"] < accuracy["estimated"] - 0.05

@@ -21,6 +21,8 @@ def test_the_shipped_thresholds_load_with_calendar_rules_and_defaults():
     assert not thresholds.drift.for_feature("trip_start_timestamp").enabled
     assert thresholds.drift.for_feature("trip_start_hour").min_window_hours == 24
     assert thresholds.concept.min_labels >= 100
+    assert thresholds.concept.window_labels <= 300 and thresholds.concept.min_sequence_labels < thresholds.concept.min_labels
+    assert 0 < thresholds.performance.max_accuracy_drop < 0.1 and thresholds.performance.interval == 0.9
     assert thresholds.to_json()["source"] == str(DEFAULT_THRESHOLDS_PATH)
 
 
@@ -37,6 +39,10 @@ def test_the_environment_variable_picks_another_file(tmp_path, monkeypatch):
     (lambda v: v["drift"].update(numeric_js=1.5), "numeric_js must be in [0.0, 1.0], got 1.5"),
     (lambda v: v["concept_drift"].update(min_labels="many"), "min_labels must be a number"),
     (lambda v: v["concept_drift"].pop("min_labels"), "min_labels is required"),
+    (lambda v: v["concept_drift"].pop("cusum_threshold"), "cusum_threshold is required"),
+    (lambda v: v["concept_drift"].update(window_labels=3), "window_labels must be in >= 10"),
+    (lambda v: v["performance_estimate"].update(interval=1.5), "interval must be in [0.5, 0.999], got 1.5"),
+    (lambda v: v["performance_estimate"].update(labels=3), "[performance_estimate] has unknown keys ['labels']"),
     (lambda v: v.update(alerts={}), "unknown sections ['alerts']"),
     (lambda v: v["drift"]["features"]["trip_start_hour"].update(min_hours=3), "unknown keys ['min_hours']"),
     (lambda v: v["drift"]["features"]["trip_start_timestamp"].update(enabled="no"), "enabled must be true or false"),

@@ -1,0 +1,173 @@
+"""The served model's accuracy and AUC estimated before any label arrives (confidence-based performance estimation).
+
+A calibrated probability says how often the prediction will turn out right: a request scored p is
+positive with chance c = calibration.rate(p) (the evaluation's P(label | p), monitoring/results.py
+`CalibrationMap`). So over a window of served requests, without labels:
+- expected accuracy = mean of c where the decision is positive, 1 - c where it is not;
+- expected AUC = expected (positive, negative) pairs ranked right / expected pairs, each request
+  counting c of a positive and 1 - c of a negative (NannyML's CBPE does the same with its ROC).
+The interval is where the realized metric of these very requests would fall if the concept held:
+labels are drawn as Bernoulli(c) many times, c itself drawn from what the evaluation's counts allow
+per bin, and each draw's metric computed.
+
+What it sees: covariate shift, i.e. requests moving toward inputs the model is less (or more) sure
+about. What it cannot see: concept drift. If P(label | input) changes, the probabilities do not,
+and neither does the estimate; only labels show that (monitoring/sequential.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring.results import PERFORMANCE_ESTIMATE, CalibrationMap, CheckOutcome, ConceptBaseline, skipped_outcome
+from monitoring.settings import PerformanceEstimateThresholds
+
+DRAWS = 200
+# The estimated accuracy of a small window moves by chance (which requests came): a drop counts
+# only beyond this many standard deviations of that chance, as the data-drift thresholds do.
+NOISE_SIGMAS = 4.0
+# Realized metrics of the window are shown from this many labels on; fewer say little.
+MIN_REALIZED_LABELS = 30
+_CHUNK = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class PerformanceEstimate:
+    rows: int
+    accuracy: float
+    auc: float
+    accuracy_interval: tuple[float, float]
+    auc_interval: tuple[float, float]
+    accuracy_sd: float = math.nan  # how much the estimate itself moves between samples of n requests
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "accuracy": round(self.accuracy, 4), "auc": round(self.auc, 4),
+                "accuracy_interval": [round(v, 4) for v in self.accuracy_interval],
+                "auc_interval": [round(v, 4) for v in self.auc_interval]}
+
+
+def _ranks(probabilities: np.ndarray) -> np.ndarray:
+    return pd.Series(probabilities).rank(method="average").to_numpy(dtype=np.float64)
+
+
+def expected_auc(probabilities: np.ndarray, chances: np.ndarray) -> float:
+    """E[pairs ranked right] / E[pairs]: every request is c of a positive and 1 - c of a negative."""
+    p, c = np.asarray(probabilities, dtype=np.float64), np.asarray(chances, dtype=np.float64)
+    # A negative ranked below a positive, ties half: sum_i c_i * (expected negatives ranked below i).
+    order = np.argsort(p, kind="mergesort")
+    sorted_p, negatives = p[order], (1.0 - c)[order]
+    below = np.cumsum(np.r_[0.0, negatives])
+    first = np.searchsorted(sorted_p, sorted_p, side="left")
+    last = np.searchsorted(sorted_p, sorted_p, side="right")
+    tied = below[last] - below[first]
+    beaten = below[first] + 0.5 * (tied - negatives)  # a request is never its own negative
+    pairs = float(np.sum(c[order] * beaten))
+    total = float(np.sum(c)) * float(np.sum(1.0 - c)) - float(np.sum(c * (1.0 - c)))
+    return pairs / total if total > 0 else math.nan
+
+
+def _drawn_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration: CalibrationMap, draws: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and AUC of the requests under labels drawn from calibrations the evaluation allows."""
+    ranks = _ranks(probabilities)
+    accuracies, aucs = [], []
+    for first in range(0, draws, _CHUNK):
+        chances = calibration.plausible_rates(probabilities, min(_CHUNK, draws - first), rng)
+        labels = rng.random(chances.shape) < chances
+        accuracies.append(np.mean(labels == predicted, axis=1))
+        positives = labels.sum(axis=1).astype(np.float64)
+        negatives = probabilities.size - positives
+        rank_sums = labels @ ranks
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs.append((rank_sums - positives * (positives + 1) / 2) / (positives * negatives))
+    return np.concatenate(accuracies), np.concatenate(aucs)
+
+
+def estimate_performance(probabilities: np.ndarray, calibration: CalibrationMap, decision_threshold: float = 0.5,
+                         interval: float = 0.9, draws: int = DRAWS, seed: int = 0) -> PerformanceEstimate:
+    p = np.asarray(probabilities, dtype=np.float64)
+    p = p[np.isfinite(p)]
+    chances = calibration.rate(p)
+    predicted = p >= decision_threshold
+    right = np.where(predicted, chances, 1.0 - chances)
+    accuracy = float(np.mean(right)) if p.size else math.nan
+    auc = expected_auc(p, chances) if p.size > 1 else math.nan
+    if p.size < 2:
+        return PerformanceEstimate(int(p.size), accuracy, auc, (math.nan, math.nan), (math.nan, math.nan))
+    accuracy_sd = float(np.std(right, ddof=1) / math.sqrt(p.size))
+    drawn_accuracy, drawn_auc = _drawn_metrics(p, predicted, calibration, draws, np.random.default_rng(seed))
+    tail = (1.0 - interval) / 2 * 100
+    finite_auc = drawn_auc[np.isfinite(drawn_auc)]
+    auc_interval = (tuple(float(v) for v in np.percentile(finite_auc, [tail, 100 - tail]))
+                    if finite_auc.size else (math.nan, math.nan))
+    return PerformanceEstimate(int(p.size), accuracy, auc,
+                               tuple(float(v) for v in np.percentile(drawn_accuracy, [tail, 100 - tail])),  # type: ignore[arg-type]
+                               auc_interval, accuracy_sd)  # type: ignore[arg-type]
+
+
+def realized_performance(labelled: pd.DataFrame, decision_threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy and AUC of the window's requests whose labels came back, with their count."""
+    from trainer.evaluate import binary_metrics
+
+    probabilities = pd.to_numeric(labelled["probability"], errors="coerce") if len(labelled) else pd.Series([], dtype=float)
+    usable = labelled[probabilities.notna() & labelled["ground_truth"].notna()] if len(labelled) else labelled
+    count = int(len(usable))
+    if count < MIN_REALIZED_LABELS:
+        return {"labels": count, "accuracy": None, "auc": None}
+    metrics = binary_metrics(usable["ground_truth"].astype("int64").to_numpy() == 1,
+                             pd.to_numeric(usable["probability"]).to_numpy(dtype=np.float64), decision_threshold)
+    return {"labels": count, "accuracy": round(metrics["accuracy"], 4),
+            "auc": None if math.isnan(metrics["auc"]) else round(metrics["auc"], 4)}
+
+
+def performance_estimate(probabilities: np.ndarray, baseline: ConceptBaseline | None,
+                         thresholds: PerformanceEstimateThresholds, decision_threshold: float = 0.5,
+                         labelled: pd.DataFrame | None = None) -> CheckOutcome:
+    """Fails when the label-free estimate of accuracy or AUC is below the evaluation's by more than allowed.
+
+    `labelled` (the window's requests with feedback, `probability` and `ground_truth`) only adds
+    the realized metrics next to the estimate; it does not change the verdict.
+    """
+    values = np.asarray(probabilities, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if baseline is None or baseline.calibration is None:
+        return skipped_outcome(PERFORMANCE_ESTIMATE, "the model's evaluation kept no score histogram to calibrate with",
+                               rows=int(values.size))
+    if values.size < thresholds.min_rows:
+        return skipped_outcome(PERFORMANCE_ESTIMATE, f"only {values.size} predictions; at least {thresholds.min_rows} are needed",
+                               rows=int(values.size), min_rows=thresholds.min_rows)
+    estimate = estimate_performance(values, baseline.calibration, decision_threshold, thresholds.interval)
+    realized = realized_performance(labelled, decision_threshold) if labelled is not None else {"labels": 0}
+    accuracy_floor = NOISE_SIGMAS * estimate.accuracy_sd
+    allowed_accuracy_drop = max(thresholds.max_accuracy_drop, accuracy_floor)
+    drops = {"accuracy": (baseline.accuracy - estimate.accuracy, allowed_accuracy_drop),
+             "auc": (baseline.auc - estimate.auc, thresholds.max_auc_drop)}
+    judged = {name: pair for name, pair in drops.items() if math.isfinite(pair[0])}
+    failed = sorted(name for name, (drop, allowed) in judged.items() if drop > allowed)
+    if not judged:
+        return skipped_outcome(PERFORMANCE_ESTIMATE, "no metric could be compared (the evaluation has neither)",
+                               rows=int(values.size))
+    worst = max(judged, key=lambda name: judged[name][0] - judged[name][1])
+    evidence = {
+        "rows": estimate.rows,
+        "metrics_failed": failed,
+        "worst_metric": worst,
+        "metrics": {
+            "accuracy": {"estimated": round(estimate.accuracy, 4), "interval": [round(v, 4) for v in estimate.accuracy_interval],
+                         "baseline": round(baseline.accuracy, 4), "limit": round(baseline.accuracy - allowed_accuracy_drop, 4),
+                         "configured_drop": thresholds.max_accuracy_drop, "noise_floor": round(accuracy_floor, 4),
+                         "realized": realized.get("accuracy")},
+            "auc": {"estimated": round(estimate.auc, 4), "interval": [round(v, 4) for v in estimate.auc_interval],
+                    "baseline": round(baseline.auc, 4), "limit": round(baseline.auc - thresholds.max_auc_drop, 4),
+                    "realized": realized.get("auc")},
+        },
+        "realized_labels": realized.get("labels", 0),
+        "calibration_source": baseline.calibration.source,
+    }
+    return CheckOutcome(PERFORMANCE_ESTIMATE, not failed, judged[worst][0], judged[worst][1], evidence,
+                        {"estimate": estimate.to_json(), "realized": realized})

@@ -1,0 +1,109 @@
+"""The label-free performance estimate on windows whose truth is known: real taxi rows, a real calibrated model.
+
+It must follow the realized metric when the inputs shift, fail the check when that takes performance below
+the evaluation's, stay put on calm windows, and (as the docs say) not see a change in what labels mean."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.performance_estimate import estimate_performance, expected_auc, performance_estimate
+from monitoring.results import CalibrationMap
+from tests.monitoring.models import labels_of
+from trainer.evaluate import auc, binary_metrics
+from transforms.features import FARE_KEY, PAYMENT_TYPE_KEY
+
+
+def _window(traffic: pd.DataFrame, n: int, seed: int, weights: np.ndarray | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    p = None if weights is None else weights / weights.sum()
+    return traffic.iloc[rng.choice(len(traffic), n, replace=True, p=p)].reset_index(drop=True)
+
+
+def _labelled(model, rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"probability": model.predict(rows), "ground_truth": pd.array(labels, dtype="Int64")})
+
+
+def _realized(model, rows: pd.DataFrame, labels: np.ndarray) -> dict[str, float]:
+    return binary_metrics(labels.astype(bool), model.predict(rows), 0.5)
+
+
+@pytest.mark.parametrize("shift, weight", [("Credit Card", 5.0), ("Cash", 5.0)])
+def test_the_estimate_tracks_the_realized_metrics_under_covariate_shift(shift, weight, rate_model, thresholds):
+    model, baseline, _, traffic = rate_model
+    rows = _window(traffic, 2000, 1, np.where(traffic[PAYMENT_TYPE_KEY] == shift, weight, 1.0))
+    labels = labels_of(rows)
+    realized = _realized(model, rows, labels)
+    estimate = estimate_performance(model.predict(rows), baseline.calibration)
+    # The shift really moved performance, and the estimate moved with it, without a single label.
+    assert abs(realized["accuracy"] - baseline.accuracy) > 0.05
+    assert estimate.accuracy == pytest.approx(realized["accuracy"], abs=0.03)
+    # AUC is the harder one: the evaluation's first bin (p < 0.05) mixes cash trips (never big tippers) with a
+    # few others, so with five times the cash trips it expects a few positives that never come (0.030 off here).
+    assert estimate.auc == pytest.approx(realized["auc"], abs=0.035)
+    assert (estimate.accuracy - baseline.accuracy) * (realized["accuracy"] - baseline.accuracy) > 0  # same direction
+
+
+def test_the_check_fails_when_the_shift_takes_estimated_accuracy_below_the_evaluation_and_shows_realized(rate_model,
+                                                                                                      thresholds):
+    model, baseline, _, traffic = rate_model
+    rows = _window(traffic, 1000, 2, np.where(traffic[PAYMENT_TYPE_KEY] == "Credit Card", 5.0, 1.0))
+    labels = labels_of(rows)
+    outcome = performance_estimate(model.predict(rows), baseline, thresholds.performance, 0.5,
+                                   _labelled(model, rows, labels).iloc[:300])
+    assert not outcome.passed and "accuracy" in outcome.evidence["metrics_failed"]
+    accuracy = outcome.evidence["metrics"]["accuracy"]
+    assert accuracy["estimated"] < accuracy["limit"] < accuracy["baseline"]
+    realized_300 = _realized(model, rows.iloc[:300], labels[:300])["accuracy"]
+    assert accuracy["realized"] == pytest.approx(realized_300, abs=1e-4) and outcome.evidence["realized_labels"] == 300
+    assert accuracy["interval"][0] <= accuracy["estimated"] <= accuracy["interval"][1]
+
+
+@pytest.mark.parametrize("size", [100, 500, 2000])
+def test_calm_windows_pass_and_the_realized_metric_falls_inside_the_interval(size, rate_model, thresholds):
+    model, baseline, _, traffic = rate_model
+    inside = 0
+    for seed in range(10):
+        rows = _window(traffic, size, 100 + seed)
+        labels = labels_of(rows)
+        outcome = performance_estimate(model.predict(rows), baseline, thresholds.performance, 0.5, _labelled(model, rows, labels))
+        assert outcome.passed, outcome.evidence
+        low, high = outcome.evidence["metrics"]["accuracy"]["interval"]
+        inside += low <= _realized(model, rows, labels)["accuracy"] <= high
+    assert inside >= 7  # a 90 % interval; the calibration map's own error is not in it
+
+
+def test_the_estimate_cannot_see_concept_drift(rate_model, thresholds):
+    """Cash riders start tipping like card riders: the labels move, the probabilities (and so the estimate) do not."""
+    model, baseline, _, traffic = rate_model
+    rows = _window(traffic, 2000, 3)
+    cards = traffic[traffic[PAYMENT_TYPE_KEY] == "Credit Card"].sort_values(FARE_KEY)
+    nearest = np.clip(np.searchsorted(cards[FARE_KEY].to_numpy(), rows[FARE_KEY].to_numpy()), 0, len(cards) - 1)
+    labels = np.where(rows[PAYMENT_TYPE_KEY] == "Cash", labels_of(cards)[nearest], labels_of(rows))
+    outcome = performance_estimate(model.predict(rows), baseline, thresholds.performance, 0.5, _labelled(model, rows, labels))
+    accuracy = outcome.evidence["metrics"]["accuracy"]
+    assert outcome.passed and accuracy["estimated"] == pytest.approx(baseline.accuracy, abs=0.03)
+    assert accuracy["realized"] < accuracy["estimated"] - 0.1
+
+
+def test_expected_auc_is_the_mean_auc_of_labels_drawn_from_the_calibration():
+    rng = np.random.default_rng(5)
+    probabilities = np.round(rng.beta(1.2, 2.0, 3000), 2)  # ties on purpose
+    chances = np.clip(probabilities * 0.9 + 0.05, 0, 1)
+    drawn = [auc(rng.random(chances.size) < chances, probabilities) for _ in range(300)]
+    assert expected_auc(probabilities, chances) == pytest.approx(float(np.mean(drawn)), abs=0.003)
+    assert expected_auc(np.full(50, 0.3), np.full(50, 0.3)) == pytest.approx(0.5)
+
+
+def test_without_the_evaluations_histogram_or_enough_requests_nothing_is_judged(rate_model, thresholds):
+    model, baseline, _, traffic = rate_model
+    rows = _window(traffic, 500, 4)
+    bare = performance_estimate(model.predict(rows), dataclasses.replace(baseline, calibration=None), thresholds.performance)
+    assert bare.passed and bare.evidence["judged"] is False and "histogram" in bare.evidence["skipped"]
+    few = performance_estimate(model.predict(rows)[:thresholds.performance.min_rows - 1], baseline, thresholds.performance)
+    assert few.passed and few.evidence["judged"] is False and few.evidence["rows"] == thresholds.performance.min_rows - 1
+    assert isinstance(baseline.calibration, CalibrationMap)
