@@ -31,7 +31,6 @@ from metadata.queries import DEFAULT_LOG_DIR, training_chain
 from metadata.recorder import ArtifactRef, PipelineRun, Trigger, new_run_id, properties_of
 from monitoring import checks
 from monitoring.performance_estimate import performance_estimate
-from monitoring.sequential import SLICE_FEATURES
 from monitoring.results import (
     CONCEPT_DRIFT,
     REPORT_FILE,
@@ -48,6 +47,7 @@ from monitoring.results import (
     skipped_outcome,
 )
 from monitoring.settings import MonitoringThresholds, load_thresholds
+from transforms.features import SLICE_FEATURES
 
 log = logging.getLogger(__name__)
 

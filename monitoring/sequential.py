@@ -27,13 +27,12 @@ import pandas as pd
 
 from monitoring.results import CalibrationMap
 from trainer.evaluate import HOUR_BUCKET_SLICE, MISSING_SLICE_VALUE
-from transforms.features import COMPANY_KEY, DAY_KEY, HOUR_KEY, PAYMENT_TYPE_KEY, hour_bucket
+from transforms.features import HOUR_KEY, SLICE_FEATURES, hour_bucket
 
 # Probabilities are read no closer to 0 or 1 than this: one label against a p of 1e-7 would
 # otherwise weigh as much as hundreds of ordinary ones (logit 16 against about 1).
 PROBABILITY_CLIP = 0.01
-# The slices evidence groups labels by; the hour is bucketed as the evaluation's slices are.
-SLICE_FEATURES = (PAYMENT_TYPE_KEY, HOUR_KEY, COMPANY_KEY, DAY_KEY)
+# Evidence groups labels by transforms.features.SLICE_FEATURES; the hour is bucketed as the evaluation's slices are.
 # A slice value needs this many labels since the change to be named; fewer are anecdotes.
 MIN_SLICE_LABELS = 20
 # Slices named in the evidence (it travels in XCom and MLMD properties); the details keep more.

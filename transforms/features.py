@@ -125,6 +125,9 @@ CATEGORICAL_FEATURES: tuple[str, ...] = (
     "pickup_community_area",
     "dropoff_community_area",
 )
+# The features whose values split traffic into slices people recognise: where monitoring looks for the
+# part of the traffic a change sits in.
+SLICE_FEATURES: tuple[str, ...] = (PAYMENT_TYPE_KEY, HOUR_KEY, COMPANY_KEY, DAY_KEY)
 # Hour-of-day buckets used for the wide part and evaluation slices.
 HOUR_BUCKETS = ((0, 6, "night"), (6, 12, "morning"), (12, 18, "afternoon"), (18, 24, "evening"))
 
