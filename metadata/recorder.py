@@ -301,6 +301,7 @@ class StepRecord:
         )
         set_value(self.execution.custom_properties["started_at"], self._started)
         set_value(self.execution.custom_properties["run_id"], self.run.run_id)
+        set_value(self.execution.custom_properties["code_digest"], self.code_digest)
         previous = self._find_cached() if self.use_cache else None
         input_events = [
             (self._artifact_proto(ref), _event(Event.INPUT, key, index)) for key, index, ref in _flatten(self.inputs)

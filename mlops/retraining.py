@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from core.config import Config
-from core.version import code_version
 from metadata.recorder import ArtifactRef, properties_of
 
 RETRAIN = "retrain"
+# The steps whose code decides what a retraining learns (evaluate and push judge and ship it).
+TRAINING_STEPS = ("ingest", "clean", "validate", "transform", "train")
 NO_NEW_DATA = "no_new_data"
 ALREADY_RAISED = "already_raised"
 
@@ -37,7 +38,9 @@ class TrainingInputs:
     window_end: str | None
     schema_sha256: str | None
     hyperparameters: Mapping[str, Any]
-    code_version: str | None
+    # step -> digest of the code its outputs depend on (mlops.steps.STEP_MODULES); a commit that
+    # touches only the gateway or the docs does not make a retraining worth starting.
+    step_code: Mapping[str, str | None]
 
     def fingerprint(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
@@ -64,7 +67,7 @@ class RetrainingDecision:
 def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> TrainingInputs:
     """What a triggered `taxi_training` run would learn from: the conf's CSV and window, the config's
     schema and hyperparameters, this checkout's code."""
-    from mlops.steps import file_sha256
+    from mlops.steps import STEP_MODULES, file_sha256, step_code
 
     csv_path, schema = Path(csv_path).resolve(), config.data.schema_path.resolve()
     return TrainingInputs(
@@ -72,7 +75,7 @@ def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> Trai
         window_start=_day(start), window_end=_day(end),
         schema_sha256=file_sha256(schema) if schema.is_file() else None,
         hyperparameters=_plain(dataclasses.asdict(config.training)),
-        code_version=code_version(),
+        step_code={step: step_code(*modules) for step, modules in STEP_MODULES.items() if step in TRAINING_STEPS},
     )
 
 
@@ -97,7 +100,8 @@ def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs |
         window_start=_day(window.get("window_start")), window_end=_day(window.get("window_end")),
         schema_sha256=properties_of(schema).get("sha256") if schema is not None else None,
         hyperparameters=_plain(train_props.get("parameters") or {}),
-        code_version=train_props.get("code_version"),
+        step_code={step: properties_of(chain.executions[step]).get("code_digest") if step in chain.executions else None
+                   for step in TRAINING_STEPS},
     )
 
 

@@ -113,6 +113,17 @@ def _outcome(step: str, record: StepRecord, started: float, summary: str) -> Ste
     )
 
 
+# The modules doing each step's work: with what they import, the code its outputs depend on.
+STEP_MODULES: dict[str, tuple[str, ...]] = {
+    "ingest": ("beam_jobs.ingest",),
+    "clean": ("beam_jobs.clean",),
+    "validate": ("beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected"),
+    "transform": ("beam_jobs.transform",),
+    "train": ("trainer.train",),
+    "evaluate": ("trainer.evaluate",),
+}
+
+
 def step_code(*modules: str) -> str:
     """What a step's outputs depend on besides its inputs and parameters: the modules doing its work
     (with every project module they import) and this file, which drives them. Code elsewhere (the
@@ -175,7 +186,7 @@ def ingest(
         "eval_buckets": data.eval_buckets,
         "max_unparseable_fraction": data.max_unparseable_fraction,
     }
-    with ctx.run.step("Ingest", {"raw_data": raw}, parameters, code_digest=step_code("beam_jobs.ingest")) as record:
+    with ctx.run.step("Ingest", {"raw_data": raw}, parameters, code_digest=step_code(*STEP_MODULES["ingest"])) as record:
         if not record.cached:
             from beam_jobs.ingest import ingest_csv
 
@@ -221,7 +232,7 @@ def clean(ctx: StepContext, examples: ArtifactRef) -> StepOutcome:
     """
     started = time.time()
     with ctx.run.step("Clean", {"examples": examples}, {"policy": "transforms.features"},
-                     code_digest=step_code("beam_jobs.clean")) as record:
+                     code_digest=step_code(*STEP_MODULES["clean"])) as record:
         if not record.cached:
             from beam_jobs.clean import clean_examples
 
@@ -279,8 +290,7 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
     previous = _served_model_statistics(ctx, cleaned) if data.previous_data_check != "off" else None
     if previous is not None:
         inputs["previous_statistics"] = previous
-    with ctx.run.step("Validate", inputs, parameters, code_digest=step_code(
-            "beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected")) as record:
+    with ctx.run.step("Validate", inputs, parameters, code_digest=step_code(*STEP_MODULES["validate"])) as record:
         if not record.cached:
             from beam_jobs.statistics import generate_statistics_of
             from validation.validate import validate_statistics
@@ -436,7 +446,7 @@ def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef) ->
                                    f"schema anomalies (see {anomalies.uri})")
     with ctx.run.step("Transform", {"cleaned": cleaned, "anomalies": anomalies},
                      {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
-                     code_digest=step_code("beam_jobs.transform")) as record:
+                     code_digest=step_code(*STEP_MODULES["transform"])) as record:
         if not record.cached:
             from beam_jobs.transform import transform_examples
 
@@ -456,7 +466,7 @@ def train(ctx: StepContext, transformed: ArtifactRef, transform_graph: ArtifactR
     started = time.time()
     hyperparameters = dataclasses.asdict(ctx.config.training)
     with ctx.run.step("Train", {"transformed": transformed, "transform_graph": transform_graph}, hyperparameters,
-                     code_digest=step_code("trainer.train")) as record:
+                     code_digest=step_code(*STEP_MODULES["train"])) as record:
         if not record.cached:
             from trainer.train import train_model
 
@@ -520,7 +530,7 @@ def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, requir
     if baseline_ref is not None:
         inputs["baseline_model"] = baseline_ref
     parameters = {**dataclasses.asdict(ctx.config.evaluation), "baseline_version": baseline[0] if baseline else None}
-    with ctx.run.step("Evaluate", inputs, parameters, code_digest=step_code("trainer.evaluate")) as record:
+    with ctx.run.step("Evaluate", inputs, parameters, code_digest=step_code(*STEP_MODULES["evaluate"])) as record:
         if not record.cached:
             from trainer.evaluate import evaluate_model
 
