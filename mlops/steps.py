@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.atomic import atomic_directory
-from core.config import Config
+from core.config import Config, DataConfig
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
 from core.version import modules_hash
 from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
@@ -156,7 +156,8 @@ def register_raw_data(ctx: StepContext, csv_path: Path) -> ArtifactRef:
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such file")
     sha256 = file_sha256(csv_path)
-    shipped = ctx.config.data.csv_path.resolve()
+    # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
+    shipped = (ctx.config.root / DataConfig.csv_path).resolve()
     expected = ctx.config.data.expected_sha256
     if csv_path == shipped and expected and sha256 != expected:
         raise DataError(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import RejectedRowsError
+from core.errors import DataError, RejectedRowsError
 from mlops import steps
 from tests.conftest import write_csv
 from tests.monitoring import browser
@@ -106,3 +106,21 @@ def _records(folder: Path) -> list[dict]:
 
     return [json.loads(line) for path in sorted(folder.rglob("rejected-*.jsonl"))
             for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_ones_own_csv_in_the_config_is_not_held_to_the_shipped_files_checksum(tmp_path, taxi_rows):
+    own = write_csv(tmp_path / "my_trips.csv", in_window(taxi_rows)[:500])
+    config = small_config(tmp_path)
+    config = config.replace(data=type(config.data)(**{**config.data.__dict__, "csv_path": own}))
+    ingested = steps.ingest(steps.open_run(config, "own-csv"), own, *SMALL_WINDOW)
+    assert ingested.results["rows_read"] == 500
+
+
+def test_a_modified_shipped_file_is_refused(tmp_path, taxi_rows):
+    shipped = tmp_path / "data" / "taxi" / "data.csv"
+    shipped.parent.mkdir(parents=True)
+    write_csv(shipped, taxi_rows[:-1])  # one row short: truncated
+    config = small_config(tmp_path)
+    config = config.replace(data=type(config.data)(**{**config.data.__dict__, "csv_path": shipped}))
+    with pytest.raises(DataError, match="does not match the shipped data's"):
+        steps.ingest(steps.open_run(config, "truncated"), shipped, *SMALL_WINDOW)
