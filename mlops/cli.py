@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--gateway-config", help="the gateway TOML file whose ports and log directory to check")
     doctor.add_argument("--min-free-mb", type=int, default=2048, help="free disk needed where the pipeline and the logs write")
     doctor.add_argument("--skip", action="append", default=[], metavar="GROUP",
-                        choices=("environments", "metadata", "airflow", "ports", "models", "disk"),
+                        choices=("environments", "metadata", "airflow", "ports", "models", "openlineage", "disk"),
                         help="leave a group of checks out (repeatable), e.g. airflow on a serving-only host")
     doctor.set_defaults(handler=cmd_doctor)
 

@@ -4,7 +4,8 @@ Checks, in the order a first run meets them: the two virtual environments (prese
 the Makefile, not older than their lock files), the ML Metadata store (its server first when one
 is configured), Airflow's health endpoint, the model server's and the gateway's ports (ours
 answering, or free for `make run`; anything else there is a miss), the model base path and
-`models.config`, and free disk where the pipeline, the prediction log and Airflow write.
+`models.config`, where OpenLineage events go (and whether a configured lineage service answers),
+and free disk where the pipeline, the prediction log and Airflow write.
 
 Each check ends `ok`, `warn` (nothing is wrong, but a first run still has to create it) or `fail`
 (a first run would stop here); the exit code is 1 when any check failed. Nothing is changed on
@@ -200,6 +201,33 @@ def check_models(config: Config) -> list[Check]:
     return [Check("models.config", OK, f"{serving.model_name}: versions {served} in {base} ({shown})")]
 
 
+def check_openlineage(config: Config) -> Check:
+    """Where the steps' OpenLineage events go, and for a lineage service whether it answers."""
+    from urllib.parse import urlsplit
+
+    from openlineage.client import OpenLineageClient
+
+    from metadata import openlineage
+
+    if not openlineage.user_configured():
+        return Check("OpenLineage", OK, f"events go to {config.pipeline_root / openlineage.DEFAULT_EVENTS_FILE} (the default)")
+    try:
+        transport = OpenLineageClient().transport
+    except ValueError as err:  # the client's own words for a configuration it cannot use
+        return Check("OpenLineage", FAIL, str(err), "fix OPENLINEAGE_URL / OPENLINEAGE__TRANSPORT__* / openlineage.yml")
+    kind = type(transport).__name__
+    url = getattr(transport, "url", None)
+    if url is None:
+        path = getattr(getattr(transport, "config", None), "log_file_path", None)
+        return Check("OpenLineage", OK, f"events go to {path}" if path else f"events go to the {kind}")
+    where = urlsplit(url)
+    port = where.port or (443 if where.scheme == "https" else 80)
+    if not _tcp_open(where.hostname or "localhost", port):
+        return Check("OpenLineage", FAIL, f"nothing answers on {url} (the lineage service)",
+                     "start the lineage service (e.g. Marquez), or unset OPENLINEAGE_URL to write events to a file")
+    return Check("OpenLineage", OK, f"{url} accepts connections")
+
+
 def _existing_ancestor(path: Path) -> Path:
     path = path.absolute()
     while not path.exists():
@@ -231,6 +259,7 @@ GROUPS: dict[str, Callable[[Setup], list[Check]]] = {
     "airflow": lambda s: [check_airflow(s.airflow_port, s.airflow_home)],
     "ports": check_ports,
     "models": lambda s: check_models(s.config),
+    "openlineage": lambda s: [check_openlineage(s.config)],
     "disk": _disks,
 }
 

@@ -53,6 +53,7 @@ EXPECTED_OUTPUT = {
     "mlops runs list": ["COMPLETE"],
     "/healthz": ['"status":"ok"'],
     "mlops lineage request": ["answered by taxi:1", "Model taxi:1"],
+    "openlineage/events.jsonl": ["taxi.ingest -> ", "taxi.push -> "],
 }
 
 
@@ -129,7 +130,7 @@ def _checkout_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
     env.update(PATH=f"{root / '.venvs' / 'ml' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
                # The ML runtime's editable install may point at another checkout: this one wins.
-               PYTHONPATH=str(PROJECT_ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])), TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1", PYTHONUNBUFFERED="1")
     return env
 
 

@@ -206,7 +206,7 @@ def _doctor(checkout: Path, *args: str, **env: str) -> subprocess.CompletedProce
     (checkout / "mlops.toml").write_text('[metadata]\nsqlite_path = "var/mlmd/metadata.sqlite"\n'
                                          f'[serving]\nrest_port = {free_port()}\ngrpc_port = {free_port()}\n')
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
-    environment.update(PYTHONPATH=str(PROJECT_ROOT), MLOPS_AIRFLOW_PORT=str(free_port()), MLOPS_AIRFLOW_HOME=str(checkout / "airflow_home"),
+    environment.update(PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])), MLOPS_AIRFLOW_PORT=str(free_port()), MLOPS_AIRFLOW_HOME=str(checkout / "airflow_home"),
                        MLOPS_GATEWAY_REST_PORT=str(free_port()), MLOPS_GATEWAY_GRPC_PORT=str(free_port()))
     environment.update(env)
     return subprocess.run([sys.executable, "-m", "mlops.cli", "--config", str(checkout / "mlops.toml"), "doctor",
@@ -234,3 +234,20 @@ def test_skip_takes_exactly_the_check_groups():
     doctor_parser = parser._subparsers._group_actions[0].choices["doctor"]  # noqa: SLF001 - argparse has no public getter
     [skip] = [action for action in doctor_parser._actions if action.dest == "skip"]  # noqa: SLF001
     assert tuple(skip.choices) == tuple(doctor.GROUPS)
+
+
+def test_openlineage_events_go_to_the_file_by_default_and_an_unreachable_service_is_a_miss(checkout, monkeypatch, held_port):
+    for name in ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(checkout))
+    monkeypatch.chdir(checkout)
+    config = _config(checkout)
+    check = doctor.check_openlineage(config)
+    assert (check.status, check.detail) == (doctor.OK, f"events go to {config.pipeline_root / 'openlineage/events.jsonl'} (the default)")
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("OPENLINEAGE_URL", closed)
+    check = doctor.check_openlineage(config)
+    assert (check.status, check.detail) == (doctor.FAIL, f"nothing answers on {closed} (the lineage service)")
+    assert "OPENLINEAGE_URL" in check.fix
+    monkeypatch.setenv("OPENLINEAGE_URL", f"http://127.0.0.1:{held_port}")
+    assert doctor.check_openlineage(config).status == doctor.OK
