@@ -251,3 +251,30 @@ def test_openlineage_events_go_to_the_file_by_default_and_an_unreachable_service
     assert "OPENLINEAGE_URL" in check.fix
     monkeypatch.setenv("OPENLINEAGE_URL", f"http://127.0.0.1:{held_port}")
     assert doctor.check_openlineage(config).status == doctor.OK
+
+
+def _can_mount_tmpfs(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)], capture_output=True).returncode == 0
+
+
+def test_a_pipeline_root_on_a_tiny_file_system_is_a_miss(checkout, tmp_path):
+    """A real 1 MB tmpfs, mounted in a private mount namespace (`unshare -m`) so nobody else sees it."""
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("mounting a tmpfs needs root and unshare (util-linux)")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (checkout / "mlops.toml").write_text(f'pipeline_root = "{tiny / "pipeline"}"\n')
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLOPS_")}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    doctor_command = [sys.executable, "-m", "mlops.cli", "--config", str(checkout / "mlops.toml"), "doctor", "--root", str(checkout),
+                      "--json", "--min-free-mb", "100", "--skip", "airflow", "--skip", "ports"]
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(tiny), *doctor_command],
+                          cwd=checkout, env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+    pipeline = found["free disk: pipeline root"]
+    assert pipeline["status"] == "fail" and f"on the file system of {tiny}; needs at least 100 MB" in pipeline["detail"]
+    assert found["free disk: prediction logs"]["status"] == "ok"
