@@ -113,8 +113,10 @@ def check_metadata(config: Config) -> list[Check]:
         store = connect(settings)
     except Exception as err:  # noqa: BLE001 - any failure to open the store is the finding
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return [*checks, Check("ML Metadata store", FAIL, f"{where}: {message}",
-                               "check [metadata] user, password and database, and that the user may create tables")]
+        fix = ("the file is not an ML Metadata store MLMD can open: move it away (a new one is created)"
+               if settings.backend == "sqlite" else
+               "check [metadata] user, password and database, and that the user may create tables")
+        return [*checks, Check("ML Metadata store", FAIL, f"{where}: {message}", fix)]
     runs = len(store.get_contexts_by_type("PipelineRun"))
     return [*checks, Check("ML Metadata store", OK, f"{where} opens; {runs} pipeline runs recorded")]
 

@@ -1,10 +1,11 @@
 """`mlops doctor` on real set-ups: a healthy checkout in a temp directory, then one broken thing at
 a time (a missing venv, a lock file newer than its install, an unreachable metadata server, a port
-held by another program, a models.config naming a version that is not on disk, too little disk).
+held by another program, a models.config naming a version that is not on disk, too little disk on
+a real 1 MB tmpfs, an unreachable lineage service, a stopped Airflow).
 
 Nothing is faked: the venvs are links to this checkout's, the stores, servers, sockets and file
-systems are real. Airflow is the one part not started (minutes of start-up): its check is run
-against a port where nothing answers, and `--skip airflow` leaves it out of the healthy run.
+systems are real. A real Airflow runs in one slow test only; the other whole-command runs use
+`--skip airflow` or expect its miss.
 """
 
 from __future__ import annotations
@@ -278,3 +279,38 @@ def test_a_pipeline_root_on_a_tiny_file_system_is_a_miss(checkout, tmp_path):
     pipeline = found["free disk: pipeline root"]
     assert pipeline["status"] == "fail" and f"on the file system of {tiny}; needs at least 100 MB" in pipeline["detail"]
     assert found["free disk: prediction logs"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_running_airflow_passes_and_a_stopped_one_is_a_miss(tmp_path):
+    """A real `airflow standalone` (the launcher's, in a temp home on free ports), then stopped."""
+    from tests.dags.test_airflow_live import free_port as airflow_port
+
+    home, port = tmp_path / "airflow_home", airflow_port()
+    (tmp_path / "mlops.toml").write_text('pipeline_root = "pipeline"\n')
+    env = {**os.environ, "MLOPS_CONFIG": str(tmp_path / "mlops.toml"), "MLOPS_AIRFLOW_HOME": str(home),
+           "MLOPS_AIRFLOW_PORT": str(port), "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+
+    def launcher(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mlops.airflow", *args], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=1200)
+
+    started = launcher("start", "--timeout", "1100")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        running = doctor.check_airflow(port, home)
+    finally:
+        stopped = launcher("stop")
+    assert running == doctor.Check("Airflow", doctor.OK, f"http://127.0.0.1:{port}/api/v2/monitor/health: every component healthy")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    after = doctor.check_airflow(port, home)
+    assert after.status == doctor.FAIL and str(home / "standalone.log") in after.fix
+
+
+def test_a_sqlite_file_that_is_not_a_store_is_a_miss(checkout):
+    config = _config(checkout)
+    config.metadata.sqlite_path.parent.mkdir(parents=True)
+    config.metadata.sqlite_path.write_text("not a database, " * 100)
+    [check] = doctor.check_metadata(config)
+    assert check.status == doctor.FAIL and check.detail.startswith(f"sqlite:{config.metadata.sqlite_path}: ")
+    assert "move it away" in check.fix
