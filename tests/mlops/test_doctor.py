@@ -237,7 +237,19 @@ def test_skip_takes_exactly_the_check_groups():
     assert tuple(skip.choices) == tuple(doctor.GROUPS)
 
 
-def test_openlineage_events_go_to_the_file_by_default_and_an_unreachable_service_is_a_miss(checkout, monkeypatch, held_port):
+@pytest.fixture
+def openlineage_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """monkeypatch, plus removal of the OPENLINEAGE__* variables the client itself adds to
+    os.environ when it reads OPENLINEAGE_URL (monkeypatch cannot know of them)."""
+    before = set(os.environ)
+    yield monkeypatch
+    for name in set(os.environ) - before:
+        if name.startswith("OPENLINEAGE"):
+            del os.environ[name]
+
+
+def test_openlineage_events_go_to_the_file_by_default_and_an_unreachable_service_is_a_miss(checkout, openlineage_env, held_port):
+    monkeypatch = openlineage_env
     for name in ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(checkout))
