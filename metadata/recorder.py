@@ -142,11 +142,16 @@ class PipelineRun:
         trigger: Trigger = Trigger(),
         airflow_dag_id: str = "",
         airflow_run_id: str = "",
+        events: Any = None,
     ) -> None:
         self.store = store
         self.pipeline_name = pipeline_name
         self.run_id = run_id
         self.trigger = trigger
+        self.airflow_dag_id = airflow_dag_id
+        self.airflow_run_id = airflow_run_id
+        # Told when each step starts and ends (metadata.openlineage.StepEvents), after MLMD has it.
+        self.events = events
         pipeline = metadata_store_pb2.Context(type_id=store.type_id("Pipeline"), name=pipeline_name)
         existing = store.get_context_by_type_and_name("Pipeline", pipeline_name)
         self.pipeline_context = existing or self._put_context(pipeline)
@@ -325,10 +330,15 @@ class StepRecord:
                 self.execution, input_events + output_events, self.run.contexts, reuse_context_if_already_exist=True
             )
             log.info("%s: reused the outputs of execution %d (same inputs, parameters and code)", self.execution_type, execution.id)
+            if self.run.events is not None:
+                self.run.events.started(self)
+                self.run.events.finished(self)
             return self
         self.execution.id, _, _ = self.store.put_execution(
             self.execution, input_events, self.run.contexts, reuse_context_if_already_exist=True
         )
+        if self.run.events is not None:
+            self.run.events.started(self)
         return self
 
     def _artifact_proto(self, ref: ArtifactRef) -> metadata_store_pb2.Artifact:
@@ -391,6 +401,8 @@ class StepRecord:
             self.execution.last_known_state = Execution.FAILED
             set_value(self.execution.properties["error"], f"{type(exc).__name__}: {exc}"[:4000])
             self.store.put_execution(self.execution, [], self.run.contexts, reuse_context_if_already_exist=True)
+            if self.run.events is not None:
+                self.run.events.finished(self, exc)
             return
         self.execution.last_known_state = Execution.COMPLETE
         artifact_and_events = [(artifact, _event(Event.OUTPUT, name)) for name, artifact in self._pending]
@@ -400,3 +412,5 @@ class StepRecord:
         )
         for (name, artifact), artifact_id in zip(self._pending, artifact_ids[: len(self._pending)]):
             self.outputs[name] = ArtifactRef(artifact_id, self.outputs[name].type_name, artifact.uri, properties_of(artifact))
+        if self.run.events is not None:
+            self.run.events.finished(self)

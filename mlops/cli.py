@@ -129,6 +129,20 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mlops import doctor
+
+    setup = doctor.setup_from(load_config(args.config), Path(args.root).resolve() if args.root else doctor.REPO_ROOT,
+                              args.gateway_config, args.min_free_mb)
+    checks = doctor.run_checks(setup, skip=args.skip)
+    failed = any(check.status == doctor.FAIL for check in checks)
+    if args.json:
+        _print_json({"ok": not failed, "checks": [check.to_json() for check in checks]})
+    else:
+        print(doctor.format_report(checks))
+    return 1 if failed else 0
+
+
 def _add_run_args(parser: argparse.ArgumentParser, run_id_required: bool) -> None:
     parser.add_argument("--run-id", required=run_id_required, help="pipeline run (MLMD context) this step belongs to")
     parser.add_argument("--trigger", default="manual", help="manual | schedule | drift_check | cli")
@@ -173,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--end", required=True)
     infer.add_argument("--output", required=True)
     infer.set_defaults(handler=cmd_schema_infer)
+
+    doctor = sub.add_parser("doctor", help="check what a first run needs (environments, ML Metadata, Airflow, ports, models, disk)")
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON (exit code 1 when one failed)")
+    doctor.add_argument("--root", help="the checkout holding .venvs/ and requirements/ (default: this one)")
+    doctor.add_argument("--gateway-config", help="the gateway TOML file whose ports and log directory to check")
+    doctor.add_argument("--min-free-mb", type=int, default=2048, help="free disk needed where the pipeline and the logs write")
+    doctor.add_argument("--skip", action="append", default=[], metavar="GROUP",
+                        choices=("environments", "metadata", "airflow", "ports", "models", "openlineage", "disk"),
+                        help="leave a group of checks out (repeatable), e.g. airflow on a serving-only host")
+    doctor.set_defaults(handler=cmd_doctor)
 
     for module_name, function_name in EXTENSIONS:
         try:

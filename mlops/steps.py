@@ -90,10 +90,12 @@ def open_run(
     airflow_run_id: str = "",
 ) -> StepContext:
     """Connects to ML Metadata and opens (or re-opens) the run's context."""
+    from metadata.openlineage import step_events
     from metadata.store import connect
 
     store = connect(config.metadata)
-    run = PipelineRun(store, config.pipeline_name, run_id, trigger, airflow_dag_id, airflow_run_id)
+    run = PipelineRun(store, config.pipeline_name, run_id, trigger, airflow_dag_id, airflow_run_id,
+                      events=step_events(config.pipeline_root, config.pipeline_name))
     return StepContext(config, run)
 
 

@@ -1,0 +1,180 @@
+"""OpenLineage run events for every step ML Metadata records, for the lineage services companies
+already run (Marquez, DataHub, OpenMetadata, ...): START when a step's execution opens, COMPLETE
+with its output datasets or FAIL with the error when it closes; a reused step sends both at once.
+
+Transport: the openlineage-python client's own configuration when there is one (`OPENLINEAGE_URL`,
+`OPENLINEAGE_CONFIG`, `./openlineage.yml`, `~/.openlineage/openlineage.yml`,
+`OPENLINEAGE__TRANSPORT__*`, or `OPENLINEAGE_DISABLED=true`); otherwise a file transport that
+appends one JSON event per line to `<pipeline_root>/openlineage/events.jsonl`.
+
+Names: job namespace `mlops-suite`, job `<pipeline>.<step>` (the MLMD execution type, lower case);
+the run id is a UUID derived from the store and the MLMD execution id, and the pipeline run is the
+parent (`parent` facet). A dataset is an artifact: namespace `file`, name its path (OpenLineage's
+naming for local files); facets `version` (its sha256, fingerprint or MLMD id) and `mlops_artifact`.
+The run carries `mlops_execution`. Both custom facets have their JSON schema in docs/openlineage/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attr
+from openlineage.client import OpenLineageClient
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.generated.base import DatasetFacet, RunFacet
+from openlineage.client.generated.dataset_version_dataset import DatasetVersionDatasetFacet
+from openlineage.client.generated.error_message_run import ErrorMessageRunFacet
+from openlineage.client.generated.parent_run import Job as ParentJob
+from openlineage.client.generated.parent_run import ParentRunFacet
+from openlineage.client.generated.parent_run import Run as ParentRun
+from openlineage.client.transport.file import FileConfig, FileTransport
+
+from core.version import code_version
+
+if TYPE_CHECKING:
+    from metadata.recorder import ArtifactRef, StepRecord
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "mlops-suite"
+DATASET_NAMESPACE = "file"
+PRODUCER = "https://github.com/mlops-suite/mlops-suite/blob/main/metadata/openlineage.py"
+SCHEMA_BASE = "https://github.com/mlops-suite/mlops-suite/blob/main/docs/openlineage"
+DEFAULT_EVENTS_FILE = Path("openlineage") / "events.jsonl"  # below the pipeline root
+_IDS = uuid.UUID("6f0b7a34-5d1e-4c52-9a55-2f6b0c1d9e11")  # uuid5 namespace of this project's run ids
+
+
+@attr.define
+class MlopsArtifactDatasetFacet(DatasetFacet):
+    """The ML Metadata artifact behind a dataset: its type, id and recorded properties."""
+
+    artifactType: str  # noqa: N815 - OpenLineage's field style
+    artifactId: int  # noqa: N815
+    properties: dict[str, Any] = attr.field(factory=dict)
+
+    @staticmethod
+    def _get_schema() -> str:
+        return f"{SCHEMA_BASE}/MlopsArtifactDatasetFacet.json#/$defs/MlopsArtifactDatasetFacet"
+
+
+@attr.define
+class MlopsExecutionRunFacet(RunFacet):
+    """The ML Metadata execution of a step: what ran, on what parameters and code, and what it found."""
+
+    executionType: str  # noqa: N815
+    executionId: int  # noqa: N815
+    pipelineRun: str  # noqa: N815
+    fingerprint: str
+    codeVersion: str  # noqa: N815
+    parameters: dict[str, Any] = attr.field(factory=dict)
+    results: dict[str, Any] = attr.field(factory=dict)
+    cachedFrom: int | None = attr.field(default=None)  # noqa: N815
+    trigger: dict[str, Any] = attr.field(factory=dict)
+    airflow: dict[str, str] = attr.field(factory=dict)
+
+    @staticmethod
+    def _get_schema() -> str:
+        return f"{SCHEMA_BASE}/MlopsExecutionRunFacet.json#/$defs/MlopsExecutionRunFacet"
+
+
+def user_configured(environ: Any = os.environ) -> bool:
+    """Whether OpenLineage's own configuration says where events go (see the module docstring)."""
+    if any(environ.get(name) for name in ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED")):
+        return True
+    if any(name.startswith("OPENLINEAGE__TRANSPORT") for name in environ):
+        return True
+    return Path("openlineage.yml").is_file() or (Path.home() / ".openlineage" / "openlineage.yml").is_file()
+
+
+def default_client(pipeline_root: Path) -> OpenLineageClient:
+    if user_configured():
+        return OpenLineageClient()
+    events_file = pipeline_root / DEFAULT_EVENTS_FILE
+    events_file.parent.mkdir(parents=True, exist_ok=True)
+    return OpenLineageClient(transport=FileTransport(FileConfig(log_file_path=str(events_file), append=True)))
+
+
+def run_uuid(store_description: str, kind: str, key: Any) -> str:
+    """A stable UUID for an MLMD execution or pipeline run, so every event of one run shares it."""
+    return str(uuid.uuid5(_IDS, f"{store_description}/{kind}/{key}"))
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _dataset_facets(ref: ArtifactRef) -> dict[str, Any]:
+    version = ref.properties.get("sha256") or ref.properties.get("fingerprint") or f"mlmd-artifact-{ref.id}"
+    return {"version": DatasetVersionDatasetFacet(datasetVersion=str(version), producer=PRODUCER),
+            "mlops_artifact": MlopsArtifactDatasetFacet(artifactType=ref.type_name, artifactId=ref.id,
+                                                        properties=_json_safe(ref.properties), producer=PRODUCER)}
+
+
+def _dataset_name(uri: str) -> str:
+    return os.path.abspath(uri)
+
+
+class StepEvents:
+    """Turns a StepRecord's opening and closing into OpenLineage run events (PipelineRun(events=...))."""
+
+    def __init__(self, client: OpenLineageClient, pipeline_name: str) -> None:
+        self.client = client
+        self.pipeline_name = pipeline_name
+
+    def started(self, record: StepRecord) -> None:
+        self._emit(record, RunState.START)
+
+    def finished(self, record: StepRecord, error: BaseException | None = None) -> None:
+        self._emit(record, RunState.FAIL if error is not None else RunState.COMPLETE, error)
+
+    def event(self, record: StepRecord, state: RunState, error: BaseException | None = None) -> RunEvent:
+        from metadata.recorder import _flatten  # the order MLMD records inputs in
+
+        store = record.store.description
+        run = record.run
+        facets: dict[str, Any] = {
+            "parent": ParentRunFacet(run=ParentRun(runId=run_uuid(store, "pipeline-run", run.run_id)),
+                                     job=ParentJob(namespace=NAMESPACE, name=self.pipeline_name), producer=PRODUCER),
+            "mlops_execution": MlopsExecutionRunFacet(
+                executionType=record.execution_type, executionId=record.execution_id, pipelineRun=run.run_id,
+                fingerprint=record.fingerprint, codeVersion=code_version(), parameters=_json_safe(record.parameters),
+                results=_json_safe(record.results) if state != RunState.START else {}, cachedFrom=record.cached_from,
+                trigger=_json_safe({"kind": run.trigger.kind, **run.trigger.details}),
+                airflow={k: v for k, v in (("dag_id", run.airflow_dag_id), ("run_id", run.airflow_run_id)) if v},
+                producer=PRODUCER),
+        }
+        if error is not None:
+            facets["errorMessage"] = ErrorMessageRunFacet(message=f"{type(error).__name__}: {error}"[:4000],
+                                                          programmingLanguage="python", producer=PRODUCER)
+        inputs = [InputDataset(namespace=DATASET_NAMESPACE, name=_dataset_name(ref.uri), facets=_dataset_facets(ref))
+                  for _, _, ref in _flatten(record.inputs)]
+        outputs = [] if state != RunState.COMPLETE else [
+            OutputDataset(namespace=DATASET_NAMESPACE, name=_dataset_name(ref.uri), facets=_dataset_facets(ref))
+            for _, ref in sorted(record.outputs.items())]
+        return RunEvent(
+            eventType=state, eventTime=dt.datetime.now(dt.timezone.utc).isoformat(), producer=PRODUCER,
+            run=Run(runId=run_uuid(store, "execution", record.execution_id), facets=facets),
+            job=Job(namespace=NAMESPACE, name=f"{self.pipeline_name}.{record.execution_type.lower()}"),
+            inputs=inputs, outputs=outputs)
+
+    def _emit(self, record: StepRecord, state: RunState, error: BaseException | None = None) -> None:
+        event = self.event(record, state, error)
+        try:
+            self.client.emit(event)
+        except Exception as err:  # noqa: BLE001 - a lineage service outage must not fail a training run
+            log.warning("OpenLineage %s event of %s not delivered: %s", state.value, event.job.name, err)
+
+
+def step_events(pipeline_root: Path, pipeline_name: str) -> StepEvents:
+    return StepEvents(default_client(pipeline_root), pipeline_name)
