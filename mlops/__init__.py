@@ -6,4 +6,6 @@ benchmarks/, `__main__` modules) import it (tests/test_layers.py).
 - `cli.py`: the `mlops` command.
 - `airflow/`: Airflow's launcher, its REST client, and what the DAG tasks run in the ML runtime.
 - `loop.py`: `make run`, the whole loop through Airflow's scheduler.
+- `retraining.py`: whether a failed drift check should start a retraining (not when nothing new would go in).
+- `doctor.py`: `mlops doctor`, what a first run needs and what to do about each miss.
 """
