@@ -376,3 +376,75 @@ def gateway_kill(model_server: Any, model_root: Path, work: Path, *, rounds: int
     assert not bad, f"answers other than 200 under a healthy load: {bad[:5]}"
     return GatewayKill(report, {a.request_id: a.instances for a in answers if a.status == 200}, len(answers),
                        logged_requests(log_dir), seed, recover or [0.0])
+
+
+@dataclasses.dataclass
+class CanaryKill:
+    """What the real rollout code (`mlops.airflow.tasks._canary`) decided when the model server died
+    in its first observation window, and whether a promote was possible with the server gone."""
+
+    decision: dict[str, Any]
+    printed: str  # what the rollout task said (its Airflow log)
+    policy_after: dict[str, Any]
+    promote_refused: str  # the gateway's answer to a promote while the server was down ("" if it accepted)
+    answers: list[Answer]
+    traffic: bool
+
+    def row(self) -> FaultRow:
+        ok = sum(1 for a in self.answers if a.status == 200)
+        return FaultRow(
+            f"model server kill -9 in a canary window ({'4 clients' if self.traffic else 'no traffic'})",
+            f"canary at {self.decision.get('share')} %, first window",
+            len(self.answers), ok, None, None, None,
+            f"rollout {self.decision['decision']}: {'; '.join(self.decision.get('reasons', []))[:110]}; "
+            f"promote while down: {self.promote_refused[:60] or 'ACCEPTED'}")
+
+
+def canary_kill(model_root: Path, work: Path, *, traffic: bool = True, observe_seconds: float = 4.0) -> CanaryKill:
+    """Runs the rollout task's canary ramp (25 % then 50 %, `observe_seconds` each) against a real
+    gateway and model server, and `kill -9`s the model server as soon as the canary takes traffic."""
+    import contextlib
+    import io
+    import os
+    import threading
+
+    from mlops.airflow import tasks
+    from serving.rollout import AdminApiError
+
+    work.mkdir(parents=True, exist_ok=True)
+    config = write_model_config(work / "models.config", model_root, served=[STABLE_VERSION, CANARY_VERSION],
+                                stable=STABLE_VERSION, canary=None)
+    server = ModelServerProcess(config, work / "model_server.stderr").start()
+    gateway = None
+    printed = io.StringIO()
+    result: dict[str, Any] = {}
+    try:
+        server.wait_available([STABLE_VERSION, CANARY_VERSION])
+        gateway = Gateway(server, config, work / "logs", work / "state.json", work / "gateway.stderr")
+        admin = GatewayAdminClient(gateway.url, ADMIN_TOKEN)
+        params = {"gateway_url": gateway.url, "shares": [25, 50], "observe_seconds": observe_seconds, "min_canary_requests": 20}
+        os.environ["MLOPS_GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN  # where the rollout task reads it from in Airflow
+
+        def rollout() -> None:
+            with contextlib.redirect_stdout(printed):
+                result.update(tasks._canary(params, MODEL, CANARY_VERSION, STABLE_VERSION))
+
+        load = Load(gateway.url, real_trips(3), clients=4, prefix="canary") if traffic else None
+        with load if load is not None else contextlib.nullcontext():
+            runner = threading.Thread(target=rollout)
+            runner.start()
+            poll_until(lambda: admin.get_policy(MODEL).get("canary_share", 0) > 0, "the canary taking traffic", timeout=120)
+            server.kill()
+            runner.join(300)
+        refused = ""
+        try:
+            admin.promote(MODEL, CANARY_VERSION)
+        except AdminApiError as err:
+            refused = f"{err.status}: {err}"
+        return CanaryKill(result, printed.getvalue(), admin.get_policy(MODEL), refused,
+                          load.snapshot() if load is not None else [], traffic)
+    finally:
+        os.environ.pop("MLOPS_GATEWAY_ADMIN_TOKEN", None)
+        if gateway is not None:
+            gateway.stop()
+        server.stop()

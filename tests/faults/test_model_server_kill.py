@@ -6,10 +6,13 @@ even while the restarted server has loaded only some of its versions."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.faults.scenarios import model_server_kill
 from tests.serving.conftest import model_root  # noqa: F401 - fixture, found by name
 
 
+@pytest.mark.slow
 def test_model_server_killed_under_load_gives_503_then_recovers_alone(model_root, tmp_path):  # noqa: F811
     outcome = model_server_kill(model_root, tmp_path)
 
