@@ -96,12 +96,12 @@ class Gateway:
     """`python -m serving.gateway` on free ports, as a user starts it (admin token in the environment)."""
 
     def __init__(self, model_server: Any, config: Path, log_dir: Path, state_file: Path, stderr: Path,
-                 *extra: str) -> None:
+                 *extra: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving.gateway", "--rest-port", "0", "--grpc-port", "0",
              "--model-server-rest", model_server.rest_url, "--model-server-grpc", model_server.grpc_target,
              "--model-config-file", str(config), "--log-dir", str(log_dir), "--state-file", str(state_file), *extra],
-            cwd=PROJECT_ROOT, env={**ENV, "MLOPS_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
+            cwd=PROJECT_ROOT, env={**ENV, "MLOPS_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, **(env or {})},
             stdout=subprocess.PIPE, stderr=stderr.open("ab"), text=True)
         line = self.process.stdout.readline()
         if not line.startswith("gateway: REST"):
