@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             started = time.monotonic()
             print(f"running {name} ...", file=sys.stderr, flush=True)
+            (work / name).mkdir()
             rows.extend(run(work / name))
             print(f"  {name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         print_table(rows)

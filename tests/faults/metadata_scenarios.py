@@ -36,7 +36,9 @@ class MetadataRestart:
         return FaultRow(
             "MLMD PostgreSQL crash + restart in a pipeline step", f"during clean (down {self.down_s:.1f} s)",
             len(self.executions), sum(1 for e in self.executions if e["state"] in ("COMPLETE", "CACHED")), None, None, None,
-            f"step failed: {self.first_error[:70] or 'no'}; retry reused {self.retry_cached}; executions: {states}")
+            f"the step raised {self.first_error.split(':')[0] or 'nothing'}; the retry reused "
+            f"{[k for k, v in self.retry_cached.items() if v]} and redid {[k for k, v in self.retry_cached.items() if not v]}; "
+            f"executions: {states}")
 
 
 def metadata_restart(work: Path, config_for: Any) -> MetadataRestart:

@@ -169,7 +169,8 @@ class CorruptVersion:
         return FaultRow(
             f"corrupt version dir appears: {self.corruption}", f"version {self.version} while version 1 serves",
             answered + self.failures, answered, None, None, None,
-            f"answers by version {dict(self.served_versions)}, {self.failures} failed; status {self.state}: {self.error[:90]}")
+            f"all answered by version {', '.join(map(str, self.served_versions))}, {self.failures} failed; "
+            f"status {self.state} after {self.seen_after_s:.1f} s: {self.error[:80]}")
 
 
 def corrupt_versions(model_root: Path, work: Path) -> list[CorruptVersion]:
@@ -222,7 +223,8 @@ def corrupt_versions(model_root: Path, work: Path) -> list[CorruptVersion]:
             for _ in range(20):  # and after it
                 probabilities = predict()
                 served[by_version.get(tuple(probabilities), "another version") if probabilities else "failed"] += 1
-            outcomes.append(CorruptVersion(name, version, state["state"], state["status"].get("error_message", ""),
+            error = state["status"].get("error_message", "").replace(str(base / str(version)), f"<base>/{version}")
+            outcomes.append(CorruptVersion(name, version, state["state"], error,
                                            served, failures + served.pop("failed", 0), seen))
         # The control: a complete copy is loaded and serves, so the server did look at each one above.
         good = STABLE_VERSION + len(CORRUPTIONS) + 1
