@@ -1,6 +1,6 @@
 """The fault table: every fault scenario of tests/faults/ run once, one row per fault.
 
-    .venvs/ml/bin/python benchmarks/fault_table.py [--gateway-kill-rounds 10] [--only NAME ...]
+    .venvs/ml/bin/python benchmarks/fault_table.py [--gateway-kill-rounds 10] [--soak-seconds 60] [--only NAME ...]
 
 Each row says what was killed or broken and when, the requests sent / answered 200 / found in the
 request log / answered but missing from it (lost), how long the system took to serve again
@@ -55,6 +55,21 @@ def _gateway_kill(model_root: Path, work: Path, rounds: int) -> list:
         server.stop()
 
 
+def _soak(model_root: Path, work: Path, seconds: float) -> list:
+    from tests.faults.processes import ModelServerProcess
+    from tests.faults.soak import soak
+    from tests.serving.gateway.helpers import CANARY_VERSION, STABLE_VERSION, write_model_config
+
+    config = write_model_config(work / "server.config", model_root, served=[STABLE_VERSION, CANARY_VERSION],
+                                stable=STABLE_VERSION, canary=CANARY_VERSION)
+    server = ModelServerProcess(config, work / "model_server.stderr").start()
+    try:
+        server.wait_available([STABLE_VERSION, CANARY_VERSION])
+        return [soak(server, model_root, work / "gateway", seconds=seconds).row()]
+    finally:
+        server.stop()
+
+
 def _metadata_restart(work: Path) -> list:
     import dataclasses
 
@@ -68,7 +83,7 @@ def _metadata_restart(work: Path) -> list:
     return [metadata_restart(work, lambda metadata: dataclasses.replace(small_config(work), metadata=metadata)).row()]
 
 
-def scenarios(model_root: Path, rounds: int) -> dict[str, Callable[[Path], list]]:
+def scenarios(model_root: Path, rounds: int, soak_seconds: float) -> dict[str, Callable[[Path], list]]:
     from tests.faults import scenarios as s
 
     return {
@@ -79,6 +94,7 @@ def scenarios(model_root: Path, rounds: int) -> dict[str, Callable[[Path], list]
         "corrupt_version": lambda work: [o.row() for o in s.corrupt_versions(model_root, work)],
         "concurrent_push": lambda work: [s.concurrent_pushes(model_root, work, pushers=2, rounds=3).row()],
         "metadata_restart": _metadata_restart,
+        "soak": lambda work: _soak(model_root, work, soak_seconds),
     }
 
 
@@ -103,12 +119,13 @@ def print_table(rows: list) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gateway-kill-rounds", type=int, default=10)
+    parser.add_argument("--soak-seconds", type=float, default=60.0, help="600 for the issue's 10-minute soak")
     parser.add_argument("--only", nargs="*", help="run only these scenarios (names: see the code's scenarios())")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fault-table-") as temp:
         work = Path(temp)
         model_root = _model_root(work)
-        chosen = scenarios(model_root, args.gateway_kill_rounds)
+        chosen = scenarios(model_root, args.gateway_kill_rounds, args.soak_seconds)
         unknown = sorted(set(args.only or []) - set(chosen))
         if unknown:
             parser.error(f"unknown scenarios {unknown}; known: {sorted(chosen)}")
