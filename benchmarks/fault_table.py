@@ -14,12 +14,13 @@ whatever machine runs this; on a shared 2-core machine they move by a second or 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,9 +41,10 @@ def _model_root(work: Path) -> Path:
     return root
 
 
-def _gateway_kill(model_root: Path, work: Path, rounds: int) -> list:
+@contextlib.contextmanager
+def _model_server(model_root: Path, work: Path) -> Iterator[Any]:
+    """`python -m serving.model_server` serving versions 1 and 2, for the scenarios that bring their own gateway."""
     from tests.faults.processes import ModelServerProcess
-    from tests.faults.scenarios import gateway_kill
     from tests.serving.gateway.helpers import CANARY_VERSION, STABLE_VERSION, write_model_config
 
     config = write_model_config(work / "server.config", model_root, served=[STABLE_VERSION, CANARY_VERSION],
@@ -50,24 +52,23 @@ def _gateway_kill(model_root: Path, work: Path, rounds: int) -> list:
     server = ModelServerProcess(config, work / "model_server.stderr").start()
     try:
         server.wait_available([STABLE_VERSION, CANARY_VERSION])
-        return [gateway_kill(server, model_root, work / "gateway", rounds=rounds).row()]
+        yield server
     finally:
         server.stop()
+
+
+def _gateway_kill(model_root: Path, work: Path, rounds: int) -> list:
+    from tests.faults.scenarios import gateway_kill
+
+    with _model_server(model_root, work) as server:
+        return [gateway_kill(server, model_root, work / "gateway", rounds=rounds).row()]
 
 
 def _soak(model_root: Path, work: Path, seconds: float) -> list:
-    from tests.faults.processes import ModelServerProcess
     from tests.faults.soak import soak
-    from tests.serving.gateway.helpers import CANARY_VERSION, STABLE_VERSION, write_model_config
 
-    config = write_model_config(work / "server.config", model_root, served=[STABLE_VERSION, CANARY_VERSION],
-                                stable=STABLE_VERSION, canary=CANARY_VERSION)
-    server = ModelServerProcess(config, work / "model_server.stderr").start()
-    try:
-        server.wait_available([STABLE_VERSION, CANARY_VERSION])
+    with _model_server(model_root, work) as server:
         return [soak(server, model_root, work / "gateway", seconds=seconds).row()]
-    finally:
-        server.stop()
 
 
 def _metadata_restart(work: Path) -> list:

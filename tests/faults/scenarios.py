@@ -52,8 +52,24 @@ def logged_requests(log_dir: Path) -> dict[str, list[int]]:
     return {rid: sorted(int(i) for i in group) for rid, group in frame.groupby("request_id")["instance_index"]}
 
 
+class LoggedAnswers:
+    """For outcomes with `answers` (every Answer) and `logged` (logged_requests of the log dir)."""
+
+    answers: list[Answer]
+    logged: dict[str, list[int]]
+
+    @property
+    def answered(self) -> dict[str, int]:
+        return {a.request_id: a.instances for a in self.answers if a.status == 200}
+
+    @property
+    def lost(self) -> list[str]:
+        """Answered 200 but not in the log with exactly its instances."""
+        return [rid for rid, count in self.answered.items() if self.logged.get(rid) != list(range(count))]
+
+
 @dataclasses.dataclass
-class ModelServerKill:
+class ModelServerKill(LoggedAnswers):
     """The outcome of `model_server_kill`: every answer, and the moments of the kill and the restart."""
 
     answers: list[Answer]
@@ -71,14 +87,6 @@ class ModelServerKill:
     @property
     def wrong_version(self) -> list[Answer]:
         return [a for a in self.answers if a.status == 200 and POLICY_VERSIONS.get(a.label) != a.version]
-
-    @property
-    def answered(self) -> dict[str, int]:
-        return {a.request_id: a.instances for a in self.answers if a.status == 200}
-
-    @property
-    def lost(self) -> list[str]:
-        return [rid for rid, count in self.answered.items() if self.logged.get(rid) != list(range(count))]
 
     def row(self) -> FaultRow:
         outage = self.during_outage

@@ -12,7 +12,7 @@ from typing import Any
 
 from serving.rollout import GatewayAdminClient
 from tests.faults.processes import Answer, Gateway, Load
-from tests.faults.scenarios import POLICY_VERSIONS, FaultRow, logged_requests
+from tests.faults.scenarios import POLICY_VERSIONS, FaultRow, LoggedAnswers, logged_requests
 from tests.fixtures.polling import poll_until
 from tests.serving.gateway.helpers import ADMIN_TOKEN, CANARY_VERSION, MODEL, STABLE_VERSION, real_trips, write_model_config
 
@@ -34,20 +34,12 @@ def _open_fds(pid: int) -> int:
 
 
 @dataclasses.dataclass
-class Soak:
+class Soak(LoggedAnswers):
     seconds: float
     answers: list[Answer]
     samples: list[tuple[float, int, int]]  # (seconds since start, RSS KiB, open fds), after the warm-up
     actions: list[str]
     logged: dict[str, list[int]]
-
-    @property
-    def answered(self) -> dict[str, int]:
-        return {a.request_id: a.instances for a in self.answers if a.status == 200}
-
-    @property
-    def lost(self) -> list[str]:
-        return [rid for rid, count in self.answered.items() if self.logged.get(rid) != list(range(count))]
 
     @property
     def rss_growth_mib(self) -> float:
