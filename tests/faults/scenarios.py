@@ -450,7 +450,7 @@ def canary_kill(model_root: Path, work: Path, *, traffic: bool = True, observe_s
         try:
             admin.promote(MODEL, CANARY_VERSION)
         except AdminApiError as err:
-            refused = f"{err.status}: {str(err).split(': ', 1)[-1]}"  # without the URL
+            refused = str(err).split(": ", 1)[-1]  # "HTTP <status>: <the gateway's reason>", without the URL
         return CanaryKill(result, printed.getvalue(), admin.get_policy(MODEL), refused,
                           load.snapshot() if load is not None else [], traffic)
     finally:

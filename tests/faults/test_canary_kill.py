@@ -26,4 +26,4 @@ def test_a_canary_whose_model_server_dies_is_rolled_back_not_promoted(traffic, m
     assert "ABORTED at 25%" in outcome.printed and "promoted" not in outcome.printed, outcome.printed
     assert outcome.policy_after["canary_share"] == 0, outcome.policy_after
     assert outcome.policy_after["stable_version"] == STABLE_VERSION, outcome.policy_after
-    assert outcome.promote_refused.startswith("503"), outcome.promote_refused
+    assert outcome.promote_refused.startswith("HTTP 503"), outcome.promote_refused
