@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,21 +21,16 @@ import requests
 
 from serving.protocol import MODEL_LABEL_HEADER, MODEL_VERSION_HEADER
 from tests.fixtures.polling import poll_until
+from tests.fixtures.servers import free_port
 from tests.serving.gateway.helpers import ADMIN_TOKEN, MODEL, instances
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def free_port() -> int:
-    """A port nobody listens on now; a restarted server must come back on the same one."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ModelServerProcess:
-    """`python -m serving.model_server` on fixed ports, so a restart is found where the gateway looks."""
+    """`python -m serving.model_server` on ports fixed at construction (free_port), so a restart is
+    found where the gateway looks."""
 
     def __init__(self, config: Path, stderr: Path, *, rest_port: int | None = None, grpc_port: int | None = None) -> None:
         self.config, self.stderr = config, stderr
