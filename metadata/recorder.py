@@ -2,7 +2,10 @@
 
 A pipeline run is a `PipelineRun` context. Each step is a `with run.step(...)` block: the
 execution is written as RUNNING with its input events on entry, and COMPLETE with its output
-artifacts (or FAILED with the error) on exit. A step whose fingerprint (inputs, parameters,
+artifacts (or FAILED with the error) on exit, in one transaction each, so an execution is never
+COMPLETE without its outputs. A step whose process died, or whose database connection was lost
+(MLMD's client does not reconnect), stays RUNNING; the next attempt of the same work in the same
+run marks it FAILED ("abandoned") before it starts, so no RUNNING is left behind by a retry. A step whose fingerprint (inputs, parameters,
 code) matches an earlier COMPLETE execution whose outputs still exist is not run again: a CACHED
 execution links the same inputs to the earlier outputs, and the caller is told what was reused.
 """
@@ -22,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from core.errors import MlopsError
 from core.version import code_version, source_hash
 from metadata.store import ARTIFACT_TYPES, CONTEXT_TYPES, EXECUTION_PROPERTIES, Store
 
@@ -29,6 +33,11 @@ log = logging.getLogger(__name__)
 
 Execution = metadata_store_pb2.Execution
 Event = metadata_store_pb2.Event
+
+
+class MetadataRecordingError(MlopsError):
+    """A step's work is done but ML Metadata failed while recording it (e.g. its database restarted):
+    nothing of it is recorded as COMPLETE, and a retry redoes the step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,6 +316,7 @@ class StepRecord:
         set_value(self.execution.custom_properties["started_at"], self._started)
         set_value(self.execution.custom_properties["run_id"], self.run.run_id)
         set_value(self.execution.custom_properties["code_digest"], self.code_digest)
+        self._fail_abandoned()
         previous = self._find_cached() if self.use_cache else None
         input_events = [
             (self._artifact_proto(ref), _event(Event.INPUT, key, index)) for key, index, ref in _flatten(self.inputs)
@@ -340,6 +350,22 @@ class StepRecord:
         if self.run.events is not None:
             self.run.events.started(self)
         return self
+
+    def _fail_abandoned(self) -> None:
+        """Earlier attempts of this very work in this run left RUNNING: their process is gone (Airflow
+        starts a retry only after the previous try ended), so they are recorded as FAILED, saying why."""
+        type_id = self.store.type_id(self.execution_type)
+        abandoned = [e for e in self.store.get_executions_by_context(self.run.context.id)
+                     if e.type_id == type_id and e.last_known_state == Execution.RUNNING
+                     and properties_of(e).get("fingerprint") == self.fingerprint]
+        for execution in abandoned:
+            execution.last_known_state = Execution.FAILED
+            set_value(execution.properties["error"], "abandoned: the attempt stopped before recording its end (its process "
+                                                     "died or lost the metadata database); a later attempt redid the step")
+            log.warning("%s: execution %d of run %s was left RUNNING by an attempt that died; recorded it as FAILED",
+                        self.execution_type, execution.id, self.run.run_id)
+        if abandoned:
+            self.store.put_executions(abandoned)
 
     def _artifact_proto(self, ref: ArtifactRef) -> metadata_store_pb2.Artifact:
         [artifact] = self.store.get_artifacts_by_id([ref.id])
@@ -400,16 +426,27 @@ class StepRecord:
         if exc is not None:
             self.execution.last_known_state = Execution.FAILED
             set_value(self.execution.properties["error"], f"{type(exc).__name__}: {exc}"[:4000])
-            self.store.put_execution(self.execution, [], self.run.contexts, reuse_context_if_already_exist=True)
+            try:
+                self.store.put_execution(self.execution, [], self.run.contexts, reuse_context_if_already_exist=True)
+            except Exception as err:  # noqa: BLE001 - the step's own error is the one to raise
+                exc.add_note(f"(and ML Metadata {self.store.description} could not record execution {self.execution.id} "
+                             f"as FAILED: {err}; the next attempt records it as abandoned)")
             if self.run.events is not None:
                 self.run.events.finished(self, exc)
             return
         self.execution.last_known_state = Execution.COMPLETE
-        artifact_and_events = [(artifact, _event(Event.OUTPUT, name)) for name, artifact in self._pending]
-        artifact_and_events += [(self._artifact_proto(ref), _event(Event.OUTPUT, name)) for name, ref in self._linked]
-        _, artifact_ids, _ = self.store.put_execution(
-            self.execution, artifact_and_events, self.run.contexts, reuse_context_if_already_exist=True
-        )
+        try:
+            artifact_and_events = [(artifact, _event(Event.OUTPUT, name)) for name, artifact in self._pending]
+            artifact_and_events += [(self._artifact_proto(ref), _event(Event.OUTPUT, name)) for name, ref in self._linked]
+            _, artifact_ids, _ = self.store.put_execution(
+                self.execution, artifact_and_events, self.run.contexts, reuse_context_if_already_exist=True
+            )
+        except Exception as err:
+            outputs = ", ".join(artifact.uri for _, artifact in self._pending) or "none"
+            raise MetadataRecordingError(
+                f"{self.execution_type} finished its work (outputs: {outputs}) but ML Metadata {self.store.description} "
+                f"failed while recording execution {self.execution.id} ({err}); it is not recorded as COMPLETE, "
+                f"and a retry of the run redoes the step") from err
         for (name, artifact), artifact_id in zip(self._pending, artifact_ids[: len(self._pending)]):
             self.outputs[name] = ArtifactRef(artifact_id, self.outputs[name].type_name, artifact.uri, properties_of(artifact))
         if self.run.events is not None:

@@ -71,22 +71,38 @@ class GatewayAdminClient:
 
     def version_state(self, model: str, version: int) -> str | None:
         """The model server's state of `version` (AVAILABLE, LOADING, ...) as the gateway reports it; None when unknown."""
+        return self._version_status(model, version)[0]
+
+    def _version_status(self, model: str, version: int) -> tuple[str | None, str]:
+        """(state, the load error the model server reports for it, or "")."""
         try:
             document = self._call("GET", f"/v1/models/{_quote(model)}/versions/{int(version)}")
         except AdminApiError as err:
             if err.status == 404:
-                return None
+                return None, ""
             raise
-        states = [entry.get("state") for entry in document.get("model_version_status", []) if isinstance(entry, dict)]
-        return "AVAILABLE" if "AVAILABLE" in states else (states[0] if states else None)
+        entries = [entry for entry in document.get("model_version_status", []) if isinstance(entry, dict)]
+        states = [entry.get("state") for entry in entries]
+        if "AVAILABLE" in states:
+            return "AVAILABLE", ""
+        if not entries:
+            return None, ""
+        status = entries[0].get("status") or {}
+        return entries[0].get("state"), str(status.get("error_message") or "") if isinstance(status, dict) else ""
 
     def wait_until_available(self, model: str, version: int, timeout_s: float = 300.0, poll_s: float = 1.0,
                              progress: Callable[[str], None] | None = None) -> None:
         """Waits until the model server has loaded `version`: a push lands in models.config before
-        the server has loaded it, and the gateway refuses to route traffic to it until then."""
+        the server has loaded it, and the gateway refuses to route traffic to it until then. A
+        version whose load failed raises at once with the server's error."""
         deadline = time.monotonic() + timeout_s
         last_said = 0.0
-        while (state := self.version_state(model, version)) != "AVAILABLE":
+        while (status := self._version_status(model, version))[0] != "AVAILABLE":
+            state, error = status
+            if state == "END" and error:
+                # The server tried and failed (a corrupt or half-copied version directory); it retries
+                # only when the directory changes, so waiting out the timeout would only delay the news.
+                raise AdminApiError(f"{model} version {version} failed to load on the model server: {error}")
             now = time.monotonic()
             if now > deadline:
                 raise AdminApiError(f"{model} version {version} did not become AVAILABLE on the model server within "

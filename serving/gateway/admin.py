@@ -4,7 +4,9 @@
 `policy` (GET, PUT), `stats` (GET `?since_seconds=`), `canary`, `share`, `shadow`, `automation`
 (PUT), `promote`, `rollback` (POST). Changes go through the routing table (`routing.py`), which
 writes models.config and the state file; a version the model server has not loaded yet is refused
-(503, retry later). Needs `Authorization: Bearer <token>` (MLOPS_GATEWAY_ADMIN_TOKEN).
+(503, retry later). Needs `Authorization: Bearer <token>` (MLOPS_GATEWAY_ADMIN_TOKEN, or the
+file `admin_token_file`, re-read when it changes: rotation without a restart). Every refused call
+counts in `mlops_gateway_admin_auth_failures_total{reason}`; the token itself is never logged.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
 
 from core.errors import MlopsError
+from serving.gateway.config import GatewayConfigError, GatewaySettings, check_admin_token, read_admin_token
 from serving.gateway.core import GatewayCore
 from serving.gateway.errors import GatewayError, InvalidRequest
 from serving.gateway.rest import error_response, gateway_error_response, json_response, read_json
@@ -40,12 +44,54 @@ class MethodNotAllowed(GatewayError):
         return 405
 
 
+class AdminToken:
+    """The admin token now: the setting's, or the token file's as it is at this moment."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.path = settings.admin_token_file
+        self._token = settings.admin_token
+        self._stamp: tuple[int, int, int] | None = None
+        self._problem = ""
+
+    def current(self) -> str:
+        """The token to compare with; "" while the file cannot be read or holds an unusable token
+        (then every call is refused: a half-written rotation must not open the API)."""
+        if self.path is None:
+            return self._token
+        try:
+            stat = os.stat(self.path)
+        except OSError as err:
+            return self._unusable(f"cannot read the admin token file {self.path}: {err.strerror}")
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stamp != self._stamp:  # one stat per admin call; the file is read only when it changed
+            try:
+                token = read_admin_token(self.path)
+                check_admin_token(token, f"the token in {self.path}")
+            except GatewayConfigError as err:
+                return self._unusable(str(err))
+            if self._stamp is not None:
+                log.warning("admin token file %s changed: the new token is in use", self.path)
+            self._token, self._stamp, self._problem = token, stamp, ""
+        return self._token
+
+    def _unusable(self, problem: str) -> str:
+        if problem != self._problem:
+            log.error("%s; refusing every admin call until it is fixed", problem)
+        self._problem, self._stamp, self._token = problem, None, ""
+        return ""
+
+    @property
+    def problem(self) -> str:
+        return self._problem
+
+
 class AdminApi:
     """The admin handlers of one gateway (`add_routes` puts them on an aiohttp application)."""
 
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
         self.settings = core.settings
+        self.token = AdminToken(core.settings)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/admin/{tail:.*}", self.handle_admin)
@@ -54,11 +100,20 @@ class AdminApi:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise GatewayError(Code.UNAUTHENTICATED, "the admin API needs 'Authorization: Bearer <token>'")
+            self._refuse("missing", Code.UNAUTHENTICATED, "the admin API needs 'Authorization: Bearer <token>'")
         if not self.settings.admin_enabled:
-            raise GatewayError(Code.PERMISSION_DENIED, "the admin API is disabled: no admin token is configured (MLOPS_GATEWAY_ADMIN_TOKEN)")
-        if not hmac.compare_digest(token.encode(), self.settings.admin_token.encode()):
-            raise GatewayError(Code.PERMISSION_DENIED, "wrong admin token")
+            self._refuse("disabled", Code.PERMISSION_DENIED,
+                         "the admin API is disabled: no admin token is configured (MLOPS_GATEWAY_ADMIN_TOKEN)")
+        expected = self.token.current()
+        if not expected:
+            self._refuse("unusable_token_file", Code.PERMISSION_DENIED,
+                         f"the admin API is closed: {self.token.problem}")
+        if not hmac.compare_digest(token.encode(), expected.encode()):
+            self._refuse("wrong", Code.PERMISSION_DENIED, "wrong admin token")
+
+    def _refuse(self, reason: str, code: Code, message: str) -> None:
+        self.core.metrics.admin_auth_failures.labels(reason).inc()
+        raise GatewayError(code, message)
 
     async def handle_admin(self, request: web.Request) -> web.Response:
         core = self.core

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from core.errors import MlopsError
 from serving.gateway.admin import AdminApi
-from serving.gateway.config import GatewaySettings, add_settings_arguments, load_gateway_settings, settings_overrides
+from serving.gateway.config import (GatewayConfigError, GatewaySettings, add_settings_arguments, load_gateway_settings,
+                                    settings_overrides)
 from serving.gateway.core import GatewayCore
 from serving.gateway.grpc_service import build_grpc_server
 from serving.gateway.rest import RestApi
@@ -57,11 +58,15 @@ class Gateway:
         AdminApi(self.core).add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.rest_port, shutdown_timeout=5.0, backlog=1024)
+        site = web.TCPSite(self._runner, s.host, s.rest_port, shutdown_timeout=5.0, backlog=1024,
+                           ssl_context=_rest_tls(s))
         await site.start()
         self.rest_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._grpc_server = build_grpc_server(self.core)
-        self.grpc_port = self._grpc_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        credentials = _grpc_tls(s)
+        self.grpc_port = (self._grpc_server.add_secure_port(address, credentials) if credentials is not None
+                          else self._grpc_server.add_insecure_port(address))
         await self._grpc_server.start()
         log.info("gateway listening: REST %s:%d, gRPC %s:%d -> model server %s (%s)", s.host, self.rest_port, s.host,
                  self.grpc_port, s.model_server_rest if s.upstream_protocol == "rest" else s.model_server_grpc, s.upstream_protocol)
@@ -72,6 +77,29 @@ class Gateway:
         await self._runner.cleanup()  # closes the listener, waits for running handlers
         await self.core.drain()
         await self.core.close()
+
+
+def _rest_tls(settings: GatewaySettings) -> Any:
+    """The REST listener's TLS context (None: plaintext); a bad pair fails at start, naming the files."""
+    if not settings.tls:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (ssl.SSLError, OSError) as err:
+        raise GatewayConfigError(f"cannot use the TLS pair {settings.tls_cert_file} / {settings.tls_key_file}: {err}") from err
+    return context
+
+
+def _grpc_tls(settings: GatewaySettings) -> Any:
+    if not settings.tls:
+        return None
+    import grpc
+
+    return grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
 
 
 class GatewayHandle:
@@ -88,7 +116,7 @@ class GatewayHandle:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.rest_port}"
+        return f"{'https' if self.settings.tls else 'http'}://{self.settings.host}:{self.rest_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -187,7 +215,9 @@ def run_gateway(settings: GatewaySettings) -> None:
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        print(f"gateway: REST http://{settings.host}:{gateway.rest_port}  gRPC {settings.host}:{gateway.grpc_port}", flush=True)
+        scheme = "https" if settings.tls else "http"
+        print(f"gateway: REST {scheme}://{settings.host}:{gateway.rest_port}  gRPC {settings.host}:{gateway.grpc_port}"
+              f"{' (TLS)' if settings.tls else ''}", flush=True)
         await stop.wait()
         log.info("stopping: draining requests and writing the prediction log")
         await gateway.stop()

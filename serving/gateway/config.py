@@ -96,6 +96,12 @@ class GatewaySettings:
     log_dir: Path = Path("var/logs/predictions")
     state_file: Path = Path("var/serving/gateway_state.json")
     admin_token: str = ""
+    # Instead of admin_token: a file holding the token, re-read when it changes, so the token can be
+    # rotated without a restart (write the new one to a temp file and rename it over this one).
+    admin_token_file: Path | None = None
+    # Both set: the REST (and admin) listener and the gRPC listener serve TLS with this PEM pair.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     max_body_bytes: int = 1_048_576
     max_instances: int = 1_000
     upstream_connect_timeout_s: float = 0.25
@@ -150,11 +156,18 @@ class GatewaySettings:
             raise GatewayConfigError(f"gateway.model_server_rest must be an http(s) URL, got {self.model_server_rest!r}")
         if ":" not in self.model_server_grpc:
             raise GatewayConfigError(f"gateway.model_server_grpc must be host:port, got {self.model_server_grpc!r}")
-        if self.admin_token and len(self.admin_token) < MIN_ADMIN_TOKEN_LENGTH:
-            raise GatewayConfigError(
-                f"gateway.admin_token must have at least {MIN_ADMIN_TOKEN_LENGTH} characters "
-                f"(set MLOPS_GATEWAY_ADMIN_TOKEN), got {len(self.admin_token)}"
-            )
+        if self.admin_token:
+            check_admin_token(self.admin_token, "gateway.admin_token", " (set MLOPS_GATEWAY_ADMIN_TOKEN)")
+        if self.admin_token and self.admin_token_file is not None:
+            raise GatewayConfigError("set gateway.admin_token or gateway.admin_token_file, not both")
+        if self.admin_token_file is not None:
+            check_admin_token(read_admin_token(self.admin_token_file), f"the token in {self.admin_token_file}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise GatewayConfigError("gateway.tls_cert_file and gateway.tls_key_file go together: set both or neither")
+        for name in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise GatewayConfigError(f"gateway.{name}: no such file {path}")
         positive = (
             "max_body_bytes", "max_instances", "upstream_connect_timeout_s", "upstream_timeout_s", "upstream_pool_size",
             "breaker_failure_threshold", "breaker_reset_s", "log_queue_rows", "log_flush_rows", "log_flush_seconds",
@@ -181,7 +194,24 @@ class GatewaySettings:
 
     @property
     def admin_enabled(self) -> bool:
-        return bool(self.admin_token)
+        return bool(self.admin_token) or self.admin_token_file is not None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+def read_admin_token(path: Path) -> str:
+    """The token in `path` (surrounding whitespace, e.g. the final newline, is not part of it)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise GatewayConfigError(f"cannot read the admin token file {path}: {err}") from err
+
+
+def check_admin_token(token: str, what: str, hint: str = "") -> None:
+    if len(token) < MIN_ADMIN_TOKEN_LENGTH:  # the length only: the token itself is never in a message
+        raise GatewayConfigError(f"{what} must have at least {MIN_ADMIN_TOKEN_LENGTH} characters{hint}, got {len(token)}")
 
 
 def load_gateway_settings(
@@ -321,11 +351,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-config-file", help="TF Serving models.config with the stable/canary labels")
     parser.add_argument("--log-dir", help="prediction log directory")
     parser.add_argument("--state-file", help="where routing policies persist")
+    parser.add_argument("--admin-token-file", help="file holding the admin token, re-read when it changes (rotation)")
+    parser.add_argument("--tls-cert-file", help="PEM certificate (chain): serve REST and gRPC over TLS")
+    parser.add_argument("--tls-key-file", help="PEM private key of --tls-cert-file")
     parser.add_argument("--log-failure", choices=LOG_FAILURE_POLICIES,
                         help="when the prediction log cannot be written: refuse (503, default) or serve unlogged")
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = ("host", "rest_port", "grpc_port", "model_server_rest", "model_server_grpc", "upstream_protocol",
-             "model_config_file", "log_dir", "state_file", "log_failure")
+             "model_config_file", "log_dir", "state_file", "log_failure", "admin_token_file", "tls_cert_file", "tls_key_file")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}

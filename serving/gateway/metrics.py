@@ -117,6 +117,10 @@ class GatewayMetrics:
         self.log_not_durable = prometheus_client.Counter(
             "mlops_gateway_log_not_durable_requests", "Requests answered while their log entry could not be journaled "
             "(log_failure = serve)", registry=r)
+        # A burst here is someone guessing the token (or a rollout still holding a rotated-out one).
+        self.admin_auth_failures = prometheus_client.Counter(
+            "mlops_gateway_admin_auth_failures_total", "Admin API calls refused: no, wrong or unusable token",
+            ["reason"], registry=r)
         prometheus_client.ProcessCollector(registry=r)
         self._children: dict[tuple, Any] = {}
 
