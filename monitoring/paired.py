@@ -123,6 +123,19 @@ class PairedComparison:
         return _finite(value)
 
 
+    def summary(self) -> dict[str, Any]:
+        """Small enough for an MLMD property (PostgreSQL indexes entries up to ~2.7 kB): the worst slices only."""
+        return _finite({
+            "pairs": self.pairs, "judged": self.judged, "diverged": self.diverged, "agreement": self.agreement,
+            "candidate_versions": list(self.candidate_versions), "stable_versions": list(self.stable_versions),
+            "mean_difference": self.mean_difference,
+            "difference_p5_p50_p95": [self.difference_quantiles.get(k) for k in ("p5", "p50", "p95")],
+            "labelled_disagreements": self.labelled_disagreements, "stable_right": self.stable_right,
+            "candidate_right": self.candidate_right, "reasons": list(self.reasons)[:MAX_EVIDENCE_SLICES + 1],
+            "slices": [{"slice": f"{s.feature}={s.value}", "pairs": s.pairs, "agreement": s.agreement}
+                       for s in self.slices[:MAX_EVIDENCE_SLICES]]})
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 5) if math.isfinite(value) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,3 +158,94 @@ def _pairs(window, stable, candidate):
     return window.assign(stable_version=1, candidate_version=2, stable_probability=stable, candidate_probability=candidate,
                          stable_decision=decide(stable), candidate_decision=decide(candidate),
                          ground_truth=pd.array([pd.NA] * len(window), dtype="Int64"))
+
+
+# --- the canary judge: a real model server and gateway with live traffic, the rollout task itself ---
+
+ROLLOUT = {"shares": [50, 100], "observe_seconds": 6, "min_canary_requests": 5, "max_p99_latency_ratio": 50.0,
+           # Let the per-window judge pass whatever the mean does, so the paired comparison decides.
+           "max_mean_probability_shift": 1.0}
+
+
+@pytest.fixture(scope="module")
+def serving_stack(tmp_path_factory):
+    """Versions 1 (stable) and 2 (the opposite decisions) behind a gateway that logs to `root/prediction_logs`."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from core.config import load_config
+    from metadata.recorder import PipelineRun, Trigger
+    from metadata.store import connect
+    from serving.push import push_model
+    from tests.conftest import PROJECT_ROOT
+    from tests.fixtures.tiny_model import export_tiny_model
+
+    root = tmp_path_factory.mktemp("paired_rollout")
+    config_path = root / "mlops.toml"
+    config_path.write_text("\n".join([
+        f'pipeline_root = "{root / "pipeline"}"', "[serving]", f'model_base_dir = "{root / "models"}"',
+        f'model_config_file = "{root / "models.config"}"', "[metadata]", f'sqlite_path = "{root / "mlmd.sqlite"}"']) + "\n")
+    config = load_config(config_path)
+    run = PipelineRun(connect(config.metadata), config.pipeline_name, "push-tiny-models", Trigger("test"))
+    for weight in (1.0, -1.0):
+        pushed = push_model(export_tiny_model(root / f"export-{weight}", weight=weight), config.serving.model_base_dir,
+                            config.serving.model_name, config_file=config.serving.model_config_file)
+        run.register_artifact("PushedModel", str(pushed.path), {"model_name": "taxi", "version": pushed.version},
+                              identity=("version",))
+    # Fewer pairs judge here than in production: a few seconds of test traffic are ~100 requests.
+    limits = root / "thresholds.toml"
+    limits.write_text((PROJECT_ROOT / "monitoring" / "thresholds.toml").read_text().replace("min_pairs = 100", "min_pairs = 20"))
+    token = "paired-test-admin-token-0123456789"
+    env = {**os.environ, "MLOPS_GATEWAY_ADMIN_TOKEN": token}
+    process = subprocess.Popen([sys.executable, "-m", "tests.dags.serving_stack", str(config_path)], cwd=PROJECT_ROOT,
+                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = process.stdout.readline()
+        assert ready, "the serving stack did not start (see its stderr above)"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLOPS_GATEWAY_ADMIN_TOKEN", token)
+            patch.setenv("MLOPS_GATEWAY_URL", json.loads(ready)["gateway_url"])
+            patch.setenv("MLOPS_MONITORING_THRESHOLDS", str(limits))
+            yield root, config_path
+    finally:
+        process.stdin.close()
+        process.wait(timeout=120)
+
+
+def _deploys(config_path):
+    from core.config import load_config
+    from metadata.recorder import properties_of
+    from metadata.store import connect
+
+    store = connect(load_config(config_path).metadata)
+    return [properties_of(e) for e in store.get_executions_by_type("Deploy")]
+
+
+@pytest.mark.slow
+def test_a_canary_whose_decisions_diverge_is_held_until_approved(serving_stack):
+    from mlops.airflow.tasks import EXIT_ROLLED_BACK, HELD_FOR_APPROVAL, run_rollout_task, serving_labels
+    from core.config import load_config
+
+    root, config_path = serving_stack
+    params = {**ROLLOUT, "version": 2, "log_dir": str(root / "prediction_logs")}
+    call = dict(config_path=str(config_path), dag_id="taxi_rollout", run_type="manual")
+
+    with pytest.raises(SystemExit) as held:
+        run_rollout_task("canary", airflow_run_id="held", params_json=params, **call)
+    assert held.value.code == EXIT_ROLLED_BACK
+    assert serving_labels(load_config(config_path))["stable"] == 1
+    record = _deploys(config_path)[-1]
+    assert record["result_decision"] == HELD_FOR_APPROVAL
+    assert any("approve_divergence" in reason for reason in record["result_reasons"])
+    paired = record["result_details"]["paired"]
+    assert paired["judged"] and paired["diverged"] and paired["pairs"] >= 20
+    assert paired["agreement"] == 0.0  # version 2 decides the opposite of version 1 on every request
+    assert (paired["stable_versions"], paired["candidate_versions"]) == ([1], [2])
+    assert Path(paired["report"]).is_file()
+
+    promoted = run_rollout_task("canary", airflow_run_id="approved", params_json={**params, "approve_divergence": True}, **call)
+    assert promoted["decision"] == "promoted" and promoted["paired"]["diverged"]
+    assert "promoted with approve_divergence" in promoted["reasons"][-1]
+    assert serving_labels(load_config(config_path))["stable"] == 2
