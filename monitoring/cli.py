@@ -53,6 +53,37 @@ def cmd_monitor_check(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_CHECK_FAILED
 
 
+def cmd_monitor_paired(args: argparse.Namespace) -> int:
+    """Candidate vs stable on the shadowed requests of a window (monitoring/paired.py)."""
+    from pathlib import Path
+
+    from core.config import load_config
+    from metadata.queries import DEFAULT_LOG_DIR
+    from monitoring.paired import compare_logged, write_paired_report
+    from monitoring.settings import load_thresholds
+
+    config = load_config(args.config)
+    log_dir = Path(args.log_dir) if args.log_dir else config.root / DEFAULT_LOG_DIR
+    comparison = compare_logged(log_dir, args.start, args.end, load_thresholds(args.thresholds).paired,
+                                model_name=config.serving.model_name)
+    if args.html:
+        write_paired_report(Path(args.html), comparison, f"{config.serving.model_name}: candidate vs stable, {args.start} to {args.end}")
+    if args.json:
+        print(json.dumps(comparison.to_json(), indent=2, sort_keys=True))
+    else:
+        print(f"{comparison.pairs} paired requests (stable {list(comparison.stable_versions)}, candidate "
+              f"{list(comparison.candidate_versions)}): decisions agree on {comparison.agreement:.1%}, mean probability "
+              f"difference {comparison.mean_difference:+.4f}; labelled disagreements {comparison.labelled_disagreements}: "
+              f"stable right {comparison.stable_right}, candidate right {comparison.candidate_right}")
+        for entry in comparison.slices[:10]:
+            mark = "DIVERGED" if entry.diverged else ""
+            print(f"  {entry.feature}={entry.value:<30} pairs {entry.pairs:>6}  agreement {entry.agreement:.3f}  "
+                  f"difference {entry.mean_difference:+.3f}  {mark}".rstrip())
+        print(("not judged: " if not comparison.judged else "DIVERGED: " if comparison.diverged else "within the limits")
+              + "; ".join(comparison.reasons))
+    return EXIT_CHECK_FAILED if comparison.diverged else 0
+
+
 def add_commands(sub: Any) -> None:
     from metadata.cli import add_commands as add_lineage_commands
 
@@ -67,4 +98,12 @@ def add_commands(sub: Any) -> None:
     check.add_argument("--trigger", default="manual", help="manual | schedule | cli")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(handler=cmd_monitor_check)
+    paired = monitor.add_parser("paired", help="candidate vs stable on the same (shadowed) requests of a window")
+    paired.add_argument("--start", required=True, help="window start, ISO date or time (UTC)")
+    paired.add_argument("--end", required=True, help="window end (exclusive), ISO date or time (UTC)")
+    paired.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
+    paired.add_argument("--thresholds", help="thresholds TOML ([paired]; default as for check)")
+    paired.add_argument("--html", help="write the comparison's page here")
+    paired.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    paired.set_defaults(handler=cmd_monitor_paired)
     add_lineage_commands(sub)

@@ -160,6 +160,25 @@ def _pairs(window, stable, candidate):
                          ground_truth=pd.array([pd.NA] * len(window), dtype="Int64"))
 
 
+def test_the_command_prints_the_comparison_writes_its_page_and_fails_on_divergence(models, tmp_path, capsys):
+    from mlops.cli import main
+
+    stable, _, traffic = models
+    rows = traffic.sample(800, random_state=8).reset_index(drop=True)
+    candidate = np.where((rows[PAYMENT_TYPE_KEY] == "Cash").to_numpy(), 0.9, stable.predict(rows))
+    log_dir, _ = _shadowed(tmp_path, stable, candidate, rows)
+    (tmp_path / "mlops.toml").write_text(f'pipeline_root = "{tmp_path / "pipeline"}"\n')
+    page = tmp_path / "paired.html"
+
+    code = main(["--config", str(tmp_path / "mlops.toml"), "monitor", "paired", "--start", START.isoformat(),
+                 "--end", END.isoformat(), "--log-dir", str(log_dir), "--html", str(page)])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "800 paired requests (stable [1], candidate [2])" in out and "payment_type=Cash" in out and "DIVERGED" in out
+    assert page.is_file() and "payment_type = Cash" in page.read_text()
+
+
 # --- the canary judge: a real model server and gateway with live traffic, the rollout task itself ---
 
 ROLLOUT = {"shares": [50, 100], "observe_seconds": 6, "min_canary_requests": 5, "max_p99_latency_ratio": 50.0,
