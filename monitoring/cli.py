@@ -84,25 +84,26 @@ def cmd_monitor_paired(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if comparison.diverged else 0
 
 
+def _window_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", required=True, help="window start, ISO date or time (UTC)")
+    parser.add_argument("--end", required=True, help="window end (exclusive), ISO date or time (UTC)")
+    parser.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
+    parser.add_argument("--thresholds", help="thresholds TOML (default: $MLOPS_MONITORING_THRESHOLDS, else monitoring/thresholds.toml)")
+
+
 def add_commands(sub: Any) -> None:
     from metadata.cli import add_commands as add_lineage_commands
 
     monitor = sub.add_parser("monitor", help="drift, skew, quality and concept-drift checks on prediction logs").add_subparsers(
         dest="action", required=True)
     check = monitor.add_parser("check", help="run every check on a window of logged predictions and record the result")
-    check.add_argument("--start", required=True, help="window start, ISO date or time (UTC)")
-    check.add_argument("--end", required=True, help="window end (exclusive), ISO date or time (UTC)")
-    check.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
-    check.add_argument("--thresholds", help="thresholds TOML (default: $MLOPS_MONITORING_THRESHOLDS, else monitoring/thresholds.toml)")
+    _window_arguments(check)
     check.add_argument("--run-id", help="monitoring run id (MLMD context); default: a new one")
     check.add_argument("--trigger", default="manual", help="manual | schedule | cli")
     check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(handler=cmd_monitor_check)
     paired = monitor.add_parser("paired", help="candidate vs stable on the same (shadowed) requests of a window")
-    paired.add_argument("--start", required=True, help="window start, ISO date or time (UTC)")
-    paired.add_argument("--end", required=True, help="window end (exclusive), ISO date or time (UTC)")
-    paired.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
-    paired.add_argument("--thresholds", help="thresholds TOML ([paired]; default as for check)")
+    _window_arguments(paired)
     paired.add_argument("--html", help="write the comparison's page here")
     paired.add_argument("--json", action="store_true", help="print the comparison as JSON")
     paired.set_defaults(handler=cmd_monitor_paired)
