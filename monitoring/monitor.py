@@ -298,9 +298,14 @@ class Monitor:
                 document["report_html"] = str(final / REPORT_FILE)
                 write_json(out / RESULT_FILE, as_strict_json(document), allow_nan=False)
                 from monitoring.report import write_report
+                from monitoring.timeline import build_timeline
+                from serving.prediction_log import read_prediction_logs
 
                 links = self._report_links(baseline, final)
-                write_report(out / REPORT_FILE, result, report_inputs, history, links, run_id)
+                # Shadow copies included: the timeline's agreement is the shadowed candidate's against stable.
+                window = read_prediction_logs(self.log_dir, start, end, model_name=self.model_name)
+                timeline = build_timeline(store, self.model_name, version, self.thresholds, document, window)
+                write_report(out / REPORT_FILE, result, report_inputs, history, links, run_id, timeline)
             record.output("result", "DriftCheckResult", str(final), {
                 "passed": int(result.passed), "model_name": self.model_name, "model_version": version,
                 "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),

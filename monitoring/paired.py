@@ -27,12 +27,13 @@ from core.atomic import write_text
 from monitoring.settings import PairedThresholds
 from monitoring.sequential import slice_values
 from serving.prediction_log import join_feedback
+from transforms.features import DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER, DECISION_REFER_TO_HUMAN
 
 # The shape of the difference distribution: the report's histogram bins and the quantiles kept in JSON.
 DIFFERENCE_EDGES = tuple(float(x) for x in np.linspace(-1.0, 1.0, 41))
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # Decisions that say yes or no; a referral or "none" (shadow automation) is read from the probability.
-_POSITIVE, _NEGATIVE, _REFER = "big_tipper", "not_big_tipper", "refer_to_human"
+_POSITIVE, _NEGATIVE, _REFER = DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER, DECISION_REFER_TO_HUMAN
 MAX_EVIDENCE_SLICES = 3  # the slices kept in MLMD (PostgreSQL index limit); the report shows all
 
 
@@ -231,7 +232,7 @@ def render_paired_report(comparison: PairedComparison, title: str) -> str:
     """One self-contained page (inline PNG, no scripts): verdict, agreement, differences, slices, who was right."""
     from matplotlib.figure import Figure
 
-    from monitoring.report import STYLE, e, fmt, png
+    from monitoring.report import STYLE, e, fmt, png, table
 
     c = comparison
     verdict = ("not judged: " + "; ".join(c.reasons)) if not c.judged else \
@@ -247,14 +248,10 @@ def render_paired_report(comparison: PairedComparison, title: str) -> str:
                ("candidate versions", list(c.candidate_versions)), ("decisions agree", fmt(c.agreement, 4)),
                ("mean difference", fmt(c.mean_difference, 4)), ("mean |difference|", fmt(c.mean_abs_difference, 4)),
                *((f"difference {k}", fmt(v, 4)) for k, v in c.difference_quantiles.items())]
-    rows = ["<tr><th>slice</th><th>pairs</th><th>agreement</th><th>mean difference</th><th>positive rate delta</th>"
-            "<th>labels</th><th>accuracy delta</th></tr>"]
-    for s in c.slices:
-        mark = ' class="fail"' if s.diverged else ""
-        rows.append(f"<tr{mark}><td>{e(s.feature)} = {e(s.value)}</td><td class=\"num\">{s.pairs}</td>"
-                    f"<td class=\"num\">{fmt(s.agreement, 3)}</td><td class=\"num\">{fmt(s.mean_difference, 3)}</td>"
-                    f"<td class=\"num\">{fmt(s.positive_rate_delta, 3)}</td><td class=\"num\">{s.labels}</td>"
-                    f"<td class=\"num\">{fmt(s.accuracy_delta, 3)}</td></tr>")
+    rows = [("fail" if s.diverged else "", [f"{e(s.feature)} = {e(s.value)}", s.pairs, fmt(s.agreement, 3), fmt(s.mean_difference, 3),
+                                              fmt(s.positive_rate_delta, 3), s.labels, fmt(s.accuracy_delta, 3)])
+            for s in c.slices]
+    slices = table(("slice", "pairs", "agreement", "mean difference", "positive rate delta", "labels", "accuracy delta"), rows)
     t = c.thresholds
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -267,7 +264,7 @@ def render_paired_report(comparison: PairedComparison, title: str) -> str:
         '<section id="who-was-right"><h2>When they disagreed and the label came back</h2>',
         f"<p>{c.labelled_disagreements} labelled disagreements: stable right {c.stable_right}, candidate right "
         f"{c.candidate_right}, neither (a referral) {c.neither_right}.</p></section>",
-        '<section id="slices"><h2>Per slice (least agreement first)</h2><table>' + "".join(rows) + "</table></section>",
+        '<section id="slices"><h2>Per slice (least agreement first)</h2>' + slices + "</section>",
         "</body></html>"])
 
 

@@ -3,7 +3,7 @@
 What a person opening it needs, top to bottom: the verdict and which checks failed; per feature,
 the training (and previous window) distribution next to the window's, with the drift score
 against its threshold; missing-value rates; schema anomalies; the distribution of predicted
-probabilities; estimated (label-free) and realized performance; concept-drift metrics and the
+probabilities; estimated (label-free) and realized performance; a timeline across windows; concept-drift metrics and the
 sequential detectors with the slices that moved; links to the model's evaluation report.
 """
 
@@ -63,6 +63,15 @@ def png(figure: Figure, alt: str) -> str:
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img class="plot" alt="{e(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[Any]]]) -> str:
+    """A table of (css class, cells) rows; text cells are escaped HTML already; all but the first column right-aligned."""
+    lines = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>"]
+    for css, cells in rows:
+        tds = "".join(f'<td class="num">{c}</td>' if i else f"<td>{c}</td>" for i, c in enumerate(cells))
+        lines.append((f'<tr class="{css}">' if css else "<tr>") + tds + "</tr>")
+    return "<table>" + "".join(lines) + "</table>"
 
 
 def _status(outcome: results.CheckOutcome) -> str:
@@ -309,6 +318,56 @@ def _performance_section(result: results.MonitoringResult) -> str:
             "the estimate, unchanged.</p>")
 
 
+def _timeline_figure(timeline: Any) -> Figure:
+    """Four panels over the windows, sharing the x axis; failed windows shaded, retraining marked."""
+    points = timeline.points
+    x = list(range(len(points)))
+    figure = Figure(figsize=(9.5, 7.6))
+    panels = figure.subplots(4, 1, sharex=True)
+
+    def series(name: str) -> list[float]:
+        return [getattr(p, name) if getattr(p, name) is not None else float("nan") for p in points]
+
+    drift, accuracy, agreement, referrals = panels
+    drift.plot(x, series("data_drift"), marker="o", color="#e07b39", label="worst feature's drift score")
+    accuracy.plot(x, series("estimated_accuracy"), marker="o", color="#4a7ab5", label="estimated (no labels)")
+    accuracy.plot(x, series("realized_accuracy"), marker="s", linestyle="none", color="#2ca02c", label="realized (labels)")
+    accuracy.plot(x, series("baseline_accuracy"), linestyle=":", color="#555", label="evaluation")
+    agreement.plot(x, series("agreement"), marker="o", color="#9467bd", label="candidate agrees with stable")
+    referrals.plot(x, series("referrals"), marker="o", color="#8c564b", label="referred to a person")
+    for axes, limit, text in ((drift, timeline.drift_threshold, "threshold"), (accuracy, timeline.accuracy_limit, "limit"),
+                              (agreement, timeline.agreement_floor, "limit")):
+        if limit is not None:
+            axes.axhline(limit, color="#a31515", linestyle="--", linewidth=1, label=text)
+    for axes, label in zip(panels, ("data drift", "accuracy", "agreement", "referral share")):
+        for i, point in enumerate(points):
+            if point.failed_checks:
+                axes.axvspan(i - 0.4, i + 0.4, color="#a31515", alpha=0.12, linewidth=0)
+            if point.retraining:
+                axes.axvline(i, color="#7b2cbf" if point.retraining.startswith("triggered") else "#999",
+                             linestyle="-" if point.retraining.startswith("triggered") else "--", linewidth=1.5)
+        axes.set_ylabel(label, fontsize=8)
+        axes.legend(fontsize=7, loc="upper left")
+    referrals.set_xticks(x)
+    referrals.set_xticklabels([p.window_end[:16] for p in points], rotation=30, ha="right", fontsize=7)
+    drift.set_title("per window: shaded = a check failed; purple line = retraining triggered, grey dashed = refused",
+                    fontsize=9)
+    return figure
+
+
+def _timeline_section(timeline: Any) -> str:
+    if timeline is None or not timeline.points:
+        return "<p>No earlier windows recorded for this model version.</p>"
+    rows = [("fail" if p.failed_checks else "", [e(p.window_end[:19]), p.rows, fmt(p.data_drift, 3),
+                                                 f"{fmt(p.estimated_accuracy, 3)} / {fmt(p.realized_accuracy, 3)}",
+                                                 f"{fmt(p.agreement, 3)} ({p.pairs})", fmt(p.referrals, 3),
+                                                 e(", ".join(p.failed_checks)), e(p.retraining or "")])
+            for p in timeline.points]
+    headers = ("window end", "requests", "data drift", "accuracy: estimated / realized", "agreement (pairs)", "referrals",
+               "failed checks", "retraining")
+    return png(_timeline_figure(timeline), "timeline across windows") + table(headers, rows)
+
+
 def _links(links: Mapping[str, str]) -> str:
     items = []
     for title, url in links.items():
@@ -319,7 +378,7 @@ def _links(links: Mapping[str, str]) -> str:
 
 
 def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
-                  links: Mapping[str, str], run_id: str = "") -> str:
+                  links: Mapping[str, str], run_id: str = "", timeline: Any = None) -> str:
     """The HTML of one monitoring run (see the module docstring)."""
     verdict_class = "pass" if result.passed else "fail"
     verdict = "All checks passed" if result.passed else "Checks failed: " + ", ".join(c.name for c in result.failed)
@@ -344,6 +403,7 @@ def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], h
         f'<p class="verdict {verdict_class}" id="verdict">{e(verdict)}</p>',
         '<table class="meta">' + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in meta) + "</table>",
         '<section id="checks"><h2>Checks</h2>', _checks_table(result), "</section>",
+        '<section id="timeline"><h2>Timeline across windows</h2>', _timeline_section(timeline), "</section>",
         '<section id="features"><h2>Features: training vs this window</h2>',
         '<p class="meta">Numeric features are drawn on the training data\'s quantile buckets (the buckets the '
         "Jensen-Shannon divergence is measured on); categorical features show their most frequent values.</p>",
@@ -362,6 +422,9 @@ def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], h
 
 
 def write_report(path: Path, result: results.MonitoringResult, inputs: Mapping[str, Any],
-                 history: Sequence[Mapping[str, Any]], links: Mapping[str, str], run_id: str = "") -> Path:
-    """Renders and writes the report atomically (core.atomic: temp file, fsync, rename)."""
-    return write_text(path, render_report(result, inputs, history, links, run_id))
+                 history: Sequence[Mapping[str, Any]], links: Mapping[str, str], run_id: str = "",
+                 timeline: Any = None) -> Path:
+    """Renders and writes the report atomically (core.atomic: temp file, fsync, rename).
+
+    `timeline` is a monitoring.timeline.Timeline (typed loosely: timeline.py imports this module's helpers)."""
+    return write_text(path, render_report(result, inputs, history, links, run_id, timeline))
