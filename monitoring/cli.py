@@ -84,6 +84,29 @@ def cmd_monitor_paired(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if comparison.diverged else 0
 
 
+def cmd_monitor_timeline(args: argparse.Namespace) -> int:
+    """Every recorded window of one model version, oldest first (monitoring/timeline.py)."""
+    from pathlib import Path
+
+    from core.atomic import write_text
+    from core.config import load_config
+    from metadata.store import connect
+    from monitoring.report import render_timeline_page
+    from monitoring.settings import load_thresholds
+    from monitoring.timeline import build_timeline
+
+    config = load_config(args.config)
+    timeline = build_timeline(connect(config.metadata), config.serving.model_name, args.version, load_thresholds(args.thresholds))
+    for p in timeline.points:
+        numbers = (p.data_drift, p.estimated_accuracy, p.realized_accuracy, p.agreement, p.referrals)
+        drift, estimated, realized, agreement, referrals = ("-" if v is None else f"{v:.3f}" for v in numbers)
+        print(f"{p.window_end[:16]}  rows {p.rows:>7}  drift {drift:>6}  accuracy {estimated:>6} est. / {realized:>6} real.  "
+              f"agreement {agreement:>6}  referrals {referrals:>6}  {', '.join(p.failed_checks)}  {p.retraining or ''}".rstrip())
+    if args.html:
+        write_text(Path(args.html), render_timeline_page(timeline, f"{config.serving.model_name}:{args.version}: monitoring timeline"))
+    return 0
+
+
 def _window_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", required=True, help="window start, ISO date or time (UTC)")
     parser.add_argument("--end", required=True, help="window end (exclusive), ISO date or time (UTC)")
@@ -107,4 +130,9 @@ def add_commands(sub: Any) -> None:
     paired.add_argument("--html", help="write the comparison's page here")
     paired.add_argument("--json", action="store_true", help="print the comparison as JSON")
     paired.set_defaults(handler=cmd_monitor_paired)
+    timeline = monitor.add_parser("timeline", help="every recorded monitoring window of a model version, with the page")
+    timeline.add_argument("--version", type=int, required=True, help="the model version whose windows to show")
+    timeline.add_argument("--thresholds", help="thresholds TOML (for the agreement limit)")
+    timeline.add_argument("--html", help="write the timeline page here")
+    timeline.set_defaults(handler=cmd_monitor_timeline)
     add_lineage_commands(sub)

@@ -345,7 +345,7 @@ def _timeline_figure(timeline: Any) -> Figure:
                 axes.axvspan(i - 0.4, i + 0.4, color="#a31515", alpha=0.12, linewidth=0)
             if point.retraining:
                 axes.axvline(i, color="#7b2cbf" if point.retraining.startswith("triggered") else "#999",
-                             linestyle="-" if point.retraining.startswith("triggered") else "--", linewidth=1.5)
+                             linestyle="-" if point.retraining.startswith("triggered") else "--", linewidth=2.5)
         axes.set_ylabel(label, fontsize=8)
         axes.legend(fontsize=7, loc="upper left")
     referrals.set_xticks(x)
@@ -366,6 +366,13 @@ def _timeline_section(timeline: Any) -> str:
     headers = ("window end", "requests", "data drift", "accuracy: estimated / realized", "agreement (pairs)", "referrals",
                "failed checks", "retraining")
     return png(_timeline_figure(timeline), "timeline across windows") + table(headers, rows)
+
+
+def render_timeline_page(timeline: Any, title: str) -> str:
+    """The timeline alone, as one self-contained page (`mlops monitor timeline --html`)."""
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      f"<title>{e(title)}</title><style>{STYLE}</style></head><body>", f"<h1>{e(title)}</h1>",
+                      '<section id="timeline">', _timeline_section(timeline), "</section></body></html>"])
 
 
 def _links(links: Mapping[str, str]) -> str:

@@ -75,3 +75,59 @@ def test_a_later_check_draws_every_window_with_its_failure_and_the_retraining_it
         page = browser.load(later.report_html)
         assert page.console_errors == [] and page.script_errors == "" and page.network_requests == []
         assert page.images == page.decoded and page.images > 0
+
+
+@pytest.mark.slow
+def test_mlops_monitor_timeline_prints_every_window_and_writes_the_page(sqlite_story, tmp_path, capsys):
+    from mlops.cli import main
+
+    page = tmp_path / "timeline.html"
+    code = main(["--config", str(sqlite_story.config_file), "monitor", "timeline", "--version", "1", "--html", str(page)])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[0].startswith(HOUR_1[1].isoformat()[:16]) and "agreement  0.000" in lines[0]
+    [failed] = [line for line in lines if line.startswith(HOUR_2[1].isoformat()[:16]) and "triggered: retrain-2" in line]
+    assert "data_drift" in failed
+    assert "triggered: retrain-2" in page.read_text()
+
+
+def _document(end: dt.datetime, drift: float, failed: tuple[str, ...], estimated: float, realized: float | None) -> dict:
+    """A window's result in result.json's shape (`MonitoringResult.to_json()`)."""
+    accuracy = {"estimated": estimated, "realized": realized, "baseline": 0.886, "limit": 0.836}
+    return {"window_start": (end - dt.timedelta(hours=1)).isoformat(), "window_end": end.isoformat(), "rows": 400,
+            "failed_checks": list(failed),
+            "checks": [{"name": "data_drift", "passed": "data_drift" not in failed, "value": drift, "threshold": 0.1, "evidence": {}},
+                       {"name": "performance_estimate", "passed": True, "value": estimated, "threshold": 0.836,
+                        "evidence": {"metrics": {"accuracy": accuracy}}}]}
+
+
+@pytest.mark.skipif(not browser.available(), reason="Debian's chromium is not installed (make test installs it)")
+def test_the_timeline_page_draws_the_failed_window_and_the_retraining(split_2013_2014, thresholds, tmp_path):
+    from monitoring.report import render_timeline_page
+    from monitoring.timeline import Timeline, window_point
+
+    training, heldout = split_2013_2014
+    stable = RateModel(training)
+    points = []
+    for hour, (drift, failed, retraining) in enumerate([(0.02, (), None), (0.03, (), None),
+                                                        (0.31, ("data_drift",), "triggered: retrain-2"), (0.04, (), None)]):
+        start = START + dt.timedelta(hours=hour)
+        rows = heldout.sample(200, random_state=hour).reset_index(drop=True)
+        log_dir = tmp_path / f"logs-{hour}"
+        logs.write_requests(log_dir, rows, stable.predict(rows), start, start + dt.timedelta(hours=1),
+                            shadow_probabilities=stable.predict(rows), shadow_version=2)
+        requests = read_prediction_logs(log_dir, start, start + dt.timedelta(hours=1))
+        points.append(window_point(_document(start + dt.timedelta(hours=1), drift, failed, 0.88, 0.9), requests,
+                                   thresholds, artifact_id=hour + 1, retraining=retraining))
+    assert [p.agreement for p in points] == [1.0] * 4 and [p.pairs for p in points] == [200] * 4
+    page = tmp_path / "timeline.html"
+    page.write_text(render_timeline_page(Timeline(tuple(points), 0.1, 0.836, 0.85), "taxi:1: monitoring timeline"))
+
+    loaded = browser.load(page)
+    assert (loaded.images, loaded.decoded) == (1, 1) and loaded.script_errors == "" and not loaded.network_requests
+    assert "triggered: retrain-2" in loaded.dom and loaded.dom.count('class="fail"') == 1
+    rgb = browser.screenshot(page, tmp_path / "timeline.png", size=(1000, 1200))[..., :3]
+    # The retraining line (#7b2cbf) is the only thing this saturated a purple: not the agreement line (#9467bd).
+    purple = (rgb[..., 1] < 0.3) & (rgb[..., 2] > 0.6) & (rgb[..., 0] > 0.35) & (rgb[..., 0] < 0.65)
+    assert purple.sum() > 300  # it crosses the four panels
