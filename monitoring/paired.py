@@ -271,3 +271,11 @@ def render_paired_report(comparison: PairedComparison, title: str) -> str:
 def write_paired_report(path: Path, comparison: PairedComparison, title: str) -> Path:
     """Renders and writes the page atomically (core.atomic)."""
     return write_text(path, render_paired_report(comparison, title))
+
+
+def write_comparison(directory: Path, comparison: PairedComparison, title: str) -> Path:
+    """`paired.json` (every slice) and `report.html` in `directory`; returns the page's path."""
+    from core.atomic import write_json
+
+    write_json(directory / "paired.json", comparison.to_json(), allow_nan=False)
+    return write_paired_report(directory / "report.html", comparison, title)

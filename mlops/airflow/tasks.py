@@ -459,22 +459,22 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
 def _paired_check(client: Any, params: Mapping[str, Any], ctx: Any, model: str, version: int, observe: float) -> dict[str, Any]:
     """The candidate shadows stable for `observe` seconds and the two are compared request by request
     (a canaried request is answered by one version only); a summary for MLMD, the rest below the run."""
-    from core.atomic import write_json
     from metadata.queries import DEFAULT_LOG_DIR
     from monitoring import paired, settings
 
     log_dir = Path(params.get("log_dir") or ctx.config.root / DEFAULT_LOG_DIR)
     start = dt.datetime.now(dt.timezone.utc)
     client.set_shadow(model, version)
-    print(f"canary: {model}:{version} shadows {model} for {observe:.0f}s: both versions answer every request", flush=True)
-    _sleep_observing(observe, "paired")
-    end = dt.datetime.now(dt.timezone.utc)
-    client.flush_logs()
-    client.set_shadow(model, None)  # all traffic on stable until the verdict
+    try:
+        print(f"canary: {model}:{version} shadows {model} for {observe:.0f}s: both versions answer every request", flush=True)
+        _sleep_observing(observe, "paired")
+        end = dt.datetime.now(dt.timezone.utc)
+        client.flush_logs()
+    finally:
+        client.set_shadow(model, None)  # all traffic on stable until the verdict, whatever happened
     comparison = paired.compare_logged(log_dir, start, end, settings.load_thresholds().paired, model_name=model)
-    out = ctx.run_dir / "deploy" / f"paired-{version}"
-    report = paired.write_paired_report(out / "report.html", comparison, f"{model}:{version} vs stable, {start:%Y-%m-%d %H:%M} UTC")
-    write_json(out / "paired.json", comparison.to_json(), allow_nan=False)
+    report = paired.write_comparison(ctx.run_dir / "deploy" / f"paired-{version}", comparison,
+                                     f"{model}:{version} vs stable, {start:%Y-%m-%d %H:%M} UTC")
     print(f"canary: paired comparison of {comparison.pairs} requests in {log_dir}: agreement {comparison.agreement:.3f}; "
           f"{'; '.join(comparison.reasons) or 'within the limits'} ({report})", flush=True)
     return {**comparison.summary(), "report": str(report), "log_dir": str(log_dir)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +190,6 @@ ROLLOUT = {"shares": [50, 100], "observe_seconds": 6, "min_canary_requests": 5, 
 @pytest.fixture(scope="module")
 def serving_stack(tmp_path_factory):
     """Versions 1 (stable) and 2 (the opposite decisions) behind a gateway that logs to `root/prediction_logs`."""
-    import json
     import os
     import subprocess
     import sys
@@ -263,6 +263,8 @@ def test_a_canary_whose_decisions_diverge_is_held_until_approved(serving_stack):
     assert paired["agreement"] == 0.0  # version 2 decides the opposite of version 1 on every request
     assert (paired["stable_versions"], paired["candidate_versions"]) == ([1], [2])
     assert Path(paired["report"]).is_file()
+    every_slice = json.loads((Path(paired["report"]).parent / "paired.json").read_text())["slices"]
+    assert len(every_slice) >= len(paired["slices"]) and every_slice[0]["agreement"] == 0.0
 
     promoted = run_rollout_task("canary", airflow_run_id="approved", params_json={**params, "approve_divergence": True}, **call)
     assert promoted["decision"] == "promoted" and promoted["paired"]["diverged"]
