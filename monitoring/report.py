@@ -330,16 +330,18 @@ def _timeline_figure(timeline: Any) -> Figure:
 
     drift, accuracy, agreement, referrals = panels
     drift.plot(x, series("data_drift"), marker="o", color="#e07b39", label="worst feature's drift score")
-    accuracy.plot(x, series("estimated_accuracy"), marker="o", color="#4a7ab5", label="estimated (no labels)")
-    accuracy.plot(x, series("realized_accuracy"), marker="s", linestyle="none", color="#2ca02c", label="realized (labels)")
-    accuracy.plot(x, series("baseline_accuracy"), linestyle=":", color="#555", label="evaluation")
+    accuracy.plot(x, series("estimated_accuracy"), marker="o", color="#4a7ab5", label="accuracy estimated (no labels)")
+    accuracy.plot(x, series("realized_accuracy"), marker="s", linestyle="none", color="#2ca02c", label="accuracy realized (labels)")
+    accuracy.plot(x, series("baseline_accuracy"), linestyle=":", color="#555", label="evaluation accuracy")
+    accuracy.plot(x, series("estimated_auc"), marker="^", color="#17becf", label="AUC estimated")
+    accuracy.plot(x, series("realized_auc"), marker="v", linestyle="none", color="#bcbd22", label="AUC realized")
     agreement.plot(x, series("agreement"), marker="o", color="#9467bd", label="candidate agrees with stable")
     referrals.plot(x, series("referrals"), marker="o", color="#8c564b", label="referred to a person")
-    for axes, limit, text in ((drift, timeline.drift_threshold, "threshold"), (accuracy, timeline.accuracy_limit, "limit"),
+    for axes, limit, text in ((drift, timeline.drift_threshold, "threshold"), (accuracy, timeline.accuracy_limit, "accuracy limit"),
                               (agreement, timeline.agreement_floor, "limit")):
         if limit is not None:
             axes.axhline(limit, color="#a31515", linestyle="--", linewidth=1, label=text)
-    for axes, label in zip(panels, ("data drift", "accuracy", "agreement", "referral share")):
+    for axes, label in zip(panels, ("data drift", "performance", "agreement", "referral share")):
         for i, point in enumerate(points):
             if point.failed_checks:
                 axes.axvspan(i - 0.4, i + 0.4, color="#a31515", alpha=0.12, linewidth=0)
@@ -347,7 +349,7 @@ def _timeline_figure(timeline: Any) -> Figure:
                 axes.axvline(i, color="#7b2cbf" if point.retraining.startswith("triggered") else "#999",
                              linestyle="-" if point.retraining.startswith("triggered") else "--", linewidth=2.5)
         axes.set_ylabel(label, fontsize=8)
-        axes.legend(fontsize=7, loc="upper left")
+        axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     referrals.set_xticks(x)
     referrals.set_xticklabels([p.window_end[:16] for p in points], rotation=30, ha="right", fontsize=7)
     drift.set_title("per window: shaded = a check failed; purple line = retraining triggered, grey dashed = refused",
@@ -360,10 +362,12 @@ def _timeline_section(timeline: Any) -> str:
         return "<p>No earlier windows recorded for this model version.</p>"
     rows = [("fail" if p.failed_checks else "", [e(p.window_end[:19]), p.rows, fmt(p.data_drift, 3),
                                                  f"{fmt(p.estimated_accuracy, 3)} / {fmt(p.realized_accuracy, 3)}",
+                                                 f"{fmt(p.estimated_auc, 3)} / {fmt(p.realized_auc, 3)}",
                                                  f"{fmt(p.agreement, 3)} ({p.pairs})", fmt(p.referrals, 3),
                                                  e(", ".join(p.failed_checks)), e(p.retraining or "")])
             for p in timeline.points]
-    headers = ("window end", "requests", "data drift", "accuracy: estimated / realized", "agreement (pairs)", "referrals",
+    headers = ("window end", "requests", "data drift", "accuracy: estimated / realized", "AUC: estimated / realized",
+               "agreement (pairs)", "referrals",
                "failed checks", "retraining")
     return png(_timeline_figure(timeline), "timeline across windows") + table(headers, rows)
 

@@ -35,6 +35,8 @@ class WindowPoint:
     realized_accuracy: float | None
     baseline_accuracy: float | None
     accuracy_limit: float | None  # the estimate fails below this
+    estimated_auc: float | None
+    realized_auc: float | None
     agreement: float | None  # shadowed candidate vs stable (None: no shadow pairs in the window)
     pairs: int
     referrals: float | None  # share of served examples referred to a person
@@ -65,7 +67,8 @@ def window_point(document: Mapping[str, Any], requests: Any, thresholds: Monitor
                  artifact_id: int | None = None, retraining: str | None = None) -> WindowPoint:
     """One window from its result document (`MonitoringResult.to_json()` or result.json) and its logged requests."""
     drift = _check(document, DATA_DRIFT)
-    accuracy = ((_check(document, PERFORMANCE_ESTIMATE).get("evidence") or {}).get("metrics") or {}).get("accuracy") or {}
+    metrics = (_check(document, PERFORMANCE_ESTIMATE).get("evidence") or {}).get("metrics") or {}
+    accuracy, auc = metrics.get("accuracy") or {}, metrics.get("auc") or {}
     agreement, pairs, referrals = log_summary(requests, thresholds)
     judged = (drift.get("evidence") or {}).get("judged") is not False
     return WindowPoint(
@@ -74,6 +77,7 @@ def window_point(document: Mapping[str, Any], requests: Any, thresholds: Monitor
         data_drift=_number(drift.get("value")) if judged else None, data_drift_threshold=_number(drift.get("threshold")),
         estimated_accuracy=_number(accuracy.get("estimated")), realized_accuracy=_number(accuracy.get("realized")),
         baseline_accuracy=_number(accuracy.get("baseline")), accuracy_limit=_number(accuracy.get("limit")),
+        estimated_auc=_number(auc.get("estimated")), realized_auc=_number(auc.get("realized")),
         agreement=agreement, pairs=pairs, referrals=referrals,
         failed_checks=tuple(document.get("failed_checks") or ()), retraining=retraining)
 

@@ -66,7 +66,7 @@ def test_a_later_check_draws_every_window_with_its_failure_and_the_retraining_it
     assert hour_2.retraining == "triggered: retrain-2"
     assert hour_2.data_drift == pytest.approx(sqlite_story.drifted.check("data_drift").value, abs=1e-9)
     assert hour_2.data_drift > hour_2.data_drift_threshold and hour_1.data_drift < hour_1.data_drift_threshold
-    assert hour_1.estimated_accuracy is not None and hour_1.realized_accuracy is not None
+    assert None not in (hour_1.estimated_accuracy, hour_1.realized_accuracy, hour_1.estimated_auc, hour_1.realized_auc)
 
     html = later.report_html.read_text()
     section = re.search(r'<section id="timeline">(.*?)</section>', html, re.S).group(1)
@@ -95,11 +95,12 @@ def test_mlops_monitor_timeline_prints_every_window_and_writes_the_page(sqlite_s
 def _document(end: dt.datetime, drift: float, failed: tuple[str, ...], estimated: float, realized: float | None) -> dict:
     """A window's result in result.json's shape (`MonitoringResult.to_json()`)."""
     accuracy = {"estimated": estimated, "realized": realized, "baseline": 0.886, "limit": 0.836}
+    auc = {"estimated": estimated + 0.05, "realized": None if realized is None else realized + 0.05, "baseline": 0.94}
     return {"window_start": (end - dt.timedelta(hours=1)).isoformat(), "window_end": end.isoformat(), "rows": 400,
             "failed_checks": list(failed),
             "checks": [{"name": "data_drift", "passed": "data_drift" not in failed, "value": drift, "threshold": 0.1, "evidence": {}},
                        {"name": "performance_estimate", "passed": True, "value": estimated, "threshold": 0.836,
-                        "evidence": {"metrics": {"accuracy": accuracy}}}]}
+                        "evidence": {"metrics": {"accuracy": accuracy, "auc": auc}}}]}
 
 
 @pytest.mark.skipif(not browser.available(), reason="Debian's chromium is not installed (make test installs it)")
@@ -121,6 +122,7 @@ def test_the_timeline_page_draws_the_failed_window_and_the_retraining(split_2013
         points.append(window_point(_document(start + dt.timedelta(hours=1), drift, failed, 0.88, 0.9), requests,
                                    thresholds, artifact_id=hour + 1, retraining=retraining))
     assert [p.agreement for p in points] == [1.0] * 4 and [p.pairs for p in points] == [200] * 4
+    assert (points[0].estimated_auc, points[0].realized_auc) == (pytest.approx(0.93), pytest.approx(0.95))
     page = tmp_path / "timeline.html"
     page.write_text(render_timeline_page(Timeline(tuple(points), 0.1, 0.836, 0.85), "taxi:1: monitoring timeline"))
 
