@@ -22,6 +22,9 @@ from monitoring.results import DATA_DRIFT, PERFORMANCE_ESTIMATE, RESULT_FILE
 from monitoring.settings import MonitoringThresholds
 from transforms.features import DECISION_REFER_TO_HUMAN
 
+# Two days of hourly checks: enough for a trend, and the report stays readable.
+MAX_WINDOWS = 48
+
 
 @dataclasses.dataclass(frozen=True)
 class WindowPoint:
@@ -63,13 +66,27 @@ def log_summary(requests: Any, thresholds: MonitoringThresholds) -> tuple[float 
     return agreement, len(pairs), referrals
 
 
+def window_summary(log_dir: Path, start: Any, end: Any, model_name: str, thresholds: MonitoringThresholds) -> dict[str, Any]:
+    """What a window's result.json keeps for the timeline: agreement, pairs and referrals from its logs
+    (shadow copies included: the agreement is the shadowed candidate's against stable)."""
+    from serving.prediction_log import read_prediction_logs
+
+    agreement, pairs, referrals = log_summary(read_prediction_logs(log_dir, start, end, model_name=model_name), thresholds)
+    return {"agreement": agreement, "pairs": pairs, "referrals": referrals}
+
+
 def window_point(document: Mapping[str, Any], requests: Any, thresholds: MonitoringThresholds,
                  artifact_id: int | None = None, retraining: str | None = None) -> WindowPoint:
-    """One window from its result document (`MonitoringResult.to_json()` or result.json) and its logged requests."""
+    """One window from its result document (`MonitoringResult.to_json()` or result.json) and its logged requests
+    (None: the document's `window_summary`, which run_monitoring writes, has them)."""
     drift = _check(document, DATA_DRIFT)
     metrics = (_check(document, PERFORMANCE_ESTIMATE).get("evidence") or {}).get("metrics") or {}
     accuracy, auc = metrics.get("accuracy") or {}, metrics.get("auc") or {}
-    agreement, pairs, referrals = log_summary(requests, thresholds)
+    if requests is None:
+        summary = document.get("window_summary") or {}
+        agreement, pairs, referrals = _number(summary.get("agreement")), int(summary.get("pairs") or 0), _number(summary.get("referrals"))
+    else:
+        agreement, pairs, referrals = log_summary(requests, thresholds)
     judged = (drift.get("evidence") or {}).get("judged") is not False
     return WindowPoint(
         window_start=str(document.get("window_start")), window_end=str(document.get("window_end")),
@@ -109,14 +126,18 @@ def recorded_timeline(store: Any, model_name: str, version: int, thresholds: Mon
 
     followed = retraining_by_check(store)
     points = []
-    for check in drift_checks_of(store, model_name, version):
+    for check in drift_checks_of(store, model_name, version)[-MAX_WINDOWS:]:
         result_file = Path(check["uri"]) / RESULT_FILE
         if not result_file.is_file():
             continue
         document = json.loads(result_file.read_text(encoding="utf-8"))
         log_dir = document.get("log_dir")
-        requests = read_prediction_logs(Path(log_dir), check["window_start"], check["window_end"], model_name=model_name) \
-            if log_dir and Path(log_dir).is_dir() else _empty_requests()
+        if "window_summary" in document:
+            requests = None
+        elif log_dir and Path(log_dir).is_dir():  # a result written before window_summary existed
+            requests = read_prediction_logs(Path(log_dir), check["window_start"], check["window_end"], model_name=model_name)
+        else:
+            requests = _empty_requests()
         points.append(window_point(document, requests, thresholds, check["id"], followed.get(check["id"])))
     return points
 
@@ -137,11 +158,11 @@ class Timeline:
 
 def build_timeline(store: Any, model_name: str, version: int, thresholds: MonitoringThresholds,
                    current: Mapping[str, Any] | None = None, current_requests: Any = None) -> Timeline:
-    """The recorded windows of the model version, plus the one being checked (`current`, not recorded yet)."""
+    """The last MAX_WINDOWS recorded windows of the model version, plus the one being checked (`current`, not
+    recorded yet; its agreement and referrals from `current_requests`, else from its `window_summary`)."""
     points = recorded_timeline(store, model_name, version, thresholds)
     if current is not None:
-        requests = current_requests if current_requests is not None else _empty_requests()
-        points.append(window_point(current, requests, thresholds))
+        points.append(window_point(current, current_requests, thresholds))
     latest_drift = next((p.data_drift_threshold for p in reversed(points) if p.data_drift_threshold is not None), None)
     latest_floor = next((p.accuracy_limit for p in reversed(points) if p.accuracy_limit is not None), None)
     return Timeline(tuple(points), latest_drift, latest_floor, 1.0 - thresholds.paired.max_disagreement)

@@ -9,6 +9,7 @@ open in a real browser.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 import numpy as np
@@ -62,6 +63,9 @@ def test_a_later_check_draws_every_window_with_its_failure_and_the_retraining_it
     hour_1, hour_2 = by_artifact[sqlite_story.undrifted.artifact.id], by_artifact[sqlite_story.drifted.artifact.id]
     assert hour_1.window_start == HOUR_1[0].isoformat() and not hour_1.failed_checks and hour_1.retraining is None
     assert hour_1.pairs == 400 and hour_1.agreement < 0.05  # its shadow candidate answered 1 - p
+    # Read from the window's logs once, when it was checked, and kept with its result (not read again).
+    kept = json.loads((sqlite_story.undrifted.report_html.parent / "result.json").read_text())["window_summary"]
+    assert (kept["pairs"], kept["agreement"], kept["referrals"]) == (400, hour_1.agreement, 0.0)
     assert hour_2.failed_checks == tuple(sqlite_story.drifted.to_json()["failed_checks"])
     assert hour_2.retraining == "triggered: retrain-2"
     assert hour_2.data_drift == pytest.approx(sqlite_story.drifted.check("data_drift").value, abs=1e-9)
