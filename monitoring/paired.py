@@ -32,7 +32,7 @@ from transforms.features import DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER, DE
 # The shape of the difference distribution: the report's histogram bins and the quantiles kept in JSON.
 DIFFERENCE_EDGES = tuple(float(x) for x in np.linspace(-1.0, 1.0, 41))
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
-# Decisions that say yes or no; a referral or "none" (shadow automation) is read from the probability.
+# The decisions compared as logged; "none" (shadow automation) is read from the probability (`_decision`).
 _POSITIVE, _NEGATIVE, _REFER = DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER, DECISION_REFER_TO_HUMAN
 MAX_EVIDENCE_SLICES = 3  # the slices kept in MLMD (PostgreSQL index limit); the report shows all
 
