@@ -67,8 +67,10 @@ the `action` param:
   through the gateway's admin API (the gateway labels it `canary` in TF Serving's `models.config`,
   so the model server serves it), observes it for `observe_seconds` against the stable version (error rate,
   tail latency ratio, a significant shift of the mean predicted probability, a minimum of requests), then ramps
-  through `shares` and promotes it to `stable`, or sets its traffic back to 0 at the first
-  unhealthy window (the task then fails, visibly). A version that is already stable is left alone.
+  through `shares`, shadows stable for one more window (both versions answer every request, compared
+  request by request) and promotes it to `stable`; it sets its traffic back to 0 at the first
+  unhealthy window, and holds it when its decisions diverge from stable's on a slice unless
+  `approve_divergence` is set (the task then fails, visibly). A version that is already stable is left alone.
 * **blue_green**: switches `stable` to `version` at once (the previous stable is kept for rollback).
 * **rollback**: instantly puts the previous stable version back.
 
@@ -112,6 +114,11 @@ Airflow's environment, its URL from `gateway_url` or `MLOPS_GATEWAY_URL`.
                                                "errors away from zero (not sampling noise)."),
         "min_canary_requests": Param(20, type="integer", minimum=1,
                                      description="Fewest canary requests per window needed to judge it."),
+        "approve_divergence": Param(False, type="boolean",
+                                    description="Promote even if the candidate's decisions diverged from stable's on a slice "
+                                                "(the paired comparison before promotion, monitoring/thresholds.toml [paired])."),
+        "log_dir": Param("", type="string", description="The gateway's prediction log directory, read for the paired "
+                                                         "comparison; empty = var/logs/predictions under the config's root."),
         "gateway_url": Param("", type="string", description="The gateway's base URL; empty = MLOPS_GATEWAY_URL or http://127.0.0.1:8000."),
     },
 )

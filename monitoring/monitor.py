@@ -296,11 +296,15 @@ class Monitor:
                             "thresholds": self.thresholds.to_json(), "baselines": report_inputs["baselines"],
                             "concept_history": history}
                 document["report_html"] = str(final / REPORT_FILE)
-                write_json(out / RESULT_FILE, as_strict_json(document), allow_nan=False)
                 from monitoring.report import write_report
+                from monitoring.timeline import build_timeline, window_summary
 
+                # Kept in result.json so later timelines do not read this window's logs again.
+                document["window_summary"] = window_summary(self.log_dir, start, end, self.model_name, self.thresholds)
+                write_json(out / RESULT_FILE, as_strict_json(document), allow_nan=False)
                 links = self._report_links(baseline, final)
-                write_report(out / REPORT_FILE, result, report_inputs, history, links, run_id)
+                timeline = build_timeline(store, self.model_name, version, self.thresholds, document)
+                write_report(out / REPORT_FILE, result, report_inputs, history, links, run_id, timeline)
             record.output("result", "DriftCheckResult", str(final), {
                 "passed": int(result.passed), "model_name": self.model_name, "model_version": version,
                 "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),

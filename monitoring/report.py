@@ -3,7 +3,7 @@
 What a person opening it needs, top to bottom: the verdict and which checks failed; per feature,
 the training (and previous window) distribution next to the window's, with the drift score
 against its threshold; missing-value rates; schema anomalies; the distribution of predicted
-probabilities; estimated (label-free) and realized performance; concept-drift metrics and the
+probabilities; estimated (label-free) and realized performance; a timeline across windows; concept-drift metrics and the
 sequential detectors with the slices that moved; links to the model's evaluation report.
 """
 
@@ -27,7 +27,7 @@ from transforms.features import SERVING_COLUMNS
 _SAFE_SCHEMES = ("", "http", "https", "file")
 MAX_REPORT_SLICES = 10
 _COLORS = {"training": "#4a7ab5", "previous": "#9b9b9b", "current": "#e07b39"}
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
 h1 { font-size: 1.5em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .5em 0 1.2em; font-size: .92em; }
@@ -46,11 +46,11 @@ img { max-width: 100%; }
 """
 
 
-def _e(value: Any) -> str:
+def e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     if isinstance(value, float):
@@ -58,11 +58,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _png(figure: Figure, alt: str) -> str:
+def png(figure: Figure, alt: str) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img class="plot" alt="{_e(alt)}" src="data:image/png;base64,{encoded}">'
+    return f'<img class="plot" alt="{e(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def table(headers: Sequence[str], rows: Sequence[tuple[str, Sequence[Any]]]) -> str:
+    """A table of (css class, cells) rows; text cells are escaped HTML already; all but the first column right-aligned."""
+    lines = ["<tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>"]
+    for css, cells in rows:
+        tds = "".join(f'<td class="num">{c}</td>' if i else f"<td>{c}</td>" for i, c in enumerate(cells))
+        lines.append((f'<tr class="{css}">' if css else "<tr>") + tds + "</tr>")
+    return "<table>" + "".join(lines) + "</table>"
 
 
 def _status(outcome: results.CheckOutcome) -> str:
@@ -74,42 +83,42 @@ def _status(outcome: results.CheckOutcome) -> str:
 def _summary(outcome: results.CheckOutcome) -> str:
     evidence = outcome.evidence
     if evidence.get("judged") is False:
-        return _e(evidence.get("skipped", ""))
+        return e(evidence.get("skipped", ""))
     if outcome.name in (results.DATA_DRIFT, results.SKEW):
         moved = evidence.get("drifted_features") or []
-        return "features moved: " + _e(", ".join(moved)) if moved else "no feature moved beyond its threshold"
+        return "features moved: " + e(", ".join(moved)) if moved else "no feature moved beyond its threshold"
     if outcome.name == results.SCHEMA_ANOMALIES:
         found = (outcome.details or {}).get("anomalies") or evidence.get("anomalies") or {}
-        return _e("; ".join(f"{k}: {v}" for k, v in found.items())) or "none"
+        return e("; ".join(f"{k}: {v}" for k, v in found.items())) or "none"
     if outcome.name == results.MISSING_VALUES:
         exceeded = evidence.get("features_exceeded") or []
-        return "missing more often than in training: " + _e(", ".join(exceeded)) if exceeded else "as in training"
+        return "missing more often than in training: " + e(", ".join(exceeded)) if exceeded else "as in training"
     if outcome.name == results.NULL_OUTPUTS:
         return f"{evidence.get('null')} of {evidence.get('rows')} predictions were null"
     if outcome.name == results.PREDICTION_DRIFT:
-        return (f"mean probability {_fmt(evidence.get('mean_probability'))} "
-                f"(evaluation {_fmt(evidence.get('baseline_mean_probability'))})")
+        return (f"mean probability {fmt(evidence.get('mean_probability'))} "
+                f"(evaluation {fmt(evidence.get('baseline_mean_probability'))})")
     if outcome.name == results.CONCEPT_DRIFT:
         failed = (evidence.get("metrics_failed") or []) + (evidence.get("detectors_failed") or [])
         moved = [f"{s['feature']}={s['value']} ({s['labels']} labels)" for s in
                  ((evidence.get("sequential") or {}).get("slices") or []) if s.get("moved")]
         return (f"{evidence.get('labels')} labels; " +
-                ("worse than the evaluation: " + _e(", ".join(failed)) if failed else "in line with the evaluation") +
-                ("; moved most in " + _e(", ".join(moved)) if moved else ""))
+                ("worse than the evaluation: " + e(", ".join(failed)) if failed else "in line with the evaluation") +
+                ("; moved most in " + e(", ".join(moved)) if moved else ""))
     if outcome.name == results.PERFORMANCE_ESTIMATE:
         metrics = evidence.get("metrics") or {}
         failed = evidence.get("metrics_failed") or []
-        text = "; ".join(f"{name} estimated {_fmt(m.get('estimated'), 3)} (evaluation {_fmt(m.get('baseline'), 3)})"
+        text = "; ".join(f"{name} estimated {fmt(m.get('estimated'), 3)} (evaluation {fmt(m.get('baseline'), 3)})"
                          for name, m in metrics.items())
-        return _e(text) + (" - below the evaluation beyond the limit: " + _e(", ".join(failed)) if failed else "")
+        return e(text) + (" - below the evaluation beyond the limit: " + e(", ".join(failed)) if failed else "")
     return ""
 
 
 def _checks_table(result: results.MonitoringResult) -> str:
     rows = ["<tr><th>check</th><th>status</th><th>value</th><th>threshold</th><th>evidence</th></tr>"]
     for outcome in result.checks:
-        rows.append(f'<tr id="check-{_e(outcome.name)}"><td>{_e(outcome.name)}</td><td>{_status(outcome)}</td>'
-                    f'<td class="num">{_fmt(outcome.value)}</td><td class="num">{_fmt(outcome.threshold)}</td>'
+        rows.append(f'<tr id="check-{e(outcome.name)}"><td>{e(outcome.name)}</td><td>{_status(outcome)}</td>'
+                    f'<td class="num">{fmt(outcome.value)}</td><td class="num">{fmt(outcome.threshold)}</td>'
                     f"<td>{_summary(outcome)}</td></tr>")
     return '<table class="checks">' + "".join(rows) + "</table>"
 
@@ -137,7 +146,7 @@ def _feature_sections(result: results.MonitoringResult) -> str:
     except KeyError:
         return ""
     if drift.evidence.get("judged") is False:
-        return f"<p>{_e(drift.evidence.get('skipped'))}</p>"
+        return f"<p>{e(drift.evidence.get('skipped'))}</p>"
     details: Mapping[str, Mapping[str, FeatureScore]] = (drift.details or {}).get("scores") or {}
     labels = list(details)
     training_label = labels[0] if labels else None
@@ -153,7 +162,7 @@ def _feature_sections(result: results.MonitoringResult) -> str:
         if training is None and previous is None:
             continue
         # Each comparison has its own buckets (the baseline's quantiles), so each gets its own plot.
-        plots = "".join(_png(_distribution_figure(name, score, label, key), f"distribution of {name}: {label} vs this window")
+        plots = "".join(png(_distribution_figure(name, score, label, key), f"distribution of {name}: {label} vs this window")
                         for label, score, key in (("training", training, "training"), ("previous window", previous, "previous"))
                         if score is not None)
         rows = []
@@ -163,21 +172,21 @@ def _feature_sections(result: results.MonitoringResult) -> str:
                 continue
             status = '<span class="fail">over</span>' if score.drifted else '<span class="pass">within</span>'
             metric = "JS divergence" if score.metric == "jensen_shannon_divergence" else "L-infinity"
-            rows.append(f"<tr><td>{_e(label)}</td><td>{_e(metric)}</td><td class=\"num\">{_fmt(score.value)}</td>"
-                        f"<td class=\"num\">{_fmt(score.threshold)}</td><td>{status}</td></tr>")
+            rows.append(f"<tr><td>{e(label)}</td><td>{e(metric)}</td><td class=\"num\">{fmt(score.value)}</td>"
+                        f"<td class=\"num\">{fmt(score.threshold)}</td><td>{status}</td></tr>")
         changes = {}
         for baseline in ((drift.details or {}).get("baselines") or {}).values():
             changes.update((baseline.get("category_changes") or {}).get(name) or {})
         change_text = ""
         if changes.get("vanished") or changes.get("new"):
-            change_text = (f'<p class="fail">vanished: {_e(changes.get("vanished") or "none")}; '
-                           f'new: {_e(changes.get("new") or "none")}</p>')
+            change_text = (f'<p class="fail">vanished: {e(changes.get("vanished") or "none")}; '
+                           f'new: {e(changes.get("new") or "none")}</p>')
         rate = rates.get(name)
-        missing = (f'<p class="meta">missing: {_fmt(rate["current"] * 100, 1)}% (training {_fmt(rate["training"] * 100, 1)}%)</p>'
+        missing = (f'<p class="meta">missing: {fmt(rate["current"] * 100, 1)}% (training {fmt(rate["training"] * 100, 1)}%)</p>'
                    if rate else "")
         css = "feature drifted" if name in drifted else "feature"
         sections.append(
-            f'<div class="{css}" id="feature-{_e(name)}"><h3>{_e(name)}</h3>'
+            f'<div class="{css}" id="feature-{e(name)}"><h3>{e(name)}</h3>'
             f'<table><tr><th>comparison</th><th>metric</th><th>score</th><th>threshold</th><th></th></tr>{"".join(rows)}</table>'
             f"{change_text}{missing}{plots}</div>")
     return '<div class="features">' + "".join(sections) + "</div>"
@@ -187,12 +196,12 @@ def _missing_section(result: results.MonitoringResult) -> str:
     outcome = result.check(results.MISSING_VALUES)
     rates = (outcome.details or {}).get("rates") or {}
     if not rates:
-        return f"<p>{_e(outcome.evidence.get('skipped', 'no rates'))}</p>"
+        return f"<p>{e(outcome.evidence.get('skipped', 'no rates'))}</p>"
     rows = ["<tr><th>feature</th><th>training</th><th>this window</th><th>allowed increase</th><th></th></tr>"]
     for name, rate in rates.items():
         status = '<span class="fail">too many missing</span>' if rate["exceeded"] else ""
-        rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(rate['training'] * 100, 1)}%</td>"
-                    f"<td class=\"num\">{_fmt(rate['current'] * 100, 1)}%</td><td class=\"num\">{_fmt(rate['margin'] * 100, 1)} pts</td>"
+        rows.append(f"<tr><td>{e(name)}</td><td class=\"num\">{fmt(rate['training'] * 100, 1)}%</td>"
+                    f"<td class=\"num\">{fmt(rate['current'] * 100, 1)}%</td><td class=\"num\">{fmt(rate['margin'] * 100, 1)} pts</td>"
                     f"<td>{status}</td></tr>")
     figure = Figure(figsize=(7.5, 2.6))
     axes = figure.add_subplot()
@@ -205,13 +214,13 @@ def _missing_section(result: results.MonitoringResult) -> str:
     axes.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     axes.set_ylabel("missing share")
     axes.legend(fontsize=7)
-    return "<table>" + "".join(rows) + "</table>" + _png(figure, "missing-value rates")
+    return "<table>" + "".join(rows) + "</table>" + png(figure, "missing-value rates")
 
 
 def _prediction_section(result: results.MonitoringResult) -> str:
     outcome = result.check(results.PREDICTION_DRIFT)
     if not outcome.details:
-        return f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>"
+        return f"<p>{e(outcome.evidence.get('skipped', ''))}</p>"
     edges = outcome.details["edges"]
     widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
     figure = Figure(figsize=(6.4, 2.8))
@@ -222,9 +231,9 @@ def _prediction_section(result: results.MonitoringResult) -> str:
              color=_COLORS["current"], label="this window")
     axes.set(xlabel="predicted probability of a big tipper", ylabel="share", xlim=(0, 1))
     axes.legend(fontsize=8)
-    text = (f"<p>Jensen-Shannon divergence {_fmt(outcome.value)} (threshold {_fmt(outcome.threshold)}); "
+    text = (f"<p>Jensen-Shannon divergence {fmt(outcome.value)} (threshold {fmt(outcome.threshold)}); "
             f"{_summary(outcome)}.</p>")
-    return text + _png(figure, "distribution of predicted probabilities")
+    return text + png(figure, "distribution of predicted probabilities")
 
 
 def _concept_section(result: results.MonitoringResult, history: Sequence[Mapping[str, Any]]) -> str:
@@ -234,11 +243,11 @@ def _concept_section(result: results.MonitoringResult, history: Sequence[Mapping
     if metrics:
         rows = ["<tr><th>metric</th><th>labelled traffic</th><th>evaluation</th><th>limit</th></tr>"]
         for name, values in metrics.items():
-            rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(values['current'])}</td>"
-                        f"<td class=\"num\">{_fmt(values['baseline'])}</td><td class=\"num\">{_fmt(values['limit'])}</td></tr>")
+            rows.append(f"<tr><td>{e(name)}</td><td class=\"num\">{fmt(values['current'])}</td>"
+                        f"<td class=\"num\">{fmt(values['baseline'])}</td><td class=\"num\">{fmt(values['limit'])}</td></tr>")
         parts.append("<table>" + "".join(rows) + "</table>")
     else:
-        parts.append(f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>")
+        parts.append(f"<p>{e(outcome.evidence.get('skipped', ''))}</p>")
     parts.append(_sequence_section(outcome))
     points = [h for h in history if h.get("labels")]
     if points:
@@ -251,36 +260,36 @@ def _concept_section(result: results.MonitoringResult, history: Sequence[Mapping
         axes.set_xticklabels([str(p.get("window_end", ""))[:16] for p in points], rotation=30, ha="right", fontsize=7)
         axes.set(ylim=(0, 1), ylabel="metric", title="concept-drift metrics per check (labelled traffic)")
         axes.legend(fontsize=8)
-        parts.append(_png(figure, "concept-drift metrics over time"))
+        parts.append(png(figure, "concept-drift metrics over time"))
     return "".join(parts)
 
 
 def _sequence_section(outcome: results.CheckOutcome) -> str:
     sequence = outcome.evidence.get("sequential") or {}
     if not sequence or sequence.get("judged") is False:
-        return f"<p class=\"meta\">Sequential detectors: not judged ({_e(sequence.get('why', ''))}).</p>" if sequence else ""
+        return f"<p class=\"meta\">Sequential detectors: not judged ({e(sequence.get('why', ''))}).</p>" if sequence else ""
     rows = ["<tr><th>detector</th><th>value</th><th>limit</th><th></th></tr>"]
     for name, value, limit in (("recent window: z of the last %s labels' excess loss" % sequence.get("window_labels"),
                                 sequence.get("window_z"), sequence.get("window_z_limit")),
                                ("CUSUM of the excess loss", sequence.get("cusum"), sequence.get("cusum_limit"))):
         status = '<span class="fail">over</span>' if value is not None and limit is not None and value > limit else \
             '<span class="pass">within</span>'
-        rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(value, 2)}</td><td class=\"num\">{_fmt(limit, 2)}</td>"
+        rows.append(f"<tr><td>{e(name)}</td><td class=\"num\">{fmt(value, 2)}</td><td class=\"num\">{fmt(limit, 2)}</td>"
                     f"<td>{status}</td></tr>")
-    text = (f"<p>Labels in request order. Recent accuracy {_fmt(sequence.get('recent_accuracy'), 3)} where the evaluation's "
-            f"calibration expects {_fmt(sequence.get('recent_expected_accuracy'), 3)}; "
-            f"{_e(sequence.get('labels_since_change'))} labels since the CUSUM last stood at zero"
-            + (f" (from {_e(sequence['change_began'])})" if sequence.get("change_began") else "") + ".</p>")
+    text = (f"<p>Labels in request order. Recent accuracy {fmt(sequence.get('recent_accuracy'), 3)} where the evaluation's "
+            f"calibration expects {fmt(sequence.get('recent_expected_accuracy'), 3)}; "
+            f"{e(sequence.get('labels_since_change'))} labels since the CUSUM last stood at zero"
+            + (f" (from {e(sequence['change_began'])})" if sequence.get("change_began") else "") + ".</p>")
     slices = ((outcome.details or {}).get("slices") or sequence.get("slices") or [])[:MAX_REPORT_SLICES]
     table = ""
     if slices:
         lines = ["<tr><th>slice</th><th>labels</th><th>accuracy</th><th>expected</th><th>z</th></tr>"]
         for entry in slices:
             css = ' class="fail"' if entry.get("moved") else ""
-            lines.append(f"<tr{css}><td>{_e(entry['feature'])} = {_e(entry['value'])}</td><td class=\"num\">{_e(entry['labels'])}</td>"
-                         f"<td class=\"num\">{_fmt(entry['accuracy'], 3)}</td><td class=\"num\">{_fmt(entry['expected_accuracy'], 3)}</td>"
-                         f"<td class=\"num\">{_fmt(entry['z'], 2)}</td></tr>")
-        table = (f"<p class=\"meta\">Slices that moved most over the last {_e(sequence.get('slices_over_labels'))} labels "
+            lines.append(f"<tr{css}><td>{e(entry['feature'])} = {e(entry['value'])}</td><td class=\"num\">{e(entry['labels'])}</td>"
+                         f"<td class=\"num\">{fmt(entry['accuracy'], 3)}</td><td class=\"num\">{fmt(entry['expected_accuracy'], 3)}</td>"
+                         f"<td class=\"num\">{fmt(entry['z'], 2)}</td></tr>")
+        table = (f"<p class=\"meta\">Slices that moved most over the last {e(sequence.get('slices_over_labels'))} labels "
                  "(z: excess loss in standard deviations):</p><table>" + "".join(lines) + "</table>")
     return "<table>" + "".join(rows) + "</table>" + text + table
 
@@ -292,21 +301,82 @@ def _performance_section(result: results.MonitoringResult) -> str:
         return "<p>Not estimated in this run.</p>"
     metrics = outcome.evidence.get("metrics") or {}
     if not metrics:
-        return f"<p>{_e(outcome.evidence.get('skipped', ''))}</p>"
+        return f"<p>{e(outcome.evidence.get('skipped', ''))}</p>"
     rows = ["<tr><th>metric</th><th>estimated (no labels)</th><th>interval</th><th>realized (labels)</th>"
             "<th>evaluation</th><th>limit</th></tr>"]
     for name, m in metrics.items():
         interval = m.get("interval") or [None, None]
-        rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_fmt(m.get('estimated'))}</td>"
-                    f"<td class=\"num\">{_fmt(interval[0])} to {_fmt(interval[1])}</td>"
-                    f"<td class=\"num\">{_fmt(m.get('realized'))}</td><td class=\"num\">{_fmt(m.get('baseline'))}</td>"
-                    f"<td class=\"num\">{_fmt(m.get('limit'))}</td></tr>")
+        rows.append(f"<tr><td>{e(name)}</td><td class=\"num\">{fmt(m.get('estimated'))}</td>"
+                    f"<td class=\"num\">{fmt(interval[0])} to {fmt(interval[1])}</td>"
+                    f"<td class=\"num\">{fmt(m.get('realized'))}</td><td class=\"num\">{fmt(m.get('baseline'))}</td>"
+                    f"<td class=\"num\">{fmt(m.get('limit'))}</td></tr>")
     return ("<table>" + "".join(rows) + "</table>"
-            f"<p class=\"meta\">Estimated from the {_e(outcome.evidence.get('rows'))} served probabilities through the "
-            f"evaluation's calibration; realized from the {_e(outcome.evidence.get('realized_labels'))} labels of this window "
+            f"<p class=\"meta\">Estimated from the {e(outcome.evidence.get('rows'))} served probabilities through the "
+            f"evaluation's calibration; realized from the {e(outcome.evidence.get('realized_labels'))} labels of this window "
             "(shown from 30). The interval is where the realized metric falls if the concept holds. The estimate follows "
             "covariate shift but cannot see concept drift: a change in what the labels mean leaves the probabilities, and so "
             "the estimate, unchanged.</p>")
+
+
+def _timeline_figure(timeline: Any) -> Figure:
+    """Four panels over the windows, sharing the x axis; failed windows shaded, retraining marked."""
+    points = timeline.points
+    x = list(range(len(points)))
+    figure = Figure(figsize=(9.5, 7.6))
+    panels = figure.subplots(4, 1, sharex=True)
+
+    def series(name: str) -> list[float]:
+        return [getattr(p, name) if getattr(p, name) is not None else float("nan") for p in points]
+
+    drift, accuracy, agreement, referrals = panels
+    drift.plot(x, series("data_drift"), marker="o", color="#e07b39", label="worst feature's drift score")
+    accuracy.plot(x, series("estimated_accuracy"), marker="o", color="#4a7ab5", label="accuracy estimated (no labels)")
+    accuracy.plot(x, series("realized_accuracy"), marker="s", linestyle="none", color="#2ca02c", label="accuracy realized (labels)")
+    accuracy.plot(x, series("baseline_accuracy"), linestyle=":", color="#555", label="evaluation accuracy")
+    accuracy.plot(x, series("estimated_auc"), marker="^", color="#17becf", label="AUC estimated")
+    accuracy.plot(x, series("realized_auc"), marker="v", linestyle="none", color="#bcbd22", label="AUC realized")
+    agreement.plot(x, series("agreement"), marker="o", color="#9467bd", label="candidate agrees with stable")
+    referrals.plot(x, series("referrals"), marker="o", color="#8c564b", label="referred to a person")
+    for axes, limit, text in ((drift, timeline.drift_threshold, "threshold"), (accuracy, timeline.accuracy_limit, "accuracy limit"),
+                              (agreement, timeline.agreement_floor, "limit")):
+        if limit is not None:
+            axes.axhline(limit, color="#a31515", linestyle="--", linewidth=1, label=text)
+    for axes, label in zip(panels, ("data drift", "performance", "agreement", "referral share")):
+        for i, point in enumerate(points):
+            if point.failed_checks:
+                axes.axvspan(i - 0.4, i + 0.4, color="#a31515", alpha=0.12, linewidth=0)
+            if point.retraining:
+                axes.axvline(i, color="#7b2cbf" if point.retraining.startswith("triggered") else "#999",
+                             linestyle="-" if point.retraining.startswith("triggered") else "--", linewidth=2.5)
+        axes.set_ylabel(label, fontsize=8)
+        axes.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    referrals.set_xticks(x)
+    referrals.set_xticklabels([p.window_end[:16] for p in points], rotation=30, ha="right", fontsize=7)
+    drift.set_title("per window: shaded = a check failed; purple line = retraining triggered, grey dashed = refused",
+                    fontsize=9)
+    return figure
+
+
+def _timeline_section(timeline: Any) -> str:
+    if timeline is None or not timeline.points:
+        return "<p>No earlier windows recorded for this model version.</p>"
+    rows = [("fail" if p.failed_checks else "", [e(p.window_end[:19]), p.rows, fmt(p.data_drift, 3),
+                                                 f"{fmt(p.estimated_accuracy, 3)} / {fmt(p.realized_accuracy, 3)}",
+                                                 f"{fmt(p.estimated_auc, 3)} / {fmt(p.realized_auc, 3)}",
+                                                 f"{fmt(p.agreement, 3)} ({p.pairs})", fmt(p.referrals, 3),
+                                                 e(", ".join(p.failed_checks)), e(p.retraining or "")])
+            for p in timeline.points]
+    headers = ("window end", "requests", "data drift", "accuracy: estimated / realized", "AUC: estimated / realized",
+               "agreement (pairs)", "referrals",
+               "failed checks", "retraining")
+    return png(_timeline_figure(timeline), "timeline across windows") + table(headers, rows)
+
+
+def render_timeline_page(timeline: Any, title: str) -> str:
+    """The timeline alone, as one self-contained page (`mlops monitor timeline --html`)."""
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      f"<title>{e(title)}</title><style>{STYLE}</style></head><body>", f"<h1>{e(title)}</h1>",
+                      '<section id="timeline">', _timeline_section(timeline), "</section></body></html>"])
 
 
 def _links(links: Mapping[str, str]) -> str:
@@ -314,12 +384,12 @@ def _links(links: Mapping[str, str]) -> str:
     for title, url in links.items():
         if urllib.parse.urlsplit(url).scheme not in _SAFE_SCHEMES:
             raise ValueError(f"link {title!r}: {url!r} must be relative or http(s)/file")
-        items.append(f'<li><a href="{_e(url)}">{_e(title)}</a></li>')
+        items.append(f'<li><a href="{e(url)}">{e(title)}</a></li>')
     return "<ul>" + "".join(items) + "</ul>" if items else "<p>No related reports.</p>"
 
 
 def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
-                  links: Mapping[str, str], run_id: str = "") -> str:
+                  links: Mapping[str, str], run_id: str = "", timeline: Any = None) -> str:
     """The HTML of one monitoring run (see the module docstring)."""
     verdict_class = "pass" if result.passed else "fail"
     verdict = "All checks passed" if result.passed else "Checks failed: " + ", ".join(c.name for c in result.failed)
@@ -339,11 +409,12 @@ def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], h
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Monitoring: {_e(model)} {_e(result.window_start.isoformat())}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>Monitoring report: {_e(model)}</h1>",
-        f'<p class="verdict {verdict_class}" id="verdict">{_e(verdict)}</p>',
-        '<table class="meta">' + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in meta) + "</table>",
+        f"<title>Monitoring: {e(model)} {e(result.window_start.isoformat())}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Monitoring report: {e(model)}</h1>",
+        f'<p class="verdict {verdict_class}" id="verdict">{e(verdict)}</p>',
+        '<table class="meta">' + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in meta) + "</table>",
         '<section id="checks"><h2>Checks</h2>', _checks_table(result), "</section>",
+        '<section id="timeline"><h2>Timeline across windows</h2>', _timeline_section(timeline), "</section>",
         '<section id="features"><h2>Features: training vs this window</h2>',
         '<p class="meta">Numeric features are drawn on the training data\'s quantile buckets (the buckets the '
         "Jensen-Shannon divergence is measured on); categorical features show their most frequent values.</p>",
@@ -362,6 +433,9 @@ def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], h
 
 
 def write_report(path: Path, result: results.MonitoringResult, inputs: Mapping[str, Any],
-                 history: Sequence[Mapping[str, Any]], links: Mapping[str, str], run_id: str = "") -> Path:
-    """Renders and writes the report atomically (core.atomic: temp file, fsync, rename)."""
-    return write_text(path, render_report(result, inputs, history, links, run_id))
+                 history: Sequence[Mapping[str, Any]], links: Mapping[str, str], run_id: str = "",
+                 timeline: Any = None) -> Path:
+    """Renders and writes the report atomically (core.atomic: temp file, fsync, rename).
+
+    `timeline` is a monitoring.timeline.Timeline (typed loosely: timeline.py imports this module's helpers)."""
+    return write_text(path, render_report(result, inputs, history, links, run_id, timeline))

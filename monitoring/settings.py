@@ -87,6 +87,16 @@ class PerformanceEstimateThresholds:
 
 
 @dataclasses.dataclass(frozen=True)
+class PairedThresholds:
+    """Candidate vs stable on the same requests (monitoring/paired.py); the canary judge stops on a divergence."""
+
+    min_pairs: int  # below this many paired requests the comparison does not judge
+    min_slice_pairs: int  # a slice value is judged from this many pairs
+    max_disagreement: float  # share of requests whose decisions differ, over all pairs
+    max_slice_disagreement: float  # the same within one slice value
+
+
+@dataclasses.dataclass(frozen=True)
 class MonitoringThresholds:
     source: Path
     min_rows: int
@@ -97,6 +107,7 @@ class MonitoringThresholds:
     prediction_js: float
     concept: ConceptDriftThresholds
     performance: PerformanceEstimateThresholds
+    paired: PairedThresholds
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (written into each result.json)."""
@@ -164,7 +175,7 @@ def _comparator(values: Mapping[str, Any], name: str, where: Path) -> Comparator
 
 def thresholds_from_dict(values: Mapping[str, Any], source: Path) -> MonitoringThresholds:
     known = {"window", "drift", "skew", "missing_values", "null_outputs", "prediction_drift", "concept_drift",
-             "performance_estimate"}
+             "performance_estimate", "paired"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ThresholdsError(f"{source}: unknown sections {unknown}; known: {sorted(known)}")
@@ -177,6 +188,8 @@ def thresholds_from_dict(values: Mapping[str, Any], source: Path) -> MonitoringT
                                                  "window_labels", "window_z", "cusum_slack", "cusum_threshold"}, source)
     performance = _section(values, "performance_estimate", {"min_rows", "max_auc_drop", "max_accuracy_drop", "interval"},
                            source)
+    paired = _section(values, "paired", {"min_pairs", "min_slice_pairs", "max_disagreement", "max_slice_disagreement"},
+                      source)
     missing_features = {
         _feature_name(name, f"{source} [missing_values.features]"): _number({"margin": margin}, "margin",
                                                                             f"{source} [missing_values.features.{name}]", 0.0, 1.0)
@@ -208,6 +221,12 @@ def thresholds_from_dict(values: Mapping[str, Any], source: Path) -> MonitoringT
             max_auc_drop=_number(performance, "max_auc_drop", f"{source} [performance_estimate]", 0.0, 1.0),
             max_accuracy_drop=_number(performance, "max_accuracy_drop", f"{source} [performance_estimate]", 0.0, 1.0),
             interval=_number(performance, "interval", f"{source} [performance_estimate]", 0.5, 0.999),
+        ),
+        paired=PairedThresholds(
+            min_pairs=int(_number(paired, "min_pairs", f"{source} [paired]", 1)),
+            min_slice_pairs=int(_number(paired, "min_slice_pairs", f"{source} [paired]", 1)),
+            max_disagreement=_number(paired, "max_disagreement", f"{source} [paired]", 0.0, 1.0),
+            max_slice_disagreement=_number(paired, "max_slice_disagreement", f"{source} [paired]", 0.0, 1.0),
         ),
     )
 

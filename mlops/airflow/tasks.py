@@ -48,6 +48,8 @@ DEFAULT_CANARY_SHARES = (5, 25, 50, 100)
 DEFAULT_OBSERVE_SECONDS = 60
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 DEFAULT_BATCH_OUTPUT_FORMAT = "jsonl"
+# A canary whose decisions diverged from stable's (monitoring/paired.py): stopped before promotion.
+HELD_FOR_APPROVAL = "held_for_approval"
 
 # How long a rollout waits for the model server to load a freshly pushed version.
 MODEL_LOAD_TIMEOUT_S = 300.0
@@ -394,20 +396,22 @@ def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_
             return _record_deploy(ctx, action, version, params, decision)
         if action == "blue_green":
             return _record_deploy(ctx, action, version, params, _blue_green(params, model, version, stable))
-        decision = _canary(params, model, version, stable)
+        decision = _canary(params, model, version, stable, ctx)
         outcome = _record_deploy(ctx, action, version, params, decision)
-        if decision["decision"] == "rolled_back":
-            raise RolledBackError(f"canary {model}:{version} rolled back at {decision['share']}%: " + "; ".join(decision["reasons"]))
+        if decision["decision"] in ("rolled_back", HELD_FOR_APPROVAL):
+            raise RolledBackError(f"canary {model}:{version} not promoted at {decision['share']}%: " + "; ".join(decision["reasons"]))
         return outcome
 
 
-def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | None) -> dict[str, Any]:
+def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | None, ctx: Any) -> dict[str, Any]:
     """Ramps the canary through the shares below 100 %, judging each window; promotes or aborts.
 
     Every share below 100 % is observed for `observe_seconds` and judged against the stable
     version; the final 100 % is the promotion itself. An unhealthy window sets the canary's
-    traffic back to 0 at once (the stable version was never changed). The gateway writes the
-    `canary` and `stable` labels of TF Serving's models.config, so the model server follows.
+    traffic back to 0 at once (the stable version was never changed). Before the promotion the
+    candidate shadows stable for one more window and the two are compared request by request
+    (`_paired_check`). The gateway writes the `canary` and `stable` labels of TF Serving's
+    models.config, so the model server follows.
     """
     from core.errors import DataError
     from serving.rollout import CanaryThresholds, judge_canary
@@ -439,10 +443,41 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
             return {"decision": "rolled_back", "version": version, "stable": stable, "share": share,
                     "reasons": judgement.reasons, "observations": observations}
         print(f"canary: healthy at {share}%: {judgement.summary()}", flush=True)
+    paired = _paired_check(client, params, ctx, model, version, observe)
+    if paired["diverged"] and not params.get("approve_divergence"):
+        reasons = [*paired["reasons"], f"not promoted: trigger again with approve_divergence=true to promote anyway ({paired['report']})"]
+        print(f"canary: HELD: {'; '.join(reasons)}; all traffic is on {model}:{stable}", flush=True)
+        return {"decision": HELD_FOR_APPROVAL, "version": version, "stable": stable, "share": shares[-1],
+                "reasons": reasons, "observations": observations, "paired": paired}
     client.promote(model, version)
     print(f"canary: promoted {model}:{version} to stable (previous stable {stable} kept for rollback)", flush=True)
-    return {"decision": "promoted", "version": version, "previous_stable": stable, "share": 100,
-            "reasons": [f"healthy at every share of {shares} below 100%"], "observations": observations}
+    approved = ["decisions diverged from stable; promoted with approve_divergence"] if paired["diverged"] else []
+    return {"decision": "promoted", "version": version, "previous_stable": stable, "share": 100, "paired": paired,
+            "reasons": [f"healthy at every share of {shares} below 100%", *approved], "observations": observations}
+
+
+def _paired_check(client: Any, params: Mapping[str, Any], ctx: Any, model: str, version: int, observe: float) -> dict[str, Any]:
+    """The candidate shadows stable for `observe` seconds and the two are compared request by request
+    (a canaried request is answered by one version only); a summary for MLMD, the rest below the run."""
+    from metadata.queries import DEFAULT_LOG_DIR
+    from monitoring import paired, settings
+
+    log_dir = Path(params.get("log_dir") or ctx.config.root / DEFAULT_LOG_DIR)
+    start = dt.datetime.now(dt.timezone.utc)
+    client.set_shadow(model, version)
+    try:
+        print(f"canary: {model}:{version} shadows {model} for {observe:.0f}s: both versions answer every request", flush=True)
+        _sleep_observing(observe, "paired")
+        end = dt.datetime.now(dt.timezone.utc)
+        client.flush_logs()
+    finally:
+        client.set_shadow(model, None)  # all traffic on stable until the verdict, whatever happened
+    comparison = paired.compare_logged(log_dir, start, end, settings.load_thresholds().paired, model_name=model)
+    report = paired.write_comparison(ctx.run_dir / "deploy" / f"paired-{version}", comparison,
+                                     f"{model}:{version} vs stable, {start:%Y-%m-%d %H:%M} UTC")
+    print(f"canary: paired comparison of {comparison.pairs} requests in {log_dir}: agreement {comparison.agreement:.3f}; "
+          f"{'; '.join(comparison.reasons) or 'within the limits'} ({report})", flush=True)
+    return {**comparison.summary(), "report": str(report), "log_dir": str(log_dir)}
 
 
 def _wait_until_loaded(client: Any, model: str, version: int) -> None:
