@@ -403,7 +403,7 @@ def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_
         return outcome
 
 
-def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | None, ctx: Any) -> dict[str, Any]:
+def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | None, ctx: Any = None) -> dict[str, Any]:
     """Ramps the canary through the shares below 100 %, judging each window; promotes or aborts.
 
     Every share below 100 % is observed for `observe_seconds` and judged against the stable
@@ -443,7 +443,9 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
             return {"decision": "rolled_back", "version": version, "stable": stable, "share": share,
                     "reasons": judgement.reasons, "observations": observations}
         print(f"canary: healthy at {share}%: {judgement.summary()}", flush=True)
-    paired = _paired_check(client, params, ctx, model, version, observe)
+    # Without a pipeline run (a caller outside the DAG) there is nowhere to record the comparison.
+    paired = (_paired_check(client, params, ctx, model, version, observe) if ctx is not None
+              else {"diverged": False, "judged": False, "reasons": []})
     if paired["diverged"] and not params.get("approve_divergence"):
         reasons = [*paired["reasons"], f"not promoted: trigger again with approve_divergence=true to promote anyway ({paired['report']})"]
         print(f"canary: HELD: {'; '.join(reasons)}; all traffic is on {model}:{stable}", flush=True)
