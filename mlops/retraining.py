@@ -81,12 +81,12 @@ def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> Trai
 
 def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs | None:
     """What trained the pushed model `model_name:version`, from its lineage; None if it is not recorded."""
-    from metadata.lineage import find_pushed_model
+    from metadata.lineage import LineageNotFoundError, find_pushed_model
     from metadata.queries import training_chain
 
     try:
         pushed = find_pushed_model(store, model_name, version)
-    except Exception:  # noqa: BLE001 - a model pushed outside the pipeline has no lineage to compare with
+    except LineageNotFoundError:  # a model pushed outside the pipeline has no lineage to compare with
         return None
     chain = training_chain(store, pushed)
     ingest, train = chain.executions.get("ingest"), chain.executions.get("train")

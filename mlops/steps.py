@@ -306,8 +306,9 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
                 result = validate_statistics(out / "cleaned_statistics", schema_path, out / "anomalies",
                                              previous_statistics_dir=Path(previous.uri) if previous else None)
                 shares = _rejected_shares(ctx, examples, cleaned)
-                (out / "rejected_share.txt").write_text(shares.format(), encoding="utf-8")
-                _render_statistics(out, schema_path, shares.format())
+                rejected_report = shares.format()
+                (out / "rejected_share.txt").write_text(rejected_report, encoding="utf-8")
+                _render_statistics(out, schema_path, rejected_report)
             count = sum(len(v) for v in result.anomalies_by_split.values())
             splits = json.dumps(sorted(result.anomalies_by_split))
             record.output("statistics", "ExampleStatistics", str(final / "statistics"), {
@@ -318,7 +319,7 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
             })
             record.output("anomalies", "ExampleAnomalies", str(final / "anomalies"), {"num_anomalies": count})
             record.record(num_anomalies=count, anomalies=result.anomalies_by_split, rejected=shares.to_json(),
-                          rejected_report=shares.format(), previous_data_drift=result.drift_by_split,
+                          rejected_report=rejected_report, previous_data_drift=result.drift_by_split,
                           compared_with=previous.uri if previous else "")
     _raise_for_failures(record, schema_path, data.previous_data_check, [Path(examples.uri).parent / "rejected", Path(cleaned.uri).parent / "rejected"])
     shares_json = _json_value(record.results.get("rejected")) or {}
@@ -339,15 +340,18 @@ def _served_model_statistics(ctx: StepContext, cleaned: ArtifactRef) -> Artifact
     """The cleaned statistics of the data the served model trained on, if it was recorded with them
     and that data is not `cleaned` itself (a re-run: comparing data with itself adds nothing, and
     leaving it out keeps the step's inputs the same, so it is reused)."""
+    from metadata.lineage import LineageNotFoundError, find_pushed_model
     from metadata.queries import training_chain
     from metadata.recorder import properties_of
 
     served = current_model(ctx)
-    pushed = pushed_model_artifact(ctx, served[0]) if served else None
-    if pushed is None:
+    if served is None:
         return None
-    [artifact] = ctx.run.store.get_artifacts_by_id([pushed.id])
-    chain = training_chain(ctx.run.store, artifact)
+    try:
+        pushed = find_pushed_model(ctx.run.store, ctx.config.serving.model_name, served[0])
+    except LineageNotFoundError:  # a model pushed outside the pipeline
+        return None
+    chain = training_chain(ctx.run.store, pushed)
     statistics = chain.artifact("cleaned_statistics")
     trained_on = chain.artifact("cleaned")
     if trained_on is not None and trained_on.id == cleaned.id:
@@ -377,9 +381,7 @@ def _rejected_shares(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactR
     ingest_dir, clean_dir = Path(examples.uri).parent, Path(cleaned.uri).parent
     ingested = json.loads((ingest_dir / INGEST_RESULT).read_text(encoding="utf-8"))
     cleaning = json.loads((clean_dir / CLEAN_RESULT).read_text(encoding="utf-8"))
-    by_reason = dict(ingested.get("rejected_by_reason") or {})
-    if not by_reason and ingested.get("rows_unparseable"):
-        by_reason = {"unparseable_value": ingested["rows_unparseable"]}
+    by_reason = dict(ingested["rejected_by_reason"])
     for reason, count in cleaning["rejected_by_reason"].items():
         by_reason[reason] = by_reason.get(reason, 0) + count
     rows_judged = ingested["rows_in_window"] + ingested["rows_unparseable"]

@@ -32,7 +32,6 @@ from transforms.features import HOUR_KEY, SLICE_FEATURES, hour_bucket
 # Probabilities are read no closer to 0 or 1 than this: one label against a p of 1e-7 would
 # otherwise weigh as much as hundreds of ordinary ones (logit 16 against about 1).
 PROBABILITY_CLIP = 0.01
-# Evidence groups labels by transforms.features.SLICE_FEATURES; the hour is bucketed as the evaluation's slices are.
 # A slice value needs this many labels since the change to be named; fewer are anecdotes.
 MIN_SLICE_LABELS = 20
 # Slices named in the evidence (it travels in XCom and MLMD properties); the details keep more.

@@ -53,14 +53,6 @@ class RejectedShares:
     def ok(self) -> bool:
         return not self.overall_exceeded and not any(reason.exceeded for reason in self.by_reason)
 
-    def problems(self) -> list[str]:
-        found = [f"{r.reason}: {r.rows} rows, {r.share:.2%} of {self.rows_judged} (limit {r.limit:.2%})"
-                 for r in self.by_reason if r.exceeded]
-        if self.overall_exceeded:
-            found.append(f"all reasons: {self.rows_rejected} rows, {self.share:.2%} of {self.rows_judged} "
-                         f"(limit {self.limit:.2%})")
-        return found
-
     def to_json(self) -> dict[str, Any]:
         return {
             "rows_judged": self.rows_judged, "rows_rejected": self.rows_rejected, "share": round(self.share, 6),

@@ -21,7 +21,7 @@ import requests
 
 from serving.protocol import MODEL_LABEL_HEADER, MODEL_VERSION_HEADER
 from tests.fixtures.polling import poll_until
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, model_server_process
 from tests.serving.gateway.helpers import ADMIN_TOKEN, MODEL, instances
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -48,11 +48,10 @@ class ModelServerProcess:
 
     def start(self) -> "ModelServerProcess":
         """Starts the server and returns once it answers REST (its versions may still be loading)."""
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.model_server", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-             f"--model_config_file={self.config}", "--model_config_file_poll_wait_seconds=0.2",
-             "--file_system_poll_wait_seconds=0.2"],
-            cwd=PROJECT_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=self.stderr.open("ab"), text=True)
+        self.process = model_server_process(
+            [f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}", f"--model_config_file={self.config}",
+             "--model_config_file_poll_wait_seconds=0.2", "--file_system_poll_wait_seconds=0.2"],
+            self.stderr, append=True)
         for line in self.process.stdout:
             if line.startswith("Exporting HTTP/REST API"):
                 break
