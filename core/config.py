@@ -140,6 +140,38 @@ class ServingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReviewConfig:
+    """Which served predictions a person reviews (monitoring/review_queue.py, the taxi_review DAG).
+
+    Every `refer_to_human` answer is reviewed; the rates sample the other answers, by a hash of the
+    request id, so a re-run picks the same requests. The reasons for the numbers are in mlops.toml.
+    """
+
+    # Share of requests answered in each degree that a person reviews besides the referrals.
+    sample_rate_shadow: float = 0.05
+    sample_rate_assist: float = 0.05
+    # Share of confident answers in `full` reviewed as an audit.
+    audit_rate_full: float = 0.01
+    # At most this many new cases per run, oldest first; the rest wait for the next run.
+    max_open_cases: int = 20
+    # A case nobody answers within this time is closed as unanswered (never guessed).
+    response_timeout_minutes: float = 60.0
+    # Requests logged within this many hours before a run are candidates (without an explicit window).
+    lookback_hours: float = 24.0
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate_shadow", "sample_rate_assist", "audit_rate_full"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"review.{name} must be a share in [0, 1], got {value!r}")
+        if self.max_open_cases < 1:
+            raise ConfigError(f"review.max_open_cases must be >= 1, got {self.max_open_cases!r}")
+        for name in ("response_timeout_minutes", "lookback_hours"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"review.{name} must be > 0, got {getattr(self, name)!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     root: Path
     pipeline_root: Path
@@ -150,6 +182,7 @@ class Config:
     serving: ServingConfig
     metadata: MetadataConfig
     pipeline_name: str = "taxi"
+    review: ReviewConfig = ReviewConfig()
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -219,7 +252,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
-    known = {"pipeline_name", "pipeline_root", "beam_args", "data", "training", "evaluation", "serving", "metadata"}
+    known = {"pipeline_name", "pipeline_root", "beam_args", "data", "training", "evaluation", "serving", "metadata", "review"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"config has unknown keys {unknown}; known: {sorted(known)}")
@@ -233,4 +266,5 @@ def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
         evaluation=_section(EvaluationConfig, values.get("evaluation", {}), root, "evaluation"),
         serving=_section(ServingConfig, values.get("serving", {}), root, "serving"),
         metadata=_section(MetadataConfig, values.get("metadata", {}), root, "metadata"),
+        review=_section(ReviewConfig, values.get("review", {}), root, "review"),
     )
