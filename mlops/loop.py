@@ -8,7 +8,9 @@
 5. Trigger `taxi_monitoring` on the window of that traffic. The trips of 2015-2016 differ from
    the training years, so a drift check fails and the DAG triggers `taxi_training` again with the
    evidence; follow that retraining run and the rollout of its model while traffic continues.
-6. Print where everything is. Airflow and the servers keep running: `make stop` stops them.
+6. Trigger `taxi_review`: a scripted reviewer answers the first review cases through the REST
+   API, prints how often it agreed with the model, and says where the other cases wait in the UI.
+7. Print where everything is. Airflow and the servers keep running: `make stop` stops them.
 
 Only stdlib, requests and this project's light modules are imported: the heavy work happens in
 Airflow tasks and in the `mlops serve` process.
@@ -21,6 +23,7 @@ import csv
 import datetime as dt
 import itertools
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -246,6 +249,66 @@ def wait_for_triggered(client: rest_client.AirflowClient, dag_id: str, after: st
     return None
 
 
+REVIEW_DAG = "taxi_review"
+SCRIPTED_ANSWERS = 5  # the scripted reviewer answers this many cases; the rest wait for people
+_TABLE_ROW = re.compile(r"^\| (\w+) \| (.*) \|$", re.MULTILINE)
+_PROBABILITY = re.compile(r"probability of a big tipper: \*\*([0-9.]+)\*\*")
+
+
+def scripted_answer(body: str) -> str:
+    """The scripted reviewer's rule, from what the case shows: card payers tip big (cash tips are not
+    recorded in the Chicago data, so a cash trip is never a big tipper)."""
+    shown = dict(_TABLE_ROW.findall(body))
+    return features.DECISION_BIG_TIPPER if shown.get(features.PAYMENT_TYPE_KEY) == "Credit Card" else features.DECISION_NOT_BIG_TIPPER
+
+
+def model_answer(body: str, threshold: float) -> str | None:
+    match = _PROBABILITY.search(body)
+    if match is None:
+        return None
+    return features.DECISION_BIG_TIPPER if float(match.group(1)) >= threshold else features.DECISION_NOT_BIG_TIPPER
+
+
+def review_step(client: rest_client.AirflowClient, port: int, threshold: float, timeout: float = 60.0) -> None:
+    """A short human step without a person: taxi_review opens the cases, a scripted reviewer answers the
+    first few through the REST API (as a person would in the UI), and the rest wait in the UI."""
+    try:
+        client.wait_for_dag(REVIEW_DAG, timeout=30)
+        client.set_paused(REVIEW_DAG, False)
+        run_id = client.trigger(REVIEW_DAG, {}, note="make run: scripted reviewer")["dag_run_id"]
+        say(f"  triggered {REVIEW_DAG} run {run_id}; waiting for its required actions ...")
+        deadline = time.monotonic() + timeout
+        actions: list[dict] = []
+        while time.monotonic() < deadline:
+            actions = [a for a in client.required_actions(REVIEW_DAG, run_id) if a["task_instance"].get("state") == "awaiting_input"]
+            states = {t["task_id"]: t.get("state") for t in client.task_instances(REVIEW_DAG, run_id)}
+            if len(actions) >= SCRIPTED_ANSWERS or states.get("gather_answers") is not None:
+                break
+            time.sleep(3.0)
+        if not actions:
+            say("  no review cases yet (nothing needed a person, or the run is still starting); "
+                f"see http://localhost:{port}/dags/{REVIEW_DAG}")
+            return
+        agree = disagree = 0
+        for action in actions[:SCRIPTED_ANSWERS]:
+            ti = action["task_instance"]
+            answer = scripted_answer(action.get("body") or "")
+            client.answer_required_action(REVIEW_DAG, run_id, ti["task_id"], ti["map_index"], [answer])
+            model = model_answer(action.get("body") or "", threshold)
+            agree += model == answer
+            disagree += model is not None and model != answer
+            say(f"  answered {action['subject']}: {answer} (the model: {model})")
+        judged = agree + disagree
+        share = f" ({agree / judged:.0%})" if judged else ""
+        say(f"  scripted reviewer agrees with the model on {agree} of {judged} cases{share}; disagrees on {disagree}")
+        say("  the answers reach the gateway as feedback (source review:admin) when the run closes its cases")
+        waiting = len(actions) - min(len(actions), SCRIPTED_ANSWERS)
+        say(f"  {waiting} more cases wait for a person in the Airflow UI: http://localhost:{port}/required_actions "
+            f"(closed as unanswered after [review] response_timeout_minutes)")
+    except (launcher.LauncherError, KeyError) as err:
+        say(f"  the review step was skipped: {err}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traffic", type=int, default=1500, help="2015-2016 trips to send through the gateway")
@@ -315,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
             background.join(timeout=30)
         say(serving_summary(config.serving.model_name))
 
+    say("== 6. Human review: the cases that need a person (taxi_review)")
+    review_step(client, port, config.evaluation.decision_threshold)
+
     say("")
     say(model_summary(config))
     say("")
@@ -323,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  Gateway         {GATEWAY_URL}/v1/models/{config.serving.model_name}:predict  (metrics: {GATEWAY_URL}/metrics)")
     say(f"  Models          {config.serving.model_base_dir / config.serving.model_name}  (labels in {config.serving.model_config_file})")
     say(f"  Prediction logs {ROOT / 'var/logs/predictions'}")
+    say(f"  Review cases    http://localhost:{port}/required_actions   (ledger {config.pipeline_root / 'review' / 'cases.json'})")
     say("  Lineage         .venvs/ml/bin/mlops lineage model taxi:<version>   |   mlops runs list")
     say("  Stop everything make stop")
     return 0

@@ -56,6 +56,10 @@ class ReviewError(MlopsError):
     """The ledger is unreadable, or the gateway refused the written-back answers."""
 
 
+class FeedbackNotDelivered(ReviewError):
+    """The gateway could not be reached: the answers stay in the ledger and a retry sends them."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ReviewCase:
     """One served example waiting for (or reviewed by) a person."""
@@ -347,7 +351,7 @@ def post_feedback(gateway_url: str, items: Sequence[Mapping[str, Any]], *, timeo
         raise ReviewError(f"the gateway at {url} refused the reviewers' answers: HTTP {err.code} "
                           f"{err.read().decode(errors='replace')[:300]}") from None
     except (urllib.error.URLError, OSError) as err:
-        raise ReviewError(f"cannot reach the gateway at {url} to write back the reviewers' answers ({err}); "
+        raise FeedbackNotDelivered(f"cannot reach the gateway at {url} to write back the reviewers' answers ({err}); "
                           "the answers stay in the ledger and are sent by the next run of this close") from None
 
 

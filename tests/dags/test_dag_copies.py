@@ -64,6 +64,14 @@ def test_every_dag_explains_failures_with_the_same_callback_and_words():
     assert len({tuple(dag_module(dag_id)["USER_ERRORS"].items()) for dag_id in DAG_IDS}) == 1
 
 
+def test_the_review_options_are_the_review_queues():
+    from mlops.airflow import review_tasks
+
+    assert dag_module("taxi_review")["REVIEW_OPTIONS"] == list(review_tasks.REVIEW_OPTIONS)
+    assert run_in_ml("import json; from monitoring.review_queue import REVIEW_OPTIONS; print(json.dumps(REVIEW_OPTIONS))") == \
+        list(review_tasks.REVIEW_OPTIONS)
+
+
 def test_a_window_without_predictions_skips_with_the_task_sides_exit_code(dagbag):
     assert dag_module("taxi_monitoring")["EXIT_NOTHING_TO_CHECK"] == tasks.EXIT_NOTHING_TO_CHECK
     assert dagbag.dags["taxi_monitoring"].get_task("check_drift").skip_on_exit_code == [tasks.EXIT_NOTHING_TO_CHECK]

@@ -28,12 +28,17 @@ EDGES = {
                         ("check_drift", "trigger_training"), ("check_drift", "no_retraining")},
     "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback")},
     "taxi_batch_predict": set(),
+    # collect_cases also hands gather_answers the case list; close_cases gets the answers.
+    "taxi_review": {("collect_cases", "required_actions"), ("required_actions", "review_case"),
+                    ("collect_cases", "gather_answers"), ("review_case", "gather_answers"),
+                    ("gather_answers", "close_cases")},
 }
 TASKS = {
     "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push"},
     "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data"},
     "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback"},
     "taxi_batch_predict": {"score"},
+    "taxi_review": {"collect_cases", "required_actions", "review_case", "gather_answers", "close_cases"},
 }
 
 
@@ -62,7 +67,8 @@ def test_task_ids_and_edges_are_as_documented(dagbag, dag_id):
 def test_ml_tasks_run_in_the_ml_runtime_and_user_errors_are_not_retried(dagbag):
     ml_python = str(PROJECT_ROOT / ".venvs" / "ml" / "bin" / "python")
     ml_tasks = {"taxi_training": TASKS["taxi_training"], "taxi_monitoring": {"check_drift"},
-                "taxi_rollout": {"canary", "blue_green", "rollback"}, "taxi_batch_predict": {"score"}}
+                "taxi_rollout": {"canary", "blue_green", "rollback"}, "taxi_batch_predict": {"score"},
+                "taxi_review": {"collect_cases", "close_cases"}}
     for dag_id, task_ids in ml_tasks.items():
         dag = dagbag.dags[dag_id]
         for task_id in task_ids:
@@ -77,6 +83,17 @@ def test_ml_tasks_run_in_the_ml_runtime_and_user_errors_are_not_retried(dagbag):
             decision = policy.evaluate(sp.CalledProcessError(2, ["python"]), try_number=1, max_tries=3)
             assert decision.action.value == "fail", f"{dag_id}.{task_id} would retry a data error"
             assert policy.evaluate(RuntimeError("database is locked"), try_number=1, max_tries=3).action.value == "default"
+
+
+def test_review_asks_one_required_action_per_case_and_closes_whatever_the_answers(dagbag):
+    review = dagbag.dags["taxi_review"]
+    ask = review.get_task("review_case")
+    assert type(ask).__name__ == "MappedOperator" and ask.operator_class.__name__ == "HITLOperator"
+    assert ask.partial_kwargs["retries"] == 0  # a timed-out case is closed as unanswered, never asked again
+    assert ask.partial_kwargs["options"] == ["big_tipper", "not_big_tipper", "cannot tell"]
+    for task_id in ("gather_answers", "close_cases"):
+        assert review.get_task(task_id).trigger_rule == "all_done", task_id  # a timeout must not stop the write-back
+    assert review.catchup is False and review.max_active_runs == 1
 
 
 def test_push_updates_the_asset_that_schedules_the_rollout(dagbag):
@@ -168,3 +185,13 @@ def test_rollout_batch_and_monitoring_params_are_validated(dagbag):
         _validate(dagbag, "taxi_batch_predict", {"output_format": "xlsx"})
     with pytest.raises(ParamValidationError, match="retrain_end"):
         _validate(dagbag, "taxi_monitoring", {"retrain_end": "soon"})
+
+
+def test_review_params_default_to_the_config_and_refuse_negative_bounds(dagbag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    defaults = _validate(dagbag, "taxi_review", {})
+    assert (defaults["max_open_cases"], defaults["response_timeout_minutes"]) == (0, 0)  # 0 = mlops.toml's [review]
+    for conf in ({"max_open_cases": -1}, {"response_timeout_minutes": -5}, {"max_open_cases": "many"}):
+        with pytest.raises(ParamValidationError):
+            _validate(dagbag, "taxi_review", conf)
