@@ -280,9 +280,13 @@ def review_step(client: rest_client.AirflowClient, port: int, threshold: float, 
         deadline = time.monotonic() + timeout
         actions: list[dict] = []
         while time.monotonic() < deadline:
-            actions = [a for a in client.required_actions(REVIEW_DAG, run_id) if a["task_instance"].get("state") == "awaiting_input"]
-            states = {t["task_id"]: t.get("state") for t in client.task_instances(REVIEW_DAG, run_id)}
-            if len(actions) >= SCRIPTED_ANSWERS or states.get("gather_answers") is not None:
+            actions = [a for a in client.required_actions(REVIEW_DAG, run_id) if rest_client.ready_to_answer(a)]
+            task_instances = client.task_instances(REVIEW_DAG, run_id)
+            cases = [t for t in task_instances if t["task_id"] == "review_case"]
+            collect = next((t.get("state") for t in task_instances if t["task_id"] == "collect_cases"), None)
+            if (len(actions) >= SCRIPTED_ANSWERS or (cases and len(actions) == len(cases))
+                    or collect in rest_client.FINISHED_TASK_STATES and collect != "success"
+                    or any(t["task_id"] == "gather_answers" and t.get("state") for t in task_instances)):
                 break
             time.sleep(3.0)
         if not actions:

@@ -21,6 +21,10 @@ from mlops.airflow.launcher import ADMIN_USER, AirflowLayout, LauncherError, adm
 
 FINISHED_TASK_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 FINISHED_RUN_STATES = ("success", "failed")
+# Airflow 3.3.2: an answer that lands while the worker that parked a required action is still exiting
+# (about a second after `awaiting_input` shows) fails the task instead of resuming it (seen in
+# tests/dags/test_review_dag.py). A person never answers that fast; a script waits this long first.
+REQUIRED_ACTION_SETTLE_SECONDS = 8.0
 
 
 class AirflowApiError(LauncherError):
@@ -135,6 +139,16 @@ class AirflowClient:
                 f"{self._quote(task_id)}/logs/{try_number}")
         document = self._send("GET", path, query={"full_content": "true"})
         return log_lines(document.get("content") if isinstance(document, Mapping) else document)
+
+
+def ready_to_answer(action: Mapping[str, Any], now: float | None = None) -> bool:
+    """The required action waits for an answer and has waited long enough to be answered safely."""
+    import datetime as dt
+
+    if (action.get("task_instance") or {}).get("state") != "awaiting_input" or action.get("response_received"):
+        return False
+    created = dt.datetime.fromisoformat(str(action["created_at"]).replace("Z", "+00:00"))
+    return (now if now is not None else time.time()) - created.timestamp() >= REQUIRED_ACTION_SETTLE_SECONDS
 
 
 def required_action_url(ui_url: str, task_instance: Mapping[str, Any]) -> str:
