@@ -80,7 +80,9 @@ with the model, could not tell, or were left unanswered.
     schedule="@daily",
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
+    # Runs may overlap (one waits up to response_timeout for its answers while the next starts);
+    # the case ledger's lock keeps their cases apart.
+    max_active_runs=4,
     default_args=DEFAULT_ARGS,
     doc_md=DAG_DOC,
     tags=["mlops", "review", "human-in-the-loop"],

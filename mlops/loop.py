@@ -280,11 +280,13 @@ def review_step(client: rest_client.AirflowClient, port: int, threshold: float, 
         deadline = time.monotonic() + timeout
         actions: list[dict] = []
         while time.monotonic() < deadline:
-            actions = [a for a in client.required_actions(REVIEW_DAG, run_id) if rest_client.ready_to_answer(a)]
+            # Any run's cases: the daily run that unpausing the DAG starts may have opened the oldest ones.
+            actions = [a for a in client.required_actions(REVIEW_DAG) if rest_client.ready_to_answer(a)]
             task_instances = client.task_instances(REVIEW_DAG, run_id)
-            cases = [t for t in task_instances if t["task_id"] == "review_case"]
+            cases = [t for t in task_instances if t["task_id"] == "review_case" and t.get("map_index", -1) >= 0]
             collect = next((t.get("state") for t in task_instances if t["task_id"] == "collect_cases"), None)
-            if (len(actions) >= SCRIPTED_ANSWERS or (cases and len(actions) == len(cases))
+            mine = [a for a in actions if a["task_instance"]["dag_run_id"] == run_id]
+            if (len(actions) >= SCRIPTED_ANSWERS or (cases and len(mine) == len(cases))
                     or collect in rest_client.FINISHED_TASK_STATES and collect != "success"
                     or any(t["task_id"] == "gather_answers" and t.get("state") for t in task_instances)):
                 break
@@ -297,7 +299,7 @@ def review_step(client: rest_client.AirflowClient, port: int, threshold: float, 
         for action in actions[:SCRIPTED_ANSWERS]:
             ti = action["task_instance"]
             answer = scripted_answer(action.get("body") or "")
-            client.answer_required_action(REVIEW_DAG, run_id, ti["task_id"], ti["map_index"], [answer])
+            client.answer_required_action(REVIEW_DAG, ti["dag_run_id"], ti["task_id"], ti["map_index"], [answer])
             model = model_answer(action.get("body") or "", threshold)
             agree += model == answer
             disagree += model is not None and model != answer
@@ -305,8 +307,9 @@ def review_step(client: rest_client.AirflowClient, port: int, threshold: float, 
         judged = agree + disagree
         share = f" ({agree / judged:.0%})" if judged else ""
         say(f"  scripted reviewer agrees with the model on {agree} of {judged} cases{share}; disagrees on {disagree}")
-        say("  the answers reach the gateway as feedback (source review:admin) when the run closes its cases")
-        waiting = len(actions) - min(len(actions), SCRIPTED_ANSWERS)
+        say("  the answers reach the gateway as feedback (source review:admin) when their run closes its cases "
+            "(once its other cases are answered or timed out)")
+        waiting = len(client.required_actions(REVIEW_DAG))
         say(f"  {waiting} more cases wait for a person in the Airflow UI: http://localhost:{port}/required_actions "
             f"(closed as unanswered after [review] response_timeout_minutes)")
     except (launcher.LauncherError, KeyError) as err:

@@ -42,6 +42,11 @@ class AirflowClient:
         self.timeout = timeout
         self._token = self._fetch_token(username, password)
 
+    @property
+    def token(self) -> str:
+        """The JWT this client sends (the UI keeps the same in its `_token` cookie)."""
+        return self._token
+
     def _fetch_token(self, username: str, password: str) -> str:
         document = self._send("POST", "/auth/token", {"username": username, "password": password}, token=None)
         token = document.get("access_token") if isinstance(document, Mapping) else None
@@ -152,10 +157,13 @@ def ready_to_answer(action: Mapping[str, Any], now: float | None = None) -> bool
 
 
 def required_action_url(ui_url: str, task_instance: Mapping[str, Any]) -> str:
-    """The UI page where a person answers one required action (as HITLOperator.generate_link_to_ui builds it)."""
+    """The UI page where a person answers one required action. A mapped task's page is under
+    `/mapped/<index>/` (HITLOperator.generate_link_to_ui's `?map_index=` opens the task's summary instead)."""
     quote = AirflowClient._quote
+    map_index = int(task_instance.get("map_index", -1))
+    mapped = f"/mapped/{map_index}" if map_index >= 0 else ""
     return (f"{ui_url.rstrip('/')}/dags/{quote(task_instance['dag_id'])}/runs/{quote(task_instance['dag_run_id'])}"
-            f"/tasks/{quote(task_instance['task_id'])}/required_actions?map_index={int(task_instance.get('map_index', -1))}")
+            f"/tasks/{quote(task_instance['task_id'])}{mapped}/required_actions")
 
 
 def log_lines(content: Any) -> list[str]:

@@ -93,7 +93,7 @@ def test_review_asks_one_required_action_per_case_and_closes_whatever_the_answer
     assert ask.partial_kwargs["options"] == ["big_tipper", "not_big_tipper", "cannot tell"]
     for task_id in ("gather_answers", "close_cases"):
         assert review.get_task(task_id).trigger_rule == "all_done", task_id  # a timeout must not stop the write-back
-    assert review.catchup is False and review.max_active_runs == 1
+    assert review.catchup is False and review.max_active_runs > 1  # a run waiting for answers must not block the next
 
 
 def test_push_updates_the_asset_that_schedules_the_rollout(dagbag):
