@@ -143,6 +143,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_review_cases(args: argparse.Namespace) -> int:
+    from monitoring import review_queue as rq
+
+    ledger = rq.CaseLedger(rq.ledger_dir(load_config(args.config).pipeline_root))
+    cases = sorted((c for c in ledger.read().values() if not args.state or c.state == args.state), key=lambda c: (c.opened_at, c.key))
+    if args.json:
+        _print_json([case.to_json() for case in cases])
+    else:
+        print(rq.format_cases(cases, ledger.path))
+    return 0
+
+
 def _add_run_args(parser: argparse.ArgumentParser, run_id_required: bool) -> None:
     parser.add_argument("--run-id", required=run_id_required, help="pipeline run (MLMD context) this step belongs to")
     parser.add_argument("--trigger", default="manual", help="manual | schedule | drift_check | cli")
@@ -197,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("environments", "metadata", "airflow", "ports", "models", "openlineage", "disk"),
                         help="leave a group of checks out (repeatable), e.g. airflow on a serving-only host")
     doctor.set_defaults(handler=cmd_doctor)
+
+    review = sub.add_parser("review", help="the review queue (the taxi_review DAG)").add_subparsers(dest="action", required=True)
+    cases = review.add_parser("cases", help="every review case and what became of it (ledger under the pipeline root)")
+    cases.add_argument("--state", choices=("open", "answered", "cannot_tell", "unanswered"), help="only cases in this state")
+    cases.add_argument("--json", action="store_true", help="print the cases as JSON")
+    cases.set_defaults(handler=cmd_review_cases)
 
     for module_name, function_name in EXTENSIONS:
         try:

@@ -339,6 +339,18 @@ def summarize(run_id: str, cases: Sequence[ReviewCase], threshold: float = 0.5) 
         written_back=sum(case.written_back for case in answered))
 
 
+def format_cases(cases: Sequence[ReviewCase], ledger_path: Path) -> str:
+    """A table of cases for a terminal: counts per state, then one line per case."""
+    counts = ", ".join(f"{sum(c.state == state for c in cases)} {state}" for state in CASE_STATES)
+    lines = [f"{len(cases)} review cases ({counts}) in {ledger_path}"]
+    for case in cases:
+        probability = "-" if case.probability is None else f"{case.probability:.3f}"
+        who = f"{case.answer} by {case.answered_by}" if case.answer else ""
+        lines.append(f"  {case.key:<36} {case.automation:<8} {case.reason:<9} p={probability:<6} "
+                     f"v{case.model_version} {case.state:<11} {who}".rstrip())
+    return "\n".join(lines)
+
+
 def post_feedback(gateway_url: str, items: Sequence[Mapping[str, Any]], *, timeout: float = 30.0) -> dict[str, Any]:
     """POSTs the items to the gateway's `/v1/feedback` in one request; raises ReviewError when refused."""
     url = gateway_url.rstrip("/") + "/v1/feedback"

@@ -48,3 +48,26 @@ def test_run_params_override_the_review_config_and_zero_keeps_it():
     assert review_tasks._review_settings(config, {"max_open_cases": 0, "response_timeout_minutes": 0}) == config.review
     chosen = review_tasks._review_settings(config, {"max_open_cases": 3, "response_timeout_minutes": 1.5})
     assert (chosen.max_open_cases, chosen.response_timeout_minutes, chosen.sample_rate_shadow) == (3, 1.5, config.review.sample_rate_shadow)
+
+
+def test_mlops_review_cases_lists_the_ledger_with_each_outcome(tmp_path, capsys):
+    import json
+
+    from mlops.cli import main
+
+    config = tmp_path / "mlops.toml"
+    config.write_text(f'pipeline_root = "{tmp_path / "pipeline"}"\n')
+    ledger = rq.CaseLedger(rq.ledger_dir(tmp_path / "pipeline"))
+    with ledger.editing() as cases:
+        for index, (state, answer, who) in enumerate([(rq.ANSWERED, "big_tipper", "alice"), (rq.CANNOT_TELL_STATE, rq.CANNOT_TELL, "bob"),
+                                                      (rq.UNANSWERED, None, None)]):
+            entry = rq.ReviewCase(**{**case("Cash", 0.4).to_json(), "request_id": f"r-{index}", "state": state,
+                                     "answer": answer, "answered_by": who})
+            cases[entry.key] = entry
+
+    assert main(["--config", str(config), "review", "cases"]) == 0
+    out = capsys.readouterr().out
+    assert "3 review cases (0 open, 1 answered, 1 cannot_tell, 1 unanswered)" in out
+    assert "r-0#0" in out and "big_tipper by alice" in out and "cannot tell by bob" in out
+    assert main(["--config", str(config), "review", "cases", "--state", "unanswered", "--json"]) == 0
+    assert [c["request_id"] for c in json.loads(capsys.readouterr().out)] == ["r-2"]
