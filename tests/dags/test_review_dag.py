@@ -226,3 +226,21 @@ def reviewer_page(client: rest_client.AirflowClient, target: str) -> str:
     finally:
         server.shutdown()
     return done.stdout
+
+
+def test_a_window_where_nobody_is_needed_asks_nothing_and_closes_cleanly(tmp_path, airflow_db):
+    """`dag.test()` on an empty window: no required action is created, and the run still succeeds."""
+    from tests.dags.conftest import parse_dag, task_states, xcom_value
+
+    config = write_config(tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_CONFIG", str(config))
+        dag_run = parse_dag("taxi_review").test(run_conf={
+            "window_start": "2026-11-23T09:00:00Z", "window_end": "2026-11-23T10:00:00Z",
+            "log_dir": str(tmp_path / "no_logs"), "gateway_url": "http://127.0.0.1:9"})
+    states = task_states(dag_run)
+    assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), states
+    assert states["collect_cases"][0] == "success" and states["close_cases"][0] == "success"
+    assert states["review_case"][0] == "skipped"  # mapped over no case
+    assert xcom_value(dag_run, "close_cases") == {"run_id": xcom_value(dag_run, "collect_cases")["run_id"], "answered": 0,
+                                                  "cannot_tell": 0, "unanswered": 0, "agree": 0, "disagree": 0, "written_back": 0}
