@@ -166,12 +166,13 @@ def test_answers_reach_the_gateway_and_a_timed_out_case_is_closed_unanswered(rev
 def test_the_required_actions_page_shows_the_trip_and_a_second_run_asks_about_new_requests(review):
     root, client, port, conf = review
     before = set(ledger(root))
-    run_id = client.trigger("taxi_review", {**conf, "response_timeout_minutes": 0.5})["dag_run_id"]
+    run_id = client.trigger("taxi_review", {**conf, "response_timeout_minutes": 1.5})["dag_run_id"]
     actions = pending_actions(client, run_id, CASES_PER_RUN)
     cases = [case_of(root, action) for action in actions]
     assert not {f"{c['request_id']}#{c['instance_index']}" for c in cases} & before  # nobody is asked twice
     assert len(ledger(root)) == len(before) + CASES_PER_RUN
 
+    # The cases wait 1.5 minutes: long enough for a loaded machine to render both pages before they time out.
     page = visible_text(reviewer_page(client, rest_client.required_action_url(f"http://localhost:{port}", actions[0]["task_instance"])))
     case = cases[0]
     shown = [f"Trip {case['request_id']} #{case['instance_index']}", f"{case['probability']:.3f}", f"version {case['model_version']}",
