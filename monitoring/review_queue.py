@@ -182,7 +182,7 @@ def select_cases(log_dir: Path, start: dt.datetime, end: dt.datetime, known: Map
         if len(cases) >= limit:
             break
         request_id, index = str(row.request_id), int(row.instance_index)
-        if _present(row.human_decision) or case_key(request_id, index) in known:
+        if _plain(row.human_decision) is not None or case_key(request_id, index) in known:
             continue
         reason = selection_reason(str(row.automation), str(row.decision), request_id, index, settings)
         if reason is None:
@@ -368,10 +368,6 @@ def post_feedback(gateway_url: str, items: Sequence[Mapping[str, Any]], *, timeo
 
 
 # --- plain values from a pandas row ----------------------------------------------------------
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and str(value) not in ("<NA>", "nan")
 
 
 def _plain(value: Any) -> Any:
