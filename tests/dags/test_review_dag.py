@@ -5,7 +5,8 @@ actions are answered through the REST API v2 as a reviewer would (never through 
 one agreeing with the model, one disagreeing, one "cannot tell", one left to time out. The
 decisions must reach the gateway's feedback log with the reviewer as source, the ledger must say
 what became of every case, and a second run must not ask about the same requests again. Then a
-headless Chromium opens the Required Actions page of a case and reads what a reviewer sees.
+headless Chromium opens the Required Actions page of a case and reads what a reviewer sees. Last,
+`dag.test()` on a window where nobody is needed: no required action, and a clean close.
 """
 
 from __future__ import annotations
