@@ -75,6 +75,22 @@ referral rates; `mlops automation status` shows the same). `decide` then branche
 """
 
 
+class RecordedApproval(ApprovalOperator):
+    """An ApprovalOperator whose answer is kept as the XCom `answer` before a Reject skips what follows.
+
+    A Reject ends the task by skipping its downstream tasks, so its return value never becomes an
+    XCom; record_refusal still needs to know who rejected, and when.
+    """
+
+    def execute_complete(self, context: dict, event: dict) -> dict:
+        if "error" not in event:
+            responded_by = event.get("responded_by_user") or {}
+            context["ti"].xcom_push("answer", {"chosen": (event.get("chosen_options") or [""])[0],
+                                               "responded_by": responded_by.get("name") or "",
+                                               "responded_at": str(event.get("responded_at") or "")})
+        return super().execute_complete(context=context, event=event)
+
+
 def set_response_timeout(context: dict) -> None:
     """pre_execute of ask_approval: the `response_timeout` param (seconds) becomes the operator's response timeout."""
     seconds = int(context["params"].get("response_timeout") or DEFAULT_RESPONSE_TIMEOUT_SECONDS)
@@ -100,11 +116,11 @@ def set_response_timeout(context: dict) -> None:
 def taxi_automation() -> None:
     common = {"config_path": CONFIG_PATH, "dag_id": "taxi_automation", "airflow_run_id": "{{ run_id }}",
               "run_type": "{{ dag_run.run_type }}", "params_json": "{{ params | tojson }}"}
-    # The approval's answer, read in templates: a task taking it as an argument would be a direct
-    # downstream of ask_approval, which a Reject skips.
-    chosen = "{{ ((ti.xcom_pull(task_ids='ask_approval') or {}).get('chosen_options') or [''])[0] }}"
-    responded_by = "{{ ((ti.xcom_pull(task_ids='ask_approval') or {}).get('responded_by_user') or {}).get('name') or '' }}"
-    responded_at = "{{ (ti.xcom_pull(task_ids='ask_approval') or {}).get('responded_at') or '' }}"
+    # The approval's answer (RecordedApproval's XCom `answer`), read in templates: a task taking it as an
+    # argument would be a direct downstream of ask_approval, which a Reject skips.
+    chosen = "{{ (ti.xcom_pull(task_ids='ask_approval', key='answer') or {}).get('chosen', '') }}"
+    responded_by = "{{ (ti.xcom_pull(task_ids='ask_approval', key='answer') or {}).get('responded_by', '') }}"
+    responded_at = "{{ (ti.xcom_pull(task_ids='ask_approval', key='answer') or {}).get('responded_at', '') }}"
     readiness = "ti.xcom_pull(task_ids='check_readiness', key='{}')"
 
     @task.external_python(task_id="check_readiness", python=ML_PYTHON, expect_airflow=False, multiple_outputs=True,
@@ -133,7 +149,7 @@ def taxi_automation() -> None:
         return move_down_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id, run_type=run_type,
                               params_json=params_json, to=to)
 
-    ask_approval = ApprovalOperator(
+    ask_approval = RecordedApproval(
         task_id="ask_approval",
         subject="Move {{ " + readiness.format("model") + " }} from {{ " + readiness.format("current") + " }} to {{ "
                 + readiness.format("next") + " }}?",

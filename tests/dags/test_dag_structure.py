@@ -181,7 +181,9 @@ def test_rollout_batch_and_monitoring_params_are_validated(dagbag):
 def test_automation_asks_a_person_before_a_move_up_and_records_a_refusal(dagbag):
     automation = dagbag.dags["taxi_automation"]
     ask = automation.get_task("ask_approval")
-    assert type(ask).__name__ == "ApprovalOperator" and ask.defaults == ["Reject"]  # no answer: no move
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    assert isinstance(ask, ApprovalOperator) and ask.defaults == ["Reject"]  # no answer: no move
     assert automation.get_task("record_refusal").trigger_rule == "all_skipped"
     assert automation.get_task("record_refusal").skip_on_exit_code == [99]
     assert _validate(dagbag, "taxi_automation", {})["response_timeout"] == 86_400
