@@ -205,7 +205,9 @@ def read_agreement(log_dir: Path, model_name: str, start: dt.datetime, end: dt.d
     served_filter = ((pc.field("model_name") == model_name) & ~pc.field("is_shadow")
                      & (pc.field("timestamp") >= pa.scalar(start, type=_TIMESTAMP))
                      & (pc.field("timestamp") < pa.scalar(end, type=_TIMESTAMP)))
-    counts = served_counts(dataset.to_table(columns=["model_version", "automation", "decision"], filter=served_filter))
+    # Batch by batch: memory stays that of one record batch however many days of logs are counted.
+    batches = dataset.scanner(columns=["model_version", "automation", "decision"], filter=served_filter).to_batches()
+    counts = sum_counts([served_counts(pa.Table.from_batches([batch])) for batch in batches if batch.num_rows])
     feedback = read_feedback(Path(log_dir), start, end)
     feedback = feedback[feedback["human_decision"].notna() | feedback["ground_truth"].notna()]
     reviewed_ids = feedback.loc[feedback["human_decision"].notna(), "request_id"].unique().tolist()
@@ -230,6 +232,14 @@ def served_counts(table: pa.Table) -> pd.DataFrame:
                          "automation": grouped["automation"].astype(str).to_numpy(),
                          "served": grouped["size"].astype(np.int64).to_numpy(),
                          "referred": grouped["sum"].astype(np.int64).to_numpy()})
+
+
+def sum_counts(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The per-batch counts of served_counts added up per (model_version, automation)."""
+    if not parts:
+        return pd.DataFrame({"model_version": pd.Series([], dtype=np.int64), "automation": pd.Series([], dtype=object),
+                             "served": pd.Series([], dtype=np.int64), "referred": pd.Series([], dtype=np.int64)})
+    return pd.concat(parts).groupby(["model_version", "automation"], as_index=False)[["served", "referred"]].sum()
 
 
 def model_decisions(frame: pd.DataFrame) -> np.ndarray:
