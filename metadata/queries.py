@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from ml_metadata.proto import metadata_store_pb2
 
+from metadata.automation import automation_changes_of
 from metadata.lineage import DOWNSTREAM, UPSTREAM, LineageGraph, LineageNotFoundError, find_pushed_model, walk
 from metadata.recorder import properties_of
 from metadata.store import Store
@@ -290,6 +291,7 @@ def model_audit(store: Store, model_name: str, version: int) -> dict[str, Any]:
     if run.get("trigger_kind") == "drift_check" and trigger.get("drift_check_artifact_id") is not None:
         audit["run"]["drift_check"] = _drift_check_evidence(store, trigger["drift_check_artifact_id"], types)
     audit["monitoring"] = drift_checks_of(store, model_name, version)
+    audit["automation_changes"] = automation_changes_of(store, pushed)  # degree of automation, oldest first
     return audit
 
 
@@ -430,7 +432,8 @@ def request_audit(store: Store, log_dir: Path, request_id: str) -> dict[str, Any
         except LineageNotFoundError as err:
             audits[f"{name}:{version}"] = {"error": str(err)}
     return {"request_id": request_id, "rows": rows, "feedback": _feedback_for(log_dir, request_id),
-            "models": [f"{n}:{v}" for n, v in models], "model_audits": audits}
+            "models": [f"{n}:{v}" for n, v in models], "model_audits": audits,
+            "degrees": sorted({str(r.get("automation")) for r in served})}  # the degree of automation it was answered in
 
 
 # --- datasets --------------------------------------------------------------------------------

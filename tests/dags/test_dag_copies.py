@@ -64,6 +64,15 @@ def test_every_dag_explains_failures_with_the_same_callback_and_words():
     assert len({tuple(dag_module(dag_id)["USER_ERRORS"].items()) for dag_id in DAG_IDS}) == 1
 
 
+def test_automation_skips_with_the_task_sides_exit_code_and_knows_its_approve_option(dagbag):
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    from mlops.airflow import automation_tasks
+
+    assert dag_module("taxi_automation")["EXIT_NOTHING_TO_DO"] == automation_tasks.EXIT_NOTHING_TO_DO
+    assert automation_tasks.APPROVE == ApprovalOperator.APPROVE
+
+
 def test_a_window_without_predictions_skips_with_the_task_sides_exit_code(dagbag):
     assert dag_module("taxi_monitoring")["EXIT_NOTHING_TO_CHECK"] == tasks.EXIT_NOTHING_TO_CHECK
     assert dagbag.dags["taxi_monitoring"].get_task("check_drift").skip_on_exit_code == [tasks.EXIT_NOTHING_TO_CHECK]

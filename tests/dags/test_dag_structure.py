@@ -28,12 +28,19 @@ EDGES = {
                         ("check_drift", "trigger_training"), ("check_drift", "no_retraining")},
     "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback")},
     "taxi_batch_predict": set(),
+    # check_readiness also feeds stay, move_down and apply_move (the degrees) through XCom; record_refusal
+    # follows apply_move only (it runs when a Reject or a timeout skipped it).
+    "taxi_automation": {("check_readiness", "decide"), ("decide", "ask_approval"), ("decide", "move_down"),
+                        ("decide", "stay"), ("check_readiness", "move_down"), ("check_readiness", "stay"),
+                        ("check_readiness", "apply_move"), ("ask_approval", "apply_move"),
+                        ("apply_move", "record_refusal")},
 }
 TASKS = {
     "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push"},
     "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data"},
     "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback"},
     "taxi_batch_predict": {"score"},
+    "taxi_automation": {"check_readiness", "decide", "ask_approval", "apply_move", "record_refusal", "move_down", "stay"},
 }
 
 
@@ -62,7 +69,8 @@ def test_task_ids_and_edges_are_as_documented(dagbag, dag_id):
 def test_ml_tasks_run_in_the_ml_runtime_and_user_errors_are_not_retried(dagbag):
     ml_python = str(PROJECT_ROOT / ".venvs" / "ml" / "bin" / "python")
     ml_tasks = {"taxi_training": TASKS["taxi_training"], "taxi_monitoring": {"check_drift"},
-                "taxi_rollout": {"canary", "blue_green", "rollback"}, "taxi_batch_predict": {"score"}}
+                "taxi_rollout": {"canary", "blue_green", "rollback"}, "taxi_batch_predict": {"score"},
+                "taxi_automation": {"check_readiness", "apply_move", "record_refusal", "move_down"}}
     for dag_id, task_ids in ml_tasks.items():
         dag = dagbag.dags[dag_id]
         for task_id in task_ids:
@@ -168,3 +176,18 @@ def test_rollout_batch_and_monitoring_params_are_validated(dagbag):
         _validate(dagbag, "taxi_batch_predict", {"output_format": "xlsx"})
     with pytest.raises(ParamValidationError, match="retrain_end"):
         _validate(dagbag, "taxi_monitoring", {"retrain_end": "soon"})
+
+
+def test_automation_asks_a_person_before_a_move_up_and_records_a_refusal(dagbag):
+    automation = dagbag.dags["taxi_automation"]
+    ask = automation.get_task("ask_approval")
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    assert isinstance(ask, ApprovalOperator) and ask.defaults == ["Reject"]  # no answer: no move
+    assert automation.get_task("record_refusal").trigger_rule == "all_skipped"
+    assert automation.get_task("record_refusal").skip_on_exit_code == [99]
+    assert _validate(dagbag, "taxi_automation", {})["response_timeout"] == 86_400
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="response_timeout"):
+        _validate(dagbag, "taxi_automation", {"response_timeout": 0})
