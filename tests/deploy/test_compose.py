@@ -31,7 +31,7 @@ from tests.deploy.conftest import (
 )
 
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
-PLATFORM_SERVICES = AIRFLOW_SERVICES | {"volumes-init", "postgres", "gateway", "prometheus", "grafana"}
+PLATFORM_SERVICES = AIRFLOW_SERVICES | {"volumes-init", "postgres", "gateway", "gateway-lb", "prometheus", "grafana"}
 MODEL_SERVER = {"default": "tfserving", "gpu": "tfserving-gpu"}
 ONE_SHOT_SERVICES = {"volumes-init", "airflow-init"}
 
@@ -272,10 +272,48 @@ def test_long_running_services_have_healthchecks_and_restart(resolved: dict[str,
 
 def test_published_ports_bind_to_loopback_by_default(resolved: dict[str, Any]) -> None:
     published = [(name, port) for name, service in services(resolved["default"]).items() for port in service.get("ports", [])]
-    assert {name for name, _ in published} == {"airflow-apiserver", "tfserving", "gateway", "prometheus", "grafana"}
+    # The gateway replicas are reached through gateway-lb only (replicas cannot share a host port).
+    assert {name for name, _ in published} == {"airflow-apiserver", "tfserving", "gateway-lb", "prometheus", "grafana"}
     assert all(port["host_ip"] == "127.0.0.1" for _, port in published)
     host_ports = [port["published"] for _, port in published]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+
+
+# --- Gateway replicas behind the load balancer --------------------------------------------------
+
+
+LB_CONFIG = PROJECT_ROOT / "deploy/gateway-lb/nginx.conf"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_replicas_share_state_and_logs_behind_the_balancer(resolved: dict[str, Any], profile: str) -> None:
+    from serving.gateway.config import load_gateway_settings
+
+    model = resolved[profile]
+    gateway, balancer = services(model)["gateway"], services(model)["gateway-lb"]
+    assert gateway["deploy"]["replicas"] >= 2
+    assert "ports" not in gateway, "replicas cannot share a host port: clients go through gateway-lb"
+    settings = load_gateway_settings(PROJECT_ROOT / "deploy/gateway.compose.toml", environ=gateway["environment"])
+    # One state file and one log folder for all replicas: volumes, not per-container paths.
+    for path in (settings.state_file, settings.log_dir):
+        assert mount_for(gateway, str(path))["type"] == "volume", path
+    assert not settings.replica_id, "a fixed replica_id would give every replica the same file names"
+    assert 0 < settings.policy_poll_seconds <= 5
+    assert Path(mount_for(balancer, "/etc/nginx/nginx.conf")["source"]) == LB_CONFIG
+    assert balancer["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert {int(port["target"]) for port in balancer["ports"]} == {settings.rest_port, settings.grpc_port}
+
+
+def test_balancer_config_sends_rest_and_grpc_to_every_replica() -> None:
+    text = LB_CONFIG.read_text()
+    upstreams = dict(re.findall(r"upstream (\w+) \{[^}]*?server ([\w.-]+:\d+) resolve", text))
+    assert upstreams == {"gateway_rest": "gateway:8080", "gateway_grpc": "gateway:8081"}
+    servers = re.findall(r"server \{\s*listen (\d+);(.*?)\n    \}", text, flags=re.S)
+    routes = {port: body for port, body in servers}
+    assert "proxy_pass http://gateway_rest;" in routes["8080"]
+    assert "grpc_pass grpc://gateway_grpc;" in routes["8081"] and "http2 on;" in routes["8081"]
+    # Re-resolved: replicas scaled or restarted later are found without reloading nginx.
+    assert re.search(r"resolver 127\.0\.0\.11 valid=\d+s", text)
 
 
 # --- Secrets ------------------------------------------------------------------------------------
@@ -360,16 +398,25 @@ def test_prometheus_scrapes_services_that_exist(resolved: dict[str, Any], profil
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert {"gateway", "tfserving"} <= set(jobs)
     for name, job in jobs.items():
-        for static in job["static_configs"]:
-            for target in static["targets"]:
-                host, port = target.rsplit(":", 1)
-                if host == "localhost":
-                    assert name == "prometheus"
-                    continue
-                assert host in hostnames(model), f"job {name}: {host} is not a service in profile {profile}"
-                service = services(model)[hostnames(model)[host]]
-                assert int(port) in container_ports(service), f"job {name}: {service} does not listen on {port}"
+        targets = [target for static in job.get("static_configs", []) for target in static["targets"]]
+        # DNS discovery: one target per address the name resolves to (every replica of a service).
+        targets += [f"{host}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for host in sd["names"]]
+        assert targets, f"job {name} scrapes nothing"
+        for target in targets:
+            host, port = target.rsplit(":", 1)
+            if host == "localhost":
+                assert name == "prometheus"
+                continue
+            assert host in hostnames(model), f"job {name}: {host} is not a service in profile {profile}"
+            service = services(model)[hostnames(model)[host]]
+            assert int(port) in container_ports(service), f"job {name}: {service} does not listen on {port}"
     assert hostnames(model)[jobs["tfserving"]["static_configs"][0]["targets"][0].split(":")[0]] == MODEL_SERVER[profile]
+
+
+def test_prometheus_scrapes_each_gateway_replica_not_the_balancer() -> None:
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    [discovery] = jobs["gateway"]["dns_sd_configs"]
+    assert discovery["names"] == ["gateway"] and discovery["type"] == "A" and "static_configs" not in jobs["gateway"]
 
 
 def test_prometheus_scrapes_tfserving_where_it_exports() -> None:
