@@ -8,6 +8,7 @@ the standard provider's ApprovalOperator to the run's params.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from pathlib import Path
@@ -24,11 +25,12 @@ CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
 # mlops.airflow.tasks.ROLLOUT_ACTIONS; each is also a task id.
 ACTIONS = ("canary", "blue_green", "rollback")
-# mlops.airflow.rollout_tasks: APPROVAL_MODES, AWAITING_APPROVAL, APPROVAL_TASK, APPROVAL_OUTCOMES.
+# mlops.airflow.rollout_tasks: APPROVAL_MODES, AWAITING_APPROVAL, APPROVAL_TASK, APPROVAL_OUTCOMES, ANSWER_KEY.
 APPROVAL_MODES = ("none", "required")
 AWAITING_APPROVAL = "awaiting_approval"
 APPROVAL_TASK = "approve_promotion"
 APPROVAL_OUTCOMES = ("promote_canary", "roll_back_canary")
+ANSWER_KEY = "answer"
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +54,24 @@ def explain_failure(context: dict) -> None:
 
 class CanaryApproval(ApprovalOperator):
     """The standard ApprovalOperator, with the wait read from the run's `approval_timeout_minutes`
-    (the provider takes `response_timeout` only when the DAG is parsed) and a plain-JSON answer:
-    the provider's holds a pendulum DateTime, which the ML runtime (no pendulum) cannot read, and
-    says a timeout only by an absent `responded_by_user`."""
+    (the provider takes `response_timeout` only when the DAG is parsed) and the answer pushed as
+    plain JSON under the XCom key `answer` before the provider handles it: on Reject the provider
+    skips promote_canary by raising, so its own return value never reaches XCom; and it holds a
+    pendulum DateTime, which the ML runtime (no pendulum) cannot read."""
 
     def execute(self, context):
-        self.response_timeout = pendulum.duration(seconds=round(60 * float(context["params"]["approval_timeout_minutes"])))
+        # A datetime.timedelta: the task runner sends it to its supervisor, which cannot encode a pendulum Duration.
+        self.response_timeout = datetime.timedelta(minutes=float(context["params"]["approval_timeout_minutes"]))
         return super().execute(context)
 
     def execute_complete(self, context, event):
-        answer = super().execute_complete(context, event)  # skips promote_canary on Reject (and on a timeout)
-        user = answer.get("responded_by_user") or {}
-        return {"chosen": answer["chosen_options"][0], "responded_by": user.get("name"), "responded_by_id": user.get("id"),
-                "responded_at": answer["responded_at"].isoformat(), "timed_out": bool(event.get("timedout"))}
+        if "error" not in event:
+            user = event.get("responded_by_user") or {}
+            context["ti"].xcom_push(key=ANSWER_KEY, value={
+                "chosen": (event.get("chosen_options") or [None])[0], "responded_by": user.get("name"),
+                "responded_by_id": user.get("id"), "responded_at": event["responded_at"].isoformat(),
+                "timed_out": bool(event.get("timedout"))})
+        return super().execute_complete(context, event)  # on Reject (a timeout's default too) skips promote_canary
 
 
 DEFAULT_ARGS = {
@@ -149,7 +156,8 @@ Airflow's environment, its URL from `gateway_url` or `MLOPS_GATEWAY_URL`.
                                      description="Fewest canary requests per window needed to judge it."),
         "approve_divergence": Param(False, type="boolean",
                                     description="Promote even if the candidate's decisions diverged from stable's on a slice "
-                                                "(the paired comparison before promotion, monitoring/thresholds.toml [paired])."),
+                                                "(the paired comparison before promotion, monitoring/thresholds.toml [paired]); "
+                                                "with approval=required the approver sees the divergence instead."),
         "approval": Param(None, type=["null", "string"], enum=[None, *APPROVAL_MODES],
                           description="required: a person approves the promotion of a healthy canary in Required Actions; "
                                       "none: promote on the judged evidence; empty = mlops.toml's [serving] rollout_approval."),
@@ -197,7 +205,7 @@ def taxi_rollout() -> None:
         return conclude(outcome=outcome, config_path=CONFIG_PATH, dag_id="taxi_rollout", airflow_run_id="{{ run_id }}",
                         run_type="{{ dag_run.run_type }}", params_json="{{ params | tojson }}",
                         canary_json="{{ ti.xcom_pull(task_ids='canary') | tojson }}",
-                        answer_json=f"{{{{ ti.xcom_pull(task_ids='{APPROVAL_TASK}') | tojson }}}}")
+                        answer_json=f"{{{{ ti.xcom_pull(task_ids='{APPROVAL_TASK}', key='{ANSWER_KEY}') | tojson }}}}")
 
     canary = deploy_task("canary", "Canary at the first share, observe, ramp, then promote, set its traffic back to 0, "
                                    "or (approval=required) stop at 0 % with the evidence for a person.")

@@ -45,6 +45,9 @@ APPROVAL_MODES = ("none", "required")
 # The approval task's id and its two outcomes' (each also the `outcome` of run_approval_outcome_task).
 APPROVAL_TASK = "approve_promotion"
 APPROVAL_OUTCOMES = ("promote_canary", "roll_back_canary")
+# The XCom key under which the approval task leaves the answer, as plain JSON:
+# {"chosen": "Approve" | "Reject", "responded_by", "responded_by_id", "responded_at", "timed_out"}.
+ANSWER_KEY = "answer"
 # The answer's decision as recorded in MLMD.
 APPROVED, REJECTED, TIMED_OUT, NO_ANSWER = "approved", "rejected", "timed_out", "no_answer"
 

@@ -118,7 +118,8 @@ def test_the_approval_gate_uses_the_task_sides_names_and_the_configs_modes(dagba
     assert ServingConfig().rollout_approval == "none"  # today's behaviour unless mlops.toml or the run asks
     assert param_default(dagbag, "taxi_rollout", "approval") is None  # None = mlops.toml's
     assert rollout["AWAITING_APPROVAL"] == rollout_tasks.AWAITING_APPROVAL
-    assert (rollout["APPROVAL_TASK"], rollout["APPROVAL_OUTCOMES"]) == (rollout_tasks.APPROVAL_TASK, rollout_tasks.APPROVAL_OUTCOMES)
+    assert (rollout["APPROVAL_TASK"], rollout["APPROVAL_OUTCOMES"], rollout["ANSWER_KEY"]) == (
+        rollout_tasks.APPROVAL_TASK, rollout_tasks.APPROVAL_OUTCOMES, rollout_tasks.ANSWER_KEY)
     assert dagbag.dags["taxi_rollout"].get_task(rollout_tasks.APPROVAL_TASK).downstream_task_ids == {"promote_canary"}
 
 
