@@ -3,7 +3,7 @@
 A declaration only: stdlib, pendulum and Airflow at module level. The work runs in the ML
 runtime (`mlops.airflow.rollout_tasks`), which talks to the gateway's admin API and records a
 `Deploy` execution in ML Metadata. The one piece of Airflow code here, `CanaryApproval`, adapts
-the standard provider's ApprovalOperator to the run's params.
+the standard provider's approve/reject operator (HITLBranchOperator) to the run's params.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.hitl import HITLBranchOperator
 from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,8 @@ AWAITING_APPROVAL = "awaiting_approval"
 APPROVAL_TASK = "approve_promotion"
 APPROVAL_OUTCOMES = ("promote_canary", "roll_back_canary")
 ANSWER_KEY = "answer"
+# The approval's options, in APPROVAL_OUTCOMES' order.
+ANSWERS = ("Approve", "Reject")
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,16 @@ def explain_failure(context: dict) -> None:
     log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
 
 
-class CanaryApproval(ApprovalOperator):
-    """The standard ApprovalOperator, with the wait read from the run's `approval_timeout_minutes`
-    (the provider takes `response_timeout` only when the DAG is parsed) and the answer pushed as
-    plain JSON under the XCom key `answer` before the provider handles it: on Reject the provider
-    skips promote_canary by raising, so its own return value never reaches XCom; and it holds a
-    pendulum DateTime, which the ML runtime (no pendulum) cannot read."""
+class CanaryApproval(HITLBranchOperator):
+    """Approve or Reject, each answer running its own task: the provider's ApprovalOperator can only
+    skip what follows on Reject, while a rejected canary must be rolled back, recorded, and fail the
+    run (a failed canary must fail it too, which a task that runs after any canary outcome would hide).
+
+    The wait is read from the run's `approval_timeout_minutes` (the provider takes
+    `response_timeout` only when the DAG is parsed), and the answer is pushed as plain JSON under
+    the XCom key `answer` before the provider branches: branching skips by raising, so the
+    provider's return value never reaches XCom, and it holds a pendulum DateTime, which the ML
+    runtime (no pendulum) cannot read."""
 
     def execute(self, context):
         # A datetime.timedelta: the task runner sends it to its supervisor, which cannot encode a pendulum Duration.
@@ -71,7 +77,7 @@ class CanaryApproval(ApprovalOperator):
                 "chosen": (event.get("chosen_options") or [None])[0], "responded_by": user.get("name"),
                 "responded_by_id": user.get("id"), "responded_at": event["responded_at"].isoformat(),
                 "timed_out": bool(event.get("timedout"))})
-        return super().execute_complete(context, event)  # on Reject (a timeout's default too) skips promote_canary
+        return super().execute_complete(context, event)  # runs the answer's task, skips the other
 
 
 DEFAULT_ARGS = {
@@ -187,13 +193,13 @@ def taxi_rollout() -> None:
         return deploy(action=action, config_path=CONFIG_PATH, dag_id="taxi_rollout", airflow_run_id="{{ run_id }}",
                       run_type="{{ dag_run.run_type }}", params_json="{{ params | tojson }}")
 
-    @task.short_circuit(task_id="approval_required", trigger_rule="all_done",
+    @task.short_circuit(task_id="approval_required",
                         doc_md="Goes on to the approval only when the canary waits for one; skips it otherwise.")
     def approval_required(canary_decision: str) -> bool:
         return canary_decision == AWAITING_APPROVAL
 
-    def outcome_task(outcome: str, doc: str, **kwargs):
-        @task.external_python(task_id=outcome, python=ML_PYTHON, expect_airflow=False, multiple_outputs=False, doc_md=doc, **kwargs)
+    def outcome_task(outcome: str, doc: str):
+        @task.external_python(task_id=outcome, python=ML_PYTHON, expect_airflow=False, multiple_outputs=False, doc_md=doc)
         def conclude(outcome: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
                      canary_json: str, answer_json: str) -> dict:
             from mlops.airflow.rollout_tasks import run_approval_outcome_task
@@ -219,14 +225,17 @@ def taxi_rollout() -> None:
         subject="Promote {{ ti.xcom_pull(task_ids='canary')['model'] }}:{{ ti.xcom_pull(task_ids='canary')['version'] }} "
                 "to stable?",
         body="{{ ti.xcom_pull(task_ids='canary')['evidence_markdown'] }}",
+        options=list(ANSWERS),
+        options_mapping=dict(zip(ANSWERS, APPROVAL_OUTCOMES)),
         defaults="Reject",  # what a timeout answers: the safe side
-        doc_md="Asks a person to approve the healthy canary's promotion, showing the judged evidence.",
+        doc_md="Asks a person to approve the healthy canary's promotion, showing the judged evidence; "
+               "Approve runs promote_canary, Reject (or no answer in time) roll_back_canary.",
     )
-    promote = outcome_task("promote_canary", "Promote the approved canary to stable; record who approved it, when, on what.")
-    canary >> approval_required("{{ (ti.xcom_pull(task_ids='canary') or {}).get('decision', '') }}") >> approval >> promote
-    # Reject and a timeout (its default answer is Reject) skip promote_canary, and only then this runs.
-    promote >> outcome_task("roll_back_canary", "Set the unapproved canary's traffic to 0 (stable untouched); record why.",
-                            trigger_rule="all_skipped")
+    # A failed canary fails everything after it (upstream_failed), so the run shows it failed.
+    canary >> approval_required("{{ (ti.xcom_pull(task_ids='canary') or {}).get('decision', '') }}") >> approval >> [
+        outcome_task("promote_canary", "Promote the approved canary to stable; record who approved it, when, on what."),
+        outcome_task("roll_back_canary", "Set the unapproved canary's traffic to 0 (stable untouched); record why."),
+    ]
 
 
 taxi_rollout()

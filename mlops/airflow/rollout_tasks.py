@@ -2,8 +2,8 @@
 
 `run_rollout_task` runs the `canary`, `blue_green` and `rollback` tasks. With approval required
 (the `approval` param, default `[serving] rollout_approval` in mlops.toml) the canary stops after
-its last judged window and returns its evidence (`AWAITING_APPROVAL`); the DAG's ApprovalOperator
-shows it to a person, and `run_approval_outcome_task` does what the answer says: `promote_canary`
+its last judged window and returns its evidence (`AWAITING_APPROVAL`); the DAG's approval task
+(Airflow's human-in-the-loop Approve / Reject) shows it to a person, and `run_approval_outcome_task` does what the answer says: `promote_canary`
 promotes an approved canary, `roll_back_canary` rolls a rejected or timed-out one back. Each records a Deploy execution with the answer (who, when,
 on which evidence) in ML Metadata, so `mlops lineage model` shows it.
 

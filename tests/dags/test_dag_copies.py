@@ -120,7 +120,7 @@ def test_the_approval_gate_uses_the_task_sides_names_and_the_configs_modes(dagba
     assert rollout["AWAITING_APPROVAL"] == rollout_tasks.AWAITING_APPROVAL
     assert (rollout["APPROVAL_TASK"], rollout["APPROVAL_OUTCOMES"], rollout["ANSWER_KEY"]) == (
         rollout_tasks.APPROVAL_TASK, rollout_tasks.APPROVAL_OUTCOMES, rollout_tasks.ANSWER_KEY)
-    assert dagbag.dags["taxi_rollout"].get_task(rollout_tasks.APPROVAL_TASK).downstream_task_ids == {"promote_canary"}
+    assert dagbag.dags["taxi_rollout"].get_task(rollout_tasks.APPROVAL_TASK).downstream_task_ids == set(rollout_tasks.APPROVAL_OUTCOMES)
 
 
 def test_batch_predict_params_default_to_the_task_sides_format(dagbag):

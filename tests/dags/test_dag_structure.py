@@ -28,7 +28,7 @@ EDGES = {
                         ("check_drift", "trigger_training"), ("check_drift", "no_retraining")},
     "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback"),
                      ("canary", "approval_required"), ("approval_required", "approve_promotion"),
-                     ("approve_promotion", "promote_canary"), ("promote_canary", "roll_back_canary")},
+                     ("approve_promotion", "promote_canary"), ("approve_promotion", "roll_back_canary")},
     "taxi_batch_predict": set(),
 }
 TASKS = {
@@ -91,14 +91,15 @@ def test_push_updates_the_asset_that_schedules_the_rollout(dagbag):
     assert [a.uri for a in rollout.timetable.asset_condition.objects] == [asset.uri]
 
 
-def test_the_approval_gate_asks_with_the_canary_evidence_and_only_a_skip_rolls_back(dagbag):
+def test_the_approval_gate_asks_with_the_canary_evidence_and_each_answer_runs_its_task(dagbag):
     rollout = dagbag.dags["taxi_rollout"]
     approval = rollout.get_task("approve_promotion")
-    assert type(approval).__mro__[1].__name__ == "ApprovalOperator"
+    assert type(approval).__mro__[1].__name__ == "HITLBranchOperator"
     assert approval.options == ["Approve", "Reject"] and approval.defaults == ["Reject"]  # a timeout rejects
-    assert "evidence_markdown" in approval.body and approval.ignore_downstream_trigger_rules is False
-    assert rollout.get_task("approval_required").trigger_rule == "all_done"  # decides after a failed canary too
-    assert rollout.get_task("roll_back_canary").trigger_rule == "all_skipped"  # only when the approval skipped promote
+    assert approval.options_mapping == {"Approve": "promote_canary", "Reject": "roll_back_canary"}
+    assert "evidence_markdown" in approval.body
+    # Default trigger rules all the way: a failed canary leaves upstream_failed leaves, so the run fails.
+    assert {rollout.get_task(t).trigger_rule for t in ("approval_required", "promote_canary", "roll_back_canary")} == {"all_success"}
 
 
 def test_monitoring_runs_hourly_and_triggers_training(dagbag):
