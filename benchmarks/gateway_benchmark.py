@@ -43,6 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from tests.fixtures.servers import free_port  # noqa: E402
+
 MODEL = "taxi"
 # The gateway with `log_journal = false`: its log is in memory until a Parquet file (lost on kill -9).
 MEMORY_LOG = "gateway, memory log"
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
         server, lines = start_process(
-            ["-m", "serving.model_server", "--port=0", "--rest_api_port=0", "--host=127.0.0.1",
+            ["-m", "serving.model_server", f"--port={free_port()}", f"--rest_api_port={free_port()}", "--host=127.0.0.1",
              f"--model_config_file={config_file}", "--model_config_file_poll_wait_seconds=5"],
             env, ("Running gRPC ModelServer at", "Exporting HTTP/REST API at"))
         server_grpc = lines[0].split(" at ")[1].split()[0]

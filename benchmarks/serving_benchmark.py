@@ -42,6 +42,7 @@ if str(PROJECT_ROOT) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from tests.fixtures.servers import free_port  # noqa: E402
 from transforms.features import SERVING_FEATURES, Kind, missing_value, parse_value  # noqa: E402
 
 MODEL_NAME = "taxi"
@@ -218,8 +219,8 @@ def start_embedded_server(model_dir: Path, workdir: Path, threads: int) -> tuple
         "-m",
         "serving.model_server",
         "--host=127.0.0.1",
-        "--port=0",
-        "--rest_api_port=0",
+        f"--port={free_port()}",  # tensorflow_model_server's 0 means "do not listen"
+        f"--rest_api_port={free_port()}",
         f"--model_name={MODEL_NAME}",
         f"--model_base_path={base}",
         f"--rest_api_num_threads={threads}",

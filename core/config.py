@@ -129,6 +129,9 @@ class DataConfig:
                 raise ConfigError(f"data.max_rejected_share_by_reason.{reason} must be a share in [0, 1], got {share!r}")
 
 
+ROLLOUT_APPROVAL_MODES = ("none", "required")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
     model_name: str = "taxi"
@@ -137,6 +140,78 @@ class ServingConfig:
     model_config_file: Path = Path("var/serving/models.config")
     rest_port: int = 8501
     grpc_port: int = 8500
+    # Whether a person must approve a healthy canary before it becomes stable (the taxi_rollout
+    # DAG's `approval` param overrides it per run): "none" promotes on the judged evidence alone,
+    # "required" waits for an Approve in Airflow's Required Actions (no answer = rolled back).
+    rollout_approval: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.rollout_approval not in ROLLOUT_APPROVAL_MODES:
+            raise ConfigError(f"serving.rollout_approval must be one of {list(ROLLOUT_APPROVAL_MODES)}, "
+                              f"got {self.rollout_approval!r}")
+
+
+AUTOMATION_DEGREES = ("shadow", "assist", "partial", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutomationConfig:
+    """When a model has earned the next degree of automation, and when it must give one back.
+
+    Each degree up is judged on the evidence gathered in the degree below it (reviewed cases of
+    this model version there). mlops.toml's [automation] says why each number is what it is.
+    """
+
+    # Days of served requests (up to the end of the judged window) whose reviews count as evidence.
+    window_days: int = 7
+    # A slice with fewer reviewed cases than this is shown but not judged (its agreement is noise).
+    min_slice_cases: int = 30
+    # shadow -> assist
+    assist_min_reviewed: int = 500
+    assist_min_agreement: float = 0.90
+    assist_min_slice_agreement: float = 0.80
+    # assist -> partial (people changed at most this share of the suggestions)
+    partial_min_reviewed: int = 1000
+    partial_min_agreement: float = 0.93
+    partial_min_slice_agreement: float = 0.85
+    partial_max_override_rate: float = 0.07
+    # partial -> full
+    full_min_reviewed: int = 2000
+    full_min_agreement: float = 0.97
+    full_min_slice_agreement: float = 0.90
+    full_max_referral_rate: float = 0.05
+    # Below its degree's floor a model moves down one degree, without approval.
+    assist_floor: float = 0.85
+    partial_floor: float = 0.90
+    full_floor: float = 0.93
+    floor_min_reviewed: int = 100
+    # In partial: when people agree this often with the model inside the band, narrow the band.
+    band_narrowing_agreement: float = 0.95
+    band_narrowing_min_cases: int = 200
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"automation.{field.name} must be a number, got {value!r}")
+            if isinstance(field.default, float) and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"automation.{field.name} must be a share in [0, 1], got {value!r}")
+            if isinstance(field.default, int) and value < 1:
+                raise ConfigError(f"automation.{field.name} must be >= 1, got {value!r}")
+
+    def up_rules(self, degree: str) -> dict[str, float]:
+        """The thresholds a model serving in `degree` must meet to move to the next degree ({} for full)."""
+        following = {"shadow": "assist", "assist": "partial", "partial": "full"}.get(degree)
+        if following is None:
+            return {}
+        rules = {name.removeprefix(f"{following}_"): getattr(self, name) for name in
+                 (f"{following}_min_reviewed", f"{following}_min_agreement", f"{following}_min_slice_agreement",
+                  f"{following}_max_override_rate", f"{following}_max_referral_rate") if hasattr(self, name)}
+        return rules
+
+    def floor(self, degree: str) -> float | None:
+        """The agreement under which a model serving in `degree` moves down (None for shadow)."""
+        return getattr(self, f"{degree}_floor", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +257,7 @@ class Config:
     serving: ServingConfig
     metadata: MetadataConfig
     pipeline_name: str = "taxi"
+    automation: AutomationConfig = AutomationConfig()
     review: ReviewConfig = ReviewConfig()
 
     def replace(self, **changes: Any) -> "Config":
@@ -252,7 +328,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
-    known = {"pipeline_name", "pipeline_root", "beam_args", "data", "training", "evaluation", "serving", "metadata", "review"}
+    known = {"pipeline_name", "pipeline_root", "beam_args", "data", "training", "evaluation", "serving", "metadata",
+             "automation", "review"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"config has unknown keys {unknown}; known: {sorted(known)}")
@@ -266,5 +343,6 @@ def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
         evaluation=_section(EvaluationConfig, values.get("evaluation", {}), root, "evaluation"),
         serving=_section(ServingConfig, values.get("serving", {}), root, "serving"),
         metadata=_section(MetadataConfig, values.get("metadata", {}), root, "metadata"),
+        automation=_section(AutomationConfig, values.get("automation", {}), root, "automation"),
         review=_section(ReviewConfig, values.get("review", {}), root, "review"),
     )

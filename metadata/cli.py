@@ -122,10 +122,56 @@ def format_model_audit(audit: Mapping[str, Any]) -> str:
         for check in audit["monitoring"]:
             verdict = "passed" if check["passed"] else "FAILED " + ", ".join(check["failed_checks"])
             lines.append(f"  #{check['id']} {check['window_start']} to {check['window_end']}: {verdict}  {check['report']}")
+    lines += format_automation_changes(audit.get("automation_changes") or [])
+    if audit.get("rollouts"):
+        lines.append("Rollouts")
+        for rollout in audit["rollouts"]:
+            lines.append(f"  #{rollout['id']} {rollout['finished']} {rollout['action']}: {rollout['decision']}"
+                         f"{': ' + '; '.join(rollout['reasons']) if rollout['reasons'] else ''}")
+            if rollout.get("approval"):
+                lines.append(f"    {format_approval(rollout['approval'])}")
     steps = [(step, e["type"], e["id"], e["state"], (e.get("run") or {}).get("name"), e.get("finished"))
              for step, e in audit["executions"].items()]
     lines += ["", _table(steps, ["step", "type", "execution", "state", "run", "finished"])]
     return "\n".join(lines)
+
+
+def format_automation_changes(changes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The model's degree-of-automation history: each move (or refused move up), who approved, on what evidence."""
+    from metadata.queries import _iso_ms
+
+    if not changes:
+        return []
+    lines = ["Automation (degree changes, oldest first)"]
+    for change in changes:
+        when = _iso_ms(change.get("at_ms") or 0) or "?"
+        evidence = change.get("evidence") if isinstance(change.get("evidence"), Mapping) else {}
+        agreement = evidence.get("agreement")
+        measured = (f"; evidence: {evidence.get('reviewed')} reviewed, agreement {agreement:.1%}"
+                    if isinstance(agreement, (int, float)) else "")
+        verdict = "moved" if change.get("applied") else "NOT moved"
+        who = f", approved by {change['approved_by']}" if change.get("approved_by") else ""
+        lines.append(f"  {when} {change.get('from_degree')} -> {change.get('to_degree')}: {verdict}{who} "
+                     f"({change.get('reason')}{', forced' if change.get('forced') else ''}){measured}  "
+                     f"[AutomationChange {change.get('execution_id')}]")
+    return lines
+
+
+def format_approval(approval: Mapping[str, Any]) -> str:
+    """'approved by admin at <time> on evidence: <windows>; <paired>' (or rejected / timed out)."""
+    decision = approval.get("decision")
+    who = {"approved": f"approved by {approval.get('responded_by')} at {approval.get('responded_at')}",
+           "rejected": f"rejected by {approval.get('responded_by')} at {approval.get('responded_at')}",
+           "timed_out": f"not answered before the timeout ({approval.get('responded_at')})"}.get(decision, str(decision))
+    evidence = approval.get("evidence") or {}
+    shown = [f"{w.get('share')}%: {w.get('canary_requests')}/{w.get('stable_requests')} requests, error rate "
+             f"{_short(w.get('canary_error_rate'))}/{_short(w.get('stable_error_rate'))}, latency x{_short(w.get('latency_ratio'))}, "
+             f"mean shift {_short(w.get('mean_probability_shift'))}" for w in evidence.get("windows", [])]
+    paired = evidence.get("paired")
+    if paired:
+        shown.append(f"paired: {paired.get('pairs')} requests, agreement {_short(paired.get('agreement'))}"
+                     f"{', DIVERGED' if paired.get('diverged') else ''}")
+    return f"{who} on evidence: {'; '.join(shown) or 'none recorded'} (Deploy #{approval.get('canary_deploy_execution')})"
 
 
 def cmd_lineage_model(args: argparse.Namespace) -> int:
@@ -165,14 +211,20 @@ def cmd_lineage_request(args: argparse.Namespace) -> int:
         _print_json(audit)
         return 0
     rows = audit["rows"]
-    print(f"Request {audit['request_id']}: {len(rows)} logged rows, answered by {', '.join(audit['models']) or '?'}")
+    print(f"Request {audit['request_id']}: {len(rows)} logged rows, answered by {', '.join(audit['models']) or '?'} "
+          f"in degree of automation {', '.join(audit.get('degrees') or []) or '?'}")
     table = [(r.get("instance_index"), r.get("timestamp"), f"{r.get('model_name')}:{r.get('model_version')}", r.get("label"),
-              "shadow" if r.get("is_shadow") else "served", _short(r.get("probability")), r.get("decision"), r.get("status_code"))
+              "shadow" if r.get("is_shadow") else "served", r.get("automation"), _short(r.get("probability")), r.get("decision"),
+              r.get("status_code"))
              for r in rows]
-    print(_table(table, ["instance", "time", "model", "label", "kind", "probability", "decision", "status"]))
+    print(_table(table, ["instance", "time", "model", "label", "kind", "degree", "probability", "decision", "status"]))
     if audit["feedback"]:
         print("\nFeedback: " + "; ".join(f"instance {f['instance_index']}: ground_truth={f['ground_truth']} "
                                         f"human={f['human_decision']} ({f['source']}, {f['timestamp']})" for f in audit["feedback"]))
+    reviewed = [f for f in audit["feedback"] if f.get("human_decision")]
+    for review in reviewed:
+        print(f"Reviewed by a person: instance {review['instance_index']} decided {review['human_decision']} "
+              f"({review['source']}, {review['timestamp']})")
     for key, model in audit["model_audits"].items():
         print()
         print(model["error"] if "error" in model else format_model_audit(model))

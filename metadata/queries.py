@@ -2,7 +2,8 @@
 
 - `model_audit`: for a pushed model version, the data window and files, schema, statistics,
   anomalies, rows rejected, transform graph, code version, hyperparameters, evaluation and
-  blessing, push time, and what triggered the run (for a drift check: which checks, what evidence).
+  blessing, push time, and what triggered the run (for a drift check: which checks, what evidence);
+  then its rollouts, with the approver of a promotion that needed one (`rollouts_of`).
 - `request_audit`: from a logged prediction to the model version that answered it, then as above.
 - `data_audit`: everything derived from a dataset, down to models and the requests they served.
 - `list_runs` / `compare_runs`: experiment tracking, parameters and metrics side by side.
@@ -24,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from ml_metadata.proto import metadata_store_pb2
 
+from metadata.automation import automation_changes_of
 from metadata.lineage import DOWNSTREAM, UPSTREAM, LineageGraph, LineageNotFoundError, find_pushed_model, walk
 from metadata.recorder import properties_of
 from metadata.store import Store
@@ -290,7 +292,25 @@ def model_audit(store: Store, model_name: str, version: int) -> dict[str, Any]:
     if run.get("trigger_kind") == "drift_check" and trigger.get("drift_check_artifact_id") is not None:
         audit["run"]["drift_check"] = _drift_check_evidence(store, trigger["drift_check_artifact_id"], types)
     audit["monitoring"] = drift_checks_of(store, model_name, version)
+    audit["automation_changes"] = automation_changes_of(store, pushed)  # degree of automation, oldest first
+    audit["rollouts"] = rollouts_of(store, pushed.id)
     return audit
+
+
+def rollouts_of(store: Store, pushed_model_id: int) -> list[dict[str, Any]]:
+    """The Deploy executions that took this pushed model as input, oldest first: what was decided, why,
+    and, for a promotion a person had to approve, their answer (who, when, on which evidence)."""
+    deploy_ids = {e.execution_id for e in store.get_events_by_artifact_ids([pushed_model_id]) if e.type == Event.INPUT}
+    rollouts = []
+    for execution in store.get_executions_by_id(sorted(deploy_ids)):
+        props = properties_of(execution)
+        if "result_decision" not in props:
+            continue  # not a Deploy (e.g. a batch scoring that used the model)
+        parameters = props.get("parameters") or {}
+        rollouts.append({"id": execution.id, "action": parameters.get("action"), "decision": props.get("result_decision"),
+                         "reasons": props.get("result_reasons") or [], "finished": _iso_seconds(props.get("finished_at")),
+                         "run": _run_of(store, execution.id).get("name"), "approval": props.get("result_approval")})
+    return rollouts
 
 
 def drift_checks_of(store: Store, model_name: str, version: int) -> list[dict[str, Any]]:
@@ -430,7 +450,8 @@ def request_audit(store: Store, log_dir: Path, request_id: str) -> dict[str, Any
         except LineageNotFoundError as err:
             audits[f"{name}:{version}"] = {"error": str(err)}
     return {"request_id": request_id, "rows": rows, "feedback": _feedback_for(log_dir, request_id),
-            "models": [f"{n}:{v}" for n, v in models], "model_audits": audits}
+            "models": [f"{n}:{v}" for n, v in models], "model_audits": audits,
+            "degrees": sorted({str(r.get("automation")) for r in served})}  # the degree of automation it was answered in
 
 
 # --- datasets --------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ EXECUTION_PROPERTIES = {
     "error": STRING,
 }
 EXECUTION_TYPES = ("Ingest", "Validate", "Clean", "Transform", "Train", "Evaluate", "Push", "Deploy", "DriftCheck", "Serve",
-                   "BatchPredict", "RetrainingDecision")
+                   "BatchPredict", "RetrainingDecision",
+                   "AutomationChange")
 
 CONTEXT_TYPES: dict[str, dict[str, int]] = {
     "Pipeline": {},

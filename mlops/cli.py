@@ -29,6 +29,7 @@ _COMMANDS: dict[str, Handler] = {}
 EXTENSIONS = (
     ("serving.cli", "add_commands"),
     ("monitoring.cli", "add_commands"),
+    ("mlops.automation", "add_commands"),
 )
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mlops.airflow import launcher, rest_client
+from mlops.airflow import hitl_client, launcher, rest_client
 from mlops.airflow.tasks import DEFAULT_TRAINING_WINDOW
 from core.config import load_config
 from transforms import features
@@ -269,7 +269,7 @@ def model_answer(body: str, threshold: float) -> str | None:
     return features.DECISION_BIG_TIPPER if float(match.group(1)) >= threshold else features.DECISION_NOT_BIG_TIPPER
 
 
-def review_step(client: rest_client.AirflowClient, port: int, threshold: float, timeout: float = 60.0) -> None:
+def review_step(client: hitl_client.HITLClient, port: int, threshold: float, timeout: float = 60.0) -> None:
     """A short human step without a person: taxi_review opens the cases, a scripted reviewer answers the
     first few through the REST API (as a person would in the UI), and the rest wait in the UI."""
     try:
@@ -299,7 +299,7 @@ def review_step(client: rest_client.AirflowClient, port: int, threshold: float, 
         for action in actions[:SCRIPTED_ANSWERS]:
             ti = action["task_instance"]
             answer = scripted_answer(action.get("body") or "")
-            client.answer_required_action(REVIEW_DAG, ti["dag_run_id"], ti["task_id"], ti["map_index"], [answer])
+            client.respond(REVIEW_DAG, ti["dag_run_id"], ti["task_id"], [answer], map_index=ti["map_index"])
             model = model_answer(action.get("body") or "", threshold)
             agree += model == answer
             disagree += model is not None and model != answer
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     say("== 1. Airflow")
     launcher.start(layout, port, progress=say)
     say(launcher.login_banner(layout, port))
-    client = rest_client.AirflowClient(launcher.base_url(port), launcher.ADMIN_USER, launcher.admin_password(layout))
+    client = hitl_client.HITLClient(launcher.base_url(port), launcher.ADMIN_USER, launcher.admin_password(layout))
 
     say("== 2. Model server and gateway")
     start_serving(config)

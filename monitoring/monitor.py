@@ -30,6 +30,7 @@ from metadata.lineage import LineageNotFoundError, find_pushed_model
 from metadata.queries import DEFAULT_LOG_DIR, training_chain
 from metadata.recorder import ArtifactRef, PipelineRun, Trigger, new_run_id, properties_of
 from monitoring import checks
+from monitoring.agreement import AgreementResult, read_agreement
 from monitoring.performance_estimate import performance_estimate
 from monitoring.results import (
     CONCEPT_DRIFT,
@@ -46,6 +47,7 @@ from monitoring.results import (
     as_strict_json,
     skipped_outcome,
 )
+from monitoring.readiness import ReadinessVerdict, assess_readiness
 from monitoring.settings import MonitoringThresholds, load_thresholds
 from transforms.features import SLICE_FEATURES
 
@@ -286,7 +288,9 @@ class Monitor:
         with run.step("DriftCheck", inputs, parameters, use_cache=False) as record:
             with atomic_directory(final) as out:
                 outcomes, report_inputs = self._checks(store, served, version, baseline, start, end, out)
-                result = MonitoringResult(outcomes, start, end, self.model_name, version, len(served), final / REPORT_FILE, None)
+                agreement, readiness = self.agreement(served, version, start, end)
+                result = MonitoringResult(outcomes, start, end, self.model_name, version, len(served), final / REPORT_FILE, None,
+                                          agreement, readiness)
                 concept = next(c for c in outcomes if c.name == CONCEPT_DRIFT)
                 concept_metrics = self._concept_summary(concept, end)
                 history = self.concept_history(store, version) + ([{**concept_metrics, "window_end": end.isoformat()}]
@@ -312,6 +316,9 @@ class Monitor:
                 "statistics": str(final / STATISTICS_FILE), "log_dir": str(self.log_dir),
                 "concept_metrics": concept_metrics or None,
                 "performance_estimate": self._estimate_summary(result) or None,
+                "agreement": agreement.summary() or None,
+                "automation_readiness": ({"current": readiness.current, "next": readiness.next,
+                                          "action": readiness.action} if readiness else None),
             })
             record.record(passed=int(result.passed), failed_checks=[c.name for c in result.failed], rows=len(served),
                           model=f"{self.model_name}:{version}")
@@ -320,6 +327,19 @@ class Monitor:
         status = "all checks passed" if result.passed else "FAILED: " + ", ".join(c.name for c in result.failed)
         self.progress(f"{status}; report {final / REPORT_FILE}; DriftCheckResult {artifact.id}")
         return dataclasses.replace(result, artifact=artifact)
+
+    def agreement(self, served: pd.DataFrame, version: int, start: dt.datetime,
+                  end: dt.datetime) -> tuple[AgreementResult, ReadinessVerdict | None]:
+        """Model vs reviewers over the automation evidence window ending with this one, and the served version's readiness.
+
+        Reviews accumulate over days, so the evidence window is `automation.window_days` long (or
+        this window, when longer); the version's degree is the one it answered most of this window in.
+        """
+        rules = self.config.automation
+        agreement = read_agreement(self.log_dir, self.model_name, min(start, end - dt.timedelta(days=rules.window_days)), end)
+        degrees = served.loc[served["model_version"] == version, "automation"].value_counts()
+        readiness = assess_readiness(agreement, version, str(degrees.idxmax()), rules) if len(degrees) else None
+        return agreement, readiness
 
     def _checks(self, store: Any, served: pd.DataFrame, version: int, baseline: ModelBaseline,
                 start: dt.datetime, end: dt.datetime, out: Path) -> tuple[list[CheckOutcome], dict[str, Any]]:

@@ -4,7 +4,8 @@ What a person opening it needs, top to bottom: the verdict and which checks fail
 the training (and previous window) distribution next to the window's, with the drift score
 against its threshold; missing-value rates; schema anomalies; the distribution of predicted
 probabilities; estimated (label-free) and realized performance; a timeline across windows; concept-drift metrics and the
-sequential detectors with the slices that moved; links to the model's evaluation report.
+sequential detectors with the slices that moved; agreement with the people reviewing the model's cases (per degree of
+automation and per slice) and the readiness verdict for the next degree; links to the model's evaluation report.
 """
 
 from __future__ import annotations
@@ -379,6 +380,42 @@ def render_timeline_page(timeline: Any, title: str) -> str:
                       '<section id="timeline">', _timeline_section(timeline), "</section></body></html>"])
 
 
+def _agreement_section(result: results.MonitoringResult) -> str:
+    """Per version and degree the agreement, kappa and rates; per slice the judged version's agreement; the readiness verdict."""
+    agreement, readiness = result.agreement, result.readiness
+    if agreement is None or not agreement.groups:
+        return "<p>No served requests of this model in the evidence window.</p>"
+    rows = []
+    for group in agreement.groups:
+        who = group.disagreements
+        rows.append(("", [e(group.model_version), e(group.automation), e(group.served), e(group.reviewed),
+                          fmt(group.agreement, 3), fmt(group.kappa, 3), fmt(group.referral_rate, 3),
+                          fmt(group.override_rate, 3), fmt(group.band_agreement, 3),
+                          e(f"{who.cases} ({who.model_right} / {who.human_right} of {who.with_ground_truth})")]))
+    parts = [f'<p class="meta">Requests served {e(agreement.window_start.isoformat())} to '
+             f"{e(agreement.window_end.isoformat())}, with the reviews received by then. In shadow mode and for a referred "
+             "case the model's decision is its class.</p>",
+             table(["version", "degree", "served", "reviewed", "agreement", "kappa", "referral rate", "override rate",
+                    "agreement in the band", "disagreements (model / human right of labelled)"], rows)]
+    judged = readiness.evidence if readiness is not None else None
+    if judged is not None and judged.slices:
+        slices = sorted(judged.slices, key=lambda s: (s.feature, -s.reviewed))
+        parts.append(f"<h3>Per slice: {e(result.model_name)}:{e(judged.model_version)} in {e(judged.automation)}</h3>")
+        parts.append(table(["slice", "reviewed", "agreed", "agreement"],
+                           [("", [e(f"{s.feature} = {s.value}"), e(s.reviewed), e(s.agreed), fmt(s.agreement, 3)])
+                            for s in slices]))
+        figure = Figure(figsize=(6.4, 0.3 * len(slices) + 1))
+        axes = figure.add_subplot()
+        axes.barh([f"{s.feature} = {s.value}" for s in slices], [s.agreement for s in slices], color=_COLORS["current"])
+        axes.set(xlabel="agreement with the reviewers", xlim=(0, 1))
+        axes.invert_yaxis()
+        parts.append(png(figure, "agreement per slice"))
+    if readiness is not None:
+        lines = "".join(f"<li>{e(line.strip())}</li>" for line in readiness.describe().splitlines())
+        parts.append(f'<h3>Readiness</h3><ul id="readiness">{lines}</ul>')
+    return "".join(parts)
+
+
 def _links(links: Mapping[str, str]) -> str:
     items = []
     for title, url in links.items():
@@ -426,6 +463,7 @@ def render_report(result: results.MonitoringResult, inputs: Mapping[str, Any], h
         '<section id="performance"><h2>Performance: estimated before labels, realized with them</h2>',
         _performance_section(result), "</section>",
         '<section id="concept"><h2>Concept drift (labelled feedback)</h2>', _concept_section(result, history), "</section>",
+        '<section id="agreement"><h2>Agreement: model vs reviewers</h2>', _agreement_section(result), "</section>",
         '<section id="links"><h2>Related reports</h2>', _links(links), "</section>",
         "</body></html>",
     ]

@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,10 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from core.errors import DataError
 from metadata.recorder import ArtifactRef
+
+if TYPE_CHECKING:  # agreement.py and readiness.py import this module's helpers
+    from monitoring.agreement import AgreementResult
+    from monitoring.readiness import ReadinessVerdict
 
 # The checks, by the names a result carries.
 DATA_DRIFT = "data_drift"
@@ -67,6 +71,10 @@ class MonitoringResult:
     rows: int
     report_html: Path | None
     artifact: ArtifactRef | None  # the DriftCheckResult artifact recorded in MLMD
+    # Model vs reviewers (not a pass/fail check: a fall under the floor moves the model down a degree,
+    # which the automation DAG does; retraining is not the answer to it).
+    agreement: "AgreementResult | None" = None
+    readiness: "ReadinessVerdict | None" = None
 
     @property
     def passed(self) -> bool:
@@ -94,6 +102,8 @@ class MonitoringResult:
             "rows": self.rows,
             "report_html": str(self.report_html) if self.report_html else None,
             "artifact": self.artifact.to_json() if self.artifact else None,
+            "agreement": self.agreement.to_json() if self.agreement else None,
+            "readiness": self.readiness.to_json() if self.readiness else None,
         }
 
 

@@ -81,6 +81,7 @@ class ParquetLogWriter:
         flush_seconds: float = 5.0,
         retry_seconds: float = 1.0,
         name: str = "prediction-log",
+        writer_id: str = "",
     ) -> None:
         if capacity_rows < 1 or flush_rows < 1 or flush_seconds <= 0:
             raise ValueError("capacity_rows and flush_rows must be >= 1 and flush_seconds > 0")
@@ -88,6 +89,8 @@ class ParquetLogWriter:
             raise ValueError(f"on_failure must be one of {list(LOG_FAILURE_POLICIES)}, got {on_failure!r}")
         self.directory = Path(directory)
         self.journal_dir = Path(journal_dir) if journal_dir is not None else None
+        # In every file name this writer makes: gateway replicas sharing a log directory are told apart.
+        self.writer_id = writer_id
         self.on_failure = on_failure
         self.fsync = fsync
         self.schema = schema
@@ -247,7 +250,7 @@ class ParquetLogWriter:
         if self.journal_dir is not None:
             try:
                 if self._segment is None:
-                    self._segment = Segment.create(self.journal_dir)
+                    self._segment = Segment.create(self.journal_dir, self.writer_id)
                 self._segment.append(b"".join(item[2] for item in batch), self.fsync)  # type: ignore[misc]
             except OSError as err:
                 error = self._journal_failed(err)
@@ -277,7 +280,7 @@ class ParquetLogWriter:
     def _probe(self) -> None:
         try:
             if self._segment is None:
-                self._segment = Segment.create(self.journal_dir)  # type: ignore[arg-type]
+                self._segment = Segment.create(self.journal_dir, self.writer_id)  # type: ignore[arg-type]
             self._segment.append(b"")  # an fdatasync, and the check that the file is still there
         except OSError as err:
             self._journal_failed(err)
@@ -334,7 +337,7 @@ class ParquetLogWriter:
         with self._cond:
             self._flush_requested = False
             if self._open or segment is not None:
-                name = segment.name if segment is not None else new_segment_name()
+                name = segment.name if segment is not None else new_segment_name(self.writer_id)
                 self._sealed.append(_Batch(name, self._open, self._open_rows, segment, self._open_last_seq))
                 self._open, self._open_rows, self._open_since = [], 0, None
                 self._cond.notify_all()

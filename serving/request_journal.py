@@ -1,7 +1,8 @@
 """The log's write-ahead journal: append-only segment files that make a logged entry durable before
 the gateway answers, and the replay that turns a dead process's segments into Parquet.
 
-A segment is `<log_dir>/_journal/<log>/seg-<unix_ms>-<hex8>.wal` (outside `requests/` and
+A segment is `<log_dir>/_journal/<log>/seg-<unix_ms>-<hex8>.wal` (`seg-<unix_ms>-<writer>-<hex8>.wal`
+when the writer has an id: a gateway replica's) (outside `requests/` and
 `feedback/`, so the Parquet layout readers know is untouched). One record per line: 8 hex digits
 of the CRC-32 of the JSON that follows, a space, the entry's fields as a JSON array (the
 NamedTuple's order), a newline. A `kill -9` or a power cut in the middle of a write leaves a last
@@ -41,9 +42,11 @@ _PREFIX = "seg-"
 _SUFFIX = ".wal"
 
 
-def new_segment_name() -> str:
-    """`<unix_ms>-<hex8>`: the segment's and its Parquet files' name (the layout of part files)."""
-    return f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
+def new_segment_name(writer_id: str = "") -> str:
+    """`<unix_ms>-<hex8>` (`<unix_ms>-<writer_id>-<hex8>` with an id): the segment's and its Parquet
+    files' name (the layout of part files)."""
+    middle = f"{writer_id}-" if writer_id else ""
+    return f"{int(time.time() * 1000)}-{middle}{uuid.uuid4().hex[:8]}"
 
 
 def encode_record(entry: Sequence[Any]) -> bytes:
@@ -80,16 +83,21 @@ class Segment:
         self.broken = False
 
     @classmethod
-    def create(cls, directory: Path) -> "Segment":
+    def create(cls, directory: Path, writer_id: str = "") -> "Segment":
         """A new, empty segment in `directory` (made if missing); OSError if the disk refuses."""
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{_PREFIX}{new_segment_name()}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        path = directory / f"{_PREFIX}{new_segment_name(writer_id)}{_SUFFIX}"
+        # Locked under a hidden name first, then renamed into place: another gateway sharing the log
+        # directory (a replica starting up) must never find it unlocked and adopt it as a dead one's.
+        hidden = directory / f".{path.name}.new"
+        fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, path)
             fsync_directory(directory)  # the new name must survive a power cut with the records in it
         except BaseException:
             os.close(fd)
+            hidden.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             raise
         return cls(path, fd, 0)

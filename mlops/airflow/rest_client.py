@@ -122,7 +122,8 @@ class AirflowClient:
                          limit: int = 100) -> list[dict[str, Any]]:
         """Human-in-the-loop requests (Airflow's "required actions"), oldest first; `pending` = not answered yet.
 
-        Each has the `subject`, `body`, `options` and `task_instance` (dag_id, dag_run_id, task_id, map_index).
+        Each has the `subject`, `body`, `options` and `task_instance` (dag_id, dag_run_id, task_id, map_index);
+        `hitl_client.HITLClient.respond` answers one.
         """
         query: dict[str, Any] = {"limit": limit, "order_by": "created_at"}
         if pending:
@@ -130,13 +131,6 @@ class AirflowClient:
         document = self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/hitlDetails",
                               query=query)
         return list(document.get("hitl_details", []))
-
-    def answer_required_action(self, dag_id: str, run_id: str, task_id: str, map_index: int,
-                               chosen_options: Sequence[str], params_input: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Answers one required action as the logged-in user (409 when it was answered already)."""
-        path = (f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances/"
-                f"{self._quote(task_id)}/{int(map_index)}/hitlDetails")
-        return self._send("PATCH", path, {"chosen_options": list(chosen_options), "params_input": dict(params_input or {})})
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
         """The task's log for one try, as text lines."""

@@ -24,6 +24,7 @@ A map, in the order a predict request meets the code:
 | logged (durably, before the answer), counted, shadowed | `core.py` (`GatewayCore.serve`, `GatewayCore.log`, the shadow workers), `serving/log_writer.py`, `metrics.py` |
 | feedback checked and logged | `core.py` (`GatewayCore.record_feedback`) |
 | admin calls land (`/admin/...`: policy, canary, promote, rollback, shadow, automation, stats, flush) | `admin.py` (`AdminApi`), changing `routing.py`'s table |
+| replicas agree: the shared state file, locked for each change, re-read every `policy_poll_seconds` | `routing.py` (`RoutingTable.change`, `refresh_from_state`), `core.py` (the polls) |
 | why a request failed, and the status each failure is answered with | `errors.py` (`GatewayError` and its kinds, carrying a `serving.status.Code`) |
 
 The core raises typed errors and knows no HTTP or gRPC; `rest.py`, `admin.py` and

@@ -3,8 +3,10 @@
 `GET /admin/models`, `POST /admin/flush`, and per model `/admin/models/{name}/{action}`:
 `policy` (GET, PUT), `stats` (GET `?since_seconds=`), `canary`, `share`, `shadow`, `automation`
 (PUT), `promote`, `rollback` (POST). Changes go through the routing table (`routing.py`), which
-writes models.config and the state file; a version the model server has not loaded yet is refused
-(503, retry later). Needs `Authorization: Bearer <token>` (MLOPS_GATEWAY_ADMIN_TOKEN, or the
+writes models.config and the state file shared by every replica; a version the model server has not
+loaded yet is refused (503, retry later). A change may name the policy `revision` it was decided on
+(`"expected_revision": N` in the body): when another change (on any replica) came first it is
+refused with 409 and nothing changes. Needs `Authorization: Bearer <token>` (MLOPS_GATEWAY_ADMIN_TOKEN, or the
 file `admin_token_file`, re-read when it changes: rotation without a restart). Every refused call
 counts in `mlops_gateway_admin_auth_failures_total{reason}`; the token itself is never logged.
 """
@@ -24,7 +26,7 @@ from serving.gateway.config import GatewayConfigError, GatewaySettings, check_ad
 from serving.gateway.core import GatewayCore
 from serving.gateway.errors import GatewayError, InvalidRequest
 from serving.gateway.rest import error_response, gateway_error_response, json_response, read_json
-from serving.gateway.routing import ModelRoute, RoutingError, UnknownModel
+from serving.gateway.routing import ModelRoute, RoutingConflict, RoutingError, UnknownModel
 from serving.gateway.upstream import loads, upstream_error_text
 from serving.status import Code
 
@@ -141,6 +143,8 @@ class AdminApi:
             return gateway_error_response(err, headers)
         except UnknownModel as err:
             return error_response(404, str(err))
+        except RoutingConflict as err:
+            return error_response(409, str(err))
         except (RoutingError, MlopsError) as err:
             return error_response(400, str(err))
         except OSError as err:
@@ -151,9 +155,14 @@ class AdminApi:
         table = self.core.routes
         loop = asyncio.get_running_loop()
 
+        expected_revision = _field(body, "expected_revision", int, optional=True)
+        if method in ("PUT", "POST"):
+            # This replica may not have polled another's change yet: check versions against the latest.
+            await loop.run_in_executor(None, table.refresh_from_state)
+
         async def run(fn: Any, *args: Any) -> Any:
-            # File writes and the models.config lock: off the event loop.
-            return await loop.run_in_executor(None, fn, *args)
+            # File writes and the state file's and models.config's locks: off the event loop.
+            return await loop.run_in_executor(None, table.change, model, expected_revision, fn, *args)
 
         if action == "policy" and method == "GET":
             return table.require(model).to_json()
@@ -166,33 +175,33 @@ class AdminApi:
                 raise InvalidRequest(f"since_seconds must be a number, got {since!r}") from None
             return self.core.stats.summary(model, seconds)
         if action == "policy" and method == "PUT":
-            return (await run(table.set_policy, model, _field(body, "policy", str))).to_json()
+            return (await run(table.set_policy, _field(body, "policy", str))).to_json()
         if action == "canary" and method == "PUT":
             version = _field(body, "version", int)
             await self._require_loaded(table.require(model), version, "set_canary")
-            return (await run(table.set_canary, model, version, _field(body, "share", float))).to_json()
+            return (await run(table.set_canary, version, _field(body, "share", float))).to_json()
         if action == "share" and method == "PUT":
-            return (await run(table.set_share, model, _field(body, "share", float))).to_json()
+            return (await run(table.set_share, _field(body, "share", float))).to_json()
         if action == "promote" and method == "POST":
             version = _field(body, "version", int, optional=True)
             route = table.require(model)
             target = route.canary_version if version is None else version
             if target is not None:
                 await self._require_loaded(route, target, "promote")
-            return (await run(table.promote, model, version)).to_json()
+            return (await run(table.promote, version)).to_json()
         if action == "rollback" and method == "POST":
-            route, rolled_back_from = await run(table.rollback, model)
+            route, rolled_back_from = await run(table.rollback)
             return {**route.to_json(), "rolled_back_from": rolled_back_from}
         if action == "shadow" and method == "PUT":
             version = _field(body, "version", int, optional=True)
             if version is not None:
                 await self._require_loaded(table.require(model), version, "set_shadow")
-            return (await run(table.set_shadow, model, version)).to_json()
+            return (await run(table.set_shadow, version)).to_json()
         if action == "automation" and method == "PUT":
             band = body.get("band")
             if band is not None and (not isinstance(band, list) or len(band) != 2):
                 raise InvalidRequest(f"band must be [low, high], got {band!r:.60}")
-            return (await run(table.set_automation, model, _field(body, "mode", str), tuple(band) if band else None)).to_json()
+            return (await run(table.set_automation, _field(body, "mode", str), tuple(band) if band else None)).to_json()
         if action in _ADMIN_ACTIONS:
             raise MethodNotAllowed(f"no admin endpoint {method} {request.path!r}")
         raise GatewayError(Code.NOT_FOUND, f"no admin endpoint {method} {request.path!r}")

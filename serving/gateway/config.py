@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 import math
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
@@ -30,6 +32,10 @@ POLICIES = ("blue_green", "canary", "shadow")
 AUTOMATION_MODES = ("shadow", "assist", "partial", "full")
 UPSTREAM_PROTOCOLS = ("rest", "grpc")
 LOG_FAILURE_POLICIES = ("refuse", "serve")
+# Replicas disagree at most this long after an admin change.
+MAX_POLICY_POLL_SECONDS = 30.0
+# It goes into file names, between dashes.
+REPLICA_ID = re.compile(r"[A-Za-z0-9_.]{1,40}")
 # A short token is guessable; the admin API moves production traffic.
 MIN_ADMIN_TOKEN_LENGTH = 16
 
@@ -93,6 +99,13 @@ class GatewaySettings:
     model_config_file: Path | None = Path("var/serving/models.config")
     # How often models.config is re-read for label changes made by others (e.g. a push).
     config_poll_seconds: float = 1.0
+    # How often the routing state file is checked for changes made by other replicas (one stat when
+    # nothing changed): an admin change on one replica routes on every other within this interval
+    # (plus one read of a small file). At most MAX_POLICY_POLL_SECONDS.
+    policy_poll_seconds: float = 1.0
+    # Names this replica in its log files (`part-<unix_ms>-<replica>-<hex8>.parquet`), so replicas
+    # sharing a log directory are told apart; "" is the host name (a container's id in compose).
+    replica_id: str = ""
     log_dir: Path = Path("var/logs/predictions")
     state_file: Path = Path("var/serving/gateway_state.json")
     admin_token: str = ""
@@ -172,12 +185,17 @@ class GatewaySettings:
             "max_body_bytes", "max_instances", "upstream_connect_timeout_s", "upstream_timeout_s", "upstream_pool_size",
             "breaker_failure_threshold", "breaker_reset_s", "log_queue_rows", "log_flush_rows", "log_flush_seconds",
             "log_backpressure_timeout_s", "shadow_queue_size", "shadow_workers", "recent_requests",
-            "stats_max_window_s", "config_poll_seconds", "upstream_batch_max_rows",
+            "stats_max_window_s", "config_poll_seconds", "policy_poll_seconds", "upstream_batch_max_rows",
         )
         for name in positive:
             value = getattr(self, name)
             if not value > 0:
                 raise GatewayConfigError(f"gateway.{name} must be > 0, got {value!r}")
+        if self.policy_poll_seconds > MAX_POLICY_POLL_SECONDS:
+            raise GatewayConfigError(f"gateway.policy_poll_seconds must be at most {MAX_POLICY_POLL_SECONDS} (replicas would "
+                                     f"route differently that long after an admin change), got {self.policy_poll_seconds!r}")
+        if self.replica_id and not REPLICA_ID.fullmatch(self.replica_id):
+            raise GatewayConfigError(f"gateway.replica_id must be 1-40 letters, digits, '_' or '.', got {self.replica_id!r}")
         if self.log_failure not in LOG_FAILURE_POLICIES:
             raise GatewayConfigError(f"gateway.log_failure must be one of {list(LOG_FAILURE_POLICIES)}, got {self.log_failure!r}")
         if self.upstream_max_in_flight < 0:
@@ -191,6 +209,14 @@ class GatewaySettings:
         for model_name, policy in self.models.items():
             if not isinstance(policy, ModelPolicy):
                 raise GatewayConfigError(f"models.{model_name} must be a ModelPolicy, got {type(policy).__name__}")
+
+    @property
+    def replica_name(self) -> str:
+        """`replica_id`, or the host name and process id (unique among replicas on one host or in containers)."""
+        if self.replica_id:
+            return self.replica_id
+        host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:30] or "host"
+        return f"{host}.{os.getpid()}"
 
     @property
     def admin_enabled(self) -> bool:

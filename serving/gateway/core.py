@@ -90,7 +90,8 @@ class GatewayCore:
         """Opens the logs and the upstream connections, starts the shadow workers and the config poll."""
         s = self.settings
         log_options = {"capacity_rows": s.log_queue_rows, "flush_rows": s.log_flush_rows, "flush_seconds": s.log_flush_seconds,
-                       "journal": s.log_journal, "fsync": s.log_fsync, "on_failure": s.log_failure}
+                       "journal": s.log_journal, "fsync": s.log_fsync, "on_failure": s.log_failure,
+                       "writer_id": s.replica_name}
         loop = asyncio.get_running_loop()
         # Replay of a dead gateway's journal reads files: off the event loop.
         self.request_log = await loop.run_in_executor(None, lambda: log_writer.open_request_log(s.log_dir, **log_options))
@@ -111,7 +112,11 @@ class GatewayCore:
         self._shadow_queue = asyncio.Queue(maxsize=s.shadow_queue_size)
         for _ in range(s.shadow_workers):
             self._background.append(asyncio.create_task(self._shadow_worker()))
-        self._background.append(asyncio.create_task(self._poll_model_config()))
+        self._background.append(asyncio.create_task(
+            self._poll(s.config_poll_seconds, self.routes.refresh_from_model_config, s.model_config_file)))
+        # Replicas share the state file: another's admin change routes here within policy_poll_seconds.
+        self._background.append(asyncio.create_task(
+            self._poll(s.policy_poll_seconds, self.routes.refresh_from_state, s.state_file)))
 
     async def drain(self) -> None:
         """Lets in-flight requests finish and sends the queued shadow copies (the listeners are closed)."""
@@ -146,14 +151,14 @@ class GatewayCore:
             if writer is not None:
                 await loop.run_in_executor(None, writer.close)
 
-    async def _poll_model_config(self) -> None:
+    async def _poll(self, seconds: float, refresh: Any, path: Any) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.settings.config_poll_seconds)
+            await asyncio.sleep(seconds)
             try:
-                await loop.run_in_executor(None, self.routes.refresh_from_model_config)
+                await loop.run_in_executor(None, refresh)
             except Exception:  # noqa: BLE001 - a bad file must not stop polling; it is logged
-                log.exception("re-reading %s failed", self.settings.model_config_file)
+                log.exception("re-reading %s failed", path)
 
     # --- the predict path (shared by REST and gRPC) -------------------------------------------
     def resolve(self, model: str, version: int | None, label: str | None, request_key: str | None) -> tuple[ModelRoute, Target]:

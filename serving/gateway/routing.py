@@ -18,13 +18,22 @@ in `models.config` are still written (they are the source of truth for what is s
 the model server's own label paths mean) and re-read periodically, so a change made by someone
 else (a push setting the first `stable`) reaches the gateway too.
 
-Policy settings persist in a small JSON state file (atomic writes), so a restart keeps them.
+Policy settings persist in a small JSON state file (atomic writes), so a restart keeps them. The
+file is also what replicas share (issue 14): every gateway re-reads it when it changes (checked every
+`policy_poll_seconds`, as TF Serving polls models.config), so a change made on one replica routes on
+every other within that interval. A change is a read-modify-write under an exclusive `flock` on
+`.<state file>.lock`: the replica taking it first re-reads the file (it may be stale), applies the
+change to what it read and writes `revision + 1`, so two replicas changing at once never lose each
+other's change. Each model's entry carries its own `revision`; an admin call that names the
+revision it saw (`expected_revision`) is refused with `RoutingConflict` (HTTP 409) when another
+change came first, so a controller never acts on a policy it has not seen.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -34,7 +43,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from core import atomic
 from core.errors import DataError
@@ -58,6 +67,10 @@ class UnknownModel(RoutingError):
     """The model is neither in models.config nor in the gateway config."""
 
 
+class RoutingConflict(RoutingError):
+    """The change was asked against a revision of the model's policy that another change replaced."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelRoute:
     """One model's routing snapshot. Never mutated: a change swaps in a new object (lock-free reads)."""
@@ -74,10 +87,13 @@ class ModelRoute:
     previous_stable: int | None = None
     labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
     served_versions: tuple[int, ...] = ()
+    # Bumped by every admin change of this model, on whichever replica: what `expected_revision` names.
+    revision: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model_name,
+            "revision": self.revision,
             "policy": self.policy,
             "canary_share": self.canary_share,
             "shadow_version": self.shadow_version,
@@ -153,14 +169,17 @@ class RoutingTable:
         self.model_config_file = Path(model_config_file) if model_config_file is not None else None
         self._initial = dict(initial)
         self._lock = threading.RLock()
+        self._holding_file_lock = False
         self._routes: dict[str, ModelRoute] = {}
-        self._config_signature: tuple[int, int] | None = None
-        saved = self._load_state()
+        self._config_signature: tuple[int, int, int] | None = None
+        # What models.config says per model (labels, served versions): applied over the state file's routes.
+        self._config_views: dict[str, tuple[dict[str, int], tuple[int, ...]]] = {}
+        self._state_revision = -1  # nothing read yet; a file written before revisions existed has 0
         for name, policy in self._initial.items():
             self._routes[name] = _route_from_policy(name, policy)
-        for name, values in saved.items():
-            self._routes[name] = _route_from_state(name, values, self.state_file)
         self.refresh_from_model_config(force=True)
+        # A bad state file stops the start (fix or delete it); later, a bad one keeps the last good state.
+        self.refresh_from_state(strict=True)
 
     # --- reads ------------------------------------------------------------------------------
     def route(self, model_name: str) -> ModelRoute | None:
@@ -168,6 +187,11 @@ class RoutingTable:
 
     def models(self) -> list[str]:
         return sorted(self._routes)
+
+    @property
+    def state_revision(self) -> int:
+        """The state file's revision this replica routes by (every write anywhere adds one)."""
+        return max(self._state_revision, 0)
 
     def require(self, model_name: str) -> ModelRoute:
         route = self._routes.get(model_name)
@@ -184,7 +208,7 @@ class RoutingTable:
             stat = self.model_config_file.stat()
         except FileNotFoundError:
             return False
-        signature = (stat.st_mtime_ns, stat.st_size)
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # the inode: every atomic write is a new file
         if not force and signature == self._config_signature:
             return False
         from serving import model_config as mc
@@ -201,6 +225,7 @@ class RoutingTable:
         changed = False
         with self._lock:
             self._config_signature = signature
+            self._config_views = {name: (dict(labels), served) for name, (labels, served) in found.items()}
             for name, (labels, served) in found.items():
                 current = self._routes.get(name) or _route_from_policy(name, self._initial.get(name, ModelPolicy()))
                 updated = _with_labels(current, labels, served)
@@ -245,7 +270,7 @@ class RoutingTable:
     def set_canary(self, model_name: str, version: int, share: float) -> ModelRoute:
         """Starts a canary: `canary` := version, policy canary at `share`. Clears the rollback target:
         the current stable is now the baseline a rollback keeps."""
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             self._check_served(route, version, "set_canary")
             check_policy_values("canary", share, route.automation, route.band, route.shadow_version)
@@ -259,7 +284,7 @@ class RoutingTable:
 
     def set_share(self, model_name: str, share: float) -> ModelRoute:
         """Changes the canary share (0 stops canary traffic but keeps the canary version)."""
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             check_policy_values("canary", share, route.automation, route.band, route.shadow_version)
             if route.canary_version is None:
@@ -268,7 +293,7 @@ class RoutingTable:
 
     def set_policy(self, model_name: str, policy: str) -> ModelRoute:
         """Switches the policy, keeping shares and versions (canary needs a canary, shadow a shadow version)."""
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             if policy not in POLICIES:
                 raise RoutingError(f"set_policy: policy must be one of {list(POLICIES)}, got {policy!r}")
@@ -280,7 +305,7 @@ class RoutingTable:
 
     def promote(self, model_name: str, version: int | None = None) -> ModelRoute:
         """Blue-green switch: `stable` := version (default: the canary); the old stable is kept for rollback."""
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             target = route.canary_version if version is None else version
             if target is None:
@@ -303,7 +328,7 @@ class RoutingTable:
         Returns the new route and the version rolled back from (None when no promote was undone).
         Calling it twice is harmless: the second call finds nothing to undo.
         """
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             restored_from = None
             stable = route.stable_version
@@ -319,7 +344,7 @@ class RoutingTable:
 
     def set_shadow(self, model_name: str, version: int | None) -> ModelRoute:
         """Shadows `version` (policy shadow), or with None stops shadowing (policy blue_green)."""
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             if version is None:
                 return self._commit(dataclasses.replace(route, policy="blue_green", shadow_version=None, canary_share=0.0),
@@ -329,7 +354,7 @@ class RoutingTable:
                                 "set_shadow", version=version)
 
     def set_automation(self, model_name: str, mode: str, band: tuple[float, float] | None = None) -> ModelRoute:
-        with self._lock:
+        with self._exclusive():
             route = self.require(model_name)
             band = tuple(band) if band is not None else route.band  # type: ignore[assignment]
             if mode not in AUTOMATION_MODES:
@@ -341,29 +366,99 @@ class RoutingTable:
             return self._commit(dataclasses.replace(route, automation=mode, band=(float(band[0]), float(band[1]))),
                                 "set_automation", mode=mode, band=list(band))
 
+    def change(self, model_name: str, expected_revision: int | None, action: Callable[..., Any], *args: Any) -> Any:
+        """Runs the admin change `action(model_name, *args)` (a method of this table) if the model's
+        policy is still at `expected_revision` (None: whatever it is now); RoutingConflict otherwise."""
+        with self._exclusive():
+            route = self.require(model_name)
+            if expected_revision is not None and expected_revision != route.revision:
+                raise RoutingConflict(
+                    f"the policy of {model_name!r} changed since revision {expected_revision} (now {route.revision}, "
+                    f"changed on this or another gateway replica); read it again (GET /admin/models/{model_name}/policy) "
+                    f"and retry if the change still makes sense"
+                )
+            return action(model_name, *args)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Holds this process's lock and the state file's flock (re-entrant within one change), with
+        the routes freshly read from the state file and models.config: another replica may have
+        changed them since the last poll."""
+        with self._lock:
+            if self._holding_file_lock:
+                yield
+                return
+            from serving import model_config as mc
+
+            with mc.exclusive_lock(mc.lock_path(self.state_file)):
+                self._holding_file_lock = True
+                try:
+                    self.refresh_from_state()
+                    yield
+                finally:
+                    self._holding_file_lock = False
+
     def _commit(self, route: ModelRoute, action: str, **details: Any) -> ModelRoute:
+        route = dataclasses.replace(route, revision=route.revision + 1)
         routes = dict(self._routes)
         routes[route.model_name] = route
-        self._save_state(routes)
+        self._save_state(routes, self.state_revision + 1)
         self._routes = routes
-        log.info("routing change %s on %s: %s", action, route.model_name, details)
+        log.info("routing change %s on %s (revision %d): %s", action, route.model_name, route.revision, details)
         return route
 
     # --- the state file ---------------------------------------------------------------------
-    def _load_state(self) -> dict[str, dict[str, Any]]:
-        if not self.state_file.exists():
-            return {}
+    def refresh_from_state(self, *, strict: bool = False) -> bool:
+        """Re-reads the state file and takes it if another writer (replica) changed it since; True
+        when routes changed.
+
+        The file is read every time (a few hundred bytes): its revision, not its stat, says whether
+        it changed, because an atomic rewrite can reuse the inode, mtime tick and size of the last.
+        A missing file changes nothing. A bad one raises DataError with `strict` (at start), else is
+        logged and the last good state kept, as with models.config.
+        """
+        try:
+            revision, saved = self._load_state()
+            restored = {name: _route_from_state(name, values, self.state_file) for name, values in saved.items()}
+        except FileNotFoundError:
+            return False
+        except DataError as err:
+            if strict:
+                raise
+            log.warning("keeping the previous routing policy: %s", err)
+            return False
+        with self._lock:
+            if revision <= self._state_revision:
+                return False  # what this replica routes by already (its own write), or older: a poll racing a change
+            # models.config is written before the state file, so reading it now sees the labels this
+            # state was written with (never older ones).
+            self.refresh_from_model_config(force=True)
+            routes = dict(self._routes)
+            for name, route in restored.items():
+                view = self._config_views.get(name)
+                routes[name] = _with_labels(route, *view) if view is not None else route
+            changed = routes != self._routes
+            self._routes, self._state_revision = routes, revision
+        if changed:
+            log.info("routing policy re-read from %s (revision %d)", self.state_file, revision)
+        return changed
+
+    def _load_state(self) -> tuple[int, dict[str, dict[str, Any]]]:
         try:
             document = json.loads(self.state_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise DataError(f"{self.state_file}: gateway state is not valid JSON ({err}); fix or delete it") from None
         if not isinstance(document, dict) or document.get("format") != STATE_FORMAT or not isinstance(document.get("models"), dict):
             raise DataError(f"{self.state_file}: expected {{\"format\": {STATE_FORMAT}, \"models\": {{...}}}}; fix or delete it")
-        return document["models"]
+        revision = document.get("revision", 0)  # files written before replicas shared them have none
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+            raise DataError(f"{self.state_file}: revision must be a non-negative integer, got {revision!r}; fix or delete it")
+        return revision, document["models"]
 
-    def _save_state(self, routes: Mapping[str, ModelRoute]) -> None:
+    def _save_state(self, routes: Mapping[str, ModelRoute], revision: int) -> None:
         document = {
             "format": STATE_FORMAT,
+            "revision": revision,
             "saved_at": time.time(),
             "models": {
                 name: {key: value for key, value in route.to_json().items() if key not in ("model", "labels", "served_versions")}
@@ -371,6 +466,7 @@ class RoutingTable:
             },
         }
         atomic.write_json(self.state_file, document)
+        self._state_revision = revision
 
 
 def _route_from_policy(name: str, policy: ModelPolicy) -> ModelRoute:
@@ -393,11 +489,11 @@ def _route_from_state(name: str, values: Any, source: Path) -> ModelRoute:
     except (GatewayConfigError, TypeError) as err:
         raise DataError(f"{where}: {err}") from None
     versions = {}
-    for key in ("stable_version", "canary_version", "previous_stable"):
+    for key in ("stable_version", "canary_version", "previous_stable", "revision"):
         value = values.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise DataError(f"{where}.{key} must be a non-negative integer or null, got {value!r}")
-        versions[key] = value
+        versions[key] = value if value is not None or key != "revision" else 0
     return dataclasses.replace(_route_from_policy(name, policy), **versions)
 
 

@@ -242,13 +242,14 @@ class GrpcServer:
         manager: ModelManager,
         *,
         host: str,
-        port: int,
+        port: int | None,
         max_workers: int,
         metrics: ServingMetrics | None = None,
         socket_path: str | None = None,
         channel_arguments: Sequence[tuple[str, int | str]] = (),
     ) -> None:
-        self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # None: no TCP port (TF Serving's --port=0 with --grpc_socket_path serves the socket only).
+        self._address = None if port is None else (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         # --grpc_socket_path: TF Serving listens on "unix:<path>" as well as on the TCP port.
         self._socket_address = f"unix:{socket_path}" if socket_path else None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
@@ -277,7 +278,7 @@ class GrpcServer:
         return port
 
     def start(self) -> int:
-        port = self._bind(self._address)
+        port = self._bind(self._address) if self._address is not None else 0
         if self._socket_address is not None:
             # gRPC replaces a stale socket file at the path (TF Serving's tests start every server on
             # the same path) but refuses any other kind of file.

@@ -26,11 +26,13 @@ parses them: `--flag=value`, booleans as `--flag`, `--flag=true` or `--flag=fals
 - start-up failures print "Failed to start server. Error: ..." (on stderr) and exit with 255, as
   main.cc's `return -1`; a config that does not parse names the file and position, then TF
   Serving's "Error parsing text-format tensorflow.serving.ModelServerConfig: <line>:<column>: ...".
-  An unknown flag exits with argparse's status 2 (tensorflow_model_server prints it and goes on).
+  As tensorflow::Flags: a flag value of the wrong type, or `--help`, prints the usage and exits
+  with 255; an unknown argument is printed ("unknown argument: ...") with the usage, and the server
+  starts anyway. `--port=0` serves gRPC only on --grpc_socket_path (neither: TF Serving's
+  "At least one of ..." start-up failure); `--rest_api_port=0`, the default, serves no REST.
+  In-process, `start_model_server` takes 0 as "any free port" and None as "do not listen".
 
 Differences, each deliberate:
-- a port of 0 means "any free port" (TF Serving: REST disabled); the chosen ports are printed in
-  TF Serving's own start-up lines and are on the returned handle;
 - start-up checks version labels after the first load, so a label on a version that loaded is
   accepted without `--allow_version_labels_for_unavailable_models` (tensorflow/serving#1230);
 - the config file is reloaded when its content changes (TF Serving reloads it on every poll, which
@@ -61,7 +63,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from core.errors import DataError
 from serving.model_server.metrics import ServingMetrics, read_monitoring_config
@@ -85,6 +87,10 @@ START_FAILURE_EXIT_STATUS = 255
 
 class StartupError(Exception):
     """The server cannot start: bad flags, an unreadable config, or a port already taken."""
+
+
+# server.cc's words when neither --port nor --grpc_socket_path is given.
+NO_GRPC_LISTENER = "INVALID_ARGUMENT: At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
 
 
 # --- The server -------------------------------------------------------------------------------
@@ -209,12 +215,12 @@ class _Poller:
 class ModelServerHandle:
     """A running server. `stop()` (or leaving a `with` block) shuts everything down."""
 
-    rest_port: int
-    grpc_port: int
+    rest_port: int  # 0: REST is not served
+    grpc_port: int  # 0: gRPC only on grpc_socket_path
     host: str
     manager: "ModelManager"
     metrics: ServingMetrics
-    _rest: "RestServer"
+    _rest: "RestServer | None"
     _grpc: "GrpcServer"
     _poller: _Poller
     _executor: concurrent.futures.ThreadPoolExecutor
@@ -243,7 +249,8 @@ class ModelServerHandle:
             return
         self._stopped = True
         self._poller.stop()
-        self._rest.stop()
+        if self._rest is not None:
+            self._rest.stop()
         self._grpc.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._scheduler is not None:
@@ -259,8 +266,8 @@ class ModelServerHandle:
 
 def start_model_server(
     *,
-    port: int = DEFAULT_GRPC_PORT,
-    rest_api_port: int = DEFAULT_REST_PORT,
+    port: int | None = DEFAULT_GRPC_PORT,
+    rest_api_port: int | None = DEFAULT_REST_PORT,
     host: str = "127.0.0.1",
     model_name: str | None = None,
     model_base_path: str | Path | None = None,
@@ -281,7 +288,8 @@ def start_model_server(
     grpc_channel_arguments: str = "",
     rest_api_timeout_in_ms: int = 0,
 ) -> ModelServerHandle:
-    """Loads the models, then serves gRPC on `port` and REST on `rest_api_port` (0 = a free port).
+    """Loads the models, then serves gRPC on `port` and REST on `rest_api_port` (0 = a free port,
+    None = not at all; gRPC needs a port or `grpc_socket_path`).
 
     Returns once every version found at start-up has been loaded (or has failed and is reported).
     Raises StartupError for unusable flags, and the config's own DataError / ServingError.
@@ -291,6 +299,8 @@ def start_model_server(
         raise StartupError("give either --model_config_file or --model_base_path, not both")
     if not model_config_file and not model_base_path:
         raise StartupError("nothing to serve: give --model_config_file or --model_name with --model_base_path")
+    if port is None and not grpc_socket_path:
+        raise StartupError(NO_GRPC_LISTENER)
     channel_arguments = parse_grpc_channel_arguments(grpc_channel_arguments)
     _configure_tensorflow_threads(tensorflow_intra_op_parallelism, tensorflow_inter_op_parallelism)
 
@@ -335,7 +345,7 @@ def start_model_server(
         socket_path=str(grpc_socket_path) if grpc_socket_path else None,
         channel_arguments=channel_arguments,
     )
-    rest_server = RestServer(
+    rest_server = None if rest_api_port is None else RestServer(
         RestApiHandler(manager, metrics),
         host=host,
         port=rest_api_port,
@@ -347,10 +357,11 @@ def start_model_server(
     )
     try:
         grpc_port = grpc_server.start()
-        rest_port = rest_server.start()
+        rest_port = rest_server.start() if rest_server is not None else 0
     except OSError as err:
         grpc_server.stop(0)
-        rest_server.stop()
+        if rest_server is not None:
+            rest_server.stop()
         executor.shutdown(wait=False)
         manager.close()
         raise StartupError(f"cannot listen on {host}: {err}") from None
@@ -455,16 +466,29 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, kind: str, default: ob
         parser.add_argument(f"--{name}", type=_FLAG_TYPES[kind], default=default, help=help_text)
 
 
+class FlagValueError(Exception):
+    """A flag's value is not of its type (tensorflow::Flags::Parse returns false)."""
+
+
+class _FlagParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag value to `main` instead of exiting with argparse's status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise FlagValueError(message)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _FlagParser(
         prog="python -m serving.model_server",
         description="TF Serving's REST and gRPC APIs over a model base path (a tensorflow_model_server stand-in).",
         allow_abbrev=False,  # tensorflow::Flags knows no abbreviations
+        add_help=False,  # --help is tensorflow::Flags': the usage, then exit status 255
     )
     add = parser.add_argument
-    add("--port", type=int, default=DEFAULT_GRPC_PORT, help="gRPC port (0: any free port)")
+    add("--port", type=int, default=DEFAULT_GRPC_PORT,
+        help="gRPC port (0: no TCP port, then --grpc_socket_path is needed)")
     add("--grpc_socket_path", default="", help="also serve gRPC on this UNIX socket (a path)")
-    add("--rest_api_port", type=int, default=DEFAULT_REST_PORT, help="REST port (0: any free port)")
+    add("--rest_api_port", type=int, default=0, help="REST port (0, the default: REST is not served)")
     add("--rest_api_timeout_in_ms", type=int, default=DEFAULT_REST_TIMEOUT_MS,
         help="answer a REST call with 504 DEADLINE_EXCEEDED after this long (<= 0: no limit)")
     add("--grpc_channel_arguments", default="", help="comma-separated key=value gRPC server arguments")
@@ -524,10 +548,22 @@ def _versions() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
+    parser = build_arg_parser()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except FlagValueError as err:
+        print(err, file=sys.stderr, flush=True)
+        print(parser.format_help(), end="", flush=True)
+        return START_FAILURE_EXIT_STATUS
+    if unknown[:1] == ["--help"]:
+        print(parser.format_help(), end="", flush=True)
+        return START_FAILURE_EXIT_STATUS
     if args.version:
         print(_versions(), flush=True)
         return 0
+    if unknown:  # main.cc prints the first one with the usage, and starts anyway
+        print(f"unknown argument: {unknown[0]}", flush=True)
+        print(parser.format_help(), end="", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -535,8 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_unsupported_flags(args)
         handle = start_model_server(
-            port=args.port,
-            rest_api_port=args.rest_api_port,
+            # A port of 0 is "do not listen" on tensorflow_model_server's command line.
+            port=args.port or None,
+            rest_api_port=args.rest_api_port or None,
             host=args.host,
             model_name=args.model_name,
             model_base_path=args.model_base_path,
@@ -562,10 +599,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Failed to start server. Error: {status() if callable(status) else err}", file=sys.stderr, flush=True)
         return START_FAILURE_EXIT_STATUS
     # TF Serving's own start-up lines: scripts wait for them and read the ports from them.
-    print(f"Running gRPC ModelServer at {args.host}:{handle.grpc_port} ...", flush=True)
+    if handle.grpc_port:
+        print(f"Running gRPC ModelServer at {args.host}:{handle.grpc_port} ...", flush=True)
     if handle.grpc_socket_path:
         print(f"Running gRPC ModelServer at UNIX socket {handle.grpc_socket_path} ...", flush=True)
-    print(f"Exporting HTTP/REST API at:{args.host}:{handle.rest_port} ...", flush=True)
+    if handle.rest_port:
+        print(f"Exporting HTTP/REST API at:{args.host}:{handle.rest_port} ...", flush=True)
     try:
         while not stop.wait(1.0):
             pass

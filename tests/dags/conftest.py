@@ -24,7 +24,7 @@ import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = PROJECT_ROOT / "dags"
-DAG_IDS = ("taxi_batch_predict", "taxi_monitoring", "taxi_review", "taxi_rollout", "taxi_training")
+DAG_IDS = ("taxi_automation", "taxi_batch_predict", "taxi_monitoring", "taxi_review", "taxi_rollout", "taxi_training")
 ML_PYTHON = Path(os.environ.get("MLOPS_ML_PYTHON") or PROJECT_ROOT / ".venvs" / "ml" / "bin" / "python")
 AIRFLOW_BIN = Path(sys.executable).parent
 TAXI_CSV = PROJECT_ROOT / "data" / "taxi" / "data.csv"

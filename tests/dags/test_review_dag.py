@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from mlops.airflow import launcher, rest_client
+from mlops.airflow.hitl_client import HITLClient
 from tests.dags.conftest import ML_PYTHON, PROJECT_ROOT, push_tiny_models, run_in_ml, write_config
 from tests.dags.test_airflow_live import free_port
 
@@ -72,7 +73,7 @@ def review(tmp_path_factory: pytest.TempPathFactory):
         started = subprocess.run([sys.executable, "-m", "mlops.airflow", "start", "--timeout", "1100"], cwd=PROJECT_ROOT,
                                  env=env, capture_output=True, text=True, timeout=1200)
         assert started.returncode == 0, started.stdout + started.stderr
-        client = rest_client.AirflowClient(launcher.base_url(port), launcher.ADMIN_USER, launcher.admin_password(layout))
+        client = HITLClient(launcher.base_url(port), launcher.ADMIN_USER, launcher.admin_password(layout))
         client.wait_for_dag("taxi_review")
         client.set_paused("taxi_review", False)
         yield root, client, port, conf
@@ -87,7 +88,7 @@ def ledger(root: Path) -> dict[str, dict]:
     return json.loads((root / "pipeline" / "review" / "cases.json").read_text())["cases"]
 
 
-def pending_actions(client: rest_client.AirflowClient, run_id: str, count: int, timeout: float = 600) -> list[dict]:
+def pending_actions(client: HITLClient, run_id: str, count: int, timeout: float = 600) -> list[dict]:
     """The run's unanswered required actions once `count` of them wait, by map index."""
     deadline = time.monotonic() + timeout
     while True:
@@ -138,11 +139,11 @@ def test_answers_reach_the_gateway_and_a_timed_out_case_is_closed_unanswered(rev
     chosen = [model_answer(cases[0]), other(model_answer(cases[1])), "cannot tell"]  # the 4th is left to time out
     for action, option in zip(actions, chosen):
         ti = action["task_instance"]
-        answer = client.answer_required_action("taxi_review", run_id, ti["task_id"], ti["map_index"], [option])
+        answer = client.respond("taxi_review", run_id, ti["task_id"], [option], map_index=ti["map_index"])
         assert answer["chosen_options"] == [option] and answer["responded_by"]["name"] == "admin"
     with pytest.raises(rest_client.AirflowApiError) as again:  # an answer is final
         ti = actions[0]["task_instance"]
-        client.answer_required_action("taxi_review", run_id, ti["task_id"], ti["map_index"], ["cannot tell"])
+        client.respond("taxi_review", run_id, ti["task_id"], ["cannot tell"], map_index=ti["map_index"])
     assert again.value.status == 409
 
     state, task_instances = rest_client.wait_for_run(client, "taxi_review", run_id, timeout=600, progress=lambda _: None)
@@ -196,7 +197,7 @@ def visible_text(page: str) -> str:
     return "\n".join(html.unescape(line.strip()) for line in re.sub(r"<[^>]+>", "\n", text).splitlines() if line.strip())
 
 
-def reviewer_page(client: rest_client.AirflowClient, target: str) -> str:
+def reviewer_page(client: HITLClient, target: str) -> str:
     """A page of Airflow's UI as headless Chromium renders it for the logged-in admin (the DOM after its scripts ran).
 
     The UI keeps its login in the `_token` cookie, which its login page sets from JavaScript; a page

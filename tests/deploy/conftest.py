@@ -21,7 +21,9 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
-PROFILES = ("default", "gpu")
+PROFILES = ("default", "gpu", "flink")
+# The --profile flags of each: `flink` adds the Flink cluster to the CPU platform.
+PROFILE_FLAGS = {"default": (), "gpu": ("gpu",), "flink": ("cpu", "flink")}
 
 
 def compose_binary() -> Path:
@@ -49,8 +51,8 @@ def run_compose(
     """
     command = [str(compose_binary()), "--project-directory", str(PROJECT_ROOT), "-f", str(compose_file),
                "--env-file", str(env_file)]
-    if profile != "default":
-        command += ["--profile", profile]
+    for name in PROFILE_FLAGS[profile]:
+        command += ["--profile", name]
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home or env_file.parent)}
     return subprocess.run([*command, *args], capture_output=True, text=True, env=environment, timeout=120)
 

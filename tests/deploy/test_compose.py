@@ -31,8 +31,9 @@ from tests.deploy.conftest import (
 )
 
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
-PLATFORM_SERVICES = AIRFLOW_SERVICES | {"volumes-init", "postgres", "gateway", "prometheus", "grafana"}
-MODEL_SERVER = {"default": "tfserving", "gpu": "tfserving-gpu"}
+PLATFORM_SERVICES = AIRFLOW_SERVICES | {"volumes-init", "postgres", "gateway", "gateway-lb", "prometheus", "grafana"}
+MODEL_SERVER = {"default": "tfserving", "gpu": "tfserving-gpu", "flink": "tfserving"}
+FLINK_SERVICES = {"flink-jobmanager", "flink-taskmanager", "beam-flink-job-server", "beam-python-workers"}
 ONE_SHOT_SERVICES = {"volumes-init", "airflow-init"}
 
 # The gateway's metric contract (serving/gateway/metrics.py implements these names; the lead's brief
@@ -272,10 +273,119 @@ def test_long_running_services_have_healthchecks_and_restart(resolved: dict[str,
 
 def test_published_ports_bind_to_loopback_by_default(resolved: dict[str, Any]) -> None:
     published = [(name, port) for name, service in services(resolved["default"]).items() for port in service.get("ports", [])]
-    assert {name for name, _ in published} == {"airflow-apiserver", "tfserving", "gateway", "prometheus", "grafana"}
+    # The gateway replicas are reached through gateway-lb only (replicas cannot share a host port).
+    assert {name for name, _ in published} == {"airflow-apiserver", "tfserving", "gateway-lb", "prometheus", "grafana"}
+    flink = [(name, port) for name, service in services(resolved["flink"]).items() for port in service.get("ports", [])]
+    assert all(port["host_ip"] == "127.0.0.1" for _, port in flink)
+    assert len({port["published"] for _, port in flink}) == len(flink), "two services publish the same host port"
     assert all(port["host_ip"] == "127.0.0.1" for _, port in published)
     host_ports = [port["published"] for _, port in published]
     assert len(host_ports) == len(set(host_ports)), "two services publish the same host port"
+
+
+# --- Gateway replicas behind the load balancer --------------------------------------------------
+
+
+LB_CONFIG = PROJECT_ROOT / "deploy/gateway-lb/nginx.conf"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_gateway_replicas_share_state_and_logs_behind_the_balancer(resolved: dict[str, Any], profile: str) -> None:
+    from serving.gateway.config import load_gateway_settings
+
+    model = resolved[profile]
+    gateway, balancer = services(model)["gateway"], services(model)["gateway-lb"]
+    assert gateway["deploy"]["replicas"] >= 2
+    assert "ports" not in gateway, "replicas cannot share a host port: clients go through gateway-lb"
+    settings = load_gateway_settings(PROJECT_ROOT / "deploy/gateway.compose.toml", environ=gateway["environment"])
+    # One state file and one log folder for all replicas: volumes, not per-container paths.
+    for path in (settings.state_file, settings.log_dir):
+        assert mount_for(gateway, str(path))["type"] == "volume", path
+    assert not settings.replica_id, "a fixed replica_id would give every replica the same file names"
+    assert 0 < settings.policy_poll_seconds <= 5
+    assert Path(mount_for(balancer, "/etc/nginx/nginx.conf")["source"]) == LB_CONFIG
+    assert balancer["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert {int(port["target"]) for port in balancer["ports"]} == {settings.rest_port, settings.grpc_port}
+
+
+def test_balancer_config_sends_rest_and_grpc_to_every_replica() -> None:
+    text = LB_CONFIG.read_text()
+    upstreams = dict(re.findall(r"upstream (\w+) \{[^}]*?server ([\w.-]+:\d+) resolve", text))
+    assert upstreams == {"gateway_rest": "gateway:8080", "gateway_grpc": "gateway:8081"}
+    servers = re.findall(r"server \{\s*listen (\d+);(.*?)\n    \}", text, flags=re.S)
+    routes = {port: body for port, body in servers}
+    assert "proxy_pass http://gateway_rest;" in routes["8080"]
+    assert "grpc_pass grpc://gateway_grpc;" in routes["8081"] and "http2 on;" in routes["8081"]
+    # Re-resolved: replicas scaled or restarted later are found without reloading nginx.
+    assert re.search(r"resolver 127\.0\.0\.11 valid=\d+s", text)
+
+
+# --- Profile flink: the Beam steps on a Flink cluster ------------------------------------------
+
+
+FLINK_CONFIG = PROJECT_ROOT / "deploy/mlops.flink.toml"
+
+
+def _flag_values(flags: list[str]) -> dict[str, str]:
+    return dict(flag.removeprefix("--").split("=", 1) for flag in flags if "=" in flag)
+
+
+def test_flink_profile_adds_the_cluster_to_the_cpu_platform(resolved: dict[str, Any]) -> None:
+    assert set(services(resolved["flink"])) == PLATFORM_SERVICES | {"tfserving"} | FLINK_SERVICES
+    assert not FLINK_SERVICES & set(services(resolved["default"]))
+
+
+def test_flink_config_differs_from_the_compose_config_only_in_beam_args() -> None:
+    import tomllib
+
+    from core.config import load_config
+
+    flink, compose = (tomllib.loads(path.read_text()) for path in (FLINK_CONFIG, PROJECT_ROOT / "deploy/mlops.compose.toml"))
+    assert flink.pop("beam_args") != compose.pop("beam_args")
+    assert flink == compose
+    load_config(FLINK_CONFIG)  # valid as the pipeline reads it
+
+
+def test_flink_beam_args_reach_the_services_of_the_profile(resolved: dict[str, Any]) -> None:
+    import tomllib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    model = resolved["flink"]
+    args = tomllib.loads(FLINK_CONFIG.read_text())["beam_args"]
+    options = PipelineOptions(args).get_all_options(retain_unknown_options=True)
+    assert options["runner"] == "PortableRunner" and options["environment_type"] == "EXTERNAL"
+    assert options["parallelism"] == 2  # a Flink option Beam's Python SDK knows (not dropped as unknown)
+    job_server = services(model)["beam-flink-job-server"]
+    for endpoint, service_name in ((options["job_endpoint"], "beam-flink-job-server"),
+                                   (options["artifact_endpoint"], "beam-flink-job-server"),
+                                   (options["environment_config"], "beam-python-workers")):
+        host, port = endpoint.rsplit(":", 1)
+        assert hostnames(model)[host] == service_name and int(port) in container_ports(services(model)[service_name])
+    server_flags = _flag_values(job_server["command"])
+    assert {options["job_endpoint"].rsplit(":", 1)[1], options["artifact_endpoint"].rsplit(":", 1)[1]} == \
+        {server_flags["job-port"], server_flags["artifact-port"]}
+    master_host, master_port = server_flags["flink-master"].rsplit(":", 1)
+    assert int(master_port) in container_ports(services(model)[hostnames(model)[master_host]])
+    # Beam hands paths to the workers as they are: the pipeline root, temp files and models must be
+    # where the Airflow task wrote them, in every container that runs the steps' code.
+    temp = options["temp_location"]
+    for name in ("airflow-scheduler", "beam-python-workers", "flink-taskmanager", "beam-flink-job-server"):
+        assert mount_for(services(model)[name], "/data/pipeline")["source"] == "pipeline", name
+        assert mount_for(services(model)[name], temp)["source"] == "pipeline", name
+    assert mount_for(services(model)["beam-python-workers"], "/models")["source"] == "models"
+
+
+def test_flink_workers_run_the_ml_runtime_of_the_airflow_image(resolved: dict[str, Any]) -> None:
+    model = resolved["flink"]
+    workers = services(model)["beam-python-workers"]
+    ml_python = services(model)["airflow-scheduler"]["environment"]["MLOPS_ML_PYTHON"]
+    assert workers["image"] == services(model)["airflow-scheduler"]["image"]
+    assert workers["entrypoint"][:3] == [ml_python, "-m", "apache_beam.runners.worker.worker_pool_main"]
+    # The pool starts each SDK worker as plain `python`: it must be the ML runtime's.
+    assert workers["environment"]["PATH"].split(":")[0] == str(Path(ml_python).parent)
+    assert {"flink-jobmanager", "flink-taskmanager"} <= {name for name, s in services(model).items() if s.get("image", "").startswith("flink:1.18")}
+    assert "1.18" in services(model)["beam-flink-job-server"]["image"] and "2.59" in services(model)["beam-flink-job-server"]["image"]
 
 
 # --- Secrets ------------------------------------------------------------------------------------
@@ -360,16 +470,25 @@ def test_prometheus_scrapes_services_that_exist(resolved: dict[str, Any], profil
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert {"gateway", "tfserving"} <= set(jobs)
     for name, job in jobs.items():
-        for static in job["static_configs"]:
-            for target in static["targets"]:
-                host, port = target.rsplit(":", 1)
-                if host == "localhost":
-                    assert name == "prometheus"
-                    continue
-                assert host in hostnames(model), f"job {name}: {host} is not a service in profile {profile}"
-                service = services(model)[hostnames(model)[host]]
-                assert int(port) in container_ports(service), f"job {name}: {service} does not listen on {port}"
+        targets = [target for static in job.get("static_configs", []) for target in static["targets"]]
+        # DNS discovery: one target per address the name resolves to (every replica of a service).
+        targets += [f"{host}:{sd['port']}" for sd in job.get("dns_sd_configs", []) for host in sd["names"]]
+        assert targets, f"job {name} scrapes nothing"
+        for target in targets:
+            host, port = target.rsplit(":", 1)
+            if host == "localhost":
+                assert name == "prometheus"
+                continue
+            assert host in hostnames(model), f"job {name}: {host} is not a service in profile {profile}"
+            service = services(model)[hostnames(model)[host]]
+            assert int(port) in container_ports(service), f"job {name}: {service} does not listen on {port}"
     assert hostnames(model)[jobs["tfserving"]["static_configs"][0]["targets"][0].split(":")[0]] == MODEL_SERVER[profile]
+
+
+def test_prometheus_scrapes_each_gateway_replica_not_the_balancer() -> None:
+    jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
+    [discovery] = jobs["gateway"]["dns_sd_configs"]
+    assert discovery["names"] == ["gateway"] and discovery["type"] == "A" and "static_configs" not in jobs["gateway"]
 
 
 def test_prometheus_scrapes_tfserving_where_it_exports() -> None:

@@ -77,19 +77,25 @@ def model_server(model_root: Path, tmp_path: Path) -> Iterator[Any]:  # noqa: F8
 
 @pytest.fixture
 def prometheus(model_server: Any, start_gw: Any, tmp_path: Path) -> Iterator[tuple[str, Any]]:
-    """Prometheus on loopback scraping a gateway (canary at 30 %, partial automation) and the model server."""
-    gateway = start_gw(models={MODEL: ModelPolicy(policy="canary", canary_share=0.3, automation="partial", band=(0.0, 0.5))})
+    """Prometheus on loopback scraping two gateway replicas (canary at 30 %, partial automation; the
+    traffic goes to the first) and the model server."""
+    policy = {MODEL: ModelPolicy(policy="canary", canary_share=0.3, automation="partial", band=(0.0, 0.5))}
+    gateway, replica = start_gw(models=policy), start_gw(models=policy)
     port = free_port()
     config = yaml.safe_load(SCRAPE_CONFIG.read_text())
     config["global"]["scrape_interval"] = "1s"
-    addresses = {"gateway:8080": f"127.0.0.1:{gateway.rest_port}",
-                 "tfserving:8501": urllib.parse.urlsplit(model_server.rest_url).netloc,
-                 "localhost:9090": f"127.0.0.1:{port}"}
+    # What Docker's DNS gives compose: `gateway` is every replica's address.
+    addresses = {"gateway:8080": [f"127.0.0.1:{gateway.rest_port}", f"127.0.0.1:{replica.rest_port}"],
+                 "tfserving:8501": [urllib.parse.urlsplit(model_server.rest_url).netloc],
+                 "localhost:9090": [f"127.0.0.1:{port}"]}
     jobs = set()
     for job in config["scrape_configs"]:
         jobs.add(job["job_name"])
-        for group in job["static_configs"]:
-            group["targets"] = [addresses[target] for target in group["targets"]]
+        names = [f"{name}:{sd['port']}" for sd in job.pop("dns_sd_configs", []) for name in sd["names"]]
+        groups = job.setdefault("static_configs", []) + ([{"targets": names}] if names else [])
+        for group in groups:
+            group["targets"] = [address for target in group["targets"] for address in addresses[target]]
+        job["static_configs"] = groups
     assert jobs == {"gateway", "tfserving", "prometheus"}
     config_file = tmp_path / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config))
@@ -102,7 +108,8 @@ def prometheus(model_server: Any, start_gw: Any, tmp_path: Path) -> Iterator[tup
     try:
         def every_target_up() -> bool:  # Prometheus hands out its first targets a few seconds after it is ready
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            return set(_health(url).values()) == {"up"}
+            health = _health(url)
+            return len(health) == 4 and set(health.values()) == {"up"}  # both replicas scraped on their own
 
         poll_until(every_target_up, "Prometheus to scrape every target", timeout=60, interval=0.2)
         yield url, gateway
@@ -112,12 +119,12 @@ def prometheus(model_server: Any, start_gw: Any, tmp_path: Path) -> Iterator[tup
 
 
 def _health(url: str) -> dict[str, str]:
-    """Scrape health by job ({} until Prometheus answers and has targets)."""
+    """Scrape health by (job, instance) ({} until Prometheus answers and has targets)."""
     try:
         targets = _api(url, "targets")["activeTargets"]
     except OSError:
         return {}
-    return {target["labels"]["job"]: target["health"] for target in targets}
+    return {(target["labels"]["job"], target["labels"]["instance"]): target["health"] for target in targets}
 
 
 def _api(url: str, path: str, **params: str) -> Any:

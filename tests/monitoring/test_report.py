@@ -15,7 +15,11 @@ from monitoring.log_statistics import statistics_of_frame
 from monitoring.report import render_report, write_report
 from monitoring.performance_estimate import performance_estimate
 from monitoring.results import DATA_DRIFT, Baseline, CalibrationMap, ConceptBaseline, MonitoringResult, PredictionBaseline
+from core.config import AutomationConfig
+from monitoring.agreement import read_agreement
+from monitoring.readiness import assess_readiness
 from tests.monitoring import browser
+from tests.monitoring.reviews import AGREEING_SLICE, DISAGREEING_SLICE, scripted_traffic
 
 pytestmark = pytest.mark.skipif(not browser.available(), reason="Debian's chromium is not installed (make test installs it)")
 
@@ -52,7 +56,14 @@ def fare_drift_report(split_2013_2014, training_baseline, schema, thresholds, tm
         checks.concept_drift(labelled, concept_baseline, thresholds.concept),
         performance_estimate(probabilities, concept_baseline, thresholds.performance, 0.5, labelled),
     ]
-    result = MonitoringResult(outcomes, START, START + dt.timedelta(hours=1), "taxi", 3, len(window), None, None)
+    # A scripted reviewer of the partial traffic: agrees on Cash, changes every 4th Credit Card case.
+    reviews = tmp_path_factory.mktemp("reviews")
+    scripted_traffic(reviews, start=START, automation="partial", model_version=3, agreeing=200, disagreeing=200,
+                     disagree_every=4)
+    agreement = read_agreement(reviews, "taxi", START, START + dt.timedelta(hours=1))
+    readiness = assess_readiness(agreement, 3, "partial", AutomationConfig())
+    result = MonitoringResult(outcomes, START, START + dt.timedelta(hours=1), "taxi", 3, len(window), None, None,
+                              agreement, readiness)
     folder = tmp_path_factory.mktemp("report")
     (folder / "evaluation.html").write_text("<!DOCTYPE html><html><body><p>evaluation</p></body></html>")
     history = [{"window_end": f"2026-11-{day}T11:00:00+00:00", "labels": 600, "auc": 0.9 - day / 200, "accuracy": 0.88,
@@ -115,3 +126,18 @@ def test_the_report_shows_the_estimate_next_to_the_realized_metrics_and_the_slic
     assert "CUSUM" in concept and f"{sequence['window_z']:.2f}" in concept
     top = sequence["slices"][0]
     assert f"{top['feature']} = {top['value']}" in concept and f">{top['labels']}<" in concept
+
+
+def test_the_agreement_section_shows_each_slice_and_the_verdict_a_reviewer_produced(fare_drift_report):
+    path, result = fare_drift_report
+    page = browser.load(path)  # what the browser shows, not the file
+    section = re.search(r'<section id="agreement">(.*?)</section>', page.dom, re.S).group(1)
+    rows = dict(re.findall(r"<tr><td>payment_type = ([^<]+)</td>(.*?)</tr>", section))
+    assert set(rows) == {AGREEING_SLICE, DISAGREEING_SLICE}
+    assert re.findall(r">([^<]*)</td>", rows[AGREEING_SLICE]) == ["200", "200", "1.000"]
+    assert re.findall(r">([^<]*)</td>", rows[DISAGREEING_SLICE]) == ["200", "150", "0.750"]
+    group = result.agreement.group(3, "partial")
+    assert f"<td>3</td><td class=\"num\">partial</td><td class=\"num\">{group.served}</td><td class=\"num\">400</td>" \
+           f"<td class=\"num\">0.875</td><td class=\"num\">{group.kappa:.3f}</td>" in section
+    # 87.5 % is under the partial floor of 90 %: the page says the model moves down to assist.
+    assert "move down to assist" in section and 'alt="agreement per slice"' in section

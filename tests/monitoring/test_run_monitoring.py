@@ -82,6 +82,10 @@ def test_the_check_is_recorded_in_mlmd_with_the_log_window_model_and_training_st
     estimate = sqlite_story.drifted.check(results.PERFORMANCE_ESTIMATE).evidence["metrics"]
     assert props["performance_estimate"]["estimated_accuracy"] == estimate["accuracy"]["estimated"]
     assert props["performance_estimate"]["realized_labels"] == 100  # hour 2's labels
+    # Agreement with reviewers is recorded with the checks: the story's traffic is in full automation, never reviewed.
+    assert props["agreement"]["1/full"]["reviewed"] == 0 and props["agreement"]["1/full"]["agreement"] is None
+    assert props["automation_readiness"] == {"current": "full", "next": None, "action": "stay"}
+    assert sqlite_story.drifted.agreement.group(1, "full").served >= 833  # the evidence window reaches back a week
     execution = producer(store, artifact.id)
     assert execution.last_known_state == metadata_store_pb2.Execution.COMPLETE
     [execution_type] = store.get_execution_types_by_id([execution.type_id])

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.fixtures.servers import model_server_process
+from tests.fixtures.servers import free_port, model_server_process
 from tests.serving.contract.clients import GrpcClient, RestClient
 from tests.serving.contract.layout import METRICS_PATH, install_version
 
@@ -52,8 +52,8 @@ def running_cli(tmp_path: Path, exported_models: dict) -> Iterator[dict[str, Any
     stderr_path = tmp_path / "stderr.log"
     process = model_server_process(
         [
-            "--port=0",
-            "--rest_api_port=0",
+            f"--port={free_port()}",
+            f"--rest_api_port={free_port()}",
             "--host=127.0.0.1",
             "--model_name=taxi",
             f"--model_base_path={tmp_path / 'taxi'}",
@@ -95,7 +95,7 @@ def test_cli_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> None:
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "taxi" base_path: "taxi" model_platform: "tensorflow" } }')
     stderr_path = tmp_path / "stderr.log"
-    process = model_server_process([f"--model_config_file={config}", "--port=0", "--rest_api_port=0", "--host=127.0.0.1"], stderr_path)
+    process = model_server_process([f"--model_config_file={config}", f"--port={free_port()}", "--host=127.0.0.1"], stderr_path)
     try:
         assert process.wait(timeout=180) == 255  # tensorflow_model_server: main() returns -1
     finally:
@@ -107,8 +107,56 @@ def test_cli_refuses_to_start_on_an_invalid_config(tmp_path: Path) -> None:
     ) in stderr_path.read_text()
 
 
-def test_cli_rejects_unknown_flags(tmp_path: Path) -> None:
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    try:
+        stdout, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stdout
+
+
+def test_cli_reports_an_unknown_argument_and_starts_anyway_like_tensorflow_model_server(tmp_path: Path, exported_models: dict) -> None:
+    install_version(exported_models[1.0], tmp_path / "taxi", 3)
     stderr_path = tmp_path / "stderr.log"
-    process = model_server_process(["--enable_batching_typo"], stderr_path)
-    assert process.wait(timeout=180) == 2
-    assert "unrecognized arguments: --enable_batching_typo" in stderr_path.read_text()
+    grpc_port = free_port()
+    process = model_server_process(["--enable_batching_typo", "stray", f"--port={grpc_port}", "--model_name=taxi",
+                                    f"--model_base_path={tmp_path / 'taxi'}", "--host=127.0.0.1"], stderr_path)
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert first == "unknown argument: --enable_batching_typo\n", first + stderr_path.read_text()[-2000:]
+        lines = []
+        while not any(line.startswith("Running gRPC ModelServer at ") for line in lines):
+            line = process.stdout.readline()
+            assert line, f"exited with {process.wait()}: {stderr_path.read_text()[-2000:]}"
+            lines.append(line)
+        assert any("--rest_api_port" in line for line in lines)  # the usage
+        assert f"Running gRPC ModelServer at 127.0.0.1:{grpc_port} ...\n" in lines
+        assert not any(line.startswith("Exporting HTTP/REST API") for line in lines)  # --rest_api_port=0 by default
+        client = GrpcClient(f"127.0.0.1:{grpc_port}")
+        try:
+            assert client.status("taxi")
+        finally:
+            client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+@pytest.mark.parametrize("args", [["--port=http"], ["--enable_batching=maybe"], ["--help"]])
+def test_cli_exits_255_with_the_usage_on_a_bad_flag_value_or_help(tmp_path: Path, args: list[str]) -> None:
+    stderr_path = tmp_path / "stderr.log"
+    status, stdout = _finish(model_server_process([*args, "--model_base_path=/nonexistent"], stderr_path))
+    assert status == 255
+    assert "--rest_api_timeout_in_ms" in stdout  # the usage, on stdout as main.cc prints it
+    if args != ["--help"]:
+        assert args[0].split("=")[0] in stderr_path.read_text()
+
+
+def test_cli_without_a_grpc_port_or_socket_fails_with_tf_servings_words(tmp_path: Path) -> None:
+    stderr_path = tmp_path / "stderr.log"
+    status, _ = _finish(model_server_process(["--port=0", "--model_base_path=/nonexistent"], stderr_path))
+    assert status == 255
+    assert ("Failed to start server. Error: INVALID_ARGUMENT: At least one of server_options.grpc_port or "
+            "server_options.grpc_socket_path must be set.") in stderr_path.read_text()

@@ -102,3 +102,25 @@ def test_settings_are_frozen_and_validated_when_built_in_code():
         settings.rest_port = 1  # type: ignore[misc]
     with pytest.raises(GatewayConfigError, match="breaker_reset_s must be > 0"):
         GatewaySettings(breaker_reset_s=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"policy_poll_seconds": 0}, "gateway.policy_poll_seconds must be > 0"),
+        ({"policy_poll_seconds": 31}, "gateway.policy_poll_seconds must be at most 30"),
+        ({"replica_id": "a-b"}, "gateway.replica_id must be 1-40 letters"),
+    ],
+)
+def test_replica_settings_are_checked(overrides, message):
+    with pytest.raises(GatewayConfigError, match=message):
+        GatewaySettings(**overrides)
+
+
+def test_the_default_replica_name_fits_in_a_file_name():
+    import os
+    import re
+
+    name = GatewaySettings().replica_name
+    assert re.fullmatch(r"[A-Za-z0-9_.]{1,40}", name) and name.endswith(f".{os.getpid()}")
+    assert GatewaySettings(replica_id="gw_2").replica_name == "gw_2"

@@ -119,3 +119,66 @@ def test_changes_that_cannot_apply_change_nothing(table):
     with pytest.raises(RoutingError, match="no canary version and no version was given"):
         routes.promote("taxi")
     assert config_file.read_text() == before and routes.route("taxi").policy == "blue_green"
+
+
+def test_two_tables_on_one_state_file_see_each_others_changes_on_refresh(table, tmp_path):
+    routes, config_file = table
+    other = RoutingTable(state_file=tmp_path / "state.json", model_config_file=config_file, initial={"taxi": ModelPolicy()})
+    routes.set_canary("taxi", 2, 0.25)
+    assert other.route("taxi").policy == "blue_green"  # not polled yet
+    assert other.refresh_from_state()
+    assert other.route("taxi") == routes.route("taxi")
+    assert not other.refresh_from_state()  # nothing new: nothing changes
+    # A change through the stale-looking one starts from the file, not from its own old view.
+    other.set_share("taxi", 0.5)
+    routes.refresh_from_state()
+    assert (routes.route("taxi").canary_version, routes.route("taxi").canary_share) == (2, 0.5)
+    assert routes.route("taxi").revision == other.route("taxi").revision == 2
+
+
+def test_changes_racing_through_two_tables_are_all_kept(table, tmp_path):
+    import threading
+
+    routes, config_file = table
+    other = RoutingTable(state_file=tmp_path / "state.json", model_config_file=config_file, initial={"taxi": ModelPolicy()})
+    routes.set_canary("taxi", 2, 0.1)
+    rounds = 25
+
+    def shares() -> None:
+        for index in range(rounds):
+            routes.set_share("taxi", round(0.01 * (index + 1), 2))
+
+    def bands() -> None:
+        for index in range(rounds):
+            other.set_automation("taxi", "partial", (round(0.01 * (index + 1), 2), 0.9))
+
+    threads = [threading.Thread(target=shares), threading.Thread(target=bands)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    routes.refresh_from_state()
+    final = routes.route("taxi")
+    assert final.revision == 1 + 2 * rounds
+    assert (final.canary_share, final.band, final.automation) == (0.25, (0.25, 0.9), "partial")
+
+
+def test_a_stale_expected_revision_is_a_conflict_and_changes_nothing(table):
+    from serving.gateway.routing import RoutingConflict
+
+    routes, _ = table
+    seen = routes.route("taxi").revision
+    routes.set_automation("taxi", "assist")
+    with pytest.raises(RoutingConflict, match=f"since revision {seen} \\(now {seen + 1}"):
+        routes.change("taxi", seen, routes.set_automation, "full")
+    assert routes.route("taxi").automation == "assist"
+    assert routes.change("taxi", seen + 1, routes.set_automation, "full").automation == "full"
+
+
+def test_a_bad_state_file_on_a_poll_keeps_the_last_good_policy(table, tmp_path):
+    routes, _ = table
+    routes.set_canary("taxi", 2, 0.3)
+    before = routes.route("taxi")
+    (tmp_path / "state.json").write_text("{half a rewrite")
+    assert not routes.refresh_from_state()
+    assert routes.route("taxi") == before

@@ -13,6 +13,7 @@ import requests
 from serving.model_server.batching import BatchingOptions, read_batching_parameters
 from serving.model_server.server import StartupError, main, start_model_server
 from tests.serving.gateway.helpers import MODEL, STABLE_VERSION, real_trips, write_model_config
+from tests.fixtures.servers import free_port
 
 
 def tf_runs(handle) -> int:
@@ -162,7 +163,7 @@ def test_defaults_are_tf_servings_and_the_compose_file_parses():
 
 def test_the_flags_are_tensorflow_model_servers(tmp_path, capsys):
     (tmp_path / "batching.config").write_text("max_batch_size { value: 0 }")
-    code = main(["--port=0", "--rest_api_port=0", f"--model_base_path={tmp_path}", "--enable_batching=true",
+    code = main([f"--port={free_port()}", f"--model_base_path={tmp_path}", "--enable_batching=true",
                  f"--batching_parameters_file={tmp_path / 'batching.config'}"])
     assert code == 255  # tensorflow_model_server: main() returns -1
     assert "max_batch_size must be >= 1" in capsys.readouterr().err
