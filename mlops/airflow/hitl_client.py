@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from mlops.airflow.rest_client import AirflowApiError, AirflowClient
+from mlops.airflow.rest_client import AirflowApiError, AirflowClient, ready_to_answer
 from mlops.airflow.launcher import LauncherError
 
 
@@ -34,14 +34,15 @@ class HITLClient(AirflowClient):
 
     def wait_for_request(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600.0, poll: float = 2.0,
                          map_index: int = -1) -> dict[str, Any]:
-        """Waits until the task has asked (its request exists and it awaits input); returns the request."""
+        """Waits until the task has asked (its request exists and it awaits input) and can be answered
+        safely (rest_client.ready_to_answer); returns the request."""
         deadline = time.monotonic() + timeout
         last = "not asked yet"
         while time.monotonic() < deadline:
             try:
                 detail = self.hitl_detail(dag_id, run_id, task_id, map_index)
                 state = (detail.get("task_instance") or {}).get("state")
-                if state == "awaiting_input":
+                if ready_to_answer(detail):
                     return detail
                 last = f"task state {state}"
             except AirflowApiError as err:

@@ -21,6 +21,7 @@ import urllib.request
 
 import pytest
 
+from mlops.airflow.hitl_client import HITLClient
 from mlops.airflow.rest_client import AirflowClient, wait_for_run
 from tests.dags.conftest import ML_PYTHON, PROJECT_ROOT, push_tiny_models, run_in_ml, write_config
 from tests.dags.test_airflow_live import free_port
@@ -56,7 +57,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         try:
             assert started.returncode == 0, started.stdout + started.stderr
             password = json.loads((root / "airflow_home" / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-            client = AirflowClient(f"http://127.0.0.1:{port}", "admin", password)
+            client = HITLClient(f"http://127.0.0.1:{port}", "admin", password)
             client.wait_for_dag(DAG_ID)
             # No start date and a cron trigger: unpausing starts nothing until the next 06:00 UTC.
             client.set_paused(DAG_ID, False)
@@ -115,22 +116,13 @@ def trigger(client: AirflowClient, root, **conf) -> str:
     return client.trigger(DAG_ID, {"log_dir": str(root / "prediction_logs"), **conf})["dag_run_id"]
 
 
-def wait_for_question(client: AirflowClient, run_id: str, timeout: float = 600) -> dict:
-    """Waits until ask_approval waits for a person; returns what the person is shown (GET hitlDetails)."""
-    deadline = time.monotonic() + timeout
-    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{client._quote(run_id)}/taskInstances/ask_approval/-1/hitlDetails"
-    while time.monotonic() < deadline:
-        states = {t["task_id"]: t.get("state") for t in client.task_instances(DAG_ID, run_id)}
-        if states.get("ask_approval") == "awaiting_input":
-            return client._send("GET", path)
-        assert client.get_run(DAG_ID, run_id)["state"] in ("queued", "running"), states
-        time.sleep(2)
-    raise AssertionError(f"ask_approval never waited for input in run {run_id}")
+def wait_for_question(client: HITLClient, run_id: str, timeout: float = 600) -> dict:
+    """Waits until ask_approval waits for a person (and can be answered safely); returns what the person is shown."""
+    return client.wait_for_request(DAG_ID, run_id, "ask_approval", timeout=timeout)
 
 
-def answer(client: AirflowClient, run_id: str, option: str) -> dict:
-    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{client._quote(run_id)}/taskInstances/ask_approval/-1/hitlDetails"
-    return client._send("PATCH", path, {"chosen_options": [option]})
+def answer(client: HITLClient, run_id: str, option: str) -> dict:
+    return client.respond(DAG_ID, run_id, "ask_approval", [option])
 
 
 def finish(client: AirflowClient, run_id: str) -> dict[str, str]:
