@@ -129,6 +129,9 @@ class DataConfig:
                 raise ConfigError(f"data.max_rejected_share_by_reason.{reason} must be a share in [0, 1], got {share!r}")
 
 
+ROLLOUT_APPROVAL_MODES = ("none", "required")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
     model_name: str = "taxi"
@@ -137,6 +140,15 @@ class ServingConfig:
     model_config_file: Path = Path("var/serving/models.config")
     rest_port: int = 8501
     grpc_port: int = 8500
+    # Whether a person must approve a healthy canary before it becomes stable (the taxi_rollout
+    # DAG's `approval` param overrides it per run): "none" promotes on the judged evidence alone,
+    # "required" waits for an Approve in Airflow's Required Actions (no answer = rolled back).
+    rollout_approval: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.rollout_approval not in ROLLOUT_APPROVAL_MODES:
+            raise ConfigError(f"serving.rollout_approval must be one of {list(ROLLOUT_APPROVAL_MODES)}, "
+                              f"got {self.rollout_approval!r}")
 
 
 AUTOMATION_DEGREES = ("shadow", "assist", "partial", "full")

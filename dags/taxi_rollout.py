@@ -1,17 +1,20 @@
 """taxi_rollout: deploy a pushed model safely: canary with automatic ramp or rollback, blue-green, rollback.
 
-A declaration only: stdlib, pendulum and airflow.sdk at module level. The work runs in the ML
-runtime (`mlops.airflow.tasks.run_rollout_task`), which talks to the gateway's admin API and records a
-`Deploy` execution in ML Metadata.
+A declaration only: stdlib, pendulum and Airflow at module level. The work runs in the ML
+runtime (`mlops.airflow.rollout_tasks`), which talks to the gateway's admin API and records a
+`Deploy` execution in ML Metadata. The one piece of Airflow code here, `CanaryApproval`, adapts
+the standard provider's approve/reject operator (HITLBranchOperator) to the run's params.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from pathlib import Path
 
 import pendulum
+from airflow.providers.standard.operators.hitl import HITLBranchOperator
 from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +25,14 @@ CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 PUSHED_MODEL = Asset(name="taxi_pushed_model", uri="mlops://models/taxi")
 # mlops.airflow.tasks.ROLLOUT_ACTIONS; each is also a task id.
 ACTIONS = ("canary", "blue_green", "rollback")
+# mlops.airflow.rollout_tasks: APPROVAL_MODES, AWAITING_APPROVAL, APPROVAL_TASK, APPROVAL_OUTCOMES, ANSWER_KEY.
+APPROVAL_MODES = ("none", "required")
+AWAITING_APPROVAL = "awaiting_approval"
+APPROVAL_TASK = "approve_promotion"
+APPROVAL_OUTCOMES = ("promote_canary", "roll_back_canary")
+ANSWER_KEY = "answer"
+# The approval's options, in APPROVAL_OUTCOMES' order.
+ANSWERS = ("Approve", "Reject")
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,32 @@ def explain_failure(context: dict) -> None:
     else:
         reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
     log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+class CanaryApproval(HITLBranchOperator):
+    """Approve or Reject, each answer running its own task: the provider's ApprovalOperator can only
+    skip what follows on Reject, while a rejected canary must be rolled back, recorded, and fail the
+    run (a failed canary must fail it too, which a task that runs after any canary outcome would hide).
+
+    The wait is read from the run's `approval_timeout_minutes` (the provider takes
+    `response_timeout` only when the DAG is parsed), and the answer is pushed as plain JSON under
+    the XCom key `answer` before the provider branches: branching skips by raising, so the
+    provider's return value never reaches XCom, and it holds a pendulum DateTime, which the ML
+    runtime (no pendulum) cannot read."""
+
+    def execute(self, context):
+        # A datetime.timedelta: the task runner sends it to its supervisor, which cannot encode a pendulum Duration.
+        self.response_timeout = datetime.timedelta(minutes=float(context["params"]["approval_timeout_minutes"]))
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        if "error" not in event:
+            user = event.get("responded_by_user") or {}
+            context["ti"].xcom_push(key=ANSWER_KEY, value={
+                "chosen": (event.get("chosen_options") or [None])[0], "responded_by": user.get("name"),
+                "responded_by_id": user.get("id"), "responded_at": event["responded_at"].isoformat(),
+                "timed_out": bool(event.get("timedout"))})
+        return super().execute_complete(context, event)  # runs the answer's task, skips the other
 
 
 DEFAULT_ARGS = {
@@ -71,6 +108,15 @@ the `action` param:
   request by request) and promotes it to `stable`; it sets its traffic back to 0 at the first
   unhealthy window, and holds it when its decisions diverge from stable's on a slice unless
   `approve_divergence` is set (the task then fails, visibly). A version that is already stable is left alone.
+* **approval** `required` (default: `[serving] rollout_approval` in mlops.toml, `none`): the canary
+  ramps and shadows as above but is not promoted. `approve_promotion` asks a person in **Required
+  Actions** (Browse menu, or the REST API's `hitlDetails`), showing each judged window (requests,
+  error rates, latency ratio, mean probability shift) and the paired comparison, a divergence
+  included; the canary gets no traffic meanwhile. **Approve** runs `promote_canary`; **Reject**, or
+  no answer within `approval_timeout_minutes`, runs `roll_back_canary` (canary traffic 0, stable
+  untouched; the run ends failed, as for an automatic rollback). The answer (who, when, on which
+  evidence) is recorded on the rollout's Deploy execution and shown by `mlops lineage model`.
+  With `none`, `approval_required` skips all three.
 * **blue_green**: switches `stable` to `version` at once (the previous stable is kept for rollback).
 * **rollback**: instantly puts the previous stable version back.
 
@@ -116,7 +162,14 @@ Airflow's environment, its URL from `gateway_url` or `MLOPS_GATEWAY_URL`.
                                      description="Fewest canary requests per window needed to judge it."),
         "approve_divergence": Param(False, type="boolean",
                                     description="Promote even if the candidate's decisions diverged from stable's on a slice "
-                                                "(the paired comparison before promotion, monitoring/thresholds.toml [paired])."),
+                                                "(the paired comparison before promotion, monitoring/thresholds.toml [paired]); "
+                                                "with approval=required the approver sees the divergence instead."),
+        "approval": Param(None, type=["null", "string"], enum=[None, *APPROVAL_MODES],
+                          description="required: a person approves the promotion of a healthy canary in Required Actions; "
+                                      "none: promote on the judged evidence; empty = mlops.toml's [serving] rollout_approval."),
+        "approval_timeout_minutes": Param(1440, type="number", exclusiveMinimum=0, maximum=43_200,
+                                          description="How long the approval waits for an answer; none in time = Reject "
+                                                      "(the canary is rolled back)."),
         "log_dir": Param("", type="string", description="The gateway's prediction log directory, read for the paired "
                                                          "comparison; empty = var/logs/predictions under the config's root."),
         "gateway_url": Param("", type="string", description="The gateway's base URL; empty = MLOPS_GATEWAY_URL or http://127.0.0.1:8000."),
@@ -132,7 +185,7 @@ def taxi_rollout() -> None:
     def deploy_task(action: str, doc: str):
         @task.external_python(task_id=action, python=ML_PYTHON, expect_airflow=False, multiple_outputs=False, doc_md=doc)
         def deploy(action: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str) -> dict:
-            from mlops.airflow.tasks import run_rollout_task
+            from mlops.airflow.rollout_tasks import run_rollout_task
 
             return run_rollout_task(action, config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
                                     run_type=run_type, params_json=params_json)
@@ -140,10 +193,48 @@ def taxi_rollout() -> None:
         return deploy(action=action, config_path=CONFIG_PATH, dag_id="taxi_rollout", airflow_run_id="{{ run_id }}",
                       run_type="{{ dag_run.run_type }}", params_json="{{ params | tojson }}")
 
+    @task.short_circuit(task_id="approval_required",
+                        doc_md="Goes on to the approval only when the canary waits for one; skips it otherwise.")
+    def approval_required(canary_decision: str) -> bool:
+        return canary_decision == AWAITING_APPROVAL
+
+    def outcome_task(outcome: str, doc: str):
+        @task.external_python(task_id=outcome, python=ML_PYTHON, expect_airflow=False, multiple_outputs=False, doc_md=doc)
+        def conclude(outcome: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
+                     canary_json: str, answer_json: str) -> dict:
+            from mlops.airflow.rollout_tasks import run_approval_outcome_task
+
+            return run_approval_outcome_task(outcome, config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                             run_type=run_type, params_json=params_json, canary_json=canary_json,
+                                             answer_json=answer_json)
+
+        return conclude(outcome=outcome, config_path=CONFIG_PATH, dag_id="taxi_rollout", airflow_run_id="{{ run_id }}",
+                        run_type="{{ dag_run.run_type }}", params_json="{{ params | tojson }}",
+                        canary_json="{{ ti.xcom_pull(task_ids='canary') | tojson }}",
+                        answer_json=f"{{{{ ti.xcom_pull(task_ids='{APPROVAL_TASK}', key='{ANSWER_KEY}') | tojson }}}}")
+
+    canary = deploy_task("canary", "Canary at the first share, observe, ramp, then promote, set its traffic back to 0, "
+                                   "or (approval=required) stop at 0 % with the evidence for a person.")
     choose_action("{{ params.action }}") >> [
-        deploy_task("canary", "Canary at the first share, observe, ramp, promote or set its traffic back to 0."),
+        canary,
         deploy_task("blue_green", "Switch `stable` to the version at once."),
         deploy_task("rollback", "Put the previous stable version back, instantly."),
+    ]
+    approval = CanaryApproval(
+        task_id=APPROVAL_TASK,
+        subject="Promote {{ ti.xcom_pull(task_ids='canary')['model'] }}:{{ ti.xcom_pull(task_ids='canary')['version'] }} "
+                "to stable?",
+        body="{{ ti.xcom_pull(task_ids='canary')['evidence_markdown'] }}",
+        options=list(ANSWERS),
+        options_mapping=dict(zip(ANSWERS, APPROVAL_OUTCOMES)),
+        defaults="Reject",  # what a timeout answers: the safe side
+        doc_md="Asks a person to approve the healthy canary's promotion, showing the judged evidence; "
+               "Approve runs promote_canary, Reject (or no answer in time) roll_back_canary.",
+    )
+    # A failed canary fails everything after it (upstream_failed), so the run shows it failed.
+    canary >> approval_required("{{ (ti.xcom_pull(task_ids='canary') or {}).get('decision', '') }}") >> approval >> [
+        outcome_task("promote_canary", "Promote the approved canary to stable; record who approved it, when, on what."),
+        outcome_task("roll_back_canary", "Set the unapproved canary's traffic to 0 (stable untouched); record why."),
     ]
 
 

@@ -123,6 +123,13 @@ def format_model_audit(audit: Mapping[str, Any]) -> str:
             verdict = "passed" if check["passed"] else "FAILED " + ", ".join(check["failed_checks"])
             lines.append(f"  #{check['id']} {check['window_start']} to {check['window_end']}: {verdict}  {check['report']}")
     lines += format_automation_changes(audit.get("automation_changes") or [])
+    if audit.get("rollouts"):
+        lines.append("Rollouts")
+        for rollout in audit["rollouts"]:
+            lines.append(f"  #{rollout['id']} {rollout['finished']} {rollout['action']}: {rollout['decision']}"
+                         f"{': ' + '; '.join(rollout['reasons']) if rollout['reasons'] else ''}")
+            if rollout.get("approval"):
+                lines.append(f"    {format_approval(rollout['approval'])}")
     steps = [(step, e["type"], e["id"], e["state"], (e.get("run") or {}).get("name"), e.get("finished"))
              for step, e in audit["executions"].items()]
     lines += ["", _table(steps, ["step", "type", "execution", "state", "run", "finished"])]
@@ -148,6 +155,23 @@ def format_automation_changes(changes: Sequence[Mapping[str, Any]]) -> list[str]
                      f"({change.get('reason')}{', forced' if change.get('forced') else ''}){measured}  "
                      f"[AutomationChange {change.get('execution_id')}]")
     return lines
+
+
+def format_approval(approval: Mapping[str, Any]) -> str:
+    """'approved by admin at <time> on evidence: <windows>; <paired>' (or rejected / timed out)."""
+    decision = approval.get("decision")
+    who = {"approved": f"approved by {approval.get('responded_by')} at {approval.get('responded_at')}",
+           "rejected": f"rejected by {approval.get('responded_by')} at {approval.get('responded_at')}",
+           "timed_out": f"not answered before the timeout ({approval.get('responded_at')})"}.get(decision, str(decision))
+    evidence = approval.get("evidence") or {}
+    shown = [f"{w.get('share')}%: {w.get('canary_requests')}/{w.get('stable_requests')} requests, error rate "
+             f"{_short(w.get('canary_error_rate'))}/{_short(w.get('stable_error_rate'))}, latency x{_short(w.get('latency_ratio'))}, "
+             f"mean shift {_short(w.get('mean_probability_shift'))}" for w in evidence.get("windows", [])]
+    paired = evidence.get("paired")
+    if paired:
+        shown.append(f"paired: {paired.get('pairs')} requests, agreement {_short(paired.get('agreement'))}"
+                     f"{', DIVERGED' if paired.get('diverged') else ''}")
+    return f"{who} on evidence: {'; '.join(shown) or 'none recorded'} (Deploy #{approval.get('canary_deploy_execution')})"
 
 
 def cmd_lineage_model(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 - `model_audit`: for a pushed model version, the data window and files, schema, statistics,
   anomalies, rows rejected, transform graph, code version, hyperparameters, evaluation and
-  blessing, push time, and what triggered the run (for a drift check: which checks, what evidence).
+  blessing, push time, and what triggered the run (for a drift check: which checks, what evidence);
+  then its rollouts, with the approver of a promotion that needed one (`rollouts_of`).
 - `request_audit`: from a logged prediction to the model version that answered it, then as above.
 - `data_audit`: everything derived from a dataset, down to models and the requests they served.
 - `list_runs` / `compare_runs`: experiment tracking, parameters and metrics side by side.
@@ -292,7 +293,24 @@ def model_audit(store: Store, model_name: str, version: int) -> dict[str, Any]:
         audit["run"]["drift_check"] = _drift_check_evidence(store, trigger["drift_check_artifact_id"], types)
     audit["monitoring"] = drift_checks_of(store, model_name, version)
     audit["automation_changes"] = automation_changes_of(store, pushed)  # degree of automation, oldest first
+    audit["rollouts"] = rollouts_of(store, pushed.id)
     return audit
+
+
+def rollouts_of(store: Store, pushed_model_id: int) -> list[dict[str, Any]]:
+    """The Deploy executions that took this pushed model as input, oldest first: what was decided, why,
+    and, for a promotion a person had to approve, their answer (who, when, on which evidence)."""
+    deploy_ids = {e.execution_id for e in store.get_events_by_artifact_ids([pushed_model_id]) if e.type == Event.INPUT}
+    rollouts = []
+    for execution in store.get_executions_by_id(sorted(deploy_ids)):
+        props = properties_of(execution)
+        if "result_decision" not in props:
+            continue  # not a Deploy (e.g. a batch scoring that used the model)
+        parameters = props.get("parameters") or {}
+        rollouts.append({"id": execution.id, "action": parameters.get("action"), "decision": props.get("result_decision"),
+                         "reasons": props.get("result_reasons") or [], "finished": _iso_seconds(props.get("finished_at")),
+                         "run": _run_of(store, execution.id).get("name"), "approval": props.get("result_approval")})
+    return rollouts
 
 
 def drift_checks_of(store: Store, model_name: str, version: int) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@
 - `judge_canary`: the rollout policy. Given one window of the gateway's `stats` for the canary and
   the stable version, it says whether the canary is healthy and, if not, why
   (`CanaryThresholds` are the limits, `CanaryJudgement` the verdict with its evidence).
+- `canary_evidence` / `evidence_markdown`: what the judged windows showed, for the person asked to
+  approve a promotion (the rollout DAG's `approval=required`) and for ML Metadata.
 
 Standard library only (urllib + json), so it runs in either environment (the Airflow venv or the
 ML runtime) without importing the serving stack.
@@ -306,3 +308,72 @@ def _standard_error_of_difference(canary: Mapping[str, Any], stable: Mapping[str
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evidence a person approves a promotion on
+# ---------------------------------------------------------------------------------------------
+
+
+def canary_evidence(observations: list[Mapping[str, Any]], paired: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the judged windows showed, side by side, small enough for an MLMD property and an approval form.
+
+    One entry per judged share: requests, error rates, the tail latency ratio (the quantile the
+    judge used) and the shift of the mean probability, with the judge's verdict; then the paired
+    comparison (the candidate shadowing stable) when it ran.
+    """
+    windows = []
+    for observation in observations:
+        canary, stable = dict(observation.get("canary") or {}), dict(observation.get("stable") or {})
+        fewest = min(int(canary.get("requests") or 0), int(stable.get("requests") or 0))
+        quantile = "p99" if fewest >= MIN_REQUESTS_FOR_P99 else "p90"
+        canary_latency, stable_latency = canary.get(f"latency_{quantile}_ms"), stable.get(f"latency_{quantile}_ms")
+        canary_mean, stable_mean = canary.get("mean_probability"), stable.get("mean_probability")
+        windows.append({
+            "share": observation.get("share"), "healthy": bool(observation.get("healthy")),
+            "reasons": list(observation.get("reasons") or []),
+            "canary_requests": int(canary.get("requests") or 0), "stable_requests": int(stable.get("requests") or 0),
+            "canary_error_rate": _rounded(canary.get("error_rate")), "stable_error_rate": _rounded(stable.get("error_rate")),
+            "latency_quantile": quantile,
+            "latency_ratio": _rounded(float(canary_latency) / float(stable_latency))
+            if _finite(canary_latency) and _finite(stable_latency) and stable_latency > 0 else None,
+            "mean_probability_shift": _rounded(float(canary_mean) - float(stable_mean))
+            if _finite(canary_mean) and _finite(stable_mean) else None,
+        })
+    evidence: dict[str, Any] = {"windows": windows}
+    if paired and "pairs" in paired:  # absent when the comparison could not run (no pipeline run to record it in)
+        evidence["paired"] = {key: paired.get(key) for key in ("pairs", "judged", "agreement", "diverged", "reasons", "report")}
+    return evidence
+
+
+def evidence_markdown(model: str, version: int, stable: int | None, evidence: Mapping[str, Any]) -> str:
+    """The approval form's body: the judged windows as a table, the paired comparison, what each answer does."""
+    lines = [f"**{model}:{version}** (canary) against **{model}:{stable}** (stable). Every judged window was healthy; "
+             "the canary gets no traffic while it waits for this answer.", "",
+             "| share | requests canary / stable | error rate canary / stable | latency ratio | mean probability shift |",
+             "|---|---|---|---|---|"]
+    for window in evidence.get("windows", []):
+        ratio, shift = window.get("latency_ratio"), window.get("mean_probability_shift")
+        latency = f"{ratio:.2f}x ({window.get('latency_quantile')})" if ratio is not None else "n/a"
+        lines.append(
+            f"| {window.get('share')} % | {window.get('canary_requests')} / {window.get('stable_requests')} "
+            f"| {_number(window.get('canary_error_rate'))} / {_number(window.get('stable_error_rate'))} "
+            f"| {latency} | {f'{shift:+.3f}' if shift is not None else 'n/a'} |")
+    paired = evidence.get("paired")
+    if paired:
+        verdict = "**DIVERGED**: " + "; ".join(paired.get("reasons") or []) if paired.get("diverged") else "within the limits"
+        lines += ["", f"Paired comparison (the canary shadowed stable, same requests): {paired.get('pairs')} requests, "
+                      f"decision agreement {_number(paired.get('agreement'))}; {verdict}. Report: `{paired.get('report')}`"]
+    else:
+        lines += ["", "Paired comparison: not run (no prediction logs to compare)."]
+    lines += ["", "**Approve** promotes the canary to stable. **Reject** sets its traffic to 0 and leaves stable "
+                  "untouched; no answer before the timeout does the same."]
+    return "\n".join(lines)
+
+
+def _rounded(value: Any) -> float | None:
+    return round(float(value), 5) if _finite(value) else None
+
+
+def _number(value: Any) -> str:
+    return f"{float(value):.3f}" if _finite(value) else "n/a"

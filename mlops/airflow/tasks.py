@@ -3,7 +3,9 @@
 DAG files stay declarations (stdlib, pendulum and airflow.sdk only); the work, its argument
 checks and its MLMD records live here, where they can be tested without Airflow. One entry point
 per DAG: `run_training_task` (taxi_training, one call per step), `run_monitoring_task`
-(taxi_monitoring), `run_rollout_task` (taxi_rollout), `run_batch_predict_task` (taxi_batch_predict).
+(taxi_monitoring), `run_batch_predict_task` (taxi_batch_predict); taxi_rollout's are in
+`mlops/airflow/rollout_tasks.py` (with the helpers here that other tasks share: `gateway_client`,
+`serving_labels`, `newest_version`).
 
 Retry policy (why exit codes): a task's ML process fails in one of two ways. A Python exception
 (a lock held too long, a full disk, a server that is restarting, a bug) reaches Airflow as an
@@ -25,11 +27,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -48,11 +48,6 @@ DEFAULT_CANARY_SHARES = (5, 25, 50, 100)
 DEFAULT_OBSERVE_SECONDS = 60
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 DEFAULT_BATCH_OUTPUT_FORMAT = "jsonl"
-# A canary whose decisions diverged from stable's (monitoring/paired.py): stopped before promotion.
-HELD_FOR_APPROVAL = "held_for_approval"
-
-# How long a rollout waits for the model server to load a freshly pushed version.
-MODEL_LOAD_TIMEOUT_S = 300.0
 
 
 @contextlib.contextmanager
@@ -352,177 +347,6 @@ def newest_version(config: Any) -> int | None:
     model_root = Path(config.serving.model_base_dir) / config.serving.model_name
     versions = version_directories(model_root) if model_root.is_dir() else []
     return versions[-1] if versions else None
-
-
-def _sleep_observing(seconds: float, label: str) -> None:
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, 15.0))
-        print(f"{label}: observing ... {max(deadline - time.monotonic(), 0):.0f}s left", flush=True)
-
-
-def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
-                     params_json: str | Mapping[str, Any]) -> dict[str, Any]:
-    """Deploys a pushed version: canary with automatic ramp or rollback, blue-green switch, or rollback.
-
-    Every decision is recorded as a `Deploy` execution in MLMD whose input is the PushedModel.
-    A rolled-back canary ends the task with EXIT_ROLLED_BACK (after recording), so the run shows red.
-    """
-    with exit_on_user_error(action):
-        from mlops import steps
-        from core.errors import DataError
-
-        params = _params(params_json)
-        if action not in ROLLOUT_ACTIONS:
-            raise DataError(f"action must be canary, blue_green or rollback, got {action!r}")
-        config = _load_config(config_path)
-        model = config.serving.model_name
-        ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
-                             airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
-        labels = serving_labels(config)
-        stable = labels.get("stable")
-        if action == "rollback":
-            decision = _rollback(params, model, stable)
-            return _record_deploy(ctx, action, decision.get("stable"), params, decision)
-        version = int(params["version"]) if params.get("version") not in (None, "") else newest_version(config)
-        if version is None:
-            raise DataError(f"no pushed versions of {model} under {config.serving.model_base_dir}; run taxi_training first")
-        if not (Path(config.serving.model_base_dir) / model / str(version)).is_dir():
-            raise DataError(f"{model} version {version} is not in {config.serving.model_base_dir / model}")
-        if version == stable:
-            decision = {"decision": "already_stable", "version": version,
-                        "reasons": [f"version {version} is already the stable version; nothing to roll out"]}
-            print(f"{action}: {decision['reasons'][0]}", flush=True)
-            return _record_deploy(ctx, action, version, params, decision)
-        if action == "blue_green":
-            return _record_deploy(ctx, action, version, params, _blue_green(params, model, version, stable))
-        decision = _canary(params, model, version, stable, ctx)
-        outcome = _record_deploy(ctx, action, version, params, decision)
-        if decision["decision"] in ("rolled_back", HELD_FOR_APPROVAL):
-            raise RolledBackError(f"canary {model}:{version} not promoted at {decision['share']}%: " + "; ".join(decision["reasons"]))
-        return outcome
-
-
-def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | None, ctx: Any = None) -> dict[str, Any]:
-    """Ramps the canary through the shares below 100 %, judging each window; promotes or aborts.
-
-    Every share below 100 % is observed for `observe_seconds` and judged against the stable
-    version; the final 100 % is the promotion itself. An unhealthy window sets the canary's
-    traffic back to 0 at once (the stable version was never changed). Before the promotion the
-    candidate shadows stable for one more window and the two are compared request by request
-    (`_paired_check`). The gateway writes the `canary` and `stable` labels of TF Serving's
-    models.config, so the model server follows.
-    """
-    from core.errors import DataError
-    from serving.rollout import CanaryThresholds, judge_canary
-
-    shares = [int(share) for share in params.get("shares") or DEFAULT_CANARY_SHARES]
-    if not shares or any(not 0 < share <= 100 for share in shares) or shares != sorted(set(shares)):
-        raise DataError(f"shares must be increasing percentages in 1..100, got {shares}")
-    observe = float(params.get("observe_seconds") or DEFAULT_OBSERVE_SECONDS)
-    if observe <= 0:
-        raise DataError(f"observe_seconds must be > 0, got {observe}")
-    thresholds = CanaryThresholds.from_mapping(params)
-    client = gateway_client(params)
-    _wait_until_loaded(client, model, version)
-    observations: list[dict[str, Any]] = []
-    for index, share in enumerate(share for share in shares if share < 100):
-        if index == 0:
-            client.set_canary(model, version, share / 100)
-        else:
-            client.set_share(model, share / 100)
-        print(f"canary: {model}:{version} takes {share}% of the traffic (stable: {stable}); observing {observe:.0f}s", flush=True)
-        _sleep_observing(observe, "canary")
-        judgement = judge_canary(client.stats(model, int(math.ceil(observe))), thresholds)
-        observations.append({"share": share, "healthy": judgement.healthy, "reasons": judgement.reasons,
-                             "canary": judgement.canary, "stable": judgement.stable})
-        if not judgement.healthy:
-            # After set_canary the gateway has no promote to undo: rollback only stops canary traffic.
-            client.rollback(model)
-            print(f"canary: ABORTED at {share}%: {'; '.join(judgement.reasons)}; all traffic is back on {model}:{stable}", flush=True)
-            return {"decision": "rolled_back", "version": version, "stable": stable, "share": share,
-                    "reasons": judgement.reasons, "observations": observations}
-        print(f"canary: healthy at {share}%: {judgement.summary()}", flush=True)
-    # Without a pipeline run (a caller outside the DAG) there is nowhere to record the comparison.
-    paired = (_paired_check(client, params, ctx, model, version, observe) if ctx is not None
-              else {"diverged": False, "judged": False, "reasons": []})
-    if paired["diverged"] and not params.get("approve_divergence"):
-        reasons = [*paired["reasons"], f"not promoted: trigger again with approve_divergence=true to promote anyway ({paired['report']})"]
-        print(f"canary: HELD: {'; '.join(reasons)}; all traffic is on {model}:{stable}", flush=True)
-        return {"decision": HELD_FOR_APPROVAL, "version": version, "stable": stable, "share": shares[-1],
-                "reasons": reasons, "observations": observations, "paired": paired}
-    client.promote(model, version)
-    print(f"canary: promoted {model}:{version} to stable (previous stable {stable} kept for rollback)", flush=True)
-    approved = ["decisions diverged from stable; promoted with approve_divergence"] if paired["diverged"] else []
-    return {"decision": "promoted", "version": version, "previous_stable": stable, "share": 100, "paired": paired,
-            "reasons": [f"healthy at every share of {shares} below 100%", *approved], "observations": observations}
-
-
-def _paired_check(client: Any, params: Mapping[str, Any], ctx: Any, model: str, version: int, observe: float) -> dict[str, Any]:
-    """The candidate shadows stable for `observe` seconds and the two are compared request by request
-    (a canaried request is answered by one version only); a summary for MLMD, the rest below the run."""
-    from metadata.queries import DEFAULT_LOG_DIR
-    from monitoring import paired, settings
-
-    log_dir = Path(params.get("log_dir") or ctx.config.root / DEFAULT_LOG_DIR)
-    start = dt.datetime.now(dt.timezone.utc)
-    client.set_shadow(model, version)
-    try:
-        print(f"canary: {model}:{version} shadows {model} for {observe:.0f}s: both versions answer every request", flush=True)
-        _sleep_observing(observe, "paired")
-        end = dt.datetime.now(dt.timezone.utc)
-        client.flush_logs()
-    finally:
-        client.set_shadow(model, None)  # all traffic on stable until the verdict, whatever happened
-    comparison = paired.compare_logged(log_dir, start, end, settings.load_thresholds().paired, model_name=model)
-    report = paired.write_comparison(ctx.run_dir / "deploy" / f"paired-{version}", comparison,
-                                     f"{model}:{version} vs stable, {start:%Y-%m-%d %H:%M} UTC")
-    print(f"canary: paired comparison of {comparison.pairs} requests in {log_dir}: agreement {comparison.agreement:.3f}; "
-          f"{'; '.join(comparison.reasons) or 'within the limits'} ({report})", flush=True)
-    return {**comparison.summary(), "report": str(report), "log_dir": str(log_dir)}
-
-
-def _wait_until_loaded(client: Any, model: str, version: int) -> None:
-    """A rollout right after a push must not send traffic to a version the model server is still loading."""
-    client.wait_until_available(model, version, timeout_s=MODEL_LOAD_TIMEOUT_S,
-                                progress=lambda line: print(f"rollout: {line}", flush=True))
-
-
-def _blue_green(params: Mapping[str, Any], model: str, version: int, stable: int | None) -> dict[str, Any]:
-    client = gateway_client(params)
-    _wait_until_loaded(client, model, version)
-    client.promote(model, version)
-    print(f"blue_green: {model}:{version} is stable now (previous stable {stable} kept for rollback)", flush=True)
-    return {"decision": "switched", "version": version, "previous_stable": stable,
-            "reasons": ["manual blue-green switch"]}
-
-
-def _rollback(params: Mapping[str, Any], model: str, stable: int | None) -> dict[str, Any]:
-    client = gateway_client(params)
-    policy = client.rollback(model)
-    restored_from = policy.get("rolled_back_from")
-    if restored_from is None:
-        reason = f"no promote to undo: canary traffic stopped, stable stays {model}:{stable}"
-    else:
-        reason = f"stable {model}:{restored_from} replaced by the previous stable {model}:{policy.get('stable_version')}"
-    print(f"rollback: {reason}", flush=True)
-    return {"decision": "rolled_back", "version": restored_from, "stable": policy.get("stable_version"),
-            "reasons": [f"manual rollback: {reason}"], "policy": _jsonable(policy)}
-
-
-def _record_deploy(ctx: Any, action: str, version: int | None, params: Mapping[str, Any],
-                   decision: Mapping[str, Any]) -> dict[str, Any]:
-    """A Deploy execution: input = the PushedModel (when known), results = the decision and its evidence."""
-    config = ctx.config
-    inputs = {}
-    pushed = _pushed_model(ctx.run.store, config.serving.model_name, version) if version is not None else None
-    if pushed is not None:
-        inputs["pushed_model"] = pushed
-    parameters = {"action": action, **{k: v for k, v in params.items() if k not in ("trigger",)}}
-    with ctx.run.step("Deploy", inputs, parameters, use_cache=False) as record:
-        record.record(decision=decision["decision"], version=version, reasons=list(decision.get("reasons", [])),
-                      details=_jsonable(dict(decision)))
-    return {"execution_id": record.execution_id, "pushed_model_id": pushed.id if pushed else None, **_jsonable(dict(decision))}
 
 
 # --- taxi_batch_predict ---

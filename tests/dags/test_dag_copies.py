@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from core.config import TrainingConfig
-from mlops.airflow import launcher, tasks
+from core.config import ROLLOUT_APPROVAL_MODES, ServingConfig, TrainingConfig
+from mlops.airflow import launcher, rollout_tasks, tasks
 from serving.rollout import CanaryThresholds
 from tests.dags.conftest import DAG_IDS, DAGS_FOLDER, run_in_ml
 
@@ -119,6 +119,17 @@ def test_rollout_actions_and_params_default_to_the_task_sides_and_the_canary_thr
     for field in dataclasses.fields(CanaryThresholds):
         assert param_default(dagbag, "taxi_rollout", field.name) == field.default, field.name
     assert tasks.DEFAULT_GATEWAY_URL in rollout.params.get_param("gateway_url").description
+
+
+def test_the_approval_gate_uses_the_task_sides_names_and_the_configs_modes(dagbag):
+    rollout = dag_module("taxi_rollout")
+    assert rollout["APPROVAL_MODES"] == rollout_tasks.APPROVAL_MODES == ROLLOUT_APPROVAL_MODES
+    assert ServingConfig().rollout_approval == "none"  # today's behaviour unless mlops.toml or the run asks
+    assert param_default(dagbag, "taxi_rollout", "approval") is None  # None = mlops.toml's
+    assert rollout["AWAITING_APPROVAL"] == rollout_tasks.AWAITING_APPROVAL
+    assert (rollout["APPROVAL_TASK"], rollout["APPROVAL_OUTCOMES"], rollout["ANSWER_KEY"]) == (
+        rollout_tasks.APPROVAL_TASK, rollout_tasks.APPROVAL_OUTCOMES, rollout_tasks.ANSWER_KEY)
+    assert dagbag.dags["taxi_rollout"].get_task(rollout_tasks.APPROVAL_TASK).downstream_task_ids == set(rollout_tasks.APPROVAL_OUTCOMES)
 
 
 def test_batch_predict_params_default_to_the_task_sides_format(dagbag):

@@ -26,7 +26,9 @@ EDGES = {
     "taxi_monitoring": {("check_drift", "decide"), ("decide", "trigger_training"), ("decide", "no_retraining"),
                         ("decide", "no_new_data"), ("check_drift", "no_new_data"),
                         ("check_drift", "trigger_training"), ("check_drift", "no_retraining")},
-    "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback")},
+    "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback"),
+                     ("canary", "approval_required"), ("approval_required", "approve_promotion"),
+                     ("approve_promotion", "promote_canary"), ("approve_promotion", "roll_back_canary")},
     "taxi_batch_predict": set(),
     # check_readiness also feeds stay, move_down and apply_move (the degrees) through XCom; record_refusal
     # follows apply_move only (it runs when a Reject or a timeout skipped it).
@@ -38,7 +40,8 @@ EDGES = {
 TASKS = {
     "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push"},
     "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data"},
-    "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback"},
+    "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback", "approval_required", "approve_promotion",
+                     "promote_canary", "roll_back_canary"},
     "taxi_batch_predict": {"score"},
     "taxi_automation": {"check_readiness", "decide", "ask_approval", "apply_move", "record_refusal", "move_down", "stay"},
 }
@@ -69,7 +72,8 @@ def test_task_ids_and_edges_are_as_documented(dagbag, dag_id):
 def test_ml_tasks_run_in_the_ml_runtime_and_user_errors_are_not_retried(dagbag):
     ml_python = str(PROJECT_ROOT / ".venvs" / "ml" / "bin" / "python")
     ml_tasks = {"taxi_training": TASKS["taxi_training"], "taxi_monitoring": {"check_drift"},
-                "taxi_rollout": {"canary", "blue_green", "rollback"}, "taxi_batch_predict": {"score"},
+                "taxi_rollout": {"canary", "blue_green", "rollback", "promote_canary", "roll_back_canary"},
+                "taxi_batch_predict": {"score"},
                 "taxi_automation": {"check_readiness", "apply_move", "record_refusal", "move_down"}}
     for dag_id, task_ids in ml_tasks.items():
         dag = dagbag.dags[dag_id]
@@ -93,6 +97,17 @@ def test_push_updates_the_asset_that_schedules_the_rollout(dagbag):
     rollout = dagbag.dags["taxi_rollout"]
     assert asset.uri == "mlops://models/taxi"
     assert [a.uri for a in rollout.timetable.asset_condition.objects] == [asset.uri]
+
+
+def test_the_approval_gate_asks_with_the_canary_evidence_and_each_answer_runs_its_task(dagbag):
+    rollout = dagbag.dags["taxi_rollout"]
+    approval = rollout.get_task("approve_promotion")
+    assert type(approval).__mro__[1].__name__ == "HITLBranchOperator"
+    assert approval.options == ["Approve", "Reject"] and approval.defaults == ["Reject"]  # a timeout rejects
+    assert approval.options_mapping == {"Approve": "promote_canary", "Reject": "roll_back_canary"}
+    assert "evidence_markdown" in approval.body
+    # Default trigger rules all the way: a failed canary leaves upstream_failed leaves, so the run fails.
+    assert {rollout.get_task(t).trigger_rule for t in ("approval_required", "promote_canary", "roll_back_canary")} == {"all_success"}
 
 
 def test_monitoring_runs_hourly_and_triggers_training(dagbag):
@@ -168,7 +183,7 @@ def test_rollout_batch_and_monitoring_params_are_validated(dagbag):
 
     assert _validate(dagbag, "taxi_rollout", {})["shares"] == [5, 25, 50, 100]
     for conf in ({"action": "yolo"}, {"shares": [5, 250]}, {"observe_seconds": 0}, {"max_error_rate": 2},
-                 {"version": 0}):
+                 {"version": 0}, {"approval": "maybe"}, {"approval_timeout_minutes": 0}):
         with pytest.raises(ParamValidationError):
             _validate(dagbag, "taxi_rollout", conf)
     assert _validate(dagbag, "taxi_batch_predict", {})["output_format"] == "jsonl"

@@ -390,7 +390,7 @@ def gateway_kill(model_server: Any, model_root: Path, work: Path, *, rounds: int
 
 @dataclasses.dataclass
 class CanaryKill:
-    """What the real rollout code (`mlops.airflow.tasks._canary`) decided when the model server died
+    """What the real rollout code (`mlops.airflow.rollout_tasks._canary`) decided when the model server died
     in its first observation window, and whether a promote was possible with the server gone."""
 
     decision: dict[str, Any]
@@ -418,7 +418,7 @@ def canary_kill(model_root: Path, work: Path, *, traffic: bool = True, observe_s
     import os
     import threading
 
-    from mlops.airflow import tasks
+    from mlops.airflow import rollout_tasks
     from serving.rollout import AdminApiError
 
     work.mkdir(parents=True, exist_ok=True)
@@ -437,7 +437,7 @@ def canary_kill(model_root: Path, work: Path, *, traffic: bool = True, observe_s
 
         def rollout() -> None:
             with contextlib.redirect_stdout(printed):
-                result.update(tasks._canary(params, MODEL, CANARY_VERSION, STABLE_VERSION))
+                result.update(rollout_tasks._canary(params, MODEL, CANARY_VERSION, STABLE_VERSION))
 
         load = Load(gateway.url, real_trips(3), clients=4, prefix="canary") if traffic else None
         with load if load is not None else contextlib.nullcontext():

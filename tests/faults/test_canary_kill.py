@@ -1,5 +1,5 @@
 """The model server `kill -9`ed in the middle of a canary: the rollout task's ramp
-(`mlops.airflow.tasks._canary`, what the taxi_rollout DAG runs) never promotes on missing evidence.
+(`mlops.airflow.rollout_tasks._canary`, what the taxi_rollout DAG runs) never promotes on missing evidence.
 With traffic, the canary's window is full of 503s and it rolls back naming the error rate; without
 traffic, too few requests reached the canary and it rolls back saying so. Either way the rollout
 says which, all traffic goes back to the stable version, and a promote is refused while the

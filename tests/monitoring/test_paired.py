@@ -244,7 +244,8 @@ def _deploys(config_path):
 
 @pytest.mark.slow
 def test_a_canary_whose_decisions_diverge_is_held_until_approved(serving_stack):
-    from mlops.airflow.tasks import EXIT_ROLLED_BACK, HELD_FOR_APPROVAL, run_rollout_task, serving_labels
+    from mlops.airflow.rollout_tasks import HELD_FOR_APPROVAL, run_rollout_task
+    from mlops.airflow.tasks import EXIT_ROLLED_BACK, serving_labels
     from core.config import load_config
 
     root, config_path = serving_stack
