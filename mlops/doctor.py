@@ -2,7 +2,7 @@
 
 Checks, in the order a first run meets them: the two virtual environments (present, installed by
 the Makefile, not older than their lock files), the ML Metadata store (its server first when one
-is configured), Airflow's health endpoint, the model server's and the gateway's ports (ours
+is configured), Airflow's health endpoint (and, with the CeleryExecutor, its Redis broker), the model server's and the gateway's ports (ours
 answering, or free for `make run`; anything else there is a miss), the model base path and
 `models.config`, where OpenLineage events go (and whether a configured lineage service answers),
 and free disk where the pipeline, the prediction log and Airflow write.
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import requests
 
 from core.config import Config
-from mlops.airflow import launcher
+from mlops.airflow import celery_cluster, launcher
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 DEFAULT_MIN_FREE_MB = 2048
@@ -132,6 +132,34 @@ def check_airflow(port: int, home: Path) -> Check:
         return Check("Airflow", FAIL, f"{url} reports unhealthy: {', '.join(sick) or json.dumps(document)[:200]}",
                      f"see {home / 'standalone.log'}; `make stop` then `make run` restarts it")
     return Check("Airflow", OK, f"{url}: every component healthy")
+
+
+def _redis_answers_ping(host: str, port: int) -> str | None:
+    """Redis's reply to PING (`+PONG`, or `-NOAUTH ...` when it wants a password), None when nothing answers."""
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_SECONDS) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(256).decode(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+def check_celery_broker(environ: Any = os.environ) -> list[Check]:
+    """With the CeleryExecutor (AIRFLOW__CORE__EXECUTOR), the Redis broker must answer; nothing to check otherwise."""
+    try:
+        if celery_cluster.executor(environ) != "CeleryExecutor":
+            return []
+        host, port = celery_cluster.redis_address(environ.get(celery_cluster.BROKER_ENV, ""))
+    except celery_cluster.CeleryConfigError as err:
+        return [Check("Celery broker (Redis)", FAIL, str(err), "see docs/DEPLOY.md, \"Celery workers\"")]
+    reply = _redis_answers_ping(host, port)
+    if reply is None:
+        return [Check("Celery broker (Redis)", FAIL, f"nothing answers on {host}:{port}",
+                      "start Redis (`redis-server`, or `docker compose --profile celery up redis`)")]
+    if not (reply.startswith("+PONG") or reply.startswith("-NOAUTH")):
+        return [Check("Celery broker (Redis)", FAIL, f"{host}:{port} is not Redis (PING got {reply[:60]!r})",
+                      f"point {celery_cluster.BROKER_ENV} at the Redis server")]
+    return [Check("Celery broker (Redis)", OK, f"{host}:{port} answers PING")]
 
 
 def _json_from(url: str) -> Any:
@@ -258,7 +286,7 @@ def _disks(setup: Setup) -> list[Check]:
 GROUPS: dict[str, Callable[[Setup], list[Check]]] = {
     "environments": lambda s: [check_environment(s.root, label, relative, locks) for label, relative, locks in ENVIRONMENTS],
     "metadata": lambda s: check_metadata(s.config),
-    "airflow": lambda s: [check_airflow(s.airflow_port, s.airflow_home)],
+    "airflow": lambda s: [check_airflow(s.airflow_port, s.airflow_home), *check_celery_broker()],
     "ports": check_ports,
     "models": lambda s: check_models(s.config),
     "openlineage": lambda s: [check_openlineage(s.config)],

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from core.atomic import write_text
+from mlops.airflow import celery_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,12 +191,27 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _read_pid(layout: AirflowLayout) -> int | None:
+def read_process_groups(layout: AirflowLayout) -> dict[str, int]:
+    """part -> process group of what `start` started: `standalone` alone, or each part of a Celery
+    cluster (the pid file has one `<part> <process group>` line each, see celery_cluster)."""
     try:
-        text = layout.pid_file.read_text().strip()
+        text = layout.pid_file.read_text()
     except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
+        return {}
+    groups: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 1 and fields[0].isdigit():
+            groups["standalone"] = int(fields[0])
+        elif len(fields) == 2 and fields[1].isdigit():
+            groups[fields[0]] = int(fields[1])
+    return groups
+
+
+def _read_pid(layout: AirflowLayout) -> int | None:
+    """The first part's process group (standalone's, or the Celery cluster's API server's)."""
+    groups = read_process_groups(layout)
+    return next(iter(groups.values()), None)
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -241,6 +257,8 @@ def start(layout: AirflowLayout, port: int, timeout: float = 600.0, progress: Ca
         wait_until_healthy(port, timeout, lambda: _pid_alive(pid), progress)
         return False
     layout.home.mkdir(parents=True, exist_ok=True)
+    if _executor() == "CeleryExecutor":
+        return _start_celery(layout, port, timeout, progress)
     progress(f"Starting Airflow (AIRFLOW_HOME={layout.home}, port {port}); log: {layout.log_file}")
     with layout.log_file.open("ab") as log:
         process = subprocess.Popen(
@@ -259,25 +277,55 @@ def start(layout: AirflowLayout, port: int, timeout: float = 600.0, progress: Ca
     return True
 
 
+def _executor() -> str:
+    try:
+        return celery_cluster.executor()
+    except celery_cluster.CeleryConfigError as err:
+        raise LauncherError(str(err)) from None
+
+
+def _start_celery(layout: AirflowLayout, port: int, timeout: float, progress: Callable[[str], None]) -> bool:
+    """Starts the CeleryExecutor's parts (see mlops.airflow.celery_cluster) and waits for health."""
+    env = airflow_env(layout, port)
+    try:
+        workers = celery_cluster.check_celery_settings(env, port)
+        progress(f"Starting Airflow with the CeleryExecutor and {workers} workers (AIRFLOW_HOME={layout.home}, "
+                 f"port {port}); logs: {layout.home}/<part>.log")
+        groups = celery_cluster.start_parts(layout.airflow_bin / "airflow", layout.root, layout.home, env, port, workers)
+    except celery_cluster.CeleryConfigError as err:
+        raise LauncherError(str(err)) from None
+    write_text(layout.pid_file, "".join(f"{part} {group}\n" for part, group in groups.items()))
+    try:
+        wait_until_healthy(port, timeout, lambda: all(_group_alive(group) for group in groups.values()), progress)
+    except LauncherError as err:
+        stop(layout, progress=lambda _: None)
+        logs = "\n".join(f"--- {part}.log\n{_log_tail(layout.home / f'{part}.log', 15)}" for part in groups)
+        raise LauncherError(f"{err}. Last lines of each part's log:\n{logs}") from None
+    progress("Airflow is up (CeleryExecutor).")
+    return True
+
+
 def stop(layout: AirflowLayout, timeout: float = 90.0, progress: Callable[[str], None] = print) -> bool:
     """Stops the Airflow this launcher started (the process group in the pid file). True if it was running."""
-    pid = _read_pid(layout)
-    if pid is None or not _pid_alive(pid):
+    if not any(_pid_alive(group) for group in read_process_groups(layout).values()):
         layout.pid_file.unlink(missing_ok=True)
         progress("No Airflow started by this launcher is running.")
         return False
-    progress(f"Stopping Airflow (process group {pid}) ...")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _group_alive(pid):
-        time.sleep(1)
-    if _group_alive(pid):
-        progress(f"  still running after {timeout:.0f}s; killing it")
+    groups = read_process_groups(layout)
+    progress(f"Stopping Airflow (process groups {', '.join(f'{part} {group}' for part, group in groups.items())}) ...")
+    for group in groups.values():
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+            os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_group_alive(group) for group in groups.values()):
+        time.sleep(1)
+    for part, group in groups.items():
+        if _group_alive(group):
+            progress(f"  {part} still running after {timeout:.0f}s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(group, os.WNOHANG)
     layout.pid_file.unlink(missing_ok=True)
     progress("Airflow stopped.")
     return True
@@ -302,6 +350,9 @@ def standalone(layout: AirflowLayout, port: int) -> int:
         print(f"Airflow is already running on port {port}.\n{login_banner(layout, port)}")
         return 0
     _check_installed(layout)
+    if _executor() == "CeleryExecutor":
+        raise LauncherError("`airflow standalone` runs the LocalExecutor only: start the CeleryExecutor's parts "
+                            "with `python -m mlops.airflow start` (and stop them with `stop`)")
     layout.home.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen([str(layout.airflow_bin / "airflow"), "standalone"], env=airflow_env(layout, port),
                                cwd=layout.root)

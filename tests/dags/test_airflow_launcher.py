@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from mlops.airflow.launcher import AirflowLayout, LauncherError, admin_password, airflow_env, airflow_port, login_banner
+from mlops.airflow import celery_cluster
+from mlops.airflow.launcher import (
+    AirflowLayout,
+    LauncherError,
+    admin_password,
+    airflow_env,
+    airflow_port,
+    login_banner,
+    read_process_groups,
+)
 from tests.dags.conftest import PROJECT_ROOT
+from tests.fixtures.servers import free_port
 
 
 def test_every_airflow_process_gets_the_projects_home_dags_ml_python_config_and_path(tmp_path):
@@ -61,3 +72,71 @@ def test_the_command_line_refuses_bad_conf_before_touching_airflow(tmp_path):
     assert result.returncode == 1
     assert "--conf must be a JSON object, got list" in result.stderr
     assert not (tmp_path / "standalone.pid").exists()
+
+
+# --- The CeleryExecutor's parts (mlops.airflow.celery_cluster) -----------------------------------
+
+CELERY_ENV = {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:6379/0",
+              "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow:pw@127.0.0.1:5432/airflow"}
+
+
+def test_the_executor_is_airflows_own_setting_local_by_default():
+    assert celery_cluster.executor({}) == "LocalExecutor"
+    assert celery_cluster.executor({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}) == "CeleryExecutor"
+    assert celery_cluster.executor(
+        {"AIRFLOW__CORE__EXECUTOR": "airflow.providers.celery.executors.celery_executor.CeleryExecutor"}) == "CeleryExecutor"
+    with pytest.raises(celery_cluster.CeleryConfigError, match="AIRFLOW__CORE__EXECUTOR must be one of LocalExecutor, CeleryExecutor"):
+        celery_cluster.executor({"AIRFLOW__CORE__EXECUTOR": "KubernetesExecutor"})
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"AIRFLOW__CELERY__BROKER_URL": ""}, "AIRFLOW__CELERY__BROKER_URL must be a Redis URL"),
+    ({"AIRFLOW__CELERY__BROKER_URL": "amqp://guest@localhost//"}, "AIRFLOW__CELERY__BROKER_URL must be a Redis URL"),
+    ({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "sqlite:////tmp/airflow.db"}, "Airflow refuses SQLite there"),
+    ({"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ""}, "must name a PostgreSQL or MySQL database"),
+    ({"MLOPS_CELERY_WORKERS": "0"}, "MLOPS_CELERY_WORKERS must be a number of Celery workers in 1..64, got '0'"),
+    ({"MLOPS_CELERY_WORKERS": "two"}, "MLOPS_CELERY_WORKERS must be a number"),
+])
+def test_celery_settings_are_refused_before_anything_starts(change, message):
+    assert celery_cluster.check_celery_settings(CELERY_ENV, 8080) == 2  # two workers by default
+    with pytest.raises(celery_cluster.CeleryConfigError, match=message):
+        celery_cluster.check_celery_settings({**CELERY_ENV, **change}, 8080)
+
+
+def test_each_worker_has_its_own_celery_hostname_log_port_and_task_hostname():
+    commands = celery_cluster.part_commands(Path("/venv/bin/airflow"), workers=3)
+    assert list(commands) == ["api-server", "scheduler", "dag-processor", "triggerer", "worker1", "worker2", "worker3"]
+    assert commands["worker2"] == ["/venv/bin/airflow", "celery", "worker", "--celery-hostname", "worker2@%h",
+                                   "--concurrency", "1"]
+    env = celery_cluster.worker_env({"PYTHONPATH": "/x"}, PROJECT_ROOT, 18080, 2)
+    assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == str(18080 + 715 + 2)
+    assert env["MLOPS_WORKER_HOSTNAME"] == "worker2"
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(PROJECT_ROOT), "/x"]
+    # The hostname callable Airflow is given imports and names the worker.
+    module, name = env["AIRFLOW__CORE__HOSTNAME_CALLABLE"].rsplit(".", 1)
+    script = f"import {module} as m; print(m.{name}())"
+    done = subprocess.run([os.sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True, text=True)
+    assert done.stdout.strip() == "worker2", done.stderr
+    assert celery_cluster.redis_address("redis://broker.internal:6380/0") == ("broker.internal", 6380)
+    assert celery_cluster.redis_address("redis://127.0.0.1/1") == ("127.0.0.1", 6379)
+
+
+def test_the_pid_file_lists_every_part_and_still_reads_standalones(tmp_path):
+    layout = AirflowLayout(root=PROJECT_ROOT, home_override=tmp_path)
+    layout.pid_file.write_text("4242\n")
+    assert read_process_groups(layout) == {"standalone": 4242}
+    layout.pid_file.write_text("api-server 11\nscheduler 12\nworker1 13\n")
+    assert read_process_groups(layout) == {"api-server": 11, "scheduler": 12, "worker1": 13}
+
+
+def test_start_with_the_celery_executor_on_sqlite_is_refused_before_anything_starts(tmp_path):
+    env = {**os.environ, **CELERY_ENV, "MLOPS_AIRFLOW_HOME": str(tmp_path), "MLOPS_AIRFLOW_PORT": str(free_port()),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/airflow.db"}
+    result = subprocess.run([os.sys.executable, "-m", "mlops.airflow", "start"], capture_output=True, text=True,
+                            cwd=PROJECT_ROOT, env=env, timeout=120)
+    assert result.returncode == 1
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN must name a PostgreSQL or MySQL database" in result.stderr
+    assert not (tmp_path / "standalone.pid").exists() and not (tmp_path / "scheduler.log").exists()
+    standalone = subprocess.run([os.sys.executable, "-m", "mlops.airflow", "standalone"], capture_output=True, text=True,
+                                cwd=PROJECT_ROOT, env=env, timeout=120)
+    assert standalone.returncode == 1 and "runs the LocalExecutor only" in standalone.stderr

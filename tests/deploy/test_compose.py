@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -208,18 +209,31 @@ def test_airflow_connects_to_the_postgres_service(resolved: dict[str, Any], env_
     assert connection.path == "/" + postgres["POSTGRES_DB"]
 
 
-def test_airflow_settings_exist_in_airflow_3(resolved: dict[str, Any]) -> None:
-    """Airflow silently ignores an AIRFLOW__SECTION__KEY it does not know: check every one."""
-    templates = glob.glob(str(PROJECT_ROOT / ".venvs/airflow/lib/python*/site-packages/airflow/config_templates/config.yml"))
-    if not templates:
+def known_airflow_settings() -> dict[str, Any]:
+    """[section] -> options Airflow 3.3 knows: its own config.yml and the installed Celery provider's."""
+    site = glob.glob(str(PROJECT_ROOT / ".venvs/airflow/lib/python*/site-packages/airflow"))
+    if not site:
         pytest.skip("the Airflow environment (.venvs/airflow) is not installed: `make setup` builds it")
-    known = yaml.safe_load(Path(templates[0]).read_text())
-    settings = {key for name in AIRFLOW_SERVICES for key in services(resolved["default"])[name]["environment"]
-                if key.startswith("AIRFLOW__")}
-    assert len(settings) >= 10
+    known = yaml.safe_load(Path(site[0], "config_templates/config.yml").read_text())
+    namespace: dict[str, Any] = {}
+    provider_info = Path(site[0], "providers/celery/get_provider_info.py")
+    exec(compile(provider_info.read_text(), str(provider_info), "exec"), namespace)
+    known.update(namespace["get_provider_info"]()["config"])
+    return known
+
+
+def assert_settings_known(model: dict[str, Any], names: set[str]) -> set[str]:
+    known = known_airflow_settings()
+    settings = {key for name in names for key in services(model)[name]["environment"] if key.startswith("AIRFLOW__")}
     for key in sorted(settings):
         section, option = key[len("AIRFLOW__"):].lower().split("__", 1)
         assert option in known.get(section, {}).get("options", {}), f"{key}: no [{section}] {option} in Airflow 3.3"
+    return settings
+
+
+def test_airflow_settings_exist_in_airflow_3(resolved: dict[str, Any]) -> None:
+    """Airflow silently ignores an AIRFLOW__SECTION__KEY it does not know: check every one."""
+    assert len(assert_settings_known(resolved["default"], AIRFLOW_SERVICES)) >= 10
 
 
 def test_airflow_admin_password_reaches_the_api_server(resolved: dict[str, Any], env_values: dict[str, str]) -> None:
@@ -614,3 +628,88 @@ def test_dashboard_metric_names_match_the_gateway_source() -> None:
         # prometheus_client appends _total to counters; the code may name them with or without it.
         base = name.removesuffix("_total") if kind == "counter" else name
         assert base in code, f"the dashboard uses {name}, which {', '.join(p.name for p in sources)} does not define"
+
+
+# --- Profile celery: Airflow's tasks on Celery workers ------------------------------------------
+
+CELERY_SERVICES = {"redis", "airflow-worker"}
+
+
+@pytest.fixture(scope="module")
+def celery_env_file(env_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .env of docs/DEPLOY.md's "Celery workers": the profile and the executor chosen together."""
+    path = tmp_path_factory.mktemp("celery-env") / ".env"
+    path.write_text(env_file.read_text() + "COMPOSE_PROFILES=cpu,celery\nAIRFLOW_EXECUTOR=CeleryExecutor\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def celery_model(celery_env_file: Path) -> dict[str, Any]:
+    done = run_compose("config", "--format", "json", env_file=celery_env_file, profile="celery")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_celery_profile_adds_redis_and_workers_to_the_cpu_platform(resolved: dict[str, Any], celery_model: dict[str, Any]) -> None:
+    assert set(services(celery_model)) == PLATFORM_SERVICES | {"tfserving"} | CELERY_SERVICES
+    for profile, model in resolved.items():  # without the profile: neither, and the LocalExecutor
+        assert not CELERY_SERVICES & set(services(model)), profile
+        assert services(model)["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+
+
+def test_every_airflow_container_runs_the_celery_executor_against_the_redis_service(
+    celery_model: dict[str, Any], env_values: dict[str, str]
+) -> None:
+    airflow = {name: services(celery_model)[name] for name in AIRFLOW_SERVICES | {"airflow-worker"}}
+    scheduler = airflow["airflow-scheduler"]["environment"]
+    for name, service in airflow.items():
+        environment = service["environment"]
+        assert environment["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        # Workers sign task tokens, reach the execution API and the database like the scheduler does.
+        for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__CELERY__BROKER_URL",
+                    "AIRFLOW__CELERY__RESULT_BACKEND", "MLOPS_ML_PYTHON", "MLOPS_CONFIG"):
+            assert environment[key] == scheduler[key], f"{name}: {key}"
+    broker = urlsplit(scheduler["AIRFLOW__CELERY__BROKER_URL"])
+    assert broker.scheme == "redis" and broker.port in container_ports(services(celery_model)[hostnames(celery_model)[broker.hostname]])
+    assert hostnames(celery_model)[broker.hostname] == "redis"
+    # Task states go to Airflow's own PostgreSQL database, through Celery's SQLAlchemy backend.
+    assert scheduler["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + scheduler["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert env_values["POSTGRES_PASSWORD"] in scheduler["AIRFLOW__CELERY__RESULT_BACKEND"]
+
+
+def test_the_celery_settings_exist_in_airflow_3_and_its_celery_provider(celery_model: dict[str, Any]) -> None:
+    settings = assert_settings_known(celery_model, AIRFLOW_SERVICES | {"airflow-worker"})
+    assert {"AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CELERY__WORKER_CONCURRENCY"} <= settings
+
+
+def test_workers_scale_with_the_ml_runtime_and_wait_for_the_broker(celery_model: dict[str, Any]) -> None:
+    worker = services(celery_model)["airflow-worker"]
+    assert worker["image"] == services(celery_model)["airflow-scheduler"]["image"] == "mlops-suite/airflow:latest"
+    assert worker["environment"]["MLOPS_ML_PYTHON"] == "/opt/airflow/ml-venv/bin/python"  # the image's ML runtime
+    # `--scale airflow-worker=N` needs replicas that differ in nothing fixed.
+    assert "container_name" not in worker and not worker.get("ports")
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    assert services(celery_model)["airflow-scheduler"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert 'inspect ping -d "celery@$${HOSTNAME}"' in worker["healthcheck"]["test"][1]  # each replica pings itself
+    # The same volumes as the scheduler: the pipeline root, the models and the task logs.
+    assert {m["target"] for m in worker["volumes"]} == {m["target"] for m in services(celery_model)["airflow-scheduler"]["volumes"]}
+
+
+@pytest.mark.parametrize("executor", ["LocalExecutor", "airflow.providers.celery.executors.celery_executor.CeleryExecutor"])
+def test_a_worker_refuses_to_start_beside_another_executor_and_starts_beside_celery(
+    celery_model: dict[str, Any], tmp_path: Path, executor: str
+) -> None:
+    """The worker's start script, run by a real bash with a stand-in `airflow` on PATH."""
+    command = services(celery_model)["airflow-worker"]["command"]
+    assert command[:2] == ["bash", "-c"]
+    (tmp_path / "airflow").write_text("#!/bin/sh\necho \"airflow $*\"\n")
+    (tmp_path / "airflow").chmod(0o755)
+    script = command[2].replace("$$", "$")  # `config` output keeps compose's escape; the container gets `$`
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", "AIRFLOW__CORE__EXECUTOR": executor})
+    if executor == "LocalExecutor":
+        assert done.returncode == 1 and "set AIRFLOW_EXECUTOR=CeleryExecutor in .env" in done.stderr
+    else:
+        assert done.returncode == 0 and done.stdout.strip() == "airflow celery worker", done

@@ -25,6 +25,7 @@ from core.config import Config, MetadataConfig, config_from_dict
 from mlops import doctor
 from mlops.cli import build_parser
 from tests.conftest import PROJECT_ROOT
+from tests.fixtures.redis import running_redis
 from tests.fixtures.servers import free_port
 
 
@@ -136,6 +137,21 @@ def test_airflow_not_answering_is_a_miss_that_says_how_to_start_it(tmp_path):
     check = doctor.check_airflow(free_port(), tmp_path / "airflow_home")
     assert check.status == doctor.FAIL and "nothing answers on http://127.0.0.1:" in check.detail
     assert "make run" in check.fix and str(tmp_path / "airflow_home" / "standalone.log") in check.fix
+
+
+def test_with_the_celery_executor_the_redis_broker_must_answer(held_port):
+    celery = {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor"}
+    assert doctor.check_celery_broker({}) == []  # the LocalExecutor needs no broker
+    [unset] = doctor.check_celery_broker(celery)
+    assert unset.status == doctor.FAIL and "AIRFLOW__CELERY__BROKER_URL must be a Redis URL" in unset.detail
+    with running_redis() as url:
+        [answering] = doctor.check_celery_broker({**celery, "AIRFLOW__CELERY__BROKER_URL": url})
+    assert answering.status == doctor.OK and "answers PING" in answering.detail, answering
+    [gone] = doctor.check_celery_broker({**celery, "AIRFLOW__CELERY__BROKER_URL": url})
+    assert gone.status == doctor.FAIL and f"nothing answers on 127.0.0.1:{url.split(':')[2].split('/')[0]}" in gone.detail
+    assert "redis-server" in gone.fix
+    [other] = doctor.check_celery_broker({**celery, "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{held_port}/0"})
+    assert other.status == doctor.FAIL, other
 
 
 def test_a_port_held_by_another_program_is_a_miss_a_free_one_is_not(checkout, held_port):
