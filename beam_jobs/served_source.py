@@ -1,10 +1,13 @@
 """Served source: the gateway's request log joined with its feedback -> labelled tf.Examples, as ingest writes them.
 
-    python -m beam_jobs.served_source --input /var/log/taxi-gateway --output /tmp/served \
+    python -m beam_jobs.served_source --requests '/var/log/gw/requests/date=*/part-*.parquet' \
+        --feedback '/var/log/gw/feedback/date=*/part-*.parquet' --output /tmp/served \
         --start 2026-11-01 --end 2026-12-01 --label_policy ground_truth --runner=DirectRunner
 
-Reads `<log>/requests/date=*/part-*.parquet` for a window of request time and every feedback file
-from the window's first day on (feedback arrives after the request, possibly days later). Keeps
+Reads the gateway's request-log files (`<log>/requests/date=*/part-*.parquet`, the layout of
+serving/prediction_log.py) and keeps rows of the window of request time; joins every feedback
+file given (feedback arrives after the request, possibly days later: the caller lists the
+feedback partitions from the window's first day on, mlops/production_source.py does). Keeps
 what a client was served: no shadow copies, no error responses, each (request_id, instance_index)
 once. Joins the latest feedback per key and keeps the rows with a label under the policy:
 `ground_truth`, or `ground_truth_or_human` (a reviewer's decision counts where there is no ground
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import hashlib
 import logging
 import math
@@ -36,7 +40,6 @@ from beam_jobs.example_codec import SPLITS, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
 from core.atomic import write_json
 from core.errors import DataError
-from serving import prediction_log
 from transforms.features import (
     DECISION_BIG_TIPPER,
     DECISION_NOT_BIG_TIPPER,
@@ -74,7 +77,7 @@ class ServedSourceResult:
     label_policy: str
     window_start: str  # ISO, UTC, inclusive
     window_end: str  # exclusive
-    request_files: list[str]  # relative to the log directory: date=YYYY-MM-DD/part-*.parquet
+    request_files: list[str]  # each as <partition>/<file>: date=YYYY-MM-DD/part-*.parquet
     feedback_files: list[str]
     rows_read: int  # request-log rows in the files read
     rows_outside_window: int
@@ -95,7 +98,6 @@ class ServedSourceResult:
 
 @dataclasses.dataclass(frozen=True)
 class ServedSourcePlan:
-    log_dir: str
     request_files: tuple[str, ...]  # absolute paths
     feedback_files: tuple[str, ...]
     start_us: int
@@ -107,10 +109,10 @@ class ServedSourcePlan:
     output_dir: str
 
 
-def plan_served_source(log_dir: Path, output_dir: Path, *, start: datetime.datetime, end: datetime.datetime,
-                       label_policy: str = POLICY_GROUND_TRUTH, hash_buckets: int = 3, eval_buckets: int = 1,
-                       keep_fraction: float = 1.0) -> ServedSourcePlan:
-    """Checks the arguments and lists the log files the window needs; raises ValueError/DataError early."""
+def plan_served_source(request_files: Sequence[Path | str], feedback_files: Sequence[Path | str], output_dir: Path, *,
+                       start: datetime.datetime, end: datetime.datetime, label_policy: str = POLICY_GROUND_TRUTH,
+                       hash_buckets: int = 3, eval_buckets: int = 1, keep_fraction: float = 1.0) -> ServedSourcePlan:
+    """Checks the arguments and that the files exist; raises ValueError/DataError before Beam starts."""
     for name, value in (("start", start), ("end", end)):
         if value.tzinfo is None:
             raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
@@ -122,13 +124,10 @@ def plan_served_source(log_dir: Path, output_dir: Path, *, start: datetime.datet
         raise ValueError(f"eval_buckets must be in 1..hash_buckets-1, got {eval_buckets} of {hash_buckets}")
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    log_dir = Path(log_dir)
-    if not (log_dir / prediction_log.REQUESTS_DIR).is_dir():
-        raise DataError(f"{log_dir}: no {prediction_log.REQUESTS_DIR}/ folder (expected the gateway's request log directory)")
-    # Partitions are by UTC date, so the last day of the window is read whole and filtered by time.
-    requests = prediction_log.list_part_files(log_dir / prediction_log.REQUESTS_DIR, start, end)
-    feedback = prediction_log.list_part_files(log_dir / prediction_log.FEEDBACK_DIR, start, None)
-    return ServedSourcePlan(str(log_dir), tuple(map(str, requests)), tuple(map(str, feedback)),
+    missing = [str(path) for path in (*request_files, *feedback_files) if not Path(path).is_file()]
+    if missing:
+        raise DataError(f"log files not found: {', '.join(missing[:5])} (expected Parquet part files of the gateway's log)")
+    return ServedSourcePlan(tuple(map(str, request_files)), tuple(map(str, feedback_files)),
                             _micros(start), _micros(end), label_policy, hash_buckets, eval_buckets, keep_fraction,
                             str(output_dir))
 
@@ -160,7 +159,12 @@ def _read_batches(path: str, columns: Sequence[str]) -> Iterator[list[dict[str, 
 
 
 def _partition_of(path: str) -> str:
-    return Path(path).parent.name.removeprefix(prediction_log.PARTITION_PREFIX)
+    """`2026-11-10` for `.../date=2026-11-10/part-*.parquet` (the log's partitions are by UTC date)."""
+    return Path(path).parent.name.rpartition("=")[2]
+
+
+def _partition_and_name(path: str) -> str:
+    return f"{Path(path).parent.name}/{Path(path).name}"
 
 
 class ReadServedRowsFn(beam.DoFn):
@@ -368,7 +372,8 @@ def build(pipeline: beam.Pipeline, plan: ServedSourcePlan, features: Sequence[Fe
 
 
 def extract_served_examples(
-    log_dir: Path,
+    request_files: Sequence[Path | str],
+    feedback_files: Sequence[Path | str],
     output_dir: Path,
     *,
     start: datetime.datetime,
@@ -386,7 +391,7 @@ def extract_served_examples(
     """
     output_dir = Path(output_dir)
     outputs.refuse_existing_outputs(output_dir, (EXAMPLES_DIR, RESULT_FILE))
-    plan = plan_served_source(log_dir, output_dir, start=start, end=end, label_policy=label_policy,
+    plan = plan_served_source(request_files, feedback_files, output_dir, start=start, end=end, label_policy=label_policy,
                               hash_buckets=hash_buckets, eval_buckets=eval_buckets, keep_fraction=keep_fraction)
     staging = outputs.make_staging_dir(output_dir, "served")
     try:
@@ -397,20 +402,19 @@ def extract_served_examples(
         write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
         outputs.discard(staging)
-    _LOG.info("served source %s: %s", log_dir, dataclasses.asdict(result))
+    _LOG.info("served source: %s", dataclasses.asdict(result))
     return result
 
 
 def _result(plan: ServedSourcePlan, summary: dict[str, dict[str, int]], features: Sequence[Feature],
             start: datetime.datetime, end: datetime.datetime) -> ServedSourceResult:
     counts = summary.get("count", {})
-    log_dir = Path(plan.log_dir)
     result = ServedSourceResult(
         label_policy=plan.label_policy,
         window_start=start.isoformat(),
         window_end=end.isoformat(),
-        request_files=[str(Path(p).relative_to(log_dir / prediction_log.REQUESTS_DIR)) for p in plan.request_files],
-        feedback_files=[str(Path(p).relative_to(log_dir / prediction_log.FEEDBACK_DIR)) for p in plan.feedback_files],
+        request_files=[_partition_and_name(p) for p in plan.request_files],
+        feedback_files=[_partition_and_name(p) for p in plan.feedback_files],
         rows_read=counts.get("read", 0),
         rows_outside_window=counts.get("outside_window", 0),
         rows_shadow=counts.get("shadow", 0),
@@ -431,7 +435,7 @@ def _result(plan: ServedSourcePlan, summary: dict[str, dict[str, int]], features
                  + result.rows_served)
     kept = result.rows_labelled + result.rows_unlabelled + result.rows_capped
     if accounted != result.rows_read or kept != result.rows_served or sum(result.split_counts.values()) != result.rows_labelled:
-        raise RuntimeError(f"served source lost track of rows in {log_dir}: {summary}")
+        raise RuntimeError(f"served source lost track of rows in {len(plan.request_files)} request files: {summary}")
     return result
 
 
@@ -441,7 +445,10 @@ def _result(plan: ServedSourcePlan, summary: dict[str, dict[str, int]], features
 class ServedSourceOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        add_job_argument(parser, "--input", type=str, default=None, help="The gateway's log directory.")
+        add_job_argument(parser, "--requests", type=str, default=None,
+                         help="Glob of request-log files, e.g. '<log>/requests/date=*/part-*.parquet'.")
+        add_job_argument(parser, "--feedback", type=str, default="",
+                         help="Glob of feedback files, e.g. '<log>/feedback/date=*/part-*.parquet'.")
         add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
         add_job_argument(parser, "--start", type=iso_date, default=None,
                          help="First day of the window (YYYY-MM-DD, UTC, inclusive).")
@@ -457,9 +464,11 @@ class ServedSourceOptions(PipelineOptions):
 def run(argv: Sequence[str] | None = None) -> ServedSourceResult:
     args = list(sys.argv[1:] if argv is None else argv)
     options = PipelineOptions(args).view_as(ServedSourceOptions)
-    require_flags("beam_jobs.served_source", {"--input": options.input, "--output": options.output,
+    require_flags("beam_jobs.served_source", {"--requests": options.requests, "--output": options.output,
                                               "--start": options.start, "--end": options.end})
-    return extract_served_examples(Path(options.input), Path(options.output), start=utc_midnight(options.start),
+    requests = sorted(glob.glob(options.requests))
+    feedback = sorted(glob.glob(options.feedback)) if options.feedback else []
+    return extract_served_examples(requests, feedback, Path(options.output), start=utc_midnight(options.start),
                                    end=utc_midnight(options.end), label_policy=options.label_policy,
                                    hash_buckets=options.hash_buckets, eval_buckets=options.eval_buckets,
                                    beam_args=args)

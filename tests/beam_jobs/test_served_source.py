@@ -13,7 +13,7 @@ import tensorflow as tf
 from beam_jobs import served_source
 from beam_jobs.example_codec import SPLITS, parse_serialized, split_pattern
 from serving.log_writer import open_feedback_log, open_request_log
-from serving.prediction_log import Feedback, LoggedRequest
+from serving.prediction_log import FEEDBACK_DIR, REQUESTS_DIR, Feedback, LoggedRequest, list_part_files
 from tests.beam_jobs._helpers import BEAM_ARGS
 from transforms.features import (
     COMPANY_KEY,
@@ -87,6 +87,14 @@ def log_dir(tmp_path_factory):
     return root
 
 
+def _extract(log_dir, output, **options):
+    """The files as mlops/production_source.py lists them: requests of the window's days, feedback from its first day on."""
+    requests = list_part_files(log_dir / REQUESTS_DIR, WINDOW[0], WINDOW[1])
+    feedback = list_part_files(log_dir / FEEDBACK_DIR, WINDOW[0], None)
+    return served_source.extract_served_examples(requests, feedback, output, start=WINDOW[0], end=WINDOW[1],
+                                                 beam_args=BEAM_ARGS, **options)
+
+
 def _examples(output) -> dict[str, list[dict]]:
     rows = {}
     for split in SPLITS:
@@ -101,8 +109,7 @@ def _labels_by_fare(examples: dict[str, list[dict]]) -> dict[float, int]:
 
 
 def test_ground_truth_policy_keeps_served_rows_with_ground_truth_and_counts_the_rest(log_dir, tmp_path):
-    result = served_source.extract_served_examples(log_dir, tmp_path, start=WINDOW[0], end=WINDOW[1],
-                                                   beam_args=BEAM_ARGS)
+    result = _extract(log_dir, tmp_path)
     assert (result.rows_read, result.rows_outside_window, result.rows_shadow, result.rows_error,
             result.rows_duplicate, result.rows_served) == (14, 1, 3, 2, 3, 5)
     assert (result.rows_labelled, result.rows_unlabelled, result.rows_capped) == (3, 2, 0)
@@ -123,9 +130,7 @@ def test_ground_truth_policy_keeps_served_rows_with_ground_truth_and_counts_the_
 
 
 def test_the_human_decision_policy_also_counts_reviewers_and_one_request_stays_in_one_split(log_dir, tmp_path):
-    result = served_source.extract_served_examples(log_dir, tmp_path, start=WINDOW[0], end=WINDOW[1],
-                                                   label_policy=served_source.POLICY_GROUND_TRUTH_OR_HUMAN,
-                                                   beam_args=BEAM_ARGS)
+    result = _extract(log_dir, tmp_path, label_policy=served_source.POLICY_GROUND_TRUTH_OR_HUMAN)
     assert (result.rows_served, result.rows_labelled, result.rows_unlabelled) == (5, 4, 1)
     assert result.by_label_source == {"ground_truth": 3, "human_decision": 1}
     assert result.by_feedback_source == {GROUND_TRUTH_FEED: 2, REVIEWER: 2}
@@ -137,17 +142,23 @@ def test_the_human_decision_policy_also_counts_reviewers_and_one_request_stays_i
 
 def test_a_feature_marked_not_retained_is_never_copied(log_dir, tmp_path):
     private = tuple(dataclasses.replace(f, retained=False) if f.name == COMPANY_KEY else f for f in SERVING_FEATURES)
-    result = served_source.extract_served_examples(log_dir, tmp_path, start=WINDOW[0], end=WINDOW[1],
-                                                   features=private, beam_args=BEAM_ARGS)
+    result = _extract(log_dir, tmp_path, features=private)
     assert result.features_not_retained == [COMPANY_KEY] and result.rows_labelled == 3
     rows = [row for rows in _examples(tmp_path).values() for row in rows]
     assert len(rows) == 3 and all(row[COMPANY_KEY] is None and row["payment_type"] == "Credit Card" for row in rows)
 
 
 def test_bad_arguments_fail_before_the_pipeline(log_dir, tmp_path):
+    files = list_part_files(log_dir / REQUESTS_DIR)
     with pytest.raises(ValueError, match="label_policy must be one of ground_truth, ground_truth_or_human"):
-        served_source.plan_served_source(log_dir, tmp_path, start=WINDOW[0], end=WINDOW[1], label_policy="guess")
+        served_source.plan_served_source(files, [], tmp_path, start=WINDOW[0], end=WINDOW[1], label_policy="guess")
     with pytest.raises(ValueError, match="the window is empty"):
-        served_source.plan_served_source(log_dir, tmp_path, start=WINDOW[1], end=WINDOW[0])
-    with pytest.raises(served_source.DataError, match="no requests/ folder"):
-        served_source.plan_served_source(tmp_path, tmp_path / "out", start=WINDOW[0], end=WINDOW[1])
+        served_source.plan_served_source(files, [], tmp_path, start=WINDOW[1], end=WINDOW[0])
+    with pytest.raises(served_source.DataError, match="log files not found: .*nowhere.parquet"):
+        served_source.plan_served_source([tmp_path / "nowhere.parquet"], [], tmp_path, start=WINDOW[0], end=WINDOW[1])
+
+
+def test_a_window_without_traffic_writes_no_examples_and_says_so(tmp_path):
+    result = served_source.extract_served_examples([], [], tmp_path, start=WINDOW[0], end=WINDOW[1], beam_args=BEAM_ARGS)
+    assert (result.rows_read, result.rows_served, result.rows_labelled) == (0, 0, 0)
+    assert result.split_counts == {"train": 0, "eval": 0} and _examples(tmp_path) == {"train": [], "eval": []}
