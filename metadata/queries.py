@@ -261,6 +261,8 @@ def model_audit(store: Store, model_name: str, version: int) -> dict[str, Any]:
             "rows": examples.get("rows"),
             "splits": {key[len("rows_"):]: value for key, value in examples.items() if key.startswith("rows_")},
             "examples": (art.get("examples") or {}).get("uri"),
+            # Labelled production requests trained too (mlops/production_source.py): which, and whose labels.
+            "production": ((exe.get("ingest") or {}).get("results") or {}).get("production"),
         },
         "schema": art.get("schema"),
         "statistics": {"uri": (art.get("statistics") or {}).get("uri"), "report": props("statistics").get("report")},
