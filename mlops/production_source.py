@@ -43,10 +43,24 @@ class ProductionSource:
     request_files: tuple[Path, ...]
     feedback_files: tuple[Path, ...]
 
+    def partitions(self) -> list[tuple[str, str, Path, list[Path]]]:
+        """(input key, artifact type, partition folder, its part files) for every partition read."""
+        return [(key, type_name, partition, part_files)
+                for key, type_name, files in (("request_log", "PredictionLog", self.request_files),
+                                              ("feedback_log", "FeedbackLog", self.feedback_files))
+                for partition, part_files in sorted(_by_partition(files).items())]
+
+    def fingerprints(self) -> dict[str, str]:
+        """`requests/date=...` -> fingerprint of its part files: what changes when new traffic or labels arrive."""
+        return {f"{partition.parent.name}/{partition.name}": _fingerprint(part_files)
+                for _, _, partition, part_files in self.partitions()}
+
     def parameters(self) -> dict[str, Any]:
+        """The ingest step's parameters for this source; `log_fingerprints` is what the retraining
+        decision (mlops/retraining.py) compares with the served model's."""
         return {"production_logs": str(self.log_dir), "production_window_start": self.window_start.isoformat(),
                 "production_window_end": self.window_end.isoformat(), "label_policy": self.label_policy,
-                "max_production_share": self.max_share}
+                "max_production_share": self.max_share, "log_fingerprints": self.fingerprints()}
 
 
 def production_source(config: Config, log_dir: Path | None, now: dt.datetime | None = None) -> ProductionSource | None:
@@ -93,12 +107,10 @@ def _fingerprint(files: list[Path]) -> str:
 def register_log_partitions(run: PipelineRun, source: ProductionSource) -> dict[str, list[ArtifactRef]]:
     """One artifact per request-log and feedback partition read: the ingest execution's inputs."""
     inputs: dict[str, list[ArtifactRef]] = {"request_log": [], "feedback_log": []}
-    for key, type_name, files in (("request_log", "PredictionLog", source.request_files),
-                                  ("feedback_log", "FeedbackLog", source.feedback_files)):
-        for partition, part_files in sorted(_by_partition(files).items()):
-            inputs[key].append(run.register_artifact(type_name, str(partition), {
-                "fingerprint": _fingerprint(part_files), "files": len(part_files),
-                "partition": partition.name}, identity=("fingerprint",)))
+    for key, type_name, partition, part_files in source.partitions():
+        inputs[key].append(run.register_artifact(type_name, str(partition), {
+            "fingerprint": _fingerprint(part_files), "files": len(part_files),
+            "partition": partition.name}, identity=("fingerprint",)))
     return inputs
 
 

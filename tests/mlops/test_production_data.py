@@ -7,9 +7,12 @@ functions (tests/monitoring/logs.py), with shadow copies and requests that never
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import glob
 import json
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,14 +56,15 @@ def production_run(tmp_path_factory):
                          shadow_probabilities=[0.6] * SERVED, shadow_version=2)
     write_feedback(log_dir, frame, ids, truth, now - dt.timedelta(minutes=30), count=LABELLED)
     config = small_config(root)
+    # The gateway's log directory from the config, as the Airflow tasks and the retraining decision read it.
+    config = config.replace(data=dataclasses.replace(config.data, production_logs_dir=str(log_dir)))
     lines: list[str] = []
-    result = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append,
-                          production_logs=log_dir)
-    return config, result, lines, truth
+    result = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
+    return config, result, lines, truth, frame, ids
 
 
 def test_the_ingest_execution_records_the_production_counts_policy_and_log_partitions(production_run):
-    config, result, lines, truth = production_run
+    config, result, lines, truth, _, _ = production_run
     production = result.outcomes["ingest"].results["production"]
     assert (production["rows_read"], production["rows_shadow"], production["rows_error"], production["rows_duplicate"],
             production["rows_served"], production["rows_labelled"], production["rows_unlabelled"]) == (
@@ -78,7 +82,7 @@ def test_the_ingest_execution_records_the_production_counts_policy_and_log_parti
 
 
 def test_the_transformed_label_of_a_production_row_is_its_ground_truth(production_run):
-    config, result, _, truth = production_run
+    config, result, _, truth, _, _ = production_run
     cleaned = result.outcomes["clean"].outputs["cleaned"].uri
     raw = [parse_serialized(record, features.EXAMPLE_COLUMNS)
            for split in ("train", "eval") for record in _records(split_pattern(cleaned, split))]
@@ -112,7 +116,7 @@ def test_the_transformed_label_of_a_production_row_is_its_ground_truth(productio
 
 
 def test_lineage_of_the_model_names_the_served_requests_and_whose_labels(production_run):
-    config, result, _, _ = production_run
+    config, result, _, _, _, _ = production_run
     version = result.outcomes["push"].results["version"]
     audit = model_audit(connect(config.metadata), "taxi", version)
     production = audit["data"]["production"]
@@ -126,3 +130,23 @@ def test_the_cap_keeps_production_at_most_the_configured_share():
     assert production_cap(0.5, 1000) == 1000  # half of the examples: as many as the reference rows
     assert production_cap(0.2, 1000) == 250  # 250 / 1250 = 20 %
     assert production_cap(0.0, 1000) == 0
+
+
+def test_new_labels_make_a_retraining_worth_starting_and_none_is_refused(production_run):
+    """The retraining decision sees the production data: same logs -> nothing new; a new label -> retrain."""
+    from mlops.retraining import NO_NEW_DATA, RETRAIN, decide_retraining
+
+    config, result, _, truth, frame, ids = production_run
+    version = result.outcomes["push"].results["version"]
+
+    def decide():
+        return decide_retraining(config, "monitoring-run", model_name="taxi", served_version=version,
+                                 failed_checks=["prediction_drift"], csv_path=config.data.csv_path,
+                                 start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], drift_check=None)
+
+    unchanged = decide()
+    assert unchanged.action == NO_NEW_DATA, unchanged.message
+    log_dir = config.data.production_logs_dir
+    write_feedback(Path(log_dir), frame, ids, truth, dt.datetime.now(dt.timezone.utc), count=SERVED)  # labels for the rest
+    changed = decide()
+    assert changed.action == RETRAIN and set(changed.differences) == {"production"}, changed.message
