@@ -232,7 +232,7 @@ def ingest(
                 rows_unparseable=result.rows_unparseable,
                 split_counts=splits,
                 unparseable_by_column=result.unparseable_by_column,
-                production=served,
+                **({"production": served} if served else {}),
             )
     r = record.results
     return _outcome("ingest", record, started, (
