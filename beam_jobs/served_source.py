@@ -41,12 +41,13 @@ from beam_jobs.options import add_job_argument, iso_date, require_flags, run_pro
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import (
-    DECISION_BIG_TIPPER,
-    DECISION_NOT_BIG_TIPPER,
+    LABEL_POLICIES,
     OBSERVED_LABEL_KEY,
+    POLICY_GROUND_TRUTH,
     SERVING_FEATURES,
     Feature,
     Kind,
+    feedback_label,
     is_missing,
 )
 
@@ -56,14 +57,6 @@ EXAMPLES_DIR = "examples"
 RESULT_FILE = "served_result.json"
 SUMMARY_FILE = "summary.json"
 
-# Which feedback counts as a label.
-POLICY_GROUND_TRUTH = "ground_truth"
-POLICY_GROUND_TRUTH_OR_HUMAN = "ground_truth_or_human"
-LABEL_POLICIES = (POLICY_GROUND_TRUTH, POLICY_GROUND_TRUTH_OR_HUMAN)
-# Where a kept row's label came from (the summary's by_label_source).
-SOURCE_GROUND_TRUTH = "ground_truth"
-SOURCE_HUMAN_DECISION = "human_decision"
-HUMAN_DECISION_LABELS = {DECISION_BIG_TIPPER: 1, DECISION_NOT_BIG_TIPPER: 0}
 # Parquet rows read per batch: what one DoFn holds at a time.
 READ_BATCH_ROWS = 4096
 _STATUS_OK = 200
@@ -233,19 +226,6 @@ class LatestFeedbackFn(beam.CombineFn):
         return latest
 
 
-def label_of(feedback: dict[str, Any] | None, policy: str) -> tuple[int, str] | None:
-    """(label, source) under the policy, or None: ground truth first, a human decision only if the policy counts it."""
-    if feedback is None:
-        return None
-    truth = feedback.get("ground_truth")
-    if truth in (0, 1):
-        return int(truth), SOURCE_GROUND_TRUTH
-    decision = feedback.get("human_decision")
-    if policy == POLICY_GROUND_TRUTH_OR_HUMAN and decision in HUMAN_DECISION_LABELS:
-        return HUMAN_DECISION_LABELS[decision], SOURCE_HUMAN_DECISION
-    return None
-
-
 def _request_hash(request_id: str) -> int:
     return int.from_bytes(hashlib.md5(request_id.encode("utf-8")).digest()[:8], "big")
 
@@ -271,7 +251,8 @@ class JoinLabelFn(beam.DoFn):
         row = served[0]
         facts = [("count", "duplicate", len(served) - 1), ("count", "served", 1)]
         feedback = next((f for f in grouped["feedback"] if f is not None), None)
-        label = label_of(feedback, self._policy)
+        label = None if feedback is None else feedback_label(
+            feedback.get("ground_truth"), feedback.get("human_decision"), self._policy)
         if label is None:
             facts.append(("count", "unlabelled", 1))
         elif _request_hash(row["request_id"]) >= self._keep_below:

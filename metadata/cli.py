@@ -189,6 +189,13 @@ def cmd_lineage_request(args: argparse.Namespace) -> int:
     if audit["feedback"]:
         print("\nFeedback: " + "; ".join(f"instance {f['instance_index']}: ground_truth={f['ground_truth']} "
                                         f"human={f['human_decision']} ({f['source']}, {f['timestamp']})" for f in audit["feedback"]))
+    print()
+    if not audit.get("trained"):
+        print("Training data: not read by the training of any pushed model (no label, or no production data run since)")
+    for use in audit.get("trained", []):
+        labels = "; ".join(f"instance {i}: {v['label']} from {v['source']} by {v['by']}" for i, v in use["instances"].items())
+        print(f"Training data: trained {use['model']} (ingest execution {use['ingest_execution']}, "
+              f"policy {use['label_policy']}): {labels}")
     for key, model in audit["model_audits"].items():
         print()
         print(model["error"] if "error" in model else format_model_audit(model))

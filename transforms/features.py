@@ -92,6 +92,26 @@ DECISION_NONE = "none"  # shadow automation: the model answered, nobody acted on
 HUMAN_DECISIONS = (DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER)
 DECISIONS = (*HUMAN_DECISIONS, DECISION_REFER_TO_HUMAN, DECISION_NONE)
 
+# Which feedback on a served request is a label (config: data.label_policy). Ground truth always;
+# a reviewer's decision only under POLICY_GROUND_TRUTH_OR_HUMAN, and never over ground truth.
+POLICY_GROUND_TRUTH = "ground_truth"
+POLICY_GROUND_TRUTH_OR_HUMAN = "ground_truth_or_human"
+LABEL_POLICIES = (POLICY_GROUND_TRUTH, POLICY_GROUND_TRUTH_OR_HUMAN)
+# Where a production row's label came from.
+SOURCE_GROUND_TRUTH = "ground_truth"
+SOURCE_HUMAN_DECISION = "human_decision"
+HUMAN_DECISION_LABELS = {DECISION_BIG_TIPPER: 1, DECISION_NOT_BIG_TIPPER: 0}
+
+
+def feedback_label(ground_truth: Any, human_decision: Any, policy: str) -> tuple[int, str] | None:
+    """(label, source) of a served example's latest feedback under the policy, or None (no label)."""
+    if ground_truth in (0, 1):
+        return int(ground_truth), SOURCE_GROUND_TRUTH
+    if policy == POLICY_GROUND_TRUTH_OR_HUMAN and human_decision in HUMAN_DECISION_LABELS:
+        return HUMAN_DECISION_LABELS[human_decision], SOURCE_HUMAN_DECISION
+    return None
+
+
 _F, _I, _S = Kind.FLOAT, Kind.INT, Kind.STRING
 
 RAW_FEATURES: tuple[Feature, ...] = (

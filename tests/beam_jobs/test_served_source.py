@@ -22,6 +22,8 @@ from transforms.features import (
     EXAMPLE_COLUMNS,
     FARE_KEY,
     OBSERVED_LABEL_KEY,
+    POLICY_GROUND_TRUTH,
+    POLICY_GROUND_TRUTH_OR_HUMAN,
     SERVING_COLUMNS,
     SERVING_FEATURES,
     TIPS_KEY,
@@ -118,7 +120,7 @@ def test_ground_truth_policy_keeps_served_rows_with_ground_truth_and_counts_the_
     assert result.rows_by_partition == {"2026-11-10": 2, "2026-11-11": 1}
     assert result.feedback_rows_read == 7
     assert sorted({name.split("/")[0] for name in result.request_files}) == ["date=2026-11-10", "date=2026-11-11", "date=2026-11-12"]
-    assert result.label_policy == served_source.POLICY_GROUND_TRUTH and result.features_not_retained == []
+    assert result.label_policy == POLICY_GROUND_TRUTH and result.features_not_retained == []
     examples = _examples(tmp_path)
     assert _labels_by_fare(examples) == {10.0: 0, 11.0: 1, 21.0: 1}
     assert {split: len(rows) for split, rows in examples.items()} == result.split_counts
@@ -130,7 +132,7 @@ def test_ground_truth_policy_keeps_served_rows_with_ground_truth_and_counts_the_
 
 
 def test_the_human_decision_policy_also_counts_reviewers_and_one_request_stays_in_one_split(log_dir, tmp_path):
-    result = _extract(log_dir, tmp_path, label_policy=served_source.POLICY_GROUND_TRUTH_OR_HUMAN)
+    result = _extract(log_dir, tmp_path, label_policy=POLICY_GROUND_TRUTH_OR_HUMAN)
     assert (result.rows_served, result.rows_labelled, result.rows_unlabelled) == (5, 4, 1)
     assert result.by_label_source == {"ground_truth": 3, "human_decision": 1}
     assert result.by_feedback_source == {GROUND_TRUTH_FEED: 2, REVIEWER: 2}

@@ -21,7 +21,7 @@ import tensorflow_transform as tft
 
 from beam_jobs.example_codec import parse_serialized, split_pattern
 from metadata.cli import format_model_audit
-from metadata.queries import inputs_of, model_audit
+from metadata.queries import inputs_of, model_audit, request_audit
 from metadata.store import connect
 from mlops.pipeline import run_pipeline
 from mlops.production_source import production_cap
@@ -124,6 +124,18 @@ def test_lineage_of_the_model_names_the_served_requests_and_whose_labels(product
     text = format_model_audit(audit)
     assert f"Production data  {LABELLED} labelled requests of {SERVED} served" in text
     assert "by test=150" in text
+
+
+def test_lineage_of_a_request_says_whether_it_became_training_data_and_for_which_model(production_run):
+    config, result, _, truth, _, ids = production_run
+    version = result.outcomes["push"].results["version"]
+    store = connect(config.metadata)
+    log_dir = Path(config.data.production_logs_dir)
+    labelled = request_audit(store, log_dir, ids[0])  # instances 0..7: all got ground truth
+    [use] = labelled["trained"]
+    assert use["model"] == f"taxi:{version}" and use["label_policy"] == "ground_truth"
+    assert {index: value["label"] for index, value in use["instances"].items()} == dict(enumerate(truth[:8].tolist()))
+    assert request_audit(store, log_dir, ids[-1])["trained"] == []  # instances 192..199: no feedback
 
 
 def test_the_cap_keeps_production_at_most_the_configured_share():
