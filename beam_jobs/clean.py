@@ -38,7 +38,7 @@ from beam_jobs.example_codec import (SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, c
 from beam_jobs.options import add_job_argument, require_flags, run_program
 from core.atomic import write_json
 from core.errors import DataError
-from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, Feature, Kind, OnInvalid
+from transforms.features import EXAMPLE_COLUMNS, EXAMPLE_FEATURES, FEATURES_BY_NAME, OBSERVED_LABEL_KEY, Feature, Kind, OnInvalid
 
 _LOG = logging.getLogger(__name__)
 
@@ -141,9 +141,12 @@ def decode_strict(serialized: bytes) -> dict[str, Any]:
     row: dict[str, Any] = {}
     if SOURCE_LINE_KEY in stored and stored[SOURCE_LINE_KEY].int64_list.value:
         row[SOURCE_LINE_KEY] = stored[SOURCE_LINE_KEY].int64_list.value[0]
-    for feature in RAW_FEATURES:
+    for feature in EXAMPLE_FEATURES:
         if feature.name not in stored:
-            row[feature.name] = None
+            # The observed label is a key only of the rows that carry it (production rows), so a
+            # CSV row reads, and is reported, as it always did.
+            if feature.name != OBSERVED_LABEL_KEY:
+                row[feature.name] = None
             continue
         kind = stored[feature.name].WhichOneof("kind")
         expected = _STORED_LIST[feature.kind]
@@ -243,10 +246,12 @@ class DropDuplicates(beam.PTransform):
 
 class MissingValuePolicyFn(beam.DoFn):
     def __init__(self, features: Sequence[Feature]) -> None:
-        self._required = tuple(feature.name for feature in features if feature.required)
+        self._required = tuple(feature for feature in features if feature.required)
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        missing = [name for name in self._required if row.get(name) is None]
+        # A label source stands in for another (features.Feature.required_unless): a production
+        # row with its observed label needs no tips.
+        missing = [feature.name for feature in self._required if feature.missing_in(row)]
         if not missing:
             yield row
             return
@@ -256,9 +261,9 @@ class MissingValuePolicyFn(beam.DoFn):
 
 
 class ApplyMissingValuePolicy(beam.PTransform):
-    """Rows missing a `required=True` feature -> rejected as `missing_required`; others pass unchanged."""
+    """Rows missing a `required=True` feature (and what may stand in for it) -> rejected as `missing_required`; others pass unchanged."""
 
-    def __init__(self, features: Sequence[Feature] = RAW_FEATURES) -> None:
+    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
         super().__init__()
         self._features = tuple(features)
 
@@ -329,7 +334,7 @@ class ValueRangeFn(beam.DoFn):
 class CheckValueRanges(beam.PTransform):
     """Values outside [valid_min, valid_max]: REJECT -> `out_of_range`, CLIP -> clipped, NULL -> missing."""
 
-    def __init__(self, features: Sequence[Feature] = RAW_FEATURES) -> None:
+    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
         super().__init__()
         self._features = tuple(features)
 
@@ -345,7 +350,7 @@ class CheckValueRanges(beam.PTransform):
 class CleanSplit(beam.PTransform):
     """Serialized raw Examples -> kept rows, rejected records and value adjustments."""
 
-    def __init__(self, features: Sequence[Feature] = RAW_FEATURES) -> None:
+    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
         super().__init__()
         self._features = tuple(features)
 
@@ -408,7 +413,7 @@ class CleanPlan:
     splits: tuple[str, ...]
 
 
-def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = RAW_FEATURES) -> None:
+def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
     """Per split: ReadSplit -> CleanSplit (the four steps) -> WriteCleaned / WriteRejected; plus SUMMARY_FILE."""
     output = Path(plan.output_dir)
     facts = []
@@ -496,7 +501,7 @@ def result_from_facts(facts: list[list[Any]], splits: Sequence[str]) -> CleanRes
             raise RuntimeError(f"unknown clean summary fact {fact!r}")
 
     def in_feature_order(counts: dict[str, int]) -> dict[str, int]:
-        return {name: counts[name] for name in RAW_COLUMNS if name in counts}
+        return {name: counts[name] for name in EXAMPLE_COLUMNS if name in counts}
 
     return CleanResult(rows_in, rows_kept, rows_rejected, dict(sorted(by_reason.items())),
                        in_feature_order(adjusted[CLIPPED]), in_feature_order(adjusted[NULLED]))

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
-from transforms.features import FEATURES_BY_NAME, Kind
+from transforms.features import FEATURES_BY_NAME, OBSERVED_LABEL_KEY, RAW_COLUMNS, Kind
 
 Row = dict[str, Any]
 
@@ -40,10 +40,13 @@ def row_to_example(row: Mapping[str, Any]) -> tf.train.Example:
 
 
 def example_to_row(example: tf.train.Example, names: tuple[str, ...] | None = None) -> Row:
-    """Decodes an Example; every name in `names` (default: all raw columns) is present, None if missing."""
+    """Decodes an Example; every name in `names` is present, None if missing. The default is every CSV
+    column, plus the observed label when the example carries one (a production row)."""
     features = example.features.feature
+    if names is None:
+        names = RAW_COLUMNS + ((OBSERVED_LABEL_KEY,) if OBSERVED_LABEL_KEY in features else ())
     row: Row = {}
-    for name in names if names is not None else tuple(FEATURES_BY_NAME):
+    for name in names:
         if name not in features:
             row[name] = None
             continue
@@ -106,5 +109,8 @@ def canonical_row(row: Mapping[str, Any]) -> str:
     Two rows with the same stored values give the same text, so a hash of it puts identical rows in
     the same split, and the clean job can find exact duplicates within a split.
     """
-    values = [_as_stored(FEATURES_BY_NAME[name].kind, row.get(name)) for name in FEATURES_BY_NAME]
+    values = [_as_stored(FEATURES_BY_NAME[name].kind, row.get(name)) for name in RAW_COLUMNS]
+    # Appended only when present, so a CSV row's text (and so its split) is what it always was.
+    if row.get(OBSERVED_LABEL_KEY) is not None:
+        values.append(int(row[OBSERVED_LABEL_KEY]))
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False)

@@ -32,7 +32,7 @@ from tfx_bsl.public import tfxio
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, row_to_example, split_dir, split_pattern
 from beam_jobs.options import add_job_argument, configure_cli_logging
 from core.errors import DataError
-from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS, Kind
+from transforms.features import EXAMPLE_COLUMNS, FEATURES_BY_NAME, Kind
 
 STATS_FILE_NAME = "FeatureStats.pb"
 # Equal-width buckets of numeric histograms (TFDV's default is 10); Jensen-Shannon drift is computed
@@ -69,7 +69,7 @@ def stats_options(sample_rate: float | None = None) -> tfdv.StatsOptions:
         enable_semantic_domain_stats=False,
         # The raw columns only: ingest's examples also carry the CSV line they came from, which is
         # bookkeeping (example_codec.SOURCE_LINE_KEY), not data to describe or validate.
-        feature_allowlist=list(RAW_COLUMNS),
+        feature_allowlist=list(EXAMPLE_COLUMNS),
     )
 
 

@@ -113,8 +113,24 @@ class DataConfig:
     # trained on: "warn" records and reports what moved, "fail" stops the run, "off" skips it. Not
     # "fail" by default: a retraining after drift is meant to learn from data that moved.
     previous_data_check: str = "warn"
+    # Production data as a second training source (beam_jobs/served_source.py): the gateway's request
+    # log joined with its feedback. `production_data = false` is the privacy switch: nothing logged
+    # is read. `production_logs_dir` is the gateway's --log-dir ("" = none configured; a run may
+    # still name one with --production-logs).
+    production_data: bool = True
+    production_logs_dir: str = ""
+    label_policy: str = "ground_truth"  # or "ground_truth_or_human": a reviewer's decision counts too
+    production_window_days: int = 30  # requests of the last N UTC days, today included
+    # Production rows may be at most this share of the examples (production + CSV window).
+    max_production_share: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.label_policy not in ("ground_truth", "ground_truth_or_human"):
+            raise ConfigError(f"data.label_policy must be ground_truth or ground_truth_or_human, got {self.label_policy!r}")
+        if self.production_window_days < 1:
+            raise ConfigError(f"data.production_window_days must be >= 1, got {self.production_window_days}")
+        if not 0.0 <= self.max_production_share < 1.0:
+            raise ConfigError(f"data.max_production_share must be a share in [0, 1), got {self.max_production_share!r}")
         if self.previous_data_check not in ("off", "warn", "fail"):
             raise ConfigError(f"data.previous_data_check must be off, warn or fail, got {self.previous_data_check!r}")
         if not 0 < self.eval_buckets < self.hash_buckets:

@@ -71,6 +71,21 @@ def _write_pictures(args: argparse.Namespace, graph, title: str, summary: Mappin
 # --- lineage model ---------------------------------------------------------------------------
 
 
+def _production_lines(production: Mapping[str, Any] | None) -> list[str]:
+    """Which served requests and whose labels trained the model (empty when it learned from the CSV only)."""
+    if not production:
+        return []
+    return [
+        f"Production data  {production['rows_labelled']} labelled requests of {production['rows_served']} served "
+        f"({production['rows_unlabelled']} unlabelled, {production['rows_capped']} over the cap), "
+        f"window {production['window_start']} to {production['window_end']}, label policy {production['label_policy']}",
+        f"  labels           {_kv(production['by_label_source'])}  by {_kv(production['by_feedback_source'])}",
+        f"  request log      {production['log_dir']}/requests  rows by partition {_kv(production['rows_by_partition'])}",
+        f"  feedback files   {len(production['feedback_files'])}: {', '.join(production['feedback_files'][:5])}"
+        f"{' ...' if len(production['feedback_files']) > 5 else ''}",
+    ]
+
+
 def format_model_audit(audit: Mapping[str, Any]) -> str:
     model, run, data = audit["model"], audit["run"], audit["data"]
     evaluation, rejected = audit["evaluation"], audit["rejected"]
@@ -104,6 +119,7 @@ def format_model_audit(audit: Mapping[str, Any]) -> str:
         f"  window           {data['window_start']} to {data['window_end']}",
         f"  rows             {data['rows']}  splits {_kv(data['splits'])}",
         f"  examples         {data['examples']}",
+        *_production_lines(data.get("production")),
         f"Schema           {(audit.get('schema') or {}).get('uri')}  sha256 {((audit.get('schema') or {}).get('properties') or {}).get('sha256')}",
         f"Statistics       {audit['statistics']['uri']}  report {audit['statistics']['report']}",
         f"Anomalies        {audit['anomalies']['count']}  {_short(audit['anomalies']['found']) if audit['anomalies']['count'] else ''}".rstrip(),
@@ -225,6 +241,13 @@ def cmd_lineage_request(args: argparse.Namespace) -> int:
     for review in reviewed:
         print(f"Reviewed by a person: instance {review['instance_index']} decided {review['human_decision']} "
               f"({review['source']}, {review['timestamp']})")
+    print()
+    if not audit.get("trained"):
+        print("Training data: not read by the training of any pushed model (no label, or no production data run since)")
+    for use in audit.get("trained", []):
+        labels = "; ".join(f"instance {i}: {v['label']} from {v['source']} by {v['by']}" for i, v in use["instances"].items())
+        print(f"Training data: trained {use['model']} (ingest execution {use['ingest_execution']}, "
+              f"policy {use['label_policy']}): {labels}")
     for key, model in audit["model_audits"].items():
         print()
         print(model["error"] if "error" in model else format_model_audit(model))

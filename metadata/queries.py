@@ -263,6 +263,8 @@ def model_audit(store: Store, model_name: str, version: int) -> dict[str, Any]:
             "rows": examples.get("rows"),
             "splits": {key[len("rows_"):]: value for key, value in examples.items() if key.startswith("rows_")},
             "examples": (art.get("examples") or {}).get("uri"),
+            # Labelled production requests trained too (mlops/production_source.py): which, and whose labels.
+            "production": ((exe.get("ingest") or {}).get("results") or {}).get("production"),
         },
         "schema": art.get("schema"),
         "statistics": {"uri": (art.get("statistics") or {}).get("uri"), "report": props("statistics").get("report")},
@@ -449,9 +451,53 @@ def request_audit(store: Store, log_dir: Path, request_id: str) -> dict[str, Any
             audits[f"{name}:{version}"] = model_audit(store, name, int(version))
         except LineageNotFoundError as err:
             audits[f"{name}:{version}"] = {"error": str(err)}
-    return {"request_id": request_id, "rows": rows, "feedback": _feedback_for(log_dir, request_id),
+    feedback = _feedback_for(log_dir, request_id)
+    return {"request_id": request_id, "rows": rows, "feedback": feedback,
             "models": [f"{n}:{v}" for n, v in models], "model_audits": audits,
-            "degrees": sorted({str(r.get("automation")) for r in served})}  # the degree of automation it was answered in
+            "degrees": sorted({str(r.get("automation")) for r in served}),  # the degree of automation it was answered in
+            "trained": trained_on_request(store, log_dir, [r for r in rows if not r.get("is_shadow")], feedback)}
+
+
+def trained_on_request(store: Store, log_dir: Path, served: Sequence[dict[str, Any]],
+                       feedback: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pushed models whose training read this request as a labelled production row.
+
+    A model qualifies when its ingest execution read the request's log partition (a `PredictionLog`
+    input, mlops/production_source.py), the request time is in that ingest's production window, and
+    an instance had a label under its policy in the feedback received before the ingest ran. (The
+    clean step may still have rejected the row, and a cap thins by request-id hash: `rows_capped`.)
+    """
+    from transforms.features import feedback_label
+
+    served = [row for row in served if row.get("status_code") == 200]
+    if not served:
+        return []
+    timestamp = str(served[0]["timestamp"])
+    partition = str((Path(log_dir) / "requests" / f"date={timestamp[:10]}").resolve())
+    logs = [a for a in store.get_artifacts_by_uri(partition) if a.type_id == store.type_id("PredictionLog")]
+    readers = {e.execution_id for e in store.get_events_by_artifact_ids([a.id for a in logs]) if e.type == Event.INPUT}
+    trained = []
+    for pushed in store.get_artifacts_by_type("PushedModel") if readers else []:
+        ingest = training_chain(store, pushed).executions.get("ingest")
+        if ingest is None or ingest.id not in readers:
+            continue
+        parameters = properties_of(ingest).get("parameters") or {}
+        window = (parameters.get("production_window_start"), parameters.get("production_window_end"))
+        if not window[0] or not dt.datetime.fromisoformat(window[0]) <= dt.datetime.fromisoformat(timestamp) \
+                < dt.datetime.fromisoformat(window[1]):
+            continue
+        known = sorted((f for f in feedback if dt.datetime.fromisoformat(str(f["timestamp"])).timestamp() * 1000
+                        <= ingest.create_time_since_epoch), key=lambda f: str(f["timestamp"]))
+        latest = {f["instance_index"]: f for f in known}
+        labels = {index: feedback_label(f.get("ground_truth"), f.get("human_decision"), parameters.get("label_policy"))
+                  for index, f in latest.items()}
+        labelled = {index: {"label": label[0], "source": label[1], "by": latest[index]["source"]}
+                    for index, label in labels.items() if label is not None}
+        if labelled:
+            props = properties_of(pushed)
+            trained.append({"model": f"{props.get('model_name')}:{props.get('version')}", "ingest_execution": ingest.id,
+                            "label_policy": parameters.get("label_policy"), "instances": labelled})
+    return trained
 
 
 # --- datasets --------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ ARTIFACT_TYPES: dict[str, dict[str, int]] = {
     "PushedModel": {"model_name": STRING, "version": INT},
     # Written by serving and monitoring.
     "PredictionLog": {"window_start": STRING, "window_end": STRING, "rows": INT},
+    # A feedback partition read as training labels (mlops/production_source.py).
+    "FeedbackLog": {"fingerprint": STRING, "files": INT},
     "DriftCheckResult": {"passed": INT},
     "BatchPredictions": {"rows": INT, "model_version": INT},
 }

@@ -66,6 +66,8 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     result = run_pipeline(
         config, start=args.start, end=args.end, csv_path=Path(args.csv) if args.csv else None,
         run_id=args.run_id, trigger=trigger,
+        production_logs=Path(args.production_logs) if args.production_logs else None,
+        production_data=not args.no_production_data,
     )
     if args.json:
         _print_json({"run_id": result.run_id, "seconds": result.seconds,
@@ -78,6 +80,10 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     print()
     print(f"Pipeline run {result.run_id} finished in {result.seconds:.0f}s.")
     print(f"Pushed model:   {config.serving.model_name}:{version} at {push.results['path']}")
+    ingested = result.outcomes["ingest"].results
+    production = ingested.get("production") or {}
+    print(f"Trained on:     {ingested['rows_in_window']} CSV rows + {production.get('rows_labelled', 0)} labelled "
+          f"production rows{' (policy ' + production['label_policy'] + ')' if production else ' (none read)'}")
     print("Metrics (eval):", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"Report:         {evaluation.outputs['evaluation'].uri}/report.html")
     print(f"Lineage:        mlops lineage model {config.serving.model_name}:{version}   (add --json or --html FILE)")
@@ -174,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--end", required=True, help="window end, YYYY-MM-DD (exclusive)")
     run.add_argument("--csv", help="a CSV with the taxi columns (default: the shipped data)")
     run.add_argument("--json", action="store_true", help="print the outcome of every step as JSON")
+    run.add_argument("--production-logs", metavar="DIR",
+                     help="the gateway's log directory: its labelled requests train too (default: data.production_logs_dir)")
+    run.add_argument("--no-production-data", action="store_true",
+                     help="train on the CSV only, whatever the config says")
     _add_run_args(run, run_id_required=False)
     run.set_defaults(handler=cmd_pipeline_run, trigger="cli")
 

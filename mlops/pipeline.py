@@ -58,8 +58,14 @@ def run_pipeline(
     run_id: str | None = None,
     trigger: Trigger = Trigger("cli"),
     progress: Progress = print,
+    production_logs: Path | None = None,
+    production_data: bool = True,
 ) -> PipelineResult:
-    """Runs steps 1-7. A failing step raises (nothing after it runs, so nothing is pushed)."""
+    """Runs steps 1-7. A failing step raises (nothing after it runs, so nothing is pushed).
+
+    Ingest also reads the labelled production requests of `production_logs` (default: the config's
+    data.production_logs_dir) unless `production_data` is False or the config switches it off.
+    """
     began = time.time()
     run_id = run_id or new_run_id()
     ctx = steps.open_run(config, run_id, trigger)
@@ -78,7 +84,8 @@ def run_pipeline(
         outcomes[name] = outcome
         return outcome
 
-    ingested = step("ingest", lambda: steps.ingest(ctx, Path(csv_path or config.data.csv_path), start, end))
+    ingested = step("ingest", lambda: steps.ingest(ctx, Path(csv_path or config.data.csv_path), start, end,
+                                                   production_logs=production_logs, production_data=production_data))
     cleaned = step("clean", lambda: steps.clean(ctx, ingested.outputs["examples"]))
     validated = step("validate", lambda: steps.validate(
         ctx, ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))

@@ -6,8 +6,9 @@ the monitoring DAG triggers `taxi_training`, `decide_retraining` compares what t
 what trained the judged model (its lineage in ML Metadata). When they are the same it records a
 `RetrainingDecision` execution ("drift persists; no new data to learn from", with the evidence) and
 says so once: the next window with the same cause (the failed checks and the inputs' fingerprint,
-kept as the execution's parameters) finds that record and stays quiet. New data, another window, changed
-code or another failed check make a new cause, and the decision is taken again.
+kept as the execution's parameters) finds that record and stays quiet. New data (a changed CSV, or new
+request-log or feedback files when production data trains too), another window, changed code or
+another failed check make a new cause, and the decision is taken again.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class TrainingInputs:
     # step -> digest of the code its outputs depend on (mlops.steps.STEP_MODULES); a commit that
     # touches only the gateway or the docs does not make a retraining worth starting.
     step_code: Mapping[str, str | None]
+    # Production data (mlops/production_source.py): the label policy and the fingerprint of every
+    # request-log and feedback partition read; new traffic or new labels change it. Empty without.
+    production: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
@@ -67,16 +71,26 @@ class RetrainingDecision:
 def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> TrainingInputs:
     """What a triggered `taxi_training` run would learn from: the conf's CSV and window, the config's
     schema and hyperparameters, this checkout's code."""
+    from mlops.production_source import production_source
     from mlops.steps import STEP_MODULES, file_sha256, step_code
 
     csv_path, schema = Path(csv_path).resolve(), config.data.schema_path.resolve()
+    production = production_source(config, None)
     return TrainingInputs(
         raw_sha256=file_sha256(csv_path) if csv_path.is_file() else None,
         window_start=_day(start), window_end=_day(end),
         schema_sha256=file_sha256(schema) if schema.is_file() else None,
         hyperparameters=_plain(dataclasses.asdict(config.training)),
         step_code={step: step_code(*modules) for step, modules in STEP_MODULES.items() if step in TRAINING_STEPS},
+        production=_production_inputs(production.parameters() if production else {}),
     )
+
+
+def _production_inputs(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the ingest parameters that says what production data went in."""
+    if not parameters.get("log_fingerprints"):
+        return {}
+    return {"label_policy": parameters.get("label_policy"), "log_fingerprints": dict(parameters["log_fingerprints"])}
 
 
 def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs | None:
@@ -102,6 +116,7 @@ def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs |
         hyperparameters=_plain(train_props.get("parameters") or {}),
         step_code={step: properties_of(chain.executions[step]).get("code_digest") if step in chain.executions else None
                    for step in TRAINING_STEPS},
+        production=_production_inputs(window),
     )
 
 

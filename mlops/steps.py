@@ -117,7 +117,7 @@ def _outcome(step: str, record: StepRecord, started: float, summary: str) -> Ste
 
 # The modules doing each step's work: with what they import, the code its outputs depend on.
 STEP_MODULES: dict[str, tuple[str, ...]] = {
-    "ingest": ("beam_jobs.ingest",),
+    "ingest": ("beam_jobs.ingest", "beam_jobs.served_source", "mlops.production_source"),
     "clean": ("beam_jobs.clean",),
     "validate": ("beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected"),
     "transform": ("beam_jobs.transform",),
@@ -174,22 +174,30 @@ def ingest(
     csv_path: Path,
     start: dt.date | dt.datetime | str,
     end: dt.date | dt.datetime | str,
+    production_logs: Path | None = None,
+    production_data: bool = True,
 ) -> StepOutcome:
-    """CSV -> tf.Example splits for the window [start, end)."""
+    """CSV -> tf.Example splits for the window [start, end), plus the labelled production requests
+    (mlops/production_source.py) unless switched off here or in the config."""
+    from mlops.production_source import add_production_examples, production_source, register_log_partitions, summary_line
+
     started = time.time()
     start_utc, end_utc = _utc(start), _utc(end)
     if end_utc <= start_utc:
         raise DataError(f"the window is empty: --end {end_utc:%Y-%m-%d} is not after --start {start_utc:%Y-%m-%d}")
     raw = register_raw_data(ctx, csv_path)
     data = ctx.config.data
+    production = production_source(ctx.config, production_logs) if production_data else None
+    logs = register_log_partitions(ctx.run, production) if production else {}
     parameters = {
         "window_start": start_utc.isoformat(),
         "window_end": end_utc.isoformat(),
         "hash_buckets": data.hash_buckets,
         "eval_buckets": data.eval_buckets,
         "max_unparseable_fraction": data.max_unparseable_fraction,
+        **(production.parameters() if production else {}),
     }
-    with ctx.run.step("Ingest", {"raw_data": raw}, parameters, code_digest=step_code(*STEP_MODULES["ingest"])) as record:
+    with ctx.run.step("Ingest", {"raw_data": raw, **logs}, parameters, code_digest=step_code(*STEP_MODULES["ingest"])) as record:
         if not record.cached:
             from beam_jobs.ingest import ingest_csv
 
@@ -205,9 +213,14 @@ def ingest(
                     max_unparseable_fraction=data.max_unparseable_fraction,
                     beam_args=ctx.beam_args(),
                 )
-            splits = result.split_counts
+                served = add_production_examples(
+                    production, out, result.rows_in_window, hash_buckets=data.hash_buckets,
+                    eval_buckets=data.eval_buckets, beam_args=ctx.beam_args()) if production else None
+            splits = {k: v + (served["split_counts"][k] if served else 0) for k, v in result.split_counts.items()}
             record.output("examples", "Examples", str(final / "examples"), {
-                "split_names": json.dumps(sorted(splits)), "rows": result.rows_in_window,
+                "split_names": json.dumps(sorted(splits)), "rows": sum(splits.values()),
+                "csv_rows": result.rows_in_window, "production_rows": served["rows_labelled"] if served else 0,
+                "label_policy": served["label_policy"] if served else None,
                 "window_start": parameters["window_start"], "window_end": parameters["window_end"],
                 **{f"rows_{k}": v for k, v in splits.items()},
             })
@@ -219,11 +232,13 @@ def ingest(
                 rows_unparseable=result.rows_unparseable,
                 split_counts=splits,
                 unparseable_by_column=result.unparseable_by_column,
+                **({"production": served} if served else {}),
             )
     r = record.results
     return _outcome("ingest", record, started, (
         f"{r['rows_read']} rows read: {r['rows_in_window']} in the window "
-        f"(splits {r['split_counts']}), {r['rows_outside_window']} outside, {r['rows_unparseable']} unparseable"
+        f"(splits {r['split_counts']}), {r['rows_outside_window']} outside, {r['rows_unparseable']} unparseable; "
+        f"{summary_line(r.get('production'))}"
     ))
 
 

@@ -254,6 +254,11 @@ def _read_partitioned(directory: Path, schema: pa.Schema, start: TimeBound, end:
     return frame.sort_values("timestamp", kind="stable")
 
 
+def list_part_files(directory: Path, start: TimeBound = None, end: TimeBound = None) -> list[Path]:
+    """The part files of `directory` (requests/ or feedback/) whose date partition may hold [start, end)."""
+    return _part_files(Path(directory), _bound(start, "start"), _bound(end, "end"))
+
+
 def _part_files(directory: Path, start: dt.datetime | None, end: dt.datetime | None) -> list[Path]:
     if not directory.is_dir():
         return []

@@ -265,6 +265,7 @@ def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], b
     parse_spec = {
         features.TIPS_KEY: tf.io.FixedLenFeature([], tf.float32, default_value=math.nan),
         features.FARE_KEY: tf.io.FixedLenFeature([], tf.float32, default_value=math.nan),
+        features.OBSERVED_LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=features.MISSING_INT),
         PAYMENT_TYPE.name: tf.io.FixedLenFeature([], tf.string, default_value=""),
         START_HOUR.name: tf.io.FixedLenFeature([], tf.int64, default_value=features.MISSING_INT),
     }
@@ -322,14 +323,17 @@ def _load_saved_model(tf: Any, model_dir: Path) -> Any:
 def _label_and_slices(file: str, position: int, parsed: Mapping[str, Any]) -> tuple[list[bool], list[str], list[str]]:
     tips = parsed[features.TIPS_KEY].numpy()
     fares = parsed[features.FARE_KEY].numpy()
+    observed = parsed[features.OBSERVED_LABEL_KEY].numpy()
+    has_observed = observed != features.MISSING_INT  # a production row: its label is given, not derived
     for name, values in ((features.TIPS_KEY, tips), (features.FARE_KEY, fares)):
-        missing = np.flatnonzero(np.isnan(values))
+        missing = np.flatnonzero(np.isnan(values) & ~has_observed)
         if missing.size:
             raise DataError(f"{file}: record {position + int(missing[0])} has no '{name}', needed for the label "
                             f"{features.LABEL_KEY!r}; evaluate the cleaned examples")
     # On float32 arrays, as preprocessing_fn computes it in TF: a borderline trip (tips exactly
     # 20% of the fare) gets the same label here as in training.
-    labels = np.asarray(features.is_big_tipper(tips, fares), dtype=bool).tolist()
+    derived = np.asarray(features.is_big_tipper(tips, fares), dtype=bool)
+    labels = np.where(has_observed, observed == 1, derived).tolist()
     payment_values = [value.decode("utf-8", errors="replace") or MISSING_SLICE_VALUE
                       for value in parsed[PAYMENT_TYPE.name].numpy()]
     hour_values = []

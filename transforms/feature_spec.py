@@ -17,11 +17,11 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import schema_utils
 
 from transforms.features import (
+    EXAMPLE_FEATURES,
+    LABEL_SOURCES,
     MISSING_INT,
     MISSING_STRING,
-    RAW_FEATURES,
     SERVING_FEATURES,
-    TIPS_KEY,
     Kind,
 )
 
@@ -33,12 +33,13 @@ def raw_feature_spec(include_label_source: bool = True) -> dict[str, tf.io.VarLe
 
     Every feature is a VarLenFeature because any of them may be absent in a given Example (even a
     `required` one at serving time); preprocessing_fn decides what missing means per feature.
-    Without the label source (`tips`) it is the spec of serving requests.
+    With the label sources (`tips`, and the observed label production rows carry instead) it is the
+    spec of training examples; without them, the spec of serving requests.
     """
     return {
         feature.name: tf.io.VarLenFeature(DTYPES[feature.kind])
-        for feature in RAW_FEATURES
-        if include_label_source or feature.name != TIPS_KEY
+        for feature in EXAMPLE_FEATURES
+        if include_label_source or feature.name not in LABEL_SOURCES
     }
 
 

@@ -38,6 +38,18 @@ class Feature:
     on_invalid: OnInvalid = OnInvalid.REJECT
     # True when the model consumes the feature (some columns are only carried along).
     model_input: bool = True
+    # False: a privacy decision; the value is never copied from the production request log into
+    # training data (beam_jobs/served_source.py drops it; the row trains with the feature missing).
+    retained: bool = True
+    # A required feature that a row may lack when it has this one instead: `tips` is only the
+    # source of the label, so a production row that carries its label directly needs no tips.
+    required_unless: str | None = None
+
+    def missing_in(self, row: Mapping[str, Any]) -> bool:
+        """True when a row lacks this required feature and nothing stands in for it."""
+        if not self.required or row.get(self.name) is not None:
+            return False
+        return self.required_unless is None or row.get(self.required_unless) is None
 
     def is_valid(self, value: float) -> bool:
         if self.valid_min is not None and value < self.valid_min:
@@ -52,6 +64,9 @@ CHICAGO_LATITUDE = (41.60, 42.10)
 CHICAGO_LONGITUDE = (-88.00, -87.50)
 
 LABEL_KEY = "big_tipper"
+# The label carried directly by a raw example (0/1), for rows that have no tips to derive it from:
+# production requests labelled by ground truth or a human decision. Absent in CSV rows.
+OBSERVED_LABEL_KEY = "observed_big_tipper"
 # The raw features code refers to one by one (the others are only iterated over, via RAW_FEATURES).
 TIPS_KEY = "tips"
 FARE_KEY = "fare"
@@ -77,6 +92,26 @@ DECISION_NONE = "none"  # shadow automation: the model answered, nobody acted on
 HUMAN_DECISIONS = (DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER)
 DECISIONS = (*HUMAN_DECISIONS, DECISION_REFER_TO_HUMAN, DECISION_NONE)
 
+# Which feedback on a served request is a label (config: data.label_policy). Ground truth always;
+# a reviewer's decision only under POLICY_GROUND_TRUTH_OR_HUMAN, and never over ground truth.
+POLICY_GROUND_TRUTH = "ground_truth"
+POLICY_GROUND_TRUTH_OR_HUMAN = "ground_truth_or_human"
+LABEL_POLICIES = (POLICY_GROUND_TRUTH, POLICY_GROUND_TRUTH_OR_HUMAN)
+# Where a production row's label came from.
+SOURCE_GROUND_TRUTH = "ground_truth"
+SOURCE_HUMAN_DECISION = "human_decision"
+HUMAN_DECISION_LABELS = {DECISION_BIG_TIPPER: 1, DECISION_NOT_BIG_TIPPER: 0}
+
+
+def feedback_label(ground_truth: Any, human_decision: Any, policy: str) -> tuple[int, str] | None:
+    """(label, source) of a served example's latest feedback under the policy, or None (no label)."""
+    if ground_truth in (0, 1):
+        return int(ground_truth), SOURCE_GROUND_TRUTH
+    if policy == POLICY_GROUND_TRUTH_OR_HUMAN and human_decision in HUMAN_DECISION_LABELS:
+        return HUMAN_DECISION_LABELS[human_decision], SOURCE_HUMAN_DECISION
+    return None
+
+
 _F, _I, _S = Kind.FLOAT, Kind.INT, Kind.STRING
 
 RAW_FEATURES: tuple[Feature, ...] = (
@@ -98,13 +133,23 @@ RAW_FEATURES: tuple[Feature, ...] = (
     Feature(COMPANY_KEY, _S, "Taxi company"),
     Feature(TRIP_SECONDS_KEY, _I, "Duration in seconds", valid_min=1, valid_max=86_400),
     Feature("dropoff_community_area", _I, "Community area of the drop-off (1-77)", valid_min=1, valid_max=77, on_invalid=OnInvalid.NULL),
-    Feature(TIPS_KEY, _F, "Tip in USD (label source, absent at serving time)", required=True, valid_min=0.0, valid_max=1000.0, model_input=False),
+    Feature(TIPS_KEY, _F, "Tip in USD (label source, absent at serving time)", required=True, valid_min=0.0, valid_max=1000.0, model_input=False, required_unless=OBSERVED_LABEL_KEY),
 )
+# Not a CSV column: the label of a production row, as ground truth or a counted human decision said
+# it (beam_jobs/served_source.py writes it). preprocessing_fn uses it instead of deriving from tips.
+OBSERVED_LABEL = Feature(OBSERVED_LABEL_KEY, _I, "The label as observed (1 = big tipper), for rows without tips",
+                         valid_min=0, valid_max=1, model_input=False)
 
-FEATURES_BY_NAME: Mapping[str, Feature] = {f.name: f for f in RAW_FEATURES}
+# The columns of a taxi CSV file.
 RAW_COLUMNS: tuple[str, ...] = tuple(f.name for f in RAW_FEATURES)
-# What a serving client sends: every raw column but the label source.
-SERVING_FEATURES: tuple[Feature, ...] = tuple(f for f in RAW_FEATURES if f.name != TIPS_KEY)
+# What a raw (and cleaned) tf.Example may hold: the CSV columns, and the observed label of a production row.
+EXAMPLE_FEATURES: tuple[Feature, ...] = (*RAW_FEATURES, OBSERVED_LABEL)
+EXAMPLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in EXAMPLE_FEATURES)
+FEATURES_BY_NAME: Mapping[str, Feature] = {f.name: f for f in EXAMPLE_FEATURES}
+# Where a label comes from: derived from tips (CSV rows) or carried as observed (production rows).
+LABEL_SOURCES: tuple[str, ...] = (TIPS_KEY, OBSERVED_LABEL_KEY)
+# What a serving client sends: every raw column but the label sources.
+SERVING_FEATURES: tuple[Feature, ...] = tuple(f for f in RAW_FEATURES if f.name not in LABEL_SOURCES)
 SERVING_COLUMNS: tuple[str, ...] = tuple(f.name for f in SERVING_FEATURES)
 
 # --- Encodings used by preprocessing_fn (the only place they are defined) ---
@@ -152,6 +197,11 @@ def hour_bucket(hour: int) -> str:
 def is_big_tipper(tips: Any, fare: Any) -> Any:
     """The label rule, on numbers or element-wise on numpy arrays and pandas Series."""
     return tips > BIG_TIPPER_SHARE * fare
+
+
+def retained_features(features: "tuple[Feature, ...]" = EXAMPLE_FEATURES) -> tuple[Feature, ...]:
+    """The features that may be copied from production logs into training data (`retained=True`)."""
+    return tuple(f for f in features if f.retained)
 
 
 def missing_value(kind: Kind) -> Any:

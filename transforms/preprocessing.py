@@ -29,6 +29,7 @@ from transforms.features import (
     HOUR_KEY,
     LABEL_KEY,
     LOG_SCALED_FEATURES,
+    OBSERVED_LABEL_KEY,
     OOV_SIZE,
     TIPS_KEY,
     VOCAB_FEATURES,
@@ -174,6 +175,15 @@ def _big_tipper(tips: tf.SparseTensor, fare: tf.SparseTensor) -> tf.Tensor:
     return tf.cast(is_big_tipper(tips_value, fare_value), tf.int64)
 
 
+def _label(tips: tf.SparseTensor, fare: tf.SparseTensor, observed: tf.SparseTensor | None) -> tf.Tensor:
+    """The observed label where a row carries one (a production row), else derived from tips and fare."""
+    derived = _big_tipper(tips, fare)
+    if observed is None:
+        return derived
+    observed_value = tf.cast(_to_dense(observed, -1), tf.int64)
+    return tf.where(_present(observed), observed_value, derived)
+
+
 def _single_valued(name: str, values: tf.SparseTensor) -> tf.SparseTensor:
     """`values`, after checking no example has two values: the encodings read one value per row.
 
@@ -191,7 +201,8 @@ def preprocessing_fn(inputs: Mapping[str, tf.SparseTensor]) -> dict[str, tf.Tens
     """Raw features (SparseTensors by raw_feature_spec) -> transformed features, all `[batch]`.
 
     `tips` is optional: with it (training, evaluation) the label is emitted; without it (the
-    serving graph) everything else is the same.
+    serving graph) everything else is the same. A row that carries the observed label (a labelled
+    production request, which has no tips) takes that as its label.
     """
     inputs = {
         name: _single_valued(name, values) if isinstance(values, tf.SparseTensor) else values
@@ -212,5 +223,5 @@ def preprocessing_fn(inputs: Mapping[str, tf.SparseTensor]) -> dict[str, tf.Tens
         outputs[transformed_name(key)] = _categorical_ids(key, inputs[key])
     outputs.update(_time_features(inputs[HOUR_KEY], inputs[DAY_KEY]))
     if TIPS_KEY in inputs:
-        outputs[LABEL] = _big_tipper(inputs[TIPS_KEY], inputs[FARE_KEY])
+        outputs[LABEL] = _label(inputs[TIPS_KEY], inputs[FARE_KEY], inputs.get(OBSERVED_LABEL_KEY))
     return outputs

@@ -19,7 +19,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_p
 
 from beam_jobs.statistics import load_statistics
 from core.atomic import write_text
-from transforms.features import FEATURES_BY_NAME, RAW_COLUMNS
+from transforms.features import EXAMPLE_COLUMNS, FEATURES_BY_NAME
 from validation.schema import load_schema
 from validation.validate import DATASET_KEY, anomalies_by_feature
 
@@ -140,7 +140,7 @@ def _schema_line(feature: schema_pb2.Feature | None) -> str:
 def _ordered_names(names: Iterable[str]) -> list[str]:
     """Raw features in their features.py order, then anything else alphabetically."""
     known = set(names)
-    return [n for n in RAW_COLUMNS if n in known] + sorted(known - set(RAW_COLUMNS))
+    return [n for n in EXAMPLE_COLUMNS if n in known] + sorted(known - set(EXAMPLE_COLUMNS))
 
 
 def _dataset_html(

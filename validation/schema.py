@@ -28,7 +28,10 @@ from transforms.features import (
     CHICAGO_LATITUDE,
     CHICAGO_LONGITUDE,
     FARE_KEY,
+    EXAMPLE_FEATURES,
     FEATURES_BY_NAME,
+    LABEL_SOURCES,
+    OBSERVED_LABEL_KEY,
     PAYMENT_TYPE_KEY,
     RAW_FEATURES,
     TIMESTAMP_KEY,
@@ -43,7 +46,7 @@ TRAINING = "TRAINING"
 SERVING = "SERVING"
 ENVIRONMENTS = (TRAINING, SERVING)
 # Features the model server never receives: present while training, absent while serving.
-NOT_IN_SERVING = (TIPS_KEY,)
+NOT_IN_SERVING = LABEL_SOURCES
 
 # Drift comparators: starting points that the monitoring work tunes per feature.
 # Jensen-Shannon divergence (0 = same distribution, 1 = disjoint) of the numeric histograms.
@@ -58,7 +61,9 @@ NUMERIC_DRIFT_JS_THRESHOLD = 0.1
 CATEGORICAL_DRIFT_LINF_THRESHOLD = 0.1
 # No drift comparator: a later window's timestamps are disjoint from the baseline's by
 # definition (divergence 1.0 between 2013-2014 and 2015-2016), so drift would always fire.
-NO_DRIFT_CHECK = (TIMESTAMP_KEY,)
+# Nor on the observed label: only production rows carry it, so a run with production data and one
+# without always differ in it; the label's own change is concept drift, judged by monitoring.
+NO_DRIFT_CHECK = (TIMESTAMP_KEY, OBSERVED_LABEL_KEY)
 
 # Closed vocabularies: every value seen in the whole shipped CSV (2013-2016), not just the
 # training years, so serving data from later years does not flag a known rare value.
@@ -108,8 +113,13 @@ def bounds(feature: Feature) -> tuple[float | None, float | None]:
 
 def _curated_feature(feature: Feature) -> schema_pb2.Feature:
     spec = schema_pb2.Feature(name=feature.name, type=_SCHEMA_TYPES[feature.kind])
-    if feature.required:
+    if feature.required and feature.required_unless is None:
         spec.presence.min_fraction = 1.0
+        spec.presence.min_count = 1
+    elif feature.required:
+        # tips: absent from the production rows, which carry their observed label instead (the
+        # clean job checks one of the two per row; a schema cannot say "or"), but a training set
+        # without any tips has lost its reference data.
         spec.presence.min_count = 1
     else:
         # Optional features may be absent from a whole batch (pickup_census_tract is 100% missing).
@@ -159,7 +169,7 @@ def curate_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
     curated.CopyFrom(schema)
     del curated.feature[:]
     del curated.string_domain[:]  # inferred top-level domains; closed vocabularies are inlined
-    curated.feature.extend(_curated_feature(f) for f in RAW_FEATURES)
+    curated.feature.extend(_curated_feature(f) for f in EXAMPLE_FEATURES)
     del curated.default_environment[:]
     curated.default_environment.extend(ENVIRONMENTS)
     return curated

@@ -23,6 +23,7 @@ from transforms.features import (
     MISSING_FLOAT,
     MISSING_INT,
     MISSING_STRING,
+    OBSERVED_LABEL_KEY,
     RAW_COLUMNS,
     SERVING_COLUMNS,
     SERVING_FEATURES,
@@ -55,7 +56,8 @@ def sample_rows(taxi_rows) -> list[dict]:
 
 def test_raw_feature_spec_is_varlen_for_every_raw_column_and_optionally_tips():
     spec = raw_feature_spec()
-    assert list(spec) == list(RAW_COLUMNS)
+    # The CSV columns, then the observed label a production row carries instead of tips.
+    assert list(spec) == [*RAW_COLUMNS, OBSERVED_LABEL_KEY]
     assert all(isinstance(feature, tf.io.VarLenFeature) for feature in spec.values())
     assert spec["fare"].dtype == tf.float32 and spec["trip_seconds"].dtype == tf.int64 and spec["company"].dtype == tf.string
     assert list(raw_feature_spec(include_label_source=False)) == list(SERVING_COLUMNS)

@@ -19,7 +19,7 @@ from transforms.feature_spec import raw_feature_spec
 from transforms.features import (
     FEATURE_BUCKET_COUNT,
     OOV_SIZE,
-    RAW_COLUMNS,
+    EXAMPLE_COLUMNS,
     RAW_FEATURES,
     transformed_name,
 )
@@ -42,9 +42,9 @@ xf = transformed_name
 
 def raw_row(**values: Any) -> dict[str, list[Any]]:
     """An instance dict for VarLen features: [value] when given, [] (missing) otherwise."""
-    unknown = set(values) - set(RAW_COLUMNS)
+    unknown = set(values) - set(EXAMPLE_COLUMNS)
     assert not unknown, unknown
-    return {name: [values[name]] if values.get(name) is not None else [] for name in RAW_COLUMNS}
+    return {name: [values[name]] if values.get(name) is not None else [] for name in EXAMPLE_COLUMNS}
 
 
 TRAIN_ROWS = [
@@ -183,3 +183,17 @@ def test_categorical_id_counts_cover_every_id_emitted(with_tips):
         assert all(0 <= v < count for v in values), (name, values, count)
     assert counts[xf("trip_start_hour")] == 25  # 24 hours + missing
     assert counts[xf("payment_type")] == 1 + 2 + OOV_SIZE
+
+
+def test_a_production_row_takes_its_observed_label_and_a_csv_row_derives_it_from_tips():
+    """Labelled production rows have no tips: the label they carry is the label, never a faked tip."""
+    rows = [
+        raw_row(fare=10.0, tips=5.0, payment_type=b"Cash"),  # CSV row: 5 > 2 -> 1
+        raw_row(fare=10.0, tips=0.0, payment_type=b"Cash"),  # CSV row: 0
+        raw_row(fare=10.0, observed_big_tipper=1, payment_type=b"Cash"),  # production, ground truth 1
+        raw_row(fare=10.0, observed_big_tipper=0, payment_type=b"Cash"),  # production, ground truth 0
+        raw_row(fare=10.0, tips=5.0, observed_big_tipper=0, payment_type=b"Cash"),  # observed wins
+    ]
+    transformed, unseen = analyze_and_transform(raw_feature_spec(include_label_source=True), rows)
+    assert column(transformed, LABEL) == [1, 0, 1, 0, 0]
+    assert LABEL in unseen[0] and float(unseen[0][LABEL]) == 0  # no label source at all: 0, as before

@@ -11,7 +11,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from beam_jobs.statistics import generate_statistics
 from core.errors import DataError
 from tests.validation.helpers import CHECKED_IN_SCHEMA, trip_year, write_rows
-from transforms.features import RAW_FEATURES, TIPS_KEY, Kind
+from transforms.features import EXAMPLE_FEATURES, RAW_FEATURES, TIPS_KEY, Kind
 from validation import schema as schema_lib
 from validation.validate import validate_statistics
 
@@ -60,11 +60,12 @@ def test_infer_schema_on_training_data_reproduces_the_checked_in_schema(real_sta
 def test_the_checked_in_schema_follows_features_py() -> None:
     schema = schema_lib.load_schema(CHECKED_IN_SCHEMA)
     by_name = {f.name: f for f in schema.feature}
-    assert list(by_name) == [f.name for f in RAW_FEATURES]
-    for feature in RAW_FEATURES:
+    assert list(by_name) == [f.name for f in EXAMPLE_FEATURES]
+    for feature in EXAMPLE_FEATURES:
         spec = by_name[feature.name]
         assert spec.type == _KIND_TO_TYPE[feature.kind], feature.name
-        assert (spec.presence.min_fraction == 1.0) == feature.required, feature.name
+        # tips is required unless a row carries its observed label: the clean job checks that per row.
+        assert (spec.presence.min_fraction == 1.0) == (feature.required and feature.required_unless is None), feature.name
         low, high = schema_lib.bounds(feature)
         domain = spec.WhichOneof("domain_info")
         if feature.kind is not Kind.STRING and (low, high) != (None, None):
@@ -109,7 +110,7 @@ def test_curate_schema_makes_the_features_py_contract_whatever_was_inferred() ->
     curated = schema_lib.curate_schema(inferred)
 
     names = [f.name for f in curated.feature]
-    assert names == [f.name for f in RAW_FEATURES]  # unknown dropped, never-seen added
+    assert names == [f.name for f in EXAMPLE_FEATURES]  # unknown dropped, never-seen added
     by_name = {f.name: f for f in curated.feature}
     assert by_name["fare"].type == schema_pb2.FLOAT
     assert by_name["company"].WhichOneof("domain_info") is None
