@@ -9,7 +9,7 @@ from pathlib import Path
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from tests.validation.helpers import CHECKED_IN_SCHEMA
-from transforms.features import RAW_COLUMNS
+from transforms.features import EXAMPLE_FEATURES, RAW_COLUMNS
 from validation.report import render_statistics_html
 from validation.validate import load_anomalies, validate_statistics
 
@@ -26,7 +26,8 @@ def test_the_report_is_self_contained_with_one_section_per_feature(broken_statis
     # Self-contained: nothing fetched from anywhere, no scripts needed.
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)
-    assert re.findall(r'<section class="feature[^"]*" id="feature-([^"]+)"', page) == list(RAW_COLUMNS)
+    # every feature of the schema: the CSV's columns, then the label production rows carry instead of tips
+    assert re.findall(r'<section class="feature[^"]*" id="feature-([^"]+)"', page) == [f.name for f in EXAMPLE_FEATURES]
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= len(RAW_COLUMNS) - 1  # pickup_census_tract has no values to draw
     assert all(base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n") for image in images)
