@@ -186,8 +186,8 @@ def table(results: list[dict], growths: list[dict]) -> str:
         for name, step in result["steps"].items():
             lines.append(f"| {result['rows']:,} | {name} | {step['seconds']:.1f} | {step['rows_per_second'] or 0:,.0f} | "
                          f"{_gib(step['rss_at_start'])} | {_gib(step['peak_rss_largest_process'])} | {_gib(step['peak_rss_tree'])} |")
-        lines.append(f"| {result['rows']:,} | **whole run** (wall) | {result['wall_seconds']:.1f} | | "
-                     f"{result['rows'] / result['wall_seconds']:,.0f} | {_gib(result['peak_rss_largest_process'])} | "
+        lines.append(f"| {result['rows']:,} | **whole run** (wall) | {result['wall_seconds']:.1f} | "
+                     f"{result['rows'] / result['wall_seconds']:,.0f} | | {_gib(result['peak_rss_largest_process'])} | "
                      f"{_gib(result['peak_rss_tree'])} |")
     if growths:
         lines += ["", "| step | rows | seconds x | x over linear | peak RSS x |", "|---|---|---|---|---|"]
