@@ -246,14 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs/scale", help="where the JSON and the SVG go")
     parser.add_argument("--work", type=Path, help="where CSVs and pipeline roots go, kept (default: a temporary folder, removed)")
+    parser.add_argument("--previous", type=Path, help="a JSON this program wrote: its sizes join the table and the plot "
+                                                     "(to add one large size without re-running the small ones)")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
+    earlier = json.loads(args.previous.read_text())["sizes"] if args.previous else []
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
         results = [run_size(rows, args.work, args.train_steps, args.seed) for rows in sizes]
     else:
         with tempfile.TemporaryDirectory(prefix="mlops-scale-") as work:
             results = [run_size(rows, Path(work), args.train_steps, args.seed) for rows in sizes]
+    results = sorted([r for r in earlier if r["rows"] not in sizes] + results, key=lambda r: r["rows"])
     growths = growth(results)
     print(table(results, growths))
     args.out.mkdir(parents=True, exist_ok=True)
