@@ -197,46 +197,35 @@ def table(results: list[dict], growths: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def svg_plot(results: list[dict]) -> str:
-    """Two log-log panels (wall seconds, peak RSS of the largest process) vs rows; this project and TFX."""
-    width, height, pad = 360, 260, 48
-    series = {
-        "this project": ([r["rows"] for r in results], [r["wall_seconds"] for r in results],
-                         [r["peak_rss_largest_process"] / 2**30 for r in results], "#1f77b4"),
-        "TFX 1.16 (issue 14)": (list(TFX), [v[0] for v in TFX.values()], [v[1] for v in TFX.values()], "#d62728"),
-    }
-    import math
+def plot(results: list[dict], path: Path) -> Path:
+    """Two log-log panels (wall seconds, peak RSS of the largest process) vs rows, this project beside
+    TFX; the format follows the suffix (.svg, .png)."""
+    import matplotlib
 
-    all_rows = [x for s in series.values() for x in s[0]]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width}" height="{height + 30}" font-family="sans-serif" font-size="11">']
-    for panel, (title, index) in enumerate((("wall seconds", 1), ("peak RSS, largest process (GiB)", 2))):
-        values = [v for s in series.values() for v in s[index]]
-        x0, x1 = math.log10(min(all_rows)) - 0.1, math.log10(max(all_rows)) + 0.1
-        y0, y1 = math.log10(min(values)) - 0.1, math.log10(max(values)) + 0.1
-        left = panel * width
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-        def point(x: float, y: float) -> tuple[float, float]:
-            return (left + pad + (math.log10(x) - x0) / (x1 - x0) * (width - 1.5 * pad),
-                    height - pad + 10 - (math.log10(y) - y0) / (y1 - y0) * (height - 1.5 * pad))
-
-        parts.append(f'<text x="{left + width / 2}" y="16" text-anchor="middle">{title} vs rows (log-log)</text>')
-        parts.append(f'<rect x="{left + pad}" y="{pad / 2}" width="{width - 1.5 * pad}" height="{height - 1.5 * pad}" fill="none" stroke="#999"/>')
-        for rows in sorted(set(all_rows)):
-            x, _ = point(rows, 10 ** y0)
-            parts.append(f'<text x="{x:.1f}" y="{height - pad + 24}" text-anchor="middle">{rows:,}</text>')
-        for value in sorted(set(round(v, 1) for v in values)):
-            if value <= 0:
-                continue
-            _, y = point(min(all_rows), value)
-            parts.append(f'<text x="{left + pad - 4}" y="{y:.1f}" text-anchor="end">{value:g}</text>')
-        for label, (xs, *ys, colour) in series.items():
-            points = [point(x, y) for x, y in zip(xs, ys[index - 1]) if y > 0]
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in points)}"/>')
-            parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in points)
-    for i, (label, (*_, colour)) in enumerate(series.items()):
-        parts.append(f'<text x="{pad + i * 200}" y="{height + 22}" fill="{colour}">&#9632; {label}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+    ours = [r["rows"] for r in results]
+    figure, (seconds, memory) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for axes, mine, theirs, title in (
+        (seconds, [r["wall_seconds"] for r in results], [v[0] for v in TFX.values()], "wall seconds"),
+        (memory, [r["peak_rss_largest_process"] / 2**30 for r in results], [v[1] for v in TFX.values()],
+         "peak RSS, largest process (GiB)"),
+    ):
+        axes.plot(ours, mine, "o-", label="this project")
+        axes.plot(list(TFX), theirs, "s--", label="TFX 1.16 (issue 14)")
+        axes.set(xscale="log", yscale="log", xlabel="rows", title=title)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axes.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    seconds.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.rcParams["svg.hashsalt"] = "pipeline_scale"  # no random ids or date: same numbers, same file
+    figure.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(figure)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     growths = growth(results)
     print(table(results, growths))
     args.out.mkdir(parents=True, exist_ok=True)
-    from core.atomic import write_json, write_text
+    from core.atomic import write_json
 
     write_json(args.out / "pipeline_scale.json", {"sizes": results, "growth": growths, "tfx": {str(k): v for k, v in TFX.items()},
                                                   "train_steps": args.train_steps, "cpus": os.cpu_count()}, )
-    write_text(args.out / "pipeline_scale.svg", svg_plot(results))
+    plot(results, args.out / "pipeline_scale.svg")
     print(f"wrote {args.out / 'pipeline_scale.json'} and {args.out / 'pipeline_scale.svg'}")
     return 0
 
