@@ -217,6 +217,7 @@ def plot(results: list[dict], path: Path) -> Path:
         axes.plot(list(TFX), theirs, "s--", label="TFX 1.16 (issue 14)")
         axes.set(xscale="log", yscale="log", xlabel="rows", title=title)
         axes.grid(True, which="both", alpha=0.3)
+        axes.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 3, 5)))
         axes.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axes.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     seconds.legend()
