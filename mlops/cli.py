@@ -136,6 +136,15 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from transforms.synth import write_synth_csv
+
+    sample = Path(args.sample) if args.sample else load_config(args.config).data.csv_path
+    result = write_synth_csv(sample, Path(args.out), args.rows, seed=args.seed, compress=True if args.gzip else None)
+    print(f"wrote {result.rows} rows to {result.path} (resampled with jitter from {result.sample_rows} distinct rows of {sample}, seed {result.seed})")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from mlops import doctor
 
@@ -210,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--end", required=True)
     infer.add_argument("--output", required=True)
     infer.set_defaults(handler=cmd_schema_infer)
+
+    data = sub.add_parser("data", help="input data").add_subparsers(dest="action", required=True)
+    synth = data.add_parser("synth", help="a larger CSV with the taxi columns and distributions (benchmark input)")
+    synth.add_argument("--rows", type=int, required=True, help="how many rows to write")
+    synth.add_argument("--out", required=True, help="the CSV to write (gzip-compressed when it ends in .gz)")
+    synth.add_argument("--seed", type=int, default=0, help="the same seed and sample give the same bytes")
+    synth.add_argument("--sample", help="the CSV to resample (default: the config's data.csv_path)")
+    synth.add_argument("--gzip", action="store_true", help="gzip-compress whatever the file name")
+    synth.set_defaults(handler=cmd_data_synth)
 
     doctor = sub.add_parser("doctor", help="check what a first run needs (environments, ML Metadata, Airflow, ports, models, disk)")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON (exit code 1 when one failed)")

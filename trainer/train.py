@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -39,7 +39,7 @@ MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
 CLASS_THRESHOLD = 0.5
 PROGRESS_EVERY = 100
-# Rows parsed per tf.io.parse_example call when loading a split into memory.
+# Rows parsed per tf.io.parse_example call, and per prediction call, when streaming a split.
 _PARSE_BATCH = 4096
 
 
@@ -51,59 +51,127 @@ class TrainResult:
     fingerprint: str  # sha256 over saved_model.pb + variables
 
 
-def load_split(transformed_dir: Path, split: str, feature_spec: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """All transformed examples of a split as numpy columns (the taxi splits are a few MB), in canonical order.
-
-    Holding them in memory makes each training step a slice of arrays, not a file read + parse.
-    The rows are sorted by their content (`canonical_order`): a Beam job guarantees which rows it
-    writes, not in which order or into how many shards, and the seeded shuffle permutes whatever
-    order it is given. Sorted, the same rows give the same model however they were written.
-    """
+def split_files(transformed_dir: Path, split: str) -> list[str]:
     files = sorted(tf.io.gfile.glob(split_pattern(transformed_dir, split)))
     if not files:
         raise DataError(f"{split_dir(transformed_dir, split)}: no transformed examples (expected data-*.tfrecord.gz)")
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(_PARSE_BATCH)
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in feature_spec}
+    return files
+
+
+def read_batches(
+    transformed_dir: Path, split: str, feature_spec: Mapping[str, Any]
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The split's examples, `_PARSE_BATCH` at a time: (serialized records, parsed numpy columns).
+
+    Streams: one batch is in memory at a time, whatever the split's size.
+    """
+    dataset = tf.data.TFRecordDataset(split_files(transformed_dir, split), compression_type="GZIP").batch(_PARSE_BATCH)
     try:
         for batch in dataset:
             parsed = tf.io.parse_example(batch, feature_spec)
-            for name in columns:
-                columns[name].append(parsed[name].numpy())
+            yield batch.numpy(), {name: parsed[name].numpy() for name in feature_spec}
     except tf.errors.InvalidArgumentError as err:
         raise DataError(
             f"{split_dir(transformed_dir, split)}: examples do not match the transform output's feature spec: "
             f"{str(err).splitlines()[0]}"
         ) from err
-    arrays = {name: np.concatenate(parts) if parts else np.zeros([0]) for name, parts in columns.items()}
-    if not len(arrays[LABEL]):
-        raise DataError(f"{split_dir(transformed_dir, split)}: the split has no examples")
-    order = canonical_order(arrays)
-    return {name: values[order] for name, values in arrays.items()}
 
 
-def canonical_order(columns: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Row indices that sort the rows by content, column by column in name order, value by value.
+def content_keys(columns: Mapping[str, np.ndarray], seed: int) -> list[tuple[bytes, bytes]]:
+    """One sort key per row that depends on the row's content and the seed only.
 
-    Numbers are compared by bit pattern, not value, so the order is total and the same whatever
-    the input order (0.0 and -0.0, NaNs); rows that tie are bit-identical and interchangeable.
+    (seeded 8-byte hash of the content, the content): ordering by it is a seeded pseudo-random
+    permutation of the rows, the same whatever order or files they come in; the content after the
+    hash breaks the (rare) hash ties, so rows that still tie are bit-identical and interchangeable.
+    The content is each column's bytes in name order (numbers by bit pattern: 0.0 and -0.0 differ,
+    NaNs compare), strings length-prefixed.
     """
-    keys: list[np.ndarray] = []
+    rows = len(next(iter(columns.values()))) if columns else 0
+    numeric, strings = [], []
     for name in sorted(columns):
-        values = np.ascontiguousarray(columns[name])
-        flat = values.reshape(len(values), -1)
-        if flat.dtype.kind in "fiub":
-            flat = flat.view(f"u{flat.dtype.itemsize}")
-        elif flat.dtype.kind == "O":  # tf.string: bytes objects, ranked
-            flat = np.unique(flat, return_inverse=True)[1].reshape(flat.shape)
-        keys.extend(flat[:, index] for index in range(flat.shape[1]))
-    # np.lexsort sorts by the last key first.
-    return np.lexsort(keys[::-1]) if keys else np.arange(0)
+        values = np.ascontiguousarray(columns[name]).reshape(rows, -1)
+        if values.dtype.kind == "O":
+            strings.append(values)
+        else:
+            numeric.append(values.view(np.uint8).reshape(rows, -1))
+    matrix = np.concatenate(numeric, axis=1) if numeric else np.zeros((rows, 0), np.uint8)
+    salt = seed.to_bytes(8, "little", signed=True)
+    keys = []
+    for index in range(rows):
+        content = matrix[index].tobytes() + b"".join(
+            len(value).to_bytes(4, "little") + value for column in strings for value in column[index]
+        )
+        keys.append((hashlib.blake2b(content, digest_size=8, key=salt).digest(), content))
+    return keys
+
+
+def select_training_rows(
+    transformed_dir: Path, feature_spec: Mapping[str, Any], limit: int, seed: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """The `limit` train rows first in `content_keys` order, as numpy columns in that order, and how
+    many rows the split has.
+
+    Training `steps` batches of `batch_size` rows reads at most `limit = steps * batch_size` rows
+    (fewer rows: all of them, for several epochs): those are the rows kept, so memory is bounded
+    by the training budget, not by the split. The split is streamed once, keeping the smallest
+    keys seen (a pool pruned to `limit` whenever it doubles). Being first by a seeded content hash
+    is a uniform random sample, fixed by the rows alone: neither their order nor their sharding
+    into files changes which rows are kept or their order, so the model stays the same.
+    """
+    pool: list[tuple[tuple[bytes, bytes], bytes]] = []
+    total = 0
+    for records, columns in read_batches(transformed_dir, "train", feature_spec):
+        pool.extend(zip(content_keys(columns, seed), records))
+        total += len(records)
+        if len(pool) >= 2 * limit + _PARSE_BATCH:
+            pool.sort()
+            del pool[limit:]
+    if not total:
+        raise DataError(f"{split_dir(transformed_dir, 'train')}: the split has no examples")
+    pool.sort()
+    del pool[limit:]
+    kept = [record for _, record in pool]
+    del pool
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in feature_spec}
+    for start in range(0, len(kept), _PARSE_BATCH):
+        parsed = tf.io.parse_example(tf.constant(kept[start:start + _PARSE_BATCH]), feature_spec)
+        for name in parts:
+            parts[name].append(parsed[name].numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}, total
 
 
 def _features_and_labels(columns: Mapping[str, np.ndarray], input_names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     features = {name: columns[name] for name in input_names}
     labels = columns[LABEL].astype(np.float32).reshape(-1, 1)
     return features, labels
+
+
+def predict_split(
+    model: tf_keras.Model, transformed_dir: Path, split: str, feature_spec: Mapping[str, Any], input_names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, P(big tipper)) for every row of a split, streamed batch by batch, sorted by (score, label).
+
+    Every graph call gets exactly `_PARSE_BATCH` rows (the last batch padded with copies of its
+    first row), so a row's score does not depend on which rows share its batch, and the sorted
+    result does not depend on the order or sharding of the files. Holds 5 bytes per row.
+    """
+    call = tf.function(lambda inputs: model(inputs, training=False), autograph=False)
+    labels, scores = [], []
+    for _, columns in read_batches(transformed_dir, split, feature_spec):
+        rows = len(columns[LABEL])
+        padded = {name: _pad_rows(columns[name], _PARSE_BATCH) for name in input_names}
+        scores.append(call({name: tf.constant(values) for name, values in padded.items()}).numpy().reshape(-1)[:rows])
+        labels.append(columns[LABEL].reshape(-1).astype(np.int8))
+    if not labels:
+        raise DataError(f"{split_dir(transformed_dir, split)}: the split has no examples")
+    label_values, score_values = np.concatenate(labels), np.concatenate(scores)
+    order = np.lexsort((label_values, score_values))
+    return label_values[order], score_values[order]
+
+
+def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
+    missing = rows - len(values)
+    return values if missing <= 0 else np.concatenate([values, np.repeat(values[:1], missing, axis=0)])
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -142,12 +210,6 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "positive_rate": float(labels.mean()),
         "examples": float(len(labels)),
     }
-
-
-def _predict(model: tf_keras.Model, features: Mapping[str, np.ndarray]) -> np.ndarray:
-    """P(big tipper) for every row, in one graph call (no per-batch Python)."""
-    call = tf.function(lambda inputs: model(inputs, training=False), autograph=False)
-    return call({name: tf.constant(values) for name, values in features.items()}).numpy().reshape(-1)
 
 
 def fit(model: tf_keras.Model, dataset: tf.data.Dataset, steps: int, every: int = PROGRESS_EVERY) -> float:
@@ -278,28 +340,28 @@ def fit_and_evaluate(
 ) -> tuple[tf_keras.Model, dict[str, float], dict[str, float]]:
     """Builds and trains the Keras model; returns it with its train and eval metrics (no export).
 
-    Deterministic for a given `config.seed` on CPU: seeded initialisation and shuffling give
+    Deterministic for a given `config.seed` on CPU: the rows trained on and their order come from
+    their content (`select_training_rows`), and seeded initialisation and shuffling give
     bit-identical weights run after run (checked in one process and across processes). TF's op determinism switch is not used: it is process-wide, the public API cannot
     turn it off again, and other steps may run in the same process.
     """
     feature_spec = tf_transform_output.transformed_feature_spec()
-    train_columns = load_split(Path(transformed_dir), "train", feature_spec)
-    eval_columns = load_split(Path(transformed_dir), "eval", feature_spec)
-
+    budget = config.train_steps * config.batch_size
+    split_files(Path(transformed_dir), "eval")  # a missing eval split fails before training, not after
+    train_columns, train_rows = select_training_rows(Path(transformed_dir), feature_spec, budget, config.seed)
     input_names = list(model_input_specs(tf_transform_output))
     train_features, train_labels = _features_and_labels(train_columns, input_names)
-    eval_features, eval_labels = _features_and_labels(eval_columns, input_names)
-    train_rows = len(train_labels)
+    kept = len(train_labels)
     print(
-        f"training {config.train_steps} steps of {config.batch_size} rows on {train_rows} examples "
-        f"({config.train_steps * config.batch_size / train_rows:.1f} epochs)",
+        f"training {config.train_steps} steps of {config.batch_size} rows on {kept} of {train_rows} examples "
+        f"({budget / kept:.1f} epochs of them)",
         flush=True,
     )
     tf_keras.utils.set_random_seed(config.seed)
     model = build_keras_model(config, tf_transform_output)
     train_dataset = (
         tf.data.Dataset.from_tensor_slices((train_features, train_labels))
-        .shuffle(train_rows, seed=config.seed, reshuffle_each_iteration=True)
+        .shuffle(kept, seed=config.seed, reshuffle_each_iteration=True)
         .repeat()
         .batch(config.batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
@@ -307,9 +369,10 @@ def fit_and_evaluate(
     started = time.perf_counter()
     final_loss = fit(model, train_dataset, config.train_steps)
     train_seconds = time.perf_counter() - started
-    train_metrics = classification_metrics(train_labels, _predict(model, train_features))
-    train_metrics.update(final_batch_loss=final_loss, train_seconds=train_seconds)
-    eval_metrics = classification_metrics(eval_labels, _predict(model, eval_features))
+    del train_dataset, train_features, train_columns
+    train_metrics = classification_metrics(*predict_split(model, Path(transformed_dir), "train", feature_spec, input_names))
+    train_metrics.update(final_batch_loss=final_loss, train_seconds=train_seconds, trained_on_examples=float(kept))
+    eval_metrics = classification_metrics(*predict_split(model, Path(transformed_dir), "eval", feature_spec, input_names))
     print(f"eval {', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items())}", flush=True)
     for name, value in {**train_metrics, **eval_metrics}.items():
         if not math.isfinite(value):

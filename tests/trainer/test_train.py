@@ -18,12 +18,13 @@ from tests.transforms.cleaned_examples import clean_rows, shared_transform, smal
 from trainer.train import (
     CLASS_THRESHOLD,
     RESULT_FILE,
-    canonical_order,
     classification_metrics,
+    content_keys,
     fit_and_evaluate,
     load_transform_output,
     roc_auc,
     saved_model_fingerprint,
+    select_training_rows,
     train_model,
 )
 from transforms.features import SERVING_FEATURES, Kind
@@ -157,20 +158,48 @@ def test_the_same_rows_in_another_order_and_sharding_train_the_same_model(small,
         assert first.tobytes() == second.tobytes(), model.weights[index].name
 
 
-def test_canonical_order_depends_on_the_rows_only():
+def test_content_keys_depend_on_the_rows_and_the_seed_only():
     rng = np.random.default_rng(0)
     columns = {
         "id": rng.integers(0, 3, 500),
         "score": rng.normal(size=500).astype(np.float32),
         "signed_zero": np.where(rng.random(500) < 0.5, np.float32(0.0), np.float32(-0.0)),
         "pair": rng.integers(0, 2, (500, 2)),
-        "name": np.array([b"b", b"a"] * 250, dtype=object),
+        "name": np.array([[b"b"], [b"a"]] * 250, dtype=object),
     }
     permutation = rng.permutation(500)
     shuffled = {name: values[permutation] for name, values in columns.items()}
-    order, shuffled_order = canonical_order(columns), canonical_order(shuffled)
-    for name in columns:
-        assert columns[name][order].tobytes() == shuffled[name][shuffled_order].tobytes(), name
+    keys, shuffled_keys = content_keys(columns, seed=1), content_keys(shuffled, seed=1)
+    assert [keys[index] for index in permutation] == shuffled_keys
+    assert sorted(keys) == sorted(shuffled_keys)
+    # The hash order is not the content order, and another seed gives another order.
+    assert sorted(range(500), key=keys.__getitem__) != sorted(range(500), key=lambda i: keys[i][1])
+    other = content_keys(columns, seed=2)
+    assert sorted(range(500), key=keys.__getitem__) != sorted(range(500), key=other.__getitem__)
+    # Rows differing only by 0.0 / -0.0 are different rows.
+    zeros = content_keys({"x": np.array([0.0, -0.0], np.float32)}, seed=1)
+    assert zeros[0] != zeros[1]
+
+
+def test_training_rows_are_the_budget_first_by_content_key_whatever_the_files(small, tmp_path):
+    """Only `steps * batch_size` rows are held, the same ones in the same order for reordered, resharded files."""
+    _, _, transform = small
+    files = sorted(tf.io.gfile.glob(split_pattern(transform.transformed_dir, "train")))
+    records = [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    random.Random(3).shuffle(records)
+    write_records(tmp_path / "transformed", "train", records, shards=4)
+    spec = load_transform_output(transform.transform_graph_dir).transformed_feature_spec()
+    kept, total = select_training_rows(transform.transformed_dir, spec, limit=100, seed=5)
+    again, again_total = select_training_rows(tmp_path / "transformed", spec, limit=100, seed=5)
+    assert total == again_total == len(records) > 100
+    assert all(len(values) == 100 for values in kept.values())
+    for name in kept:
+        assert kept[name].tobytes() == again[name].tobytes(), name
+    everything, _ = select_training_rows(transform.transformed_dir, spec, limit=10 * len(records), seed=5)
+    assert all(len(values) == len(records) for values in everything.values())
+    # The kept rows are the first 100 of the whole order, not some other 100.
+    for name in kept:
+        assert kept[name].tobytes() == everything[name][:100].tobytes(), name
 
 
 @pytest.mark.slow  # trains a model
