@@ -217,6 +217,7 @@ def model_summary(config: Any) -> str:
     """Where the stable model is, its evaluation metrics and blessing, and how to see its lineage (from MLMD)."""
     from metadata import queries
     from metadata.store import connect
+    from mlops.production_source import summary_line
     from serving import model_config
 
     name = config.serving.model_name
@@ -234,6 +235,7 @@ def model_summary(config: Any) -> str:
         f"  eval metrics    {metrics}",
         f"  blessed         {evaluation['blessed']} (report {evaluation['report']})",
         f"  trained by      {audit['run']['id']} (triggered by {trigger})",
+        f"  trained on      {audit['data']['rows']} rows, among them {summary_line(audit['data'].get('production'))}",
         f"  lineage         .venvs/ml/bin/mlops lineage model {name}:{stable}   (add --json, --html FILE or --svg FILE)",
     ])
 
