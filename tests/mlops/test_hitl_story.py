@@ -109,8 +109,9 @@ def test_partial_traffic_reviewed_per_slice_shows_in_agreement_readiness_and_the
     admin.flush_logs()
     assert "recorded as ReviewRun" in capsys.readouterr().out  # the close task's log
 
-    # Agreement per slice, as run_monitoring computes it (read_agreement over the log, with the ledger).
-    agreement = read_agreement(log_dir, MODEL, start, end, ledger_path(config.pipeline_root))
+    # Agreement per slice, as run_monitoring computes it (read_agreement over the log, with the ledger): on
+    # the requests served since `start`, with the reviews received by now.
+    agreement = read_agreement(log_dir, MODEL, start, dt.datetime.now(dt.timezone.utc), ledger_path(config.pipeline_root))
     group = agreement.group(STABLE_VERSION, "partial")
     assert (group.served, group.referred, group.reviewed, group.agreed) == (TRIPS, TRIPS, 97, 73)
     assert group.slice("payment_type", AGREEING).agreement == pytest.approx(1.0)
