@@ -139,6 +139,7 @@ def format_model_audit(audit: Mapping[str, Any]) -> str:
             verdict = "passed" if check["passed"] else "FAILED " + ", ".join(check["failed_checks"])
             lines.append(f"  #{check['id']} {check['window_start']} to {check['window_end']}: {verdict}  {check['report']}")
     lines += format_automation_changes(audit.get("automation_changes") or [])
+    lines += format_review_runs(audit.get("review_runs") or [])
     if audit.get("rollouts"):
         lines.append("Rollouts")
         for rollout in audit["rollouts"]:
@@ -168,8 +169,56 @@ def format_automation_changes(changes: Sequence[Mapping[str, Any]]) -> list[str]
         verdict = "moved" if change.get("applied") else "NOT moved"
         who = f", approved by {change['approved_by']}" if change.get("approved_by") else ""
         lines.append(f"  {when} {change.get('from_degree')} -> {change.get('to_degree')}: {verdict}{who} "
-                     f"({change.get('reason')}{', forced' if change.get('forced') else ''}){measured}  "
+                     f"({change.get('reason')}{', forced' if change.get('forced') else ''}){measured}{_unmet(evidence)}  "
                      f"[AutomationChange {change.get('execution_id')}]")
+    return lines
+
+
+def _unmet(evidence: Mapping[str, Any]) -> str:
+    """'; not met: min_slice_agreement 0.0% < 90.0% (worst slice ...)': the rules the move was made against."""
+    rules = evidence.get("rules") if isinstance(evidence.get("rules"), Mapping) else {}
+    shown = []
+    for name, rule in rules.items():
+        if not isinstance(rule, Mapping) or rule.get("met") is not False:
+            continue
+        observed, threshold = rule.get("observed"), rule.get("threshold")
+        number = (lambda v: "n/a" if v is None else f"{int(v)}") if name == "min_reviewed" else (
+            lambda v: "n/a" if v is None else f"{v:.1%}")
+        shown.append(f"{name} {number(observed)} {'>' if name.startswith('max_') else '<'} {number(threshold)}"
+                     + (f" ({rule['detail']})" if rule.get("detail") else ""))
+    return f"; not met: {'; '.join(shown)}" if shown else ""
+
+
+def format_review_runs(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The review runs of the model's answers: counts by outcome and who answered, oldest first."""
+    from metadata.queries import _iso_ms
+
+    if not runs:
+        return []
+    lines = ["Reviews (review runs of its answers, oldest first)"]
+    for run in runs:
+        reviewers = ", ".join(f"{user} ({who['answered']} decided, {who['cannot_tell']} cannot tell, last {who['last']})"
+                              for user, who in (run.get("reviewers") or {}).items())
+        lines.append(f"  {_iso_ms(run.get('at_ms') or 0)} {run['review_run']}: {run['cases']} cases, {run['answered']} answered "
+                     f"({run['agree']} agree, {run['disagree']} disagree), {run['cannot_tell']} cannot tell, "
+                     f"{run['unanswered']} unanswered  [ReviewRun {run['execution_id']}]")
+        lines.append(f"    reviewers: {reviewers or 'nobody answered'}; cases {run.get('cases_file')}")
+    return lines
+
+
+def format_request_reviews(reviews: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per reviewed case of a request: what became of it, who said what, when, in which ReviewRun."""
+    lines = []
+    for review in reviews:
+        state = review.get("state")
+        said = {"answered": f"decided {review.get('answer')} by {review.get('answered_by')} at {review.get('answered_at')}",
+                "cannot_tell": f"cannot tell, said {review.get('answered_by')} at {review.get('answered_at')}",
+                "unanswered": f"unanswered: nobody answered before the timeout (closed {review.get('closed_at')})",
+                "open": "open: waiting for a reviewer"}.get(str(state), str(state))
+        where = (f"ReviewRun {review['review_execution']}" if review.get("review_execution") is not None
+                 else f"not recorded in ML Metadata yet; ledger {review.get('source')}")
+        lines.append(f"Review: instance {review.get('instance_index')} ({review.get('reason')}, {review.get('automation')}, "
+                     f"v{review.get('model_version')}): {said}  [{review.get('run_id')}, {where}]")
     return lines
 
 
@@ -214,8 +263,10 @@ def cmd_lineage_model(args: argparse.Namespace) -> int:
 def cmd_lineage_request(args: argparse.Namespace) -> int:
     from metadata.queries import model_graph, request_audit
 
+    from metadata.review import ledger_path
+
     store, config = _store_and_config(args)
-    audit = request_audit(store, _log_dir(args, config), args.request_id)
+    audit = request_audit(store, _log_dir(args, config), args.request_id, ledger_path(config.pipeline_root))
     if args.html or args.svg:
         for key in audit["model_audits"]:
             name, _, version = key.partition(":")
@@ -241,6 +292,8 @@ def cmd_lineage_request(args: argparse.Namespace) -> int:
     for review in reviewed:
         print(f"Reviewed by a person: instance {review['instance_index']} decided {review['human_decision']} "
               f"({review['source']}, {review['timestamp']})")
+    for line in format_request_reviews(audit.get("reviews") or []):
+        print(line)
     print()
     if not audit.get("trained"):
         print("Training data: not read by the training of any pushed model (no label, or no production data run since)")

@@ -3,8 +3,10 @@
 - `model_audit`: for a pushed model version, the data window and files, schema, statistics,
   anomalies, rows rejected, transform graph, code version, hyperparameters, evaluation and
   blessing, push time, and what triggered the run (for a drift check: which checks, what evidence);
-  then its rollouts, with the approver of a promotion that needed one (`rollouts_of`).
-- `request_audit`: from a logged prediction to the model version that answered it, then as above.
+  then its rollouts, with the approver of a promotion that needed one (`rollouts_of`), its degree
+  of automation changes and the review runs of its answers (metadata/review.py).
+- `request_audit`: from a logged prediction to the model version that answered it, then as above,
+  with the review of each of its cases (reviewer, answer, when; "cannot tell" and unanswered too).
 - `data_audit`: everything derived from a dataset, down to models and the requests they served.
 - `list_runs` / `compare_runs`: experiment tracking, parameters and metrics side by side.
 
@@ -28,6 +30,7 @@ from ml_metadata.proto import metadata_store_pb2
 from metadata.automation import automation_changes_of
 from metadata.lineage import DOWNSTREAM, UPSTREAM, LineageGraph, LineageNotFoundError, find_pushed_model, walk
 from metadata.recorder import properties_of
+from metadata.review import review_runs_of, reviews_of_request
 from metadata.store import Store
 
 Event = metadata_store_pb2.Event
@@ -295,6 +298,7 @@ def model_audit(store: Store, model_name: str, version: int) -> dict[str, Any]:
         audit["run"]["drift_check"] = _drift_check_evidence(store, trigger["drift_check_artifact_id"], types)
     audit["monitoring"] = drift_checks_of(store, model_name, version)
     audit["automation_changes"] = automation_changes_of(store, pushed)  # degree of automation, oldest first
+    audit["review_runs"] = review_runs_of(store, pushed)  # who reviewed its answers, with the counts by outcome
     audit["rollouts"] = rollouts_of(store, pushed.id)
     return audit
 
@@ -436,8 +440,9 @@ def requests_per_model(log_dir: Path) -> dict[tuple[str, int | None], dict[str, 
     return counts
 
 
-def request_audit(store: Store, log_dir: Path, request_id: str) -> dict[str, Any]:
-    """A logged prediction, the model version that answered it, and that model's audit."""
+def request_audit(store: Store, log_dir: Path, request_id: str, ledger_path: Path | None = None) -> dict[str, Any]:
+    """A logged prediction, the model version that answered it, that model's audit, and what people said
+    about it (`reviews`: every case of it, answered or not, from the ReviewRuns and the `ledger_path`)."""
     rows = find_logged_request(log_dir, request_id)
     if not rows:
         raise LineageNotFoundError(f"no request {request_id!r} in the prediction logs under {Path(log_dir) / 'requests'}")
@@ -454,6 +459,7 @@ def request_audit(store: Store, log_dir: Path, request_id: str) -> dict[str, Any
     feedback = _feedback_for(log_dir, request_id)
     return {"request_id": request_id, "rows": rows, "feedback": feedback,
             "models": [f"{n}:{v}" for n, v in models], "model_audits": audits,
+            "reviews": reviews_of_request(store, request_id, ledger_path),
             "degrees": sorted({str(r.get("automation")) for r in served}),  # the degree of automation it was answered in
             "trained": trained_on_request(store, log_dir, [r for r in rows if not r.get("is_shadow")], feedback)}
 

@@ -48,6 +48,8 @@ ARTIFACT_TYPES: dict[str, dict[str, int]] = {
     "FeedbackLog": {"fingerprint": STRING, "files": INT},
     "DriftCheckResult": {"passed": INT},
     "BatchPredictions": {"rows": INT, "model_version": INT},
+    # A review run's cases as closed (metadata/review.py).
+    "ReviewCases": {"cases": INT},
 }
 
 EXECUTION_PROPERTIES = {
@@ -58,13 +60,13 @@ EXECUTION_PROPERTIES = {
 }
 EXECUTION_TYPES = ("Ingest", "Validate", "Clean", "Transform", "Train", "Evaluate", "Push", "Deploy", "DriftCheck", "Serve",
                    "BatchPredict", "RetrainingDecision",
-                   "AutomationChange")
+                   "AutomationChange", "ReviewRun")
 
 CONTEXT_TYPES: dict[str, dict[str, int]] = {
     "Pipeline": {},
     "PipelineRun": {
         "pipeline_name": STRING,
-        "trigger_kind": STRING,  # manual | schedule | drift_check | cli | test
+        "trigger_kind": STRING,  # manual | schedule | drift_check | cli | test | review
         "trigger": STRING,  # JSON: who or what triggered the run, with its evidence
         "airflow_dag_id": STRING,
         "airflow_run_id": STRING,

@@ -39,11 +39,16 @@ class AutomationStatus:
     window_start: dt.datetime
     window_end: dt.datetime
     verdict: ReadinessVerdict
+    review_ledger: str | None = None  # the ledger cannot-tell / unanswered cases were counted from; None: none yet
 
     def to_json(self) -> dict[str, Any]:
+        group = self.verdict.evidence
         return {"model_name": self.model_name, "model_version": self.model_version, "degree": self.degree,
                 "band": list(self.band), "window_start": self.window_start.isoformat(),
-                "window_end": self.window_end.isoformat(), "verdict": self.verdict.to_json()}
+                "window_end": self.window_end.isoformat(), "verdict": self.verdict.to_json(),
+                "review_ledger": self.review_ledger,
+                "undecided_reviews": {"cannot_tell": group.cannot_tell if group else 0,
+                                      "unanswered": group.unanswered if group else 0}}
 
     def describe(self) -> str:
         header = (f"{self.model_name}:{self.model_version} answers in {self.degree}"
@@ -53,7 +58,16 @@ class AutomationStatus:
                    "down": f"agreement fell under the floor of {self.degree}: "
                            f"`mlops automation move --to {self.verdict.move_down_to}` (no approval needed)",
                    "stay": f"stays in {self.degree}" + (f" (not yet ready for {self.verdict.next})" if self.verdict.next else "")}
-        return "\n".join([header, self.verdict.describe(), verdict[self.verdict.action]])
+        return "\n".join([header, self.verdict.describe(), self.undecided_line(), verdict[self.verdict.action]])
+
+    def undecided_line(self) -> str:
+        """The reviews that gave no decision (from the review ledger), which agreement does not count."""
+        if self.review_ledger is None:
+            return "cannot tell / unanswered: not counted (no review ledger: no review run has opened cases yet)"
+        group = self.verdict.evidence
+        cannot_tell, unanswered = (group.cannot_tell, group.unanswered) if group else (0, 0)
+        return (f"reviews without a decision in {self.degree}: {cannot_tell} cannot tell, {unanswered} unanswered "
+                f"(ledger {self.review_ledger})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +119,14 @@ def automation_status(config: Config, admin: Any, *, log_dir: Path | None = None
     check_degree(degree)
     end = now or dt.datetime.now(dt.timezone.utc)
     start = end - dt.timedelta(days=config.automation.window_days)
-    agreement = read_agreement(Path(log_dir) if log_dir else default_log_dir(config), model_name, start, end)
+    from metadata.review import ledger_path
+
+    agreement = read_agreement(Path(log_dir) if log_dir else default_log_dir(config), model_name, start, end,
+                               ledger_path(config.pipeline_root))
     verdict = assess_readiness(agreement, int(version), degree, config.automation)
     band = tuple(float(b) for b in policy.get("band") or (0.4, 0.6))
-    return AutomationStatus(model_name, int(version), degree, band, start, end, verdict)  # type: ignore[arg-type]
+    return AutomationStatus(model_name, int(version), degree, band, start, end, verdict,  # type: ignore[arg-type]
+                            agreement.ledger)
 
 
 def move_automation(config: Config, admin: Any, to: str, *, approved_by: str = "", force_reason: str = "",
@@ -172,7 +190,8 @@ def record_decision(config: Config, status: AutomationStatus, to: str, *, applie
     verdict = status.verdict
     evidence = {"action": verdict.action, "meets": verdict.meets,
                 "window": [status.window_start.isoformat(), status.window_end.isoformat()],
-                "rules": {r.name: {"observed": r.observed, "threshold": r.threshold, "met": r.met} for r in verdict.rules},
+                "rules": {r.name: {"observed": r.observed, "threshold": r.threshold, "met": r.met, "detail": r.detail}
+                          for r in verdict.rules},
                 "floor": verdict.floor.to_json() if verdict.floor else None}
     if verdict.evidence is not None:
         group = verdict.evidence

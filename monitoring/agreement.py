@@ -16,7 +16,10 @@ module joins them and measures, per (model version, degree):
 
 The model's decision is what it answered (`big_tipper` / `not_big_tipper`); in shadow mode (answer
 `none`) and for a referred case it is the model's class, which the log keeps. Reviews that are
-not one of the two decisions ("cannot tell") are counted apart and never guessed.
+not one of the two decisions are counted apart and never guessed. "Cannot tell" and cases nobody
+answered before the timeout never reach the feedback log (monitoring/review_queue.py keeps them in
+its ledger only): given the ledger, they are counted from it per version and degree (`cannot_tell`,
+`unanswered`); without one they are zeros and `AgreementResult.ledger` is None, which says so.
 
 Memory stays flat in the log size: the request log is read with a column projection for the
 counts and with a filter on the reviewed request ids for the rest (pyarrow.dataset).
@@ -27,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -97,13 +100,16 @@ class GroupAgreement:
     served: int  # examples answered in this degree (not shadow copies)
     referred: int  # of which `refer_to_human` (partial)
     reviewed: int  # with a reviewer's decision big_tipper / not_big_tipper
-    undecided_reviews: int  # reviews that were neither ("cannot tell")
+    undecided_reviews: int  # feedback whose human_decision was neither decision
     agreed: int
     kappa: float | None  # None when chance agreement is total (both always said the same class)
     band_reviewed: int  # referred cases reviewed (partial): the model's class vs the reviewer
     band_agreed: int
     disagreements: Disagreements
     slices: tuple[SliceAgreement, ...]
+    # From the review ledger (zeros without one): cases the reviewer could not tell, and cases nobody answered.
+    cannot_tell: int = 0
+    unanswered: int = 0
 
     @property
     def agreement(self) -> float | None:
@@ -137,6 +143,7 @@ class GroupAgreement:
     def to_json(self) -> dict[str, Any]:
         return {"model_version": self.model_version, "automation": self.automation, "served": self.served,
                 "referred": self.referred, "reviewed": self.reviewed, "undecided_reviews": self.undecided_reviews,
+                "cannot_tell": self.cannot_tell, "unanswered": self.unanswered,
                 "agreed": self.agreed, "agreement": _rounded(self.agreement), "kappa": _rounded(self.kappa),
                 "referral_rate": _rounded(self.referral_rate), "override_rate": _rounded(self.override_rate),
                 "band_reviewed": self.band_reviewed, "band_agreement": _rounded(self.band_agreement),
@@ -151,6 +158,7 @@ class AgreementResult:
     window_start: dt.datetime
     window_end: dt.datetime
     groups: tuple[GroupAgreement, ...]
+    ledger: str | None = None  # the review ledger counted for cannot_tell / unanswered; None: none was read
 
     def group(self, model_version: int | None, automation: str) -> GroupAgreement | None:
         return next((g for g in self.groups if g.model_version == model_version and g.automation == automation), None)
@@ -161,14 +169,16 @@ class AgreementResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "window_start": self.window_start.isoformat(),
-                "window_end": self.window_end.isoformat(), "groups": [g.to_json() for g in self.groups]}
+                "window_end": self.window_end.isoformat(), "groups": [g.to_json() for g in self.groups],
+                "ledger": self.ledger}
 
     def summary(self) -> dict[str, Any]:
         """Small, for ML Metadata properties: per version and degree the headline numbers."""
         return {f"{g.model_version}/{g.automation}": {"reviewed": g.reviewed, "agreement": _rounded(g.agreement, 4),
                                                      "kappa": _rounded(g.kappa, 4),
                                                      "referral_rate": _rounded(g.referral_rate, 4),
-                                                     "override_rate": _rounded(g.override_rate, 4)}
+                                                     "override_rate": _rounded(g.override_rate, 4),
+                                                     "cannot_tell": g.cannot_tell, "unanswered": g.unanswered}
                 for g in self.groups}
 
 
@@ -193,14 +203,18 @@ def cohens_kappa(model_positive: np.ndarray, human_positive: np.ndarray) -> floa
 # --- from the logs ---------------------------------------------------------------------------
 
 
-def read_agreement(log_dir: Path, model_name: str, start: dt.datetime, end: dt.datetime) -> AgreementResult:
-    """Agreement of `model_name` with its reviewers on the examples served in [start, end), reviews received by `end`."""
+def read_agreement(log_dir: Path, model_name: str, start: dt.datetime, end: dt.datetime,
+                   ledger_path: Path | None = None) -> AgreementResult:
+    """Agreement of `model_name` with its reviewers on the examples served in [start, end), reviews received by `end`;
+    with the review ledger at `ledger_path` (when it exists), its cannot-tell and unanswered cases counted too."""
     from monitoring.log_statistics import log_files
     from serving.prediction_log import join_feedback, read_feedback
 
+    undecided = ledger_counts(Path(ledger_path), model_name, start, end) if ledger_path else None
+    ledger = str(ledger_path) if undecided is not None else None
     files = [str(f) for f in log_files(Path(log_dir), start, end)]
     if not files:
-        return AgreementResult(model_name, start, end, ())
+        return AgreementResult(model_name, start, end, (), ledger)
     dataset = ds.dataset(files, format="parquet")
     served_filter = ((pc.field("model_name") == model_name) & ~pc.field("is_shadow")
                      & (pc.field("timestamp") >= pa.scalar(start, type=_TIMESTAMP))
@@ -218,7 +232,28 @@ def read_agreement(log_dir: Path, model_name: str, start: dt.datetime, end: dt.d
         reviewed = join_feedback(dataset.to_table(columns=columns, filter=wanted).to_pandas(types_mapper=_INTS), feedback)
     else:
         reviewed = pd.DataFrame({c: [] for c in [*columns, "ground_truth", "human_decision"]})
-    return agreement_of(model_name, start, end, counts, reviewed)
+    return dataclasses.replace(agreement_of(model_name, start, end, counts, reviewed, undecided), ledger=ledger)
+
+
+def ledger_counts(ledger_path: Path, model_name: str, start: dt.datetime,
+                  end: dt.datetime) -> dict[tuple[int, str], tuple[int, int]] | None:
+    """(version, degree) -> (cannot_tell, unanswered) for the ledger's cases of requests served in [start, end);
+    None when there is no ledger (no review ever ran). The version -1 stands for a missing one."""
+    from monitoring.review_queue import CANNOT_TELL_STATE, UNANSWERED, CaseLedger
+
+    ledger_path = Path(ledger_path)
+    if not ledger_path.exists():
+        return None
+    counts: dict[tuple[int, str], tuple[int, int]] = {}
+    for case in CaseLedger(ledger_path.parent).read().values():
+        served_at = dt.datetime.fromisoformat(case.logged_at)
+        served_at = served_at if served_at.tzinfo else served_at.replace(tzinfo=dt.timezone.utc)
+        if case.model_name != model_name or not start <= served_at < end or case.state not in (CANNOT_TELL_STATE, UNANSWERED):
+            continue
+        key = (-1 if case.model_version is None else int(case.model_version), case.automation)
+        cannot_tell, unanswered = counts.get(key, (0, 0))
+        counts[key] = (cannot_tell + (case.state == CANNOT_TELL_STATE), unanswered + (case.state == UNANSWERED))
+    return counts
 
 
 def served_counts(table: pa.Table) -> pd.DataFrame:
@@ -245,15 +280,16 @@ def sum_counts(parts: list[pd.DataFrame]) -> pd.DataFrame:
 def model_decisions(frame: pd.DataFrame) -> np.ndarray:
     """What the model decided for each row: its answer, or its class where it answered `none` (shadow) or referred."""
     decision = frame["decision"].astype(object).to_numpy()
-    classes = pd.to_numeric(frame["predicted_class"], errors="coerce").to_numpy(dtype=float)
+    classes = pd.to_numeric(frame["predicted_class"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     from_class = np.where(classes == 1, DECISION_BIG_TIPPER, np.where(classes == 0, DECISION_NOT_BIG_TIPPER, None))
     answered = np.isin(decision, (DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER))
     return np.where(answered, decision, from_class)
 
 
 def agreement_of(model_name: str, start: dt.datetime, end: dt.datetime, counts: pd.DataFrame,
-                 reviewed: pd.DataFrame) -> AgreementResult:
-    """The per-group measures from the served counts and the reviewed rows (requests joined with their feedback)."""
+                 reviewed: pd.DataFrame, undecided: Mapping[tuple[int, str], tuple[int, int]] | None = None) -> AgreementResult:
+    """The per-group measures from the served counts, the reviewed rows (requests joined with their feedback)
+    and, from the review ledger, the cases per (version, degree) that ended cannot tell / unanswered."""
     from monitoring.sequential import slice_values
 
     reviewed = reviewed[reviewed["human_decision"].notna()].reset_index(drop=True)
@@ -262,7 +298,8 @@ def agreement_of(model_name: str, start: dt.datetime, end: dt.datetime, counts: 
     decided = np.isin(human, (DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER)) & np.isin(
         model, (DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER))
     agree = decided & (model == human)
-    truth = pd.to_numeric(reviewed["ground_truth"], errors="coerce").to_numpy(dtype=float)
+    # Nullable integers: a review before its label has no ground truth (NaN here, never a crash).
+    truth = pd.to_numeric(reviewed["ground_truth"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     slices = slice_values(reviewed)
     # -1 stands for a missing version so that the group keys compare as integers.
     versions = pd.to_numeric(reviewed["model_version"], errors="coerce").fillna(-1).to_numpy(dtype=np.int64)
@@ -270,7 +307,9 @@ def agreement_of(model_name: str, start: dt.datetime, end: dt.datetime, counts: 
     referred_rows = (reviewed["decision"] == DECISION_REFER_TO_HUMAN).to_numpy(dtype=bool)
     counted_versions = pd.to_numeric(counts["model_version"], errors="coerce").fillna(-1).to_numpy(dtype=np.int64)
 
-    keys = set(zip(counted_versions.tolist(), counts["automation"].astype(str))) | set(zip(versions.tolist(), degrees.astype(str)))
+    undecided = undecided or {}
+    keys = (set(zip(counted_versions.tolist(), counts["automation"].astype(str)))
+            | set(zip(versions.tolist(), degrees.astype(str))) | set(undecided))
     groups = []
     for version, degree in sorted(keys):
         in_counts = ((counts["automation"] == degree) & (counted_versions == version)).to_numpy(dtype=bool)
@@ -296,7 +335,8 @@ def agreement_of(model_name: str, start: dt.datetime, end: dt.datetime, counts: 
                 cases=int(disagree.sum()), with_ground_truth=int(known.sum()),
                 model_right=int((known & ((model == DECISION_BIG_TIPPER) == truth_positive)).sum()),
                 human_right=int((known & ((human == DECISION_BIG_TIPPER) == truth_positive)).sum())),
-            slices=group_slices))
+            slices=group_slices, cannot_tell=undecided.get((version, degree), (0, 0))[0],
+            unanswered=undecided.get((version, degree), (0, 0))[1]))
     return AgreementResult(model_name, start, end, tuple(groups))
 
 

@@ -29,6 +29,7 @@ from core.errors import DataError
 from metadata.lineage import LineageNotFoundError, find_pushed_model
 from metadata.queries import DEFAULT_LOG_DIR, training_chain
 from metadata.recorder import ArtifactRef, PipelineRun, Trigger, new_run_id, properties_of
+from metadata.review import ledger_path
 from monitoring import checks
 from monitoring.agreement import AgreementResult, read_agreement
 from monitoring.performance_estimate import performance_estimate
@@ -336,7 +337,8 @@ class Monitor:
         this window, when longer); the version's degree is the one it answered most of this window in.
         """
         rules = self.config.automation
-        agreement = read_agreement(self.log_dir, self.model_name, min(start, end - dt.timedelta(days=rules.window_days)), end)
+        agreement = read_agreement(self.log_dir, self.model_name, min(start, end - dt.timedelta(days=rules.window_days)), end,
+                                   ledger_path(self.config.pipeline_root))
         degrees = served.loc[served["model_version"] == version, "automation"].value_counts()
         readiness = assess_readiness(agreement, version, str(degrees.idxmax()), rules) if len(degrees) else None
         return agreement, readiness

@@ -391,12 +391,16 @@ def _agreement_section(result: results.MonitoringResult) -> str:
         rows.append(("", [e(group.model_version), e(group.automation), e(group.served), e(group.reviewed),
                           fmt(group.agreement, 3), fmt(group.kappa, 3), fmt(group.referral_rate, 3),
                           fmt(group.override_rate, 3), fmt(group.band_agreement, 3),
-                          e(f"{who.cases} ({who.model_right} / {who.human_right} of {who.with_ground_truth})")]))
+                          e(f"{who.cases} ({who.model_right} / {who.human_right} of {who.with_ground_truth})"),
+                          e(group.cannot_tell if agreement.ledger else "-"), e(group.unanswered if agreement.ledger else "-")]))
+    undecided = (f"\"Cannot tell\" and unanswered cases are counted from the review ledger {e(agreement.ledger)}."
+                 if agreement.ledger else "No review ledger was found: \"cannot tell\" and unanswered cases are not counted.")
     parts = [f'<p class="meta">Requests served {e(agreement.window_start.isoformat())} to '
              f"{e(agreement.window_end.isoformat())}, with the reviews received by then. In shadow mode and for a referred "
-             "case the model's decision is its class.</p>",
+             f"case the model's decision is its class. {undecided}</p>",
              table(["version", "degree", "served", "reviewed", "agreement", "kappa", "referral rate", "override rate",
-                    "agreement in the band", "disagreements (model / human right of labelled)"], rows)]
+                    "agreement in the band", "disagreements (model / human right of labelled)", "cannot tell",
+                    "unanswered"], rows)]
     judged = readiness.evidence if readiness is not None else None
     if judged is not None and judged.slices:
         slices = sorted(judged.slices, key=lambda s: (s.feature, -s.reviewed))

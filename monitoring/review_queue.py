@@ -36,6 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from core import atomic
 from core.config import ReviewConfig
 from core.errors import DataError, MlopsError
+from metadata.review import LEDGER_NAME, REVIEW_DIR
 from serving.prediction_log import join_feedback, read_feedback, read_prediction_logs
 from transforms.features import DECISION_REFER_TO_HUMAN, HUMAN_DECISIONS, SERVING_COLUMNS
 
@@ -47,7 +48,6 @@ OPEN, ANSWERED, CANNOT_TELL_STATE, UNANSWERED = "open", "answered", "cannot_tell
 CASE_STATES = (OPEN, ANSWERED, CANNOT_TELL_STATE, UNANSWERED)
 REFERRED, SAMPLE, AUDIT = "referred", "sample", "audit"
 
-LEDGER_NAME = "cases.json"
 # The gateway's limit on a feedback source (serving/gateway/core.py).
 _MAX_SOURCE = 64
 
@@ -123,7 +123,7 @@ def selection_reason(automation: str, decision: str, request_id: str, instance_i
 
 
 def ledger_dir(pipeline_root: Path) -> Path:
-    return Path(pipeline_root) / "review"
+    return Path(pipeline_root) / REVIEW_DIR
 
 
 class CaseLedger:
@@ -337,6 +337,21 @@ def summarize(run_id: str, cases: Sequence[ReviewCase], threshold: float = 0.5) 
         unanswered=sum(case.state == UNANSWERED for case in cases), agree=agree,
         disagree=sum(model_answer(case, threshold) is not None for case in answered) - agree,
         written_back=sum(case.written_back for case in answered))
+
+
+def run_cases_file(ledger: CaseLedger, run_id: str) -> Path:
+    """Where a run's cases are kept as they were closed (the ledger itself keeps changing)."""
+    return ledger.directory / "runs" / f"{run_id}.json"
+
+
+def write_run_cases(ledger: CaseLedger, run_id: str, threshold: float = 0.5) -> tuple[Path, list[dict[str, Any]]]:
+    """Writes the run's cases, each with what the model would have decided (`model_answer`), to
+    `run_cases_file`, atomically; returns the file and the cases (recorded in ML Metadata as a ReviewRun)."""
+    cases = [case.to_json() | {"model_answer": model_answer(case, threshold)} for case in ledger.of_run(run_id)]
+    path = run_cases_file(ledger, run_id)
+    atomic.write_json(path, {"run_id": run_id, "ledger": str(ledger.path),
+                             "cases": {f"{c['request_id']}#{c['instance_index']}": c for c in cases}})
+    return path, cases
 
 
 def format_cases(cases: Sequence[ReviewCase], ledger_path: Path) -> str:

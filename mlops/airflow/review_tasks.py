@@ -94,8 +94,23 @@ def close_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: st
         except rq.FeedbackNotDelivered as err:
             # The gateway may be restarting: Airflow retries this task (not a user error); the answers wait in the ledger.
             raise RuntimeError(str(err)) from None
-    print(f"close_cases: {summary.line()}", flush=True)
+        execution_id = record_review_run(config, ledger, run_id, dag_id=dag_id, airflow_run_id=airflow_run_id)
+    print(f"close_cases: {summary.line()}; recorded as ReviewRun {execution_id} in ML Metadata", flush=True)
     for case in ledger.of_run(run_id):
         who = f" by {case.answered_by}" if case.answered_by else ""
         print(f"close_cases:   {case.key:<40} {case.state:<11} {case.answer or '':<15}{who}", flush=True)
     return summary.to_json()
+
+
+def record_review_run(config: Any, ledger: Any, run_id: str, *, dag_id: str = "", airflow_run_id: str = "") -> int:
+    """Writes the run's closed cases beside the ledger and records them as a ReviewRun execution (with
+    the reviewed PushedModels as inputs) in ML Metadata; returns its id."""
+    from metadata import review
+    from metadata.recorder import Trigger
+    from metadata.store import connect
+    from monitoring import review_queue as rq
+
+    cases_file, cases = rq.write_run_cases(ledger, run_id, threshold=config.evaluation.decision_threshold)
+    return review.record_review_run(connect(config.metadata), config.pipeline_name, run_id, cases, cases_file=cases_file,
+                                    ledger_path=ledger.path, airflow_dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                    trigger=Trigger("review"))

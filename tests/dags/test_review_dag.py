@@ -4,8 +4,8 @@ A live `airflow standalone` (temp AIRFLOW_HOME, free loopback ports) runs the DA
 actions are answered through the REST API v2 as a reviewer would (never through the database):
 one agreeing with the model, one disagreeing, one "cannot tell", one left to time out. The
 decisions must reach the gateway's feedback log with the reviewer as source, the ledger must say
-what became of every case, and a second run must not ask about the same requests again. Then a
-headless Chromium opens the Required Actions page of a case and reads what a reviewer sees. Last,
+what became of every case, the close must be a ReviewRun in ML Metadata with the counts and the
+reviewer, and a second run must not ask about the same requests again. Then a headless Chromium opens the Required Actions page of a case and reads what a reviewer sees. Last,
 `dag.test()` on a window where nobody is needed: no required action, and a clean close.
 """
 
@@ -30,6 +30,7 @@ import pytest
 
 from mlops.airflow import launcher, rest_client
 from mlops.airflow.hitl_client import HITLClient
+from mlops.airflow.tasks import pipeline_run_id
 from tests.dags.conftest import ML_PYTHON, PROJECT_ROOT, push_tiny_models, run_in_ml, write_config
 from tests.dags.test_airflow_live import free_port
 
@@ -163,6 +164,25 @@ def test_answers_reach_the_gateway_and_a_timed_out_case_is_closed_unanswered(rev
     assert feedback_rows(root) == expected  # "cannot tell" and the timeout are never sent as decisions
     log = "\n".join(client.task_log("taxi_review", run_id, "close_cases", 1))
     assert "2 answered (1 agree with the model, 1 disagree), 1 cannot tell, 1 unanswered" in log
+    # The close is a ReviewRun in ML Metadata: counts by outcome and who answered.
+    [recorded] = [run for run in review_runs(root) if run["review_run"] == pipeline_run_id("taxi_review", run_id)]
+    assert {k: recorded[k] for k in ("cases", "answered", "agree", "disagree", "cannot_tell", "unanswered")} == {
+        "cases": 4, "answered": 2, "agree": 1, "disagree": 1, "cannot_tell": 1, "unanswered": 1}
+    assert {k: recorded["reviewers"]["admin"][k] for k in ("answered", "cannot_tell")} == {"answered": 2, "cannot_tell": 1}
+    assert f"recorded as ReviewRun {recorded['execution_id']} in ML Metadata" in log
+
+
+def review_runs(root: Path) -> list[dict]:
+    return run_in_ml(
+        """
+        import json, sys
+        from core.config import load_config
+        from metadata.review import all_review_runs
+        from metadata.store import connect
+
+        print(json.dumps(all_review_runs(connect(load_config(sys.argv[1]).metadata))))
+        """,
+        str(root / "mlops.toml"))
 
 
 def test_the_required_actions_page_shows_the_trip_and_a_second_run_asks_about_new_requests(review):

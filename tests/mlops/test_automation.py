@@ -50,6 +50,8 @@ def test_earned_move_up_is_applied_on_the_gateway_and_recorded_with_its_approver
     status = automation.automation_status(config, admin, log_dir=log_dir, now=NOW)
     assert (status.degree, status.model_version, status.verdict.next, status.verdict.meets) == ("shadow", 1, "assist", True)
     assert "ready for assist" in status.describe()
+    # No review run opened cases here: the undecided ones are not counted, and the status says so.
+    assert status.review_ledger is None and "cannot tell / unanswered: not counted (no review ledger" in status.describe()
 
     with pytest.raises(DataError, match="needs a person"):
         automation.move_automation(config, admin, "assist", log_dir=log_dir, now=NOW)

@@ -16,6 +16,7 @@ from monitoring.report import render_report, write_report
 from monitoring.performance_estimate import performance_estimate
 from monitoring.results import DATA_DRIFT, Baseline, CalibrationMap, ConceptBaseline, MonitoringResult, PredictionBaseline
 from core.config import AutomationConfig
+from monitoring import review_queue as rq
 from monitoring.agreement import read_agreement
 from monitoring.readiness import assess_readiness
 from tests.monitoring import browser
@@ -58,9 +59,16 @@ def fare_drift_report(split_2013_2014, training_baseline, schema, thresholds, tm
     ]
     # A scripted reviewer of the partial traffic: agrees on Cash, changes every 4th Credit Card case.
     reviews = tmp_path_factory.mktemp("reviews")
-    scripted_traffic(reviews, start=START, automation="partial", model_version=3, agreeing=200, disagreeing=200,
-                     disagree_every=4)
-    agreement = read_agreement(reviews, "taxi", START, START + dt.timedelta(hours=1))
+    traffic = scripted_traffic(reviews, start=START, automation="partial", model_version=3, agreeing=200, disagreeing=200,
+                               disagree_every=4, unreviewed=2)
+    # The two unreviewed cases in the review ledger: one the reviewer could not tell, one nobody answered.
+    ledger = rq.CaseLedger(reviews / "review")
+    with ledger.editing() as cases:
+        for case, state in zip(traffic[-2:], (rq.CANNOT_TELL_STATE, rq.UNANSWERED)):
+            opened = rq.ReviewCase(case.request_id, 0, (START + dt.timedelta(seconds=1)).isoformat(), "taxi", 3, "partial",
+                                   case.decision, case.probability, {}, rq.REFERRED, "review-1", START.isoformat(), state)
+            cases[opened.key] = opened
+    agreement = read_agreement(reviews, "taxi", START, START + dt.timedelta(hours=1), ledger.path)
     readiness = assess_readiness(agreement, 3, "partial", AutomationConfig())
     result = MonitoringResult(outcomes, START, START + dt.timedelta(hours=1), "taxi", 3, len(window), None, None,
                               agreement, readiness)
@@ -139,5 +147,9 @@ def test_the_agreement_section_shows_each_slice_and_the_verdict_a_reviewer_produ
     group = result.agreement.group(3, "partial")
     assert f"<td>3</td><td class=\"num\">partial</td><td class=\"num\">{group.served}</td><td class=\"num\">400</td>" \
            f"<td class=\"num\">0.875</td><td class=\"num\">{group.kappa:.3f}</td>" in section
+    # "Cannot tell" and unanswered cases, from the review ledger (they never reach the feedback log).
+    assert (group.served, group.cannot_tell, group.unanswered) == (402, 1, 1)
+    assert re.search(r'<td class="num">1</td><td class="num">1</td></tr>', section)
+    assert "counted from the review ledger" in section
     # 87.5 % is under the partial floor of 90 %: the page says the model moves down to assist.
     assert "move down to assist" in section and 'alt="agreement per slice"' in section
