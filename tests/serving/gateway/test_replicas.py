@@ -112,8 +112,12 @@ def test_changes_made_at_once_on_both_replicas_are_all_kept(replicas):
     for thread in threads:
         thread.join(120)
     assert not failures
+    # Every change counted once (none overwrote another). Alpha sees beta's last change at its next
+    # poll at the latest; a lost change would keep the revision short for good.
+    poll_until(lambda: _policy(alpha)["revision"] >= before + 2 * rounds, "alpha never counted every change",
+               timeout=20 * POLL_SECONDS, interval=0.02)
     final = _policy(alpha)
-    # Every change counted once (none overwrote another), and the last of each kind is what routes.
+    # ... and the last of each kind is what routes.
     assert final["revision"] == before + 2 * rounds
     assert final["band"] == list(bands[-1]) and final["automation"] == "partial"
     assert final["canary_share"] == round(0.2 + 0.05 * (rounds - 1), 2)
