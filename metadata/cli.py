@@ -261,7 +261,8 @@ def cmd_lineage_model(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage_request(args: argparse.Namespace) -> int:
-    from metadata.queries import model_graph, request_audit
+    from metadata.queries import model_graph
+    from metadata.served_lineage import request_audit
 
     from metadata.review import ledger_path
 
@@ -311,7 +312,7 @@ def cmd_lineage_request(args: argparse.Namespace) -> int:
 
 
 def cmd_lineage_data(args: argparse.Namespace) -> int:
-    from metadata.queries import data_audit
+    from metadata.served_lineage import data_audit
 
     store, config = _store_and_config(args)
     audit = data_audit(store, args.uri, _log_dir(args, config))

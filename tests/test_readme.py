@@ -185,7 +185,7 @@ def _on_test_ports(code: str, live: LiveCheckout) -> str:
 
 
 def _wait_until_logged(live: LiveCheckout, request_id: str) -> None:
-    from metadata.queries import find_logged_request
+    from metadata.served_lineage import find_logged_request
 
     poll_until(lambda: find_logged_request(live.root / "var" / "logs" / "predictions", request_id),
                f"request {request_id} in the gateway's Parquet log", timeout=60, interval=0.2)

@@ -14,7 +14,8 @@ import pytest
 
 from core.config import MetadataConfig
 from metadata.lineage import LineageNotFoundError
-from metadata.queries import compare_runs, data_audit, list_runs, model_audit, model_graph, request_audit
+from metadata.queries import compare_runs, list_runs, model_audit, model_graph
+from metadata.served_lineage import data_audit, request_audit
 from metadata.store import connect
 from tests.conftest import TAXI_CSV
 from tests.monitoring.story import story

@@ -21,7 +21,8 @@ import tensorflow_transform as tft
 
 from beam_jobs.example_codec import parse_serialized, split_pattern
 from metadata.cli import format_model_audit
-from metadata.queries import inputs_of, model_audit, request_audit
+from metadata.queries import inputs_of, model_audit
+from metadata.served_lineage import request_audit
 from metadata.store import connect
 from mlops.pipeline import run_pipeline
 from mlops.production_source import production_cap
