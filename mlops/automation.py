@@ -89,13 +89,22 @@ class AutomationMove:
         return dataclasses.asdict(self)
 
 
-def admin_client(gateway_url: str | None = None, token: str | None = None) -> Any:
-    """The gateway's admin client: URL from the argument or $MLOPS_GATEWAY_URL, token from $MLOPS_GATEWAY_ADMIN_TOKEN."""
+# Where `make run` keeps the token of the gateway it starts, below the config's root (mlops/loop.py).
+LOCAL_TOKEN_FILE = Path("var/run/gateway_admin_token")
+
+
+def admin_client(gateway_url: str | None = None, token: str | None = None, root: Path | None = None) -> Any:
+    """The gateway's admin client: URL from the argument or $MLOPS_GATEWAY_URL, token from
+    $MLOPS_GATEWAY_ADMIN_TOKEN, else from the local gateway's token file under `root`."""
     from serving.rollout import GatewayAdminClient
 
     token = token or os.environ.get(GATEWAY_TOKEN_ENV, "")
+    local = root / LOCAL_TOKEN_FILE if root is not None else None
+    if not token and local is not None and local.is_file():
+        token = local.read_text(encoding="utf-8").strip()
     if not token:
-        raise DataError(f"no gateway admin token: set {GATEWAY_TOKEN_ENV} to the token the gateway was started with")
+        where = f" (`make run` keeps the token of the gateway it starts in {local})" if local else ""
+        raise DataError(f"no gateway admin token: set {GATEWAY_TOKEN_ENV} to the token the gateway was started with{where}")
     return GatewayAdminClient(gateway_url or os.environ.get(GATEWAY_URL_ENV) or DEFAULT_GATEWAY_URL, token)
 
 
@@ -208,14 +217,14 @@ def record_decision(config: Config, status: AutomationStatus, to: str, *, applie
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    status = automation_status(config, admin_client(args.gateway_url), log_dir=Path(args.log_dir) if args.log_dir else None)
+    status = automation_status(config, admin_client(args.gateway_url, root=config.root), log_dir=Path(args.log_dir) if args.log_dir else None)
     print(json.dumps(status.to_json(), indent=2, default=str) if args.json else status.describe())
     return 0
 
 
 def cmd_move(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    move = move_automation(config, admin_client(args.gateway_url), args.to, approved_by=args.approved_by or "",
+    move = move_automation(config, admin_client(args.gateway_url, root=config.root), args.to, approved_by=args.approved_by or "",
                            force_reason=args.force or "", log_dir=Path(args.log_dir) if args.log_dir else None)
     if args.json:
         print(json.dumps(move.to_json(), indent=2, default=str))

@@ -35,13 +35,14 @@ from typing import Any, Callable
 
 from mlops.airflow import hitl_client, launcher, rest_client
 from mlops.airflow.tasks import DEFAULT_TRAINING_WINDOW
+from mlops.automation import LOCAL_TOKEN_FILE
 from core.config import load_config
 from transforms import features
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / "var" / "run"
 GATEWAY_URL = "http://127.0.0.1:8000"
-TOKEN_FILE = RUN_DIR / "gateway_admin_token"
+TOKEN_FILE = ROOT / LOCAL_TOKEN_FILE  # where `mlops automation` finds it too
 SERVE_PID = RUN_DIR / "serve.pid"
 SERVE_LOG = RUN_DIR / "serve.log"
 TRAINING_WINDOW = DEFAULT_TRAINING_WINDOW  # taxi_training's own default: the 2013-2014 trips
