@@ -93,6 +93,9 @@ def test_parse_errors_use_rapidjson_wording() -> None:
         (b"{", "JSON Parse error: Missing a name for object member. at offset: 1"),
         (b'{"a" 1}', "JSON Parse error: Missing a colon after a name of object member. at offset: 5"),
         (b"[1] x", "JSON Parse error: The document root must not be followed by other values. at offset: 4"),
+        # Python's own message names the escape "\\uXXXX": the mapping must still find it
+        (b'["\\uZZZZ"]', "JSON Parse error: Incorrect hex digit after \\u escape in string. at offset: 3"),
+        (b'["\\q"]', "JSON Parse error: Invalid escape character in string. at offset: 2"),
         (b"[" * 100_000, "JSON Parse error: the document is nested too deeply"),
     ]:
         with pytest.raises(InvalidRequestError) as caught:
