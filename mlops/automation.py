@@ -22,10 +22,9 @@ from core.config import AUTOMATION_DEGREES, Config, load_config
 from core.errors import DataError
 from metadata.recorder import Trigger
 from monitoring.readiness import ReadinessVerdict, assess_readiness, check_degree
+from serving.rollout import ADMIN_TOKEN_ENV, DEFAULT_GATEWAY_URL, GATEWAY_URL_ENV, GatewayAdminClient
+from serving.rollout import gateway_url as resolve_gateway_url
 
-GATEWAY_URL_ENV = "MLOPS_GATEWAY_URL"
-GATEWAY_TOKEN_ENV = "MLOPS_GATEWAY_ADMIN_TOKEN"
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +95,14 @@ LOCAL_TOKEN_FILE = Path("var/run/gateway_admin_token")
 def admin_client(gateway_url: str | None = None, token: str | None = None, root: Path | None = None) -> Any:
     """The gateway's admin client: URL from the argument or $MLOPS_GATEWAY_URL, token from
     $MLOPS_GATEWAY_ADMIN_TOKEN, else from the local gateway's token file under `root`."""
-    from serving.rollout import GatewayAdminClient
-
-    token = token or os.environ.get(GATEWAY_TOKEN_ENV, "")
+    token = token or os.environ.get(ADMIN_TOKEN_ENV, "")
     local = root / LOCAL_TOKEN_FILE if root is not None else None
     if not token and local is not None and local.is_file():
         token = local.read_text(encoding="utf-8").strip()
     if not token:
         where = f" (`make run` keeps the token of the gateway it starts in {local})" if local else ""
-        raise DataError(f"no gateway admin token: set {GATEWAY_TOKEN_ENV} to the token the gateway was started with{where}")
-    return GatewayAdminClient(gateway_url or os.environ.get(GATEWAY_URL_ENV) or DEFAULT_GATEWAY_URL, token)
+        raise DataError(f"no gateway admin token: set {ADMIN_TOKEN_ENV} to the token the gateway was started with{where}")
+    return GatewayAdminClient(resolve_gateway_url(gateway_url), token)
 
 
 def default_log_dir(config: Config) -> Path:
@@ -245,7 +242,7 @@ def add_commands(sub: Any) -> None:
     move.add_argument("--force", metavar="REASON", help="move up though the readiness rule is not met, saying why")
     for parser in (status, move):
         parser.add_argument("--gateway-url", help=f"the gateway (default: ${GATEWAY_URL_ENV} or {DEFAULT_GATEWAY_URL}); "
-                                                  f"the admin token comes from ${GATEWAY_TOKEN_ENV}")
+                                                  f"the admin token comes from ${ADMIN_TOKEN_ENV}")
         parser.add_argument("--log-dir", help="the gateway's prediction log directory (default: var/logs/predictions)")
         parser.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)

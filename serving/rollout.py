@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +31,15 @@ from core.errors import MlopsError
 # (restarting) or a proxy in front of it answered that it is unavailable. A timeout is not retried:
 # the change may have happened, and e.g. a second promote would fail.
 _RETRYABLE_STATUS = frozenset({502, 503})
+# Where admin calls go when no gateway is named, and where their token comes from.
+GATEWAY_URL_ENV = "MLOPS_GATEWAY_URL"
+ADMIN_TOKEN_ENV = "MLOPS_GATEWAY_ADMIN_TOKEN"
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+
+
+def gateway_url(given: str | None = None) -> str:
+    """The gateway's base URL: the one given, else $MLOPS_GATEWAY_URL, else the local default."""
+    return given or os.environ.get(GATEWAY_URL_ENV) or DEFAULT_GATEWAY_URL
 
 
 class AdminApiError(MlopsError):

@@ -10,11 +10,10 @@ module in the Airflow environment); the ML stack is imported inside the function
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mlops.airflow.tasks import DEFAULT_GATEWAY_URL, _load_config, _params, exit_on_user_error, pipeline_run_id
+from mlops.airflow.tasks import _load_config, _params, exit_on_user_error, pipeline_run_id
 
 # What a reviewer may answer (monitoring.review_queue.REVIEW_OPTIONS; tests/dags/test_dag_copies.py
 # ties the DAG's copy to it).
@@ -88,7 +87,9 @@ def close_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: st
         ledger = rq.CaseLedger(rq.ledger_dir(config.pipeline_root))
         given = [rq.ReviewAnswer(str(a["request_id"]), int(a["instance_index"]), str(a["chosen"]), str(a["user"]),
                                  str(a["responded_at"])) for a in answers if a]
-        gateway_url = params.get("gateway_url") or os.environ.get("MLOPS_GATEWAY_URL") or DEFAULT_GATEWAY_URL
+        from serving.rollout import gateway_url as resolve_gateway_url
+
+        gateway_url = resolve_gateway_url(params.get("gateway_url"))
         try:
             summary = rq.close_cases(ledger, run_id, given, gateway_url, threshold=config.evaluation.decision_threshold)
         except rq.FeedbackNotDelivered as err:

@@ -46,7 +46,6 @@ DEFAULT_RETRAINING_WINDOW = ("2013-01-01", "2017-01-01")
 ROLLOUT_ACTIONS = ("canary", "blue_green", "rollback")
 DEFAULT_CANARY_SHARES = (5, 25, 50, 100)
 DEFAULT_OBSERVE_SECONDS = 60
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 DEFAULT_BATCH_OUTPUT_FORMAT = "jsonl"
 
 
@@ -312,10 +311,10 @@ def _jsonable(value: Any) -> Any:
 
 def gateway_client(params: Mapping[str, Any]) -> Any:
     """The gateway admin client; the token comes from the environment, never from a DAG param."""
-    from serving.rollout import GatewayAdminClient
+    from serving.rollout import ADMIN_TOKEN_ENV, GatewayAdminClient, gateway_url
 
-    url = params.get("gateway_url") or os.environ.get("MLOPS_GATEWAY_URL") or DEFAULT_GATEWAY_URL
-    token = os.environ.get("MLOPS_GATEWAY_ADMIN_TOKEN", "")
+    url = gateway_url(params.get("gateway_url"))
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
     if not token:
         from core.errors import DataError
 
