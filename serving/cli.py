@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving.rollout import DEFAULT_GATEWAY_URL
 from transforms.features import DECISION_REFER_TO_HUMAN
-
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
 
 
 def add_commands(subparsers: Any) -> None:

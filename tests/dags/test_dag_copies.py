@@ -18,7 +18,7 @@ import pytest
 
 from core.config import ROLLOUT_APPROVAL_MODES, ServingConfig, TrainingConfig
 from mlops.airflow import launcher, rollout_tasks, tasks
-from serving.rollout import CanaryThresholds
+from serving.rollout import DEFAULT_GATEWAY_URL, CanaryThresholds
 from tests.dags.conftest import DAG_IDS, DAGS_FOLDER, run_in_ml
 
 
@@ -126,7 +126,7 @@ def test_rollout_actions_and_params_default_to_the_task_sides_and_the_canary_thr
     assert param_default(dagbag, "taxi_rollout", "observe_seconds") == tasks.DEFAULT_OBSERVE_SECONDS
     for field in dataclasses.fields(CanaryThresholds):
         assert param_default(dagbag, "taxi_rollout", field.name) == field.default, field.name
-    assert tasks.DEFAULT_GATEWAY_URL in rollout.params.get_param("gateway_url").description
+    assert DEFAULT_GATEWAY_URL in rollout.params.get_param("gateway_url").description
 
 
 def test_the_approval_gate_uses_the_task_sides_names_and_the_configs_modes(dagbag):
