@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pendulum
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, get_current_context, task
+from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, get_current_context, task, task_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The launcher's defaults (mlops.airflow.launcher.AirflowLayout), for a DagBag outside Airflow.
@@ -21,6 +21,8 @@ ML_PYTHON = os.environ.get("MLOPS_ML_PYTHON") or str(REPO_ROOT / ".venvs" / "ml"
 CONFIG_PATH = os.environ.get("MLOPS_CONFIG") or str(REPO_ROOT / "mlops.toml")
 # What a reviewer may answer (a copy of mlops.airflow.review_tasks.REVIEW_OPTIONS, tests/dags/test_dag_copies.py).
 REVIEW_OPTIONS = ["big_tipper", "not_big_tipper", "cannot tell"]
+# The mapped group holding one case's required action (`ask`) and its write-back; its task ids are `review_case.<task>`.
+CASE_GROUP = "review_case"
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,30 @@ def explain_failure(context: dict) -> None:
     else:
         reason = f"{type(error).__name__}: {str(error).strip()[-600:]}"
     log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
+
+
+class CaseReview(HITLOperator):
+    """One case's required action. The wait comes from the case (`response_timeout_seconds`, a
+    templated field: the provider takes `response_timeout` only when the DAG is parsed), and the
+    answer is returned as plain JSON (`chosen`, `user`, `responded_at`): the provider's holds a
+    pendulum DateTime, which the ML runtime (no pendulum) cannot read."""
+
+    template_fields = (*HITLOperator.template_fields, "response_timeout_seconds")
+
+    def __init__(self, *, response_timeout_seconds: float | str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.response_timeout_seconds = response_timeout_seconds
+
+    def execute(self, context):
+        # A datetime.timedelta: the task runner sends it to its supervisor, which cannot encode a pendulum Duration.
+        self.response_timeout = dt.timedelta(seconds=float(self.response_timeout_seconds))
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        response = super().execute_complete(context, event)
+        user = response.get("responded_by_user") or {}
+        return {"chosen": response["chosen_options"][0], "user": user.get("name") or user.get("id") or "unknown",
+                "responded_at": str(response.get("responded_at") or "")}
 
 
 DEFAULT_ARGS = {
@@ -63,14 +89,16 @@ answers given in `shadow` and `assist`, and an audit sample of confident `full` 
 mlops.toml's `[review]`; the sample is fixed by the request id, so a re-run picks the same ones).
 At most `max_open_cases` per run, oldest first; a request already reviewed is never asked again.
 
-Each case is one **required action** (`review_case`, Browse > Required Actions): the trip's
+Each case is one **required action** (`review_case.ask`, Browse > Required Actions): the trip's
 features, the model's probability and version, the degree of automation, and the options
 `big_tipper`, `not_big_tipper` or `cannot tell`. A case nobody answers within
 `response_timeout_minutes` fails its required action and is closed as *unanswered*: never guessed.
 
-`close_cases` writes every decision back to the gateway as feedback (`human_decision`, source
-`review:<user>`), where monitoring reads it like a late label; "cannot tell" stays in the case
-ledger (`<pipeline_root>/review/cases.json`) only. Its log says how many were answered, agreed
+As soon as a case is answered, its `review_case.write_back` sends the decision to the gateway as
+feedback (`human_decision`, source `review:<user>`), where monitoring reads it like a late label;
+"cannot tell" stays in the case ledger (`<pipeline_root>/review/cases.json`) only. When every
+case is answered or timed out, `close_cases` closes the rest as unanswered, sends any decision a
+write-back could not deliver, and records the run; its log says how many were answered, agreed
 with the model, could not tell, or were left unanswered.
 """
 
@@ -111,10 +139,29 @@ def taxi_review() -> None:
         return collect_review_cases_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
                                          params_json=params_json)
 
-    @task(task_id="required_actions", doc_md="One required action per case: its subject, text and timeout.")
+    @task(task_id="required_actions", doc_md="One required action per case: its case, subject, text and timeout.")
     def required_actions(collected: dict) -> list[dict]:
-        timeout = dt.timedelta(seconds=float(collected["response_timeout_seconds"]))
-        return [{**action, "response_timeout": timeout} for action in collected["required_actions"]]
+        return [{"case": case, **action, "response_timeout_seconds": collected["response_timeout_seconds"]}
+                for case, action in zip(collected["cases"], collected["required_actions"])]
+
+    @task_group(group_id=CASE_GROUP)
+    def review_case(case: dict, subject: str, body: str, response_timeout_seconds: float) -> None:
+        # No retries: a timed-out case is closed as unanswered, not asked again.
+        answer = CaseReview(task_id="ask", subject=subject, body=body, options=REVIEW_OPTIONS, multiple=False,
+                            response_timeout_seconds=response_timeout_seconds, retries=0,
+                            doc_md="A reviewer's answer for one case (Browse > Required Actions).")
+
+        @task.external_python(task_id="write_back", python=ML_PYTHON, expect_airflow=False,
+                              doc_md="Sends this case's decision to the gateway as soon as it is answered.")
+        def write_back(config_path: str, dag_id: str, airflow_run_id: str, params_json: str, case: dict,
+                       answer: dict) -> dict:
+            from mlops.airflow.review_tasks import write_back_review_answer_task
+
+            return write_back_review_answer_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                                 params_json=params_json, answer={**case, **answer})
+
+        write_back(config_path=CONFIG_PATH, dag_id="taxi_review", airflow_run_id="{{ run_id }}",
+                   params_json="{{ params | tojson }}", case=case, answer=answer.output)
 
     @task(task_id="gather_answers", trigger_rule="all_done",
           doc_md="Each case's answer (who, when, what), or None where the required action timed out.")
@@ -122,18 +169,12 @@ def taxi_review() -> None:
         ti = get_current_context()["ti"]
         answers = []
         for index, case in enumerate(collected["cases"]):
-            response = ti.xcom_pull(task_ids="review_case", map_indexes=index)
-            if not response or not response.get("chosen_options"):
-                answers.append(None)
-                continue
-            user = response.get("responded_by_user") or {}
-            answers.append({**case, "chosen": response["chosen_options"][0],
-                            "user": user.get("name") or user.get("id") or "unknown",
-                            "responded_at": str(response.get("responded_at") or "")})
+            response = ti.xcom_pull(task_ids=f"{CASE_GROUP}.ask", map_indexes=index)
+            answers.append({**case, **response} if response and response.get("chosen") else None)
         return answers
 
     @task.external_python(task_id="close_cases", python=ML_PYTHON, expect_airflow=False, trigger_rule="all_done",
-                          doc_md="Writes the decisions back as gateway feedback; closes the rest as cannot tell / unanswered.")
+                          doc_md="Closes the unanswered cases, sends any decision not yet delivered, records the run.")
     def close_cases(config_path: str, dag_id: str, airflow_run_id: str, params_json: str, answers: list) -> dict:
         from mlops.airflow.review_tasks import close_review_cases_task
 
@@ -142,13 +183,9 @@ def taxi_review() -> None:
 
     collected = collect_cases(config_path=CONFIG_PATH, dag_id="taxi_review", airflow_run_id="{{ run_id }}",
                               params_json="{{ params | tojson }}")
-    # One required action per case. No retries: a timed-out case is closed as unanswered, not asked again.
-    review = HITLOperator.partial(
-        task_id="review_case", options=REVIEW_OPTIONS, multiple=False, retries=0,
-        doc_md="A reviewer's answer for one case (Browse > Required Actions).",
-    ).expand_kwargs(required_actions(collected))
+    reviews = review_case.expand_kwargs(required_actions(collected))
     answers = gather_answers(collected)
-    review >> answers
+    reviews >> answers
     close_cases(config_path=CONFIG_PATH, dag_id="taxi_review", airflow_run_id="{{ run_id }}",
                 params_json="{{ params | tojson }}", answers=answers)
 

@@ -286,7 +286,7 @@ def review_step(client: hitl_client.HITLClient, port: int, threshold: float, tim
             # Any run's cases: the daily run that unpausing the DAG starts may have opened the oldest ones.
             actions = [a for a in client.required_actions(REVIEW_DAG) if rest_client.ready_to_answer(a)]
             task_instances = client.task_instances(REVIEW_DAG, run_id)
-            cases = [t for t in task_instances if t["task_id"] == "review_case" and t.get("map_index", -1) >= 0]
+            cases = [t for t in task_instances if t["task_id"] == "review_case.ask" and t.get("map_index", -1) >= 0]
             collect = next((t.get("state") for t in task_instances if t["task_id"] == "collect_cases"), None)
             mine = [a for a in actions if a["task_instance"]["dag_run_id"] == run_id]
             if (len(actions) >= SCRIPTED_ANSWERS or (cases and len(mine) == len(cases))
@@ -310,13 +310,29 @@ def review_step(client: hitl_client.HITLClient, port: int, threshold: float, tim
         judged = agree + disagree
         share = f" ({agree / judged:.0%})" if judged else ""
         say(f"  scripted reviewer agrees with the model on {agree} of {judged} cases{share}; disagrees on {disagree}")
-        say("  the answers reach the gateway as feedback (source review:admin) when their run closes its cases "
-            "(once its other cases are answered or timed out)")
+        delivered = wait_for_write_backs(client, [a["task_instance"] for a in actions[:SCRIPTED_ANSWERS]], timeout=240)
+        say(f"  {delivered} of {min(len(actions), SCRIPTED_ANSWERS)} answers closed at once by review_case.write_back: "
+            "decisions went to the gateway as feedback (source review:admin; `mlops automation status` counts them), "
+            "\"cannot tell\" stays in the case ledger")
         waiting = len(client.required_actions(REVIEW_DAG))
         say(f"  {waiting} more cases wait for a person in the Airflow UI: http://localhost:{port}/required_actions "
             f"(closed as unanswered after [review] response_timeout_minutes)")
     except (launcher.LauncherError, KeyError) as err:
         say(f"  the review step was skipped: {err}")
+
+
+def wait_for_write_backs(client: hitl_client.HITLClient, asked: list[dict], *, timeout: float) -> int:
+    """How many of the answered cases' `review_case.write_back` tasks succeeded, waiting until all are finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {}
+        for run_id in {ti["dag_run_id"] for ti in asked}:
+            states.update({(run_id, t.get("map_index")): t.get("state") for t in client.task_instances(REVIEW_DAG, run_id)
+                           if t["task_id"] == "review_case.write_back"})
+        mine = [states.get((ti["dag_run_id"], ti["map_index"])) for ti in asked]
+        if all(state in rest_client.FINISHED_TASK_STATES for state in mine) or time.monotonic() > deadline:
+            return sum(state == "success" for state in mine)
+        time.sleep(3.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -293,11 +293,13 @@ def model_answer(case: ReviewCase, threshold: float = 0.5) -> str | None:
 
 
 def close_cases(ledger: CaseLedger, run_id: str, answers: Sequence[ReviewAnswer], gateway_url: str, *,
-                now: dt.datetime | None = None, threshold: float = 0.5, timeout: float = 30.0) -> ReviewSummary:
+                now: dt.datetime | None = None, threshold: float = 0.5, timeout: float = 30.0,
+                close_unanswered: bool = True) -> ReviewSummary:
     """Closes the run's open cases: each answered decision is written back to the gateway as feedback
     (`human_decision`, source `review:<user>`) and the case becomes `answered`; "cannot tell" is kept
-    in the ledger only; a case without an answer becomes `unanswered`. Idempotent: a decision already
-    written back is not sent again, and a failed write-back is retried by the next call."""
+    in the ledger only; a case without an answer becomes `unanswered` (stays open with
+    `close_unanswered=False`: one case answered while the others still wait). Idempotent: a decision
+    already written back is not sent again, and a failed write-back is retried by the next call."""
     closed_at = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).isoformat()
     by_key = {case_key(a.request_id, a.instance_index): a for a in answers}
     with ledger.editing() as cases:
@@ -310,7 +312,8 @@ def close_cases(ledger: CaseLedger, run_id: str, answers: Sequence[ReviewAnswer]
                 continue
             answer = by_key.get(case.key)
             if answer is None:
-                cases[case.key] = dataclasses.replace(case, state=UNANSWERED, closed_at=closed_at)
+                if close_unanswered:
+                    cases[case.key] = dataclasses.replace(case, state=UNANSWERED, closed_at=closed_at)
                 continue
             if answer.chosen not in REVIEW_OPTIONS:
                 raise DataError(f"case {case.key}: the answer {answer.chosen!r} is not one of {list(REVIEW_OPTIONS)}")

@@ -1,7 +1,8 @@
 """The task side of the `taxi_review` DAG, run inside `@task.external_python` in the ML runtime.
 
 `collect_review_cases_task` opens the run's cases (monitoring/review_queue.py) and returns what
-each required action shows; `close_review_cases_task` takes the reviewers' answers (one per case,
+each required action shows; `write_back_review_answer_task` closes one case as soon as it is
+answered and sends its decision; `close_review_cases_task` takes the reviewers' answers (one per case,
 None where nobody answered before the timeout), writes the decisions back to the gateway as
 feedback and closes the rest. Module level imports are stdlib only (the DAG tests import this
 module in the Airflow environment); the ML stack is imported inside the functions.
@@ -71,6 +72,38 @@ def collect_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: 
         }
 
 
+def _review_answer(answer: Mapping[str, Any]) -> Any:
+    from monitoring import review_queue as rq
+
+    return rq.ReviewAnswer(str(answer["request_id"]), int(answer["instance_index"]), str(answer["chosen"]),
+                           str(answer["user"]), str(answer["responded_at"]))
+
+
+def write_back_review_answer_task(*, config_path: str, dag_id: str, airflow_run_id: str,
+                                  params_json: str | Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
+    """Closes one answered case at once and sends its decision to the gateway, while the run's other
+    cases still wait; returns the case as the ledger now holds it."""
+    with exit_on_user_error("write_back"):
+        from monitoring import review_queue as rq
+        from serving.rollout import gateway_url as resolve_gateway_url
+
+        params = _params(params_json)
+        config = _load_config(config_path)
+        run_id = pipeline_run_id(dag_id, airflow_run_id)
+        ledger = rq.CaseLedger(rq.ledger_dir(config.pipeline_root))
+        given = _review_answer(answer)
+        try:
+            rq.close_cases(ledger, run_id, [given], resolve_gateway_url(params.get("gateway_url")),
+                           threshold=config.evaluation.decision_threshold, close_unanswered=False)
+        except rq.FeedbackNotDelivered as err:
+            # The gateway may be restarting: Airflow retries this task, and close_cases sends it at the latest.
+            raise RuntimeError(str(err)) from None
+        case = ledger.read()[rq.case_key(given.request_id, given.instance_index)]
+    sent = "sent to the gateway as feedback" if case.written_back else "kept in the case ledger only"
+    print(f"write_back: case {case.key} {case.state} ({case.answer!r} by {case.answered_by}); {sent}", flush=True)
+    return case.to_json()
+
+
 def close_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: str, params_json: str | Mapping[str, Any],
                             answers: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
     """Writes the answered decisions back to the gateway and closes every case of the run; returns the summary.
@@ -85,8 +118,7 @@ def close_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: st
         config = _load_config(config_path)
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         ledger = rq.CaseLedger(rq.ledger_dir(config.pipeline_root))
-        given = [rq.ReviewAnswer(str(a["request_id"]), int(a["instance_index"]), str(a["chosen"]), str(a["user"]),
-                                 str(a["responded_at"])) for a in answers if a]
+        given = [_review_answer(a) for a in answers if a]
         from serving.rollout import gateway_url as resolve_gateway_url
 
         gateway_url = resolve_gateway_url(params.get("gateway_url"))

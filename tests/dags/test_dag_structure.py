@@ -30,9 +30,11 @@ EDGES = {
                      ("canary", "approval_required"), ("approval_required", "approve_promotion"),
                      ("approve_promotion", "promote_canary"), ("approve_promotion", "roll_back_canary")},
     "taxi_batch_predict": set(),
-    # collect_cases also hands gather_answers the case list; close_cases gets the answers.
-    "taxi_review": {("collect_cases", "required_actions"), ("required_actions", "review_case"),
-                    ("collect_cases", "gather_answers"), ("review_case", "gather_answers"),
+    # collect_cases also hands gather_answers the case list; close_cases gets the answers. Each case's
+    # group (mapped over required_actions) writes its answer back as soon as it is given.
+    "taxi_review": {("collect_cases", "required_actions"), ("required_actions", "review_case.ask"),
+                    ("required_actions", "review_case.write_back"), ("review_case.ask", "review_case.write_back"),
+                    ("collect_cases", "gather_answers"), ("review_case.write_back", "gather_answers"),
                     ("gather_answers", "close_cases")},
     # check_readiness also feeds stay, move_down and apply_move (the degrees) through XCom; record_refusal
     # follows apply_move only (it runs when a Reject or a timeout skipped it).
@@ -47,7 +49,8 @@ TASKS = {
     "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback", "approval_required", "approve_promotion",
                      "promote_canary", "roll_back_canary"},
     "taxi_batch_predict": {"score"},
-    "taxi_review": {"collect_cases", "required_actions", "review_case", "gather_answers", "close_cases"},
+    "taxi_review": {"collect_cases", "required_actions", "review_case.ask", "review_case.write_back", "gather_answers",
+                    "close_cases"},
     "taxi_automation": {"check_readiness", "decide", "ask_approval", "apply_move", "record_refusal", "move_down", "stay"},
 }
 
@@ -99,10 +102,11 @@ def test_ml_tasks_run_in_the_ml_runtime_and_user_errors_are_not_retried(dagbag):
 
 def test_review_asks_one_required_action_per_case_and_closes_whatever_the_answers(dagbag):
     review = dagbag.dags["taxi_review"]
-    ask = review.get_task("review_case")
-    assert type(ask).__name__ == "MappedOperator" and ask.operator_class.__name__ == "HITLOperator"
-    assert ask.partial_kwargs["retries"] == 0  # a timed-out case is closed as unanswered, never asked again
-    assert ask.partial_kwargs["options"] == ["big_tipper", "not_big_tipper", "cannot tell"]
+    ask = review.get_task("review_case.ask")
+    assert type(ask).__mro__[1].__name__ == "HITLOperator" and type(ask.task_group).__name__ == "MappedTaskGroup"
+    assert ask.retries == 0  # a timed-out case is closed as unanswered, never asked again
+    assert ask.options == ["big_tipper", "not_big_tipper", "cannot tell"]
+    assert review.get_task("review_case.write_back").trigger_rule == "all_success"  # only an answered case
     for task_id in ("gather_answers", "close_cases"):
         assert review.get_task(task_id).trigger_rule == "all_done", task_id  # a timeout must not stop the write-back
     assert review.catchup is False and review.max_active_runs > 1  # a run waiting for answers must not block the next

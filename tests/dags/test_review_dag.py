@@ -129,7 +129,8 @@ def feedback_rows(root: Path) -> list[list]:
 
 def test_answers_reach_the_gateway_and_a_timed_out_case_is_closed_unanswered(review):
     root, client, _, conf = review
-    run_id = client.trigger("taxi_review", conf)["dag_run_id"]
+    # Long enough for the answered cases' write-backs to land while the 4th still waits.
+    run_id = client.trigger("taxi_review", {**conf, "response_timeout_minutes": 2.5})["dag_run_id"]
     actions = pending_actions(client, run_id, CASES_PER_RUN)
     cases = [case_of(root, action) for action in actions]
     assert len({case["request_id"] for case in cases}) == CASES_PER_RUN
@@ -147,21 +148,28 @@ def test_answers_reach_the_gateway_and_a_timed_out_case_is_closed_unanswered(rev
         client.respond("taxi_review", run_id, ti["task_id"], ["cannot tell"], map_index=ti["map_index"])
     assert again.value.status == 409
 
+    expected = sorted([[cases[0]["request_id"], cases[0]["instance_index"], chosen[0], "review:admin"],
+                       [cases[1]["request_id"], cases[1]["instance_index"], chosen[1], "review:admin"]])
+    # Each decision reaches the gateway as soon as it is given, while the 4th case still waits for its timeout.
+    deadline = time.monotonic() + 300
+    while feedback_rows(root) != expected and time.monotonic() < deadline:
+        time.sleep(1)  # the gateway writes its feedback Parquet every 0.5 s
+    assert feedback_rows(root) == expected, feedback_rows(root)  # "cannot tell" is never sent as a decision
+    assert [a["task_instance"]["map_index"] for a in client.required_actions("taxi_review", run_id)] == [3]
+    assert ledger(root)[f"{cases[3]['request_id']}#{cases[3]['instance_index']}"]["state"] == "open"
+
     state, task_instances = rest_client.wait_for_run(client, "taxi_review", run_id, timeout=600, progress=lambda _: None)
     assert state == "success"
-    reviews = {ti["map_index"]: ti["state"] for ti in task_instances if ti["task_id"] == "review_case"}
+    reviews = {ti["map_index"]: ti["state"] for ti in task_instances if ti["task_id"] == "review_case.ask"}
     assert reviews == {0: "success", 1: "success", 2: "success", 3: "failed"}  # the timeout fails its action only
+    write_backs = {ti["map_index"]: ti["state"] for ti in task_instances if ti["task_id"] == "review_case.write_back"}
+    assert write_backs == {0: "success", 1: "success", 2: "success", 3: "upstream_failed"}
 
     closed = {key: ledger(root)[key] for key in (f"{c['request_id']}#{c['instance_index']}" for c in cases)}
     assert [(c["state"], c["answer"], c["answered_by"], c["written_back"]) for c in closed.values()] == [
         ("answered", chosen[0], "admin", True), ("answered", chosen[1], "admin", True),
         ("cannot_tell", "cannot tell", "admin", False), ("unanswered", None, None, False)]
-    expected = sorted([[cases[0]["request_id"], cases[0]["instance_index"], chosen[0], "review:admin"],
-                       [cases[1]["request_id"], cases[1]["instance_index"], chosen[1], "review:admin"]])
-    deadline = time.monotonic() + 60
-    while feedback_rows(root) != expected and time.monotonic() < deadline:
-        time.sleep(1)  # the gateway writes its feedback Parquet every 0.5 s
-    assert feedback_rows(root) == expected  # "cannot tell" and the timeout are never sent as decisions
+    assert feedback_rows(root) == expected  # the close sent nothing twice, and nothing for the timeout
     log = "\n".join(client.task_log("taxi_review", run_id, "close_cases", 1))
     assert "2 answered (1 agree with the model, 1 disagree), 1 cannot tell, 1 unanswered" in log
     # The close is a ReviewRun in ML Metadata: counts by outcome and who answered.
@@ -264,6 +272,6 @@ def test_a_window_where_nobody_is_needed_asks_nothing_and_closes_cleanly(tmp_pat
     states = task_states(dag_run)
     assert str(dag_run.state) in ("success", "DagRunState.SUCCESS"), states
     assert states["collect_cases"][0] == "success" and states["close_cases"][0] == "success"
-    assert states["review_case"][0] == "skipped"  # mapped over no case
+    assert states["review_case.ask"][0] == "skipped"  # mapped over no case
     assert xcom_value(dag_run, "close_cases") == {"run_id": xcom_value(dag_run, "collect_cases")["run_id"], "answered": 0,
                                                   "cannot_tell": 0, "unanswered": 0, "agree": 0, "disagree": 0, "written_back": 0}
