@@ -203,3 +203,17 @@ def test_an_unreachable_gateway_keeps_the_answers_for_the_next_try(degrees_log, 
     assert (kept.state, kept.answer, kept.written_back) == (rq.ANSWERED, "big_tipper", False)
     with pytest.raises(rq.ReviewError, match="did not open"):
         rq.close_cases(ledger, "run-1", [rq.ReviewAnswer("someone-else", 0, "big_tipper", "x", "")], "http://127.0.0.1:9")
+
+
+def test_one_answer_closes_its_case_at_once_and_the_others_stay_open_until_the_run_closes(degrees_log, tmp_path):
+    ledger = rq.CaseLedger(tmp_path / "review")
+    first, second = rq.open_cases(ledger, degrees_log, *WINDOW, dataclasses.replace(RATES, max_open_cases=2), run_id="run-1",
+                                  now=T0)
+    answer = rq.ReviewAnswer(first.request_id, first.instance_index, rq.CANNOT_TELL, "alice", T0.isoformat())
+    early = rq.close_cases(ledger, "run-1", [answer], "http://127.0.0.1:9", close_unanswered=False)
+    assert (early.cannot_tell, early.unanswered) == (1, 0)  # "cannot tell" is never sent: no gateway needed
+    assert (ledger.read()[first.key].state, ledger.read()[second.key].state) == (rq.CANNOT_TELL_STATE, rq.OPEN)
+    # The run's close: the answered case is kept as it is, the one nobody answered becomes unanswered.
+    closed = rq.close_cases(ledger, "run-1", [answer], "http://127.0.0.1:9")
+    assert (closed.cannot_tell, closed.unanswered) == (1, 1)
+    assert ledger.read()[first.key].answered_by == "alice" and ledger.read()[second.key].state == rq.UNANSWERED
