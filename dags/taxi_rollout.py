@@ -3,7 +3,7 @@
 A declaration only: stdlib, pendulum and Airflow at module level. The work runs in the ML
 runtime (`mlops.airflow.rollout_tasks`), which talks to the gateway's admin API and records a
 `Deploy` execution in ML Metadata. The one piece of Airflow code here, `CanaryApproval`, adapts
-the standard provider's approve/reject operator (HITLBranchOperator) to the run's params.
+the standard provider's ApprovalOperator to the run's params and lets each answer run its own task.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pendulum
-from airflow.providers.standard.operators.hitl import HITLBranchOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +31,8 @@ AWAITING_APPROVAL = "awaiting_approval"
 APPROVAL_TASK = "approve_promotion"
 APPROVAL_OUTCOMES = ("promote_canary", "roll_back_canary")
 ANSWER_KEY = "answer"
-# The approval's options, in APPROVAL_OUTCOMES' order.
-ANSWERS = ("Approve", "Reject")
+# The task each of ApprovalOperator's two answers runs.
+OUTCOME_OF_ANSWER = dict(zip((ApprovalOperator.APPROVE, ApprovalOperator.REJECT), APPROVAL_OUTCOMES))
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,15 @@ def explain_failure(context: dict) -> None:
     log.error("Task %s of run %s failed (try %s): %s", ti.task_id, ti.run_id, ti.try_number, reason)
 
 
-class CanaryApproval(HITLBranchOperator):
-    """Approve or Reject, each answer running its own task: the provider's ApprovalOperator can only
-    skip what follows on Reject, while a rejected canary must be rolled back, recorded, and fail the
-    run (a failed canary must fail it too, which a task that runs after any canary outcome would hide).
+class CanaryApproval(ApprovalOperator):
+    """The provider's ApprovalOperator (Approve / Reject, the default answer taken on timeout), whose
+    Reject runs `roll_back_canary` instead of only skipping what follows: a rejected canary must be
+    rolled back, recorded, and fail the run. Approve runs `promote_canary` and skips the rollback.
 
     The wait is read from the run's `approval_timeout_minutes` (the provider takes
     `response_timeout` only when the DAG is parsed), and the answer is pushed as plain JSON under
-    the XCom key `answer` before the provider branches: branching skips by raising, so the
-    provider's return value never reaches XCom, and it holds a pendulum DateTime, which the ML
-    runtime (no pendulum) cannot read."""
+    the XCom key `answer` before the branch: skipping ends the task by raising, so its return value
+    never reaches XCom, and it holds a pendulum DateTime, which the ML runtime (no pendulum) cannot read."""
 
     def execute(self, context):
         # A datetime.timedelta: the task runner sends it to its supervisor, which cannot encode a pendulum Duration.
@@ -77,7 +76,12 @@ class CanaryApproval(HITLBranchOperator):
                 "chosen": (event.get("chosen_options") or [None])[0], "responded_by": user.get("name"),
                 "responded_by_id": user.get("id"), "responded_at": event["responded_at"].isoformat(),
                 "timed_out": bool(event.get("timedout"))})
-        return super().execute_complete(context, event)  # runs the answer's task, skips the other
+        # HITLOperator's completion validates the answer; ApprovalOperator's own would skip both outcomes on Reject.
+        answer = HITLOperator.execute_complete(self, context=context, event=event)
+        chosen = answer["chosen_options"][0]
+        self.hitl_summary_extra["approved"] = chosen == self.APPROVE
+        self.skip_all_except(context["ti"], OUTCOME_OF_ANSWER[chosen])  # raises: the other outcome is skipped
+        return answer
 
 
 DEFAULT_ARGS = {
@@ -225,9 +229,7 @@ def taxi_rollout() -> None:
         subject="Promote {{ ti.xcom_pull(task_ids='canary')['model'] }}:{{ ti.xcom_pull(task_ids='canary')['version'] }} "
                 "to stable?",
         body="{{ ti.xcom_pull(task_ids='canary')['evidence_markdown'] }}",
-        options=list(ANSWERS),
-        options_mapping=dict(zip(ANSWERS, APPROVAL_OUTCOMES)),
-        defaults="Reject",  # what a timeout answers: the safe side
+        defaults=ApprovalOperator.REJECT,  # what a timeout answers: the safe side
         doc_md="Asks a person to approve the healthy canary's promotion, showing the judged evidence; "
                "Approve runs promote_canary, Reject (or no answer in time) roll_back_canary.",
     )

@@ -123,9 +123,9 @@ def test_push_updates_the_asset_that_schedules_the_rollout(dagbag):
 def test_the_approval_gate_asks_with_the_canary_evidence_and_each_answer_runs_its_task(dagbag):
     rollout = dagbag.dags["taxi_rollout"]
     approval = rollout.get_task("approve_promotion")
-    assert type(approval).__mro__[1].__name__ == "HITLBranchOperator"
+    assert type(approval).__mro__[1].__name__ == "ApprovalOperator"
     assert approval.options == ["Approve", "Reject"] and approval.defaults == ["Reject"]  # a timeout rejects
-    assert approval.options_mapping == {"Approve": "promote_canary", "Reject": "roll_back_canary"}
+    assert sorted(approval.downstream_task_ids) == ["promote_canary", "roll_back_canary"]
     assert "evidence_markdown" in approval.body
     # Default trigger rules all the way: a failed canary leaves upstream_failed leaves, so the run fails.
     assert {rollout.get_task(t).trigger_rule for t in ("approval_required", "promote_canary", "roll_back_canary")} == {"all_success"}
