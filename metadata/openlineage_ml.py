@@ -51,10 +51,10 @@ class MlopsDriftCheckRunFacet(RunFacet):
     failedChecks: list[str]  # noqa: N815 - OpenLineage's field style
     checks: list[dict[str, Any]]  # name, passed, value (the worst score), threshold
     modelName: str  # noqa: N815
-    modelVersion: int | None  # noqa: N815
     windowStart: str  # noqa: N815
     windowEnd: str  # noqa: N815
     rows: int
+    modelVersion: int | None = attr.field(default=None)  # noqa: N815
     report: str | None = attr.field(default=None)
 
     @staticmethod
@@ -67,7 +67,8 @@ class MlopsRolloutRunFacet(RunFacet):
     """A rollout's decision and what it was judged on."""
 
     action: str  # canary | blue_green | rollback (the approval's outcome: canary)
-    decision: str | None  # promoted | switched | already_stable | rolled_back | held_for_approval | awaiting_approval; None on START
+    # promoted | switched | already_stable | rolled_back | held_for_approval | awaiting_approval; None (absent) on START
+    decision: str | None = attr.field(default=None)
     modelVersion: int | None = attr.field(default=None)  # noqa: N815
     reasons: list[str] = attr.field(factory=list)
     evidence: dict[str, Any] = attr.field(factory=dict)  # observed shares, the paired comparison, ...
@@ -134,7 +135,8 @@ def drift_check_extra(record: StepRecord, state: RunState, context: Any) -> Extr
         props = result.properties
         extra.facets["mlops_drift_check"] = MlopsDriftCheckRunFacet(
             passed=bool(props.get("passed")), failedChecks=list(props.get("failed_checks") or []),
-            checks=[{k: check.get(k) for k in ("name", "passed", "value", "threshold")} for check in document.get("checks", [])],
+            checks=[{k: check[k] for k in ("name", "passed", "value", "threshold") if check.get(k) is not None}
+                    for check in document.get("checks", [])],  # an unjudged check has no value (JSON null is dropped)
             modelName=str(props.get("model_name", "")), modelVersion=props.get("model_version"),
             windowStart=str(props.get("window_start", "")), windowEnd=str(props.get("window_end", "")),
             rows=int(props.get("rows") or 0), report=props.get("report"), producer=PRODUCER)
