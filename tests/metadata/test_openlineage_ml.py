@@ -265,8 +265,12 @@ def test_the_events_alone_lead_from_the_served_version_back_to_the_raw_csv_and_s
     raw = [d for d in sources if "mlops_artifact" in d.facets and d.facets["mlops_artifact"].artifactType == "RawData"]
     assert raw and {d.name for d in raw} == {str(TAXI_CSV)}
     assert {d.facets["version"].datasetVersion for d in raw} == {hashlib.sha256(TAXI_CSV.read_bytes()).hexdigest()}
-    # The retraining's push is the one served; its run names the drift check that triggered it.
-    [push] = [job for job in jobs if job.job.name == "taxi.push"]
+    # The retraining's push is the one served; its run names the drift check that triggered it. (Other pushes
+    # are in the chain too: evaluate compares the candidate with the model served before.)
+    [deploy] = [job for job in jobs if job.job.name == "taxi.deploy"]
+    [pushed] = deploy.inputs
+    push = producers[(pushed.namespace, pushed.name)]
+    assert push.job.name == "taxi.push" and pushed.name == str(config.serving.model_base_dir / "taxi" / "2")
     assert push.run.facets["mlops_execution"].trigger["kind"] == told.retrain_trigger.kind == "drift_check"
 
     checks = [e for e in complete if e.job.name == "taxi-monitoring.driftcheck"]
