@@ -19,21 +19,18 @@ The run carries `mlops_execution`. Every custom facet has its JSON schema in doc
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
 import contextvars
 import dataclasses
+import datetime as dt
 import logging
-import math
 import os
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import attr
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
-from openlineage.client.generated.base import DatasetFacet, RunFacet
 from openlineage.client.generated.dataset_version_dataset import DatasetVersionDatasetFacet
 from openlineage.client.generated.error_message_run import ErrorMessageRunFacet
 from openlineage.client.generated.parent_run import Job as ParentJob
@@ -43,6 +40,14 @@ from openlineage.client.transport.file import FileConfig, FileTransport
 
 from core.version import code_version
 from metadata.openlineage_airflow import current_task_run
+from metadata.openlineage_facets import (  # noqa: F401 - re-exported: the names every event uses
+    DATASET_NAMESPACE,
+    PRODUCER,
+    MlopsArtifactDatasetFacet,
+    MlopsExecutionRunFacet,
+    json_safe,
+)
+from metadata.openlineage_ml import EXTRAS
 
 if TYPE_CHECKING:
     from metadata.recorder import ArtifactRef, StepRecord
@@ -50,44 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAMESPACE = "mlops-suite"
-DATASET_NAMESPACE = "file"
-PRODUCER = "https://github.com/mlops-suite/mlops-suite/blob/main/metadata/openlineage.py"
-SCHEMA_BASE = "https://github.com/mlops-suite/mlops-suite/blob/main/docs/openlineage"
 DEFAULT_EVENTS_FILE = Path("openlineage") / "events.jsonl"  # below the pipeline root
 _IDS = uuid.UUID("6f0b7a34-5d1e-4c52-9a55-2f6b0c1d9e11")  # uuid5 namespace of this project's run ids
-
-
-@attr.define
-class MlopsArtifactDatasetFacet(DatasetFacet):
-    """The ML Metadata artifact behind a dataset: its type, id and recorded properties."""
-
-    artifactType: str  # noqa: N815 - OpenLineage's field style
-    artifactId: int  # noqa: N815
-    properties: dict[str, Any] = attr.field(factory=dict)
-
-    @staticmethod
-    def _get_schema() -> str:
-        return f"{SCHEMA_BASE}/MlopsArtifactDatasetFacet.json#/$defs/MlopsArtifactDatasetFacet"
-
-
-@attr.define
-class MlopsExecutionRunFacet(RunFacet):
-    """The ML Metadata execution of a step: what ran, on what parameters and code, and what it found."""
-
-    executionType: str  # noqa: N815
-    executionId: int  # noqa: N815
-    pipelineRun: str  # noqa: N815
-    fingerprint: str
-    codeVersion: str  # noqa: N815
-    parameters: dict[str, Any] = attr.field(factory=dict)
-    results: dict[str, Any] = attr.field(factory=dict)
-    cachedFrom: int | None = attr.field(default=None)  # noqa: N815
-    trigger: dict[str, Any] = attr.field(factory=dict)
-    airflow: dict[str, str] = attr.field(factory=dict)
-
-    @staticmethod
-    def _get_schema() -> str:
-        return f"{SCHEMA_BASE}/MlopsExecutionRunFacet.json#/$defs/MlopsExecutionRunFacet"
 
 
 def user_configured(environ: Any = os.environ) -> bool:
@@ -110,19 +79,6 @@ def default_client(pipeline_root: Path) -> OpenLineageClient:
 def run_uuid(store_description: str, kind: str, key: Any) -> str:
     """A stable UUID for an MLMD execution or pipeline run, so every event of one run shares it."""
     return str(uuid.uuid5(_IDS, f"{store_description}/{kind}/{key}"))
-
-
-def json_safe(value: Any) -> Any:
-    """Strict JSON: keys as strings, NaN and infinities as null, anything else unknown as its str()."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
 
 
 def _dataset_facets(ref: ArtifactRef) -> dict[str, Any]:
@@ -225,7 +181,6 @@ class StepEvents:
                         job=Job(namespace=NAMESPACE, name=self.job_name(announcement.execution_type)), inputs=[], outputs=[])
 
     def event(self, record: StepRecord, state: RunState, error: BaseException | None = None) -> RunEvent:
-        from metadata.openlineage_ml import EXTRAS
         from metadata.recorder import _flatten  # the order MLMD records inputs in
 
         store = record.store.description

@@ -12,7 +12,7 @@
   judged evidence (each observed share, the paired comparison) and the person's approval if any.
   A canary that was rolled back, held or left waiting for approval changed nothing served: no output.
 
-Each facet has its JSON schema in docs/openlineage/ (its `_schemaURL`).
+The facets are in metadata/openlineage_facets.py, each with its JSON schema in docs/openlineage/.
 """
 
 from __future__ import annotations
@@ -23,12 +23,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import attr
 from openlineage.client.event_v2 import InputDataset, OutputDataset, RunState
-from openlineage.client.generated.base import DatasetFacet, RunFacet
 from openlineage.client.generated.dataset_version_dataset import DatasetVersionDatasetFacet
 
-from metadata.openlineage import DATASET_NAMESPACE, PRODUCER, SCHEMA_BASE, json_safe
+from metadata.openlineage_facets import (
+    DATASET_NAMESPACE,
+    PRODUCER,
+    MlopsDriftCheckRunFacet,
+    MlopsRolloutRunFacet,
+    MlopsServedModelDatasetFacet,
+    json_safe,
+)
 
 if TYPE_CHECKING:
     from metadata.recorder import StepRecord
@@ -37,62 +42,6 @@ DEFAULT_SERVING_NAMESPACE = "mlops-serving"  # a Deploy recorded without a gatew
 RESULT_FILE = "result.json"  # monitoring.results.RESULT_FILE, read as a file (metadata sits below monitoring)
 # Decisions after which the Deploy's pushed version is the one served as stable.
 SERVING_DECISIONS = frozenset({"promoted", "switched", "already_stable"})
-
-
-def _schema(name: str) -> str:
-    return f"{SCHEMA_BASE}/{name}.json#/$defs/{name}"
-
-
-@attr.define
-class MlopsDriftCheckRunFacet(RunFacet):
-    """A monitoring run's verdict: each check of the served requests against the training baseline."""
-
-    passed: bool
-    failedChecks: list[str]  # noqa: N815 - OpenLineage's field style
-    checks: list[dict[str, Any]]  # name, passed, value (the worst score), threshold
-    modelName: str  # noqa: N815
-    windowStart: str  # noqa: N815
-    windowEnd: str  # noqa: N815
-    rows: int
-    modelVersion: int | None = attr.field(default=None)  # noqa: N815
-    report: str | None = attr.field(default=None)
-
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsDriftCheckRunFacet")
-
-
-@attr.define
-class MlopsRolloutRunFacet(RunFacet):
-    """A rollout's decision and what it was judged on."""
-
-    action: str  # canary | blue_green | rollback (the approval's outcome: canary)
-    # promoted | switched | already_stable | rolled_back | held_for_approval | awaiting_approval; None (absent) on START
-    decision: str | None = attr.field(default=None)
-    modelVersion: int | None = attr.field(default=None)  # noqa: N815
-    reasons: list[str] = attr.field(factory=list)
-    evidence: dict[str, Any] = attr.field(factory=dict)  # observed shares, the paired comparison, ...
-    approval: dict[str, Any] | None = attr.field(default=None)  # decision, responded_by, responded_at, ...
-
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsRolloutRunFacet")
-
-
-@attr.define
-class MlopsServedModelDatasetFacet(DatasetFacet):
-    """A model version as a gateway serves it."""
-
-    modelName: str  # noqa: N815
-    modelVersion: int  # noqa: N815
-    label: str  # stable
-    gateway: str
-    pushedModel: str  # noqa: N815 - the pushed version's directory (the dataset the push job wrote)
-    previousStable: int | None = attr.field(default=None)  # noqa: N815
-
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsServedModelDatasetFacet")
 
 
 @dataclasses.dataclass

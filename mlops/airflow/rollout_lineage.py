@@ -25,8 +25,8 @@ Task = TypeVar("Task", bound=Callable[..., Any])
 def _announcement(action: str, config_path: str, dag_id: str, airflow_run_id: str,
                   params_json: str | Mapping[str, Any]) -> Any:
     """The context manager sending the task's START and (on an early error) FAIL."""
-    from metadata.openlineage import PRODUCER, step_events
-    from metadata.openlineage_ml import MlopsRolloutRunFacet
+    from metadata.openlineage import step_events
+    from metadata.openlineage_facets import PRODUCER, MlopsRolloutRunFacet
     from metadata.store import describe
     from mlops.airflow.tasks import _load_config, _params, pipeline_run_id
     from serving.rollout import gateway_url

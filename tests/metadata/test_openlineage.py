@@ -24,7 +24,7 @@ from openlineage.client.serde import Serde
 
 from core.config import MetadataConfig
 from metadata import openlineage as ol
-from metadata import openlineage_ml as olml
+from metadata import openlineage_facets as facets
 from metadata.recorder import PipelineRun, Trigger
 from metadata.store import connect
 from tests.conftest import PROJECT_ROOT, TAXI_CSV
@@ -36,9 +36,9 @@ SCHEMAS = PROJECT_ROOT / "docs" / "openlineage"
 
 
 # The custom facets: (event part, facet key) -> class; each class's name is its schema's in docs/openlineage/.
-CUSTOM_FACETS = {("run", "mlops_execution"): ol.MlopsExecutionRunFacet, ("run", "mlops_drift_check"): olml.MlopsDriftCheckRunFacet,
-                 ("run", "mlops_rollout"): olml.MlopsRolloutRunFacet, ("dataset", "mlops_artifact"): ol.MlopsArtifactDatasetFacet,
-                 ("dataset", "mlops_served_model"): olml.MlopsServedModelDatasetFacet}
+CUSTOM_FACETS = {("run", "mlops_execution"): facets.MlopsExecutionRunFacet, ("run", "mlops_drift_check"): facets.MlopsDriftCheckRunFacet,
+                 ("run", "mlops_rollout"): facets.MlopsRolloutRunFacet, ("dataset", "mlops_artifact"): facets.MlopsArtifactDatasetFacet,
+                 ("dataset", "mlops_served_model"): facets.MlopsServedModelDatasetFacet}
 
 
 def _facet(kind: str, name: str, value: dict[str, Any]) -> Any:
