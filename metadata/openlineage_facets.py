@@ -31,25 +31,25 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _schema(name: str) -> str:
-    return f"{SCHEMA_BASE}/{name}.json#/$defs/{name}"
+class SchemaInDocs:
+    """A facet whose JSON schema is docs/openlineage/<class name>.json (its `_schemaURL`)."""
+
+    @classmethod
+    def _get_schema(cls) -> str:
+        return f"{SCHEMA_BASE}/{cls.__name__}.json#/$defs/{cls.__name__}"
 
 
 @attr.define
-class MlopsArtifactDatasetFacet(DatasetFacet):
+class MlopsArtifactDatasetFacet(SchemaInDocs, DatasetFacet):
     """The ML Metadata artifact behind a dataset: its type, id and recorded properties."""
 
     artifactType: str  # noqa: N815 - OpenLineage's field style
     artifactId: int  # noqa: N815
     properties: dict[str, Any] = attr.field(factory=dict)
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsArtifactDatasetFacet")
-
 
 @attr.define
-class MlopsExecutionRunFacet(RunFacet):
+class MlopsExecutionRunFacet(SchemaInDocs, RunFacet):
     """The ML Metadata execution of a step: what ran, on what parameters and code, and what it found."""
 
     executionType: str  # noqa: N815
@@ -63,14 +63,9 @@ class MlopsExecutionRunFacet(RunFacet):
     trigger: dict[str, Any] = attr.field(factory=dict)
     airflow: dict[str, str] = attr.field(factory=dict)
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsExecutionRunFacet")
-
-
 
 @attr.define
-class MlopsDriftCheckRunFacet(RunFacet):
+class MlopsDriftCheckRunFacet(SchemaInDocs, RunFacet):
     """A monitoring run's verdict: each check of the served requests against the training baseline."""
 
     passed: bool
@@ -83,13 +78,9 @@ class MlopsDriftCheckRunFacet(RunFacet):
     modelVersion: int | None = attr.field(default=None)  # noqa: N815
     report: str | None = attr.field(default=None)
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsDriftCheckRunFacet")
-
 
 @attr.define
-class MlopsRolloutRunFacet(RunFacet):
+class MlopsRolloutRunFacet(SchemaInDocs, RunFacet):
     """A rollout's decision and what it was judged on."""
 
     action: str  # canary | blue_green | rollback (the approval's outcome: canary)
@@ -100,13 +91,9 @@ class MlopsRolloutRunFacet(RunFacet):
     evidence: dict[str, Any] = attr.field(factory=dict)  # observed shares, the paired comparison, ...
     approval: dict[str, Any] | None = attr.field(default=None)  # decision, responded_by, responded_at, ...
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsRolloutRunFacet")
-
 
 @attr.define
-class MlopsServedModelDatasetFacet(DatasetFacet):
+class MlopsServedModelDatasetFacet(SchemaInDocs, DatasetFacet):
     """A model version as a gateway serves it."""
 
     modelName: str  # noqa: N815
@@ -116,6 +103,3 @@ class MlopsServedModelDatasetFacet(DatasetFacet):
     pushedModel: str  # noqa: N815 - the pushed version's directory (the dataset the push job wrote)
     previousStable: int | None = attr.field(default=None)  # noqa: N815
 
-    @staticmethod
-    def _get_schema() -> str:
-        return _schema("MlopsServedModelDatasetFacet")
