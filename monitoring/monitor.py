@@ -269,7 +269,10 @@ class Monitor:
         store = connect(self.config.metadata)
         baseline = self.model_baseline(store, version)
         run_id = run_id or new_run_id("monitoring")
-        run = PipelineRun(store, monitoring_pipeline_name(self.config), run_id, trigger)
+        from metadata.openlineage import step_events
+
+        pipeline = monitoring_pipeline_name(self.config)
+        run = PipelineRun(store, pipeline, run_id, trigger, events=step_events(self.config.pipeline_root, pipeline))
         prediction_log = run.register_artifact(
             "PredictionLog", str(self.log_dir),
             {"window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),

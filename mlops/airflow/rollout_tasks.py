@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlops.airflow.rollout_lineage import emits_rollout_lineage
 from mlops.airflow.tasks import (
     DEFAULT_CANARY_SHARES,
     DEFAULT_OBSERVE_SECONDS,
@@ -85,6 +86,7 @@ def _json_or_none(text: str | Mapping[str, Any] | None, name: str) -> Any:
         raise DataError(f"{name} is not JSON ({err}): {text[:200]!r}") from None
 
 
+@emits_rollout_lineage
 def run_approval_outcome_task(outcome: str, *, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
                               params_json: str | Mapping[str, Any], canary_json: str | Mapping[str, Any] | None,
                               answer_json: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -151,6 +153,7 @@ def _sleep_observing(seconds: float, label: str) -> None:
         print(f"{label}: observing ... {max(deadline - time.monotonic(), 0):.0f}s left", flush=True)
 
 
+@emits_rollout_lineage
 def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
                      params_json: str | Mapping[str, Any]) -> dict[str, Any]:
     """Deploys a pushed version: canary with automatic ramp or rollback, blue-green switch, or rollback.

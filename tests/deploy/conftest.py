@@ -21,10 +21,12 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = PROJECT_ROOT / ".env.example"
-PROFILES = ("default", "gpu", "flink")
+PROFILES = ("default", "gpu", "flink", "lineage")
 # The --profile flags of each: `flink` adds the Flink cluster to the CPU platform, `celery` Redis
-# and the Airflow workers (test_compose.py resolves it with AIRFLOW_EXECUTOR=CeleryExecutor in .env).
-PROFILE_FLAGS = {"default": (), "gpu": ("gpu",), "flink": ("cpu", "flink"), "celery": ("cpu", "celery")}
+# and the Airflow workers (test_compose.py resolves it with AIRFLOW_EXECUTOR=CeleryExecutor in .env),
+# `lineage` Marquez (its API, web UI and database).
+PROFILE_FLAGS = {"default": (), "gpu": ("gpu",), "flink": ("cpu", "flink"), "celery": ("cpu", "celery"),
+                 "lineage": ("cpu", "lineage")}
 
 
 def compose_binary() -> Path:

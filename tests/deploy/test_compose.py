@@ -33,7 +33,7 @@ from tests.deploy.conftest import (
 
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
 PLATFORM_SERVICES = AIRFLOW_SERVICES | {"volumes-init", "postgres", "gateway", "gateway-lb", "prometheus", "grafana"}
-MODEL_SERVER = {"default": "tfserving", "gpu": "tfserving-gpu", "flink": "tfserving"}
+MODEL_SERVER = {"default": "tfserving", "gpu": "tfserving-gpu", "flink": "tfserving", "lineage": "tfserving"}
 FLINK_SERVICES = {"flink-jobmanager", "flink-taskmanager", "beam-flink-job-server", "beam-python-workers"}
 ONE_SHOT_SERVICES = {"volumes-init", "airflow-init"}
 
@@ -419,9 +419,11 @@ def test_each_secret_reaches_only_the_services_that_use_it(resolved: dict[str, A
         "AIRFLOW_ADMIN_PASSWORD": ["airflow-init"],
         "GRAFANA_ADMIN_PASSWORD": ["grafana"],
         "MLOPS_GATEWAY_ADMIN_TOKEN": ["gateway"],
+        "MARQUEZ_DB_PASSWORD": ["marquez-api", "marquez-db"],  # only with the lineage profile
     }
     for profile, model in resolved.items():
         for secret, holders in expected.items():
+            holders = [name for name in holders if name in services(model)]
             value = env_values[secret]
             found = sorted(name for name, service in services(model).items()
                            if any(value in str(setting) for setting in (service.get("environment") or {}).values()))
@@ -713,3 +715,81 @@ def test_a_worker_refuses_to_start_beside_another_executor_and_starts_beside_cel
         assert done.returncode == 1 and "set AIRFLOW_EXECUTOR=CeleryExecutor in .env" in done.stderr
     else:
         assert done.returncode == 0 and done.stdout.strip() == "airflow celery worker", done
+
+
+# --- Profile lineage: Marquez, fed by the steps' OpenLineage events ---------------------------
+
+LINEAGE_SERVICES = {"marquez-db", "marquez-api", "marquez-web"}
+
+
+@pytest.fixture(scope="module")
+def lineage_model(env_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The platform of docs/DEPLOY.md's "Lineage": the profile and the transport chosen together in .env."""
+    path = tmp_path_factory.mktemp("lineage-env") / ".env"
+    path.write_text(env_file.read_text() + "COMPOSE_PROFILES=cpu,lineage\nOPENLINEAGE_URL=http://marquez-api:5000\n")
+    done = run_compose("config", "--format", "json", env_file=path, profile="lineage")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_lineage_profile_adds_marquez_to_the_cpu_platform(resolved: dict[str, Any], lineage_model: dict[str, Any]) -> None:
+    assert set(services(lineage_model)) == PLATFORM_SERVICES | {"tfserving"} | LINEAGE_SERVICES
+    for profile in ("default", "gpu", "flink"):
+        assert not LINEAGE_SERVICES & set(services(resolved[profile])), profile
+        # Without a lineage service the events go to a file below the pipeline root (metadata/openlineage.py).
+        assert services(resolved[profile])["airflow-scheduler"]["environment"]["OPENLINEAGE_URL"] == ""
+
+
+def test_every_airflow_container_sends_openlineage_events_to_the_marquez_api(lineage_model: dict[str, Any]) -> None:
+    names = hostnames(lineage_model)
+    for name in AIRFLOW_SERVICES:
+        url = urlsplit(services(lineage_model)[name]["environment"]["OPENLINEAGE_URL"])
+        assert url.scheme == "http" and names[url.hostname] == "marquez-api", name
+        assert url.port in container_ports(services(lineage_model)["marquez-api"]), name
+    api = services(lineage_model)["marquez-api"]["environment"]
+    assert int(api["MARQUEZ_PORT"]) == url.port
+
+
+def test_the_ml_runtime_reads_that_setting_as_an_http_transport_to_marquez(lineage_model: dict[str, Any]) -> None:
+    """The setting as the ML tasks see it, read by the real openlineage-python client and our transport choice."""
+    from metadata import openlineage
+
+    environment = services(lineage_model)["airflow-scheduler"]["environment"]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED", "OPENLINEAGE__TRANSPORT"):
+            patch.delenv(name, raising=False)
+        patch.setenv("OPENLINEAGE_URL", environment["OPENLINEAGE_URL"])
+        assert openlineage.user_configured()
+        transport = openlineage.default_client(Path("/nonexistent")).transport
+    assert transport.kind == "http" and transport.url == "http://marquez-api:5000"
+
+
+def test_marquez_api_reaches_its_own_database_with_the_generated_password(lineage_model: dict[str, Any], env_values: dict[str, str]) -> None:
+    model = services(lineage_model)
+    api, db = model["marquez-api"], model["marquez-db"]
+    assert api["depends_on"]["marquez-db"]["condition"] == "service_healthy"
+    assert model["marquez-web"]["depends_on"]["marquez-api"]["condition"] == "service_healthy"
+    assert hostnames(lineage_model)[api["environment"]["POSTGRES_HOST"]] == "marquez-db"
+    assert int(api["environment"]["POSTGRES_PORT"]) in container_ports(db)
+    for key in ("POSTGRES_USER", "POSTGRES_PASSWORD"):
+        assert api["environment"][key] == db["environment"][key], key
+    assert api["environment"]["POSTGRES_DB"] == db["environment"]["POSTGRES_DB"]
+    assert api["environment"]["POSTGRES_PASSWORD"] == env_values["MARQUEZ_DB_PASSWORD"]
+    # Its config file takes every connection setting from those variables, and holds no secret.
+    config = yaml.safe_load((PROJECT_ROOT / "deploy/marquez/marquez.yml").read_text())
+    assert mount_for(api, api["environment"]["MARQUEZ_CONFIG"])["source"].endswith("deploy/marquez/marquez.yml")
+    assert config["db"]["password"] == "${POSTGRES_PASSWORD}"
+    for name in ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB"):
+        assert f"${{{name}" in config["db"]["url"], name
+    assert [c["port"] for c in config["server"]["applicationConnectors"]] == ["${MARQUEZ_PORT:-5000}"]
+
+
+def test_marquez_web_proxies_to_the_api_and_publishes_beside_grafana(lineage_model: dict[str, Any]) -> None:
+    model = services(lineage_model)
+    web = model["marquez-web"]["environment"]
+    assert hostnames(lineage_model)[web["MARQUEZ_HOST"]] == "marquez-api"
+    assert int(web["MARQUEZ_PORT"]) in container_ports(model["marquez-api"])
+    assert int(web["WEB_PORT"]) in container_ports(model["marquez-web"])
+    published = [(name, port) for name, service in model.items() for port in service.get("ports", [])]
+    assert all(port["host_ip"] == "127.0.0.1" for _, port in published)
+    assert len({port["published"] for _, port in published}) == len(published), "two services publish the same host port"

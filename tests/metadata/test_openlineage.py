@@ -24,6 +24,7 @@ from openlineage.client.serde import Serde
 
 from core.config import MetadataConfig
 from metadata import openlineage as ol
+from metadata import openlineage_facets as facets
 from metadata.recorder import PipelineRun, Trigger
 from metadata.store import connect
 from tests.conftest import PROJECT_ROOT, TAXI_CSV
@@ -34,6 +35,12 @@ SCHEMAS = PROJECT_ROOT / "docs" / "openlineage"
 # --- reading events back with the client's classes -------------------------------------------
 
 
+# The custom facets: (event part, facet key) -> class; each class's name is its schema's in docs/openlineage/.
+CUSTOM_FACETS = {("run", "mlops_execution"): facets.MlopsExecutionRunFacet, ("run", "mlops_drift_check"): facets.MlopsDriftCheckRunFacet,
+                 ("run", "mlops_rollout"): facets.MlopsRolloutRunFacet, ("dataset", "mlops_artifact"): facets.MlopsArtifactDatasetFacet,
+                 ("dataset", "mlops_served_model"): facets.MlopsServedModelDatasetFacet}
+
+
 def _facet(kind: str, name: str, value: dict[str, Any]) -> Any:
     fields = {k: v for k, v in value.items() if not k.startswith("_")}
     producer = value["_producer"]
@@ -42,15 +49,26 @@ def _facet(kind: str, name: str, value: dict[str, Any]) -> Any:
                               job=ParentJob(namespace=fields["job"]["namespace"], name=fields["job"]["name"]), producer=producer)
     if (kind, name) == ("run", "tags"):
         return TagsRunFacet(tags=[TagsRunFacetFields(**tag) for tag in fields["tags"]], producer=producer)
-    classes = {("run", "mlops_execution"): ol.MlopsExecutionRunFacet, ("run", "errorMessage"): ErrorMessageRunFacet,
-               ("dataset", "version"): DatasetVersionDatasetFacet, ("dataset", "mlops_artifact"): ol.MlopsArtifactDatasetFacet}
+    classes = {("run", "errorMessage"): ErrorMessageRunFacet, ("dataset", "version"): DatasetVersionDatasetFacet, **CUSTOM_FACETS}
     assert (kind, name) in classes, f"unexpected {kind} facet {name!r}"
     return classes[(kind, name)](**fields, producer=producer)
 
 
+def _check_custom_facets(kind: str, facets: dict[str, Any]) -> None:
+    """Each custom facet names its own schema in docs/openlineage/ and is valid against it."""
+    for name, value in facets.items():
+        cls = CUSTOM_FACETS.get((kind, name))
+        if cls is None:
+            continue
+        schema = cls.__name__
+        document = json.loads((SCHEMAS / f"{schema}.json").read_text())
+        assert value["_schemaURL"].endswith(f"docs/openlineage/{schema}.json#/$defs/{schema}")
+        jsonschema.validate(value, document["$defs"][schema]["allOf"][1])
+
+
 def _datasets(cls: type, items: list[dict[str, Any]]) -> list[Any]:
     return [cls(namespace=d["namespace"], name=d["name"],
-                facets={k: _facet("dataset", k, v) for k, v in d["facets"].items()}) for d in items]
+                facets={k: _facet("dataset", k, v) for k, v in d.get("facets", {}).items()}) for d in items]
 
 
 def read_event(line: str) -> RunEvent:
@@ -62,11 +80,11 @@ def read_event(line: str) -> RunEvent:
         job=Job(namespace=raw["job"]["namespace"], name=raw["job"]["name"]),
         inputs=_datasets(InputDataset, raw["inputs"]), outputs=_datasets(OutputDataset, raw["outputs"]))
     assert Serde.to_dict(event) == raw, "the event does not round-trip through the client's classes"
-    for facets, name, schema in [(raw["run"]["facets"], "mlops_execution", "MlopsExecutionRunFacet"),
-                                 *[(d["facets"], "mlops_artifact", "MlopsArtifactDatasetFacet") for d in raw["inputs"] + raw["outputs"]]]:
-        document = json.loads((SCHEMAS / f"{schema}.json").read_text())
-        assert facets[name]["_schemaURL"].endswith(f"docs/openlineage/{schema}.json#/$defs/{schema}")
-        jsonschema.validate(facets[name], document["$defs"][schema]["allOf"][1])
+    # A step's events carry its MLMD execution; a rollout's START goes out before MLMD records it.
+    assert "mlops_execution" in raw["run"]["facets"] or "mlops_rollout" in raw["run"]["facets"], raw["run"]["facets"]
+    _check_custom_facets("run", raw["run"]["facets"])
+    for dataset in raw["inputs"] + raw["outputs"]:
+        _check_custom_facets("dataset", dataset.get("facets", {}))
     return event
 
 
