@@ -219,7 +219,7 @@ class GatewayCore:
             )
             await self.log(entry)
             self._after_success(served, latency_ms)
-            shadow = routing.shadow_target(route) if version is None and label is None else None
+            shadow = routing.shadow_target(route, target, self.settings.pair_canary) if version is None and label is None else None
             if shadow is not None:
                 self._enqueue_shadow(ShadowJob(route, shadow, checked, request_id, arrival_us))
             self._remember(request_id, checked.count)
