@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calm-streams", type=int, default=5)
     parser.add_argument("--rows", type=int, default=500, help="served requests per window of the estimate")
     parser.add_argument("--drift-sizes", default="100,200,500,1000")
-    parser.add_argument("--oracle-threshold", type=float, default=6.0,
+    parser.add_argument("--oracle-threshold", type=float, default=8.0,
                         help="threshold of the likelihood-ratio CUSUM that knows the 5%% flip (the bound on any detector)")
     parser.add_argument("--estimate-repeats", type=int, default=40, help="windows per case of the label-free estimate")
     parser.add_argument("--retrained-models", type=Path, nargs="*", default=[],
