@@ -1,8 +1,10 @@
 """Candidate vs stable on the same requests: the paired comparison of a shadowed (or canaried) version.
 
 The gateway logs a shadowed request twice under one `request_id`: the row the client got
-(`is_shadow` false, the stable version) and the candidate's copy (`is_shadow` true, the version
-that answered it). Comparing the two answers request by request removes the traffic mix from the
+(`is_shadow` false) and a copy asked of the other version (`is_shadow` true, never returned). Under
+policy shadow the client got stable and the copy is the candidate's; under policy canary a request
+the canary answered (`label` canary) has its copy asked of stable (gateway setting `pair_canary`),
+so the canary's own requests are paired too. Comparing the two answers request by request removes the traffic mix from the
 comparison: what differs is the model, nothing else. Reported: how often the decisions agree, the
 distribution of probability differences, the same per slice (transforms.features.SLICE_FEATURES,
 named as the evaluation names them), and, where the client's request got a label back through
@@ -35,6 +37,8 @@ QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # The decisions compared as logged; "none" (shadow automation) is read from the probability (`_decision`).
 _POSITIVE, _NEGATIVE, _REFER = DECISION_BIG_TIPPER, DECISION_NOT_BIG_TIPPER, DECISION_REFER_TO_HUMAN
 MAX_EVIDENCE_SLICES = 3  # the slices kept in MLMD (PostgreSQL index limit); the report shows all
+# The request log's `label` of a request the canary answered (serving/gateway/routing.py CANARY).
+CANARY_LABEL = "canary"
 
 
 def _decision(decisions: pd.Series, probabilities: np.ndarray) -> np.ndarray:
@@ -61,15 +65,19 @@ def pairs_from_logs(requests: pd.DataFrame, feedback: pd.DataFrame | None = None
     else:
         served = served.assign(ground_truth=pd.array([pd.NA] * len(served), dtype="Int64"))
     keys = ["request_id", "instance_index"]
-    candidate = shadow[keys + ["model_version", "probability", "decision"]].drop_duplicates(keys)
-    merged = served.merge(candidate, on=keys, suffixes=("", "_candidate"))
+    copy = shadow[keys + ["model_version", "probability", "decision"]].drop_duplicates(keys)
+    merged = served.merge(copy, on=keys, suffixes=("", "_copy"))
     frame = merged[[c for c in served.columns if c not in ("model_version", "probability", "decision")]].copy()
-    frame["stable_version"] = merged["model_version"].astype("Int64").to_numpy()
-    frame["candidate_version"] = merged["model_version_candidate"].astype("Int64").to_numpy()
-    frame["stable_probability"] = merged["probability"].to_numpy(dtype=float)
-    frame["candidate_probability"] = merged["probability_candidate"].to_numpy(dtype=float)
-    frame["stable_decision"] = _decision(merged["decision"], frame["stable_probability"].to_numpy())
-    frame["candidate_decision"] = _decision(merged["decision_candidate"], frame["candidate_probability"].to_numpy())
+    # A request the canary answered had its copy asked of stable (the gateway's pair_canary): there
+    # the served row is the candidate. Everywhere else the copy is.
+    served_is_candidate = (merged["label"] == CANARY_LABEL).to_numpy() if "label" in merged.columns else np.zeros(len(merged), bool)
+    for side, from_copy in (("stable", served_is_candidate), ("candidate", ~served_is_candidate)):
+        version = np.where(from_copy, merged["model_version_copy"], merged["model_version"])
+        probability = np.where(from_copy, merged["probability_copy"], merged["probability"]).astype(float)
+        decision = pd.Series(np.where(from_copy, merged["decision_copy"], merged["decision"]), index=merged.index)
+        frame[f"{side}_version"] = pd.array(version, dtype="Int64")
+        frame[f"{side}_probability"] = probability
+        frame[f"{side}_decision"] = _decision(decision, probability)
     return frame.reset_index(drop=True)
 
 

@@ -203,8 +203,8 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
     Every share below 100 % is observed for `observe_seconds` and judged against the stable
     version; the final 100 % is the promotion itself. An unhealthy window sets the canary's
     traffic back to 0 at once (the stable version was never changed). Before the promotion the
-    candidate shadows stable for one more window and the two are compared request by request
-    (`_paired_check`). The gateway writes the `canary` and `stable` labels of TF Serving's
+    two are compared request by request on the canaried requests, which the gateway also asked of
+    stable (`_paired_check`; a shadow window when too few were paired). The gateway writes the `canary` and `stable` labels of TF Serving's
     models.config, so the model server follows. With `approval="required"` it stops there, the
     canary at 0 % (the paired check ends with all traffic on stable), and returns the evidence for
     the person who decides (`AWAITING_APPROVAL`); a divergence is then part of that evidence
@@ -223,6 +223,7 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
     client = gateway_client(params)
     _wait_until_loaded(client, model, version)
     observations: list[dict[str, Any]] = []
+    ramp_start = dt.datetime.now(dt.timezone.utc)
     for index, share in enumerate(share for share in shares if share < 100):
         if index == 0:
             client.set_canary(model, version, share / 100)
@@ -241,7 +242,7 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
                     "reasons": judgement.reasons, "observations": observations}
         print(f"canary: healthy at {share}%: {judgement.summary()}", flush=True)
     # Without a pipeline run (a caller outside the DAG) there is nowhere to record the comparison.
-    paired = (_paired_check(client, params, ctx, model, version, observe) if ctx is not None
+    paired = (_paired_check(client, params, ctx, model, version, observe, ramp_start) if ctx is not None
               else {"diverged": False, "judged": False, "reasons": []})
     if approval == "required":
         evidence = canary_evidence(observations, paired)
@@ -264,28 +265,42 @@ def _canary(params: Mapping[str, Any], model: str, version: int, stable: int | N
             "reasons": [f"healthy at every share of {shares} below 100%", *approved], "observations": observations}
 
 
-def _paired_check(client: Any, params: Mapping[str, Any], ctx: Any, model: str, version: int, observe: float) -> dict[str, Any]:
-    """The candidate shadows stable for `observe` seconds and the two are compared request by request
-    (a canaried request is answered by one version only); a summary for MLMD, the rest below the run."""
+def _paired_check(client: Any, params: Mapping[str, Any], ctx: Any, model: str, version: int, observe: float,
+                  ramp_start: dt.datetime) -> dict[str, Any]:
+    """Candidate and stable compared request by request; a summary for MLMD, the rest below the run.
+
+    The gateway asks stable too for every request the canary answered (its `pair_canary`), so the
+    ramp's own requests are compared first. Too few of them (a gateway without pairing, little
+    traffic): the candidate shadows stable for `observe` more seconds and those requests are compared.
+    """
     from metadata.queries import DEFAULT_LOG_DIR
     from monitoring import paired, settings
 
     log_dir = Path(params.get("log_dir") or ctx.config.root / DEFAULT_LOG_DIR)
-    start = dt.datetime.now(dt.timezone.utc)
-    client.set_shadow(model, version)
-    try:
-        print(f"canary: {model}:{version} shadows {model} for {observe:.0f}s: both versions answer every request", flush=True)
-        _sleep_observing(observe, "paired")
-        end = dt.datetime.now(dt.timezone.utc)
-        client.flush_logs()
-    finally:
-        client.set_shadow(model, None)  # all traffic on stable until the verdict, whatever happened
-    comparison = paired.compare_logged(log_dir, start, end, settings.load_thresholds().paired, model_name=model)
+    limits = settings.load_thresholds().paired
+    client.set_share(model, 0.0)  # all traffic on stable until the verdict
+    start, end = ramp_start, dt.datetime.now(dt.timezone.utc)
+    client.flush_logs()
+    comparison = paired.compare_logged(log_dir, start, end, limits, model_name=model)
+    source = "canaried requests"
+    if not comparison.judged:
+        source = "shadow window"
+        print(f"canary: {comparison.pairs} canaried requests were paired with stable; {model}:{version} shadows {model} "
+              f"for {observe:.0f}s: both versions answer every request", flush=True)
+        start = dt.datetime.now(dt.timezone.utc)
+        client.set_shadow(model, version)
+        try:
+            _sleep_observing(observe, "paired")
+            end = dt.datetime.now(dt.timezone.utc)
+            client.flush_logs()
+        finally:
+            client.set_shadow(model, None)  # all traffic on stable until the verdict, whatever happened
+        comparison = paired.compare_logged(log_dir, start, end, limits, model_name=model)
     report = paired.write_comparison(ctx.run_dir / "deploy" / f"paired-{version}", comparison,
                                      f"{model}:{version} vs stable, {start:%Y-%m-%d %H:%M} UTC")
     print(f"canary: paired comparison of {comparison.pairs} requests in {log_dir}: agreement {comparison.agreement:.3f}; "
           f"{'; '.join(comparison.reasons) or 'within the limits'} ({report})", flush=True)
-    return {**comparison.summary(), "report": str(report), "log_dir": str(log_dir)}
+    return {**comparison.summary(), "report": str(report), "log_dir": str(log_dir), "paired_from": source}
 
 
 def _wait_until_loaded(client: Any, model: str, version: int) -> None:

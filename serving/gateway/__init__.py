@@ -21,7 +21,7 @@ A map, in the order a predict request meets the code:
 | the body is parsed and checked against `transforms.features` (column fast path, single example, NaN tokens) | `inputs.py` (`check_predict_body`, `check_instances`, `check_inputs`) |
 | routed: policy, explicit version or label, sticky canary keys, decisions | `core.py` (`GatewayCore.resolve`) with `routing.py` (`RoutingTable`, `choose_target`, `decide`) |
 | forwarded to the model server, merged with concurrent calls under load | `core.py` (`GatewayCore.predict`), `upstream.py` (REST/gRPC clients, circuit breaker), `upstream_batching.py`, `http_pool.py` |
-| logged (durably, before the answer), counted, shadowed | `core.py` (`GatewayCore.serve`, `GatewayCore.log`, the shadow workers), `serving/log_writer.py`, `metrics.py` |
+| logged (durably, before the answer), counted, shadowed (and canaried requests asked of stable too: `routing.shadow_target`) | `core.py` (`GatewayCore.serve`, `GatewayCore.log`, the shadow workers), `serving/log_writer.py`, `metrics.py` |
 | feedback checked and logged | `core.py` (`GatewayCore.record_feedback`) |
 | admin calls land (`/admin/...`: policy, canary, promote, rollback, shadow, automation, stats, flush) | `admin.py` (`AdminApi`), changing `routing.py`'s table |
 | replicas agree: the shared state file, locked for each change, re-read every `policy_poll_seconds` | `routing.py` (`RoutingTable.change`, `refresh_from_state`), `core.py` (the polls) |

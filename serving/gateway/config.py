@@ -146,6 +146,10 @@ class GatewaySettings:
     # When the journal cannot be written (full or failing disk): "refuse" answers 503 naming the
     # log problem until the disk works again; "serve" answers anyway, the entry in memory only.
     log_failure: str = "refuse"
+    # Policy canary: a request the canary answered is also asked of stable as a shadow copy (queued,
+    # off the client's latency path; logged is_shadow, never returned, not counted as served), so
+    # the canary judge compares the two on the canary's own requests (monitoring/paired.py).
+    pair_canary: bool = True
     shadow_queue_size: int = 1_000
     shadow_workers: int = 4
     # Request ids kept in memory to validate feedback and for admin stats.

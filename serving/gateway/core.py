@@ -3,8 +3,9 @@
 `GatewayCore.serve` resolves the route (`routing.py`: the model's policy, or an explicit version
 or label), forwards the checked examples (`inputs.py`) to the model server (`upstream.py`, merged
 with concurrent calls by `upstream_batching.py` under load), adds each example's decision from
-the model's automation, logs the request, queues a shadow copy when the policy asks for one, and
-keeps the metrics. Feedback is checked and logged here too. Failures are typed errors
+the model's automation, logs the request, queues a shadow copy when the policy asks for one (policy
+shadow: the shadow version; policy canary with `pair_canary`: stable, for a request the canary
+answered, so the two are compared on the canary's own requests), and keeps the metrics. Feedback is checked and logged here too. Failures are typed errors
 (`errors.py`); the edges (`rest.py`, `grpc_service.py`, `admin.py`) turn them into answers.
 
 Every example served is one row in the request log; a shadow copy that was sent is one row with
@@ -219,7 +220,7 @@ class GatewayCore:
             )
             await self.log(entry)
             self._after_success(served, latency_ms)
-            shadow = routing.shadow_target(route) if version is None and label is None else None
+            shadow = routing.shadow_target(route, target, self.settings.pair_canary) if version is None and label is None else None
             if shadow is not None:
                 self._enqueue_shadow(ShadowJob(route, shadow, checked, request_id, arrival_us))
             self._remember(request_id, checked.count)

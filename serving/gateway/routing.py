@@ -134,10 +134,18 @@ def choose_target(route: ModelRoute, request_key: str | None, rng: random.Random
     return Target(STABLE, route.stable_version)
 
 
-def shadow_target(route: ModelRoute) -> Target | None:
-    """The candidate that gets a copy of the request, if the policy is shadow."""
+def shadow_target(route: ModelRoute, served: Target | None = None, pair_canary: bool = False) -> Target | None:
+    """The version that gets a copy of the request (answer logged as shadow, never returned), if any.
+
+    Policy shadow: the shadow version. Policy canary with `pair_canary`: a request the canary
+    answered (`served`) is also asked of stable, so the canary's own traffic is compared with
+    stable on the same requests (monitoring/paired.py) without a separate shadow window.
+    """
     if route.policy == SHADOW and route.shadow_version is not None:
         return Target(SHADOW, route.shadow_version)
+    if (pair_canary and route.policy == "canary" and served is not None and served.label == CANARY
+            and route.stable_version is not None and served.version != route.stable_version):
+        return Target(SHADOW, route.stable_version)
     return None
 
 

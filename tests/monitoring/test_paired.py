@@ -261,6 +261,7 @@ def test_a_canary_whose_decisions_diverge_is_held_until_approved(serving_stack):
     assert any("approve_divergence" in reason for reason in record["result_reasons"])
     paired = record["result_details"]["paired"]
     assert paired["judged"] and paired["diverged"] and paired["pairs"] >= 20
+    assert paired["paired_from"] == "canaried requests"  # the gateway asked stable too: no extra shadow window
     assert paired["agreement"] == 0.0  # version 2 decides the opposite of version 1 on every request
     assert (paired["stable_versions"], paired["candidate_versions"]) == ([1], [2])
     assert Path(paired["report"]).is_file()

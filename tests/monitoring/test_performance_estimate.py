@@ -77,6 +77,24 @@ def test_calm_windows_pass_and_the_realized_metric_falls_inside_the_interval(siz
     assert inside >= 7  # a 90 % interval; the calibration map's own error is not in it
 
 
+@pytest.mark.parametrize("name", ["20x card trips", "20x long fares", "20x short fares"])
+def test_under_strong_covariate_shift_the_interval_still_holds_the_realized_accuracy(name, rate_model):
+    """Inside a probability bin the shifted-to requests' own rate can sit off the bin's: the interval
+    allows for it (CALIBRATION_MARGIN); the labels drawn from the calibration alone would not."""
+    model, baseline, _, traffic = rate_model
+    weights = {"20x card trips": traffic[PAYMENT_TYPE_KEY] == "Credit Card", "20x long fares": traffic[FARE_KEY] > 30,
+               "20x short fares": traffic[FARE_KEY] < 8}[name].to_numpy()
+    inside = without_margin = 0
+    for seed in range(20):
+        rows = _window(traffic, 500, 300 + seed, np.where(weights, 20.0, 1.0))
+        realized = _realized(model, rows, labels_of(rows))["accuracy"]
+        widened = estimate_performance(model.predict(rows), baseline.calibration)
+        bare = estimate_performance(model.predict(rows), baseline.calibration, margin=0.0)
+        inside += widened.accuracy_interval[0] <= realized <= widened.accuracy_interval[1]
+        without_margin += bare.accuracy_interval[0] <= realized <= bare.accuracy_interval[1]
+    assert inside >= 17, (inside, without_margin)  # a 90 % interval: 18 of 20 expected
+
+
 def test_the_estimate_cannot_see_concept_drift(rate_model, thresholds):
     """Cash riders start tipping like card riders: the labels move, the probabilities (and so the estimate) do not."""
     model, baseline, _, traffic = rate_model

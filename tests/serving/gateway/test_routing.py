@@ -7,6 +7,7 @@ import concurrent.futures
 import pytest
 import requests
 
+from monitoring.paired import pairs_from_logs
 from serving.gateway.config import ModelPolicy
 from serving.prediction_log import read_prediction_logs
 from tests.serving.gateway.helpers import (
@@ -96,6 +97,55 @@ def test_shadow_candidate_is_logged_but_never_returned(start_gw, http, reference
         rows = shadow[shadow["request_id"] == request_id].sort_values("instance_index")
         assert rows["probability"].tolist() == pytest.approx(candidate_p, abs=1e-6)
         assert (rows["status_code"] == 200).all()
+
+
+def test_canaried_requests_are_also_asked_of_stable_and_paired_with_it(start_gw, http, reference, tmp_path):
+    gateway = start_gw(models={MODEL: ModelPolicy(policy="canary", canary_share=0.5)})
+    trips = real_trips(3)
+    stable_p, canary_p = reference(STABLE_VERSION, trips), reference(CANARY_VERSION, trips)
+    answered: dict[str, str] = {}
+    for index in range(60):
+        response = predict(http, gateway, {"instances": instances(trips)}, key=f"rider-{index}")
+        assert response.status_code == 200, response.text
+        label = response.headers["X-Model-Label"]
+        # The client gets one answer, from the version its key routes to: never the copy's.
+        expected = canary_p if label == "canary" else stable_p
+        assert [p["probability"] for p in response.json()["predictions"]] == pytest.approx(expected, abs=1e-6)
+        answered[response.headers["X-Request-Id"]] = label
+    canaried = {request_id for request_id, label in answered.items() if label == "canary"}
+    assert 0 < len(canaried) < 60
+    stats = admin(http, gateway, "GET", f"/models/{MODEL}/stats?since_seconds=600").json()
+    gateway.stop()  # sends the queued copies, then writes every row
+
+    logs = read_prediction_logs(tmp_path / "logs")
+    served, copies = logs[~logs["is_shadow"]], logs[logs["is_shadow"]]
+    assert len(served) == 60 * len(trips)
+    # Only the canaried requests got a copy, asked of stable and logged as shadow.
+    assert set(copies["request_id"]) == canaried and len(copies) == len(canaried) * len(trips)
+    assert set(copies["label"]) == {"shadow"} and set(copies["model_version"]) == {STABLE_VERSION}
+    assert set(copies["policy"]) == {"canary"}
+    for request_id in canaried:
+        rows = copies[copies["request_id"] == request_id].sort_values("instance_index")
+        assert rows["probability"].tolist() == pytest.approx(stable_p, abs=1e-6)
+    # Served traffic counts as before: copies are not stable's or the canary's requests.
+    assert stats["canary"]["requests"] == len(canaried) and stats["stable"]["requests"] == 60 - len(canaried)
+
+    pairs = pairs_from_logs(logs)
+    assert len(pairs) == len(canaried) * len(trips)
+    assert set(pairs["candidate_version"]) == {CANARY_VERSION} and set(pairs["stable_version"]) == {STABLE_VERSION}
+    first = pairs[pairs["instance_index"] == 0]
+    assert first["candidate_probability"].to_numpy() == pytest.approx([canary_p[0]] * len(first), abs=1e-6)
+    assert first["stable_probability"].to_numpy() == pytest.approx([stable_p[0]] * len(first), abs=1e-6)
+
+
+def test_canary_pairing_can_be_turned_off(start_gw, http, tmp_path):
+    gateway = start_gw(models={MODEL: ModelPolicy(policy="canary", canary_share=1.0)}, pair_canary=False)
+    for index in range(10):
+        response = predict(http, gateway, {"instances": instances(real_trips(2))}, key=f"rider-{index}")
+        assert response.headers["X-Model-Label"] == "canary"
+    gateway.stop()
+    logs = read_prediction_logs(tmp_path / "logs")
+    assert len(logs) == 20 and not logs["is_shadow"].any()
 
 
 def test_full_shadow_queue_drops_copies_and_counts_them(start_gw, http):
