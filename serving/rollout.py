@@ -330,7 +330,7 @@ def canary_evidence(observations: list[Mapping[str, Any]], paired: Mapping[str, 
 
     One entry per judged share: requests, error rates, the tail latency ratio (the quantile the
     judge used) and the shift of the mean probability, with the judge's verdict; then the paired
-    comparison (the candidate shadowing stable) when it ran.
+    comparison (stable's answers to the canaried requests, or the candidate shadowing stable) when it ran.
     """
     windows = []
     for observation in observations:
@@ -352,7 +352,8 @@ def canary_evidence(observations: list[Mapping[str, Any]], paired: Mapping[str, 
         })
     evidence: dict[str, Any] = {"windows": windows}
     if paired and "pairs" in paired:  # absent when the comparison could not run (no pipeline run to record it in)
-        evidence["paired"] = {key: paired.get(key) for key in ("pairs", "judged", "agreement", "diverged", "reasons", "report")}
+        evidence["paired"] = {key: paired.get(key) for key in ("pairs", "judged", "agreement", "diverged", "reasons", "report",
+                                                               "paired_from")}
     return evidence
 
 
@@ -372,7 +373,9 @@ def evidence_markdown(model: str, version: int, stable: int | None, evidence: Ma
     paired = evidence.get("paired")
     if paired:
         verdict = "**DIVERGED**: " + "; ".join(paired.get("reasons") or []) if paired.get("diverged") else "within the limits"
-        lines += ["", f"Paired comparison (the canary shadowed stable, same requests): {paired.get('pairs')} requests, "
+        source = paired.get("paired_from") or "shadow window"
+        how = "stable also answered the canaried requests" if source == "canaried requests" else "the canary shadowed stable"
+        lines += ["", f"Paired comparison ({how}, same requests): {paired.get('pairs')} requests, "
                       f"decision agreement {_number(paired.get('agreement'))}; {verdict}. Report: `{paired.get('report')}`"]
     else:
         lines += ["", "Paired comparison: not run (no prediction logs to compare)."]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ def test_the_evidence_shows_each_judged_window_and_a_paired_divergence():
     text = evidence_markdown("taxi", 2, 1, evidence)
     assert "| 25 % | 30 / 90 | 0.000 / 0.010 | 1.50x (p90) | +0.010 |" in text
     assert "**DIVERGED**: slice payment_type=Cash: agreement 0.40" in text and "140 requests" in text
+    assert "(the canary shadowed stable, same requests)" in text  # no `paired_from`: the shadow window
+    canaried = evidence_markdown("taxi", 2, 1, canary_evidence([WINDOW], {**paired, "paired_from": "canaried requests"}))
+    assert "(stable also answered the canaried requests, same requests)" in canaried
     without = evidence_markdown("taxi", 2, 1, canary_evidence([WINDOW], {"diverged": False, "judged": False, "reasons": []}))
     assert "Paired comparison: not run" in without
 
@@ -154,7 +158,8 @@ def test_an_approved_canary_is_promoted_and_the_approver_is_in_the_lineage(live)
     assert request["subject"] == "Promote taxi:2 to stable?"
     assert request["options"] == ["Approve", "Reject"] and request["defaults"] == ["Reject"]
     assert "| 25 % |" in request["body"] and "| 50 % |" in request["body"]  # each judged window
-    assert "Paired comparison (the canary shadowed stable" in request["body"]
+    assert re.search(r"Paired comparison \((stable also answered the canaried requests|the canary shadowed stable), "
+                     r"same requests\): [1-9]", request["body"])
     waiting = policy(gateway_url)
     assert (waiting["stable_version"], waiting["canary_share"]) == (1, 0.0)  # no canary traffic while it waits
     answer = client.respond(DAG_ID, run_id, rollout_tasks.APPROVAL_TASK, ["Approve"])
