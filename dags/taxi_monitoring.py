@@ -75,6 +75,11 @@ Metadata (a `DriftCheck` execution and its `DriftCheckResult`) whatever it says.
   `no_retraining` and say it was already raised; new data or another failed check decides anew.
 * all checks passed → `no_retraining` logs that nothing was triggered.
 
+The data policy params (`production_data`, `production_logs`, `label_policy`,
+`production_window_days`, `max_production_share`, `csv_days`; empty = `mlops.toml`'s `[data]`)
+are passed on to the triggered `taxi_training` run and decide what the no-op check compares;
+`production_logs` defaults to `log_dir`, the traffic that drifted.
+
 A window without any logged prediction skips the run's tasks (nothing to check is not a failure).
 """
 
@@ -101,6 +106,22 @@ A window without any logged prediction skips the run's tasks (nothing to check i
                                description="Training window start for a triggered retraining (YYYY-MM-DD)."),
         "retrain_end": Param("2017-01-01", type="string", format="date",
                              description="Training window end (exclusive) for a triggered retraining (YYYY-MM-DD)."),
+        # The data policy (mlops.data_policy.POLICY_PARAMS): empty = mlops.toml's [data] value.
+        "production_data": Param(None, type=["null", "boolean"], title="Production data",
+                                 description="Learn from labelled production requests too; empty = [data] production_data."),
+        "production_logs": Param("", type="string", title="Gateway log directory",
+                                 description="The gateway's request/feedback log directory; empty = [data] production_logs_dir (here: log_dir when set)."),
+        "label_policy": Param(None, type=["null", "string"], enum=[None, "ground_truth", "ground_truth_or_human"],
+                              description="What counts as a label: ground truth only, or a reviewer's decision too; "
+                                          "empty = [data] label_policy."),
+        "production_window_days": Param(None, type=["null", "integer"], minimum=1,
+                                        description="Labelled requests of the last N UTC days (sliding); "
+                                                    "empty = [data] production_window_days."),
+        "max_production_share": Param(None, type=["null", "number"], minimum=0, exclusiveMaximum=1,
+                                      description="Cap: production rows at most this share of the examples; "
+                                                  "empty = [data] max_production_share."),
+        "csv_days": Param(None, type=["null", "integer"], minimum=1, title="CSV days",
+                          description="The last N days of the CSV before retrain_end (a sliding window); empty = retrain_start..retrain_end."),
     },
 )
 def taxi_monitoring() -> None:

@@ -168,9 +168,13 @@ def run_training_task(step: str, *, config_path: str, dag_id: str, airflow_run_i
 
         if step not in steps.STEP_NAMES:
             raise ValueError(f"unknown step {step!r}; steps: {steps.STEP_NAMES}")
+        from mlops.data_policy import retraining_policy
+
         params = _params(params_json)
         start, end = check_window(params.get("start", ""), params.get("end", ""))
         config = training_config(_load_config(config_path), params)
+        policy = retraining_policy(config, params)  # the data policy params over the config's [data]
+        config, (start, end) = policy.apply(config), policy.csv_window(start, end)
         ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
         done = {name: steps.StepOutcome.from_json(value) for name, value in dict(upstream or {}).items()}
@@ -200,7 +204,8 @@ def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: 
         transformed = done["transform"].outputs
         return steps.train(ctx, transformed["transformed"], transformed["transform_graph"])
     if step == "evaluate":
-        return steps.evaluate(ctx, done["train"].outputs["model"], done["clean"].outputs["cleaned"])
+        return steps.evaluate(ctx, done["train"].outputs["model"], done["clean"].outputs["cleaned"],
+                              recent=done["ingest"].outputs["examples"])
     return steps.push(ctx, done["train"].outputs["model"], done["evaluate"].outputs["blessing"])
 
 
@@ -236,8 +241,12 @@ def monitoring_window(params: Mapping[str, Any], interval_start: str | None, int
 
 def retraining_conf(result: Mapping[str, Any], params: Mapping[str, Any], monitoring_run_id: str) -> dict[str, Any]:
     """The conf with which the monitoring DAG triggers taxi_training (docs/ARCHITECTURE.md)."""
+    from mlops.data_policy import policy_params
+
     failed = [check for check in result.get("checks", []) if not check.get("passed")]
     artifact = result.get("artifact") or {}
+    # The data policy for the retraining; its production data defaults to the very logs that drifted.
+    policy = {**({"production_logs": params["log_dir"]} if params.get("log_dir") else {}), **policy_params(params)}
     return {
         "trigger": {
             "kind": "drift_check",
@@ -248,9 +257,11 @@ def retraining_conf(result: Mapping[str, Any], params: Mapping[str, Any], monito
             "monitoring_run_id": monitoring_run_id,
             "window_start": result.get("window_start"),
             "window_end": result.get("window_end"),
+            "data_policy": policy,
         },
         "start": params.get("retrain_start") or DEFAULT_RETRAINING_WINDOW[0],
         "end": params.get("retrain_end") or DEFAULT_RETRAINING_WINDOW[1],
+        **policy,
     }
 
 
@@ -263,8 +274,11 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
     with exit_on_user_error("check_drift"):
         from monitoring.monitor import run_monitoring
 
+        from mlops.data_policy import retraining_policy
+
         params = _params(params_json)
         config = _load_config(config_path)
+        retraining_policy(config, params)  # a bad data policy param fails the run now, not at the next drift
         start, end = monitoring_window(params, interval_start, interval_end)
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         log_dir = Path(params["log_dir"]) if params.get("log_dir") else None
@@ -285,12 +299,16 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
         conf = None if passed else retraining_conf(document, params, run_id)
         decision = None
         if conf is not None:
+            from mlops.data_policy import retraining_policy
             from mlops.retraining import RETRAIN, decide_retraining
 
+            # What the triggered run would learn from, under the policy it will be given.
+            policy = retraining_policy(config, conf)
+            first, last = policy.csv_window(*check_window(conf["start"], conf["end"]))
             decision = decide_retraining(
-                config, run_id, model_name=result.model_name, served_version=result.model_version,
+                policy.apply(config), run_id, model_name=result.model_name, served_version=result.model_version,
                 failed_checks=[check.name for check in result.failed],
-                csv_path=config.data.csv_path, start=conf["start"], end=conf["end"],
+                csv_path=config.data.csv_path, start=first.isoformat(), end=last.isoformat(),
                 drift_check=result.artifact)
             print(f"check_drift: {decision.message}", flush=True)
             if decision.action != RETRAIN:
