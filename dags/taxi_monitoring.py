@@ -74,6 +74,14 @@ Metadata (a `DriftCheck` execution and its `DriftCheckResult`) whatever it says.
   `RetrainingDecision`), so people see it. The next windows with the same cause go to
   `no_retraining` and say it was already raised; new data or another failed check decides anew.
 * all checks passed → `no_retraining` logs that nothing was triggered.
+* the served model came from a drift-triggered retraining and fails one of the checks that
+  triggered it again → `still_failing` fails with "still failing after retraining", naming the
+  training run and the monitoring run that triggered it (a `RetrainingDecision` with decision
+  `still_failing` in MLMD), alongside whatever else `decide` chose. Once per model and checks.
+
+Both alerts are counted in `<pipeline_root>/metrics/retraining_alerts.prom`
+(`mlops_retraining_alerts_total{decision="no_new_data"|"still_failing"}`, Prometheus text format
+for node_exporter's textfile collector), rewritten from MLMD whenever one is recorded.
 
 The data policy params (`production_data`, `production_logs`, `label_policy`,
 `production_window_days`, `max_production_share`, `csv_days`; empty = `mlops.toml`'s `[data]`)
@@ -137,17 +145,19 @@ def taxi_monitoring() -> None:
                                    interval_end=interval_end)
 
     @task.branch(task_id="decide", doc_md="A failed check → trigger_training, or no_new_data when retraining cannot "
-                                          "change the model; all passed (or already raised) → no_retraining.")
-    def decide(passed: bool, failed_checks: list, retraining: dict | None) -> str:
+                                          "change the model; all passed (or already raised) → no_retraining; "
+                                          "and still_failing, once, when a retrained model fails the same check.")
+    def decide(passed: bool, failed_checks: list, retraining: dict | None, still_failing: dict | None) -> list:
+        alert = ["still_failing"] if (still_failing or {}).get("first_time") else []
         if passed:
-            return "no_retraining"
+            return ["no_retraining"]
         action = (retraining or {}).get("action", "retrain")
         if action == "no_new_data":
-            return "no_new_data"
+            return ["no_new_data", *alert]
         if action == "already_raised":
-            return "no_retraining"
+            return ["no_retraining", *alert]
         log.warning("drift checks failed: %s; triggering taxi_training", ", ".join(failed_checks))
-        return "trigger_training"
+        return ["trigger_training", *alert]
 
     @task(task_id="no_retraining", doc_md="Records that nothing was triggered, and why.")
     def no_retraining(rows: int, retraining: dict | None) -> str:
@@ -164,6 +174,13 @@ def taxi_monitoring() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(retraining["message"])
+
+    @task(task_id="still_failing", doc_md="The served model came from a drift-triggered retraining and fails the "
+                                          "same check again: fails, saying so and naming both runs, once.")
+    def still_failing(alert: dict) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(alert["message"])
 
     check = check_drift(
         config_path=CONFIG_PATH,
@@ -182,8 +199,9 @@ def taxi_monitoring() -> None:
         fail_when_dag_is_paused=True,
         doc_md="Starts taxi_training with the failed checks and their evidence in the run's conf.",
     )
-    decide(check["passed"], check["failed_checks"], check["retraining"]) >> [
-        retrain, no_retraining(check["rows"], check["retraining"]), no_new_data(check["retraining"])]
+    decide(check["passed"], check["failed_checks"], check["retraining"], check["still_failing"]) >> [
+        retrain, no_retraining(check["rows"], check["retraining"]), no_new_data(check["retraining"]),
+        still_failing(check["still_failing"])]
 
 
 taxi_monitoring()

@@ -152,6 +152,17 @@ def add_production_examples(source: ProductionSource, ingest_dir: Path, referenc
     return summary
 
 
+def held_out_pattern(ingest_examples: Path) -> str:
+    """The held-out recent labelled traffic of an ingest output: its production rows of the eval split.
+
+    served_source splits by a hash of the request id, and only the train split is analyzed and trained
+    on, so these rows are held out of training, deterministically.
+    """
+    from beam_jobs.example_codec import split_dir
+
+    return str(split_dir(ingest_examples, "eval") / f"{SERVED_FILE_PREFIX}-*")
+
+
 def summary_line(production: dict[str, Any] | None) -> str:
     """What the ingest step's progress line says about production data (make run shows it)."""
     if not production:

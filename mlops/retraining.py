@@ -28,6 +28,12 @@ RETRAIN = "retrain"
 TRAINING_STEPS = ("ingest", "clean", "validate", "transform", "train")
 NO_NEW_DATA = "no_new_data"
 ALREADY_RAISED = "already_raised"
+# A drift-triggered retraining ran and its model, now served, fails the same check again.
+STILL_FAILING = "still_failing"
+# The Prometheus text file (node_exporter's textfile collector format) with the alerts' counters,
+# below the config's pipeline_root; rewritten from ML Metadata whenever an alert is recorded.
+ALERT_METRICS_FILE = Path("metrics") / "retraining_alerts.prom"
+ALERT_METRIC = "mlops_retraining_alerts_total"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +162,7 @@ def decide_retraining(config: Config, run_id: str, *, model_name: str, served_ve
                       drift_check_artifact_id=drift_check.id if drift_check else None,
                       window=[planned.window_start, planned.window_end], raw_sha256=planned.raw_sha256,
                       decided_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_alert_metrics(config, ctx.run.store)
     return RetrainingDecision(
         NO_NEW_DATA,
         f"drift persists ({checks}); no new data to learn from: a retraining would learn from exactly what trained "
@@ -186,3 +193,107 @@ def _day(value: Any) -> str | None:
 def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
     """Hyperparameters as JSON gives them back (tuples as lists), so recorded and configured compare equal."""
     return json.loads(json.dumps(dict(value), default=str))
+
+
+@dataclasses.dataclass(frozen=True)
+class StillFailing:
+    """The served model came from a drift-triggered retraining and fails one of its checks again."""
+
+    message: str
+    served_version: int
+    checks: list[str]  # failed now and named by the trigger of the retraining that made the model
+    retraining_run: str  # the training run's PipelineRun name
+    triggered_by: str | None  # the monitoring run whose failed check triggered it
+    execution_id: int | None
+    first_time: bool  # False: raised before for the same model and checks (quiet now)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def retraining_that_made(store: Any, model_name: str, version: int) -> tuple[str, Mapping[str, Any]] | None:
+    """(training run name, its drift-check trigger) when `model_name:version` came from a drift-triggered
+    retraining; None for a manual run, a model pushed outside the pipeline, or unknown lineage."""
+    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.queries import producer
+
+    try:
+        pushed = find_pushed_model(store, model_name, version)
+    except LineageNotFoundError:
+        return None
+    push = producer(store, pushed.id)
+    if push is None:
+        return None
+    for context in store.get_contexts_by_execution(push.id):
+        props = properties_of(context)
+        trigger = props.get("trigger")
+        trigger = json.loads(trigger) if isinstance(trigger, str) else trigger
+        if props.get("trigger_kind") == "drift_check" and isinstance(trigger, Mapping):
+            return context.name, trigger
+    return None
+
+
+def check_still_failing(config: Config, run_id: str, *, model_name: str, served_version: int | None,
+                        failed_checks: Sequence[str], drift_check: ArtifactRef | None) -> StillFailing | None:
+    """Raised once per (served model, checks): the retraining that made the served model did not fix
+    the drift it answered. Recorded as a `RetrainingDecision` (decision `still_failing`) in the
+    monitoring run `run_id`, linked to the served model and naming both runs; counted in the alert
+    metrics. A later window with the same model and checks finds it and stays quiet."""
+    from mlops import steps
+
+    if served_version is None or not failed_checks:
+        return None
+    ctx = steps.open_run(config, run_id)
+    made_by = retraining_that_made(ctx.run.store, model_name, served_version)
+    if made_by is None:
+        return None
+    training_run, trigger = made_by
+    again = sorted(set(failed_checks) & set(trigger.get("checks") or ()))
+    if not again:
+        return None  # another check fails: a new cause, which the retraining decision handles
+    parameters = {"cause": {"failed_checks": again, "retraining_run": training_run},
+                  "action": STILL_FAILING, "served_version": served_version}
+    earlier = _earlier_decision(ctx.run.store, parameters)
+    where = (f"{model_name}:{served_version} was trained by {training_run}, triggered by "
+             f"{trigger.get('monitoring_run_id') or 'a drift check'} for {', '.join(trigger.get('checks') or ())}")
+    if earlier is not None:
+        first = properties_of(earlier).get("result_decided_at") or "earlier"
+        return StillFailing(
+            f"still failing after retraining ({', '.join(again)}): {where}; already raised at {first} "
+            f"(RetrainingDecision execution {earlier.id}); not raising it again", served_version, again, training_run,
+            trigger.get("monitoring_run_id"), earlier.id, first_time=False)
+    pushed = steps.pushed_model_artifact(ctx, served_version)
+    inputs: dict[str, ArtifactRef] = {"served_model": pushed} if pushed is not None else {}
+    with ctx.run.step("RetrainingDecision", inputs, parameters, use_cache=False) as record:
+        record.record(decision=STILL_FAILING, failed_checks=again, served_version=served_version,
+                      retraining_run=training_run, triggered_by=trigger.get("monitoring_run_id"),
+                      triggering_drift_check_artifact_id=trigger.get("drift_check_artifact_id"),
+                      drift_check_artifact_id=drift_check.id if drift_check else None, monitoring_run=run_id,
+                      decided_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_alert_metrics(config, ctx.run.store)
+    return StillFailing(
+        f"still failing after retraining ({', '.join(again)}): {where}, and the same check fails again on "
+        f"{model_name}:{served_version} in this window; retraining on this data did not fix it: look into the drift "
+        f"(the features or the labels) before the next retraining (RetrainingDecision execution {record.execution_id})",
+        served_version, again, training_run, trigger.get("monitoring_run_id"), record.execution_id, first_time=True)
+
+
+def alert_counts(store: Any) -> dict[str, int]:
+    """Recorded alerts by decision: how often people were told (each once per cause)."""
+    counts = {NO_NEW_DATA: 0, STILL_FAILING: 0}
+    for execution in store.get_executions_by_type("RetrainingDecision"):
+        decision = properties_of(execution).get("result_decision")
+        if decision in counts:
+            counts[decision] += 1
+    return counts
+
+
+def write_alert_metrics(config: Config, store: Any) -> Path:
+    """The alerts' counters as a Prometheus text file (counted from ML Metadata, so they survive restarts)."""
+    from core.atomic import write_text
+
+    lines = [f"# HELP {ALERT_METRIC} Retraining alerts raised to people, once per cause: no_new_data = drift "
+             "persists and a retraining would learn nothing new; still_failing = the retrained model fails the same check.",
+             f"# TYPE {ALERT_METRIC} counter"]
+    lines += [f'{ALERT_METRIC}{{decision="{decision}"}} {count}' for decision, count in sorted(alert_counts(store).items())]
+    return write_text(Path(config.pipeline_root) / ALERT_METRICS_FILE, "\n".join(lines) + "\n")

@@ -297,10 +297,16 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
         print(f"check_drift: {result.rows} predictions checked: "
               f"{'all checks passed' if passed else 'failed: ' + ', '.join(c.name for c in result.failed)}", flush=True)
         conf = None if passed else retraining_conf(document, params, run_id)
-        decision = None
+        decision = still_failing = None
         if conf is not None:
             from mlops.data_policy import retraining_policy
-            from mlops.retraining import RETRAIN, decide_retraining
+            from mlops.retraining import RETRAIN, check_still_failing, decide_retraining
+
+            still_failing = check_still_failing(
+                config, run_id, model_name=result.model_name, served_version=result.model_version,
+                failed_checks=[check.name for check in result.failed], drift_check=result.artifact)
+            if still_failing is not None:
+                print(f"check_drift: {still_failing.message}", flush=True)
 
             # What the triggered run would learn from, under the policy it will be given.
             policy = retraining_policy(config, conf)
@@ -320,6 +326,7 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
             "result": document,
             "training_conf": conf,
             "retraining": decision.to_json() if decision else None,
+            "still_failing": still_failing.to_json() if still_failing else None,
         }
 
 
