@@ -49,7 +49,7 @@ class TrainingInputs:
     # touches only the gateway or the docs does not make a retraining worth starting.
     step_code: Mapping[str, str | None]
     # Production data (mlops/production_source.py): the label policy and the fingerprint of every
-    # request-log and feedback partition read; new traffic or new labels change it. Empty without.
+    # feedback partition read; new labels change it. Empty without feedback.
     production: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -93,10 +93,18 @@ def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> Trai
 
 
 def _production_inputs(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the ingest parameters that says what production data went in."""
-    if not parameters.get("log_fingerprints"):
+    """The part of the ingest parameters that says what labelled production data went in.
+
+    Labels arrive as feedback files: new requests without feedback add no training row, so only
+    the feedback partitions (and the policy that reads them) count; no feedback = no production data.
+    """
+    from serving.prediction_log import FEEDBACK_DIR
+
+    feedback = {key: value for key, value in dict(parameters.get("log_fingerprints") or {}).items()
+                if key.startswith(f"{FEEDBACK_DIR}/")}
+    if not feedback:
         return {}
-    return {"label_policy": parameters.get("label_policy"), "log_fingerprints": dict(parameters["log_fingerprints"])}
+    return {"label_policy": parameters.get("label_policy"), "feedback_fingerprints": feedback}
 
 
 def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs | None:
@@ -168,8 +176,9 @@ def decide_retraining(config: Config, run_id: str, *, model_name: str, served_ve
         f"drift persists ({checks}); no new data to learn from: a retraining would learn from exactly what trained "
         f"{model_name}:{served_version} "
         f"(same data sha256 {str(planned.raw_sha256)[:12]}, window {planned.window_start}..{planned.window_end}, "
-        f"schema, hyperparameters and code): not started. Give it new data (another CSV or a later window "
-        f"end in the DAG params retrain_start/retrain_end) or look into the drift "
+        f"schema, hyperparameters, code and labelled production data): not started. Give it new data (labels for "
+        f"the drifted traffic as feedback, another CSV, or a later window end in the DAG params "
+        f"retrain_start/retrain_end) or look into the drift "
         f"(RetrainingDecision execution {record.execution_id})",
         served_version, {}, record.execution_id)
 
