@@ -84,7 +84,7 @@ Both alerts are counted in `<pipeline_root>/metrics/retraining_alerts.prom`
 for node_exporter's textfile collector), rewritten from MLMD whenever one is recorded.
 
 The data policy params (`production_data`, `production_logs`, `label_policy`,
-`production_window_days`, `max_production_share`, `csv_days`; empty = `mlops.toml`'s `[data]`)
+`production_window_days`, `max_production_share`, `production_since`, `csv_days`; empty = `mlops.toml`'s `[data]`)
 are passed on to the triggered `taxi_training` run and decide what the no-op check compares;
 `production_logs` defaults to `log_dir`, the traffic that drifted.
 
@@ -128,6 +128,10 @@ A window without any logged prediction skips the run's tasks (nothing to check i
         "max_production_share": Param(None, type=["null", "number"], minimum=0, exclusiveMaximum=1,
                                       description="Cap: production rows at most this share of the examples; "
                                                   "empty = [data] max_production_share."),
+        "production_since": Param("", type="string", title="Production since",
+                                  description="Only requests from this UTC day on (YYYY-MM-DD), or 'served_model': from "
+                                              "the day the served model's training data ended; empty = [data] "
+                                              "production_since (usually the whole window)."),
         "csv_days": Param(None, type=["null", "integer"], minimum=1, title="CSV days",
                           description="The last N days of the CSV before retrain_end (a sliding window); empty = retrain_start..retrain_end."),
     },

@@ -92,7 +92,8 @@ this DAG, the Airflow run id and what triggered it (manual, or a drift check wit
 * **Data policy**: `production_data`, `production_logs`, `label_policy`, `production_window_days`,
   `max_production_share` override `mlops.toml`'s `[data]` keys for the run (empty = the config's),
   e.g. "the CSV's last `csv_days` days before `end` plus every labelled production request of the
-  last `production_window_days` days, production at most `max_production_share` of the examples".
+  last `production_window_days` days (from `production_since` on), production at most
+  `max_production_share` of the examples".
   The ingest step records the policy it applied and how many production rows it learned from.
   `evaluate` also compares the candidate with the served model on the held-out recent labelled
   traffic (the production rows of the eval split).
@@ -151,6 +152,9 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
         "max_production_share": Param(None, type=["null", "number"], minimum=0, exclusiveMaximum=1,
                                       description="Cap: production rows at most this share of the examples; "
                                                   "empty = [data] max_production_share."),
+        "production_since": Param("", type="string", title="Production since",
+                                  description="Only requests from this UTC day on (YYYY-MM-DD); "
+                                              "empty = [data] production_since (usually the whole window)."),
         "csv_days": Param(None, type=["null", "integer"], minimum=1, title="CSV days",
                           description="The last N days of the CSV before end (a sliding window); empty = start..end."),
         "trigger": Param({}, type="object", title="Trigger",

@@ -3,7 +3,9 @@
 `mlops.toml`'s `[data]` section gives the defaults (production_data, production_logs_dir,
 label_policy, production_window_days, max_production_share); the params of `taxi_training`, and
 those `taxi_monitoring` passes to the retraining it triggers, may override each one for a run, and
-`csv_days` makes the CSV window slide: the last N days before `end`. Together they say e.g. "the
+`csv_days` makes the CSV window slide: the last N days before `end`; `production_since` keeps only
+the requests from a day on (in taxi_monitoring, "served_model": from the day the served model's
+training data ended, so the retraining learns from what came after it). Together they say e.g. "the
 last 365 days of the CSV plus every labelled production request of the last 30 days, production
 at most 40 % of the examples".
 
@@ -27,7 +29,10 @@ from core.errors import DataError
 LABEL_POLICIES = ("ground_truth", "ground_truth_or_human")
 # The params, in the order the DAGs declare them (tests/dags/test_dag_copies.py ties the DAG copies).
 POLICY_PARAMS = ("production_data", "production_logs", "label_policy", "production_window_days",
-                 "max_production_share", "csv_days")
+                 "max_production_share", "production_since", "csv_days")
+# `production_since` may name this instead of a date: the day the served model's training data ended
+# (resolved by the monitoring run that triggers the retraining, mlops.retraining.served_data_end).
+SINCE_SERVED_MODEL = "served_model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,7 @@ class RetrainingPolicy:
     label_policy: str
     production_window_days: int
     max_production_share: float
+    production_since: str  # YYYY-MM-DD: only requests from that day on; "" = the whole window
     csv_days: int | None  # None = the window params start..end as given
 
     def to_json(self) -> dict[str, Any]:
@@ -53,7 +59,7 @@ class RetrainingPolicy:
         return config.replace(data=dataclasses.replace(
             config.data, production_data=self.production_data, production_logs_dir=self.production_logs,
             label_policy=self.label_policy, production_window_days=self.production_window_days,
-            max_production_share=self.max_production_share))
+            max_production_share=self.max_production_share, production_since=self.production_since))
 
 
 def _empty(value: Any) -> bool:
@@ -85,6 +91,13 @@ def retraining_policy(config: Config, params: Mapping[str, Any]) -> RetrainingPo
     share = params.get("max_production_share")
     if not _empty(share) and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1):
         raise DataError(f"the param max_production_share must be a share in [0, 1) (or empty for the config's), got {share!r}")
+    since = params.get("production_since")
+    if not _empty(since):
+        try:
+            since = dt.date.fromisoformat(str(since)).isoformat()
+        except ValueError:
+            raise DataError(f"the param production_since must be a date YYYY-MM-DD (or {SINCE_SERVED_MODEL!r} in "
+                            f"taxi_monitoring, or empty for the config's), got {since!r}") from None
     window_days = _integer(params, "production_window_days", 1)
     csv_days = _integer(params, "csv_days", 1)
     config_logs = data.production_logs_dir
@@ -96,6 +109,7 @@ def retraining_policy(config: Config, params: Mapping[str, Any]) -> RetrainingPo
         label_policy=data.label_policy if _empty(label_policy) else label_policy,
         production_window_days=data.production_window_days if window_days is None else window_days,
         max_production_share=data.max_production_share if _empty(share) else float(share),
+        production_since=data.production_since if _empty(since) else since,
         csv_days=csv_days,
     )
 

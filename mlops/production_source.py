@@ -80,6 +80,10 @@ def production_source(config: Config, log_dir: Path | None, now: dt.datetime | N
     now = now or dt.datetime.now(dt.timezone.utc)
     end = dt.datetime(now.year, now.month, now.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
     start = end - dt.timedelta(days=data.production_window_days)
+    if data.production_since:  # e.g. since the served model's training window ended
+        start = max(start, dt.datetime.fromisoformat(data.production_since).replace(tzinfo=dt.timezone.utc))
+        if start >= end:
+            return None  # nothing served since then yet
     log_dir = Path(log_dir).resolve()
     return ProductionSource(
         log_dir, start, end, data.label_policy, data.max_production_share,

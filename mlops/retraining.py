@@ -134,6 +134,23 @@ def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs |
     )
 
 
+def served_data_end(store: Any, model_name: str, version: int | None) -> str | None:
+    """The day the served model's training data ended (YYYY-MM-DD): its production window's end if it
+    learned from production, else its CSV window's end; None without recorded lineage."""
+    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.queries import training_chain
+
+    if version is None:
+        return None
+    try:
+        pushed = find_pushed_model(store, model_name, version)
+    except LineageNotFoundError:
+        return None
+    ingest = training_chain(store, pushed).executions.get("ingest")
+    window = (properties_of(ingest).get("parameters") or {}) if ingest is not None else {}
+    return _day(window.get("production_window_end") or window.get("window_end"))
+
+
 def decide_retraining(config: Config, run_id: str, *, model_name: str, served_version: int | None,
                       failed_checks: Sequence[str], csv_path: Path, start: str, end: str,
                       drift_check: ArtifactRef | None) -> RetrainingDecision:

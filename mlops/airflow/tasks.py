@@ -278,7 +278,11 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
 
         params = _params(params_json)
         config = _load_config(config_path)
-        retraining_policy(config, params)  # a bad data policy param fails the run now, not at the next drift
+        from mlops.data_policy import SINCE_SERVED_MODEL
+
+        # A bad data policy param fails the run now, not at the next drift ("served_model" is resolved then).
+        retraining_policy(config, {**params, "production_since": None}
+                          if params.get("production_since") == SINCE_SERVED_MODEL else params)
         start, end = monitoring_window(params, interval_start, interval_end)
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         log_dir = Path(params["log_dir"]) if params.get("log_dir") else None
@@ -308,6 +312,12 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
             if still_failing is not None:
                 print(f"check_drift: {still_failing.message}", flush=True)
 
+            if conf.get("production_since") == SINCE_SERVED_MODEL:
+                from mlops.retraining import served_data_end
+
+                since = served_data_end(steps_store(config, run_id), result.model_name, result.model_version)
+                conf["trigger"]["data_policy"]["production_since_resolved"] = since
+                conf["production_since"] = since or ""
             # What the triggered run would learn from, under the policy it will be given.
             policy = retraining_policy(config, conf)
             first, last = policy.csv_window(*check_window(conf["start"], conf["end"]))
@@ -328,6 +338,13 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
             "retraining": decision.to_json() if decision else None,
             "still_failing": still_failing.to_json() if still_failing else None,
         }
+
+
+def steps_store(config: Any, run_id: str) -> Any:
+    """The ML Metadata store, opened the way the steps open it (the run's context)."""
+    from mlops import steps
+
+    return steps.open_run(config, run_id).run.store
 
 
 def _jsonable(value: Any) -> Any:

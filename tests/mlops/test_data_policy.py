@@ -57,3 +57,25 @@ def test_a_drift_triggered_retraining_learns_from_the_logs_that_drifted_under_th
     assert conf["trigger"]["data_policy"] == {"production_logs": "/logs/gw", "max_production_share": 0.2}
     mine = retraining_conf(result, {"log_dir": "/logs/gw", "production_logs": "/logs/labelled"}, "run")
     assert mine["production_logs"] == "/logs/labelled"
+
+
+def test_production_since_narrows_the_production_window_and_a_day_still_ahead_reads_nothing(tmp_path):
+    from mlops.production_source import production_source
+
+    now = dt.datetime(2026, 12, 6, 1, 0, tzinfo=dt.timezone.utc)
+    (tmp_path / "var/gateway-log").mkdir(parents=True)
+    whole = production_source(config(tmp_path), None, now)
+    assert (whole.window_start.date(), whole.window_end.date()) == (dt.date(2026, 11, 7), dt.date(2026, 12, 7))
+    policy = retraining_policy(config(tmp_path), {"production_since": "2026-12-01"})
+    assert policy.production_since == "2026-12-01"
+    since = production_source(policy.apply(config(tmp_path)), None, now)
+    assert (since.window_start.date(), since.window_end.date()) == (dt.date(2026, 12, 1), dt.date(2026, 12, 7))
+    ahead = retraining_policy(config(tmp_path), {"production_since": "2026-12-07"}).apply(config(tmp_path))
+    assert production_source(ahead, None, now) is None  # nothing served since the served model's data ended
+
+
+def test_production_since_must_be_a_date_and_served_model_is_the_monitoring_runs_to_resolve(tmp_path):
+    for value in ("last week", "served_model"):
+        with pytest.raises(DataError, match="the param production_since must be a date YYYY-MM-DD") as caught:
+            retraining_policy(config(tmp_path), {"production_since": value})
+        assert repr(value) in str(caught.value)

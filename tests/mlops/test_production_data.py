@@ -181,3 +181,13 @@ def test_the_evaluation_scores_the_held_out_recent_traffic_and_records_it(produc
     held_out = {parse_serialized(record, features.EXAMPLE_COLUMNS)[features.OBSERVED_LABEL_KEY] is not None
                 for record in _records(evaluation["pattern"])}
     assert held_out == {True}  # only production rows
+
+
+def test_the_served_models_training_data_ends_with_its_production_window(production_run):
+    """What taxi_monitoring's `production_since: served_model` resolves to: later requests are new."""
+    from mlops.retraining import served_data_end
+
+    config, result, _, _, _, _ = production_run
+    window_end = result.outcomes["ingest"].results["production"]["window_end"]
+    assert served_data_end(connect(config.metadata), "taxi", result.outcomes["push"].results["version"]) == window_end[:10]
+    assert served_data_end(connect(config.metadata), "taxi", 99) is None
