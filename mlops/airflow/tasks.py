@@ -272,14 +272,11 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
     the conf for retraining. Exits with EXIT_NOTHING_TO_CHECK (a skipped task) when the window holds no logs.
     """
     with exit_on_user_error("check_drift"):
+        from mlops.data_policy import SINCE_SERVED_MODEL, retraining_policy
         from monitoring.monitor import run_monitoring
-
-        from mlops.data_policy import retraining_policy
 
         params = _params(params_json)
         config = _load_config(config_path)
-        from mlops.data_policy import SINCE_SERVED_MODEL
-
         # A bad data policy param fails the run now, not at the next drift ("served_model" is resolved then).
         retraining_policy(config, {**params, "production_since": None}
                           if params.get("production_since") == SINCE_SERVED_MODEL else params)
@@ -303,8 +300,7 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
         conf = None if passed else retraining_conf(document, params, run_id)
         decision = still_failing = None
         if conf is not None:
-            from mlops.data_policy import retraining_policy
-            from mlops.retraining import RETRAIN, check_still_failing, decide_retraining
+            from mlops.retraining import RETRAIN, check_still_failing, decide_retraining, served_data_end
 
             still_failing = check_still_failing(
                 config, run_id, model_name=result.model_name, served_version=result.model_version,
@@ -313,8 +309,6 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
                 print(f"check_drift: {still_failing.message}", flush=True)
 
             if conf.get("production_since") == SINCE_SERVED_MODEL:
-                from mlops.retraining import served_data_end
-
                 since = served_data_end(steps_store(config, run_id), result.model_name, result.model_version)
                 conf["trigger"]["data_policy"]["production_since_resolved"] = since
                 conf["production_since"] = since or ""
