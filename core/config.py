@@ -7,6 +7,7 @@ config works the same from any working directory (and from Airflow tasks).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import tomllib
 from pathlib import Path
@@ -123,6 +124,9 @@ class DataConfig:
     production_window_days: int = 30  # requests of the last N UTC days, today included
     # Production rows may be at most this share of the examples (production + CSV window).
     max_production_share: float = 0.5
+    # Only requests from this UTC day on (YYYY-MM-DD; "" = the whole window), e.g. the day the
+    # served model's training window ended: a run's data policy sets it (mlops/data_policy.py).
+    production_since: str = ""
 
     def __post_init__(self) -> None:
         if self.label_policy not in ("ground_truth", "ground_truth_or_human"):
@@ -131,6 +135,11 @@ class DataConfig:
             raise ConfigError(f"data.production_window_days must be >= 1, got {self.production_window_days}")
         if not 0.0 <= self.max_production_share < 1.0:
             raise ConfigError(f"data.max_production_share must be a share in [0, 1), got {self.max_production_share!r}")
+        if self.production_since:
+            try:
+                dt.date.fromisoformat(self.production_since)
+            except ValueError:
+                raise ConfigError(f"data.production_since must be a date YYYY-MM-DD or empty, got {self.production_since!r}") from None
         if self.previous_data_check not in ("off", "warn", "fail"):
             raise ConfigError(f"data.previous_data_check must be off, warn or fail, got {self.previous_data_check!r}")
         if not 0 < self.eval_buckets < self.hash_buckets:

@@ -74,6 +74,19 @@ Metadata (a `DriftCheck` execution and its `DriftCheckResult`) whatever it says.
   `RetrainingDecision`), so people see it. The next windows with the same cause go to
   `no_retraining` and say it was already raised; new data or another failed check decides anew.
 * all checks passed → `no_retraining` logs that nothing was triggered.
+* the served model came from a drift-triggered retraining and fails one of the checks that
+  triggered it again → `still_failing` fails with "still failing after retraining", naming the
+  training run and the monitoring run that triggered it (a `RetrainingDecision` with decision
+  `still_failing` in MLMD), alongside whatever else `decide` chose. Once per model and checks.
+
+Both alerts are counted in `<pipeline_root>/metrics/retraining_alerts.prom`
+(`mlops_retraining_alerts_total{decision="no_new_data"|"still_failing"}`, Prometheus text format
+for node_exporter's textfile collector), rewritten from MLMD whenever one is recorded.
+
+The data policy params (`production_data`, `production_logs`, `label_policy`,
+`production_window_days`, `max_production_share`, `production_since`, `csv_days`; empty = `mlops.toml`'s `[data]`)
+are passed on to the triggered `taxi_training` run and decide what the no-op check compares;
+`production_logs` defaults to `log_dir`, the traffic that drifted.
 
 A window without any logged prediction skips the run's tasks (nothing to check is not a failure).
 """
@@ -101,6 +114,26 @@ A window without any logged prediction skips the run's tasks (nothing to check i
                                description="Training window start for a triggered retraining (YYYY-MM-DD)."),
         "retrain_end": Param("2017-01-01", type="string", format="date",
                              description="Training window end (exclusive) for a triggered retraining (YYYY-MM-DD)."),
+        # The data policy (mlops.data_policy.POLICY_PARAMS): empty = mlops.toml's [data] value.
+        "production_data": Param(None, type=["null", "boolean"], title="Production data",
+                                 description="Learn from labelled production requests too; empty = [data] production_data."),
+        "production_logs": Param("", type="string", title="Gateway log directory",
+                                 description="The gateway's request/feedback log directory; empty = [data] production_logs_dir (here: log_dir when set)."),
+        "label_policy": Param(None, type=["null", "string"], enum=[None, "ground_truth", "ground_truth_or_human"],
+                              description="What counts as a label: ground truth only, or a reviewer's decision too; "
+                                          "empty = [data] label_policy."),
+        "production_window_days": Param(None, type=["null", "integer"], minimum=1,
+                                        description="Labelled requests of the last N UTC days (sliding); "
+                                                    "empty = [data] production_window_days."),
+        "max_production_share": Param(None, type=["null", "number"], minimum=0, exclusiveMaximum=1,
+                                      description="Cap: production rows at most this share of the examples; "
+                                                  "empty = [data] max_production_share."),
+        "production_since": Param("", type="string", title="Production since",
+                                  description="Only requests from this UTC day on (YYYY-MM-DD), or 'served_model': from "
+                                              "the day the served model's training data ended; empty = [data] "
+                                              "production_since (usually the whole window)."),
+        "csv_days": Param(None, type=["null", "integer"], minimum=1, title="CSV days",
+                          description="The last N days of the CSV before retrain_end (a sliding window); empty = retrain_start..retrain_end."),
     },
 )
 def taxi_monitoring() -> None:
@@ -116,17 +149,19 @@ def taxi_monitoring() -> None:
                                    interval_end=interval_end)
 
     @task.branch(task_id="decide", doc_md="A failed check → trigger_training, or no_new_data when retraining cannot "
-                                          "change the model; all passed (or already raised) → no_retraining.")
-    def decide(passed: bool, failed_checks: list, retraining: dict | None) -> str:
+                                          "change the model; all passed (or already raised) → no_retraining; "
+                                          "and still_failing, once, when a retrained model fails the same check.")
+    def decide(passed: bool, failed_checks: list, retraining: dict | None, still_failing: dict | None) -> list:
+        alert = ["still_failing"] if (still_failing or {}).get("first_time") else []
         if passed:
-            return "no_retraining"
+            return ["no_retraining"]
         action = (retraining or {}).get("action", "retrain")
         if action == "no_new_data":
-            return "no_new_data"
+            return ["no_new_data", *alert]
         if action == "already_raised":
-            return "no_retraining"
+            return ["no_retraining", *alert]
         log.warning("drift checks failed: %s; triggering taxi_training", ", ".join(failed_checks))
-        return "trigger_training"
+        return ["trigger_training", *alert]
 
     @task(task_id="no_retraining", doc_md="Records that nothing was triggered, and why.")
     def no_retraining(rows: int, retraining: dict | None) -> str:
@@ -143,6 +178,13 @@ def taxi_monitoring() -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(retraining["message"])
+
+    @task(task_id="still_failing", doc_md="The served model came from a drift-triggered retraining and fails the "
+                                          "same check again: fails, saying so and naming both runs, once.")
+    def still_failing(alert: dict) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(alert["message"])
 
     check = check_drift(
         config_path=CONFIG_PATH,
@@ -161,8 +203,9 @@ def taxi_monitoring() -> None:
         fail_when_dag_is_paused=True,
         doc_md="Starts taxi_training with the failed checks and their evidence in the run's conf.",
     )
-    decide(check["passed"], check["failed_checks"], check["retraining"]) >> [
-        retrain, no_retraining(check["rows"], check["retraining"]), no_new_data(check["retraining"])]
+    decide(check["passed"], check["failed_checks"], check["retraining"], check["still_failing"]) >> [
+        retrain, no_retraining(check["rows"], check["retraining"]), no_new_data(check["retraining"]),
+        still_failing(check["still_failing"])]
 
 
 taxi_monitoring()

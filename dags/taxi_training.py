@@ -89,6 +89,14 @@ this DAG, the Airflow run id and what triggered it (manual, or a drift check wit
   (empty = the shipped Chicago taxi data), and hyperparameters that override `mlops.toml`
   (`learning_rate`, `train_steps`, `batch_size`, `hidden_units`, `seed`; empty = the config's).
   `trigger` is set by `taxi_monitoring` when a drift check triggers retraining.
+* **Data policy**: `production_data`, `production_logs`, `label_policy`, `production_window_days`,
+  `max_production_share` override `mlops.toml`'s `[data]` keys for the run (empty = the config's),
+  e.g. "the CSV's last `csv_days` days before `end` plus every labelled production request of the
+  last `production_window_days` days (from `production_since` on), production at most
+  `max_production_share` of the examples".
+  The ingest step records the policy it applied and how many production rows it learned from.
+  `evaluate` also compares the candidate with the served model on the held-out recent labelled
+  traffic (the production rows of the eval split).
 * **Bad rows**: `ingest` and `clean` reject them one by one, each with its line and reason, and the
   run goes on. `validate` judges what is left: schema anomalies in the cleaned rows, or more rejected
   rows than `[data] max_rejected_share` (per reason: `max_rejected_share_by_reason`) allows, fail it
@@ -130,6 +138,25 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
         "hidden_units": Param(None, type=["null", "array"], items={"type": "integer", "minimum": 1}, minItems=1,
                               description="Units of the deep part's layers, e.g. [128, 64, 32]; empty = mlops.toml's."),
         "seed": Param(None, type=["null", "integer"], minimum=0, description="Random seed; empty = mlops.toml's."),
+        # The data policy (mlops.data_policy.POLICY_PARAMS): empty = mlops.toml's [data] value.
+        "production_data": Param(None, type=["null", "boolean"], title="Production data",
+                                 description="Learn from labelled production requests too; empty = [data] production_data."),
+        "production_logs": Param("", type="string", title="Gateway log directory",
+                                 description="The gateway's request/feedback log directory; empty = [data] production_logs_dir."),
+        "label_policy": Param(None, type=["null", "string"], enum=[None, "ground_truth", "ground_truth_or_human"],
+                              description="What counts as a label: ground truth only, or a reviewer's decision too; "
+                                          "empty = [data] label_policy."),
+        "production_window_days": Param(None, type=["null", "integer"], minimum=1,
+                                        description="Labelled requests of the last N UTC days (sliding); "
+                                                    "empty = [data] production_window_days."),
+        "max_production_share": Param(None, type=["null", "number"], minimum=0, exclusiveMaximum=1,
+                                      description="Cap: production rows at most this share of the examples; "
+                                                  "empty = [data] max_production_share."),
+        "production_since": Param("", type="string", title="Production since",
+                                  description="Only requests from this UTC day on (YYYY-MM-DD); "
+                                              "empty = [data] production_since (usually the whole window)."),
+        "csv_days": Param(None, type=["null", "integer"], minimum=1, title="CSV days",
+                          description="The last N days of the CSV before end (a sliding window); empty = start..end."),
         "trigger": Param({}, type="object", title="Trigger",
                          description="Who asked for this run. Set by taxi_monitoring: "
                                      '{"kind": "drift_check", "checks": [...], "evidence": {...}}. '

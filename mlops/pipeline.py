@@ -92,6 +92,7 @@ def run_pipeline(
     transformed = step("transform", lambda: steps.transform(ctx, cleaned.outputs["cleaned"], validated.outputs["anomalies"]))
     trained = step("train", lambda: steps.train(
         ctx, transformed.outputs["transformed"], transformed.outputs["transform_graph"]))
-    evaluated = step("evaluate", lambda: steps.evaluate(ctx, trained.outputs["model"], cleaned.outputs["cleaned"]))
+    evaluated = step("evaluate", lambda: steps.evaluate(ctx, trained.outputs["model"], cleaned.outputs["cleaned"],
+                                                        recent=ingested.outputs["examples"]))
     step("push", lambda: steps.push(ctx, trained.outputs["model"], evaluated.outputs["blessing"]))
     return PipelineResult(run_id, outcomes, round(time.time() - began, 1))

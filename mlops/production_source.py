@@ -80,6 +80,10 @@ def production_source(config: Config, log_dir: Path | None, now: dt.datetime | N
     now = now or dt.datetime.now(dt.timezone.utc)
     end = dt.datetime(now.year, now.month, now.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
     start = end - dt.timedelta(days=data.production_window_days)
+    if data.production_since:  # e.g. since the served model's training window ended
+        start = max(start, dt.datetime.fromisoformat(data.production_since).replace(tzinfo=dt.timezone.utc))
+        if start >= end:
+            return None  # nothing served since then yet
     log_dir = Path(log_dir).resolve()
     return ProductionSource(
         log_dir, start, end, data.label_policy, data.max_production_share,
@@ -150,6 +154,17 @@ def add_production_examples(source: ProductionSource, ingest_dir: Path, referenc
     summary["cap"] = cap
     summary["log_dir"] = str(source.log_dir)
     return summary
+
+
+def held_out_pattern(ingest_examples: Path) -> str:
+    """The held-out recent labelled traffic of an ingest output: its production rows of the eval split.
+
+    served_source splits by a hash of the request id, and only the train split is analyzed and trained
+    on, so these rows are held out of training, deterministically.
+    """
+    from beam_jobs.example_codec import split_dir
+
+    return str(split_dir(ingest_examples, "eval") / f"{SERVED_FILE_PREFIX}-*")
 
 
 def summary_line(production: dict[str, Any] | None) -> str:

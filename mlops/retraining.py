@@ -28,6 +28,12 @@ RETRAIN = "retrain"
 TRAINING_STEPS = ("ingest", "clean", "validate", "transform", "train")
 NO_NEW_DATA = "no_new_data"
 ALREADY_RAISED = "already_raised"
+# A drift-triggered retraining ran and its model, now served, fails the same check again.
+STILL_FAILING = "still_failing"
+# The Prometheus text file (node_exporter's textfile collector format) with the alerts' counters,
+# below the config's pipeline_root; rewritten from ML Metadata whenever an alert is recorded.
+ALERT_METRICS_FILE = Path("metrics") / "retraining_alerts.prom"
+ALERT_METRIC = "mlops_retraining_alerts_total"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +49,7 @@ class TrainingInputs:
     # touches only the gateway or the docs does not make a retraining worth starting.
     step_code: Mapping[str, str | None]
     # Production data (mlops/production_source.py): the label policy and the fingerprint of every
-    # request-log and feedback partition read; new traffic or new labels change it. Empty without.
+    # feedback partition read; new labels change it. Empty without feedback.
     production: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -87,10 +93,18 @@ def planned_inputs(config: Config, csv_path: Path, start: str, end: str) -> Trai
 
 
 def _production_inputs(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of the ingest parameters that says what production data went in."""
-    if not parameters.get("log_fingerprints"):
+    """The part of the ingest parameters that says what labelled production data went in.
+
+    Labels arrive as feedback files: new requests without feedback add no training row, so only
+    the feedback partitions (and the policy that reads them) count; no feedback = no production data.
+    """
+    from serving.prediction_log import FEEDBACK_DIR
+
+    feedback = {key: value for key, value in dict(parameters.get("log_fingerprints") or {}).items()
+                if key.startswith(f"{FEEDBACK_DIR}/")}
+    if not feedback:
         return {}
-    return {"label_policy": parameters.get("label_policy"), "log_fingerprints": dict(parameters["log_fingerprints"])}
+    return {"label_policy": parameters.get("label_policy"), "feedback_fingerprints": feedback}
 
 
 def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs | None:
@@ -118,6 +132,23 @@ def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs |
                    for step in TRAINING_STEPS},
         production=_production_inputs(window),
     )
+
+
+def served_data_end(store: Any, model_name: str, version: int | None) -> str | None:
+    """The day the served model's training data ended (YYYY-MM-DD): its production window's end if it
+    learned from production, else its CSV window's end; None without recorded lineage."""
+    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.queries import training_chain
+
+    if version is None:
+        return None
+    try:
+        pushed = find_pushed_model(store, model_name, version)
+    except LineageNotFoundError:
+        return None
+    ingest = training_chain(store, pushed).executions.get("ingest")
+    window = (properties_of(ingest).get("parameters") or {}) if ingest is not None else {}
+    return _day(window.get("production_window_end") or window.get("window_end"))
 
 
 def decide_retraining(config: Config, run_id: str, *, model_name: str, served_version: int | None,
@@ -156,13 +187,15 @@ def decide_retraining(config: Config, run_id: str, *, model_name: str, served_ve
                       drift_check_artifact_id=drift_check.id if drift_check else None,
                       window=[planned.window_start, planned.window_end], raw_sha256=planned.raw_sha256,
                       decided_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_alert_metrics(config, ctx.run.store)
     return RetrainingDecision(
         NO_NEW_DATA,
         f"drift persists ({checks}); no new data to learn from: a retraining would learn from exactly what trained "
         f"{model_name}:{served_version} "
         f"(same data sha256 {str(planned.raw_sha256)[:12]}, window {planned.window_start}..{planned.window_end}, "
-        f"schema, hyperparameters and code): not started. Give it new data (another CSV or a later window "
-        f"end in the DAG params retrain_start/retrain_end) or look into the drift "
+        f"schema, hyperparameters, code and labelled production data): not started. Give it new data (labels for "
+        f"the drifted traffic as feedback, another CSV, or a later window end in the DAG params "
+        f"retrain_start/retrain_end) or look into the drift "
         f"(RetrainingDecision execution {record.execution_id})",
         served_version, {}, record.execution_id)
 
@@ -186,3 +219,107 @@ def _day(value: Any) -> str | None:
 def _plain(value: Mapping[str, Any]) -> dict[str, Any]:
     """Hyperparameters as JSON gives them back (tuples as lists), so recorded and configured compare equal."""
     return json.loads(json.dumps(dict(value), default=str))
+
+
+@dataclasses.dataclass(frozen=True)
+class StillFailing:
+    """The served model came from a drift-triggered retraining and fails one of its checks again."""
+
+    message: str
+    served_version: int
+    checks: list[str]  # failed now and named by the trigger of the retraining that made the model
+    retraining_run: str  # the training run's PipelineRun name
+    triggered_by: str | None  # the monitoring run whose failed check triggered it
+    execution_id: int | None
+    first_time: bool  # False: raised before for the same model and checks (quiet now)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def retraining_that_made(store: Any, model_name: str, version: int) -> tuple[str, Mapping[str, Any]] | None:
+    """(training run name, its drift-check trigger) when `model_name:version` came from a drift-triggered
+    retraining; None for a manual run, a model pushed outside the pipeline, or unknown lineage."""
+    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.queries import producer
+
+    try:
+        pushed = find_pushed_model(store, model_name, version)
+    except LineageNotFoundError:
+        return None
+    push = producer(store, pushed.id)
+    if push is None:
+        return None
+    for context in store.get_contexts_by_execution(push.id):
+        props = properties_of(context)
+        trigger = props.get("trigger")
+        trigger = json.loads(trigger) if isinstance(trigger, str) else trigger
+        if props.get("trigger_kind") == "drift_check" and isinstance(trigger, Mapping):
+            return context.name, trigger
+    return None
+
+
+def check_still_failing(config: Config, run_id: str, *, model_name: str, served_version: int | None,
+                        failed_checks: Sequence[str], drift_check: ArtifactRef | None) -> StillFailing | None:
+    """Raised once per (served model, checks): the retraining that made the served model did not fix
+    the drift it answered. Recorded as a `RetrainingDecision` (decision `still_failing`) in the
+    monitoring run `run_id`, linked to the served model and naming both runs; counted in the alert
+    metrics. A later window with the same model and checks finds it and stays quiet."""
+    from mlops import steps
+
+    if served_version is None or not failed_checks:
+        return None
+    ctx = steps.open_run(config, run_id)
+    made_by = retraining_that_made(ctx.run.store, model_name, served_version)
+    if made_by is None:
+        return None
+    training_run, trigger = made_by
+    again = sorted(set(failed_checks) & set(trigger.get("checks") or ()))
+    if not again:
+        return None  # another check fails: a new cause, which the retraining decision handles
+    parameters = {"cause": {"failed_checks": again, "retraining_run": training_run},
+                  "action": STILL_FAILING, "served_version": served_version}
+    earlier = _earlier_decision(ctx.run.store, parameters)
+    where = (f"{model_name}:{served_version} was trained by {training_run}, triggered by "
+             f"{trigger.get('monitoring_run_id') or 'a drift check'} for {', '.join(trigger.get('checks') or ())}")
+    if earlier is not None:
+        first = properties_of(earlier).get("result_decided_at") or "earlier"
+        return StillFailing(
+            f"still failing after retraining ({', '.join(again)}): {where}; already raised at {first} "
+            f"(RetrainingDecision execution {earlier.id}); not raising it again", served_version, again, training_run,
+            trigger.get("monitoring_run_id"), earlier.id, first_time=False)
+    pushed = steps.pushed_model_artifact(ctx, served_version)
+    inputs: dict[str, ArtifactRef] = {"served_model": pushed} if pushed is not None else {}
+    with ctx.run.step("RetrainingDecision", inputs, parameters, use_cache=False) as record:
+        record.record(decision=STILL_FAILING, failed_checks=again, served_version=served_version,
+                      retraining_run=training_run, triggered_by=trigger.get("monitoring_run_id"),
+                      triggering_drift_check_artifact_id=trigger.get("drift_check_artifact_id"),
+                      drift_check_artifact_id=drift_check.id if drift_check else None, monitoring_run=run_id,
+                      decided_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_alert_metrics(config, ctx.run.store)
+    return StillFailing(
+        f"still failing after retraining ({', '.join(again)}): {where}, and the same check fails again on "
+        f"{model_name}:{served_version} in this window; retraining on this data did not fix it: look into the drift "
+        f"(the features or the labels) before the next retraining (RetrainingDecision execution {record.execution_id})",
+        served_version, again, training_run, trigger.get("monitoring_run_id"), record.execution_id, first_time=True)
+
+
+def alert_counts(store: Any) -> dict[str, int]:
+    """Recorded alerts by decision: how often people were told (each once per cause)."""
+    counts = {NO_NEW_DATA: 0, STILL_FAILING: 0}
+    for execution in store.get_executions_by_type("RetrainingDecision"):
+        decision = properties_of(execution).get("result_decision")
+        if decision in counts:
+            counts[decision] += 1
+    return counts
+
+
+def write_alert_metrics(config: Config, store: Any) -> Path:
+    """The alerts' counters as a Prometheus text file (counted from ML Metadata, so they survive restarts)."""
+    from core.atomic import write_text
+
+    lines = [f"# HELP {ALERT_METRIC} Retraining alerts raised to people, once per cause: no_new_data = drift "
+             "persists and a retraining would learn nothing new; still_failing = the retrained model fails the same check.",
+             f"# TYPE {ALERT_METRIC} counter"]
+    lines += [f'{ALERT_METRIC}{{decision="{decision}"}} {count}' for decision, count in sorted(alert_counts(store).items())]
+    return write_text(Path(config.pipeline_root) / ALERT_METRICS_FILE, "\n".join(lines) + "\n")

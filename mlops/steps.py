@@ -537,11 +537,18 @@ def pushed_model_artifact(ctx: StepContext, version: int) -> ArtifactRef | None:
     return None
 
 
-def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, require_blessing: bool = True) -> StepOutcome:
-    """Metrics overall and per slice on the eval split, against the currently served model."""
+def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, require_blessing: bool = True,
+             recent: ArtifactRef | None = None) -> StepOutcome:
+    """Metrics overall and per slice on the eval split, against the currently served model; with `recent`
+    (the ingest step's examples), also on their held-out production rows (trainer.evaluate.recent_traffic_rule)."""
+    from mlops.production_source import held_out_pattern
+
     started = time.time()
     baseline = current_model(ctx)
     inputs: dict[str, ArtifactRef] = {"model": model, "examples": examples}
+    recent_pattern = held_out_pattern(Path(recent.uri)) if recent is not None and recent.properties.get("production_rows") else None
+    if recent_pattern is not None:
+        inputs["recent_examples"] = recent
     baseline_ref = pushed_model_artifact(ctx, baseline[0]) if baseline else None
     if baseline_ref is not None and baseline_ref.properties.get("fingerprint") == model.properties.get("fingerprint"):
         # The candidate is the model already served (a re-run): comparing it with itself adds
@@ -560,15 +567,18 @@ def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, requir
                     Path(model.uri), Path(examples.uri), out, config=ctx.config.evaluation,
                     baseline_model_dir=baseline[1] if baseline else None,
                     baseline_label=f"v{baseline[0]} (serving)" if baseline else "current",
+                    recent_traffic=recent_pattern,
                 )
             record.output("evaluation", "ModelEvaluation", str(final), {
                 "auc": float(result.metrics["auc"]), "metrics": result.metrics,
                 "report": str(final / "report.html"),
+                **({"recent_traffic": result.recent_traffic} if result.recent_traffic else {}),
             })
             record.output("blessing", "ModelBlessing", str(final / "evaluation.json"), {
                 "blessed": int(result.blessed), "reasons": result.reasons,
             })
-            record.record(metrics=result.metrics, baseline_metrics=result.baseline_metrics, blessed=int(result.blessed), reasons=result.reasons)
+            record.record(metrics=result.metrics, baseline_metrics=result.baseline_metrics, blessed=int(result.blessed),
+                          reasons=result.reasons, recent_traffic=result.recent_traffic)
     r = record.results
     metrics = json.loads(r["metrics"]) if isinstance(r["metrics"], str) else r["metrics"]
     reasons = json.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"]

@@ -63,6 +63,8 @@ class EvaluationResult:
     baseline_slices: SliceMetrics | None = None
     model_label: str = "candidate"
     baseline_label: str = "current"
+    # On the held-out recent labelled traffic: rows, metrics per model label, passed, reason (or None).
+    recent_traffic: dict[str, Any] | None = None
 
 
 # --- Metrics ---------------------------------------------------------------------------------
@@ -248,14 +250,16 @@ class ScoredRows:
     slice_values: dict[str, np.ndarray]  # slice name -> str values
 
 
-def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], batch_size: int = BATCH_SIZE) -> ScoredRows:
-    """Scores every model on the same rows of `<examples_dir>/Split-<split>/data-*.tfrecord.gz`.
+def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], batch_size: int = BATCH_SIZE,
+                   pattern: str | None = None) -> ScoredRows:
+    """Scores every model on the same rows of `<examples_dir>/Split-<split>/data-*.tfrecord.gz`
+    (or of the files `pattern` matches).
 
     Files are read one at a time so that a bad record is reported with its file and position.
     """
     import tensorflow as tf  # here, not at import: load_evaluation and the metrics need no TF
 
-    pattern = split_pattern(examples_dir, split)
+    pattern = pattern or split_pattern(examples_dir, split)
     files = sorted(glob.glob(pattern))
     if not files:
         raise DataError(f"no {split} examples to evaluate: nothing matches {pattern}")
@@ -363,6 +367,51 @@ def _probabilities(signature: Any, batch: Any, label: str, model_dir: Path, file
     return values
 
 
+# --- Held-out recent traffic -------------------------------------------------------------------
+
+# Fewer held-out recent rows than this are reported but do not judge: their AUC is mostly noise.
+RECENT_MIN_ROWS = 20
+
+
+def recent_traffic_metrics(pattern: str, models: Mapping[str, Path], threshold: float) -> dict[str, Any]:
+    """Every model's metrics on the held-out recent traffic (the files `pattern` matches; none = 0 rows)."""
+    if not glob.glob(pattern):
+        return {"pattern": pattern, "rows": 0, "metrics": {}}
+    try:
+        rows = score_examples(Path(pattern).parent, "eval", models, pattern=pattern)
+    except DataError as err:
+        if "hold 0 records" not in str(err):
+            raise
+        return {"pattern": pattern, "rows": 0, "metrics": {}}
+    return {"pattern": pattern, "rows": int(len(rows.labels)),
+            "metrics": {label: binary_metrics(rows.labels, rows.probabilities[label], threshold) for label in models}}
+
+
+def recent_traffic_rule(recent: Mapping[str, Any], config: EvaluationConfig, min_rows: int,
+                        model_label: str, baseline_label: str) -> tuple[bool, str]:
+    """The blessing's second comparison, on the held-out recent labelled traffic.
+
+    With at least `min_rows` rows of both classes and a served model, the candidate's AUC there must
+    not be below the served model's by more than `auc_tolerance` (the same tolerance as on the eval
+    split): a retraining after drift must not do worse than the served model on the traffic that
+    drifted. Fewer rows, one class or no served model: reported, not judged.
+    """
+    rows, metrics = recent["rows"], recent["metrics"]
+    if rows < min_rows:
+        return True, f"recent traffic: {rows} held-out labelled rows (< {min_rows}): reported, not judged"
+    candidate, baseline = metrics[model_label], metrics.get(baseline_label)
+    if baseline is None:
+        return True, (f"recent traffic: {model_label} AUC {candidate['auc']:.5f} on {rows} held-out labelled rows; "
+                      "no served model to compare with")
+    if math.isnan(candidate["auc"]) or math.isnan(baseline["auc"]):
+        return True, f"recent traffic: AUC undefined on {rows} held-out rows (a single class): comparison skipped"
+    limit = baseline["auc"] - config.auc_tolerance
+    passed = candidate["auc"] >= limit
+    return passed, (f"{'passed' if passed else 'failed'}: recent traffic ({rows} held-out labelled rows): {model_label} "
+                    f"AUC {candidate['auc']:.5f} {'>=' if passed else '<'} {baseline_label} AUC {baseline['auc']:.5f} "
+                    f"- auc_tolerance {config.auc_tolerance:.5f} = {limit:.5f}")
+
+
 # --- The step ---------------------------------------------------------------------------------
 
 
@@ -377,11 +426,14 @@ def evaluate_model(
     model_label: str = "candidate",
     baseline_label: str = "current",
     related_links: Mapping[str, str] = _NO_LINKS,
+    recent_traffic: str | None = None,
+    recent_min_rows: int = RECENT_MIN_ROWS,
 ) -> EvaluationResult:
     """Scores the candidate (and the baseline, on the same rows), decides blessing, writes the report.
 
     `related_links` (title -> URL) are listed in the report's `links` section: monitoring reports
-    for this model version link here and back.
+    for this model version link here and back. `recent_traffic` is a glob of held-out recent
+    labelled production examples: both models are scored on them too (`recent_traffic_rule`).
     """
     from trainer.report import write_report
 
@@ -412,6 +464,12 @@ def evaluate_model(
     blessed, reasons = blessing_decision(
         metrics, baseline_metrics, config, model_label=model_label, baseline_label=baseline_label
     )
+    recent = None
+    if recent_traffic is not None:
+        recent = recent_traffic_metrics(recent_traffic, models, threshold)
+        recent_ok, recent_reason = recent_traffic_rule(recent, config, recent_min_rows, model_label, baseline_label)
+        recent["passed"], recent["reason"] = recent_ok, recent_reason
+        blessed, reasons = blessed and recent_ok, [*reasons, recent_reason]
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +487,7 @@ def evaluate_model(
         "blessed": blessed,
         "reasons": reasons,
         "curves": all_curves,
+        "recent_traffic": recent,
         "report_html": REPORT_FILE,
     }
     evaluation_json = output_dir / EVALUATION_FILE
@@ -469,6 +528,7 @@ def _result_from_document(document: Mapping[str, Any], evaluation_json: Path) ->
         baseline_slices=_slices_nan_for_null(baseline_slices) if baseline_slices is not None else None,
         model_label=str((document.get("model") or {}).get("label", "candidate")),
         baseline_label=str(baseline.get("label", "current")),
+        recent_traffic=document.get("recent_traffic"),
     )
 
 

@@ -53,6 +53,7 @@ def render_report(document: Mapping[str, Any], related_links: Mapping[str, str] 
         '<section id="decision"><h2>Decision</h2>',
         f'<p class="{"blessed" if blessed else "not-blessed"}"><strong>{"BLESSED" if blessed else "NOT BLESSED"}</strong></p>',
         "<ul>" + "".join(f"<li>{_e(reason)}</li>" for reason in document["reasons"]) + "</ul></section>",
+        _recent_section(document.get("recent_traffic"), model_label, baseline_label),
         '<section id="metrics"><h2>Overall metrics</h2>',
         _overall_table(document["metrics"], document.get("baseline_metrics"), model_label, baseline_label),
         "</section>",
@@ -72,6 +73,21 @@ def render_report(document: Mapping[str, Any], related_links: Mapping[str, str] 
     parts.append(_links_section(related_links))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _recent_section(recent: Mapping[str, Any] | None, model_label: str, baseline_label: str | None) -> str:
+    """The models on the held-out recent labelled production traffic (absent without production data)."""
+    if not recent:
+        return ""
+    parts = ['<section id="recent-traffic"><h2>Held-out recent traffic</h2>',
+             f"<p>{recent['rows']} labelled production rows held out of training (eval split, by request id): "
+             f"{_e(recent.get('reason', ''))}</p>"]
+    if recent["metrics"]:
+        metrics = recent["metrics"]
+        served = baseline_label if baseline_label in metrics else None
+        parts.append(_overall_table(metrics[model_label], metrics.get(served) if served else None, model_label, served))
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def write_report(document: Mapping[str, Any], path: Path, related_links: Mapping[str, str] = _NO_LINKS) -> Path:

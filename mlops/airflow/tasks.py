@@ -168,9 +168,13 @@ def run_training_task(step: str, *, config_path: str, dag_id: str, airflow_run_i
 
         if step not in steps.STEP_NAMES:
             raise ValueError(f"unknown step {step!r}; steps: {steps.STEP_NAMES}")
+        from mlops.data_policy import retraining_policy
+
         params = _params(params_json)
         start, end = check_window(params.get("start", ""), params.get("end", ""))
         config = training_config(_load_config(config_path), params)
+        policy = retraining_policy(config, params)  # the data policy params over the config's [data]
+        config, (start, end) = policy.apply(config), policy.csv_window(start, end)
         ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
         done = {name: steps.StepOutcome.from_json(value) for name, value in dict(upstream or {}).items()}
@@ -200,7 +204,8 @@ def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: 
         transformed = done["transform"].outputs
         return steps.train(ctx, transformed["transformed"], transformed["transform_graph"])
     if step == "evaluate":
-        return steps.evaluate(ctx, done["train"].outputs["model"], done["clean"].outputs["cleaned"])
+        return steps.evaluate(ctx, done["train"].outputs["model"], done["clean"].outputs["cleaned"],
+                              recent=done["ingest"].outputs["examples"])
     return steps.push(ctx, done["train"].outputs["model"], done["evaluate"].outputs["blessing"])
 
 
@@ -236,8 +241,12 @@ def monitoring_window(params: Mapping[str, Any], interval_start: str | None, int
 
 def retraining_conf(result: Mapping[str, Any], params: Mapping[str, Any], monitoring_run_id: str) -> dict[str, Any]:
     """The conf with which the monitoring DAG triggers taxi_training (docs/ARCHITECTURE.md)."""
+    from mlops.data_policy import policy_params
+
     failed = [check for check in result.get("checks", []) if not check.get("passed")]
     artifact = result.get("artifact") or {}
+    # The data policy for the retraining; its production data defaults to the very logs that drifted.
+    policy = {**({"production_logs": params["log_dir"]} if params.get("log_dir") else {}), **policy_params(params)}
     return {
         "trigger": {
             "kind": "drift_check",
@@ -248,9 +257,11 @@ def retraining_conf(result: Mapping[str, Any], params: Mapping[str, Any], monito
             "monitoring_run_id": monitoring_run_id,
             "window_start": result.get("window_start"),
             "window_end": result.get("window_end"),
+            "data_policy": policy,
         },
         "start": params.get("retrain_start") or DEFAULT_RETRAINING_WINDOW[0],
         "end": params.get("retrain_end") or DEFAULT_RETRAINING_WINDOW[1],
+        **policy,
     }
 
 
@@ -261,10 +272,14 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
     the conf for retraining. Exits with EXIT_NOTHING_TO_CHECK (a skipped task) when the window holds no logs.
     """
     with exit_on_user_error("check_drift"):
+        from mlops.data_policy import SINCE_SERVED_MODEL, retraining_policy
         from monitoring.monitor import run_monitoring
 
         params = _params(params_json)
         config = _load_config(config_path)
+        # A bad data policy param fails the run now, not at the next drift ("served_model" is resolved then).
+        retraining_policy(config, {**params, "production_since": None}
+                          if params.get("production_since") == SINCE_SERVED_MODEL else params)
         start, end = monitoring_window(params, interval_start, interval_end)
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         log_dir = Path(params["log_dir"]) if params.get("log_dir") else None
@@ -283,14 +298,27 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
         print(f"check_drift: {result.rows} predictions checked: "
               f"{'all checks passed' if passed else 'failed: ' + ', '.join(c.name for c in result.failed)}", flush=True)
         conf = None if passed else retraining_conf(document, params, run_id)
-        decision = None
+        decision = still_failing = None
         if conf is not None:
-            from mlops.retraining import RETRAIN, decide_retraining
+            from mlops.retraining import RETRAIN, check_still_failing, decide_retraining, served_data_end
 
-            decision = decide_retraining(
+            still_failing = check_still_failing(
                 config, run_id, model_name=result.model_name, served_version=result.model_version,
+                failed_checks=[check.name for check in result.failed], drift_check=result.artifact)
+            if still_failing is not None:
+                print(f"check_drift: {still_failing.message}", flush=True)
+
+            if conf.get("production_since") == SINCE_SERVED_MODEL:
+                since = served_data_end(steps_store(config, run_id), result.model_name, result.model_version)
+                conf["trigger"]["data_policy"]["production_since_resolved"] = since
+                conf["production_since"] = since or ""
+            # What the triggered run would learn from, under the policy it will be given.
+            policy = retraining_policy(config, conf)
+            first, last = policy.csv_window(*check_window(conf["start"], conf["end"]))
+            decision = decide_retraining(
+                policy.apply(config), run_id, model_name=result.model_name, served_version=result.model_version,
                 failed_checks=[check.name for check in result.failed],
-                csv_path=config.data.csv_path, start=conf["start"], end=conf["end"],
+                csv_path=config.data.csv_path, start=first.isoformat(), end=last.isoformat(),
                 drift_check=result.artifact)
             print(f"check_drift: {decision.message}", flush=True)
             if decision.action != RETRAIN:
@@ -302,7 +330,15 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
             "result": document,
             "training_conf": conf,
             "retraining": decision.to_json() if decision else None,
+            "still_failing": still_failing.to_json() if still_failing else None,
         }
+
+
+def steps_store(config: Any, run_id: str) -> Any:
+    """The ML Metadata store, opened the way the steps open it (the run's context)."""
+    from mlops import steps
+
+    return steps.open_run(config, run_id).run.store
 
 
 def _jsonable(value: Any) -> Any:

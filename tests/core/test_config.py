@@ -30,6 +30,7 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
         ({"metadata": {"backend": "oracle"}}, "metadata.backend must be sqlite, postgresql or mysql"),
         ({"metadata": {"backend": "mysql", "port": 70000}}, r"metadata.port must be in \[0, 65535\]"),
         ({"data": {"eval_buckets": 3}}, "data.eval_buckets"),
+        ({"data": {"production_since": "yesterday"}}, "data.production_since must be a date YYYY-MM-DD or empty"),
         ({"colour": "blue"}, r"config has unknown keys \['colour'\]"),
     ],
 )

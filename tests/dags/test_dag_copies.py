@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from core.config import ROLLOUT_APPROVAL_MODES, ServingConfig, TrainingConfig
+from core.config import ROLLOUT_APPROVAL_MODES, DataConfig, ServingConfig, TrainingConfig
 from mlops.airflow import launcher, rollout_tasks, tasks
+from mlops.data_policy import LABEL_POLICIES, POLICY_PARAMS
 from serving.rollout import DEFAULT_GATEWAY_URL, CanaryThresholds
 from tests.dags.conftest import DAG_IDS, DAGS_FOLDER, run_in_ml
 
@@ -103,11 +104,25 @@ def test_training_params_default_to_the_task_sides_window_and_hyperparameters(da
     assert (param_default(dagbag, "taxi_training", "start"),
             param_default(dagbag, "taxi_training", "end")) == tasks.DEFAULT_TRAINING_WINDOW
     hyperparameters = [name for name in dagbag.dags["taxi_training"].params
-                       if name not in ("start", "end", "csv_path", "trigger")]
+                       if name not in ("start", "end", "csv_path", "trigger", *POLICY_PARAMS)]
     assert hyperparameters == list(tasks.HYPERPARAMETERS)
     assert all(param_default(dagbag, "taxi_training", name) is None for name in hyperparameters)  # None = mlops.toml's
     # training_config() overrides these fields of the config.
     assert set(tasks.HYPERPARAMETERS) <= {field.name for field in dataclasses.fields(TrainingConfig)}
+
+
+@pytest.mark.parametrize("dag_id", ["taxi_training", "taxi_monitoring"])
+def test_both_dags_declare_the_data_policy_params_empty_so_the_config_decides(dagbag, dag_id):
+    declared = [name for name in dagbag.dags[dag_id].params if name in POLICY_PARAMS]
+    assert declared == list(POLICY_PARAMS)
+    assert all(param_default(dagbag, dag_id, name) in (None, "") for name in declared)  # empty = mlops.toml's
+    assert param_schema(dagbag, dag_id, "label_policy")["enum"] == [None, *LABEL_POLICIES]
+    assert all(DataConfig(label_policy=policy).label_policy == policy for policy in LABEL_POLICIES)  # the config's too
+    # The two DAG files carry one copy each (they cannot share a module): the same schema, bar the wording.
+    for name in POLICY_PARAMS:
+        schemas = [{k: v for k, v in param_schema(dagbag, dag, name).items() if k != "description"}
+                   for dag in ("taxi_training", "taxi_monitoring")]
+        assert schemas[0] == schemas[1], name
 
 
 def test_retraining_defaults_to_the_task_sides_window(dagbag):

@@ -25,7 +25,8 @@ EDGES = {
     # check_drift also feeds trigger_training (the conf) and no_retraining (the row count) through XCom.
     "taxi_monitoring": {("check_drift", "decide"), ("decide", "trigger_training"), ("decide", "no_retraining"),
                         ("decide", "no_new_data"), ("check_drift", "no_new_data"),
-                        ("check_drift", "trigger_training"), ("check_drift", "no_retraining")},
+                        ("check_drift", "trigger_training"), ("check_drift", "no_retraining"),
+                        ("decide", "still_failing"), ("check_drift", "still_failing")},
     "taxi_rollout": {("choose_action", "canary"), ("choose_action", "blue_green"), ("choose_action", "rollback"),
                      ("canary", "approval_required"), ("approval_required", "approve_promotion"),
                      ("approve_promotion", "promote_canary"), ("approve_promotion", "roll_back_canary")},
@@ -45,7 +46,7 @@ EDGES = {
 }
 TASKS = {
     "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push"},
-    "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data"},
+    "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data", "still_failing"},
     "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback", "approval_required", "approve_promotion",
                      "promote_canary", "roll_back_canary"},
     "taxi_batch_predict": {"score"},

@@ -128,6 +128,9 @@ def test_drift_without_new_data_is_raised_once_and_starts_no_training(workspace)
     repeated = xcom_value(again, "check_drift", "retraining")
     assert repeated["action"] == "already_raised" and repeated["execution_id"] == decision["execution_id"]
     assert triggered_training_runs() == before
+    # Metered once: the counter the alert metrics file exposes (Prometheus text format).
+    metrics = (workspace / "pipeline" / "metrics" / "retraining_alerts.prom").read_text()
+    assert 'mlops_retraining_alerts_total{decision="no_new_data"} 1\n' in metrics, metrics
 
 
 def test_the_triggered_training_run_records_the_drift_check_on_its_mlmd_context(workspace):

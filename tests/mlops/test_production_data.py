@@ -163,3 +163,31 @@ def test_new_labels_make_a_retraining_worth_starting_and_none_is_refused(product
     write_feedback(Path(log_dir), frame, ids, truth, dt.datetime.now(dt.timezone.utc), count=SERVED)  # labels for the rest
     changed = decide()
     assert changed.action == RETRAIN and set(changed.differences) == {"production"}, changed.message
+
+
+def test_the_evaluation_scores_the_held_out_recent_traffic_and_records_it(production_run):
+    """The production rows of the eval split (by request id) are held out of training and judged on their own."""
+    config, result, _, _, _, _ = production_run
+    production = result.outcomes["ingest"].results["production"]
+    evaluation = result.outcomes["evaluate"].outputs["evaluation"].properties["recent_traffic"]
+    evaluation = json.loads(evaluation) if isinstance(evaluation, str) else evaluation
+    assert evaluation["rows"] == production["split_counts"]["eval"] > 0
+    assert evaluation["pattern"].endswith("Split-eval/data-served-*")
+    assert set(evaluation["metrics"]) == {"candidate"}  # nothing was served before: no served model to compare
+    assert evaluation["reason"] in result.outcomes["evaluate"].summary
+    recorded = result.outcomes["evaluate"].results["recent_traffic"]
+    recorded = json.loads(recorded) if isinstance(recorded, str) else recorded
+    assert recorded["rows"] == evaluation["rows"] and recorded["passed"] is True
+    held_out = {parse_serialized(record, features.EXAMPLE_COLUMNS)[features.OBSERVED_LABEL_KEY] is not None
+                for record in _records(evaluation["pattern"])}
+    assert held_out == {True}  # only production rows
+
+
+def test_the_served_models_training_data_ends_with_its_production_window(production_run):
+    """What taxi_monitoring's `production_since: served_model` resolves to: later requests are new."""
+    from mlops.retraining import served_data_end
+
+    config, result, _, _, _, _ = production_run
+    window_end = result.outcomes["ingest"].results["production"]["window_end"]
+    assert served_data_end(connect(config.metadata), "taxi", result.outcomes["push"].results["version"]) == window_end[:10]
+    assert served_data_end(connect(config.metadata), "taxi", 99) is None

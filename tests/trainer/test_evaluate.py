@@ -301,3 +301,59 @@ def test_load_evaluation_reports_a_missing_or_broken_file(tmp_path: Path) -> Non
     (tmp_path / "evaluation.json").write_text('{"metrics": {}')
     with pytest.raises(DataError, match=r"not valid JSON at line 1"):
         ev.load_evaluation(tmp_path)
+
+
+# --- Held-out recent traffic ------------------------------------------------------------------------
+
+
+def _write_recent(root: Path, rows: list[dict[str, Any]], flip: bool) -> str:
+    """Production rows as served_source writes them (the label observed, no tips), under data-served-*."""
+    target = split_dir(root, "eval")
+    target.mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(target / "data-served-00000.tfrecord.gz"), options="GZIP") as writer:
+        for row in rows:
+            truth = bool(features.is_big_tipper(np.float32(row[features.TIPS_KEY]), np.float32(row[features.FARE_KEY])))
+            served = {**row, features.TIPS_KEY: None, features.OBSERVED_LABEL_KEY: int(truth != flip)}
+            writer.write(row_to_example(served).SerializeToString())
+    return str(target / "data-served-*")
+
+
+def test_recent_traffic_is_scored_for_both_models_and_can_refuse_a_blessing_on_its_own(
+    models: dict[str, Path], examples_dir: Path, eval_rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """The candidate beats the served (inverted) model on the eval split, but the recent traffic's labels
+    flipped (concept drift), and there it does worse than the served model by more than the tolerance."""
+    recent = _write_recent(tmp_path / "recent", eval_rows[:400], flip=True)
+    result = ev.evaluate_model(
+        models["good"], examples_dir, tmp_path / "out", config=EvaluationConfig(auc_floor=0.5, auc_tolerance=0.01),
+        baseline_model_dir=models["inverted"], baseline_label="v1 (serving)", recent_traffic=recent)
+    assert result.metrics["auc"] > result.baseline_metrics["auc"] and result.reasons[1].startswith("passed")
+    document = json.loads(result.evaluation_json.read_text())["recent_traffic"]
+    assert document["rows"] == 400 and set(document["metrics"]) == {"candidate", "v1 (serving)"}
+    good, served = document["metrics"]["candidate"]["auc"], document["metrics"]["v1 (serving)"]["auc"]
+    # Flipped labels: the AUC is the complement of the one on the true labels of the same rows.
+    unflipped = ev.evaluate_model(models["good"], tmp_path / "unflipped", tmp_path / "out2",
+                                  config=EvaluationConfig(auc_floor=0.5),
+                                  recent_traffic=_write_recent(tmp_path / "unflipped", eval_rows[:400], flip=False))
+    assert good == pytest.approx(1 - unflipped.recent_traffic["metrics"]["candidate"]["auc"], abs=1e-6)
+    assert good < served - 0.01  # the served (inverted) model ranks the flipped labels well
+    assert not result.blessed and document["passed"] is False
+    assert result.reasons[-1] == document["reason"] == (
+        f"failed: recent traffic (400 held-out labelled rows): candidate AUC {good:.5f} < v1 (serving) AUC "
+        f"{served:.5f} - auc_tolerance 0.01000 = {served - 0.01:.5f}")
+    page = result.report_html.read_text()
+    assert '<section id="recent-traffic">' in page and f"{good:.4f}" in page
+    assert unflipped.blessed and unflipped.recent_traffic["reason"].endswith("no served model to compare with")
+
+
+def test_too_little_recent_traffic_is_reported_but_does_not_judge(
+    models: dict[str, Path], examples_dir: Path, eval_rows: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    recent = _write_recent(tmp_path / "recent", eval_rows[:10], flip=True)
+    result = ev.evaluate_model(models["good"], examples_dir, tmp_path / "out", config=EvaluationConfig(auc_floor=0.5),
+                               baseline_model_dir=models["weaker"], recent_traffic=recent)
+    assert result.blessed and result.recent_traffic["rows"] == 10
+    assert result.reasons[-1] == f"recent traffic: 10 held-out labelled rows (< {ev.RECENT_MIN_ROWS}): reported, not judged"
+    nothing = ev.evaluate_model(models["good"], examples_dir, tmp_path / "out2", config=EvaluationConfig(auc_floor=0.5),
+                                recent_traffic=str(tmp_path / "none" / "data-served-*"))
+    assert nothing.blessed and nothing.recent_traffic["rows"] == 0
