@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from ml_metadata.proto import metadata_store_pb2
 
-from metadata.recorder import properties_of
+from metadata.recorder import ArtifactRef, properties_of
 from metadata.store import Store
 
 Event = metadata_store_pb2.Event
@@ -128,6 +128,15 @@ def find_pushed_model(store: Store, model_name: str, version: int) -> metadata_s
             f"no pushed model {model_name}:{version} in ML Metadata ({store.description}); known: {', '.join(known) or 'none'}"
         )
     return max(matches, key=lambda a: a.id)
+
+
+def pushed_model_ref(store: Store, model_name: str, version: int) -> ArtifactRef | None:
+    """`find_pushed_model` as the reference a step records as its input; None when that version was never pushed."""
+    try:
+        artifact = find_pushed_model(store, model_name, version)
+    except LineageNotFoundError:
+        return None
+    return ArtifactRef(artifact.id, "PushedModel", artifact.uri, properties_of(artifact))
 
 
 def model_lineage(store: Store, model_name: str, version: int) -> LineageGraph:

@@ -527,14 +527,10 @@ def current_model(ctx: StepContext) -> tuple[int, Path] | None:
 
 
 def pushed_model_artifact(ctx: StepContext, version: int) -> ArtifactRef | None:
-    from metadata.recorder import properties_of
+    """The run's model's pushed `version` (metadata.lineage.pushed_model_ref), None when never pushed."""
+    from metadata.lineage import pushed_model_ref
 
-    store = ctx.run.store
-    for artifact in store.get_artifacts_by_type("PushedModel"):
-        props = properties_of(artifact)
-        if props.get("model_name") == ctx.config.serving.model_name and props.get("version") == version:
-            return ArtifactRef(artifact.id, "PushedModel", artifact.uri, props)
-    return None
+    return pushed_model_ref(ctx.run.store, ctx.config.serving.model_name, version)
 
 
 def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, require_blessing: bool = True,

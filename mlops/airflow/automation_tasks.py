@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from mlops.airflow.tasks import _load_config, _params, exit_on_user_error, pipeline_run_id, trigger_of
+from mlops.airflow.tasks import load_task_config, task_params, exit_on_user_error, pipeline_run_id, trigger_of
 
 # The task ends with this code when there is nothing to do (no approval was asked): Airflow skips it.
 EXIT_NOTHING_TO_DO = 99
@@ -23,8 +23,8 @@ APPROVE = "Approve"  # airflow.providers.standard.operators.hitl.ApprovalOperato
 def _context(config_path: str, params_json: str) -> tuple[Any, Any, dict[str, Any]]:
     from mlops.automation import admin_client
 
-    config = _load_config(config_path)
-    params = _params(params_json)
+    config = load_task_config(config_path)
+    params = task_params(params_json)
     return config, admin_client(params.get("gateway_url") or None), params
 
 

@@ -14,7 +14,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mlops.airflow.tasks import _load_config, _params, exit_on_user_error, pipeline_run_id
+from mlops.airflow.tasks import load_task_config, task_params, exit_on_user_error, pipeline_run_id
 
 # What a reviewer may answer (monitoring.review_queue.REVIEW_OPTIONS; tests/dags/test_dag_copies.py
 # ties the DAG's copy to it).
@@ -52,8 +52,8 @@ def collect_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: 
     with exit_on_user_error("collect_cases"):
         from monitoring import review_queue as rq
 
-        params = _params(params_json)
-        config = _load_config(config_path)
+        params = task_params(params_json)
+        config = load_task_config(config_path)
         settings = _review_settings(config, params)
         start, end = review_window(params, settings.lookback_hours)
         log_dir = _log_dir(config, params)
@@ -87,8 +87,8 @@ def write_back_review_answer_task(*, config_path: str, dag_id: str, airflow_run_
         from monitoring import review_queue as rq
         from serving.rollout import gateway_url as resolve_gateway_url
 
-        params = _params(params_json)
-        config = _load_config(config_path)
+        params = task_params(params_json)
+        config = load_task_config(config_path)
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         ledger = rq.CaseLedger(rq.ledger_dir(config.pipeline_root))
         given = _review_answer(answer)
@@ -114,8 +114,8 @@ def close_review_cases_task(*, config_path: str, dag_id: str, airflow_run_id: st
     with exit_on_user_error("close_cases"):
         from monitoring import review_queue as rq
 
-        params = _params(params_json)
-        config = _load_config(config_path)
+        params = task_params(params_json)
+        config = load_task_config(config_path)
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         ledger = rq.CaseLedger(rq.ledger_dir(config.pipeline_root))
         given = [_review_answer(a) for a in answers if a]

@@ -28,10 +28,10 @@ def _announcement(action: str, config_path: str, dag_id: str, airflow_run_id: st
     from metadata.openlineage import step_events
     from metadata.openlineage_facets import PRODUCER, MlopsRolloutRunFacet
     from metadata.store import describe
-    from mlops.airflow.tasks import _load_config, _params, pipeline_run_id
+    from mlops.airflow.tasks import load_task_config, task_params, pipeline_run_id
     from serving.rollout import gateway_url
 
-    config, params = _load_config(config_path), _params(params_json)
+    config, params = load_task_config(config_path), task_params(params_json)
     events = step_events(config.pipeline_root, config.pipeline_name)
     return events.announced("Deploy", describe(config.metadata), pipeline_run_id(dag_id, airflow_run_id),
                             facets={"mlops_rollout": MlopsRolloutRunFacet(action=action, decision=None, producer=PRODUCER)},

@@ -25,10 +25,9 @@ from mlops.airflow.tasks import (
     DEFAULT_OBSERVE_SECONDS,
     ROLLOUT_ACTIONS,
     RolledBackError,
-    _jsonable,
-    _load_config,
-    _params,
-    _pushed_model,
+    xcom_jsonable,
+    load_task_config,
+    task_params,
     exit_on_user_error,
     gateway_client,
     newest_version,
@@ -105,12 +104,12 @@ def run_approval_outcome_task(outcome: str, *, config_path: str, dag_id: str, ai
 
         if outcome not in APPROVAL_OUTCOMES:
             raise DataError(f"outcome must be one of {list(APPROVAL_OUTCOMES)}, got {outcome!r}")
-        params = _params(params_json)
+        params = task_params(params_json)
         canary = _json_or_none(canary_json, "the canary task's result")
         answer = _json_or_none(answer_json, "the approval's answer")
         if not canary or canary.get("decision") != AWAITING_APPROVAL:
             raise DataError(f"{outcome} needs a canary awaiting approval; the canary task returned {canary!r}")
-        config = _load_config(config_path)
+        config = load_task_config(config_path)
         model, version, stable = config.serving.model_name, int(canary["version"]), canary.get("stable")
         ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
@@ -165,10 +164,10 @@ def run_rollout_task(action: str, *, config_path: str, dag_id: str, airflow_run_
         from mlops import steps
         from core.errors import DataError
 
-        params = _params(params_json)
+        params = task_params(params_json)
         if action not in ROLLOUT_ACTIONS:
             raise DataError(f"action must be canary, blue_green or rollback, got {action!r}")
-        config = _load_config(config_path)
+        config = load_task_config(config_path)
         model = config.serving.model_name
         ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
@@ -328,23 +327,25 @@ def _rollback(params: Mapping[str, Any], model: str, stable: int | None) -> dict
         reason = f"stable {model}:{restored_from} replaced by the previous stable {model}:{policy.get('stable_version')}"
     print(f"rollback: {reason}", flush=True)
     return {"decision": "rolled_back", "version": restored_from, "stable": policy.get("stable_version"),
-            "reasons": [f"manual rollback: {reason}"], "policy": _jsonable(policy)}
+            "reasons": [f"manual rollback: {reason}"], "policy": xcom_jsonable(policy)}
 
 
 def _record_deploy(ctx: Any, action: str, version: int | None, params: Mapping[str, Any],
                    decision: Mapping[str, Any]) -> dict[str, Any]:
     """A Deploy execution: input = the PushedModel (when known), results = the decision and its evidence."""
+    from metadata.lineage import pushed_model_ref
+
     config = ctx.config
     inputs = {}
-    pushed = _pushed_model(ctx.run.store, config.serving.model_name, version) if version is not None else None
+    pushed = pushed_model_ref(ctx.run.store, config.serving.model_name, version) if version is not None else None
     if pushed is not None:
         inputs["pushed_model"] = pushed
     parameters = {"action": action, **{k: v for k, v in params.items() if k not in ("trigger",)}}
     with ctx.run.step("Deploy", inputs, parameters, use_cache=False) as record:
         record.record(decision=decision["decision"], version=version, reasons=list(decision.get("reasons", [])),
-                      details=_jsonable({k: v for k, v in decision.items() if k not in ("evidence_markdown", "approval")}))
+                      details=xcom_jsonable({k: v for k, v in decision.items() if k not in ("evidence_markdown", "approval")}))
         if decision.get("approval"):
-            record.record(approval=_jsonable(decision["approval"]))
-    return {"execution_id": record.execution_id, "pushed_model_id": pushed.id if pushed else None, **_jsonable(dict(decision))}
+            record.record(approval=xcom_jsonable(decision["approval"]))
+    return {"execution_id": record.execution_id, "pushed_model_id": pushed.id if pushed else None, **xcom_jsonable(dict(decision))}
 
 

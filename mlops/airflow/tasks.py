@@ -109,13 +109,15 @@ def trigger_of(trigger_param: Mapping[str, Any] | None, run_type: str) -> Any:
     return Trigger(kind, details)
 
 
-def _load_config(config_path: str) -> Any:
+def load_task_config(config_path: str) -> Any:
+    """The validated config a DAG task runs with (its DAG's CONFIG_PATH; empty = the default lookup)."""
     from core.config import load_config
 
     return load_config(config_path or None)
 
 
-def _params(params_json: str | Mapping[str, Any]) -> dict[str, Any]:
+def task_params(params_json: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A run's params as the DAG hands them over (`{{ params | tojson }}` or a mapping), as a dict."""
     from core.errors import DataError
 
     if isinstance(params_json, Mapping):
@@ -170,9 +172,9 @@ def run_training_task(step: str, *, config_path: str, dag_id: str, airflow_run_i
             raise ValueError(f"unknown step {step!r}; steps: {steps.STEP_NAMES}")
         from mlops.data_policy import retraining_policy
 
-        params = _params(params_json)
+        params = task_params(params_json)
         start, end = check_window(params.get("start", ""), params.get("end", ""))
-        config = training_config(_load_config(config_path), params)
+        config = training_config(load_task_config(config_path), params)
         policy = retraining_policy(config, params)  # the data policy params over the config's [data]
         config, (start, end) = policy.apply(config), policy.csv_window(start, end)
         ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
@@ -275,8 +277,8 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
         from mlops.data_policy import SINCE_SERVED_MODEL, retraining_policy
         from monitoring.monitor import run_monitoring
 
-        params = _params(params_json)
-        config = _load_config(config_path)
+        params = task_params(params_json)
+        config = load_task_config(config_path)
         # A bad data policy param fails the run now, not at the next drift ("served_model" is resolved then).
         retraining_policy(config, {**params, "production_since": None}
                           if params.get("production_since") == SINCE_SERVED_MODEL else params)
@@ -287,7 +289,7 @@ def run_monitoring_task(*, config_path: str, dag_id: str, airflow_run_id: str, r
               f"{f' in {log_dir}' if log_dir else ''}", flush=True)
         result = run_monitoring(config, window_start=start, window_end=end, log_dir=log_dir, run_id=run_id,
                                 trigger=trigger_of(params.get("trigger"), run_type))
-        document = _jsonable(result.to_json())
+        document = xcom_jsonable(result.to_json())
         for check in result.checks:
             mark = "passed" if check.passed else "FAILED"
             print(f"check_drift:   {check.name:<24} {mark:<7} value={check.value} threshold={check.threshold}", flush=True)
@@ -341,9 +343,10 @@ def steps_store(config: Any, run_id: str) -> Any:
     return steps.open_run(config, run_id).run.store
 
 
-def _jsonable(value: Any) -> Any:
+def xcom_jsonable(value: Any) -> Any:
     """Plain JSON types only (XCom is JSON): dates as ISO text, paths as strings, NaN as None."""
     return json.loads(json.dumps(value, default=str), parse_constant=lambda _: None)
+
 
 def gateway_client(params: Mapping[str, Any]) -> Any:
     """The gateway admin client; the token comes from the environment, never from a DAG param."""
@@ -357,16 +360,6 @@ def gateway_client(params: Mapping[str, Any]) -> Any:
         raise DataError("MLOPS_GATEWAY_ADMIN_TOKEN is not set in Airflow's environment: the rollout needs the "
                         "gateway's admin token (set it before `python -m mlops.airflow start`)")
     return GatewayAdminClient(url, token)
-
-
-def _pushed_model(store: Any, model_name: str, version: int) -> Any:
-    from metadata.recorder import ArtifactRef, properties_of
-
-    for artifact in store.get_artifacts_by_type("PushedModel"):
-        props = properties_of(artifact)
-        if props.get("model_name") == model_name and props.get("version") == version:
-            return ArtifactRef(artifact.id, "PushedModel", artifact.uri, props)
-    return None
 
 
 def serving_labels(config: Any) -> dict[str, int]:
@@ -417,8 +410,8 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         from mlops import steps
         from core.errors import DataError
 
-        params = _params(params_json)
-        config = _load_config(config_path)
+        params = task_params(params_json)
+        config = load_task_config(config_path)
         model = config.serving.model_name
         run_id = pipeline_run_id(dag_id, airflow_run_id)
         if params.get("model_version") not in (None, ""):
@@ -438,7 +431,9 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         _ensure_batch_types(ctx.run.store)
         raw = steps.register_raw_data(ctx, csv_path)
         inputs = {"raw_data": raw}
-        pushed = _pushed_model(ctx.run.store, model, version)
+        from metadata.lineage import pushed_model_ref
+
+        pushed = pushed_model_ref(ctx.run.store, model, version)
         if pushed is not None:
             inputs["pushed_model"] = pushed
         parameters = {"model_name": model, "model_version": version,
@@ -454,6 +449,6 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         print(f"score: {result.rows_scored} of {result.rows_read} rows scored ({result.rows_rejected} rejected), "
               f"positive rate {result.positive_rate}, predictions in {output}", flush=True)
         return {"execution_id": record.execution_id, "model_version": version, "output_path": str(output),
-                **_jsonable(dataclasses.asdict(result))}
+                **xcom_jsonable(dataclasses.asdict(result))}
 
 

@@ -144,12 +144,12 @@ def _task_recording(decision):
     from mlops import steps
     from mlops.airflow.rollout_lineage import emits_rollout_lineage
     from mlops.airflow.rollout_tasks import _record_deploy
-    from mlops.airflow.tasks import _load_config, exit_on_user_error, pipeline_run_id
+    from mlops.airflow.tasks import load_task_config, exit_on_user_error, pipeline_run_id
 
     @emits_rollout_lineage
     def task(action, *, config_path, dag_id, airflow_run_id, run_type, params_json):
         with exit_on_user_error(action):
-            ctx = steps.open_run(_load_config(config_path), pipeline_run_id(dag_id, airflow_run_id), Trigger("manual"),
+            ctx = steps.open_run(load_task_config(config_path), pipeline_run_id(dag_id, airflow_run_id), Trigger("manual"),
                                  airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
             decided = decision(ctx)
             return _record_deploy(ctx, action, decided["version"], params_json, decided)
