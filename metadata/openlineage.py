@@ -5,7 +5,8 @@ with its output datasets or FAIL with the error when it closes; a reused step se
 Transport: the openlineage-python client's own configuration when there is one (`OPENLINEAGE_URL`,
 `OPENLINEAGE_CONFIG`, `./openlineage.yml`, `~/.openlineage/openlineage.yml`,
 `OPENLINEAGE__TRANSPORT__*`, or `OPENLINEAGE_DISABLED=true`); otherwise a file transport that
-appends one JSON event per line to `<pipeline_root>/openlineage/events.jsonl`.
+appends one JSON event per line to `<pipeline_root>/openlineage/events.jsonl`
+(core/openlineage_transport.py: the launcher points Airflow's OpenLineage provider at the same file).
 
 Names: job namespace `mlops-suite`, job `<pipeline>.<step>` (the MLMD execution type, lower case);
 the run id is a UUID derived from the store and the MLMD execution id. The `parent` facet names the
@@ -36,8 +37,13 @@ from openlineage.client.generated.error_message_run import ErrorMessageRunFacet
 from openlineage.client.generated.parent_run import Job as ParentJob
 from openlineage.client.generated.parent_run import ParentRunFacet
 from openlineage.client.generated.parent_run import Run as ParentRun
-from openlineage.client.transport.file import FileConfig, FileTransport
 
+from core.openlineage_transport import (  # noqa: F401 - re-exported: where events go by default
+    DEFAULT_EVENTS_FILE,
+    NAMESPACE,
+    default_transport,
+    user_configured,
+)
 from core.version import code_version
 from metadata.openlineage_airflow import current_task_run
 from metadata.openlineage_facets import (  # noqa: F401 - re-exported: the names every event uses
@@ -54,26 +60,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "mlops-suite"
-DEFAULT_EVENTS_FILE = Path("openlineage") / "events.jsonl"  # below the pipeline root
 _IDS = uuid.UUID("6f0b7a34-5d1e-4c52-9a55-2f6b0c1d9e11")  # uuid5 namespace of this project's run ids
-
-
-def user_configured(environ: Any = os.environ) -> bool:
-    """Whether OpenLineage's own configuration says where events go (see the module docstring)."""
-    if any(environ.get(name) for name in ("OPENLINEAGE_URL", "OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED")):
-        return True
-    if any(name.startswith("OPENLINEAGE__TRANSPORT") for name in environ):
-        return True
-    return Path("openlineage.yml").is_file() or (Path.home() / ".openlineage" / "openlineage.yml").is_file()
 
 
 def default_client(pipeline_root: Path) -> OpenLineageClient:
     if user_configured():
         return OpenLineageClient()
-    events_file = pipeline_root / DEFAULT_EVENTS_FILE
-    events_file.parent.mkdir(parents=True, exist_ok=True)
-    return OpenLineageClient(transport=FileTransport(FileConfig(log_file_path=str(events_file), append=True)))
+    transport = default_transport(pipeline_root)
+    Path(transport["log_file_path"]).parent.mkdir(parents=True, exist_ok=True)
+    return OpenLineageClient(config={"transport": transport})
 
 
 def run_uuid(store_description: str, kind: str, key: Any) -> str:

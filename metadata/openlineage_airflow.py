@@ -6,8 +6,9 @@ per task instance, job `<dag_id>.<task_id>` in the namespace `[openlineage] name
 (`AIRFLOW__OPENLINEAGE__NAMESPACE`, else `$OPENLINEAGE_NAMESPACE`, else `default`), run id
 `generate_static_uuid(instant=logical date or run_after, data="<namespace>.<dag_id>.<task_id>.<try>.<map_index>")`
 (the provider's `OpenLineageAdapter.build_task_instance_run_id` and its `lineage_run_id` macro).
-The provider is not in requirements/airflow.lock, so these ids are derived here the same documented
-way; once a platform team installs it, its task events and ours name the same run.
+The provider runs in the Airflow environment (requirements/airflow.lock), not in the ML runtime where
+our steps run, so these ids are derived here the same documented way; its task events and ours name
+the same run (tests/dags/test_openlineage_parent.py checks it against the provider's own events).
 
 A step learns which task runs it from the variables Airflow exports to every task's environment
 before it executes (`AIRFLOW_CTX_DAG_ID`, `_TASK_ID`, `_TRY_NUMBER`, `_LOGICAL_DATE`,

@@ -4,7 +4,8 @@ Airflow 3 lives in its own environment (`.venvs/airflow`, see /work/shared/STACK
 only spawns it, so it runs from the ML environment or any plain Python (stdlib and core only).
 Everything Airflow needs is set in one place, `airflow_env()`: `AIRFLOW_HOME=<repo>/airflow_home`,
 `dags/` as the DAGs folder, no example DAGs, the API on 127.0.0.1, the ML runtime's python for
-the tasks (`MLOPS_ML_PYTHON`), the project config (`MLOPS_CONFIG`). The admin login is the one
+the tasks (`MLOPS_ML_PYTHON`), the project config (`MLOPS_CONFIG`), the OpenLineage provider's namespace
+and transport (`openlineage_env`). The admin login is the one
 Airflow's simple auth manager generates into `$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`.
 """
 
@@ -23,7 +24,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from core import openlineage_transport
 from core.atomic import write_text
+from core.config import ConfigError, load_config
 from mlops.airflow import celery_cluster
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +127,39 @@ def airflow_env(layout: AirflowLayout, port: int, base: Mapping[str, str] | None
     # The DAGs are this project's: active from the start (monitoring hourly, rollout after each
     # push), unless the caller chose otherwise in Airflow's own variable.
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    env.update(openlineage_env(env))
     return env
+
+
+_PROVIDER_TRANSPORT_SETTINGS = ("AIRFLOW__OPENLINEAGE__TRANSPORT", "AIRFLOW__OPENLINEAGE__CONFIG_PATH",
+                                "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID", "AIRFLOW__OPENLINEAGE__DISABLED")
+
+
+def openlineage_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Airflow's OpenLineage provider settings, so its task events join ours (metadata/openlineage_airflow.py).
+
+    Namespace: ours (`mlops-suite`) unless one was chosen. Transport: OpenLineage's own configuration
+    when there is one (`OPENLINEAGE_URL` ...: the provider and our steps read it alike) or the
+    provider's was set; else the file our steps write by default (core/openlineage_transport.py),
+    below the pipeline root of the project config. Without a readable config nothing is set and the
+    provider stays disabled (it disables itself, silently, when no transport is configured).
+    """
+    settings: dict[str, str] = {}
+    if not (env.get("AIRFLOW__OPENLINEAGE__NAMESPACE") or env.get("OPENLINEAGE_NAMESPACE")):
+        settings["AIRFLOW__OPENLINEAGE__NAMESPACE"] = openlineage_transport.NAMESPACE
+    if openlineage_transport.user_configured(env) or any(env.get(name) for name in _PROVIDER_TRANSPORT_SETTINGS):
+        return settings
+    try:
+        config = load_config(env[CONFIG_ENV])
+    except (ConfigError, OSError, KeyError):
+        return settings  # `mlops doctor` and the task itself say what is wrong with the config
+    transport = openlineage_transport.default_transport(config.pipeline_root)
+    try:  # the file transport opens the file but makes no folder; a task may run before any step made it
+        Path(transport["log_file_path"]).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return settings
+    settings["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(transport)
+    return settings
 
 
 def base_url(port: int) -> str:

@@ -6,6 +6,7 @@ It runs in the Airflow environment on purpose: the package must stay importable 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -140,3 +141,24 @@ def test_start_with_the_celery_executor_on_sqlite_is_refused_before_anything_sta
     standalone = subprocess.run([os.sys.executable, "-m", "mlops.airflow", "standalone"], capture_output=True, text=True,
                                 cwd=PROJECT_ROOT, env=env, timeout=120)
     assert standalone.returncode == 1 and "runs the LocalExecutor only" in standalone.stderr
+
+
+def test_airflow_s_openlineage_provider_writes_where_our_steps_do_unless_openlineage_is_configured(tmp_path):
+    config = tmp_path / "mlops.toml"
+    config.write_text('pipeline_root = "pipe"\n')
+    layout = AirflowLayout(root=PROJECT_ROOT)
+    env = airflow_env(layout, 9000, base={"MLOPS_CONFIG": str(config), "HOME": str(tmp_path)})
+    assert env["AIRFLOW__OPENLINEAGE__NAMESPACE"] == "mlops-suite"  # the namespace of our jobs
+    assert json.loads(env["AIRFLOW__OPENLINEAGE__TRANSPORT"]) == {
+        "type": "file", "log_file_path": str(tmp_path / "pipe" / "openlineage" / "events.jsonl"), "append": True}
+    assert (tmp_path / "pipe" / "openlineage").is_dir()  # the file transport makes no folder
+    # OpenLineage's own configuration (read by the provider and our steps alike) or the provider's is left alone.
+    for chosen in ({"OPENLINEAGE_URL": "http://marquez:5000"}, {"OPENLINEAGE__TRANSPORT__TYPE": "console"},
+                   {"OPENLINEAGE_DISABLED": "true"}, {"AIRFLOW__OPENLINEAGE__TRANSPORT": '{"type": "console"}'}):
+        kept = airflow_env(layout, 9000, base={"MLOPS_CONFIG": str(config), "HOME": str(tmp_path), **chosen})
+        assert kept.get("AIRFLOW__OPENLINEAGE__TRANSPORT") == chosen.get("AIRFLOW__OPENLINEAGE__TRANSPORT"), chosen
+    named = airflow_env(layout, 9000, base={"MLOPS_CONFIG": str(config), "OPENLINEAGE_NAMESPACE": "prod"})
+    assert "AIRFLOW__OPENLINEAGE__NAMESPACE" not in named
+    # No readable project config: no transport, so the provider disables itself (quietly).
+    missing = airflow_env(layout, 9000, base={"MLOPS_CONFIG": str(tmp_path / "missing.toml")})
+    assert "AIRFLOW__OPENLINEAGE__TRANSPORT" not in missing

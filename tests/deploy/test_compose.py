@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -755,12 +756,17 @@ def test_the_ml_runtime_reads_that_setting_as_an_http_transport_to_marquez(linea
     from metadata import openlineage
 
     environment = services(lineage_model)["airflow-scheduler"]["environment"]
+    before = {name for name in os.environ if name.startswith("OPENLINEAGE")}
     with pytest.MonkeyPatch.context() as patch:
         for name in ("OPENLINEAGE_CONFIG", "OPENLINEAGE_DISABLED", "OPENLINEAGE__TRANSPORT"):
             patch.delenv(name, raising=False)
         patch.setenv("OPENLINEAGE_URL", environment["OPENLINEAGE_URL"])
         assert openlineage.user_configured()
         transport = openlineage.default_client(Path("/nonexistent")).transport
+    # The client writes OPENLINEAGE__TRANSPORT__* into os.environ when it reads OPENLINEAGE_URL; monkeypatch
+    # cannot undo what it did not set, and left over they turn the file default off for later tests.
+    for name in {name for name in os.environ if name.startswith("OPENLINEAGE")} - before:
+        del os.environ[name]
     assert transport.kind == "http" and transport.url == "http://marquez-api:5000"
 
 
