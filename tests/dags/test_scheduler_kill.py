@@ -42,6 +42,7 @@ pytestmark = pytest.mark.slow
 STEPS = ("ingest", "clean", "validate", "transform", "train", "evaluate", "push")
 # A small sample over the whole span of the data; train long enough that a kill can land in a step.
 CONF = {"start": "2013-01-01", "end": "2017-01-01", "train_steps": 1500}
+ROW_FILE_ENV = "MLOPS_FAULT_ROW_FILE"
 HEARTBEAT_TIMEOUT = 30  # seconds without a task heartbeat before the scheduler fails the try (default 300)
 
 
@@ -58,6 +59,9 @@ def session_members(session_id: int) -> list[int]:
 
 
 def group_alive(group: int) -> bool:
+    """The group has a live process (its leader, when it is our child, is reaped first: a zombie counts for killpg)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(group, os.WNOHANG)
     try:
         os.killpg(group, 0)
     except ProcessLookupError:
@@ -80,6 +84,20 @@ class SchedulerKill:
     rerun_logs: dict[str, list[str]]
     orphans_after_run: list[int]
     timings: dict[str, float]
+
+
+    def reused(self) -> list[str]:
+        return [step for step, lines in self.rerun_logs.items() if any(f"{step}: reused in" in line for line in lines)]
+
+    def row(self) -> dict[str, object]:
+        """The fault table's row (benchmarks/fault_table.py: FaultRow's fields; "sent" = steps, "answered" = succeeded)."""
+        victim_tries = ", ".join(f"try {n} {state}" for n, state in self.tries.get(self.victim, []))
+        return {"fault": "Airflow scheduler SIGKILL (its process group), LocalExecutor",
+                "when": f"during {self.victim} of taxi_training, {self.timings['killed_after']:.0f} s into the run",
+                "sent": len(STEPS), "answered": sum(1 for s in STEPS if self.tries.get(s, [(0, "")])[-1][1] == "success"),
+                "logged": None, "lost": None, "recover_s": self.timings["run_finished_after_kill"],
+                "user_saw": f"run {self.state} ({self.victim}: {victim_tries}); a new scheduler restarted it; "
+                            f"rerun {self.rerun_state}, reused {self.reused()}"}
 
 
 def airflow_db_rows(home: Path, sql: str, *params) -> list[tuple]:
@@ -176,6 +194,8 @@ def scheduler_kill(tmp_path_factory: pytest.TempPathFactory) -> SchedulerKill:
                    "rerun": time.monotonic() - finished_at}
         outcome = SchedulerKill(config, run_id, rerun_id, victim, finished_before, left_running, state, rerun_state, tries,
                                 failure_lines, rerun_logs, orphans_after_run, timings)
+        if os.environ.get(ROW_FILE_ENV):  # benchmarks/fault_table.py reads it
+            Path(os.environ[ROW_FILE_ENV]).write_text(json.dumps(outcome.row()))
         print(f"\nscheduler kill: victim {victim}, finished before {finished_before}, run {state}, tries {tries}, "
               f"orphans at the kill {left_running}, still alive when the run ended {orphans}, "
               f"timings {json.dumps({k: round(v) for k, v in timings.items()})}")
