@@ -60,7 +60,8 @@ class Soak(LoggedAnswers):
         return FaultRow(
             f"soak {self.seconds:.0f} s, 4 clients, canary ramp + rollback + ramp", "; ".join(self.actions),
             len(self.answers), len(answered), len(answered) - len(self.lost), len(self.lost), None,
-            f"RSS {self.samples[0][1] / 1024:.0f} MiB, +{self.rss_growth_mib:.1f} MiB at most; open fds "
+            f"RSS {self.samples[0][1] / 1024:.0f} MiB, +{self.rss_growth_mib:.1f} MiB at most "
+            f"({self.samples[len(self.samples) // 2][1] / 1024:.0f} MiB at half time, {self.samples[-1][1] / 1024:.0f} at the end); open fds "
             f"{self.samples[0][2]} -> {self.samples[-1][2]}; p99 {self.p99_ms(0):.1f} ms then {self.p99_ms(1):.1f} ms")
 
 
