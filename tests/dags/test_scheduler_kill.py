@@ -8,11 +8,15 @@ task supervisors. The task runner (Airflow puts it in a process group of its own
 process it started are not signalled; they are orphaned and lose the supervisor that heartbeats
 for them. Then a new scheduler starts, as an operator or a process manager would start it.
 
-What holds: the run ends (success, or failed with a reason in the failed task's log); the
-interrupted step is tried again under a new try number and the steps that had finished are not
+What holds: the run ends (success, or failed with a reason in the failed task's log); the new
+scheduler resets the dead one's running task instance (`orphaned_tasks_check_interval`) and the
+interrupted step is tried again under a new try number, while the steps that had finished are not
 rerun; a second run with the same params reuses every step (the task logs say "<step>: reused",
-and MLMD records CACHED executions). Every process started here (the orphans too, found by their
-session) is ended at the end.
+and MLMD records CACHED executions); no execution is left RUNNING. The orphaned ML process goes
+on and may finish its step beside the retry (seen: two COMPLETE executions of the step): each
+writes its own temp directory renamed into place, so the outputs are whole either way. The orphans
+end by themselves; every process started here (orphans too, found by their session) is ended at
+the end.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class SchedulerKill:
     failure_lines: list[str]  # the failing task's explain_failure line, if the run failed
     rerun_logs: dict[str, list[str]]
     orphans_after_run: list[int]
+    executions: list[dict[str, str]]  # every MLMD execution after the rerun, in order: type, state
     timings: dict[str, float]
 
 
@@ -97,7 +102,8 @@ class SchedulerKill:
                 "sent": len(STEPS), "answered": sum(1 for s in STEPS if self.tries.get(s, [(0, "")])[-1][1] == "success"),
                 "logged": None, "lost": None, "recover_s": self.timings["run_finished_after_kill"],
                 "user_saw": f"run {self.state} ({self.victim}: {victim_tries}); a new scheduler restarted it; "
-                            f"rerun {self.rerun_state}, reused {self.reused()}"}
+                            f"rerun {self.rerun_state}, reused {self.reused()}; MLMD: "
+                            f"{', '.join(e['type'] + ' ' + e['state'] for e in self.executions)}"}
 
 
 def airflow_db_rows(home: Path, sql: str, *params) -> list[tuple]:
@@ -190,10 +196,20 @@ def scheduler_kill(tmp_path_factory: pytest.TempPathFactory) -> SchedulerKill:
         rerun_state = wait_for(lambda: run_state(rerun_id), "the rerun to finish", timeout=1800, interval=3)
         rerun_logs = {ti["task_id"]: client.task_log("taxi_training", rerun_id, ti["task_id"], ti["try_number"])
                       for ti in client.task_instances("taxi_training", rerun_id) if ti["try_number"]}
+        executions = run_in_ml(
+            """
+            import json, sys
+            from core.config import load_config
+            from metadata.store import connect
+            store = connect(load_config(sys.argv[1]).metadata)
+            types = {t.id: t.name for t in store.get_execution_types()}
+            print(json.dumps([{"type": types[e.type_id], "state": e.State.Name(e.last_known_state)}
+                              for e in sorted(store.get_executions(), key=lambda e: e.id)]))
+            """, str(config))
         timings = {"killed_after": killed_at - began, "run_finished_after_kill": finished_at - killed_at,
                    "rerun": time.monotonic() - finished_at}
         outcome = SchedulerKill(config, run_id, rerun_id, victim, finished_before, left_running, state, rerun_state, tries,
-                                failure_lines, rerun_logs, orphans_after_run, timings)
+                                failure_lines, rerun_logs, orphans_after_run, executions, timings)
         if os.environ.get(ROW_FILE_ENV):  # benchmarks/fault_table.py reads it
             Path(os.environ[ROW_FILE_ENV]).write_text(json.dumps(outcome.row()))
         print(f"\nscheduler kill: victim {victim}, finished before {finished_before}, run {state}, tries {tries}, "
@@ -240,14 +256,15 @@ def test_a_rerun_reuses_every_finished_step(scheduler_kill):
         if step == "push":
             continue  # push says "already pushed as" (below)
         assert any(f"{step}: reused in" in line for line in scheduler_kill.rerun_logs[step]), (step, scheduler_kill.rerun_logs[step][-15:])
-    cached = run_in_ml(
-        """
-        import json, sys
-        from core.config import load_config
-        from metadata.store import connect
-        store = connect(load_config(sys.argv[1]).metadata)
-        types = {t.id: t.name for t in store.get_execution_types()}
-        print(json.dumps(sorted({types[e.type_id] for e in store.get_executions()
-                                 if e.State.Name(e.last_known_state) == "CACHED"})))
-        """, str(scheduler_kill.config))
-    assert len(cached) >= len([s for s in finished if s != "push"]), cached
+    cached = {e["type"] for e in scheduler_kill.executions if e["state"] == "CACHED"}
+    assert len(cached) >= len([s for s in finished if s != "push"]), scheduler_kill.executions
+
+
+def test_no_execution_is_left_running_and_the_orphan_recorded_its_step_whole_or_not_at_all(scheduler_kill):
+    states = [(e["type"], e["state"]) for e in scheduler_kill.executions]
+    assert not [e for e in states if e[1] == "RUNNING"], states
+    # The orphaned try's ML process may finish its step beside the retry: both record it, each output
+    # directory renamed into place whole (mlops.steps: atomic_directory), never a mix.
+    victim_type = scheduler_kill.victim.capitalize()
+    assert [state for kind, state in states if kind == victim_type][:2] in (["COMPLETE", "COMPLETE"], ["FAILED", "COMPLETE"],
+                                                                          ["COMPLETE", "CACHED"]), states
