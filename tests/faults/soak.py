@@ -49,6 +49,11 @@ class Soak(LoggedAnswers):
     def fd_growth(self) -> int:
         return self.samples[-1][2] - self.samples[0][2]
 
+    def rss_trend(self, points: int = 10) -> str:
+        """Resident memory at `points` moments spread over the sampled time: flat, settling or growing."""
+        step = max(1, len(self.samples) // points)
+        return ", ".join(f"{t:.0f} s {kib / 1024:.0f}" for t, kib, _ in [*self.samples[::step], self.samples[-1]]) + " MiB"
+
     def p99_ms(self, half: int) -> float:
         ok = [a for a in self.answers if a.status == 200]
         middle = ok[0].sent_at + self.seconds / 2
@@ -60,8 +65,7 @@ class Soak(LoggedAnswers):
         return FaultRow(
             f"soak {self.seconds:.0f} s, 4 clients, canary ramp + rollback + ramp", "; ".join(self.actions),
             len(self.answers), len(answered), len(answered) - len(self.lost), len(self.lost), None,
-            f"RSS {self.samples[0][1] / 1024:.0f} MiB, +{self.rss_growth_mib:.1f} MiB at most "
-            f"({self.samples[len(self.samples) // 2][1] / 1024:.0f} MiB at half time, {self.samples[-1][1] / 1024:.0f} at the end); open fds "
+            f"RSS +{self.rss_growth_mib:.1f} MiB at most after the warm-up ({self.rss_trend()}); open fds "
             f"{self.samples[0][2]} -> {self.samples[-1][2]}; p99 {self.p99_ms(0):.1f} ms then {self.p99_ms(1):.1f} ms")
 
 
