@@ -20,6 +20,7 @@ from tests.serving.gateway.helpers import ADMIN_TOKEN, CANARY_VERSION, MODEL, ST
 STEPS = ((0.15, "canary 10 %"), (0.3, "share 25 %"), (0.45, "share 50 %"), (0.5, "rollback"),
          (0.65, "canary 10 %"), (0.8, "share 50 %"))
 WARM_UP_FRACTION = 0.1
+RECENT_REQUESTS = 5_000  # a few seconds of this load
 
 
 def _rss_kib(pid: int) -> int:
@@ -73,7 +74,14 @@ def soak(model_server: Any, model_root: Path, work: Path, *, seconds: float = 60
     work.mkdir(parents=True, exist_ok=True)
     config = write_model_config(work / "models.config", model_root, served=[STABLE_VERSION, CANARY_VERSION],
                                 stable=STABLE_VERSION, canary=None)
-    gateway = Gateway(model_server, config, work / "logs", work / "state.json", work / "gateway.stderr")
+    # The gateway keeps, by design, the last `recent_requests` request ids (the feedback hint) and
+    # `stats_max_window_s` of outcomes per label (the rollout's evidence): bounded, but the defaults
+    # (200,000 ids, 1 h) hold ~380 B per request and take longer than 10 minutes of this load to fill
+    # (~75 MiB by then), growth a leak check cannot tell from a leak. Caps that fill within the
+    # warm-up leave only a leak to see.
+    caps = {"MLOPS_GATEWAY_RECENT_REQUESTS": str(RECENT_REQUESTS),
+            "MLOPS_GATEWAY_STATS_MAX_WINDOW_S": str(max(1.0, WARM_UP_FRACTION * seconds))}
+    gateway = Gateway(model_server, config, work / "logs", work / "state.json", work / "gateway.stderr", env=caps)
     admin = GatewayAdminClient(gateway.url, ADMIN_TOKEN)
     do = {"canary 10 %": lambda: admin.set_canary(MODEL, CANARY_VERSION, 0.1),
           "share 25 %": lambda: admin.set_share(MODEL, 0.25), "share 50 %": lambda: admin.set_share(MODEL, 0.5),
