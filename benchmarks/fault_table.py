@@ -6,7 +6,8 @@ Each row says what was killed or broken and when, the requests sent / answered 2
 request log / answered but missing from it (lost), how long the system took to serve again
 (recover, seconds), and what a user saw. The scenarios are the tests' own
 (tests/faults/scenarios.py, tests/faults/metadata_scenarios.py): real processes, `kill -9`,
-a real PostgreSQL crashed with `pg_ctl -m immediate`. For pipeline rows, "sent" is the step
+a real PostgreSQL crashed with `pg_ctl -m immediate`, Airflow's scheduler SIGKILLed with its process
+group (tests/dags/test_scheduler_kill.py, run with the Airflow environment's pytest). For pipeline rows, "sent" is the step
 executions recorded and "answered" those COMPLETE or reused. Recovery times are measured on
 whatever machine runs this; on a shared 2-core machine they move by a second or more.
 """
@@ -84,6 +85,25 @@ def _metadata_restart(work: Path) -> list:
     return [metadata_restart(work, lambda metadata: dataclasses.replace(small_config(work), metadata=metadata)).row()]
 
 
+def _scheduler_kill(work: Path) -> list:
+    """tests/dags/test_scheduler_kill.py in the Airflow environment (Airflow is not importable here);
+    its fixture writes the row to MLOPS_FAULT_ROW_FILE."""
+    import json
+    import subprocess
+
+    from tests.faults.scenarios import FaultRow
+
+    airflow_python = PROJECT_ROOT / ".venvs" / "airflow" / "bin" / "python"
+    row_file = work / "row.json"
+    run = subprocess.run([str(airflow_python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(work / "pytest"),
+                          "tests/dags/test_scheduler_kill.py"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         env={**os.environ, "MLOPS_FAULT_ROW_FILE": str(row_file)})
+    if not row_file.exists():
+        print(f"scheduler_kill produced no row (pytest exit {run.returncode}):\n{run.stdout[-3000:]}", file=sys.stderr)
+        return []
+    return [FaultRow(**json.loads(row_file.read_text()))]
+
+
 def scenarios(model_root: Path, rounds: int, soak_seconds: float) -> dict[str, Callable[[Path], list]]:
     from tests.faults import scenarios as s
 
@@ -95,6 +115,7 @@ def scenarios(model_root: Path, rounds: int, soak_seconds: float) -> dict[str, C
         "corrupt_version": lambda work: [o.row() for o in s.corrupt_versions(model_root, work)],
         "concurrent_push": lambda work: [s.concurrent_pushes(model_root, work, pushers=2, rounds=3).row()],
         "metadata_restart": _metadata_restart,
+        "scheduler_kill": _scheduler_kill,
         "soak": lambda work: _soak(model_root, work, soak_seconds),
     }
 

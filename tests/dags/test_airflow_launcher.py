@@ -20,6 +20,7 @@ from mlops.airflow.launcher import (
     admin_password,
     airflow_env,
     airflow_port,
+    ensure_admin_password,
     login_banner,
     read_process_groups,
 )
@@ -63,7 +64,21 @@ def test_the_admin_password_is_read_from_the_file_airflow_generates(tmp_path):
         admin_password(layout)
     layout.password_file.write_text('{"admin": "s3cret"}')
     assert admin_password(layout) == "s3cret"
-    assert "admin / s3cret" in login_banner(layout, 8080)
+    assert "admin / s3cret" in login_banner(layout, 8080, show_password=True)
+    # Captured output (pytest's here, a CI log, `make run > file`) names the file, not the password.
+    assert "s3cret" not in login_banner(layout, 8080) and str(layout.password_file) in login_banner(layout, 8080)
+
+
+def test_the_admin_password_is_written_before_airflow_starts_so_airflow_never_prints_it(tmp_path):
+    layout = AirflowLayout(root=PROJECT_ROOT, home_override=tmp_path / "home")
+    ensure_admin_password(layout)
+    password = admin_password(layout)
+    assert len(password) >= 16 and layout.password_file.stat().st_mode & 0o777 == 0o600
+    ensure_admin_password(layout)
+    assert admin_password(layout) == password  # kept: it is the login of an existing Airflow
+    layout.password_file.write_text('{"viewer": "v1ewer-pw"}')
+    ensure_admin_password(layout)
+    assert json.loads(layout.password_file.read_text())["viewer"] == "v1ewer-pw" and admin_password(layout) != password
 
 
 def test_the_command_line_refuses_bad_conf_before_touching_airflow(tmp_path):

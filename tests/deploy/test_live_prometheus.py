@@ -27,6 +27,7 @@ from serving.gateway.config import ModelPolicy
 from tests.deploy.conftest import PROJECT_ROOT
 from tests.deploy.test_compose import dashboards, panels_of
 from tests.fixtures.polling import poll_until
+from tests.fixtures.prometheus import running_prometheus
 from tests.fixtures.servers import free_port
 from tests.serving.conftest import (  # noqa: F401 - the serving tests' fixtures, used here by name
     gateway_config_file,
@@ -97,15 +98,7 @@ def prometheus(model_server: Any, start_gw: Any, tmp_path: Path) -> Iterator[tup
             group["targets"] = [address for target in group["targets"] for address in addresses[target]]
         job["static_configs"] = groups
     assert jobs == {"gateway", "tfserving", "prometheus"}
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with running_prometheus(config, tmp_path, port) as (url, process):
         def every_target_up() -> bool:  # Prometheus hands out its first targets a few seconds after it is ready
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
             health = _health(url)
@@ -113,9 +106,6 @@ def prometheus(model_server: Any, start_gw: Any, tmp_path: Path) -> Iterator[tup
 
         poll_until(every_target_up, "Prometheus to scrape every target", timeout=60, interval=0.2)
         yield url, gateway
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _health(url: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ from tests.serving.gateway.helpers import ADMIN_TOKEN, CANARY_VERSION, MODEL, ST
 STEPS = ((0.15, "canary 10 %"), (0.3, "share 25 %"), (0.45, "share 50 %"), (0.5, "rollback"),
          (0.65, "canary 10 %"), (0.8, "share 50 %"))
 WARM_UP_FRACTION = 0.1
+RECENT_REQUESTS = 5_000  # a few seconds of this load
 
 
 def _rss_kib(pid: int) -> int:
@@ -49,6 +50,11 @@ class Soak(LoggedAnswers):
     def fd_growth(self) -> int:
         return self.samples[-1][2] - self.samples[0][2]
 
+    def rss_trend(self, points: int = 10) -> str:
+        """Resident memory at `points` moments spread over the sampled time: flat, settling or growing."""
+        step = max(1, len(self.samples) // points)
+        return ", ".join(f"{t:.0f} s {kib / 1024:.0f}" for t, kib, _ in [*self.samples[::step], self.samples[-1]]) + " MiB"
+
     def p99_ms(self, half: int) -> float:
         ok = [a for a in self.answers if a.status == 200]
         middle = ok[0].sent_at + self.seconds / 2
@@ -60,7 +66,7 @@ class Soak(LoggedAnswers):
         return FaultRow(
             f"soak {self.seconds:.0f} s, 4 clients, canary ramp + rollback + ramp", "; ".join(self.actions),
             len(self.answers), len(answered), len(answered) - len(self.lost), len(self.lost), None,
-            f"RSS {self.samples[0][1] / 1024:.0f} MiB, +{self.rss_growth_mib:.1f} MiB at most; open fds "
+            f"RSS +{self.rss_growth_mib:.1f} MiB at most after the warm-up ({self.rss_trend()}); open fds "
             f"{self.samples[0][2]} -> {self.samples[-1][2]}; p99 {self.p99_ms(0):.1f} ms then {self.p99_ms(1):.1f} ms")
 
 
@@ -68,7 +74,14 @@ def soak(model_server: Any, model_root: Path, work: Path, *, seconds: float = 60
     work.mkdir(parents=True, exist_ok=True)
     config = write_model_config(work / "models.config", model_root, served=[STABLE_VERSION, CANARY_VERSION],
                                 stable=STABLE_VERSION, canary=None)
-    gateway = Gateway(model_server, config, work / "logs", work / "state.json", work / "gateway.stderr")
+    # The gateway keeps, by design, the last `recent_requests` request ids (the feedback hint) and
+    # `stats_max_window_s` of outcomes per label (the rollout's evidence): bounded, but the defaults
+    # (200,000 ids, 1 h) hold ~380 B per request and take longer than 10 minutes of this load to fill
+    # (~75 MiB by then), growth a leak check cannot tell from a leak. Caps that fill within the
+    # warm-up leave only a leak to see.
+    caps = {"MLOPS_GATEWAY_RECENT_REQUESTS": str(RECENT_REQUESTS),
+            "MLOPS_GATEWAY_STATS_MAX_WINDOW_S": str(max(1.0, WARM_UP_FRACTION * seconds))}
+    gateway = Gateway(model_server, config, work / "logs", work / "state.json", work / "gateway.stderr", env=caps)
     admin = GatewayAdminClient(gateway.url, ADMIN_TOKEN)
     do = {"canary 10 %": lambda: admin.set_canary(MODEL, CANARY_VERSION, 0.1),
           "share 25 %": lambda: admin.set_share(MODEL, 0.25), "share 50 %": lambda: admin.set_share(MODEL, 0.5),

@@ -64,8 +64,8 @@ def test_the_admin_token_is_rotated_without_a_restart_and_refusals_are_counted(s
     assert TOKEN_B not in http.get(f"{gateway.url}/metrics", timeout=10).text
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with the `cryptography` package."""
+def self_signed(tmp_path: Path, dns_names: tuple[str, ...] = ("localhost",)) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and `dns_names` and its key, made with the `cryptography` package."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -79,7 +79,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+                                                        *map(x509.DNSName, dns_names)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     cert_file, key_file = tmp_path / "gateway.crt", tmp_path / "gateway.key"
@@ -92,7 +92,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_the_gateway_serves_tls_on_rest_and_grpc(start_gw, http, tmp_path):  # noqa: F811
     pytest.importorskip("cryptography")
-    cert_file, key_file = _self_signed(tmp_path)
+    cert_file, key_file = self_signed(tmp_path)
     gateway = start_gw(tls_cert_file=cert_file, tls_key_file=key_file)
     assert gateway.url.startswith("https://")
 

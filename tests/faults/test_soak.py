@@ -30,6 +30,6 @@ def test_soak_with_a_canary_ramp_and_a_rollback(model_server, model_root, tmp_pa
     assert not outcome.lost, f"{len(outcome.lost)} answered requests are not in the log: {outcome.lost[:5]}"
     twice = {rid: rows for rid, rows in outcome.logged.items() if len(rows) != len(set(rows))}
     assert not twice, list(twice.items())[:5]
-    assert outcome.rss_growth_mib < RSS_BOUND_MIB, outcome.samples
+    assert outcome.rss_growth_mib < RSS_BOUND_MIB, f"RSS grew {outcome.rss_growth_mib:.1f} MiB: {outcome.rss_trend()}"
     assert outcome.fd_growth <= FD_SLACK, outcome.samples
     print(f"\n{outcome.row()}")
