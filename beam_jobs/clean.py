@@ -5,7 +5,8 @@
 
 Per split, four named steps run in order, each sending the rows it refuses to a `rejected` output:
 `ParseExamples` (undecodable records or features of the wrong kind -> `unparseable`),
-`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept), `ApplyMissingValuePolicy`
+`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests,
+so no step holds every row), `ApplyMissingValuePolicy`
 (a `required` feature missing -> `missing_required`) and `CheckValueRanges` (values outside
 `valid_min/valid_max`, handled by each feature's `on_invalid`: REJECT -> `out_of_range`, CLIP ->
 clipped and counted, NULL -> made missing and counted). The rules all come from
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import logging
 import math
 import sys
@@ -191,9 +193,35 @@ class ParseExamples(beam.PTransform):
 
 # --- DropDuplicates ---
 
+# 16 bytes of BLAKE2b: what the duplicate count shuffles per row instead of the row (about 500 bytes
+# encoded). A collision of two different rows (odds ~2^-64 at 2^32 rows) costs nothing wrong: it
+# only sends both rows to the exact comparison below, which tells them apart by their content.
+CONTENT_DIGEST_BYTES = 16
+
+
+def content_digest(row: dict[str, Any]) -> bytes:
+    """The row's content (canonical_row: stored values, not its source line) as a 16-byte digest."""
+    return hashlib.blake2b(canonical_row(row).encode("utf-8"), digest_size=CONTENT_DIGEST_BYTES).digest()
+
 
 def _key_by_content(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return canonical_row(row), row
+
+
+def _has_copies(digest_count: tuple[bytes, int]) -> bool:
+    return digest_count[1] > 1
+
+
+class RouteByCopiesFn(beam.DoFn):
+    """Rows whose content occurs once pass straight on; rows with copies go to the exact comparison."""
+
+    WITH_COPIES = "with_copies"
+
+    def process(self, row: dict[str, Any], counts_with_copies: dict[bytes, int]) -> Iterator[Any]:
+        if counts_with_copies and content_digest(row) in counts_with_copies:
+            yield beam.pvalue.TaggedOutput(self.WITH_COPIES, row)
+        else:
+            yield row
 
 
 class KeepOneCopyFn(beam.DoFn):
@@ -228,17 +256,52 @@ def without_source_line(row: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in row.items() if name != SOURCE_LINE_KEY}
 
 
+class CountContentCopies(beam.PTransform):
+    """Rows -> (content digest, count) for each content seen more than once.
+
+    A combiner counts: the shuffle carries 16-byte digests and counts, summed per bundle before it,
+    never the rows; what comes out is as large as the duplicated contents, not as the data.
+    """
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return (
+            rows
+            | "ContentDigest" >> beam.Map(content_digest)
+            | "CountPerDigest" >> beam.combiners.Count.PerElement()
+            | "OnlyWithCopies" >> beam.Filter(_has_copies)
+        )
+
+
 class DropDuplicates(beam.PTransform):
-    """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`."""
+    """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`.
+
+    No stage holds every row: the contents with copies are counted first (CountContentCopies), and
+    each row is then routed by that count, a side input as large as the duplicated contents. Rows
+    seen once (almost all of real data) are kept as they stream by; only the rows with copies are
+    grouped by their full content and reduced to the copy of the earliest line (KeepOneCopyFn), so
+    the kept rows and the rejected records are those of grouping every row by its content.
+
+    `copies`: CountContentCopies of the same rows read a second time (CleanSplit does that). Without
+    it the counts come from `rows` themselves, and a runner keeps all the rows (a PCollection read
+    by two stages is materialized) until the counting is done.
+    """
+
+    def __init__(self, copies: beam.PCollection | None = None) -> None:
+        super().__init__()
+        self._copies = copies
 
     def expand(self, rows: beam.PCollection) -> StageOutput:
-        tagged = (
-            rows
+        copies = self._copies if self._copies is not None else rows | "CountContentCopies" >> CountContentCopies()
+        routed = rows | "RouteByCopies" >> beam.ParDo(RouteByCopiesFn(), beam.pvalue.AsDict(copies)).with_outputs(
+            RouteByCopiesFn.WITH_COPIES, main="once")
+        grouped = (
+            routed[RouteByCopiesFn.WITH_COPIES]
             | "KeyByContent" >> beam.Map(_key_by_content)
             | "GroupByContent" >> beam.GroupByKey()
             | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn()).with_outputs(_REJECTED, main="kept")
         )
-        return StageOutput(tagged.kept, tagged[_REJECTED])
+        kept = (routed.once, grouped.kept) | "GatherKept" >> beam.Flatten()
+        return StageOutput(kept, grouped[_REJECTED])
 
 
 # --- ApplyMissingValuePolicy ---
@@ -347,16 +410,38 @@ class CheckValueRanges(beam.PTransform):
 # --- The whole cleaning of one split ---
 
 
-class CleanSplit(beam.PTransform):
-    """Serialized raw Examples -> kept rows, rejected records and value adjustments."""
+def _decoded_or_nothing(serialized: bytes) -> Iterator[dict[str, Any]]:
+    """The second read's rows, for counting copies: the first read rejects (and reports) the rest."""
+    try:
+        yield decode_strict(serialized)
+    except _Undecodable:
+        pass
 
-    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
+
+class CleanSplit(beam.PTransform):
+    """Serialized raw Examples -> kept rows, rejected records and value adjustments.
+
+    `reread`: a source of the same records (e.g. a second ReadFromTFRecord of the split), from which
+    DropDuplicates counts the copies, so that no stage has to hold the rows while that count is made.
+    Without it (records from memory, tests) the records themselves are counted.
+    """
+
+    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None) -> None:
         super().__init__()
         self._features = tuple(features)
+        self._reread = reread
 
     def expand(self, records: beam.PCollection) -> CleanOutput:
         parsed = records | "ParseExamples" >> ParseExamples()
-        unique = parsed.kept | "DropDuplicates" >> DropDuplicates()
+        copies = None
+        if self._reread is not None:
+            copies = (
+                records.pipeline
+                | "ReadAgain" >> self._reread
+                | "DecodeAgain" >> beam.FlatMap(_decoded_or_nothing)
+                | "CountContentCopies" >> CountContentCopies()
+            )
+        unique = parsed.kept | "DropDuplicates" >> DropDuplicates(copies)
         complete = unique.kept | "ApplyMissingValuePolicy" >> ApplyMissingValuePolicy(self._features)
         in_range = complete.kept | "CheckValueRanges" >> CheckValueRanges(self._features)
         rejected = (
@@ -413,14 +498,17 @@ class CleanPlan:
     splits: tuple[str, ...]
 
 
+def _read_split(examples_dir: str, split: str) -> beam.PTransform:
+    return beam.io.ReadFromTFRecord(split_pattern(examples_dir, split), compression_type=CompressionTypes.GZIP)
+
+
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
     """Per split: ReadSplit -> CleanSplit (the four steps) -> WriteCleaned / WriteRejected; plus SUMMARY_FILE."""
     output = Path(plan.output_dir)
     facts = []
     for split in plan.splits:
-        records = pipeline | f"ReadSplit[{split}]" >> beam.io.ReadFromTFRecord(
-            split_pattern(plan.examples_dir, split), compression_type=CompressionTypes.GZIP)
-        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features)
+        records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
+        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features, reread=_read_split(plan.examples_dir, split))
         _ = cleaned.kept | f"WriteCleaned[{split}]" >> outputs.WriteExamples(split_prefix(output / CLEANED_DIR, split))
         _ = cleaned.rejected | f"WriteRejected[{split}]" >> outputs.WriteJsonLines(
             str(split_dir(output / REJECTED_DIR, split) / "rejected"))
