@@ -6,7 +6,7 @@
 Per split, four named steps run in order, each sending the rows it refuses to a `rejected` output:
 `ParseExamples` (undecodable records or features of the wrong kind -> `unparseable`),
 `DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests,
-so no step holds every row), `ApplyMissingValuePolicy`
+so the shuffle carries digests, not rows), `ApplyMissingValuePolicy`
 (a `required` feature missing -> `missing_required`) and `CheckValueRanges` (values outside
 `valid_min/valid_max`, handled by each feature's `on_invalid`: REJECT -> `out_of_range`, CLIP ->
 clipped and counted, NULL -> made missing and counted). The rules all come from
@@ -285,11 +285,14 @@ class CountContentCopies(beam.PTransform):
 class DropDuplicates(beam.PTransform):
     """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`.
 
-    No stage holds every row: the contents with copies are counted first (CountContentCopies), and
+    The shuffle carries digests, not rows: the contents with copies are counted first (CountContentCopies), and
     each row is then routed by that count, a side input as large as the duplicated contents. Rows
     seen once (almost all of real data) are kept as they stream by; only the rows with copies are
     grouped by their full content and reduced to the copy of the earliest line (KeepOneCopyFn), so
     the kept rows and the rejected records are those of grouping every row by its content.
+
+    Not yet flat in memory on the in-memory runner: it materializes the `GatherKept` Flatten of the
+    two branches (every kept row, encoded) before the steps after it run (docs/SCALE.md).
 
     `copies`: CountContentCopies of the same rows read a second time (CleanSplit does that). Without
     it the counts come from `rows` themselves, and a runner keeps all the rows (a PCollection read
