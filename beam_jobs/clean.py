@@ -5,7 +5,8 @@
 
 Per split, four named steps run in order, each sending the rows it refuses to a `rejected` output:
 `ParseExamples` (undecodable records or features of the wrong kind -> `unparseable`),
-`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept), `ApplyMissingValuePolicy`
+`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests,
+so the shuffle carries digests, not rows), `ApplyMissingValuePolicy`
 (a `required` feature missing -> `missing_required`) and `CheckValueRanges` (values outside
 `valid_min/valid_max`, handled by each feature's `on_invalid`: REJECT -> `out_of_range`, CLIP ->
 clipped and counted, NULL -> made missing and counted). The rules all come from
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import logging
 import math
 import sys
@@ -123,6 +125,16 @@ class _Undecodable(Exception):
         self.detail = detail
 
 
+# Per feature, what decode_strict checks: (name, the list it must be stored as, its kind, whether
+# an absent feature reads as None). Worked out once: this runs for every row, twice (clean's dedupe
+# reads each split twice).
+_DECODE_PLAN = tuple((feature.name, _STORED_LIST[feature.kind], feature.kind,
+                      # The observed label is a key only of the rows that carry it (production rows),
+                      # so a CSV row reads, and is reported, as it always did.
+                      feature.name != OBSERVED_LABEL_KEY) for feature in EXAMPLE_FEATURES)
+_KNOWN_NAMES = frozenset(FEATURES_BY_NAME) | {SOURCE_LINE_KEY}
+
+
 def decode_strict(serialized: bytes) -> dict[str, Any]:
     """Decodes a raw Example into a row, refusing anything the raw format does not allow.
 
@@ -134,39 +146,39 @@ def decode_strict(serialized: bytes) -> dict[str, Any]:
         example = tf.train.Example.FromString(serialized)
     except DecodeError as err:
         raise _Undecodable(None, f"not a serialized tf.train.Example ({len(serialized)} bytes): {err}") from None
-    stored = example.features.feature
-    unknown = sorted(name for name in stored if name not in FEATURES_BY_NAME and name != SOURCE_LINE_KEY)
-    if unknown:
+    # One pass over the map into a dict: each lookup in the protobuf map builds a wrapper object.
+    stored = dict(example.features.feature.items())
+    if not _KNOWN_NAMES.issuperset(stored):
+        unknown = sorted(name for name in stored if name not in _KNOWN_NAMES)
         raise _Undecodable(unknown[0], f"unknown feature(s) {', '.join(unknown)} (not in transforms/features.py)")
     row: dict[str, Any] = {}
-    if SOURCE_LINE_KEY in stored and stored[SOURCE_LINE_KEY].int64_list.value:
-        row[SOURCE_LINE_KEY] = stored[SOURCE_LINE_KEY].int64_list.value[0]
-    for feature in EXAMPLE_FEATURES:
-        if feature.name not in stored:
-            # The observed label is a key only of the rows that carry it (production rows), so a
-            # CSV row reads, and is reported, as it always did.
-            if feature.name != OBSERVED_LABEL_KEY:
-                row[feature.name] = None
+    source_line = stored.get(SOURCE_LINE_KEY)
+    if source_line is not None and source_line.int64_list.value:
+        row[SOURCE_LINE_KEY] = source_line.int64_list.value[0]
+    for name, expected, feature_kind, absent_is_none in _DECODE_PLAN:
+        feature = stored.get(name)
+        if feature is None:
+            if absent_is_none:
+                row[name] = None
             continue
-        kind = stored[feature.name].WhichOneof("kind")
-        expected = _STORED_LIST[feature.kind]
+        kind = feature.WhichOneof("kind")
         if kind is None:
-            row[feature.name] = None
+            row[name] = None
             continue
         if kind != expected:
-            raise _Undecodable(feature.name, f"{feature.name} is stored as {kind}, expected {expected}")
-        values = list(getattr(stored[feature.name], kind).value)
+            raise _Undecodable(name, f"{name} is stored as {kind}, expected {expected}")
+        values = getattr(feature, kind).value
         if len(values) > 1:
-            raise _Undecodable(feature.name, f"{feature.name} has {len(values)} values, expected at most 1")
+            raise _Undecodable(name, f"{name} has {len(values)} values, expected at most 1")
         value = values[0] if values else None
-        if feature.kind is Kind.FLOAT and value is not None and not math.isfinite(value):
-            raise _Undecodable(feature.name, f"{feature.name}={value} is not a finite number")
-        if feature.kind is Kind.STRING and value is not None:
+        if feature_kind is Kind.FLOAT and value is not None and not math.isfinite(value):
+            raise _Undecodable(name, f"{name}={value} is not a finite number")
+        if feature_kind is Kind.STRING and value is not None:
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError:
-                raise _Undecodable(feature.name, f"{feature.name} is not UTF-8 text: {value[:40]!r}") from None
-        row[feature.name] = value
+                raise _Undecodable(name, f"{name} is not UTF-8 text: {value[:40]!r}") from None
+        row[name] = value
     return row
 
 
@@ -191,9 +203,35 @@ class ParseExamples(beam.PTransform):
 
 # --- DropDuplicates ---
 
+# 16 bytes of BLAKE2b: what the duplicate count shuffles per row instead of the row (about 500 bytes
+# encoded). A collision of two different rows (odds ~2^-64 at 2^32 rows) costs nothing wrong: it
+# only sends both rows to the exact comparison below, which tells them apart by their content.
+CONTENT_DIGEST_BYTES = 16
+
+
+def content_digest(row: dict[str, Any]) -> bytes:
+    """The row's content (canonical_row: stored values, not its source line) as a 16-byte digest."""
+    return hashlib.blake2b(canonical_row(row).encode("utf-8"), digest_size=CONTENT_DIGEST_BYTES).digest()
+
 
 def _key_by_content(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return canonical_row(row), row
+
+
+def _has_copies(digest_count: tuple[bytes, int]) -> bool:
+    return digest_count[1] > 1
+
+
+class RouteByCopiesFn(beam.DoFn):
+    """Rows whose content occurs once pass straight on; rows with copies go to the exact comparison."""
+
+    WITH_COPIES = "with_copies"
+
+    def process(self, row: dict[str, Any], counts_with_copies: dict[bytes, int]) -> Iterator[Any]:
+        if counts_with_copies and content_digest(row) in counts_with_copies:
+            yield beam.pvalue.TaggedOutput(self.WITH_COPIES, row)
+        else:
+            yield row
 
 
 class KeepOneCopyFn(beam.DoFn):
@@ -228,17 +266,55 @@ def without_source_line(row: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in row.items() if name != SOURCE_LINE_KEY}
 
 
+class CountContentCopies(beam.PTransform):
+    """Rows -> (content digest, count) for each content seen more than once.
+
+    A combiner counts: the shuffle carries 16-byte digests and counts, summed per bundle before it,
+    never the rows; what comes out is as large as the duplicated contents, not as the data.
+    """
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return (
+            rows
+            | "ContentDigest" >> beam.Map(content_digest)
+            | "CountPerDigest" >> beam.combiners.Count.PerElement()
+            | "OnlyWithCopies" >> beam.Filter(_has_copies)
+        )
+
+
 class DropDuplicates(beam.PTransform):
-    """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`."""
+    """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`.
+
+    The shuffle carries digests, not rows: the contents with copies are counted first (CountContentCopies), and
+    each row is then routed by that count, a side input as large as the duplicated contents. Rows
+    seen once (almost all of real data) are kept as they stream by; only the rows with copies are
+    grouped by their full content and reduced to the copy of the earliest line (KeepOneCopyFn), so
+    the kept rows and the rejected records are those of grouping every row by its content.
+
+    Not yet flat in memory on the in-memory runner: it materializes the `GatherKept` Flatten of the
+    two branches (every kept row, encoded) before the steps after it run (docs/SCALE.md).
+
+    `copies`: CountContentCopies of the same rows read a second time (CleanSplit does that). Without
+    it the counts come from `rows` themselves, and a runner keeps all the rows (a PCollection read
+    by two stages is materialized) until the counting is done.
+    """
+
+    def __init__(self, copies: beam.PCollection | None = None) -> None:
+        super().__init__()
+        self._copies = copies
 
     def expand(self, rows: beam.PCollection) -> StageOutput:
-        tagged = (
-            rows
+        copies = self._copies if self._copies is not None else rows | "CountContentCopies" >> CountContentCopies()
+        routed = rows | "RouteByCopies" >> beam.ParDo(RouteByCopiesFn(), beam.pvalue.AsDict(copies)).with_outputs(
+            RouteByCopiesFn.WITH_COPIES, main="once")
+        grouped = (
+            routed[RouteByCopiesFn.WITH_COPIES]
             | "KeyByContent" >> beam.Map(_key_by_content)
             | "GroupByContent" >> beam.GroupByKey()
             | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn()).with_outputs(_REJECTED, main="kept")
         )
-        return StageOutput(tagged.kept, tagged[_REJECTED])
+        kept = (routed.once, grouped.kept) | "GatherKept" >> beam.Flatten()
+        return StageOutput(kept, grouped[_REJECTED])
 
 
 # --- ApplyMissingValuePolicy ---
@@ -347,16 +423,38 @@ class CheckValueRanges(beam.PTransform):
 # --- The whole cleaning of one split ---
 
 
-class CleanSplit(beam.PTransform):
-    """Serialized raw Examples -> kept rows, rejected records and value adjustments."""
+def _decoded_or_nothing(serialized: bytes) -> Iterator[dict[str, Any]]:
+    """The second read's rows, for counting copies: the first read rejects (and reports) the rest."""
+    try:
+        yield decode_strict(serialized)
+    except _Undecodable:
+        pass
 
-    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
+
+class CleanSplit(beam.PTransform):
+    """Serialized raw Examples -> kept rows, rejected records and value adjustments.
+
+    `reread`: a source of the same records (e.g. a second ReadFromTFRecord of the split), from which
+    DropDuplicates counts the copies, so that no stage has to hold the rows while that count is made.
+    Without it (records from memory, tests) the records themselves are counted.
+    """
+
+    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None) -> None:
         super().__init__()
         self._features = tuple(features)
+        self._reread = reread
 
     def expand(self, records: beam.PCollection) -> CleanOutput:
         parsed = records | "ParseExamples" >> ParseExamples()
-        unique = parsed.kept | "DropDuplicates" >> DropDuplicates()
+        copies = None
+        if self._reread is not None:
+            copies = (
+                records.pipeline
+                | "ReadAgain" >> self._reread
+                | "DecodeAgain" >> beam.FlatMap(_decoded_or_nothing)
+                | "CountContentCopies" >> CountContentCopies()
+            )
+        unique = parsed.kept | "DropDuplicates" >> DropDuplicates(copies)
         complete = unique.kept | "ApplyMissingValuePolicy" >> ApplyMissingValuePolicy(self._features)
         in_range = complete.kept | "CheckValueRanges" >> CheckValueRanges(self._features)
         rejected = (
@@ -413,14 +511,17 @@ class CleanPlan:
     splits: tuple[str, ...]
 
 
+def _read_split(examples_dir: str, split: str) -> beam.PTransform:
+    return beam.io.ReadFromTFRecord(split_pattern(examples_dir, split), compression_type=CompressionTypes.GZIP)
+
+
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
     """Per split: ReadSplit -> CleanSplit (the four steps) -> WriteCleaned / WriteRejected; plus SUMMARY_FILE."""
     output = Path(plan.output_dir)
     facts = []
     for split in plan.splits:
-        records = pipeline | f"ReadSplit[{split}]" >> beam.io.ReadFromTFRecord(
-            split_pattern(plan.examples_dir, split), compression_type=CompressionTypes.GZIP)
-        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features)
+        records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
+        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features, reread=_read_split(plan.examples_dir, split))
         _ = cleaned.kept | f"WriteCleaned[{split}]" >> outputs.WriteExamples(split_prefix(output / CLEANED_DIR, split))
         _ = cleaned.rejected | f"WriteRejected[{split}]" >> outputs.WriteJsonLines(
             str(split_dir(output / REJECTED_DIR, split) / "rejected"))

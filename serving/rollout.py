@@ -19,11 +19,12 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from core.errors import MlopsError
 
@@ -35,11 +36,48 @@ _RETRYABLE_STATUS = frozenset({502, 503})
 GATEWAY_URL_ENV = "MLOPS_GATEWAY_URL"
 ADMIN_TOKEN_ENV = "MLOPS_GATEWAY_ADMIN_TOKEN"
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+# Every replica behind the balancer, whose stats the canary judge sums: comma-separated base URLs;
+# `dns+http://gateway:8000` stands for one URL per address the name resolves to (compose's service
+# DNS answers one address per replica).
+GATEWAY_REPLICAS_ENV = "MLOPS_GATEWAY_REPLICAS"
+_DNS_PREFIX = "dns+"
 
 
 def gateway_url(given: str | None = None) -> str:
     """The gateway's base URL: the one given, else $MLOPS_GATEWAY_URL, else the local default."""
     return given or os.environ.get(GATEWAY_URL_ENV) or DEFAULT_GATEWAY_URL
+
+
+def gateway_replica_urls(given: str | Sequence[str] | None = None) -> list[str]:
+    """The base URLs of every gateway replica: `given` (a list, or comma-separated text), else
+    $MLOPS_GATEWAY_REPLICAS; [] when neither names any. `dns+<url>` entries become one URL per
+    address their host resolves to, looked up now (replicas come and go with scaling)."""
+    entries = os.environ.get(GATEWAY_REPLICAS_ENV, "") if given is None else given
+    if isinstance(entries, str):
+        entries = entries.split(",")
+    urls: list[str] = []
+    for entry in (entry.strip() for entry in entries):
+        if not entry:
+            continue
+        for url in _resolved(entry[len(_DNS_PREFIX):]) if entry.startswith(_DNS_PREFIX) else [entry]:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{GATEWAY_REPLICAS_ENV}: each replica must be an http(s) URL or dns+<http(s) URL>, got {entry!r}")
+            if url.rstrip("/") not in urls:
+                urls.append(url.rstrip("/"))
+    return urls
+
+
+def _resolved(url: str) -> list[str]:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or parts.scheme not in ("http", "https"):
+        raise ValueError(f"{GATEWAY_REPLICAS_ENV}: dns+ needs an http(s) URL with a host name, got {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = sorted({info[4][0] for info in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)})
+    except socket.gaierror as err:
+        raise AdminApiError(f"{GATEWAY_REPLICAS_ENV}: {parts.hostname!r} resolves to no address ({err})") from None
+    return [urllib.parse.urlunsplit(parts._replace(netloc=f"[{address}]:{port}" if ":" in address else f"{address}:{port}"))
+            for address in addresses]
 
 
 class AdminApiError(MlopsError):
@@ -58,13 +96,18 @@ class GatewayAdminClient:
     previous stable back). Each method returns the model's policy after the change.
     """
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, attempts: int = 3) -> None:
+    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0, attempts: int = 3,
+                 replicas: str | Sequence[str] | None = None) -> None:
+        """`replicas`: the gateway replicas whose `stats` are summed (gateway_replica_urls; None:
+        $MLOPS_GATEWAY_REPLICAS, resolved at each `stats` call). Changes go to `base_url` alone: the
+        replicas share the routing state, so a change taken by one applies on all of them."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be the gateway's http(s) URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.attempts = max(1, attempts)
+        self.replicas = replicas
 
     # --- reads ---------------------------------------------------------------------------------
     def get_policy(self, model: str) -> dict[str, Any]:
@@ -79,7 +122,14 @@ class GatewayAdminClient:
         error_rate, latency_p50_ms, latency_p90_ms, latency_p99_ms, mean_probability, probability_std, scored,
         positive_rate, version."""
         query = urllib.parse.urlencode({"since_seconds": since_seconds})
-        return self._call("GET", f"/admin/models/{_quote(model)}/stats?{query}")
+        path = f"/admin/models/{_quote(model)}/stats?{query}"
+        urls = gateway_replica_urls(self.replicas)
+        if not urls or urls == [self.base_url]:
+            return self._call("GET", path)
+        # Each replica counts only the requests it answered: behind a balancer one replica's window
+        # is 1/N of the traffic, too little to judge a canary on, and not the whole of it.
+        return sum_replica_stats([GatewayAdminClient(url, self.token, timeout=self.timeout, attempts=self.attempts,
+                                                     replicas=()).stats(model, since_seconds) for url in urls])
 
     def version_state(self, model: str, version: int) -> str | None:
         """The model server's state of `version` (AVAILABLE, LOADING, ...) as the gateway reports it; None when unknown."""
@@ -189,6 +239,47 @@ class GatewayAdminClient:
         if last_status is not None:
             raise AdminApiError(f"{method} {url}: {last_problem} (after {self.attempts} attempts)", status=last_status)
         raise AdminApiError(f"{method} {url}: gateway unreachable after {self.attempts} attempts ({last_problem})")
+
+
+def sum_replica_stats(per_replica: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The `stats` of several replicas over the same window as one gateway's, per label.
+
+    Counts add; rates and the mean probability are weighted by what they are rates of; the spread
+    is the pooled (population) standard deviation, as one replica computes it over all the scores.
+    Latency quantiles cannot be merged from quantiles: the largest replica's is reported, an upper
+    bound of the merged quantile (the judge's latency check only gets stricter). `version` is the
+    one most requests went to (replicas differ only while one has not polled a change yet);
+    `replicas` says how many replicas saw the label.
+    """
+    labels = sorted({label for stats in per_replica for label in stats})
+    return {label: _summed_label([stats[label] for stats in per_replica if label in stats]) for label in labels}
+
+
+def _summed_label(parts: list[Mapping[str, Any]]) -> dict[str, Any]:
+    requests = sum(int(part.get("requests") or 0) for part in parts)
+    errors = sum(int(part.get("errors") or 0) for part in parts)
+    scored_parts = [part for part in parts if int(part.get("scored") or 0) > 0 and _finite(part.get("mean_probability"))]
+    scored = sum(int(part["scored"]) for part in scored_parts)
+    mean = std = positive_rate = None
+    if scored:
+        mean = sum(float(part["mean_probability"]) * int(part["scored"]) for part in scored_parts) / scored
+        if all(_finite(part.get("probability_std")) for part in scored_parts):
+            mean_square = sum((float(part["probability_std"]) ** 2 + float(part["mean_probability"]) ** 2) * int(part["scored"])
+                              for part in scored_parts) / scored
+            std = math.sqrt(max(mean_square - mean * mean, 0.0))
+        if all(_finite(part.get("positive_rate")) for part in scored_parts):
+            positive_rate = sum(float(part["positive_rate"]) * int(part["scored"]) for part in scored_parts) / scored
+    requests_per_version: dict[Any, int] = {}
+    for part in parts:
+        requests_per_version[part.get("version")] = requests_per_version.get(part.get("version"), 0) + int(part.get("requests") or 0)
+    summed: dict[str, Any] = {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else 0.0}
+    for quantile in ("p50", "p90", "p99"):
+        values = [float(part[f"latency_{quantile}_ms"]) for part in parts if _finite(part.get(f"latency_{quantile}_ms"))]
+        summed[f"latency_{quantile}_ms"] = max(values) if values else None
+    summed.update({"mean_probability": mean, "probability_std": std, "scored": scored, "positive_rate": positive_rate,
+                   "version": max(requests_per_version, key=lambda version: requests_per_version[version]),
+                   "replicas": len(parts)})
+    return summed
 
 
 def _quote(model: str) -> str:
