@@ -197,6 +197,14 @@ def test_airflow_containers_share_secrets_and_execution_api(
     assert apiserver["command"] == ["api-server"]
     assert url.port in container_ports(apiserver)
     assert services(model)["airflow-scheduler"]["environment"]["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    # The rollout tasks reach the admin API through the balancer and read the stats of every replica.
+    for name, service in airflow.items():
+        balancer = urlsplit(service["environment"]["MLOPS_GATEWAY_URL"])
+        replicas = urlsplit(service["environment"]["MLOPS_GATEWAY_REPLICAS"].removeprefix("dns+"))
+        assert hostnames(model)[balancer.hostname] == "gateway-lb", name
+        assert balancer.port in container_ports(services(model)["gateway-lb"]), name
+        assert hostnames(model)[replicas.hostname] == "gateway", name
+        assert replicas.port in container_ports(services(model)["gateway"]), name
 
 
 def test_airflow_connects_to_the_postgres_service(resolved: dict[str, Any], env_values: dict[str, str]) -> None:
