@@ -376,10 +376,12 @@ def _start_celery(layout: AirflowLayout, port: int, timeout: float, progress: Ca
 
 
 def stop(layout: AirflowLayout, timeout: float = 90.0, progress: Callable[[str], None] = print) -> bool:
-    """Stops the Airflow this launcher started (the process group in the pid file). True if it was running."""
+    """Stops the Airflow this launcher started (the process groups in the pid file), then the task
+    processes it left behind. True if it was running."""
     if not any(_pid_alive(group) for group in read_process_groups(layout).values()):
         layout.pid_file.unlink(missing_ok=True)
         progress("No Airflow started by this launcher is running.")
+        stop_leftover_tasks(layout, progress=progress)
         return False
     groups = read_process_groups(layout)
     progress(f"Stopping Airflow (process groups {', '.join(f'{part} {group}' for part, group in groups.items())}) ...")
@@ -397,8 +399,62 @@ def stop(layout: AirflowLayout, timeout: float = 90.0, progress: Callable[[str],
         with contextlib.suppress(ChildProcessError):
             os.waitpid(group, os.WNOHANG)
     layout.pid_file.unlink(missing_ok=True)
+    stop_leftover_tasks(layout, progress=progress)
     progress("Airflow stopped.")
     return True
+
+
+def stop_leftover_tasks(layout: AirflowLayout, timeout: float = 15.0, progress: Callable[[str], None] = print) -> int:
+    """Ends the task processes still running with this layout's AIRFLOW_HOME: Airflow starts each
+    task (and its ML process) in a process group of its own, so stopping the scheduler's group
+    leaves a running task behind. Returns how many processes it ended."""
+    own_group = os.getpgid(0)
+    leftovers = {pid: group for pid, group in _processes_with_home(layout.home).items() if group != own_group}
+    if not leftovers:
+        return 0
+    progress(f"  ending {len(leftovers)} task processes Airflow left running (process groups "
+             f"{', '.join(str(g) for g in sorted(set(leftovers.values())))})")
+    for group in set(leftovers.values()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_running(pid) for pid in leftovers):
+        time.sleep(0.5)
+    for group in {group for pid, group in leftovers.items() if _running(pid)}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    return len(leftovers)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an ended child its parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _processes_with_home(home: Path) -> dict[int, int]:
+    """pid -> process group of the processes (Linux /proc, this user's) whose environment has
+    AIRFLOW_HOME=`home`; this process and its ancestors excepted."""
+    marker = b"AIRFLOW_HOME=" + os.fsencode(str(home))
+    ours, pid = set(), os.getpid()
+    while pid > 1 and pid not in ours:
+        ours.add(pid)
+        try:  # the parent pid is the 2nd field after the command name, which may hold spaces
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = os.getpgid(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue  # gone, or not ours to read
+    return found
 
 
 def _group_alive(pgid: int) -> bool:

@@ -177,3 +177,31 @@ def test_airflow_s_openlineage_provider_writes_where_our_steps_do_unless_openlin
     # No readable project config: no transport, so the provider disables itself (quietly).
     missing = airflow_env(layout, 9000, base={"MLOPS_CONFIG": str(tmp_path / "missing.toml")})
     assert "AIRFLOW__OPENLINEAGE__TRANSPORT" not in missing
+
+
+def test_stop_ends_the_task_processes_airflow_left_in_their_own_groups_and_no_others(tmp_path):
+    """Airflow runs each task in a process group of its own; `stop` must not leave one running."""
+    from mlops.airflow.launcher import AirflowLayout, _processes_with_home, stop
+
+    layout = AirflowLayout(home_override=tmp_path / "airflow_home")
+    layout.home.mkdir(parents=True)
+
+    def sleeper(home: Path) -> subprocess.Popen:
+        # A task runner with its child (the ML process), in a session of its own like Airflow's.
+        return subprocess.Popen(["bash", "-c", "sleep 600 & wait"], start_new_session=True,
+                                env={**os.environ, "AIRFLOW_HOME": str(home)})
+
+    task, other = sleeper(layout.home), sleeper(tmp_path / "another_home")
+    try:
+        lines: list[str] = []
+        assert stop(layout, progress=lines.append) is False  # nothing from the pid file was running
+        assert task.wait(timeout=30) is not None  # the leftover task ended
+        assert _processes_with_home(layout.home) == {}  # its child (the ML process) too
+        assert len(_processes_with_home(tmp_path / "another_home")) == 2
+        assert any("ending" in line and "task processes" in line for line in lines), lines
+        assert other.poll() is None  # another Airflow's task is not touched
+    finally:
+        for process in (task, other):
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
+                process.wait()
