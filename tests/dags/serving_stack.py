@@ -1,10 +1,11 @@
 """A real serving stack for the rollout DAG tests, run in the ML runtime as a separate process.
 
-    python -m tests.dags.serving_stack CONFIG_TOML
+    python -m tests.dags.serving_stack CONFIG_TOML [--no-traffic]
 
 Starts the embedded model server (TF Serving stand-in) and the gateway on free loopback ports,
 over the config's model base path and models.config, and a client that keeps sending real trips
-(one per request, ~25 requests/s) so the gateway has canary and stable traffic to compare. Prints
+(one per request, ~25 requests/s) so the gateway has canary and stable traffic to compare;
+`--no-traffic` leaves the client out, for a test that sends (and counts) all the traffic itself. Prints
 one JSON line `{"gateway_url": ..., "model_server_url": ...}` when ready, and stops everything
 when its stdin closes (the test process ending closes it too, so nothing outlives the tests).
 The admin token comes from MLOPS_GATEWAY_ADMIN_TOKEN, as for a deployed gateway.
@@ -46,8 +47,12 @@ def send_traffic(url: str, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    config = load_config(sys.argv[1])
-    root = Path(sys.argv[1]).parent
+    config_path, *options = sys.argv[1:]
+    unknown = set(options) - {"--no-traffic"}
+    if unknown:
+        raise SystemExit(f"unknown options {sorted(unknown)}; usage: python -m tests.dags.serving_stack CONFIG_TOML [--no-traffic]")
+    config = load_config(config_path)
+    root = Path(config_path).parent
     server = start_model_server(port=0, rest_api_port=0, model_config_file=config.serving.model_config_file,
                                 model_config_file_poll_wait_seconds=0.2)
     gateway = start_gateway(GatewaySettings(
@@ -59,13 +64,15 @@ def main() -> None:
     stop = threading.Event()
     traffic = threading.Thread(target=send_traffic, args=(f"{gateway.url}/v1/models/{config.serving.model_name}:predict", stop),
                                daemon=True)
-    traffic.start()
+    if "--no-traffic" not in options:
+        traffic.start()
     print(json.dumps({"gateway_url": gateway.url, "model_server_url": server.rest_url}), flush=True)
     try:
         sys.stdin.read()  # until the test closes our stdin
     finally:
         stop.set()
-        traffic.join(5)
+        if traffic.is_alive():
+            traffic.join(5)
         gateway.stop()
         server.stop()
 

@@ -1,59 +1,56 @@
-"""Drifted, labelled traffic retrains the model on it: taxi_monitoring -> taxi_training with `dag.test()`.
+"""Drifted, labelled traffic through the gateway retrains the model on it, and the new model is rolled out:
+taxi_monitoring -> taxi_training -> taxi_rollout with `dag.test()`, against a real serving stack.
 
-Set-up (in the ML runtime): the training pipeline trains and pushes taxi:1 on 2013 Q1 trips; one
-hour of prediction logs is written the way the gateway writes them, the 2016 trips scored by
-taxi:1 (a real distribution change), and ground truth comes back for most of them as feedback.
-The monitoring run on that hour fails its checks and triggers `taxi_training` with its data policy
-("the CSV's last 366 days before 2017 plus the labelled requests of the gateway's log"); the
-training run learns from the labelled production rows, evaluates the candidate against taxi:1 on
-the held-out recent traffic and pushes taxi:2. The same traffic, served by taxi:2 in the next
-hour, passes every check against taxi:2's baseline.
-
-Not covered here: the rollout itself (taxi_rollout needs the serving stack: test_rollout_dag.py);
-the next hour's requests are logged as taxi:2 served them.
+Set-up (in the ML runtime): the training pipeline trains and pushes taxi:1 on 2013 Q1 trips; the
+real model server and gateway (tests/dags/serving_stack.py, without its background traffic) serve
+it. The 2016 trips (a real distribution change) are sent through the gateway's REST predict API,
+and ground truth for most of them comes back through its feedback endpoint, under the request ids
+the gateway gave; the gateway writes both to its Parquet log. The monitoring run on that window
+fails its checks and triggers `taxi_training` with its data policy ("the CSV's last 366 days
+before 2017 plus the labelled requests of the gateway's log"); the training run learns from the
+labelled production rows, evaluates the candidate against taxi:1 on the held-out recent traffic
+and pushes taxi:2; a blue-green `taxi_rollout` makes taxi:2 the gateway's stable version. The same
+trips, sent again and served by taxi:2, pass every check of the next window against taxi:2's
+baseline, and nothing is triggered.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import parse_dag, run_in_ml, task_states, write_config, xcom_value
+from tests.dags.conftest import ML_PYTHON, PROJECT_ROOT, parse_dag, run_in_ml, task_states, write_config, xcom_value
 
 pytestmark = pytest.mark.slow
 
 TRAINING_WINDOW = ("2013-01-01", "2013-04-01")
-LABELLED = 600  # of the 833 trips of 2016 served in the drifted hour; the rest never get feedback
-NOW = dt.datetime.now(dt.timezone.utc).replace(minute=0, second=0, microsecond=0)
-# Recent hours: the production window is the last `production_window_days` UTC days.
-DRIFTED_HOUR = ((NOW - dt.timedelta(hours=3)).isoformat(), (NOW - dt.timedelta(hours=2)).isoformat())
-NEXT_HOUR = ((NOW - dt.timedelta(hours=2)).isoformat(), (NOW - dt.timedelta(hours=1)).isoformat())
+LABELLED = 600  # of the 833 trips of 2016 sent in the drifted window; the rest never get feedback
+ADMIN_TOKEN = "retraining-test-admin-token-0123456789"
 
-LOG_2016_TRAFFIC = """
-import csv, datetime as dt, json, sys
+SEND_2016_TRAFFIC = """
+import csv, json, sys
 from pathlib import Path
 from tests.conftest import TAXI_CSV
-from tests.monitoring.logs import big_tipper, score, taxi_frame, write_feedback, write_requests, year_of
+from tests.monitoring.logs import big_tipper, serve_through_gateway, taxi_frame, year_of
 
-model_dir, log_dir, hour, version, labelled, seed = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3]), \
-    int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+gateway_url, log_dir, labelled = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 with TAXI_CSV.open(newline="") as handle:
     frame = taxi_frame(list(csv.DictReader(handle)))
 frame = frame[year_of(frame) == 2016].reset_index(drop=True)
-ids = write_requests(log_dir, frame, score(model_dir, frame), dt.datetime.fromisoformat(hour[0]),
-                     dt.datetime.fromisoformat(hour[1]), model_version=version, seed=seed)
-written = write_feedback(log_dir, frame, ids, big_tipper(frame).astype(int),
-                         dt.datetime.fromisoformat(hour[1]) + dt.timedelta(minutes=5), count=labelled) if labelled else 0
-print(json.dumps({"rows": len(frame), "labelled": written}))
+print(json.dumps(serve_through_gateway(gateway_url, log_dir, frame, big_tipper(frame).astype(int), labelled=labelled)))
 """
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
+    """taxi:1 trained and pushed, served by a real model server and gateway; yields (root, gateway URL)."""
     root = tmp_path_factory.mktemp("retraining_dag")
     # A model trained on fewer, later rows may trail taxi:1 a little on the eval split: 5 points of AUC allowed.
     config = write_config(root, evaluation={"auc_tolerance": 0.05})
@@ -69,17 +66,47 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path):
         str(config), *TRAINING_WINDOW, timeout=1800,
     )
     assert first["version"] == 1
-    logged = run_in_ml(LOG_2016_TRAFFIC, first["path"], str(root / "gateway-log"), json.dumps(DRIFTED_HOUR), "1",
-                       str(LABELLED), "0", timeout=600)
-    assert logged["labelled"] == LABELLED and logged["rows"] > LABELLED
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLOPS_CONFIG", str(config))
-        yield root, logged
+    env = {**os.environ, "MLOPS_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN}
+    stack = subprocess.Popen([str(ML_PYTHON), "-m", "tests.dags.serving_stack", str(config), "--no-traffic"],
+                             cwd=PROJECT_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = stack.stdout.readline()
+        assert ready, "the serving stack did not start (see its stderr above)"
+        gateway_url = json.loads(ready)["gateway_url"]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLOPS_CONFIG", str(config))
+            patch.setenv("MLOPS_GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)  # inherited by the rollout task's ML process
+            yield root, gateway_url
+    finally:
+        stack.stdin.close()
+        try:
+            stack.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            stack.kill()
+            stack.wait()
 
 
-def monitor(root: Path, hour: tuple[str, str]):
+def log_dir(root: Path) -> Path:
+    return root / "prediction_logs"  # where serving_stack's gateway logs requests and feedback
+
+
+def send_2016_traffic(root: Path, gateway_url: str, labelled: int) -> tuple[tuple[str, str], dict]:
+    """The 2016 trips through the gateway (ground truth for the first `labelled`); returns the window that holds them."""
+    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    sent = run_in_ml(SEND_2016_TRAFFIC, gateway_url, str(log_dir(root)), str(labelled), timeout=600)
+    end = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(seconds=1)
+    return (start.isoformat(), end.isoformat()), sent
+
+
+def gateway_policy(gateway_url: str) -> dict:
+    request = urllib.request.Request(f"{gateway_url}/admin/models/taxi/policy", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def monitor(root: Path, window: tuple[str, str]):
     return parse_dag("taxi_monitoring").test(run_conf={
-        "window_start": hour[0], "window_end": hour[1], "log_dir": str(root / "gateway-log"),
+        "window_start": window[0], "window_end": window[1], "log_dir": str(log_dir(root)),
         "retrain_start": "2013-01-01", "retrain_end": "2017-01-01", "csv_days": 366})
 
 
@@ -116,17 +143,19 @@ def training_records(config: Path, run_name: str) -> dict:
     )
 
 
-def test_drifted_labelled_traffic_retrains_on_it_and_the_next_window_passes_against_the_new_model(workspace):
-    root, logged = workspace
-    first = monitor(root, DRIFTED_HOUR)
+def test_drifted_labelled_traffic_retrains_on_it_is_rolled_out_and_the_next_window_passes(workspace):
+    root, gateway_url = workspace
+    drifted_window, logged = send_2016_traffic(root, gateway_url, LABELLED)
+    assert logged["labelled"] == LABELLED and logged["rows"] > LABELLED and logged["versions"] == [1], logged
+    first = monitor(root, drifted_window)
     states = task_states(first)
     assert first.state == "success", states
     assert states["trigger_training"][0] == "success" and states["still_failing"][0] == "skipped", states
     decision = xcom_value(first, "check_drift", "retraining")
     assert decision["action"] == "retrain" and "production" in decision["differences"], decision
     [conf] = triggered_training_confs()
-    assert conf["production_logs"] == str(root / "gateway-log") and conf["csv_days"] == 366
-    assert conf["trigger"]["data_policy"] == {"production_logs": str(root / "gateway-log"), "csv_days": 366}
+    assert conf["production_logs"] == str(log_dir(root)) and conf["csv_days"] == 366
+    assert conf["trigger"]["data_policy"] == {"production_logs": str(log_dir(root)), "csv_days": 366}
 
     training = parse_dag("taxi_training").test(run_conf=conf)
     states = task_states(training)
@@ -146,11 +175,15 @@ def test_drifted_labelled_traffic_retrains_on_it_and_the_next_window_passes_agai
     assert recent["passed"] is True and recent["reason"].startswith("passed: recent traffic"), recent
     assert records["version"] == 2
 
+    rollout = parse_dag("taxi_rollout").test(run_conf={"action": "blue_green", "version": 2, "gateway_url": gateway_url})
+    assert rollout.state == "success", task_states(rollout)
+    assert xcom_value(rollout, "blue_green")["decision"] == "switched"
+    assert gateway_policy(gateway_url)["stable_version"] == 2
+
     runs_so_far = len(triggered_training_confs())  # the drift-triggered conf, and the run above that used it
-    model_dir = root / "models" / "taxi" / "2"
-    run_in_ml(LOG_2016_TRAFFIC, str(model_dir), str(root / "gateway-log"), json.dumps(NEXT_HOUR), "2", "0", "1",
-              timeout=600)
-    after = monitor(root, NEXT_HOUR)
+    next_window, served = send_2016_traffic(root, gateway_url, 0)
+    assert served["versions"] == [2], served  # every answer came from the rolled-out model
+    after = monitor(root, next_window)
     states = task_states(after)
     result = xcom_value(after, "check_drift", "result")
     assert after.state == "success" and result["passed"] is True, (states, xcom_value(after, "check_drift", "failed_checks"))

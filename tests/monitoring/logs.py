@@ -1,4 +1,5 @@
-"""Prediction logs built from real taxi rows, written through `serving.prediction_log` like the gateway does.
+"""Prediction logs built from real taxi rows, written through `serving.prediction_log` like the gateway does,
+or written by a real gateway the rows are sent to (`serve_through_gateway`).
 
 Rows come from the shipped CSV; probabilities come from the real model that the pipeline pushed
 (scored through its `serving_examples` signature, as TF Serving would), or are given explicitly.
@@ -7,6 +8,9 @@ Rows come from the shipped CSV; probabilities come from the real model that the 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,9 +28,12 @@ from serving.prediction_log import (
     Feedback,
     LoggedRequest,
     feedback_columns,
+    read_feedback,
+    read_prediction_logs,
     request_columns,
     write_table_atomically,
 )
+from serving.protocol import MODEL_VERSION_HEADER, REQUEST_ID_HEADER
 from transforms import features
 
 INSTANCES_PER_REQUEST = 8
@@ -63,7 +70,7 @@ def score(model_dir: Path, frame: pd.DataFrame) -> np.ndarray:
     return np.concatenate(probabilities).astype(np.float64) if probabilities else np.array([])
 
 
-def _instance(row: dict[str, Any]) -> dict[str, Any]:
+def instance_of(row: dict[str, Any]) -> dict[str, Any]:
     instance = {}
     for name in features.SERVING_COLUMNS:
         value = row.get(name)
@@ -105,7 +112,7 @@ def write_requests(
         chunk = range(first, min(first + INSTANCES_PER_REQUEST, len(records)))
         request_id = uuid.UUID(int=int(rng.integers(1 << 62)) << 64 | first).hex
         timestamp = start_us + int(rng.integers(0, max(span_us, 1)))
-        rows = [_instance(records[i]) for i in chunk]
+        rows = [instance_of(records[i]) for i in chunk]
         columns = {name: [row.get(name) for row in rows] for name in features.SERVING_COLUMNS}
         probs = [None if probabilities[i] is None or np.isnan(probabilities[i]) else float(probabilities[i]) for i in chunk]
         classes = [None if p is None else int(p >= 0.5) for p in probs]
@@ -144,3 +151,54 @@ def _write_by_date(directory: Path, entries: list, schema: pa.Schema, to_columns
         for first in range(0, len(chunk), 5000):
             table = pa.Table.from_pydict(to_columns(chunk[first:first + 5000]), schema=schema)
             write_table_atomically(table, directory / f"date={day}")
+
+
+def serve_through_gateway(gateway_url: str, log_dir: Path, frame: pd.DataFrame, labels: Sequence[int], *,
+                          labelled: int = 0, model_name: str = "taxi", timeout_s: float = 300.0) -> dict[str, Any]:
+    """Sends the rows to a running gateway's REST predict API, 8 instances a request, then ground truth for
+    the first `labelled` of them (in sending order) to its feedback endpoint, under the request ids the
+    gateway gave; returns once the gateway's Parquet log in `log_dir` holds every one of those rows.
+
+    Returns {"rows", "labelled", "versions"}: the versions are the X-Model-Version answers, to say who served.
+    """
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    ids, versions = [], set()
+    for first in range(0, len(records), INSTANCES_PER_REQUEST):
+        chunk = [instance_of(row) for row in records[first:first + INSTANCES_PER_REQUEST]]
+        answer, headers = _post_json(f"{gateway_url}/v1/models/{model_name}:predict", {"instances": chunk})
+        if len(answer.get("predictions", [])) != len(chunk):
+            raise AssertionError(f"the gateway answered {answer!r:.300} to {len(chunk)} instances")
+        ids.append(headers[REQUEST_ID_HEADER])
+        versions.add(int(headers[MODEL_VERSION_HEADER]))
+    feedback = [{"request_id": ids[index // INSTANCES_PER_REQUEST], "instance_index": index % INSTANCES_PER_REQUEST,
+                 "ground_truth": int(labels[index]), "source": "test"} for index in range(min(labelled, len(records)))]
+    for first in range(0, len(feedback), 200):
+        batch = feedback[first:first + 200]
+        answer, _ = _post_json(f"{gateway_url}/v1/feedback", batch)
+        if answer.get("accepted") != len(batch):
+            raise AssertionError(f"the gateway accepted {answer!r:.300} of {len(batch)} feedback items")
+    _wait_for_logged(log_dir, set(ids), len(records), len(feedback), timeout_s)
+    return {"rows": len(records), "labelled": len(feedback), "versions": sorted(versions)}
+
+
+def _post_json(url: str, document: Any) -> tuple[dict[str, Any], Any]:
+    request = urllib.request.Request(url, data=json.dumps(document).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read()), response.headers
+
+
+def _wait_for_logged(log_dir: Path, ids: set[str], rows: int, feedback: int, timeout_s: float) -> None:
+    """The gateway writes its log in the background (every log_flush_seconds): waits for our rows on disk."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        served = read_prediction_logs(log_dir, include_shadow=False)
+        logged = int(served["request_id"].isin(ids).sum()) if len(served) else 0
+        answers = read_feedback(log_dir)
+        labelled = int(answers["request_id"].isin(ids).sum()) if len(answers) else 0
+        if (logged, labelled) == (rows, feedback):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout_s}s the gateway log in {log_dir} holds {logged} of {rows} served rows "
+                                 f"and {labelled} of {feedback} feedback rows")
+        time.sleep(0.5)
