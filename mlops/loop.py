@@ -312,7 +312,7 @@ def review_step(client: hitl_client.HITLClient, port: int, threshold: float, tim
         say(f"  scripted reviewer agrees with the model on {agree} of {judged} cases{share}; disagrees on {disagree}")
         delivered = wait_for_write_backs(client, [a["task_instance"] for a in actions[:SCRIPTED_ANSWERS]], timeout=240)
         say(f"  {delivered} of {min(len(actions), SCRIPTED_ANSWERS)} answers closed at once by review_case.write_back: "
-            "decisions went to the gateway as feedback (source review:admin; `mlops automation status` counts them), "
+            "decisions went to the gateway as feedback (source review:admin; `mlops review cases` lists them), "
             "\"cannot tell\" stays in the case ledger")
         waiting = len(client.required_actions(REVIEW_DAG))
         say(f"  {waiting} more cases wait for a person in the Airflow UI: http://localhost:{port}/required_actions "
