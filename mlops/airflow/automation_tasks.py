@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from mlops.airflow.tasks import load_task_config, task_params, exit_on_user_error, pipeline_run_id, trigger_of
+from mlops.airflow.tasks import exit_on_user_error, load_task_config, pipeline_run_id, task_params, trigger_of
 
 # The task ends with this code when there is nothing to do (no approval was asked): Airflow skips it.
 EXIT_NOTHING_TO_DO = 99

@@ -14,7 +14,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mlops.airflow.tasks import load_task_config, task_params, exit_on_user_error, pipeline_run_id
+from mlops.airflow.tasks import exit_on_user_error, load_task_config, pipeline_run_id, task_params
 
 # What a reviewer may answer (monitoring.review_queue.REVIEW_OPTIONS; tests/dags/test_dag_copies.py
 # ties the DAG's copy to it).

@@ -28,7 +28,7 @@ def _announcement(action: str, config_path: str, dag_id: str, airflow_run_id: st
     from metadata.openlineage import step_events
     from metadata.openlineage_facets import PRODUCER, MlopsRolloutRunFacet
     from metadata.store import describe
-    from mlops.airflow.tasks import load_task_config, task_params, pipeline_run_id
+    from mlops.airflow.tasks import load_task_config, pipeline_run_id, task_params
     from serving.rollout import gateway_url
 
     config, params = load_task_config(config_path), task_params(params_json)

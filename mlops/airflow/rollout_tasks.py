@@ -25,15 +25,15 @@ from mlops.airflow.tasks import (
     DEFAULT_OBSERVE_SECONDS,
     ROLLOUT_ACTIONS,
     RolledBackError,
-    xcom_jsonable,
-    load_task_config,
-    task_params,
     exit_on_user_error,
     gateway_client,
+    load_task_config,
     newest_version,
     pipeline_run_id,
     serving_labels,
+    task_params,
     trigger_of,
+    xcom_jsonable,
 )
 
 # A canary whose decisions diverged from stable's (monitoring/paired.py): stopped before promotion.

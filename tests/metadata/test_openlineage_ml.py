@@ -144,7 +144,7 @@ def _task_recording(decision):
     from mlops import steps
     from mlops.airflow.rollout_lineage import emits_rollout_lineage
     from mlops.airflow.rollout_tasks import _record_deploy
-    from mlops.airflow.tasks import load_task_config, exit_on_user_error, pipeline_run_id
+    from mlops.airflow.tasks import exit_on_user_error, load_task_config, pipeline_run_id
 
     @emits_rollout_lineage
     def task(action, *, config_path, dag_id, airflow_run_id, run_type, params_json):
