@@ -130,11 +130,18 @@ def find_pushed_model(store: Store, model_name: str, version: int) -> metadata_s
     return max(matches, key=lambda a: a.id)
 
 
+def find_pushed_model_or_none(store: Store, model_name: str, version: int) -> metadata_store_pb2.Artifact | None:
+    """`find_pushed_model`, or None for a version pushed outside the pipeline (no lineage to follow)."""
+    try:
+        return find_pushed_model(store, model_name, version)
+    except LineageNotFoundError:
+        return None
+
+
 def pushed_model_ref(store: Store, model_name: str, version: int) -> ArtifactRef | None:
     """`find_pushed_model` as the reference a step records as its input; None when that version was never pushed."""
-    try:
-        artifact = find_pushed_model(store, model_name, version)
-    except LineageNotFoundError:
+    artifact = find_pushed_model_or_none(store, model_name, version)
+    if artifact is None:
         return None
     return ArtifactRef(artifact.id, "PushedModel", artifact.uri, properties_of(artifact))
 

@@ -109,12 +109,11 @@ def _production_inputs(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs | None:
     """What trained the pushed model `model_name:version`, from its lineage; None if it is not recorded."""
-    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.lineage import find_pushed_model_or_none
     from metadata.queries import training_chain
 
-    try:
-        pushed = find_pushed_model(store, model_name, version)
-    except LineageNotFoundError:  # a model pushed outside the pipeline has no lineage to compare with
+    pushed = find_pushed_model_or_none(store, model_name, version)
+    if pushed is None:  # a model pushed outside the pipeline has no lineage to compare with
         return None
     chain = training_chain(store, pushed)
     ingest, train = chain.executions.get("ingest"), chain.executions.get("train")
@@ -137,14 +136,11 @@ def served_inputs(store: Any, model_name: str, version: int) -> TrainingInputs |
 def served_data_end(store: Any, model_name: str, version: int | None) -> str | None:
     """The day the served model's training data ended (YYYY-MM-DD): its production window's end if it
     learned from production, else its CSV window's end; None without recorded lineage."""
-    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.lineage import find_pushed_model_or_none
     from metadata.queries import training_chain
 
-    if version is None:
-        return None
-    try:
-        pushed = find_pushed_model(store, model_name, version)
-    except LineageNotFoundError:
+    pushed = find_pushed_model_or_none(store, model_name, version) if version is not None else None
+    if pushed is None:
         return None
     ingest = training_chain(store, pushed).executions.get("ingest")
     window = (properties_of(ingest).get("parameters") or {}) if ingest is not None else {}
@@ -240,12 +236,11 @@ class StillFailing:
 def retraining_that_made(store: Any, model_name: str, version: int) -> tuple[str, Mapping[str, Any]] | None:
     """(training run name, its drift-check trigger) when `model_name:version` came from a drift-triggered
     retraining; None for a manual run, a model pushed outside the pipeline, or unknown lineage."""
-    from metadata.lineage import LineageNotFoundError, find_pushed_model
+    from metadata.lineage import find_pushed_model_or_none
     from metadata.queries import producer
 
-    try:
-        pushed = find_pushed_model(store, model_name, version)
-    except LineageNotFoundError:
+    pushed = find_pushed_model_or_none(store, model_name, version)
+    if pushed is None:
         return None
     push = producer(store, pushed.id)
     if push is None:
