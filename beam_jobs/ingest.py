@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import csv_source, outputs
-from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, RowEncoder, canonical_row, split_prefix
+from beam_jobs.tfrecord_batches import TFRecordBatchSink
+from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
 from core.atomic import write_json
 from core.errors import DataError
@@ -272,8 +272,9 @@ def split_index(row: dict[str, Any], num_splits: int, hash_buckets: int, eval_bu
 
 
 class IngestChunkFn(beam.DoFn):
-    """One byte range of the CSV -> serialized Examples (tagged by split), rejected records (tag
-    'rejected') and one summary of the range (tag 'summary', a SummarizeIngestFn accumulator).
+    """One byte range of the CSV -> a list of serialized Examples per split (tagged by split),
+    rejected records (tag 'rejected') and one summary of the range (tag 'summary', a
+    SummarizeIngestFn accumulator).
 
     A whole range per call, not a line per element: moving an element through Beam costs more
     than parsing the row it carries, so each line is parsed, windowed, split and encoded here, and
@@ -306,7 +307,8 @@ class IngestChunkFn(beam.DoFn):
         start, end = self._start, self._end
         timestamp_at = RAW_COLUMNS.index(TIMESTAMP_KEY)
         low = high = None
-        inside = outside = evals = 0
+        inside = outside = 0
+        examples: dict[str, list[bytes]] = {split: [] for split in SPLITS}
         for line_no, raw in lines:
             values = parse(line_no, raw)
             if isinstance(values, Rejection):
@@ -324,11 +326,12 @@ class IngestChunkFn(beam.DoFn):
             inside += 1
             values.append(line_no)
             text, example = encode(values)
-            split = split_of(text, self._hash_buckets, self._eval_buckets)
-            evals += split == "eval"
-            yield beam.pvalue.TaggedOutput(split, example)
+            examples[split_of(text, self._hash_buckets, self._eval_buckets)].append(example)
         summary.update(in_window=inside, outside_window=outside, min_ts=low, max_ts=high)
-        summary["splits"] = {split: count for split, count in (("train", inside - evals), ("eval", evals)) if count}
+        summary["splits"] = {split: len(batch) for split, batch in examples.items() if batch}
+        for split, batch in examples.items():
+            if batch:
+                yield beam.pvalue.TaggedOutput(split, batch)
         self._lines.inc(len(lines))
         self._rejected.inc(sum(summary["reasons"].values()))
         yield beam.pvalue.TaggedOutput(self.SUMMARY, summary)
@@ -400,10 +403,8 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         )).with_outputs(*SPLITS, IngestChunkFn.REJECTED, IngestChunkFn.SUMMARY)
     )
     for split in SPLITS:
-        # Already serialized Examples: straight to the sink (outputs.WriteExamples serializes row dicts).
-        _ = ingested[split] | f"WriteSplit[{split}]" >> beam.io.WriteToTFRecord(
-            split_prefix(output / EXAMPLES_DIR, split), file_name_suffix=TFRECORD_SUFFIX,
-            compression_type=CompressionTypes.GZIP)
+        _ = ingested[split] | f"WriteSplit[{split}]" >> beam.io.Write(
+            TFRecordBatchSink(split_prefix(output / EXAMPLES_DIR, split)))
     _ = ingested[IngestChunkFn.REJECTED] | "WriteRejected" >> outputs.WriteJsonLines(
         str(output / REJECTED_DIR / "rejected"))
     _ = (

@@ -3,7 +3,7 @@
 RowEncoder writes protobuf's wire format by hand and builds canonical_row's text itself; the
 split is an md5 of that text, so one character of difference would move rows between splits.
 CsvLineParser splits and parses lines without the csv module and parse_value where it can. Each
-is checked here against the slow definition: row_to_example / canonical_row, and
+is checked here against the slow definition (and TFRecordBatchSink's framing against Beam's): row_to_example / canonical_row, and
 split_csv_line + parse_cells (CsvLineParser._parse_reference; test_dirty_properties.py also
 compares the two on its generated taxi lines).
 """
@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, example, given, settings
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from hypothesis import strategies as st
 
 from beam_jobs import ingest
 from beam_jobs.example_codec import SOURCE_LINE_KEY, RowEncoder, canonical_row, row_to_example
+from beam_jobs.tfrecord_batches import tfrecord_frame
 from tests.beam_jobs.test_dirty_properties import BAD_CELLS
 from transforms.features import FEATURES_BY_NAME, FLOAT32_MAX, INT64_MAX, INT64_MIN, RAW_COLUMNS, Kind
 
@@ -111,3 +113,14 @@ def test_arbitrary_cells_parse_as_the_reference_rules_parse_them(cells, joiner):
     for raw in (_line(surrogate_free), joiner.join(surrogate_free).encode("utf-8", errors="surrogatepass")):
         raw = raw.replace(b"\n", b" ")
         assert parser.parse(7, raw) == parser._parse_reference(7, raw), raw
+
+
+# --- TFRecordBatchSink's framing against Beam's TFRecord writer ---
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(record=st.one_of(st.binary(max_size=300), st.binary(min_size=70_000, max_size=70_100)))
+def test_records_are_framed_as_beams_tfrecord_writer_frames_them(record):
+    written = io.BytesIO()
+    _TFRecordUtil.write_record(written, record)
+    assert tfrecord_frame(record) == written.getvalue()
