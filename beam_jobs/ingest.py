@@ -131,7 +131,7 @@ class Rejection(NamedTuple):
     bad_cells: tuple[tuple[str, str], ...]  # (column, cell as shown) of every value that did not parse
 
 
-# The characters after which a line needs Python's csv module: a quote, or what csv treats as a line end.
+# A line with any of these needs Python's csv module: a quote, or what csv treats as a line end or refuses.
 _NEEDS_CSV_MODULE = ('"', "\r", "\x00")
 # Digits of an int that certainly fits an int64 (19 nines do not).
 _SAFE_INT_DIGITS = 18
