@@ -179,6 +179,20 @@ def parse_cells(features: Sequence[Feature], cells: Mapping[str, str]) -> tuple[
 # --- Pipeline parts ---
 
 
+def read_chunk_lines(csv_path: str, chunk: CsvChunk) -> list[tuple[int, bytes]]:
+    """(line number, raw bytes without the line end) of every non-blank line of one byte range."""
+    with FileSystems.open(csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.seek(chunk.start)
+        data = handle.read(chunk.end - chunk.start)
+    if len(data) != chunk.end - chunk.start:
+        raise RuntimeError(f"{csv_path} changed while being read (bytes {chunk.start}..{chunk.end} are gone)")
+    pieces = data.split(b"\n")
+    if pieces and pieces[-1] == b"":
+        pieces.pop()  # the range ends with a newline, not with another line
+    first = chunk.first_line
+    return [(first + index, raw.rstrip(b"\r")) for index, raw in enumerate(pieces) if raw.strip()]
+
+
 class ReadChunkLinesFn(beam.DoFn):
     """Reads one byte range and yields (line number, raw bytes) for each non-blank line."""
 
@@ -189,22 +203,22 @@ class ReadChunkLinesFn(beam.DoFn):
         self._lines = Metrics.counter("ingest", "lines_read")
 
     def process(self, chunk: CsvChunk) -> Iterator[Any]:
-        with FileSystems.open(self._csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.seek(chunk.start)
-            data = handle.read(chunk.end - chunk.start)
-        if len(data) != chunk.end - chunk.start:
-            raise RuntimeError(f"{self._csv_path} changed while being read (bytes {chunk.start}..{chunk.end} are gone)")
-        pieces = data.split(b"\n")
-        if pieces and pieces[-1] == b"":
-            pieces.pop()  # the range ends with a newline, not with another line
-        lines_read = 0
-        for index, raw in enumerate(pieces):
-            if raw.strip():
-                lines_read += 1
-                yield chunk.first_line + index, raw.rstrip(b"\r")
-        self._lines.inc(lines_read)
+        lines = read_chunk_lines(self._csv_path, chunk)
+        yield from lines
+        self._lines.inc(len(lines))
         # Counted here, independently of parsing, so the summary can prove no line was dropped.
-        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", lines_read))
+        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", len(lines)))
+
+
+class SpreadCsvChunks(beam.PTransform):
+    """The byte ranges of a CSV, spread across workers (each worker then reads its own ranges)."""
+
+    def __init__(self, chunks: Sequence[CsvChunk]) -> None:
+        super().__init__()
+        self._chunks = list(chunks)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return pbegin | "ListByteRanges" >> beam.Create(self._chunks) | "SpreadByteRanges" >> beam.Reshuffle()
 
 
 class ReadCsvLines(beam.PTransform):
@@ -219,8 +233,7 @@ class ReadCsvLines(beam.PTransform):
         """Main output: (line number, raw bytes); output 'facts': ("read", lines) per byte range."""
         return (
             pbegin
-            | "ListByteRanges" >> beam.Create(self._chunks)
-            | "SpreadByteRanges" >> beam.Reshuffle()
+            | "Spread" >> SpreadCsvChunks(self._chunks)
             | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path)).with_outputs(
                 ReadChunkLinesFn.FACTS, main="lines")
         )

@@ -2,18 +2,26 @@
 
 A row is a dict feature name -> value (None = missing). A missing value is an absent feature in
 the Example, which is what TFDV, tf.io.parse_example with VarLenFeature and TFT expect.
+
+`row_to_example` / `serialize_row` build protobuf messages and are the reference. Ingest, which
+encodes every row of the input, uses `RowEncoder`: the same Examples and the same canonical text,
+written directly in protobuf's wire format (tests/beam_jobs/test_example_encoder.py checks both
+against the reference on generated rows).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
+from json.encoder import c_make_encoder, encode_basestring
 from pathlib import Path
-from typing import Any, Mapping
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from transforms.features import FEATURES_BY_NAME, OBSERVED_LABEL_KEY, RAW_COLUMNS, Kind
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 Row = dict[str, Any]
 
@@ -23,8 +31,16 @@ Row = dict[str, Any]
 SOURCE_LINE_KEY = "__source_line"
 
 
+def _example_type() -> "type[tf.train.Example]":
+    # Imported when first used, not with the module: TensorFlow costs seconds of CPU and ~400 MB,
+    # and ingest, which imports this module, never builds a message (it uses RowEncoder).
+    import tensorflow as tf
+
+    return tf.train.Example
+
+
 def row_to_example(row: Mapping[str, Any]) -> tf.train.Example:
-    example = tf.train.Example()
+    example = _example_type()()
     features = example.features.feature
     for name, value in row.items():
         if value is None:
@@ -67,7 +83,7 @@ def serialize_row(row: Mapping[str, Any]) -> bytes:
 
 
 def parse_serialized(serialized: bytes, names: tuple[str, ...] | None = None) -> Row:
-    return example_to_row(tf.train.Example.FromString(serialized), names)
+    return example_to_row(_example_type().FromString(serialized), names)
 
 
 # --- Where split data lives (docs/ARCHITECTURE.md, "On-disk formats") ---
@@ -114,3 +130,143 @@ def canonical_row(row: Mapping[str, Any]) -> str:
     if row.get(OBSERVED_LABEL_KEY) is not None:
         values.append(int(row[OBSERVED_LABEL_KEY]))
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+
+
+# What json.dumps(values, separators=(",", ":"), ensure_ascii=False) runs for a list, made once
+# (json.dumps makes it per call): canonical_row's text for RowEncoder, character for character.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_C_LIST_ENCODER = (None if c_make_encoder is None else
+                   c_make_encoder(None, _COMPACT_JSON.default, encode_basestring, None, ":", ",", False, False, True))
+
+
+def _compact_json(values: list[Any]) -> str:
+    if _C_LIST_ENCODER is None:  # a Python without the json C accelerator
+        return _COMPACT_JSON.encode(values)
+    return "".join(_C_LIST_ENCODER(values, 0))
+
+
+# --- Protobuf wire format, for RowEncoder ---
+# Example {Features features = 1}; Features {map<string, Feature> feature = 1}, each map entry a
+# message {string key = 1; Feature value = 2}; Feature {oneof: BytesList bytes_list = 1,
+# FloatList float_list = 2, Int64List int64_list = 3}; each list {repeated value = 1}, floats and
+# ints packed. Every field here is length-delimited, so its tag byte is (number << 3) | 2.
+
+_ENTRY, _KEY, _VALUE = 0x0A, 0x0A, 0x12
+_BYTES_LIST, _FLOAT_LIST, _INT64_LIST, _LIST_VALUES = 0x0A, 0x12, 0x1A, 0x0A
+_FLOAT32 = struct.Struct("<f")
+# Texts shorter than this have one-byte lengths at every level of a string entry (n + 4 < 128).
+_SHORT_TEXT = 0x80 - 4
+_UINT64_MASK = 0xFFFFFFFFFFFFFFFF
+# Varints by 14-bit groups: 0 .. 2**14 - 1 whole (one or two bytes: community areas, hours, small
+# counts), and the same groups with both continuation bits set, for the low groups of larger values
+# (a line number, a timestamp, a census tract take two or three look-ups instead of a loop).
+_LAST_GROUP = [bytes((n,)) for n in range(0x80)] + [bytes(((n & 0x7F) | 0x80, n >> 7)) for n in range(0x80, 0x4000)]
+_INNER_GROUP = [bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(0x4000)]
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
+    if 0 <= value < 1 << 14:
+        return _LAST_GROUP[value]
+    if 0 <= value < 1 << 28:
+        return _INNER_GROUP[value & 0x3FFF] + _LAST_GROUP[value >> 14]
+    if 0 <= value < 1 << 42:
+        return _INNER_GROUP[value & 0x3FFF] + _INNER_GROUP[(value >> 14) & 0x3FFF] + _LAST_GROUP[value >> 28]
+    value &= _UINT64_MASK
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _delimited(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+def _float32_bytes(value: Any) -> bytes:
+    """The float32 a FloatList stores: rounded to nearest; beyond float32's range, an infinity (as protobuf does)."""
+    value = float(value)
+    try:
+        return _FLOAT32.pack(value)
+    except OverflowError:
+        return _FLOAT32.pack(math.copysign(math.inf, value))
+
+
+def _entry_head(key: bytes, framing: bytes, value_bytes: int) -> bytes:
+    """The bytes of a map entry before its last `value_bytes` bytes: entry tag, entry length, key, framing."""
+    return bytes((_ENTRY,)) + _varint(len(key) + len(framing) + value_bytes) + key + framing
+
+
+class RowEncoder:
+    """Rows given as values in a fixed order of names -> (canonical_row text, serialized Example).
+
+    The Example parses back to the message row_to_example builds, and the text is canonical_row's,
+    at a fraction of the cost: the bytes that depend only on a feature's name and kind are made
+    once here, the floats of a row are rounded to float32 in one struct call, and the text comes
+    from json's own encoder. Values are as parse_value returns them (None = missing).
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        names = tuple(names)
+        kinds = [Kind.INT if name == SOURCE_LINE_KEY else FEATURES_BY_NAME[name].kind for name in names]
+        keys = [_delimited(_KEY, name.encode("utf-8")) for name in names]
+        self._width = len(names)
+        # Where canonical_row's values are among the encoder's (None: not given, so missing).
+        self._canonical_at = tuple(names.index(name) if name in names else None for name in RAW_COLUMNS)
+        self._float_at = tuple(i for i, kind in enumerate(kinds) if kind is Kind.FLOAT)
+        self._int_at = tuple(i for i, kind in enumerate(kinds) if kind is Kind.INT)
+        self._string_at = tuple(i for i, kind in enumerate(kinds) if kind is Kind.STRING)
+        self._floats = struct.Struct(f"<{len(self._float_at)}f")
+        # A float entry is its head + 4 bytes; an int entry is a head for its varint's length (1..10) + the varint.
+        self._float_heads = tuple(_entry_head(keys[i], bytes((_VALUE, 8, _FLOAT_LIST, 6, _LIST_VALUES, 4)), 4)
+                                  for i in self._float_at)
+        self._int_heads = tuple((b"", *(_entry_head(keys[i], bytes((_VALUE, n + 4, _INT64_LIST, n + 2, _LIST_VALUES, n)), n)
+                                        for n in range(1, 11))) for i in self._int_at)
+        self._string_keys = tuple(keys[i] for i in self._string_at)
+        # A string entry is its head for the text's length + the UTF-8 bytes; heads made for short texts.
+        self._string_heads = tuple(
+            tuple(_entry_head(keys[i], bytes((_VALUE, n + 4, _BYTES_LIST, n + 2, _LIST_VALUES, n)), n)
+                  for n in range(_SHORT_TEXT))
+            for i in self._string_at)
+
+    def encode(self, values: Sequence[Any]) -> tuple[str, bytes]:
+        """(canonical_row of the row, its serialized Example); values in the encoder's order of names."""
+        if len(values) != self._width:
+            raise ValueError(f"expected {self._width} values, one per name, got {len(values)}")
+        stored = list(values)  # becomes the values as the Example holds them, for the canonical text
+        entries: list[bytes] = []
+        floats = [values[i] for i in self._float_at]
+        try:
+            packed = self._floats.pack(*[0.0 if value is None else value for value in floats])
+        except (OverflowError, struct.error):  # beyond float32, or not a float: one at a time, as row_to_example
+            packed = b"".join(_float32_bytes(0.0 if value is None else value) for value in floats)
+        for k, (index, value, rounded) in enumerate(zip(self._float_at, floats, self._floats.unpack(packed))):
+            if value is not None:
+                stored[index] = rounded
+                entries.append(self._float_heads[k] + packed[4 * k:4 * k + 4])
+        for index, heads in zip(self._int_at, self._int_heads):
+            value = values[index]
+            if value is not None:
+                stored[index] = value = int(value)
+                varint = _varint(value)
+                entries.append(heads[len(varint)] + varint)
+        for index, key, heads in zip(self._string_at, self._string_keys, self._string_heads):
+            value = values[index]
+            if value is not None:
+                if isinstance(value, bytes):
+                    stored[index], data = value.decode("utf-8", errors="replace"), value
+                else:
+                    stored[index] = value = str(value)
+                    data = value.encode("utf-8")
+                if len(data) < _SHORT_TEXT:
+                    entries.append(heads[len(data)] + data)
+                else:
+                    feature = _delimited(_BYTES_LIST, _delimited(_LIST_VALUES, data))
+                    entries.append(_delimited(_ENTRY, key + _delimited(_VALUE, feature)))
+        text = _compact_json([None if at is None else stored[at] for at in self._canonical_at])
+        if not entries:
+            return text, b""  # no feature set: protobuf leaves `features` out too
+        features = b"".join(entries)
+        return text, bytes((0x0A,)) + _varint(len(features)) + features

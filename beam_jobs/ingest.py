@@ -7,9 +7,11 @@
 Writes `examples/Split-<split>/data-*.tfrecord.gz`, `rejected/rejected-*.jsonl` (one JSON object per
 rejected line, with its 1-based line number and raw text) and `ingest_result.json`.
 
-Lines are read in parallel by byte range, each with its line number, and parsed by the shared
-CSV reader (beam_jobs/csv_source.py, also used by batch prediction); this module selects the time
-window, splits by a hash of the row, writes the splits and checks the outcome.
+The file is read in parallel by byte range (beam_jobs/csv_source.py, also used by batch
+prediction), lines numbered; each range is one element: its lines are parsed by the shared rules
+(csv_source.split_csv_line, parse_cells), windowed, split by a hash of the row and encoded in one
+call (IngestChunkFn), because per row a Beam element costs more than the work. This module then
+writes the splits and checks the outcome.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ import hashlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import csv_source, outputs
-from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, canonical_row, split_prefix
+from beam_jobs.tfrecord_batches import TFRecordBatchSink
+from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
 from core.atomic import write_json
 from core.errors import DataError
-from transforms.features import EXPECTED_BY_KIND, FEATURES_BY_NAME, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY
+from transforms.features import (EXPECTED_BY_KIND, FEATURES_BY_NAME, FLOAT32_MAX, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind,
+                                 parse_value)
 
 _LOG = logging.getLogger(__name__)
 
@@ -120,27 +124,107 @@ def _check_window(start: datetime.datetime, end: datetime.datetime) -> None:
 # --- Pipeline parts ---
 
 
-class ParseCsvLineFn(beam.DoFn):
-    """Parses one line into a row of typed values; anything that does not parse goes to 'rejected'.
+class Rejection(NamedTuple):
+    """A line ingest cannot use: the record written to rejected/, and its bad cells for the summary."""
 
-    Also emits facts (tag 'facts') for the run summary, so counts and error examples come from
-    the data itself on any runner, not from runner-specific metrics.
+    record: dict[str, Any]  # line, reason, feature, detail, text, row (see the module docstring)
+    bad_cells: tuple[tuple[str, str], ...]  # (column, cell as shown) of every value that did not parse
+
+
+# A line with any of these needs Python's csv module: a quote, or what csv treats as a line end or refuses.
+_NEEDS_CSV_MODULE = ('"', "\r", "\x00")
+# Digits of an int that certainly fits an int64 (19 nines do not).
+_SAFE_INT_DIGITS = 18
+
+
+class CsvLineParser:
+    """One CSV line -> its values in RAW_COLUMNS order, or a Rejection saying why not.
+
+    Every line goes through a fast path first: a plain split on commas when the line has no
+    quote, and per cell the common forms (digits, an ASCII decimal, ASCII text). Whatever that
+    path is not sure of (a quoted line, "12.0" as an int, a cell that fails, a missing timestamp) is
+    decided by the reference rules: csv_source.split_csv_line and parse_cells / parse_value. The
+    fast path only ever returns what the reference would, so outcomes and messages are theirs.
     """
-
-    REJECTED = "rejected"
-    FACTS = "facts"
 
     def __init__(self, columns: Sequence[str]) -> None:
         self._columns = tuple(columns)
         self._index = {name: self._columns.index(name) for name in RAW_COLUMNS}
-        self._rejected = Metrics.counter("ingest", "rows_unparseable")
+        self._cells = tuple((self._index[feature.name], feature.kind, feature) for feature in RAW_FEATURES)
+        self._timestamp_at = RAW_COLUMNS.index(TIMESTAMP_KEY)
 
-    def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
-        line_no, raw = element
+    def parse(self, line_no: int, raw: bytes) -> list[Any] | Rejection:
+        text = raw.decode("utf-8", errors="surrogateescape")
+        if any(mark in text for mark in _NEEDS_CSV_MODULE):
+            return self._parse_reference(line_no, raw)
+        fields = text.split(",")
+        if len(fields) != len(self._columns):
+            return self._parse_reference(line_no, raw)
+        if text.isascii() and "_" not in text:
+            values = self._parse_plain(fields)
+        else:
+            values = self._parse_cells(fields)
+        if values is None or values[self._timestamp_at] is None:
+            return self._parse_reference(line_no, raw)
+        return values
+
+    def _parse_plain(self, fields: list[str]) -> list[Any] | None:
+        """The values of an ASCII line without "_", or None when a cell needs the reference rules.
+
+        Here parse_value's own checks (ASCII, no "_") hold for every cell, and float() and int()
+        ignore surrounding whitespace as parse_value's strip() does, so a number needs no strip.
+        """
+        values: list[Any] = []
+        append = values.append
+        for at, kind, _ in self._cells:
+            cell = fields[at]
+            if not cell:
+                append(None)
+            elif kind is Kind.STRING:
+                append(cell.strip() or None)
+            elif kind is Kind.INT:
+                if len(cell) > _SAFE_INT_DIGITS:
+                    return self._parse_cells(fields)
+                try:
+                    append(int(cell))
+                except ValueError:  # "12.0", or a blank cell: parse_value's rules
+                    return self._parse_cells(fields)
+            else:
+                try:
+                    number = float(cell)
+                except ValueError:
+                    return self._parse_cells(fields)
+                if not -FLOAT32_MAX <= number <= FLOAT32_MAX:  # also a NaN
+                    return None
+                append(number)
+        return values
+
+    def _parse_cells(self, fields: list[str]) -> list[Any] | None:
+        """The values cell by cell by the fast forms or parse_value, or None when a cell does not parse."""
+        values: list[Any] = []
+        append = values.append
+        for at, kind, feature in self._cells:
+            cell = fields[at].strip()
+            if not cell:
+                append(None)
+            elif kind is Kind.FLOAT and cell.isascii() and "_" not in cell and (number := _float32(cell)) is not None:
+                append(number)
+            elif kind is Kind.INT and cell.isdigit() and cell.isascii() and len(cell) <= _SAFE_INT_DIGITS:
+                append(int(cell))
+            elif kind is Kind.STRING and cell.isascii():
+                append(cell)
+            else:
+                try:
+                    append(parse_value(feature, cell))
+                except ValueError:
+                    return None
+        return values
+
+    def _parse_reference(self, line_no: int, raw: bytes) -> list[Any] | Rejection:
+        """The rules as written in csv_source and transforms/features.py, one cell at a time."""
         line = csv_source.split_csv_line(raw, len(self._columns))
         if isinstance(line, csv_source.BadLine):
-            yield from self._reject(line_no, line.reason, None, line.detail, line.text, None, ())
-            return
+            return _rejection(line_no, line.reason, None, line.detail, line.text, None, ())
         text, fields = line
         cells = {name: fields[self._index[name]] for name in RAW_COLUMNS}
         row, bad = csv_source.parse_cells(RAW_FEATURES, cells)
@@ -151,80 +235,134 @@ class ParseCsvLineFn(beam.DoFn):
             only_timestamp_missing = len(bad) == 1 and bad[0][0] == TIMESTAMP_KEY and not timestamp_unparsed
             reason = REASON_MISSING_TIMESTAMP if only_timestamp_missing else csv_source.REASON_UNPARSEABLE_VALUE
             detail = "; ".join(f"{column}={cell!r}: {expected}" for column, cell, expected in bad)
-            yield from self._reject(line_no, reason, bad[0][0], detail, text, cells,
-                                    tuple((column, cell) for column, cell, _ in bad))
-            return
-        row[SOURCE_LINE_KEY] = line_no
-        yield row
-
-    def _reject(self, line_no: int, reason: str, feature: str | None, detail: str, text: str,
-                cells: dict[str, str] | None, bad_cells: tuple[tuple[str, str], ...]) -> Iterator[Any]:
-        self._rejected.inc()
-        record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text,
-                  "row": csv_source.displayable_cells(cells)}
-        yield beam.pvalue.TaggedOutput(self.REJECTED, record)
-        yield beam.pvalue.TaggedOutput(self.FACTS, ("rejected", reason, line_no, text, bad_cells))
+            return _rejection(line_no, reason, bad[0][0], detail, text, cells,
+                              tuple((column, cell) for column, cell, _ in bad))
+        return [row[name] for name in RAW_COLUMNS]
 
 
-class SelectWindowFn(beam.DoFn):
-    """Keeps rows whose trip_start_timestamp is in [start, end); others go to 'outside'."""
-
-    OUTSIDE = "outside"
-    FACTS = "facts"
-
-    def __init__(self, start_seconds: float, end_seconds: float) -> None:
-        self._start = start_seconds
-        self._end = end_seconds
-
-    def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        timestamp = row[TIMESTAMP_KEY]
-        inside = self._start <= timestamp < self._end
-        yield beam.pvalue.TaggedOutput(self.FACTS, ("timestamp", timestamp, inside))
-        if inside:
-            yield row
-        else:
-            yield beam.pvalue.TaggedOutput(self.OUTSIDE, row)
+def _float32(cell: str) -> float | None:
+    """float(cell) when it is a finite number that fits a float32 (what parse_value accepts), else None."""
+    try:
+        number = float(cell)
+    except ValueError:
+        return None
+    return number if -FLOAT32_MAX <= number <= FLOAT32_MAX else None  # a NaN fails both comparisons
 
 
-def split_index(row: dict[str, Any], num_splits: int, hash_buckets: int, eval_buckets: int) -> int:
-    """Index into SPLITS: a stable hash of the row's content, so identical rows share a split.
+def _rejection(line_no: int, reason: str, feature: str | None, detail: str, text: str,
+               cells: dict[str, str] | None, bad_cells: tuple[tuple[str, str], ...]) -> Rejection:
+    record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text,
+              "row": csv_source.displayable_cells(cells)}
+    return Rejection(record, bad_cells)
+
+
+def split_of(canonical_text: str, hash_buckets: int, eval_buckets: int) -> str:
+    """The split of a row, from a stable hash of its canonical_row text, so identical rows share a split.
 
     md5 rather than Python's hash(): the latter is salted per process, so workers would disagree.
     """
-    digest = hashlib.md5(canonical_row(row).encode("utf-8")).digest()
+    digest = hashlib.md5(canonical_text.encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") % hash_buckets
-    return SPLITS.index("eval") if bucket >= hash_buckets - eval_buckets else SPLITS.index("train")
+    return "eval" if bucket >= hash_buckets - eval_buckets else "train"
+
+
+def split_index(row: dict[str, Any], num_splits: int, hash_buckets: int, eval_buckets: int) -> int:
+    """Index into SPLITS of a row (a beam.Partition function): split_of its canonical_row."""
+    return SPLITS.index(split_of(canonical_row(row), hash_buckets, eval_buckets))
+
+
+class IngestChunkFn(beam.DoFn):
+    """One byte range of the CSV -> a list of serialized Examples per split (tagged by split),
+    rejected records (tag 'rejected') and one summary of the range (tag 'summary', a
+    SummarizeIngestFn accumulator).
+
+    A whole range per call, not a line per element: moving an element through Beam costs more
+    than parsing the row it carries, so each line is parsed, windowed, split and encoded here, and
+    the summary's counts are folded in as they happen and leave once per range, never once per row.
+    """
+
+    REJECTED = "rejected"
+    SUMMARY = "summary"
+
+    def __init__(self, csv_path: str, columns: Sequence[str], start_seconds: float, end_seconds: float,
+                 hash_buckets: int, eval_buckets: int) -> None:
+        self._csv_path = csv_path
+        self._columns = tuple(columns)
+        self._start = start_seconds
+        self._end = end_seconds
+        self._hash_buckets = hash_buckets
+        self._eval_buckets = eval_buckets
+        self._lines = Metrics.counter("ingest", "lines_read")
+        self._rejected = Metrics.counter("ingest", "rows_unparseable")
+
+    def setup(self) -> None:
+        self._parser = CsvLineParser(self._columns)
+        self._encoder = RowEncoder((*RAW_COLUMNS, SOURCE_LINE_KEY))
+
+    def process(self, chunk: csv_source.CsvChunk) -> Iterator[Any]:
+        lines = csv_source.read_chunk_lines(self._csv_path, chunk)
+        summary = new_summary()
+        summary["read"] = len(lines)
+        parse, encode = self._parser.parse, self._encoder.encode
+        start, end = self._start, self._end
+        timestamp_at = RAW_COLUMNS.index(TIMESTAMP_KEY)
+        low = high = None
+        inside = outside = 0
+        examples: dict[str, list[bytes]] = {split: [] for split in SPLITS}
+        for line_no, raw in lines:
+            values = parse(line_no, raw)
+            if isinstance(values, Rejection):
+                add_rejection(summary, values)
+                yield beam.pvalue.TaggedOutput(self.REJECTED, values.record)
+                continue
+            timestamp = values[timestamp_at]
+            if low is None or timestamp < low:
+                low = timestamp
+            if high is None or timestamp > high:
+                high = timestamp
+            if not start <= timestamp < end:
+                outside += 1
+                continue
+            inside += 1
+            values.append(line_no)
+            text, example = encode(values)
+            examples[split_of(text, self._hash_buckets, self._eval_buckets)].append(example)
+        summary.update(in_window=inside, outside_window=outside, min_ts=low, max_ts=high)
+        summary["splits"] = {split: len(batch) for split, batch in examples.items() if batch}
+        for split, batch in examples.items():
+            if batch:
+                yield beam.pvalue.TaggedOutput(split, batch)
+        self._lines.inc(len(lines))
+        self._rejected.inc(sum(summary["reasons"].values()))
+        yield beam.pvalue.TaggedOutput(self.SUMMARY, summary)
+
+
+def new_summary() -> dict[str, Any]:
+    """An empty run summary: what SummarizeIngestFn accumulates and summary.json holds."""
+    return {"read": 0, "reasons": {}, "bad_counts": {}, "bad_examples": {}, "row_examples": [],
+            "in_window": 0, "outside_window": 0, "min_ts": None, "max_ts": None, "splits": {}}
+
+
+def add_rejection(summary: dict[str, Any], rejection: Rejection) -> None:
+    """Counts a rejected line in the summary and keeps the first lines of each kind of problem."""
+    record = rejection.record
+    reason, line_no = record["reason"], record["line"]
+    summary["reasons"][reason] = summary["reasons"].get(reason, 0) + 1
+    if reason in csv_source.ROW_LEVEL_REASONS:
+        summary["row_examples"] = _first_lines(summary["row_examples"] + [[line_no, record["text"]]])
+    for column, cell in rejection.bad_cells:
+        summary["bad_counts"][column] = summary["bad_counts"].get(column, 0) + 1
+        summary["bad_examples"][column] = _first_lines(summary["bad_examples"].get(column, []) + [[line_no, cell]])
 
 
 class SummarizeIngestFn(beam.CombineFn):
-    """Folds the facts of a run into counts, timestamp range and the first bad values per column."""
+    """Merges the summaries of byte ranges into the run's: counts, timestamp range, first bad values."""
 
     def create_accumulator(self) -> dict[str, Any]:
-        return {"read": 0, "reasons": {}, "bad_counts": {}, "bad_examples": {}, "row_examples": [],
-                "in_window": 0, "outside_window": 0, "min_ts": None, "max_ts": None, "splits": {}}
+        return new_summary()
 
-    def add_input(self, acc: dict[str, Any], fact: tuple) -> dict[str, Any]:
-        kind = fact[0]
-        if kind == "read":
-            acc["read"] += fact[1]
-        elif kind == "split":
-            acc["splits"][fact[1]] = acc["splits"].get(fact[1], 0) + 1
-        elif kind == "timestamp":
-            _, timestamp, inside = fact
-            acc["in_window" if inside else "outside_window"] += 1
-            acc["min_ts"] = timestamp if acc["min_ts"] is None else min(acc["min_ts"], timestamp)
-            acc["max_ts"] = timestamp if acc["max_ts"] is None else max(acc["max_ts"], timestamp)
-        elif kind == "rejected":
-            _, reason, line_no, text, bad_cells = fact
-            acc["reasons"][reason] = acc["reasons"].get(reason, 0) + 1
-            if reason in csv_source.ROW_LEVEL_REASONS:
-                acc["row_examples"] = _first_lines(acc["row_examples"] + [[line_no, text]])
-            for column, cell in bad_cells:
-                acc["bad_counts"][column] = acc["bad_counts"].get(column, 0) + 1
-                acc["bad_examples"][column] = _first_lines(acc["bad_examples"].get(column, []) + [[line_no, cell]])
-        else:
-            raise ValueError(f"unknown ingest fact {fact!r}")
-        return acc
+    def add_input(self, acc: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        return self.merge_accumulators([acc, summary])
 
     def merge_accumulators(self, accumulators: Any) -> dict[str, Any]:
         merged = self.create_accumulator()
@@ -251,33 +389,26 @@ def _first_lines(examples: list[list[Any]]) -> list[list[Any]]:
     return sorted(examples, key=lambda example: example[0])[:_EXAMPLES_PER_COLUMN]
 
 
-def _split_fact(row: dict[str, Any], split: str) -> tuple[str, str]:
-    return ("split", split)
-
-
 def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
-    """Composes the ingest pipeline: ReadCsv -> ParseRows -> SelectWindow -> SplitByHash -> WriteSplit[*].
+    """Composes the ingest pipeline: SpreadByteRanges -> IngestByteRanges -> WriteSplit[*], WriteRejected, Summarize.
 
     Writes below plan.output_dir: examples/, rejected/ and SUMMARY_FILE (the run's counts).
     """
     output = Path(plan.output_dir)
-    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines(plan.csv_path, plan.chunks)
-    parsed = read.lines | "ParseRows" >> beam.ParDo(ParseCsvLineFn(plan.columns)).with_outputs(
-        ParseCsvLineFn.REJECTED, ParseCsvLineFn.FACTS, main="rows")
-    windowed = parsed.rows | "SelectWindow" >> beam.ParDo(
-        SelectWindowFn(plan.start_seconds, plan.end_seconds)).with_outputs(
-        SelectWindowFn.OUTSIDE, SelectWindowFn.FACTS, main="inside")
-    splits = windowed.inside | "SplitByHash" >> beam.Partition(
-        split_index, len(SPLITS), plan.hash_buckets, plan.eval_buckets)
-
-    facts = [read[csv_source.ReadChunkLinesFn.FACTS], parsed[ParseCsvLineFn.FACTS], windowed[SelectWindowFn.FACTS]]
-    for index, split in enumerate(SPLITS):
-        _ = splits[index] | f"WriteSplit[{split}]" >> outputs.WriteExamples(split_prefix(output / EXAMPLES_DIR, split))
-        facts.append(splits[index] | f"SplitFact[{split}]" >> beam.Map(_split_fact, split))
-    _ = parsed[ParseCsvLineFn.REJECTED] | "WriteRejected" >> outputs.WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
+    ingested = (
+        pipeline
+        | "SpreadCsv" >> csv_source.SpreadCsvChunks(plan.chunks)
+        | "IngestByteRanges" >> beam.ParDo(IngestChunkFn(
+            plan.csv_path, plan.columns, plan.start_seconds, plan.end_seconds, plan.hash_buckets, plan.eval_buckets,
+        )).with_outputs(*SPLITS, IngestChunkFn.REJECTED, IngestChunkFn.SUMMARY)
+    )
+    for split in SPLITS:
+        _ = ingested[split] | f"WriteSplit[{split}]" >> beam.io.Write(
+            TFRecordBatchSink(split_prefix(output / EXAMPLES_DIR, split)))
+    _ = ingested[IngestChunkFn.REJECTED] | "WriteRejected" >> outputs.WriteJsonLines(
+        str(output / REJECTED_DIR / "rejected"))
     _ = (
-        facts
-        | "GatherFacts" >> beam.Flatten()
+        ingested[IngestChunkFn.SUMMARY]
         | "Summarize" >> beam.CombineGlobally(SummarizeIngestFn())
         | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )

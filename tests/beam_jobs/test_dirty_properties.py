@@ -3,7 +3,7 @@
 Whatever the corruption, ingest and clean never raise, every line is kept or rejected (rows in =
 kept + rejected), every rejected row has a reason and its line number, and every kept row obeys
 transforms/features.py (types that fit, required values present, values in their valid ranges).
-The per-line test drives the jobs' own DoFns on many examples; the pipeline test runs both Beam
+The per-line test drives the jobs' own line parser and DoFns on many examples; the pipeline test runs both Beam
 jobs on generated files.
 """
 
@@ -99,22 +99,20 @@ def clean_one_row(row: dict[str, Any]) -> tuple[str, Any]:
 @settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(columns=st.permutations(RAW_COLUMNS), data=st.data())
 def test_every_line_is_kept_or_rejected_with_a_reason_and_its_line(columns, data):
-    parse = ingest.ParseCsvLineFn(columns)
+    parser = ingest.CsvLineParser(columns)
     for line_no in range(2, 7):
         raw = data.draw(csv_lines(columns))
-        produced = list(parse.process((line_no, raw)))
-        rejected = [item.value for item in produced if getattr(item, "tag", None) == "rejected"]
-        rows = [item for item in produced if not hasattr(item, "tag")]
-        assert len(rejected) + len(rows) == 1, produced
-        if rejected:
-            record = rejected[0]
+        outcome = parser.parse(line_no, raw)
+        assert outcome == parser._parse_reference(line_no, raw), "the fast path must decide as the reference rules"
+        if isinstance(outcome, ingest.Rejection):
+            record = outcome.record
             assert record["line"] == line_no and record["reason"] in ingest.INGEST_REJECTION_REASONS
             assert record["detail"] and record["text"] is not None
             record_text = repr(record)  # written as UTF-8 JSON: nothing undecodable may be left in it
             record_text.encode("utf-8")
             continue
-        row = rows[0]
-        assert row[SOURCE_LINE_KEY] == line_no
+        assert len(outcome) == len(RAW_COLUMNS), outcome
+        row = {**dict(zip(RAW_COLUMNS, outcome)), SOURCE_LINE_KEY: line_no}
         verdict, outcome = clean_one_row(row)
         if verdict == "rejected":
             assert outcome["reason"] in clean.REJECTION_REASONS and outcome["line"] == line_no and outcome["detail"]
