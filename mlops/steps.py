@@ -10,9 +10,9 @@ Every step here:
 Airflow tasks call these functions one per task; `mlops.pipeline` calls them in one process.
 Heavy libraries are imported inside the functions so importing this module stays cheap.
 
-This module holds what every step shares and the data steps (ingest, clean, validate, transform:
-Beam jobs, each run with the Beam options chosen by its input's size, see `beam_options`); the
-model steps (train, evaluate, push) are in mlops/model_steps.py and importable from here too.
+The Beam steps (ingest, clean, validate, transform) each run with the Beam options chosen by the
+size of their own input and record which and why (`beam_options` in mlops/step_context.py, which
+also holds the context, outcome and code digests every step shares; importable from here too).
 """
 
 from __future__ import annotations
@@ -258,8 +258,6 @@ def _served_model_statistics(ctx: StepContext, cleaned: ArtifactRef) -> Artifact
     from metadata.lineage import LineageNotFoundError, find_pushed_model
     from metadata.queries import training_chain
     from metadata.recorder import properties_of
-
-    from mlops.model_steps import current_model
 
     served = current_model(ctx)
     if served is None:
