@@ -89,7 +89,7 @@ def measure(step: str, name: str, beam_args: list[str], csv_path: Path, run_dir:
         raise SystemExit(f"{step} with {name} failed ({child.returncode}):\n{stderr[-3000:]}")
     usage = json.loads((out / USAGE_FILE).read_text())
     shutil.rmtree(out, ignore_errors=True)
-    peak = sampler.peaks.get("start-up", {"tree": 0})
+    peak = sampler.peaks.get("start-up", {"tree": 0})  # the sampler's one phase: no progress lines here
     return {"step": step, "options": name, "beam_args": beam_args, "wall_seconds": round(wall, 1),
             "cpu_seconds": usage["cpu_seconds"], "max_rss_largest_process_mib": usage["max_rss_mib"],
             "peak_rss_tree_mib": round(peak["tree"] / 2**20),
