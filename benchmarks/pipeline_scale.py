@@ -11,6 +11,11 @@ per step are the pipeline's own (its JSON outcome).
 
     .venvs/ml/bin/python benchmarks/pipeline_scale.py --sizes 15000,150000 [--sizes ...,1500000]
 
+Beam options: the project's own default, i.e. mlops.toml's `beam_args` if it sets one, else its
+`[[beam.by_input_rows]]` table (each step chooses by the size of its input); `--beam-args "..."`
+runs every step with the given ones instead. The JSON records, per step, the options it ran with
+and why.
+
 Prints a table, writes docs/scale/pipeline_scale.json and docs/scale/pipeline_scale.svg (seconds and
 peak RSS vs rows, TFX 1.16's figures from issue 14 beside them). Asserts nothing: it measures.
 """
@@ -21,12 +26,15 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SECONDS = 0.2
@@ -37,7 +45,7 @@ WINDOW = ("2013-01-01", "2017-01-01")
 TFX = {15_002: (139.0, 1.2), 150_000: (181.0, 1.3), 1_500_000: (495.0, 4.3)}
 _CONFIG = """\
 pipeline_root = "pipeline"
-beam_args = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+{beam}
 [data]
 schema_path = "{schema}"
 [training]
@@ -50,6 +58,22 @@ model_config_file = "models.config"
 backend = "sqlite"
 sqlite_path = "mlmd.sqlite"
 """
+
+
+def beam_config(beam_args: Sequence[str] | None, project_config: Path = ROOT / "mlops.toml") -> str:
+    """The generated config's Beam settings: `beam_args` when given, else the project config's own
+    (its `beam_args`, or its `[[beam.by_input_rows]]` table), so the benchmark runs what a user runs."""
+    if beam_args is None:
+        project = tomllib.loads(project_config.read_text())
+        beam_args = project.get("beam_args")
+        if beam_args is None:
+            return "".join(f"[[beam.by_input_rows]]\n{_toml_entry(entry)}" for entry in project.get("beam", {}).get("by_input_rows", []))
+    return f"beam_args = {json.dumps(list(beam_args))}\n"
+
+
+def _toml_entry(entry: dict[str, Any]) -> str:
+    # JSON's strings and arrays of strings and integers are TOML's too.
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in entry.items())
 
 
 def _rss_bytes(pid: int) -> int:
@@ -114,12 +138,14 @@ def _env() -> dict[str, str]:
     return dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 
 
-def run_size(rows: int, work: Path, train_steps: int, seed: int) -> dict:
+def run_size(rows: int, work: Path, train_steps: int, seed: int, beam_args: Sequence[str] | None = None) -> dict:
     csv_path = work / f"taxi-{rows}.csv"
     synth_seconds = synth(rows, csv_path, seed)
     root = work / f"run-{rows}"
     root.mkdir()
-    (root / "mlops.toml").write_text(_CONFIG.format(schema=ROOT / "data/taxi/schema.pbtxt", steps=train_steps))
+    # The TOML sits before [data]: a table header there would swallow the keys after it.
+    beam = beam_config(beam_args)
+    (root / "mlops.toml").write_text(_CONFIG.format(schema=ROOT / "data/taxi/schema.pbtxt", steps=train_steps, beam=beam))
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "mlops.cli", "--config", str(root / "mlops.toml"), "pipeline", "run", "--csv",
@@ -151,7 +177,9 @@ def run_size(rows: int, work: Path, train_steps: int, seed: int) -> dict:
         peak = sampler.peaks.get(name, {"largest_process": 0, "tree": 0, "start": 0})
         steps[name] = {"seconds": step["seconds"], "rows_per_second": rows / step["seconds"] if step["seconds"] else None,
                        "rss_at_start": peak["start"], "peak_rss_largest_process": peak["largest_process"],
-                       "peak_rss_tree": peak["tree"]}
+                       "peak_rss_tree": peak["tree"],
+                       # What the step's Beam job ran with and why (mlops/steps.py; None for non-Beam steps).
+                       "beam_options": _json_value(step["results"].get("beam_options"))}
     return {
         "rows": rows, "wall_seconds": wall, "pipeline_seconds": outcome["seconds"], "synth_seconds": synth_seconds,
         "csv_bytes": csv_path.stat().st_size, "steps": steps,
@@ -159,6 +187,10 @@ def run_size(rows: int, work: Path, train_steps: int, seed: int) -> dict:
         "peak_rss_tree": max(p["tree"] for p in sampler.peaks.values()),
         "metrics": outcome["steps"]["evaluate"]["results"].get("metrics"),
     }
+
+
+def _json_value(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def growth(results: list[dict]) -> list[dict]:
@@ -180,15 +212,17 @@ def _gib(value: int) -> str:
 
 
 def table(results: list[dict], growths: list[dict]) -> str:
-    lines = ["| rows | step | seconds | rows/s | RSS at start (GiB) | peak RSS largest process (GiB) | peak RSS tree (GiB) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| rows | step | seconds | rows/s | RSS at start (GiB) | peak RSS largest process (GiB) | peak RSS tree (GiB) "
+             "| Beam options |", "|---|---|---|---|---|---|---|---|"]
     for result in results:
         for name, step in result["steps"].items():
+            beam = (step.get("beam_options") or {}).get("why", "")
             lines.append(f"| {result['rows']:,} | {name} | {step['seconds']:.1f} | {step['rows_per_second'] or 0:,.0f} | "
-                         f"{_gib(step['rss_at_start'])} | {_gib(step['peak_rss_largest_process'])} | {_gib(step['peak_rss_tree'])} |")
+                         f"{_gib(step['rss_at_start'])} | {_gib(step['peak_rss_largest_process'])} | {_gib(step['peak_rss_tree'])} "
+                         f"| {beam} |")
         lines.append(f"| {result['rows']:,} | **whole run** (wall) | {result['wall_seconds']:.1f} | "
                      f"{result['rows'] / result['wall_seconds']:,.0f} | | {_gib(result['peak_rss_largest_process'])} | "
-                     f"{_gib(result['peak_rss_tree'])} |")
+                     f"{_gib(result['peak_rss_tree'])} | |")
     if growths:
         lines += ["", "| step | rows | seconds x | x over linear | peak RSS x |", "|---|---|---|---|---|"]
         for g in growths:
@@ -238,15 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="where CSVs and pipeline roots go, kept (default: a temporary folder, removed)")
     parser.add_argument("--previous", type=Path, help="a JSON this program wrote: its sizes join the table and the plot "
                                                      "(to add one large size without re-running the small ones)")
+    parser.add_argument("--beam-args", help="Beam options for every step, e.g. \"--runner=DirectRunner "
+                                            "--direct_num_workers=2 --direct_running_mode=multi_processing\" "
+                                            "(default: the project's mlops.toml: its beam_args or its table by input size)")
     args = parser.parse_args(argv)
+    beam_args = shlex.split(args.beam_args) if args.beam_args is not None else None
     sizes = [int(size) for size in args.sizes.split(",")]
     earlier = json.loads(args.previous.read_text())["sizes"] if args.previous else []
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
-        results = [run_size(rows, args.work, args.train_steps, args.seed) for rows in sizes]
+        results = [run_size(rows, args.work, args.train_steps, args.seed, beam_args) for rows in sizes]
     else:
         with tempfile.TemporaryDirectory(prefix="mlops-scale-") as work:
-            results = [run_size(rows, Path(work), args.train_steps, args.seed) for rows in sizes]
+            results = [run_size(rows, Path(work), args.train_steps, args.seed, beam_args) for rows in sizes]
     results = sorted([r for r in earlier if r["rows"] not in sizes] + results, key=lambda r: r["rows"])
     growths = growth(results)
     print(table(results, growths))
@@ -254,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.atomic import write_json
 
     write_json(args.out / "pipeline_scale.json", {"sizes": results, "growth": growths, "tfx": {str(k): v for k, v in TFX.items()},
-                                                  "train_steps": args.train_steps, "cpus": os.cpu_count()}, )
+                                                  "train_steps": args.train_steps, "cpus": os.cpu_count(),
+                                                  # None: the project's default choice (per step in "steps").
+                                                  "beam_args": beam_args}, )
     plot(results, args.out / "pipeline_scale.svg")
     print(f"wrote {args.out / 'pipeline_scale.json'} and {args.out / 'pipeline_scale.svg'}")
     return 0

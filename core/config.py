@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 CONFIG_ENV_VAR = "MLOPS_CONFIG"
 DEFAULT_CONFIG_NAME = "mlops.toml"
@@ -271,11 +271,110 @@ class ReviewConfig:
                 raise ConfigError(f"review.{name} must be > 0, got {getattr(self, name)!r}")
 
 
+IN_MEMORY_ARGS = ("--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory")
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamChoice:
+    """The Beam options one job runs with, and why (recorded with the step, shown in its summary)."""
+
+    args: tuple[str, ...]
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"args": list(self.args), "why": self.why}
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamOptionsForRows:
+    """One entry of `[[beam.by_input_rows]]`: inputs of fewer than `below` rows run with `args`;
+    the last entry has no bound (every larger input)."""
+
+    args: tuple[str, ...]
+    below: int | None = None
+
+
+def _beam_label(args: Sequence[str]) -> str:
+    """`multi_processing x2` for the DirectRunner's modes, else the flags themselves."""
+    flags = dict(arg.removeprefix("--").partition("=")[::2] for arg in args if arg.startswith("--"))
+    if flags.get("runner", "DirectRunner") == "DirectRunner" and "direct_running_mode" in flags:
+        return f"{flags['direct_running_mode']} x{flags.get('direct_num_workers', '1')}"
+    return " ".join(args)
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+    """Beam options by the size of a job's input, used when the config sets no `beam_args`.
+
+    Sizes are rows of the step's input (mlops/steps.py says which count each step uses). The
+    entries are sorted by `below`; only the last is unbounded. Which flags a runner knows is
+    Beam's to judge when the job starts: here only the table's shape is checked.
+    """
+
+    by_input_rows: tuple[BeamOptionsForRows, ...] = (BeamOptionsForRows(IN_MEMORY_ARGS),)
+
+    def __post_init__(self) -> None:
+        if not self.by_input_rows:
+            raise ConfigError("beam.by_input_rows must have at least one entry (the last one without `below`)")
+        previous = 0
+        for index, entry in enumerate(self.by_input_rows):
+            name = f"beam.by_input_rows[{index}]"
+            if not entry.args or not all(isinstance(arg, str) and arg for arg in entry.args):
+                raise ConfigError(f"{name}.args must be a non-empty list of Beam flags (strings), got {list(entry.args)!r}")
+            last = index == len(self.by_input_rows) - 1
+            if last and entry.below is not None:
+                raise ConfigError(f"{name}: the last entry must have no `below` (it takes every larger input), "
+                                  f"got below = {entry.below!r}")
+            if not last and (isinstance(entry.below, bool) or not isinstance(entry.below, int) or entry.below <= previous):
+                raise ConfigError(f"{name}.below must be a row count > {previous:,} (the entries are sorted by size, "
+                                  f"only the last is unbounded), got {entry.below!r}")
+            previous = entry.below or previous
+
+    def choose(self, rows: int | None) -> BeamChoice:
+        """The entry for an input of `rows` rows (None = unknown: the first, smallest inputs' entry)."""
+        entries = self.by_input_rows
+        if rows is None:
+            return BeamChoice(entries[0].args, f"input rows unknown: the first entry, {_beam_label(entries[0].args)}")
+        for index, entry in enumerate(entries):
+            label = _beam_label(entry.args)
+            if entry.below is not None and rows < entry.below:
+                return BeamChoice(entry.args, f"{rows:,} rows < {entry.below:,}: {label}")
+            if entry.below is None:
+                bound = entries[index - 1].below if index else None
+                return BeamChoice(entry.args, f"{rows:,} rows >= {bound:,}: {label}" if bound else
+                                  f"{rows:,} rows (one entry for every size): {label}")
+        raise AssertionError("the last entry is unbounded")  # checked in __post_init__
+
+
+def _beam_section(values: Any) -> BeamConfig:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[beam] must be a table, got {values!r}")
+    unknown = sorted(set(values) - {"by_input_rows"})
+    if unknown:
+        raise ConfigError(f"[beam] has unknown keys {unknown}; known: ['by_input_rows']")
+    if "by_input_rows" not in values:
+        return BeamConfig()
+    entries = values["by_input_rows"]
+    if not isinstance(entries, list) or not all(isinstance(entry, Mapping) for entry in entries):
+        raise ConfigError("beam.by_input_rows must be an array of tables ([[beam.by_input_rows]] with below and args)")
+    rows = []
+    for index, entry in enumerate(entries):
+        extra = sorted(set(entry) - {"below", "args"})
+        if extra:
+            raise ConfigError(f"beam.by_input_rows[{index}] has unknown keys {extra}; known: ['args', 'below']")
+        args = entry.get("args", ())
+        if not isinstance(args, (list, tuple)):
+            raise ConfigError(f"beam.by_input_rows[{index}].args must be a list of Beam flags, got {args!r}")
+        rows.append(BeamOptionsForRows(tuple(args), entry.get("below")))
+    return BeamConfig(tuple(rows))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     root: Path
     pipeline_root: Path
-    beam_args: tuple[str, ...]
+    # Set: every Beam job runs with these, whatever its input size. None: `beam` chooses by size.
+    beam_args: tuple[str, ...] | None
     data: DataConfig
     training: TrainingConfig
     evaluation: EvaluationConfig
@@ -284,14 +383,23 @@ class Config:
     pipeline_name: str = "taxi"
     automation: AutomationConfig = AutomationConfig()
     review: ReviewConfig = ReviewConfig()
+    beam: BeamConfig = BeamConfig()
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
-    def pipeline_args(self) -> list[str]:
-        """`beam_args` for a job run now: with a `--temp_location` below `pipeline_root` (created)
-        unless the config names one, since Beam's file sinks and TFT stage their files there."""
-        args = list(self.beam_args)
+    def beam_options(self, rows: int | None = None) -> BeamChoice:
+        """The Beam options for a job reading `rows` rows: `beam_args` when set (it always wins),
+        else the `[[beam.by_input_rows]]` entry for that size."""
+        if self.beam_args is not None:
+            return BeamChoice(tuple(self.beam_args), f"beam_args set explicitly: {_beam_label(self.beam_args)}")
+        return self.beam.choose(rows)
+
+    def pipeline_args(self, choice: BeamChoice | None = None) -> list[str]:
+        """The chosen Beam options (default: `beam_options()` of an input of unknown size) for a job
+        run now: with a `--temp_location` below `pipeline_root` (created) unless they name one, since
+        Beam's file sinks and TFT stage their files there."""
+        args = list((choice or self.beam_options()).args)
         if not any(arg.startswith("--temp_location") for arg in args):
             temp = self.pipeline_root / "tmp" / "beam"
             temp.mkdir(parents=True, exist_ok=True)
@@ -332,6 +440,14 @@ def _resolve(root: Path, value: str | os.PathLike[str]) -> Path:
     return path if path.is_absolute() else (root / path).resolve()
 
 
+def _beam_args(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(arg, str) for arg in value):
+        raise ConfigError(f"beam_args must be a list of Beam flags (strings), got {value!r}")
+    return tuple(value)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Loads the config file: `path`, else $MLOPS_CONFIG, else ./mlops.toml, else defaults."""
     if path is None:
@@ -353,7 +469,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
-    known = {"pipeline_name", "pipeline_root", "beam_args", "data", "training", "evaluation", "serving", "metadata",
+    known = {"pipeline_name", "pipeline_root", "beam_args", "beam", "data", "training", "evaluation", "serving", "metadata",
              "automation", "review"}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -362,7 +478,8 @@ def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
         root=root,
         pipeline_name=str(values.get("pipeline_name", "taxi")),
         pipeline_root=_resolve(root, values.get("pipeline_root", "var/pipeline")),
-        beam_args=tuple(values.get("beam_args", ("--runner=DirectRunner",))),
+        beam_args=_beam_args(values.get("beam_args")),
+        beam=_beam_section(values.get("beam", {})),
         data=_section(DataConfig, values.get("data", {}), root, "data"),
         training=_section(TrainingConfig, values.get("training", {}), root, "training"),
         evaluation=_section(EvaluationConfig, values.get("evaluation", {}), root, "evaluation"),

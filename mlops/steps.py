@@ -9,155 +9,48 @@ Every step here:
 
 Airflow tasks call these functions one per task; `mlops.pipeline` calls them in one process.
 Heavy libraries are imported inside the functions so importing this module stays cheap.
+
+The Beam steps (ingest, clean, validate, transform) each run with the Beam options chosen by the
+size of their own input and record which and why (`beam_options` in mlops/step_context.py, which
+also holds the context, outcome and code digests every step shares; importable from here too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from core.atomic import atomic_directory
-from core.config import Config, DataConfig
+from core.config import DataConfig
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
-from core.version import modules_hash
-from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
+from metadata.recorder import ArtifactRef, StepRecord
+# Re-exported: callers import these from here (mlops.steps.open_run, StepOutcome, step_code, ...).
+from mlops.step_context import (  # noqa: F401
+    STEP_MODULES, STEP_NAMES, StepContext, StepOutcome, beam_note, beam_options, file_sha256, json_value, open_run,
+    outcome_of, rows_of, sha256_and_lines, step_code, utc,
+)
 
-STEP_NAMES = ("ingest", "clean", "validate", "transform", "train", "evaluate", "push")
-
-
-@dataclasses.dataclass(frozen=True)
-class StepContext:
-    config: Config
-    run: PipelineRun
-
-    @property
-    def run_dir(self) -> Path:
-        return self.config.pipeline_root / "runs" / self.run.run_id
-
-    def beam_args(self) -> list[str]:
-        return self.config.pipeline_args()
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOutcome:
-    """What a step produced, small enough for Airflow's XCom."""
-
-    step: str
-    outputs: dict[str, ArtifactRef]
-    results: dict[str, Any]
-    cached: bool
-    execution_id: int
-    seconds: float
-    summary: str
-    cached_from: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
-            "results": self.results,
-            "cached": self.cached,
-            "cached_from": self.cached_from,
-            "execution_id": self.execution_id,
-            "seconds": self.seconds,
-            "summary": self.summary,
-        }
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> "StepOutcome":
-        return cls(
-            step=value["step"],
-            outputs={k: ArtifactRef.from_json(v) for k, v in value["outputs"].items()},
-            results=dict(value["results"]),
-            cached=bool(value["cached"]),
-            execution_id=int(value["execution_id"]),
-            seconds=float(value["seconds"]),
-            summary=str(value["summary"]),
-            cached_from=value.get("cached_from"),
-        )
-
-
-def open_run(
-    config: Config,
-    run_id: str,
-    trigger: Trigger = Trigger("manual"),
-    airflow_dag_id: str = "",
-    airflow_run_id: str = "",
-) -> StepContext:
-    """Connects to ML Metadata and opens (or re-opens) the run's context."""
-    from metadata.openlineage import step_events
-    from metadata.store import connect
-
-    store = connect(config.metadata)
-    run = PipelineRun(store, config.pipeline_name, run_id, trigger, airflow_dag_id, airflow_run_id,
-                      events=step_events(config.pipeline_root, config.pipeline_name))
-    return StepContext(config, run)
-
-
-def _outcome(step: str, record: StepRecord, started: float, summary: str) -> StepOutcome:
-    if record.cached:
-        run_of = record.cached_run_id
-        summary = f"reused the outputs of execution {record.cached_from}{f' ({run_of})' if run_of else ''}: same inputs, parameters and code. {summary}"
-    return StepOutcome(
-        step=step,
-        outputs=dict(record.outputs),
-        results=dict(record.results),
-        cached=record.cached,
-        execution_id=record.execution_id,
-        seconds=round(time.time() - started, 2),
-        summary=summary,
-        cached_from=record.cached_from,
-    )
-
-
-# The modules doing each step's work: with what they import, the code its outputs depend on.
-STEP_MODULES: dict[str, tuple[str, ...]] = {
-    "ingest": ("beam_jobs.ingest", "beam_jobs.served_source", "mlops.production_source"),
-    "clean": ("beam_jobs.clean",),
-    "validate": ("beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected"),
-    "transform": ("beam_jobs.transform",),
-    "train": ("trainer.train",),
-    "evaluate": ("trainer.evaluate",),
-}
-
-
-def step_code(*modules: str) -> str:
-    """What a step's outputs depend on besides its inputs and parameters: the modules doing its work
-    (with every project module they import) and this file, which drives them. Code elsewhere (the
-    gateway, monitoring, the DAGs) can change without invalidating a cached step."""
-    return modules_hash(modules) + modules_hash((__name__,), follow_imports=False)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _utc(day: dt.date | dt.datetime | str) -> dt.datetime:
-    if isinstance(day, str):
-        try:
-            day = dt.datetime.fromisoformat(day)
-        except ValueError as err:
-            raise DataError(f"dates must be YYYY-MM-DD (or ISO 8601), got {day!r}") from err
-    if not isinstance(day, dt.datetime):
-        day = dt.datetime(day.year, day.month, day.day)
-    return day if day.tzinfo else day.replace(tzinfo=dt.timezone.utc)
+# `from mlops.steps import _utc` (mlops/cli.py) from before the split.
+_utc = utc
 
 
 def register_raw_data(ctx: StepContext, csv_path: Path) -> ArtifactRef:
     """Records the CSV as a RawData artifact, after checking the shipped file's checksum."""
+    return _register_csv(ctx, csv_path)[0]
+
+
+def _register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
+    """`register_raw_data`, and the CSV's data rows (its lines but the header) counted while the
+    checksum reads the file: no second read. A quoted newline inside a field counts as a row here,
+    which is close enough for choosing Beam options."""
     csv_path = Path(csv_path).resolve()
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such file")
-    sha256 = file_sha256(csv_path)
+    sha256, lines = sha256_and_lines(csv_path)
     # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
     shipped = (ctx.config.root / DataConfig.csv_path).resolve()
     expected = ctx.config.data.expected_sha256
@@ -166,7 +59,7 @@ def register_raw_data(ctx: StepContext, csv_path: Path) -> ArtifactRef:
             f"{csv_path}: sha256 {sha256} does not match the shipped data's {expected}; "
             "the file was modified or truncated (restore it with git checkout)"
         )
-    return ctx.run.register_artifact("RawData", str(csv_path), {"sha256": sha256}, identity=("sha256",))
+    return ctx.run.register_artifact("RawData", str(csv_path), {"sha256": sha256}, identity=("sha256",)), max(0, lines - 1)
 
 
 def ingest(
@@ -182,10 +75,10 @@ def ingest(
     from mlops.production_source import add_production_examples, production_source, register_log_partitions, summary_line
 
     started = time.time()
-    start_utc, end_utc = _utc(start), _utc(end)
+    start_utc, end_utc = utc(start), utc(end)
     if end_utc <= start_utc:
         raise DataError(f"the window is empty: --end {end_utc:%Y-%m-%d} is not after --start {start_utc:%Y-%m-%d}")
-    raw = register_raw_data(ctx, csv_path)
+    raw, csv_rows = _register_csv(ctx, csv_path)
     data = ctx.config.data
     production = production_source(ctx.config, production_logs) if production_data else None
     logs = register_log_partitions(ctx.run, production) if production else {}
@@ -202,6 +95,9 @@ def ingest(
             from beam_jobs.ingest import ingest_csv
 
             final = ctx.run_dir / "ingest"
+            # By the CSV's rows: every row is read and parsed, in the window or not. The production
+            # rows (a window of served requests, far fewer) run with the same options.
+            beam, beam_args = beam_options(ctx, csv_rows)
             with atomic_directory(final) as out:
                 result = ingest_csv(
                     Path(raw.uri),
@@ -211,11 +107,11 @@ def ingest(
                     hash_buckets=data.hash_buckets,
                     eval_buckets=data.eval_buckets,
                     max_unparseable_fraction=data.max_unparseable_fraction,
-                    beam_args=ctx.beam_args(),
+                    beam_args=beam_args,
                 )
                 served = add_production_examples(
                     production, out, result.rows_in_window, hash_buckets=data.hash_buckets,
-                    eval_buckets=data.eval_buckets, beam_args=ctx.beam_args()) if production else None
+                    eval_buckets=data.eval_buckets, beam_args=beam_args) if production else None
             splits = {k: v + (served["split_counts"][k] if served else 0) for k, v in result.split_counts.items()}
             record.output("examples", "Examples", str(final / "examples"), {
                 "split_names": json.dumps(sorted(splits)), "rows": sum(splits.values()),
@@ -232,13 +128,14 @@ def ingest(
                 rows_unparseable=result.rows_unparseable,
                 split_counts=splits,
                 unparseable_by_column=result.unparseable_by_column,
+                beam_options=beam.to_json(),
                 **({"production": served} if served else {}),
             )
     r = record.results
-    return _outcome("ingest", record, started, (
+    return outcome_of("ingest", record, started, (
         f"{r['rows_read']} rows read: {r['rows_in_window']} in the window "
         f"(splits {r['split_counts']}), {r['rows_outside_window']} outside, {r['rows_unparseable']} unparseable; "
-        f"{summary_line(r.get('production'))}"
+        f"{summary_line(r.get('production'))}{beam_note(record)}"
     ))
 
 
@@ -255,8 +152,9 @@ def clean(ctx: StepContext, examples: ArtifactRef) -> StepOutcome:
             from beam_jobs.clean import clean_examples
 
             final = ctx.run_dir / "clean"
+            beam, beam_args = beam_options(ctx, rows_of(examples))
             with atomic_directory(final) as out:
-                result = clean_examples(Path(examples.uri), out, beam_args=ctx.beam_args())
+                result = clean_examples(Path(examples.uri), out, beam_args=beam_args)
             rows_in, kept, rejected = (sum(d.values()) for d in (result.rows_in, result.rows_kept, result.rows_rejected))
             if rows_in != kept + rejected:
                 raise DataError(f"clean: rows in {rows_in} != kept {kept} + rejected {rejected}")
@@ -269,12 +167,12 @@ def clean(ctx: StepContext, examples: ArtifactRef) -> StepOutcome:
                 rows_in=rows_in, rows_kept=kept, rows_rejected=rejected,
                 rejected_by_reason=result.rejected_by_reason,
                 values_clipped=result.values_clipped, values_nulled=result.values_nulled,
-                rows_kept_by_split=result.rows_kept,
+                rows_kept_by_split=result.rows_kept, beam_options=beam.to_json(),
             )
     r = record.results
     reasons = r["rejected_by_reason"] if isinstance(r["rejected_by_reason"], dict) else json.loads(r["rejected_by_reason"])
-    return _outcome("clean", record, started, (
-        f"rows in {r['rows_in']} = kept {r['rows_kept']} + rejected {r['rows_rejected']} {reasons}"
+    return outcome_of("clean", record, started, (
+        f"rows in {r['rows_in']} = kept {r['rows_kept']} + rejected {r['rows_rejected']} {reasons}{beam_note(record)}"
     ))
 
 
@@ -314,10 +212,12 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
             from validation.validate import validate_statistics
 
             final = ctx.run_dir / "validate"
+            # By the raw examples' rows: the cleaned ones, read in the same pipeline, are a subset.
+            beam, beam_args = beam_options(ctx, rows_of(examples))
             with atomic_directory(final) as out:
                 generate_statistics_of({"raw": (Path(examples.uri), out / "statistics"),
                                         "cleaned": (Path(cleaned.uri), out / "cleaned_statistics")},
-                                       beam_args=ctx.beam_args())
+                                       beam_args=beam_args)
                 result = validate_statistics(out / "cleaned_statistics", schema_path, out / "anomalies",
                                              previous_statistics_dir=Path(previous.uri) if previous else None)
                 shares = _rejected_shares(ctx, examples, cleaned)
@@ -335,17 +235,17 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
             record.output("anomalies", "ExampleAnomalies", str(final / "anomalies"), {"num_anomalies": count})
             record.record(num_anomalies=count, anomalies=result.anomalies_by_split, rejected=shares.to_json(),
                           rejected_report=rejected_report, previous_data_drift=result.drift_by_split,
-                          compared_with=previous.uri if previous else "")
+                          compared_with=previous.uri if previous else "", beam_options=beam.to_json())
     _raise_for_failures(record, schema_path, data.previous_data_check, [Path(examples.uri).parent / "rejected", Path(cleaned.uri).parent / "rejected"])
-    shares_json = _json_value(record.results.get("rejected")) or {}
-    drift = _json_value(record.results.get("previous_data_drift")) or {}
+    shares_json = json_value(record.results.get("rejected")) or {}
+    drift = json_value(record.results.get("previous_data_drift")) or {}
     moved = sorted({feature for found in drift.values() for feature in found})
     compared = (f"; moved since the served model's data: {', '.join(moved)}" if moved
                 else "; no drift against the served model's data" if record.results.get("compared_with") else "")
-    outcome = _outcome("validate", record, started, (
+    outcome = outcome_of("validate", record, started, (
         f"no anomalies against {schema_path.name}; {shares_json.get('rows_rejected', 0)} of "
         f"{shares_json.get('rows_judged', 0)} rows rejected ({shares_json.get('share', 0):.2%}, limit "
-        f"{shares_json.get('limit', data.max_rejected_share):.2%}) {_reason_counts(shares_json)}{compared}"
+        f"{shares_json.get('limit', data.max_rejected_share):.2%}) {_reason_counts(shares_json)}{compared}{beam_note(record)}"
     ))
     outcome.outputs["schema"] = schema  # recorded as this execution's input; passed on for callers
     return outcome
@@ -405,10 +305,6 @@ def _rejected_shares(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactR
     return with_examples(shares, [ingest_dir / "rejected", clean_dir / "rejected"])
 
 
-def _json_value(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def _reason_counts(shares: Mapping[str, Any]) -> dict[str, int]:
     return {reason: found["rows"] for reason, found in (shares.get("by_reason") or {}).items()}
 
@@ -416,10 +312,10 @@ def _reason_counts(shares: Mapping[str, Any]) -> dict[str, int]:
 def _raise_for_failures(record: StepRecord, schema_path: Path, previous_data_check: str, rejected_dirs: list[Path]) -> None:
     """Stops the run when validation failed: anomalies first (they concern the rows kept), then the
     rejected share. A cached failed validation fails again, with the same words."""
-    anomalies = _json_value(record.results.get("anomalies")) or {}
+    anomalies = json_value(record.results.get("anomalies")) or {}
     problems = [f"{split}: {feature}: {text}" for split, found in sorted(anomalies.items()) for feature, text in sorted(found.items())]
     if previous_data_check == "fail":
-        drift = _json_value(record.results.get("previous_data_drift")) or {}
+        drift = json_value(record.results.get("previous_data_drift")) or {}
         problems += [f"{split}: {feature}: {text} (against {record.results.get('compared_with')})"
                      for split, found in sorted(drift.items()) for feature, text in sorted(found.items())]
     if problems:
@@ -428,7 +324,7 @@ def _raise_for_failures(record: StepRecord, schema_path: Path, previous_data_che
             + "\n  ".join(problems),
             report=str(Path(record.outputs["anomalies"].uri)),
         )
-    shares = _json_value(record.results.get("rejected")) or {}
+    shares = json_value(record.results.get("rejected")) or {}
     if shares and not shares.get("ok", True):
         report = record.results.get("rejected_report") or ""
         raise RejectedRowsError(
@@ -471,14 +367,15 @@ def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef) ->
             from beam_jobs.transform import transform_examples
 
             final = ctx.run_dir / "transform"
+            beam, beam_args = beam_options(ctx, rows_of(cleaned))
             with atomic_directory(final) as out:
-                result = transform_examples(Path(cleaned.uri), out, beam_args=ctx.beam_args())
+                result = transform_examples(Path(cleaned.uri), out, beam_args=beam_args)
             record.output("transform_graph", "TransformGraph", str(final / "transform_graph"))
             record.output("transformed", "TransformedExamples", str(final / "transformed"), {
                 "split_names": json.dumps(sorted(result.rows)), "rows": sum(result.rows.values()),
             })
-            record.record(rows=result.rows)
-    return _outcome("transform", record, started, f"transformed rows {record.results.get('rows')}")
+            record.record(rows=result.rows, beam_options=beam.to_json())
+    return outcome_of("transform", record, started, f"transformed rows {record.results.get('rows')}{beam_note(record)}")
 
 
 def train(ctx: StepContext, transformed: ArtifactRef, transform_graph: ArtifactRef) -> StepOutcome:
@@ -500,7 +397,7 @@ def train(ctx: StepContext, transformed: ArtifactRef, transform_graph: ArtifactR
             record.record(train_metrics=result.train_metrics, eval_metrics=result.eval_metrics)
     metrics = record.results.get("eval_metrics")
     metrics = json.loads(metrics) if isinstance(metrics, str) else metrics
-    return _outcome("train", record, started, f"trained {ctx.config.training.train_steps} steps; eval {_fmt(metrics)}")
+    return outcome_of("train", record, started, f"trained {ctx.config.training.train_steps} steps; eval {_fmt(metrics)}")
 
 
 def _fmt(metrics: Mapping[str, Any] | None) -> str:
@@ -578,7 +475,7 @@ def evaluate(ctx: StepContext, model: ArtifactRef, examples: ArtifactRef, requir
     r = record.results
     metrics = json.loads(r["metrics"]) if isinstance(r["metrics"], str) else r["metrics"]
     reasons = json.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"]
-    outcome = _outcome("evaluate", record, started, (
+    outcome = outcome_of("evaluate", record, started, (
         f"{'BLESSED' if r['blessed'] else 'NOT BLESSED'}: {_fmt({k: metrics[k] for k in ('auc', 'accuracy', 'log_loss') if k in metrics})}; "
         + "; ".join(reasons)
     ))
@@ -614,4 +511,4 @@ def push(ctx: StepContext, model: ArtifactRef, blessing: ArtifactRef) -> StepOut
             record.record(version=result.version, reused=int(result.reused), path=str(result.path))
     r = record.results
     what = "already pushed as" if r["reused"] else "pushed as"
-    return _outcome("push", record, started, f"{what} {serving.model_name}:{r['version']} at {r['path']}")
+    return outcome_of("push", record, started, f"{what} {serving.model_name}:{r['version']} at {r['path']}")
