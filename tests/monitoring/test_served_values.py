@@ -35,9 +35,7 @@ def logged(taxi, tmp_path_factory):
     probabilities = [None if i % 50 == 0 else 0.3 for i in range(len(window))]
     logs.write_requests(log_dir, window, probabilities, START, END, model_version=4,
                         shadow_probabilities=np.full(len(window), 0.8), shadow_version=5)
-    other = taxi[taxi["year"] == 2016].iloc[:80]
-    logs.write_requests(log_dir, other, np.full(80, 0.9), END, END + dt.timedelta(hours=1), seed=2)
-    logs.write_requests(log_dir, other, np.full(80, 0.9), START, END, model_name="other", seed=3)
+    logs.write_requests_not_to_count(log_dir, taxi, START, END)
     return log_dir, window
 
 
