@@ -120,7 +120,7 @@ def monitor_once(rows: int, log_dir: Path, read: str, training: Baseline, schema
                  work: Path) -> tuple[dict[str, float], list[Any]]:
     began, cpu = time.perf_counter(), cpu_seconds()
     stats_path = generate_log_statistics(log_dir, START, END, work / f"stats-{rows}.pb", model_name="taxi", beam_args=BEAM)
-    statistics_done = time.perf_counter()
+    statistics_done, statistics_cpu = time.perf_counter(), cpu_seconds()
     from beam_jobs.statistics import load_statistics
 
     current = load_statistics(stats_path)
@@ -132,7 +132,7 @@ def monitor_once(rows: int, log_dir: Path, read: str, training: Baseline, schema
         compared = {*drift.compared_features(thresholds.drift, window_hours), *drift.compared_features(thresholds.skew, window_hours)}
         served = summarize_served_logs(log_dir, START, END, model_name="taxi", features=sorted(compared))
         served_rows = served.rows
-    read_done = time.perf_counter()
+    read_done, read_cpu = time.perf_counter(), cpu_seconds()
     outcomes = [
         checks.data_drift(current, served, [training], schema, thresholds, window_hours),
         checks.training_serving_skew(training, current, served, schema, thresholds, window_hours),
@@ -143,7 +143,8 @@ def monitor_once(rows: int, log_dir: Path, read: str, training: Baseline, schema
     checks_done = time.perf_counter()
     assert served_rows == rows and all(o.passed for o in outcomes), [(o.name, o.evidence) for o in outcomes if not o.passed]
     times = {"statistics": statistics_done - began, "read": read_done - statistics_done, "checks": checks_done - read_done,
-             "total": checks_done - began, "cpu": cpu_seconds() - cpu}
+             "total": checks_done - began, "cpu": cpu_seconds() - cpu, "cpu_statistics": statistics_cpu - cpu,
+             "cpu_read": read_cpu - statistics_cpu}
     return times, outcomes
 
 
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[read].append((rows, best))
                 print(f"{rows:>10,} requests, read {read:6}: statistics {best['statistics']:6.1f}s  read {best['read']:5.1f}s  "
                       f"checks {best['checks']:5.1f}s  total {best['total']:6.1f}s ({rows / best['total']:,.0f} requests/s)  "
-                      f"CPU {best['cpu']:6.1f}s  peak RSS {best['peak_rss_mib']:6.0f} MiB "
+                      f"CPU {best['cpu']:6.1f}s (statistics {best['cpu_statistics']:.1f}, read {best['cpu_read']:.1f})  peak RSS {best['peak_rss_mib']:6.0f} MiB "
                       f"(after warm-up {best['rss_before_mib']:5.0f} MiB)", flush=True)
             if len(reads) == 2:
                 same = outcomes["stream"].read_text() == outcomes["frame"].read_text()
