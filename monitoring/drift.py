@@ -320,8 +320,10 @@ def _shares(baseline: Mapping[str, float], current: Mapping[str, float], categor
         labels = list(baseline)
         labels += [label for label in current if label not in baseline]
     else:
+        # Ties by label: a set's order changes with the process's string hash seed, and so would the
+        # categories kept and those summed as "(other)".
         ranked = sorted(set(baseline) | set(current),
-                        key=lambda label: -max(baseline.get(label, 0.0) / total_b, current.get(label, 0.0) / total_c))
+                        key=lambda label: (-max(baseline.get(label, 0.0) / total_b, current.get(label, 0.0) / total_c), label))
         labels = ranked[:TOP_CATEGORIES]
     b_shares = [baseline.get(label, 0.0) / total_b for label in labels]
     c_shares = [current.get(label, 0.0) / total_c for label in labels]

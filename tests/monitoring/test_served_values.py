@@ -133,3 +133,13 @@ def test_bad_input_is_a_clear_error_naming_what_is_wrong(logged, tmp_path, split
         summarize_served_logs(tmp_path, START, END)
     with pytest.raises(DataError, match="needs the logged `probability` column"):
         checks.null_outputs(pd.DataFrame({"fare": [1.0]}), thresholds)
+
+
+def test_categories_of_equal_share_are_kept_by_name_not_by_the_hash_seed():
+    """The outcome of one window must not depend on the process (the benchmark compares readers across processes)."""
+    labels = [f"company {i:02d}" for i in range(20)]
+    baseline = {label: 10.0 for label in reversed(labels)}
+    current = {label: 5.0 for label in labels[::3]}
+    kept, _, _ = drift._shares(baseline, current, categorical=True)  # noqa: SLF001 - the ranking itself
+    shown = drift.TOP_CATEGORIES
+    assert list(kept) == labels[::3] + sorted(set(labels) - set(labels[::3]))[:shown - len(labels[::3])] + ["(other)"]
