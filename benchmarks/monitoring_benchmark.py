@@ -1,13 +1,22 @@
-"""How long monitoring takes for 10k, 100k and 1M logged requests, and whether the cost grows linearly.
+"""How long monitoring takes for 1M and 10M logged requests, in how much memory, and whether the cost grows linearly.
 
-    .venvs/ml/bin/python benchmarks/monitoring_benchmark.py [--sizes 10000,100000,1000000] [--repeats 1]
+    .venvs/ml/bin/python benchmarks/monitoring_benchmark.py [--requests 1000000,10000000] [--read stream|frame|both]
+        [--repeats 1] [--work DIR]
 
 Logged requests are real taxi rows (2013-2014 trips of the shipped CSV) resampled with replacement
-and written as the gateway's Parquet logs (docs/ARCHITECTURE.md); the baseline is the statistics of
-the other rows of that period. Timed per size:
+and written as the gateway's Parquet logs (docs/ARCHITECTURE.md), ROWS_PER_FILE rows per file, one
+chunk at a time (generating 10M requests holds one file's rows, never the log). The baseline is the
+statistics of the other rows of that period. Each size is generated in one child process and
+monitored in another, so each reports its own CPU seconds (user + sys) and peak RSS; the machine
+is shared, so compare those rather than wall seconds. Timed in the monitoring process, after a
+warm-up run on 1,000 requests (imports, Beam and TFDV start-up):
 - statistics: the Beam job over the Parquet logs (monitoring.log_statistics, DirectRunner);
-- read: loading the window's logs into pandas (serving.prediction_log);
+- read: `stream` (default) counts the window's values batch by batch (monitoring.served_values,
+  memory flat in the log's length); `frame` loads the window into pandas
+  (serving.prediction_log.read_prediction_logs, the path before the streaming one: ~1.5 GB at 1M,
+  so do not run it at 10M on a shared machine);
 - checks: data drift and skew (TFDV comparators), schema anomalies, missing values, null outputs.
+`--read both` runs both readers on the same log and says whether every check's outcome is identical.
 A least-squares fit `seconds = fixed + per_million * rows / 1e6` says how the cost grows.
 """
 
@@ -15,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,10 +41,11 @@ import pyarrow as pa
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from monitoring import checks  # noqa: E402
+from monitoring import checks, drift  # noqa: E402
 from monitoring.frames import frame_from_csv_rows  # noqa: E402
 from monitoring.log_statistics import generate_log_statistics, statistics_of_frame  # noqa: E402
-from monitoring.results import Baseline  # noqa: E402
+from monitoring.results import Baseline, as_strict_json  # noqa: E402
+from monitoring.served_values import summarize_served_logs  # noqa: E402
 from monitoring.settings import load_thresholds  # noqa: E402
 from serving.prediction_log import REQUEST_SCHEMA, REQUESTS_DIR, read_prediction_logs, write_table_atomically  # noqa: E402
 from transforms.features import (  # noqa: E402
@@ -50,13 +64,15 @@ BEAM = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mod
 
 
 def write_logs(log_dir: Path, source: pd.DataFrame, rows: int, seed: int) -> None:
-    """`rows` served examples resampled from `source`, as Parquet request logs of one hour (columnar, fast)."""
+    """`rows` served examples resampled from `source`, as Parquet request logs of one hour.
+
+    One file's rows at a time (columnar): the log is never in memory, whatever `rows` is.
+    """
     rng = np.random.default_rng(seed)
-    picked = source.iloc[rng.integers(0, len(source), rows)].reset_index(drop=True)
     start_us = int(START.timestamp() * 1_000_000)
     for first in range(0, rows, ROWS_PER_FILE):
-        chunk = picked.iloc[first:first + ROWS_PER_FILE]
-        n = len(chunk)
+        n = min(ROWS_PER_FILE, rows - first)
+        chunk = source.iloc[rng.integers(0, len(source), n)]
         probability = rng.random(n) * 0.6
         columns = {
             "request_id": [uuid.UUID(int=int(x)).hex for x in rng.integers(0, 1 << 62, n)],
@@ -73,66 +89,145 @@ def write_logs(log_dir: Path, source: pd.DataFrame, rows: int, seed: int) -> Non
         write_table_atomically(table, log_dir / REQUESTS_DIR / f"date={START:%Y-%m-%d}")
 
 
-def run_once(rows: int, training: Baseline, schema, thresholds, source: pd.DataFrame, work: Path) -> dict[str, float]:
-    log_dir = work / f"logs-{rows}"
-    write_logs(log_dir, source, rows, seed=rows)
-    began = time.perf_counter()
-    stats_path = generate_log_statistics(log_dir, START, END, work / f"stats-{rows}.pb", model_name="taxi", beam_args=BEAM)
-    statistics_done = time.perf_counter()
-    from beam_jobs.statistics import load_statistics
-
-    current = load_statistics(stats_path)
-    served = read_prediction_logs(log_dir, START, END, model_name="taxi", include_shadow=False)
-    read_done = time.perf_counter()
-    outcomes = [
-        checks.data_drift(current, served, [training], schema, thresholds, 1.0),
-        checks.training_serving_skew(training, current, served, schema, thresholds, 1.0),
-        checks.schema_anomalies(current, schema),
-        checks.missing_values(current, training.statistics, thresholds),
-        checks.null_outputs(served, thresholds),
-    ]
-    checks_done = time.perf_counter()
-    assert len(served) == rows and all(o.passed for o in outcomes), [(o.name, o.evidence) for o in outcomes if not o.passed]
-    return {"statistics": statistics_done - began, "read": read_done - statistics_done, "checks": checks_done - read_done,
-            "total": checks_done - began}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts")
-    args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
+def taxi_period() -> tuple[Baseline, pd.DataFrame]:
+    """The training baseline (2/3 of the 2013-2014 trips) and the held-out rest the requests are drawn from."""
     raw = pd.read_csv(PROJECT_ROOT / "data" / "taxi" / "data.csv", dtype=str, keep_default_na=False)
     taxi = frame_from_csv_rows(raw.to_dict("records"), RAW_COLUMNS)
     period = taxi[pd.to_datetime(taxi[TIMESTAMP_KEY].astype("int64"), unit="s") < "2015-01-01"]
     training_rows = period.sample(frac=2 / 3, random_state=1)
     heldout = period.drop(training_rows.index)
-    training = Baseline("training data", statistics_of_frame(training_rows), training_rows)
+    return Baseline("training data", statistics_of_frame(training_rows), training_rows), heldout
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def generate(rows: int, log_dir: Path) -> dict[str, float]:
+    """Child process: write the log of `rows` requests."""
+    _, heldout = taxi_period()
+    began, cpu = time.perf_counter(), cpu_seconds()
+    write_logs(log_dir, heldout, rows, seed=rows)
+    return {"seconds": time.perf_counter() - began, "cpu": cpu_seconds() - cpu, "peak_rss_mib": peak_rss_mib()}
+
+
+def monitor_once(rows: int, log_dir: Path, read: str, training: Baseline, schema: Any, thresholds: Any,
+                 work: Path) -> tuple[dict[str, float], list[Any]]:
+    began, cpu = time.perf_counter(), cpu_seconds()
+    stats_path = generate_log_statistics(log_dir, START, END, work / f"stats-{rows}.pb", model_name="taxi", beam_args=BEAM)
+    statistics_done, statistics_cpu = time.perf_counter(), cpu_seconds()
+    from beam_jobs.statistics import load_statistics
+
+    current = load_statistics(stats_path)
+    window_hours = (END - START) / dt.timedelta(hours=1)
+    if read == "frame":
+        served = read_prediction_logs(log_dir, START, END, model_name="taxi", include_shadow=False)
+        served_rows = len(served)
+    else:
+        compared = {*drift.compared_features(thresholds.drift, window_hours), *drift.compared_features(thresholds.skew, window_hours)}
+        served = summarize_served_logs(log_dir, START, END, model_name="taxi", features=sorted(compared))
+        served_rows = served.rows
+    read_done, read_cpu = time.perf_counter(), cpu_seconds()
+    outcomes = [
+        checks.data_drift(current, served, [training], schema, thresholds, window_hours),
+        checks.training_serving_skew(training, current, served, schema, thresholds, window_hours),
+        checks.schema_anomalies(current, schema),
+        checks.missing_values(current, training.statistics, thresholds),
+        checks.null_outputs(served, thresholds),
+    ]
+    checks_done = time.perf_counter()
+    assert served_rows == rows and all(o.passed for o in outcomes), [(o.name, o.evidence) for o in outcomes if not o.passed]
+    times = {"statistics": statistics_done - began, "read": read_done - statistics_done, "checks": checks_done - read_done,
+             "total": checks_done - began, "cpu": cpu_seconds() - cpu, "cpu_statistics": statistics_cpu - cpu,
+             "cpu_read": read_cpu - statistics_cpu}
+    return times, outcomes
+
+
+def comparable(outcomes: list[Any]) -> list[Any]:
+    """Each outcome as JSON with the per-baseline tables of its details (what the report shows)."""
+    return [{**o.to_json(), "details": as_strict_json({k: v for k, v in o.details.items() if k != "scores"})} for o in outcomes]
+
+
+def monitor(rows: int, log_dir: Path, read: str, repeats: int, outcomes_file: Path) -> dict[str, float]:
+    """Child process: monitor the log `repeats` times after a warm-up; the fastest run counts."""
+    training, heldout = taxi_period()
     schema = load_schema(PROJECT_ROOT / "data" / "taxi" / "schema.pbtxt")
     thresholds = load_thresholds()
-    results = []
-    with tempfile.TemporaryDirectory(prefix="monitoring-benchmark-") as temp:
-        run_once(1000, training, schema, thresholds, heldout, Path(temp))  # warm-up: imports, Beam and TFDV start-up
+    with tempfile.TemporaryDirectory(prefix="monitoring-benchmark-", dir=outcomes_file.parent) as temp:
+        warm_logs = Path(temp) / "warm-up"
+        write_logs(warm_logs, heldout, 1000, seed=1000)
+        monitor_once(1000, warm_logs, read, training, schema, thresholds, Path(temp))
+        rss_before = peak_rss_mib()
+        runs = [monitor_once(rows, log_dir, read, training, schema, thresholds, Path(temp)) for _ in range(repeats)]
+    best, outcomes = min(runs, key=lambda run: run[0]["total"])
+    outcomes_file.write_text(json.dumps(comparable(outcomes), sort_keys=True, default=str))
+    return {**best, "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib()}
+
+
+def child(*args: str) -> dict[str, float]:
+    """Run a phase of this script in a fresh process (its own CPU and peak RSS) and return what it measured."""
+    done = subprocess.run([sys.executable, __file__, *args], check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", "--sizes", dest="requests", default="1000000,10000000",
+                        help="comma-separated numbers of logged requests")
+    parser.add_argument("--read", choices=("stream", "frame", "both"), default="stream",
+                        help="how the checks get the window: counted batch by batch, or loaded into pandas")
+    parser.add_argument("--repeats", type=int, default=1, help="monitoring runs per size; the fastest counts")
+    parser.add_argument("--work", type=Path, default=None, help="where the logs go (default: a temporary folder)")
+    parser.add_argument("--phase", choices=("generate", "monitor"), help=argparse.SUPPRESS)
+    parser.add_argument("--log-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--outcomes", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase == "generate":
+        print(json.dumps(generate(int(args.requests), args.log_dir)))
+        return
+    if args.phase == "monitor":
+        print(json.dumps(monitor(int(args.requests), args.log_dir, args.read, args.repeats, args.outcomes)))
+        return
+    sizes = [int(s) for s in args.requests.split(",")]
+    reads = ["stream", "frame"] if args.read == "both" else [args.read]
+    results: dict[str, list[tuple[int, dict[str, float]]]] = {read: [] for read in reads}
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="monitoring-benchmark-", dir=args.work) as temp:
         for rows in sizes:
-            best = min((run_once(rows, training, schema, thresholds, heldout, Path(temp)) for _ in range(args.repeats)),
-                       key=lambda r: r["total"])
-            results.append((rows, best))
-            print(f"{rows:>9,} requests: statistics {best['statistics']:6.1f}s  read {best['read']:5.1f}s  "
-                  f"checks {best['checks']:5.1f}s  total {best['total']:6.1f}s  "
-                  f"({rows / best['total']:,.0f} requests/s)", flush=True)
-    if len(results) >= 2:
-        x = np.array([r for r, _ in results], dtype=float) / 1e6
-        y = np.array([b["total"] for _, b in results])
-        per_million, fixed = np.polyfit(x, y, 1)
-        predicted = fixed + per_million * x
-        worst = float(np.max(np.abs(predicted - y) / y))
-        print(f"fit: total = {fixed:.1f}s + {per_million:.1f}s per million requests "
-              f"(largest deviation from the line {worst:.0%}): "
-              f"{'linear' if worst < 0.25 else 'NOT linear'} in the number of requests")
-        million = dict(results).get(1_000_000)
-        if million is not None:
-            print(f"1M requests in {million['total']:.1f}s: {'within' if million['total'] < 60 else 'ABOVE'} the 60 s aim")
+            log_dir = Path(temp) / f"logs-{rows}"
+            made = child("--phase", "generate", "--requests", str(rows), "--log-dir", str(log_dir))
+            print(f"{rows:>10,} requests generated in {made['seconds']:6.1f}s ({made['cpu']:6.1f} CPU s, "
+                  f"peak RSS {made['peak_rss_mib']:6.0f} MiB)", flush=True)
+            outcomes = {}
+            for read in reads:
+                outcomes[read] = Path(temp) / f"outcomes-{rows}-{read}.json"
+                best = child("--phase", "monitor", "--requests", str(rows), "--log-dir", str(log_dir), "--read", read,
+                             "--repeats", str(args.repeats), "--outcomes", str(outcomes[read]))
+                results[read].append((rows, best))
+                print(f"{rows:>10,} requests, read {read:6}: statistics {best['statistics']:6.1f}s  read {best['read']:5.1f}s  "
+                      f"checks {best['checks']:5.1f}s  total {best['total']:6.1f}s ({rows / best['total']:,.0f} requests/s)  "
+                      f"CPU {best['cpu']:6.1f}s (statistics {best['cpu_statistics']:.1f}, read {best['cpu_read']:.1f})  peak RSS {best['peak_rss_mib']:6.0f} MiB "
+                      f"(after warm-up {best['rss_before_mib']:5.0f} MiB)", flush=True)
+            if len(reads) == 2:
+                same = outcomes["stream"].read_text() == outcomes["frame"].read_text()
+                print(f"{rows:>10,} requests: check outcomes of both readers {'IDENTICAL' if same else 'DIFFER'}", flush=True)
+    for read, measured in results.items():
+        if len(measured) >= 2:
+            x = np.array([r for r, _ in measured], dtype=float) / 1e6
+            y = np.array([b["total"] for _, b in measured])
+            per_million, fixed = np.polyfit(x, y, 1)
+            worst = float(np.max(np.abs(fixed + per_million * x - y) / y))
+            print(f"fit ({read}): total = {fixed:.1f}s + {per_million:.1f}s per million requests "
+                  f"(largest deviation from the line {worst:.0%}): {'linear' if worst < 0.25 else 'NOT linear'} in the number of requests")
+        for rows, best in measured:
+            if rows >= 10_000_000:
+                print(f"{rows:,} requests ({read}) in {best['total']:.1f}s: {'within' if best['total'] < 60 else 'ABOVE'} the 60 s aim")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from monitoring.results import (
     finite_or_none,
     skipped_outcome,
 )
+from monitoring.served_values import ServedValues, served_values
 from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind
 
@@ -77,7 +78,7 @@ def closed_vocabularies(schema: schema_pb2.Schema) -> list[str]:
 
 
 def category_changes(baseline_frame: pd.DataFrame | None, baseline_stats: statistics_pb2.DatasetFeatureStatisticsList,
-                     current: pd.DataFrame, features: Sequence[str]) -> dict[str, dict[str, Any]]:
+                     current: pd.DataFrame | ServedValues, features: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per categorical feature: frequent baseline values absent from the window, and new values that took a share.
 
     L-infinity distance alone misses a rare value that vanishes (a 0.6% payment type gone moves
@@ -87,10 +88,10 @@ def category_changes(baseline_frame: pd.DataFrame | None, baseline_stats: statis
     """
     changes: dict[str, dict[str, Any]] = {}
     stats = drift.feature_statistics(baseline_stats)
-    for name in features:
-        if _KINDS.get(name) is not Kind.STRING or name not in current.columns:
-            continue
-        now = current[name].dropna().astype(str).value_counts()
+    categorical = [name for name in features if _KINDS.get(name) is Kind.STRING]
+    window = served_values(current, categorical)
+    for name in categorical:
+        now = window.category_counts(name)
         if baseline_frame is not None and name in baseline_frame.columns:
             before = baseline_frame[name].dropna().astype(str).value_counts()
         elif name in stats:
@@ -111,13 +112,14 @@ def category_changes(baseline_frame: pd.DataFrame | None, baseline_stats: statis
 
 
 def _compare(check: str, kind: str, baselines: Sequence[Baseline], current_stats: statistics_pb2.DatasetFeatureStatisticsList,
-             current: pd.DataFrame, schema: schema_pb2.Schema, thresholds: ComparatorThresholds, window_hours: float,
-             min_rows: int) -> CheckOutcome:
-    rows = len(current)
+             current: pd.DataFrame | ServedValues, schema: schema_pb2.Schema, thresholds: ComparatorThresholds,
+             window_hours: float, min_rows: int) -> CheckOutcome:
+    rows = current.rows if isinstance(current, ServedValues) else len(current)
     if rows < min_rows:
         return skipped_outcome(check, f"only {rows} rows in the window; at least {min_rows} are needed to tell drift from noise",
                         rows=rows, min_rows=min_rows)
     features = drift.compared_features(thresholds, window_hours)
+    current = served_values(current, features)  # counted once for every baseline
     skipped = {f.name: f"compared only for windows of at least {thresholds.for_feature(f.name).min_window_hours:g} hours "
                        f"(this one: {window_hours:g})"
                for f in SERVING_FEATURES
@@ -172,16 +174,19 @@ def _compare(check: str, kind: str, baselines: Sequence[Baseline], current_stats
                         evidence, details)
 
 
-def data_drift(current_stats: statistics_pb2.DatasetFeatureStatisticsList, current: pd.DataFrame,
+def data_drift(current_stats: statistics_pb2.DatasetFeatureStatisticsList, current: pd.DataFrame | ServedValues,
                baselines: Sequence[Baseline], schema: schema_pb2.Schema, thresholds: MonitoringThresholds,
                window_hours: float) -> CheckOutcome:
-    """TFDV drift comparators (JS divergence numeric, L-infinity categorical) against each baseline."""
+    """TFDV drift comparators (JS divergence numeric, L-infinity categorical) against each baseline.
+
+    `current` is the window's served requests, as a frame or as their counts (monitoring/served_values.py).
+    """
     return _compare(DATA_DRIFT, drift.DRIFT, baselines, current_stats, current, schema, thresholds.drift,
                     window_hours, thresholds.min_rows)
 
 
 def training_serving_skew(training: Baseline, serving_stats: statistics_pb2.DatasetFeatureStatisticsList,
-                          serving: pd.DataFrame, schema: schema_pb2.Schema, thresholds: MonitoringThresholds,
+                          serving: pd.DataFrame | ServedValues, schema: schema_pb2.Schema, thresholds: MonitoringThresholds,
                           window_hours: float) -> CheckOutcome:
     """TFDV skew comparators between the model's training data and what it is served."""
     return _compare(SKEW, drift.SKEW, [training], serving_stats, serving, schema, thresholds.skew,
@@ -234,16 +239,17 @@ def missing_values(current_stats: statistics_pb2.DatasetFeatureStatisticsList,
                         {"features_exceeded": exceeded, "rows": rows, "exceeded": shown}, {"rates": features})
 
 
-def null_outputs(served: pd.DataFrame, thresholds: MonitoringThresholds) -> CheckOutcome:
+def null_outputs(served: pd.DataFrame | ServedValues, thresholds: MonitoringThresholds) -> CheckOutcome:
     """Share of served examples whose logged probability is null (the model gave none, or NaN)."""
-    rows = len(served)
+    if isinstance(served, pd.DataFrame) and "probability" not in served.columns:
+        raise DataError(f"null_outputs needs the logged `probability` column; the window has {sorted(served.columns)}")
+    window = served_values(served, features=())
+    rows = window.rows
     if rows == 0:
         return skipped_outcome(NULL_OUTPUTS, "no served examples", rows=0)
-    probabilities = pd.to_numeric(served["probability"], errors="coerce")
-    nulls = int(probabilities.isna().sum())
+    nulls = window.null_outputs
     share = nulls / rows
-    by_version = {str(k): int(v) for k, v in served.loc[probabilities.isna(), "model_version"].value_counts(dropna=False).items()} \
-        if "model_version" in served.columns else {}
+    by_version = dict(window.null_outputs_by_version)
     return CheckOutcome(NULL_OUTPUTS, share <= thresholds.max_null_output_fraction, share,
                         thresholds.max_null_output_fraction, {"null": nulls, "rows": rows, "null_by_version": by_version})
 

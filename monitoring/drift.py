@@ -27,6 +27,7 @@ import pandas as pd
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
+from monitoring.served_values import ServedValues, numeric_feature_values, served_values
 from monitoring.settings import ComparatorThresholds
 from transforms.features import SERVING_FEATURES, Kind
 
@@ -129,10 +130,7 @@ def feature_values(frame: pd.DataFrame, name: str) -> np.ndarray:
     """
     if name not in frame.columns:
         return np.array([], dtype=np.float64)
-    values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    if _KINDS.get(name) is Kind.FLOAT:
-        values = values.astype(np.float32).astype(np.float64)
-    return values[np.isfinite(values)]
+    return numeric_feature_values(frame[name], name)
 
 
 def canonical_buckets(reference: Histogram, extra_values: np.ndarray | None = None) -> Histogram:
@@ -164,8 +162,11 @@ def canonical_buckets(reference: Histogram, extra_values: np.ndarray | None = No
     return merged
 
 
-def count_into(buckets: Histogram, values: np.ndarray) -> Histogram:
+def count_into(buckets: Histogram, values: np.ndarray, weights: np.ndarray | None = None) -> Histogram:
     """A histogram of `values` with exactly the buckets of `buckets` (canonical: one bucket per point).
+
+    `weights` are how often each value occurs (1 each when None): distinct values with their
+    counts (monitoring/served_values.py) give the same histogram as the values themselves.
 
     A value equal to a point bucket's value goes there; any other value goes to the first span
     bucket whose upper edge is >= the value; values beyond the outermost edges go to the outermost
@@ -175,7 +176,9 @@ def count_into(buckets: Histogram, values: np.ndarray) -> Histogram:
     highs = np.array([b.high_value for b in buckets.buckets], dtype=np.float64)
     counts = np.zeros(lows.size, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    weights = np.ones(values.size, dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
+    finite = np.isfinite(values)
+    values, weights = values[finite], weights[finite]
     is_point = lows == highs
     at_point = np.zeros(values.size, dtype=bool)
     if is_point.any() and values.size:
@@ -185,12 +188,12 @@ def count_into(buckets: Histogram, values: np.ndarray) -> Histogram:
         sorted_points, sorted_index = point_values[order], point_index[order]
         position = np.clip(np.searchsorted(sorted_points, values), 0, sorted_points.size - 1)
         at_point = sorted_points[position] == values
-        np.add.at(counts, sorted_index[position[at_point]], 1.0)
+        np.add.at(counts, sorted_index[position[at_point]], weights[at_point])
     span_index = np.flatnonzero(~is_point)
-    rest = values[~at_point]
+    rest, rest_weights = values[~at_point], weights[~at_point]
     if span_index.size and rest.size:
         position = np.clip(np.searchsorted(highs[span_index], rest, side="left"), 0, span_index.size - 1)
-        np.add.at(counts, span_index[position], 1.0)
+        np.add.at(counts, span_index[position], rest_weights)
     elif rest.size:  # only point buckets and values elsewhere: canonical_buckets adds a span for them
         raise ValueError("values outside every point bucket and no span bucket to hold them")
     result = Histogram(type=Histogram.QUANTILES)
@@ -209,13 +212,14 @@ def _replace_quantiles(stats: statistics_pb2.FeatureNameStatistics, histogram: H
 def comparable_statistics(
     reference: statistics_pb2.DatasetFeatureStatisticsList,
     current: statistics_pb2.DatasetFeatureStatisticsList,
-    current_frame: pd.DataFrame,
+    current_frame: pd.DataFrame | ServedValues,
     features: Iterable[str],
     reference_frame: pd.DataFrame | None = None,
 ) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, statistics_pb2.DatasetFeatureStatisticsList]:
     """Copies of (reference, current) whose numeric `features` share the reference's quantile buckets.
 
-    The current counts come from `current_frame` (the raw values behind `current`), the
+    The current counts come from `current_frame` (the raw values behind `current`, or their
+    counts, monitoring/served_values.py), the
     reference counts from `reference_frame` when given, else from the reference's own quantile
     counts (approximate for discrete features, see the module docstring). Features the reference
     has no quantiles for (never present there) are left as they are: TFDV then cannot compare
@@ -227,18 +231,22 @@ def comparable_statistics(
     current_copy.CopyFrom(current)
     reference_stats = feature_statistics(reference_copy)
     current_stats = feature_statistics(current_copy)
+    features = list(features)
+    numeric = [name for name in features if _KINDS.get(name) is not Kind.STRING]
+    current_values = served_values(current_frame, numeric)
     for name in features:
         if _KINDS.get(name) is Kind.STRING or name not in reference_stats or name not in current_stats:
             continue
         quantiles = _quantile_histogram(reference_stats[name])
         if quantiles is None or not current_stats[name].HasField("num_stats"):
             continue
-        values = feature_values(current_frame, name)
+        current_counts = current_values.numeric_values(name)
+        values = current_counts.values
         reference_values = feature_values(reference_frame, name) if reference_frame is not None else None
         both = values if reference_values is None else np.concatenate([values, reference_values])
         buckets = canonical_buckets(quantiles, both)
         _replace_quantiles(reference_stats[name], buckets if reference_values is None else count_into(buckets, reference_values))
-        _replace_quantiles(current_stats[name], count_into(buckets, values))
+        _replace_quantiles(current_stats[name], count_into(buckets, values, current_counts.counts))
     return reference_copy, current_copy
 
 
@@ -312,8 +320,10 @@ def _shares(baseline: Mapping[str, float], current: Mapping[str, float], categor
         labels = list(baseline)
         labels += [label for label in current if label not in baseline]
     else:
+        # Ties by label: a set's order changes with the process's string hash seed, and so would the
+        # categories kept and those summed as "(other)".
         ranked = sorted(set(baseline) | set(current),
-                        key=lambda label: -max(baseline.get(label, 0.0) / total_b, current.get(label, 0.0) / total_c))
+                        key=lambda label: (-max(baseline.get(label, 0.0) / total_b, current.get(label, 0.0) / total_c), label))
         labels = ranked[:TOP_CATEGORIES]
     b_shares = [baseline.get(label, 0.0) / total_b for label in labels]
     c_shares = [current.get(label, 0.0) / total_c for label in labels]
@@ -348,7 +358,7 @@ def js_noise_floor(buckets: int, n: float, big_n: float) -> float:
 def compare_statistics(
     reference: statistics_pb2.DatasetFeatureStatisticsList,
     current: statistics_pb2.DatasetFeatureStatisticsList,
-    current_frame: pd.DataFrame,
+    current_frame: pd.DataFrame | ServedValues,
     schema: schema_pb2.Schema,
     thresholds: Mapping[str, float],
     kind: str = DRIFT,

@@ -129,6 +129,13 @@ def write_requests(
     return ids
 
 
+def write_requests_not_to_count(log_dir: Path, taxi: pd.DataFrame, start: dt.datetime, end: dt.datetime) -> None:
+    """80 requests after [start, end) and 80 of another model inside it: a window's readers must count neither."""
+    other = taxi[taxi["year"] == 2016].iloc[:80]
+    write_requests(log_dir, other, np.full(80, 0.9), end, end + dt.timedelta(hours=1), seed=2)
+    write_requests(log_dir, other, np.full(80, 0.9), start, end, model_name="other", seed=3)
+
+
 def write_feedback(log_dir: Path, frame: pd.DataFrame, request_ids: Sequence[str], labels: Sequence[int],
                    at: dt.datetime, count: int | None = None) -> int:
     """Ground truth for the first `count` logged examples (in logging order); returns how many were written."""

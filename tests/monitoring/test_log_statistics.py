@@ -25,10 +25,7 @@ def logged(taxi, tmp_path_factory):
     window.loc[window.index % 4 == 0, "fare"] = np.nan  # NaN is missing, like null
     probabilities = np.full(len(window), 0.3)
     logs.write_requests(log_dir, window, probabilities, START, END, shadow_probabilities=probabilities, shadow_version=2)
-    # Outside the window, and another model inside it: neither may be counted.
-    other = taxi[taxi["year"] == 2016].iloc[:80]
-    logs.write_requests(log_dir, other, np.full(80, 0.9), END, END + dt.timedelta(hours=1), seed=2)
-    logs.write_requests(log_dir, other, np.full(80, 0.9), START, END, model_name="other", seed=3)
+    logs.write_requests_not_to_count(log_dir, taxi, START, END)
     return log_dir, window
 
 

@@ -1,0 +1,30 @@
+"""The monitoring benchmark runs end to end: logs generated in one process, monitored by both readers in others."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_both_readers_give_identical_outcomes_and_each_phase_reports_cpu_and_memory(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "benchmarks" / "monitoring_benchmark.py"), "--requests", "3000",
+         "--read", "both", "--work", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=900,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert re.search(r"3,000 requests generated in +[\d.]+s \( *[\d.]+ CPU s, peak RSS +\d+ MiB\)", out), out
+    for read in ("stream", "frame"):
+        assert re.search(rf"3,000 requests, read {read} *: statistics .* CPU +[\d.]+s \(statistics [\d.]+, read [\d.]+\) +"
+                         rf"peak RSS +\d+ MiB \(after warm-up +\d+ MiB\)", out), out
+    assert "3,000 requests: check outcomes of both readers IDENTICAL" in out
+    assert not list(tmp_path.iterdir())  # the logs went with the temporary folder

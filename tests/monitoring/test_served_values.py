@@ -1,0 +1,145 @@
+"""A window's value counts made while the Parquet logs stream: the same rows, counts and check outcomes as pandas."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from core.errors import DataError
+from monitoring import checks, drift, served_values
+from monitoring.log_statistics import statistics_of_frame
+from monitoring.results import Baseline
+from monitoring.served_values import ServedValues, ValueCounts, summarize_served_logs
+from serving.prediction_log import REQUESTS_DIR, list_part_files, read_prediction_logs
+from tests.monitoring import logs
+from transforms.features import SERVING_FEATURES, Kind
+
+START = dt.datetime(2026, 3, 1, 23, 0, tzinfo=dt.timezone.utc)  # the window crosses midnight: two partitions
+END = START + dt.timedelta(hours=2)
+NUMERIC = [f.name for f in SERVING_FEATURES if f.kind is not Kind.STRING]
+CATEGORICAL = [f.name for f in SERVING_FEATURES if f.kind is Kind.STRING]
+
+
+@pytest.fixture(scope="module")
+def logged(taxi, tmp_path_factory):
+    """600 served requests in the window with missing fares and companies and 12 null outputs, plus rows that
+    must not count: shadow copies, requests after the window, another model's requests."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    window = taxi[taxi["year"] == 2014].sample(600, random_state=2).reset_index(drop=True)
+    window.loc[window.index % 5 == 0, "fare"] = np.nan
+    window.loc[window.index % 7 == 0, "company"] = None
+    probabilities = [None if i % 50 == 0 else 0.3 for i in range(len(window))]
+    logs.write_requests(log_dir, window, probabilities, START, END, model_version=4,
+                        shadow_probabilities=np.full(len(window), 0.8), shadow_version=5)
+    logs.write_requests_not_to_count(log_dir, taxi, START, END)
+    return log_dir, window
+
+
+def test_streamed_counts_equal_the_counts_of_the_window_read_into_pandas(logged, monkeypatch):
+    log_dir, window = logged
+    monkeypatch.setattr(served_values, "READ_BATCH_ROWS", 7)  # many batches per file: the merge is what is tested
+    streamed = summarize_served_logs(log_dir, START, END, model_name="taxi")
+    frame = read_prediction_logs(log_dir, START, END, model_name="taxi", include_shadow=False)
+    in_memory = ServedValues.of_frame(frame)
+    assert streamed.rows == in_memory.rows == len(window) == 600
+    for name in NUMERIC:
+        np.testing.assert_array_equal(streamed.numeric[name].values, in_memory.numeric[name].values, err_msg=name)
+        np.testing.assert_array_equal(streamed.numeric[name].counts, in_memory.numeric[name].counts, err_msg=name)
+    for name in CATEGORICAL:
+        pd.testing.assert_series_equal(streamed.categories[name], in_memory.categories[name], check_names=False)
+    assert streamed.null_outputs == in_memory.null_outputs == 12
+    assert streamed.null_outputs_by_version == in_memory.null_outputs_by_version == {"4": 12}
+    # And against the rows that were logged: every non-missing value counted once.
+    assert streamed.numeric["fare"].total == int(window["fare"].notna().sum()) == 480
+    assert int(streamed.categories["company"].sum()) == int(window["company"].notna().sum())
+    expected = window["payment_type"].value_counts()
+    assert streamed.categories["payment_type"].to_dict() == expected.to_dict()
+    assert list(streamed.categories["payment_type"]) == sorted(expected, reverse=True)  # most frequent first
+
+
+def test_float_features_are_counted_as_float32_like_the_statistics(logged):
+    log_dir, window = logged
+    streamed = summarize_served_logs(log_dir, START, END, model_name="taxi", features=["pickup_latitude"])
+    raw = window["pickup_latitude"].dropna().to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(streamed.numeric["pickup_latitude"].values,
+                                  np.unique(raw.astype(np.float32).astype(np.float64)))
+
+
+@pytest.mark.parametrize("change", ["none", "fares_scaled", "cash_gone"])
+def test_every_check_gives_the_same_outcome_on_counts_as_on_the_frame(change, split_2013_2014, training_baseline, schema,
+                                                                      thresholds, tmp_path):
+    _, heldout = split_2013_2014
+    window = heldout.sample(1200, random_state=3).reset_index(drop=True)
+    if change == "fares_scaled":
+        window = window.assign(fare=window["fare"] * 1.5)
+    elif change == "cash_gone":
+        window = window[window["payment_type"] != "Cash"].reset_index(drop=True)
+    logs.write_requests(tmp_path, window, np.full(len(window), 0.3), START, END)
+    frame = read_prediction_logs(tmp_path, START, END, model_name="taxi", include_shadow=False)
+    counts = summarize_served_logs(tmp_path, START, END, model_name="taxi")
+    current = statistics_of_frame(window)
+    previous = Baseline("previous window", statistics_of_frame(heldout.iloc[:900]), None)
+    for hours in (1.0, 24.0):  # a day compares the hour of day too
+        for check in (lambda served: checks.data_drift(current, served, [training_baseline, previous], schema, thresholds, hours),
+                      lambda served: checks.training_serving_skew(training_baseline, current, served, schema, thresholds, hours),
+                      lambda served: checks.null_outputs(served, thresholds)):
+            on_frame, on_counts = check(frame), check(counts)
+            assert on_counts.to_json() == on_frame.to_json()
+            assert on_counts.details_json() == on_frame.details_json()
+    drifted = checks.data_drift(current, counts, [training_baseline], schema, thresholds, 1.0)
+    assert drifted.passed is (change == "none")
+    if change == "cash_gone":
+        assert "Cash" in drifted.details["baselines"]["training data"]["category_changes"]["payment_type"]["vanished"]
+
+
+def test_counting_distinct_values_with_their_counts_gives_the_histogram_of_the_values(split_2013_2014, training_baseline):
+    _, heldout = split_2013_2014
+    for name in ("fare", "trip_miles", "trip_start_hour", "pickup_latitude"):
+        values = drift.feature_values(heldout, name)
+        quantiles = drift.feature_statistics(training_baseline.statistics)[name].num_stats.histograms
+        buckets = drift.canonical_buckets(next(h for h in quantiles if h.type == drift.Histogram.QUANTILES), values)
+        counted = ValueCounts.of(values)
+        assert counted.values.size < values.size  # repeated values: the counts are smaller than the rows
+        assert drift.count_into(buckets, counted.values, counted.counts) == drift.count_into(buckets, values)
+
+
+def test_merging_counts_adds_the_counts_of_equal_values():
+    merged = ValueCounts.of(np.array([3.0, 1.0, 3.0])).merged(ValueCounts.of(np.array([2.0, 3.0]))).merged(ValueCounts.empty())
+    np.testing.assert_array_equal(merged.values, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(merged.counts, [1, 1, 3])
+    assert merged.total == 5
+
+
+def test_bad_input_is_a_clear_error_naming_what_is_wrong(logged, tmp_path, split_2013_2014, training_baseline, schema,
+                                                        thresholds):
+    log_dir, _ = logged
+    with pytest.raises(DataError, match="'tip_share'.*not serving features"):
+        summarize_served_logs(log_dir, START, END, features=["fare", "tip_share"])
+    with pytest.raises(DataError, match="window is empty"):
+        summarize_served_logs(log_dir, END, START)
+    only_fare = summarize_served_logs(log_dir, START, END, model_name="taxi", features=["fare"])
+    with pytest.raises(DataError, match=r"numeric feature '\w+' was not summarized for this window \(summarized: \['fare'\]\)"):
+        checks.data_drift(statistics_of_frame(split_2013_2014[1]), only_fare, [training_baseline], schema, thresholds, 1.0)
+    # A log file without a column the counts need names the file and the column.
+    source = list_part_files(log_dir / REQUESTS_DIR, START, END)[0]
+    broken = tmp_path / REQUESTS_DIR / source.parent.name / source.name
+    broken.parent.mkdir(parents=True)
+    pq.write_table(pq.read_table(source).drop(["fare"]), broken)
+    with pytest.raises(DataError, match=r"part-.*missing columns \['fare'\]"):
+        summarize_served_logs(tmp_path, START, END)
+    with pytest.raises(DataError, match="needs the logged `probability` column"):
+        checks.null_outputs(pd.DataFrame({"fare": [1.0]}), thresholds)
+
+
+def test_categories_of_equal_share_are_kept_by_name_not_by_the_hash_seed():
+    """The outcome of one window must not depend on the process (the benchmark compares readers across processes)."""
+    labels = [f"company {i:02d}" for i in range(20)]
+    baseline = {label: 10.0 for label in reversed(labels)}
+    current = {label: 5.0 for label in labels[::3]}
+    kept, _, _ = drift._shares(baseline, current, categorical=True)  # noqa: SLF001 - the ranking itself
+    shown = drift.TOP_CATEGORIES
+    assert list(kept) == labels[::3] + sorted(set(labels) - set(labels[::3]))[:shown - len(labels[::3])] + ["(other)"]
