@@ -27,7 +27,7 @@ def transform_output(taxi_rows) -> tft.TFTransformOutput:
 @pytest.fixture(scope="module")
 def batch(taxi_rows, transform_output) -> dict[str, np.ndarray]:
     _, _, result = small_transform(taxi_rows)
-    _, columns = next(read_batches(result.transformed_dir, "train", transform_output.transformed_feature_spec()))
+    columns = next(read_batches(result.transformed_dir, "train", transform_output.transformed_feature_spec()))
     return {name: values[:64] for name, values in columns.items()}
 
 

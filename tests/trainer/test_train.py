@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -170,15 +171,39 @@ def test_content_keys_depend_on_the_rows_and_the_seed_only():
     permutation = rng.permutation(500)
     shuffled = {name: values[permutation] for name, values in columns.items()}
     keys, shuffled_keys = content_keys(columns, seed=1), content_keys(shuffled, seed=1)
-    assert [keys[index] for index in permutation] == shuffled_keys
-    assert sorted(keys) == sorted(shuffled_keys)
-    # The hash order is not the content order, and another seed gives another order.
-    assert sorted(range(500), key=keys.__getitem__) != sorted(range(500), key=lambda i: keys[i][1])
+    assert keys.tobytes() != shuffled_keys.tobytes()
+    assert keys[permutation].tobytes() == shuffled_keys.tobytes()
+    # The hash order is not the content order (the key's bytes after the 8-byte digest), and
+    # another seed gives another order.
+    contents = np.array([key[8:] for key in keys.tolist()], dtype=object)
+    assert list(np.argsort(keys, kind="stable")) != sorted(range(500), key=contents.__getitem__)
     other = content_keys(columns, seed=2)
-    assert sorted(range(500), key=keys.__getitem__) != sorted(range(500), key=other.__getitem__)
+    assert list(np.argsort(keys, kind="stable")) != list(np.argsort(other, kind="stable"))
     # Rows differing only by 0.0 / -0.0 are different rows.
     zeros = content_keys({"x": np.array([0.0, -0.0], np.float32)}, seed=1)
     assert zeros[0] != zeros[1]
+
+
+def test_a_content_key_is_the_seeded_digest_of_the_row_bytes_followed_by_them():
+    """The documented key, spelled out with hashlib for each row: numeric columns (the fast path,
+    one buffer per batch) and strings (length-prefixed, keys zero-padded to one width by numpy)."""
+    salt = (3).to_bytes(8, "little", signed=True)
+
+    def expected(content: bytes) -> bytes:
+        return hashlib.blake2b(content, digest_size=8, key=salt).digest() + content
+
+    numbers = {"b": np.array([1.5, -0.0, 2.0], np.float32), "a": np.array([[1, 2], [3, 4], [0, 0]], np.int64)}
+    keys = content_keys(numbers, seed=3)
+    for row in range(3):
+        content = numbers["a"][row].tobytes() + numbers["b"][row].tobytes()
+        assert keys.view(np.uint8).reshape(3, -1)[row].tobytes() == expected(content)
+    names = [b"a", b"a\0", b"", b"b", b"ab"]
+    texts = {"n": np.array([7] * len(names), np.int64), "s": np.array([[name] for name in names], dtype=object)}
+    keys = content_keys(texts, seed=3)
+    unpadded = [expected((7).to_bytes(8, "little") + len(name).to_bytes(4, "little") + name) for name in names]
+    assert [key.ljust(keys.itemsize, b"\0") for key in keys.tolist()] == [key.ljust(keys.itemsize, b"\0") for key in unpadded]
+    # Zero padding keeps the order of the unpadded keys.
+    assert list(np.argsort(keys, kind="stable")) == sorted(range(len(names)), key=unpadded.__getitem__)
 
 
 def test_training_rows_are_the_budget_first_by_content_key_whatever_the_files(small, tmp_path):
