@@ -13,6 +13,9 @@ PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL := 2
 export TF_USE_LEGACY_KERAS := 1
+# No __pycache__ in the work tree; the virtualenvs are compiled once when built (--compile-bytecode),
+# which saves every fresh process (each Airflow task, each Beam step run alone) ~8 s of compiling
+# TensorFlow and Beam: importing them took 12.6 s without .pyc files, 4.9 s with.
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: run pipeline stop test test-fast setup airflow airflow-stop benchmark lock clean-var help
@@ -34,14 +37,14 @@ $(VENVS)/uv/bin/uv:
 $(ML_READY): requirements/ml.lock setup.py | $(UV)
 	@echo "== building the ML runtime ($(ML)) from requirements/ml.lock"
 	$(UV) venv -q --allow-existing --python $(PYTHON) $(ML)
-	VIRTUAL_ENV=$(ML) $(UV) pip sync -q requirements/ml.lock
+	VIRTUAL_ENV=$(ML) $(UV) pip sync -q --compile-bytecode requirements/ml.lock
 	VIRTUAL_ENV=$(ML) $(UV) pip install -q --no-deps -e .
 	touch $@
 
 $(AIRFLOW_READY): requirements/airflow.lock | $(UV)
 	@echo "== building the Airflow environment ($(AIRFLOW)) from requirements/airflow.lock"
 	$(UV) venv -q --allow-existing --python $(PYTHON) $(AIRFLOW)
-	VIRTUAL_ENV=$(AIRFLOW) $(UV) pip sync -q requirements/airflow.lock
+	VIRTUAL_ENV=$(AIRFLOW) $(UV) pip sync -q --compile-bytecode requirements/airflow.lock
 	touch $@
 
 # PostgreSQL (the MLMD server backend under test) and Chromium (report tests), from Debian.
