@@ -361,7 +361,7 @@ class CleanRecordFn(_CheckAndEncodeFn):
 
     WITH_COPIES = "with_copies"
 
-    def process(self, serialized: bytes, contents_with_copies: dict[bytes, int]) -> Iterator[Any]:
+    def process(self, serialized: bytes, contents_with_copies: frozenset[int]) -> Iterator[Any]:
         self._count(("in", self._split))
         try:
             example, row = _decode(serialized)
@@ -427,7 +427,7 @@ class CleanSplit(beam.PTransform):
         counted = records if self._reread is None else records.pipeline | "ReadAgain" >> self._reread
         copies = counted | "CountContentCopies" >> dedupe.CountContentCopies()
         once = records | "CleanRecords" >> beam.ParDo(
-            CleanRecordFn(self._features, self._split), beam.pvalue.AsDict(copies)).with_outputs(
+            CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
             _REJECTED, CleanRecordFn.WITH_COPIES, CleanRecordFn.FACTS, main="kept")
         kept_copies = (
             once[CleanRecordFn.WITH_COPIES]
