@@ -5,15 +5,16 @@
 
 Per split, four named steps run in order, each sending the rows it refuses to a `rejected` output:
 `ParseExamples` (undecodable records or features of the wrong kind -> `unparseable`),
-`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests,
-so the shuffle carries digests, not rows: beam_jobs/dedupe.py), `ApplyMissingValuePolicy`
+`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests
+of a second read, so no stage holds the rows: beam_jobs/dedupe.py), `ApplyMissingValuePolicy`
 (a `required` feature missing -> `missing_required`) and `CheckValueRanges` (values outside
 `valid_min/valid_max`, handled by each feature's `on_invalid`: REJECT -> `out_of_range`, CLIP ->
 clipped and counted, NULL -> made missing and counted). The rules all come from
 transforms/features.py. Every row read ends up kept or rejected; the job checks that at the end.
 
 In flat memory: one DoFn (`CleanRecordFn`) takes each record through the four steps and encodes it,
-so a row is decoded once and rows seen once stream from the read to the write. The few rows with
+so a row is decoded once (the second read only digests) and written, when kept unchanged, as its
+stored Example without the source line; rows seen once stream from the read to the write. The few rows with
 copies take their own branch (grouped by content, one copy kept, then the same checks) and write
 their own files beside the others, so no runner has to gather the two branches' rows (a Flatten the
 in-memory runner would hold); the run's counts are summed per bundle, not sent one per row.

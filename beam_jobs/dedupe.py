@@ -8,11 +8,11 @@ also what it writes.
 
 How it stays flat: `CountContentCopies` collects 8-byte digests of the contents of a second read of
 the split, an array per bundle, and a combiner finds those seen more than once: a side input as
-large as the duplicated contents, not as the data; the count itself holds 8 bytes per row. The first read's rows
-stream past it (clean.CleanRecordFn): a row whose content is there goes to the exact comparison
-(`GroupByKey` on the full content bytes, then `pick_kept_copy`), every other row is kept as it goes.
-A digest collision only sends both rows to the exact comparison, which
-tells them apart; so does anything the second read counts that the first read refuses.
+large as the duplicated contents; the count holds 8 bytes per row, never a row. The first read's
+rows stream past it (clean.CleanRecordFn): a row whose content is there goes to the exact
+comparison (`GroupByKey` on the full content bytes, then `pick_kept_copy`), every other row is kept
+as it goes. A digest collision only sends both rows to the exact comparison, which tells them
+apart; so does anything the second read counts that the first read refuses.
 """
 
 from __future__ import annotations
