@@ -5,22 +5,28 @@
 
 Per split, four named steps run in order, each sending the rows it refuses to a `rejected` output:
 `ParseExamples` (undecodable records or features of the wrong kind -> `unparseable`),
-`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests,
-so the shuffle carries digests, not rows), `ApplyMissingValuePolicy`
+`DropDuplicates` (exact duplicates -> `duplicate`, one copy kept; found by counting content digests
+of a second read, so no stage holds the rows: beam_jobs/dedupe.py), `ApplyMissingValuePolicy`
 (a `required` feature missing -> `missing_required`) and `CheckValueRanges` (values outside
 `valid_min/valid_max`, handled by each feature's `on_invalid`: REJECT -> `out_of_range`, CLIP ->
 clipped and counted, NULL -> made missing and counted). The rules all come from
 transforms/features.py. Every row read ends up kept or rejected; the job checks that at the end.
 
-Writes `cleaned/Split-<split>/data-*.tfrecord.gz`, `rejected/Split-<split>/rejected-*.jsonl` and
-`clean_result.json`.
+In flat memory: one DoFn (`CleanRecordFn`) takes each record through the four steps and encodes it,
+so a row is decoded once (the second read only digests) and written, when kept unchanged, as its
+stored Example without the source line; rows seen once stream from the read to the write. The few rows with
+copies take their own branch (grouped by content, one copy kept, then the same checks) and write
+their own files beside the others, so no runner has to gather the two branches' rows (a Flatten the
+in-memory runner would hold); the run's counts are summed per bundle, not sent one per row.
+
+Writes `cleaned/Split-<split>/data-{once,copies}-*.tfrecord.gz` (readers glob `data-*`),
+`rejected/Split-<split>/rejected-{once,copies}-*.jsonl` and `clean_result.json`.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import logging
 import math
 import sys
@@ -32,11 +38,11 @@ import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 from google.protobuf.message import DecodeError
 
-from beam_jobs import outputs
-from beam_jobs.example_codec import (SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, canonical_row, split_dir, split_pattern,
-                                     split_prefix)
+from beam_jobs import dedupe, outputs
+from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument, require_flags, run_program
 from core.atomic import write_json
 from core.errors import DataError
@@ -72,17 +78,6 @@ class CleanResult:
     rejected_by_reason: dict[str, int]  # reason code -> count, all splits
     values_clipped: dict[str, int]  # per feature, in kept rows
     values_nulled: dict[str, int]
-
-
-class StageOutput(NamedTuple):
-    kept: beam.PCollection
-    rejected: beam.PCollection
-
-
-class CleanOutput(NamedTuple):
-    kept: beam.PCollection
-    rejected: beam.PCollection  # all four steps' rejections
-    adjusted: beam.PCollection  # (CLIPPED | NULLED, feature name), one per changed value
 
 
 # --- How rejected rows read ---
@@ -126,8 +121,7 @@ class _Undecodable(Exception):
 
 
 # Per feature, what decode_strict checks: (name, the list it must be stored as, its kind, whether
-# an absent feature reads as None). Worked out once: this runs for every row, twice (clean's dedupe
-# reads each split twice).
+# an absent feature reads as None). Worked out once: this runs for every row.
 _DECODE_PLAN = tuple((feature.name, _STORED_LIST[feature.kind], feature.kind,
                       # The observed label is a key only of the rows that carry it (production rows),
                       # so a CSV row reads, and is reported, as it always did.
@@ -135,13 +129,9 @@ _DECODE_PLAN = tuple((feature.name, _STORED_LIST[feature.kind], feature.kind,
 _KNOWN_NAMES = frozenset(FEATURES_BY_NAME) | {SOURCE_LINE_KEY}
 
 
-def decode_strict(serialized: bytes) -> dict[str, Any]:
-    """Decodes a raw Example into a row, refusing anything the raw format does not allow.
-
-    Unlike example_codec.example_to_row (lenient, for reading trusted output), this rejects unknown
-    features, a feature stored as the wrong kind, more than one value, non-finite floats and
-    non-UTF-8 text, so that no such value silently reaches training.
-    """
+def _decode(serialized: bytes) -> tuple[tf.train.Example, dict[str, Any]]:
+    """decode_strict, also returning the parsed Example (clean writes a row it keeps unchanged as
+    the Example's dedupe.content_bytes: no second encoding)."""
     try:
         example = tf.train.Example.FromString(serialized)
     except DecodeError as err:
@@ -171,92 +161,33 @@ def decode_strict(serialized: bytes) -> dict[str, Any]:
         if len(values) > 1:
             raise _Undecodable(name, f"{name} has {len(values)} values, expected at most 1")
         value = values[0] if values else None
-        if feature_kind is Kind.FLOAT and value is not None and not math.isfinite(value):
+        if value is None:
+            row[name] = None
+            continue
+        if feature_kind is Kind.FLOAT and not math.isfinite(value):
             raise _Undecodable(name, f"{name}={value} is not a finite number")
-        if feature_kind is Kind.STRING and value is not None:
+        if feature_kind is Kind.STRING:
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError:
                 raise _Undecodable(name, f"{name} is not UTF-8 text: {value[:40]!r}") from None
         row[name] = value
-    return row
+    return example, row
 
 
-class ParseExamplesFn(beam.DoFn):
-    def process(self, serialized: bytes) -> Iterator[Any]:
-        try:
-            yield decode_strict(serialized)
-        except _Undecodable as err:
-            Metrics.counter("clean", f"rejected_{REASON_UNPARSEABLE}").inc()
-            yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
-                REASON_UNPARSEABLE, err.feature, err.detail, None,
-                record_base64=base64.b64encode(serialized).decode("ascii")))
+def decode_strict(serialized: bytes) -> dict[str, Any]:
+    """Decodes a raw Example into a row, refusing anything the raw format does not allow.
 
-
-class ParseExamples(beam.PTransform):
-    """Serialized tf.Examples -> rows (every raw column present, None = missing)."""
-
-    def expand(self, records: beam.PCollection) -> StageOutput:
-        tagged = records | "Decode" >> beam.ParDo(ParseExamplesFn()).with_outputs(_REJECTED, main="kept")
-        return StageOutput(tagged.kept, tagged[_REJECTED])
-
-
-# --- DropDuplicates ---
-
-# 16 bytes of BLAKE2b: what the duplicate count shuffles per row instead of the row (about 500 bytes
-# encoded). A collision of two different rows (odds ~2^-64 at 2^32 rows) costs nothing wrong: it
-# only sends both rows to the exact comparison below, which tells them apart by their content.
-CONTENT_DIGEST_BYTES = 16
-
-
-def content_digest(row: dict[str, Any]) -> bytes:
-    """The row's content (canonical_row: stored values, not its source line) as a 16-byte digest."""
-    return hashlib.blake2b(canonical_row(row).encode("utf-8"), digest_size=CONTENT_DIGEST_BYTES).digest()
-
-
-def _key_by_content(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return canonical_row(row), row
-
-
-def _has_copies(digest_count: tuple[bytes, int]) -> bool:
-    return digest_count[1] > 1
-
-
-class RouteByCopiesFn(beam.DoFn):
-    """Rows whose content occurs once pass straight on; rows with copies go to the exact comparison."""
-
-    WITH_COPIES = "with_copies"
-
-    def process(self, row: dict[str, Any], counts_with_copies: dict[bytes, int]) -> Iterator[Any]:
-        if counts_with_copies and content_digest(row) in counts_with_copies:
-            yield beam.pvalue.TaggedOutput(self.WITH_COPIES, row)
-        else:
-            yield row
-
-
-class KeepOneCopyFn(beam.DoFn):
-    """Keeps the first row of a group of identical rows; the copies are rejected.
-
-    The group's rows are equal value for value, so which copy is kept cannot change the output:
-    the choice is deterministic by construction.
+    Unlike example_codec.example_to_row (lenient, for reading trusted output), this rejects unknown
+    features, a feature stored as the wrong kind, more than one value, non-finite floats and
+    non-UTF-8 text, so that no such value silently reaches training.
     """
-
-    def process(self, keyed: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
-        _, rows = keyed
-        # The copy from the earliest line is kept, so the rejected lines are the same on every run.
-        rows = sorted(rows, key=_source_line_order)
-        kept = rows[0]
-        yield kept
-        of_line = f" of line {kept[SOURCE_LINE_KEY]}" if kept.get(SOURCE_LINE_KEY) is not None else ""
-        for copy in rows[1:]:
-            Metrics.counter("clean", f"rejected_{REASON_DUPLICATE}").inc()
-            yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
-                REASON_DUPLICATE, None, f"exact duplicate{of_line}: {len(rows)} identical rows in this split, 1 kept", copy))
+    return _decode(serialized)[1]
 
 
-def _source_line_order(row: dict[str, Any]) -> tuple[bool, int]:
-    line = row.get(SOURCE_LINE_KEY)
-    return (line is None, line or 0)
+def _unparseable(serialized: bytes, err: _Undecodable) -> dict[str, Any]:
+    return rejection(REASON_UNPARSEABLE, err.feature, err.detail, None,
+                     record_base64=base64.b64encode(serialized).decode("ascii"))
 
 
 def without_source_line(row: dict[str, Any]) -> dict[str, Any]:
@@ -266,87 +197,32 @@ def without_source_line(row: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in row.items() if name != SOURCE_LINE_KEY}
 
 
-class CountContentCopies(beam.PTransform):
-    """Rows -> (content digest, count) for each content seen more than once.
-
-    A combiner counts: the shuffle carries 16-byte digests and counts, summed per bundle before it,
-    never the rows; what comes out is as large as the duplicated contents, not as the data.
-    """
-
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        return (
-            rows
-            | "ContentDigest" >> beam.Map(content_digest)
-            | "CountPerDigest" >> beam.combiners.Count.PerElement()
-            | "OnlyWithCopies" >> beam.Filter(_has_copies)
-        )
-
-
-class DropDuplicates(beam.PTransform):
-    """Exact duplicate rows (same stored values) -> one kept, the others rejected as `duplicate`.
-
-    The shuffle carries digests, not rows: the contents with copies are counted first (CountContentCopies), and
-    each row is then routed by that count, a side input as large as the duplicated contents. Rows
-    seen once (almost all of real data) are kept as they stream by; only the rows with copies are
-    grouped by their full content and reduced to the copy of the earliest line (KeepOneCopyFn), so
-    the kept rows and the rejected records are those of grouping every row by its content.
-
-    Not yet flat in memory on the in-memory runner: it materializes the `GatherKept` Flatten of the
-    two branches (every kept row, encoded) before the steps after it run (docs/SCALE.md).
-
-    `copies`: CountContentCopies of the same rows read a second time (CleanSplit does that). Without
-    it the counts come from `rows` themselves, and a runner keeps all the rows (a PCollection read
-    by two stages is materialized) until the counting is done.
-    """
-
-    def __init__(self, copies: beam.PCollection | None = None) -> None:
-        super().__init__()
-        self._copies = copies
-
-    def expand(self, rows: beam.PCollection) -> StageOutput:
-        copies = self._copies if self._copies is not None else rows | "CountContentCopies" >> CountContentCopies()
-        routed = rows | "RouteByCopies" >> beam.ParDo(RouteByCopiesFn(), beam.pvalue.AsDict(copies)).with_outputs(
-            RouteByCopiesFn.WITH_COPIES, main="once")
-        grouped = (
-            routed[RouteByCopiesFn.WITH_COPIES]
-            | "KeyByContent" >> beam.Map(_key_by_content)
-            | "GroupByContent" >> beam.GroupByKey()
-            | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn()).with_outputs(_REJECTED, main="kept")
-        )
-        kept = (routed.once, grouped.kept) | "GatherKept" >> beam.Flatten()
-        return StageOutput(kept, grouped[_REJECTED])
-
-
 # --- ApplyMissingValuePolicy ---
 
 
+def missing_required(required: Sequence[Feature], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The rejection of a row lacking a required feature, or None."""
+    # A label source stands in for another (features.Feature.required_unless): a production
+    # row with its observed label needs no tips.
+    missing = [feature.name for feature in required if feature.missing_in(row)]
+    if not missing:
+        return None
+    return rejection(REASON_MISSING_REQUIRED, missing[0], f"missing required feature(s): {', '.join(missing)}", row)
+
+
 class MissingValuePolicyFn(beam.DoFn):
+    """The step alone, on rows (the job runs it inside CleanRecordFn)."""
+
     def __init__(self, features: Sequence[Feature]) -> None:
         self._required = tuple(feature for feature in features if feature.required)
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        # A label source stands in for another (features.Feature.required_unless): a production
-        # row with its observed label needs no tips.
-        missing = [feature.name for feature in self._required if feature.missing_in(row)]
-        if not missing:
+        refused = missing_required(self._required, row)
+        if refused is None:
             yield row
             return
         Metrics.counter("clean", f"rejected_{REASON_MISSING_REQUIRED}").inc()
-        yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
-            REASON_MISSING_REQUIRED, missing[0], f"missing required feature(s): {', '.join(missing)}", row))
-
-
-class ApplyMissingValuePolicy(beam.PTransform):
-    """Rows missing a `required=True` feature (and what may stand in for it) -> rejected as `missing_required`; others pass unchanged."""
-
-    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
-        super().__init__()
-        self._features = tuple(features)
-
-    def expand(self, rows: beam.PCollection) -> StageOutput:
-        tagged = rows | "RejectMissingRequired" >> beam.ParDo(
-            MissingValuePolicyFn(self._features)).with_outputs(_REJECTED, main="kept")
-        return StageOutput(tagged.kept, tagged[_REJECTED])
+        yield beam.pvalue.TaggedOutput(_REJECTED, refused)
 
 
 # --- CheckValueRanges ---
@@ -367,137 +243,217 @@ def _clipped(feature: Feature, value: Any) -> Any:
     return int(bounded) if feature.kind is Kind.INT else float(bounded)
 
 
-class ValueRangeFn(beam.DoFn):
+class RangeOutcome(NamedTuple):
+    row: dict[str, Any] | None  # the row kept (`changed` tells whether a value was clipped or nulled)
+    rejected: dict[str, Any] | None
+    adjusted: tuple[tuple[str, str], ...]  # (CLIPPED | NULLED, feature name) per changed value
+    changed: bool
+
+
+def ranged_features(features: Sequence[Feature]) -> tuple[tuple[Feature, float, float], ...]:
+    """(feature, low, high) of each feature with a valid range, for apply_range_policy."""
+    return tuple((f, -math.inf if f.valid_min is None else f.valid_min, math.inf if f.valid_max is None else f.valid_max)
+                 for f in features if f.kind is not Kind.STRING and (f.valid_min is not None or f.valid_max is not None))
+
+
+def apply_range_policy(checked: Sequence[tuple[Feature, float, float]], row: dict[str, Any]) -> RangeOutcome:
     """Applies each feature's on_invalid policy to values outside its valid range.
 
     A row with any REJECT violation is rejected whole and nothing of it is counted as clipped or
     nulled, so the counters describe exactly the kept data.
     """
+    # The bounds first, as plain comparisons: almost every row is in range.
+    outside = [feature for feature, low, high in checked
+               if (value := row.get(feature.name)) is not None and not low <= value <= high]
+    problems = [(feature, problem) for feature in outside
+                if (problem := _range_problem(feature, row[feature.name])) is not None]
+    if not problems:
+        return RangeOutcome(row, None, (), False)
+    fatal = [(f, p) for f, p in problems if f.on_invalid is OnInvalid.REJECT]
+    # Nulling a required feature would leave a row the missing-value policy refuses.
+    fatal += [(f, f"{p}, and {f.name} is required so it cannot be nulled")
+              for f, p in problems if f.on_invalid is OnInvalid.NULL and f.required]
+    if fatal:
+        return RangeOutcome(None, rejection(REASON_OUT_OF_RANGE, fatal[0][0].name, "; ".join(p for _, p in fatal), row),
+                            (), False)
+    cleaned = dict(row)
+    adjusted = []
+    for feature, _ in problems:
+        if feature.on_invalid is OnInvalid.CLIP:
+            cleaned[feature.name] = _clipped(feature, row[feature.name])
+            adjusted.append((CLIPPED, feature.name))
+        else:
+            cleaned[feature.name] = None
+            adjusted.append((NULLED, feature.name))
+    return RangeOutcome(cleaned, None, tuple(adjusted), True)
+
+
+class ValueRangeFn(beam.DoFn):
+    """The step alone, on rows: apply_range_policy per row (the job runs it inside CleanRecordFn)."""
 
     def __init__(self, features: Sequence[Feature]) -> None:
-        self._checked = tuple(f for f in features
-                              if f.kind is not Kind.STRING and (f.valid_min is not None or f.valid_max is not None))
+        self._checked = ranged_features(features)
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        problems = [(feature, problem) for feature in self._checked
-                    if row.get(feature.name) is not None
-                    and (problem := _range_problem(feature, row[feature.name])) is not None]
-        if not problems:
-            yield row
-            return
-        fatal = [(f, p) for f, p in problems if f.on_invalid is OnInvalid.REJECT]
-        # Nulling a required feature would leave a row the missing-value policy refuses.
-        fatal += [(f, f"{p}, and {f.name} is required so it cannot be nulled")
-                  for f, p in problems if f.on_invalid is OnInvalid.NULL and f.required]
-        if fatal:
+        outcome = apply_range_policy(self._checked, row)
+        if outcome.rejected is not None:
             Metrics.counter("clean", f"rejected_{REASON_OUT_OF_RANGE}").inc()
-            yield beam.pvalue.TaggedOutput(_REJECTED, rejection(
-                REASON_OUT_OF_RANGE, fatal[0][0].name, "; ".join(p for _, p in fatal), row))
+            yield beam.pvalue.TaggedOutput(_REJECTED, outcome.rejected)
             return
-        cleaned = dict(row)
-        for feature, _ in problems:
-            if feature.on_invalid is OnInvalid.CLIP:
-                cleaned[feature.name] = _clipped(feature, row[feature.name])
-                adjustment = CLIPPED
-            else:
-                cleaned[feature.name] = None
-                adjustment = NULLED
-            Metrics.counter("clean", f"{adjustment}_{feature.name}").inc()
-            yield beam.pvalue.TaggedOutput(_ADJUSTED, (adjustment, feature.name))
-        yield cleaned
+        for adjustment, name in outcome.adjusted:
+            Metrics.counter("clean", f"{adjustment}_{name}").inc()
+            yield beam.pvalue.TaggedOutput(_ADJUSTED, (adjustment, name))
+        yield outcome.row
 
 
-class CheckValueRanges(beam.PTransform):
-    """Values outside [valid_min, valid_max]: REJECT -> `out_of_range`, CLIP -> clipped, NULL -> missing."""
-
-    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
-        super().__init__()
-        self._features = tuple(features)
-
-    def expand(self, rows: beam.PCollection) -> CleanOutput:
-        tagged = rows | "ApplyRangePolicy" >> beam.ParDo(
-            ValueRangeFn(self._features)).with_outputs(_REJECTED, _ADJUSTED, main="kept")
-        return CleanOutput(tagged.kept, tagged[_REJECTED], tagged[_ADJUSTED])
+# --- The whole cleaning of one split, in flat memory ---
 
 
-# --- The whole cleaning of one split ---
+class _CheckAndEncodeFn(beam.DoFn):
+    """ApplyMissingValuePolicy and CheckValueRanges of a decoded row, then its encoding; counts the
+    run's facts per bundle and emits them at the bundle's end (FACTS): ("in"|"kept", split),
+    ("rejected", split, reason), ("clipped"|"nulled", feature)."""
+
+    FACTS = "facts"
+
+    def __init__(self, features: Sequence[Feature], split: str) -> None:
+        self._required = tuple(feature for feature in features if feature.required)
+        self._checked = ranged_features(features)
+        self._split = split
+        self._facts: dict[tuple, int] = {}
+
+    def start_bundle(self) -> None:
+        self._facts = {}
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._facts:
+            yield beam.pvalue.TaggedOutput(self.FACTS, GlobalWindows.windowed_value(self._facts))
+        self._facts = {}
+
+    def _count(self, fact: tuple) -> None:
+        self._facts[fact] = self._facts.get(fact, 0) + 1
+
+    def _rejected(self, record: dict[str, Any]) -> beam.pvalue.TaggedOutput:
+        Metrics.counter("clean", f"rejected_{record['reason']}").inc()
+        self._count(("rejected", self._split, record["reason"]))
+        return beam.pvalue.TaggedOutput(_REJECTED, record)
+
+    def _check_and_encode(self, row: dict[str, Any], content: bytes) -> Iterator[Any]:
+        """`content`: the row's dedupe.content_bytes, which is what a row kept unchanged is written as."""
+        refused = missing_required(self._required, row)
+        if refused is not None:
+            yield self._rejected(refused)
+            return
+        outcome = apply_range_policy(self._checked, row)
+        if outcome.rejected is not None:
+            yield self._rejected(outcome.rejected)
+            return
+        for adjustment, name in outcome.adjusted:
+            Metrics.counter("clean", f"{adjustment}_{name}").inc()
+            self._count((adjustment, name))
+        self._count(("kept", self._split))
+        yield dedupe.row_content_bytes(outcome.row) if outcome.changed else content
 
 
-def _decoded_or_nothing(serialized: bytes) -> Iterator[dict[str, Any]]:
-    """The second read's rows, for counting copies: the first read rejects (and reports) the rest."""
-    try:
-        yield decode_strict(serialized)
-    except _Undecodable:
-        pass
+class CleanRecordFn(_CheckAndEncodeFn):
+    """A raw record through ParseExamples, DropDuplicates' routing, ApplyMissingValuePolicy and
+    CheckValueRanges -> its cleaned Example (serialized), its rejection, or, when its content has
+    copies (the side input), (content, row) to WITH_COPIES for the exact comparison."""
+
+    WITH_COPIES = "with_copies"
+
+    def process(self, serialized: bytes, contents_with_copies: frozenset[int]) -> Iterator[Any]:
+        self._count(("in", self._split))
+        try:
+            example, row = _decode(serialized)
+        except _Undecodable as err:
+            yield self._rejected(_unparseable(serialized, err))
+            return
+        content = dedupe.content_bytes(example)
+        if contents_with_copies and dedupe.content_digest(content) in contents_with_copies:
+            yield beam.pvalue.TaggedOutput(self.WITH_COPIES, (content, row))
+            return
+        yield from self._check_and_encode(row, content)
+
+
+class KeepOneCopyFn(_CheckAndEncodeFn):
+    """Rows of one content -> the copy kept (dedupe.pick_kept_copy), checked and encoded like any
+    other row; the other copies rejected as `duplicate`."""
+
+    def process(self, keyed: tuple[bytes, Iterable[dict[str, Any]]]) -> Iterator[Any]:
+        content, rows = keyed
+        kept, copies, detail = dedupe.pick_kept_copy(list(rows))
+        for copy in copies:
+            yield self._rejected(rejection(REASON_DUPLICATE, None, detail, copy))
+        yield from self._check_and_encode(kept, content)
+
+
+class BranchOutput(NamedTuple):
+    kept: beam.PCollection  # serialized cleaned Examples
+    rejected: beam.PCollection
+    facts: beam.PCollection  # {fact: count}, one per bundle
+
+
+class CleanOutput(NamedTuple):
+    """Two branches, each written to its own files: the rows whose content was seen once, and those
+    with copies (kept copies and rejected duplicates). Never flattened: see the module docstring."""
+
+    once: BranchOutput
+    copies: BranchOutput
+
+
+BRANCHES = ("once", "copies")
+
+
+def _tagged_branch(tagged: Any) -> BranchOutput:
+    return BranchOutput(tagged.kept, tagged[_REJECTED], tagged[_CheckAndEncodeFn.FACTS])
 
 
 class CleanSplit(beam.PTransform):
-    """Serialized raw Examples -> kept rows, rejected records and value adjustments.
+    """Serialized raw Examples -> the cleaned Examples, rejected records and counts of both branches.
 
     `reread`: a source of the same records (e.g. a second ReadFromTFRecord of the split), from which
-    DropDuplicates counts the copies, so that no stage has to hold the rows while that count is made.
+    the copies are counted, so that no stage has to hold the records while that count is made.
     Without it (records from memory, tests) the records themselves are counted.
     """
 
-    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None) -> None:
+    def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None,
+                 split: str = "") -> None:
         super().__init__()
         self._features = tuple(features)
         self._reread = reread
+        self._split = split
 
     def expand(self, records: beam.PCollection) -> CleanOutput:
-        parsed = records | "ParseExamples" >> ParseExamples()
-        copies = None
-        if self._reread is not None:
-            copies = (
-                records.pipeline
-                | "ReadAgain" >> self._reread
-                | "DecodeAgain" >> beam.FlatMap(_decoded_or_nothing)
-                | "CountContentCopies" >> CountContentCopies()
-            )
-        unique = parsed.kept | "DropDuplicates" >> DropDuplicates(copies)
-        complete = unique.kept | "ApplyMissingValuePolicy" >> ApplyMissingValuePolicy(self._features)
-        in_range = complete.kept | "CheckValueRanges" >> CheckValueRanges(self._features)
-        rejected = (
-            (parsed.rejected, unique.rejected, complete.rejected, in_range.rejected)
-            | "GatherRejected" >> beam.Flatten()
+        counted = records if self._reread is None else records.pipeline | "ReadAgain" >> self._reread
+        copies = counted | "CountContentCopies" >> dedupe.CountContentCopies()
+        once = records | "CleanRecords" >> beam.ParDo(
+            CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
+            _REJECTED, CleanRecordFn.WITH_COPIES, CleanRecordFn.FACTS, main="kept")
+        kept_copies = (
+            once[CleanRecordFn.WITH_COPIES]
+            | "GroupByContent" >> beam.GroupByKey()
+            | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn(self._features, self._split)).with_outputs(
+                _REJECTED, KeepOneCopyFn.FACTS, main="kept")
         )
-        kept = in_range.kept | "DropSourceLine" >> beam.Map(without_source_line)
-        return CleanOutput(kept, rejected, in_range.adjusted)
+        return CleanOutput(_tagged_branch(once), _tagged_branch(kept_copies))
 
 
-# Facts of a run, counted by CountFactsFn: ("in"|"kept", split), ("rejected", split, reason),
-# ("clipped"|"nulled", feature). Plain module functions: Beam infers type hints from signatures.
-def _in_fact(record: bytes, split: str) -> tuple[str, str]:
-    return ("in", split)
-
-
-def _kept_fact(row: dict[str, Any], split: str) -> tuple[str, str]:
-    return ("kept", split)
-
-
-def _rejected_fact(record: dict[str, Any], split: str) -> tuple[str, str, str]:
-    return ("rejected", split, record["reason"])
-
-
-class CountFactsFn(beam.CombineFn):
-    """Counts equal facts; the output, [[*fact, count], ...], is the run summary.
-
-    One combine over all facts instead of a Count per split and outcome: each Count is a shuffle
-    stage of its own, and stages, not rows, dominate the run time of a small job.
-    """
+class SumFactsFn(beam.CombineFn):
+    """Sums the per-bundle {fact: count}; the output, [[*fact, count], ...], is the run summary."""
 
     def create_accumulator(self) -> dict[tuple, int]:
         return {}
 
-    def add_input(self, counts: dict[tuple, int], fact: tuple) -> dict[tuple, int]:
-        counts[fact] = counts.get(fact, 0) + 1
+    def add_input(self, counts: dict[tuple, int], bundle_counts: dict[tuple, int]) -> dict[tuple, int]:
+        for fact, count in bundle_counts.items():
+            counts[fact] = counts.get(fact, 0) + count
         return counts
 
     def merge_accumulators(self, accumulators: Iterable[dict[tuple, int]]) -> dict[tuple, int]:
         merged: dict[tuple, int] = {}
         for counts in accumulators:
-            for fact, count in counts.items():
-                merged[fact] = merged.get(fact, 0) + count
+            self.add_input(merged, counts)
         return merged
 
     def extract_output(self, counts: dict[tuple, int]) -> list[list[Any]]:
@@ -516,25 +472,24 @@ def _read_split(examples_dir: str, split: str) -> beam.PTransform:
 
 
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
-    """Per split: ReadSplit -> CleanSplit (the four steps) -> WriteCleaned / WriteRejected; plus SUMMARY_FILE."""
+    """Per split: ReadSplit -> CleanSplit -> per branch WriteCleaned / WriteRejected; plus SUMMARY_FILE."""
     output = Path(plan.output_dir)
     facts = []
     for split in plan.splits:
         records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
-        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(features, reread=_read_split(plan.examples_dir, split))
-        _ = cleaned.kept | f"WriteCleaned[{split}]" >> outputs.WriteExamples(split_prefix(output / CLEANED_DIR, split))
-        _ = cleaned.rejected | f"WriteRejected[{split}]" >> outputs.WriteJsonLines(
-            str(split_dir(output / REJECTED_DIR, split) / "rejected"))
-        facts += [
-            records | f"InFact[{split}]" >> beam.Map(_in_fact, split),
-            cleaned.kept | f"KeptFact[{split}]" >> beam.Map(_kept_fact, split),
-            cleaned.rejected | f"RejectedFact[{split}]" >> beam.Map(_rejected_fact, split),
-            cleaned.adjusted,
-        ]
+        cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(
+            features, reread=_read_split(plan.examples_dir, split), split=split)
+        for branch, out in zip(BRANCHES, cleaned):
+            _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.WriteToTFRecord(
+                f"{split_prefix(output / CLEANED_DIR, split)}-{branch}", file_name_suffix=TFRECORD_SUFFIX,
+                compression_type=CompressionTypes.GZIP)
+            _ = out.rejected | f"WriteRejected[{split},{branch}]" >> outputs.WriteJsonLines(
+                str(split_dir(output / REJECTED_DIR, split) / f"rejected-{branch}"))
+            facts.append(out.facts)
     _ = (
         facts
-        | "GatherFacts" >> beam.Flatten()
-        | "Summarize" >> beam.CombineGlobally(CountFactsFn())
+        | "GatherFacts" >> beam.Flatten()  # one small dict per bundle
+        | "Summarize" >> beam.CombineGlobally(SumFactsFn())
         | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 

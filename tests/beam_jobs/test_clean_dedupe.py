@@ -1,9 +1,10 @@
 """Clean's dedupe by content digest keeps exactly the rows, and rejects exactly the copies, that
 grouping every row by its whole content did (the rule before issue 14), written out here in plain
-Python as the reference."""
+Python as the reference; the kept copies take their own branch, never mixed into the others'."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import apache_beam as beam
@@ -11,10 +12,10 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs import clean
-from beam_jobs.example_codec import SOURCE_LINE_KEY, canonical_row, parse_serialized, serialize_row
+from beam_jobs import clean, dedupe
+from beam_jobs.example_codec import SOURCE_LINE_KEY, canonical_row, parse_serialized, row_to_example, serialize_row
 from tests.beam_jobs._helpers import is_clean, parse_csv_row
-from transforms.features import OBSERVED_LABEL_KEY
+from transforms.features import COMPANY_KEY, OBSERVED_LABEL_KEY
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def stored_rows(taxi_rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     rows, seen = [], set()
     for text_row in taxi_rows[:300]:
         row = parse_serialized(serialize_row(parse_csv_row(text_row)))
-        if is_clean(row) and canonical_row(row) not in seen:
+        if is_clean(row) and row[COMPANY_KEY] is not None and canonical_row(row) not in seen:
             seen.add(canonical_row(row))
             rows.append(row)
     assert len(rows) >= 8
@@ -34,9 +35,18 @@ def _with_line(row: dict[str, Any], line: int | None) -> dict[str, Any]:
     return {**row, SOURCE_LINE_KEY: line} if line is not None else dict(row)
 
 
+def _stored_differently(row: dict[str, Any], line: int) -> bytes:
+    """The same content as serialize_row(row), other bytes: an empty feature, the company stored as an
+    empty list before its value, a field protobuf does not know."""
+    example = row_to_example(_with_line(row, line))
+    example.features.feature["pickup_census_tract"].int64_list.SetInParent()  # stored, no value: missing
+    return example.SerializeToString() + b"\x98\x06\x01"  # unknown field 99, varint 1
+
+
 def records_with_copies(rows: list[dict[str, Any]]) -> list[bytes]:
-    """Unique rows, copies out of line order, copies without a source line, a labelled copy, garbage."""
-    a, b, c, d, e, f = rows[:6]
+    """Unique rows, copies out of line order, copies without a source line, a labelled copy, a copy
+    stored in other bytes, garbage."""
+    a, b, c, d, e, f, g = rows[:7]
     labelled = {**f, OBSERVED_LABEL_KEY: 1}
     stored = [
         _with_line(a, 9), _with_line(a, 4), _with_line(a, 7),  # three copies: line 4 kept
@@ -44,9 +54,11 @@ def records_with_copies(rows: list[dict[str, Any]]) -> list[bytes]:
         _with_line(c, None), _with_line(c, None),  # no lines at all: one kept, one rejected
         _with_line(d, 3), _with_line(e, 5),  # once each
         _with_line(f, 20), _with_line(labelled, 21), _with_line(labelled, 22),  # the label makes another content
-        *[_with_line(row, 100 + i) for i, row in enumerate(rows[6:])],
+        _with_line(g, 30),
+        *[_with_line(row, 100 + i) for i, row in enumerate(rows[7:])],
     ]
-    return [serialize_row(row) for row in stored] + [b"\xff\xff not an example"]
+    assert g["pickup_census_tract"] is None
+    return [serialize_row(row) for row in stored] + [_stored_differently(g, 31), b"\xff\xff not an example"]
 
 
 def reference_dedupe(records: list[bytes]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -63,7 +75,7 @@ def reference_dedupe(records: list[bytes]) -> tuple[list[str], list[dict[str, An
     kept, rejected = [], []
     for rows in groups.values():
         rows = sorted(rows, key=lambda r: (r.get(SOURCE_LINE_KEY) is None, r.get(SOURCE_LINE_KEY) or 0))
-        kept.append(f"{rows[0].get(SOURCE_LINE_KEY)}:{canonical_row(rows[0])}")
+        kept.append(canonical_row(rows[0]))
         line = rows[0].get(SOURCE_LINE_KEY)
         of_line = f" of line {line}" if line is not None else ""
         rejected += [clean.rejection(clean.REASON_DUPLICATE, None,
@@ -72,51 +84,49 @@ def reference_dedupe(records: list[bytes]) -> tuple[list[str], list[dict[str, An
     return sorted(kept), rejected
 
 
-def _line_and_content(row: dict[str, Any]) -> str:
-    return f"{row.get(SOURCE_LINE_KEY)}:{canonical_row(row)}"
+def _kept_contents(kept: beam.PCollection, label: str) -> beam.PCollection:
+    return kept | f"Content{label}" >> beam.Map(lambda record: canonical_row(parse_serialized(record)))
 
 
-def _run_drop_duplicates(records: list[bytes], *, reread: bool) -> None:
+def _run_clean_split(records: list[bytes], *, reread: bool) -> None:
     expected_kept, expected_rejected = reference_dedupe(records)
-    assert len(expected_rejected) == 5  # two of a, one each of b, c and the labelled f
+    assert len(expected_rejected) == 6  # two of a, one each of b, c, g and the labelled f
     with test_pipeline.TestPipeline() as pipeline:
-        rows = pipeline | "Rows" >> beam.Create(records) | beam.FlatMap(clean._decoded_or_nothing)
-        copies = None
-        if reread:  # as CleanSplit counts: from a second read of the same records
-            copies = (pipeline | "Again" >> beam.Create(records) | "DecodeAgain" >> beam.FlatMap(clean._decoded_or_nothing)
-                      | clean.CountContentCopies())
-        deduped = rows | clean.DropDuplicates(copies)
-        assert_that(deduped.kept | beam.Map(_line_and_content), equal_to(expected_kept), label="KeptCopies")
-        assert_that(deduped.rejected, equal_to(expected_rejected), label="RejectedCopies")
+        # As the job counts: from a second read of the same records; else from the records themselves.
+        split = clean.CleanSplit(reread=beam.Create(records) if reread else None)
+        cleaned = pipeline | "Records" >> beam.Create(records) | split
+        kept = (cleaned.once.kept, cleaned.copies.kept) | "AllKept" >> beam.Flatten()
+        assert_that(_kept_contents(kept, "All"), equal_to(expected_kept), label="KeptOnePerContent")
+        # Each copy kept is written by its own branch, once.
+        contents = Counter(canonical_row(clean.decode_strict(record)) for record in records[:-1])
+        with_copies = [content for content, count in contents.items() if count > 1]
+        assert_that(_kept_contents(cleaned.copies.kept, "Copies"), equal_to(with_copies), label="CopiesBranch")
+        assert_that(cleaned.copies.rejected, equal_to(expected_rejected), label="RejectedCopies")
+        assert_that(cleaned.once.rejected | beam.Map(lambda r: r["reason"]), equal_to([clean.REASON_UNPARSEABLE]),
+                    label="OnlyTheGarbageRejectedOnce")
 
 
-@pytest.mark.parametrize("reread", [False, True], ids=["counted-from-rows", "counted-from-a-second-read"])
+@pytest.mark.parametrize("reread", [False, True], ids=["counted-from-the-records", "counted-from-a-second-read"])
 def test_dedupe_keeps_and_rejects_exactly_what_grouping_every_row_did(stored_rows, reread):
-    _run_drop_duplicates(records_with_copies(stored_rows), reread=reread)
+    _run_clean_split(records_with_copies(stored_rows), reread=reread)
 
 
 def test_a_digest_collision_only_costs_an_exact_comparison(stored_rows, monkeypatch):
-    # Every row gets the same digest: all rows go to the exact comparison, which still tells them apart.
-    monkeypatch.setattr(clean, "content_digest", lambda row: b"\x00" * clean.CONTENT_DIGEST_BYTES)
-    _run_drop_duplicates(records_with_copies(stored_rows), reread=False)
-
-
-def test_clean_split_with_a_second_read_accounts_for_every_row_as_before(stored_rows):
+    # Every content gets the same digest: all rows go to the exact comparison, which still tells them apart.
+    monkeypatch.setattr(dedupe, "content_digest", lambda content: 0)
     records = records_with_copies(stored_rows)
-    expected_kept, expected_duplicates = reference_dedupe(records)
+    expected_kept, expected_rejected = reference_dedupe(records)
     with test_pipeline.TestPipeline() as pipeline:
-        cleaned = pipeline | beam.Create(records) | clean.CleanSplit(reread=beam.Create(records))
-        assert_that(cleaned.kept | beam.Map(canonical_row),
-                    equal_to([kept.split(":", 1)[1] for kept in expected_kept]), label="Kept")
-        assert_that(cleaned.rejected | beam.Map(lambda r: (r["reason"], r["line"], r["detail"])),
-                    equal_to([(r["reason"], r["line"], r["detail"]) for r in expected_duplicates]
-                             + [(clean.REASON_UNPARSEABLE, None, _garbage_detail())]),
-                    label="RejectedOncePerRow")
+        cleaned = pipeline | beam.Create(records) | clean.CleanSplit()
+        assert_that(cleaned.once.kept, equal_to([]), label="NothingSeenOnce")
+        assert_that(_kept_contents(cleaned.copies.kept, "Copies"), equal_to(expected_kept), label="AllComparedExactly")
+        assert_that(cleaned.copies.rejected, equal_to(expected_rejected), label="SameCopiesRejected")
 
 
-def _garbage_detail() -> str:
-    try:
-        clean.decode_strict(b"\xff\xff not an example")
-    except clean._Undecodable as err:
-        return err.detail
-    raise AssertionError("garbage decoded")
+def test_equal_contents_have_equal_content_bytes_however_they_are_stored(stored_rows):
+    row = next(r for r in stored_rows if r["pickup_census_tract"] is None)
+    plain = clean._decode(serialize_row(_with_line(row, 1)))[0]
+    other = clean._decode(_stored_differently(row, 2))[0]
+    assert dedupe.content_bytes(plain) == dedupe.content_bytes(other) == dedupe.row_content_bytes(row)
+    changed = clean._decode(serialize_row({**row, "fare": row["fare"] + 1}))[0]
+    assert dedupe.content_bytes(changed) != dedupe.row_content_bytes(row)

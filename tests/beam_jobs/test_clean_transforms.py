@@ -1,4 +1,4 @@
-"""The clean job's PTransforms on literal rows, with a real Beam TestPipeline."""
+"""The clean job's steps on literal rows and records, with a real Beam TestPipeline."""
 
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from beam_jobs.clean import (
     REASON_MISSING_REQUIRED,
     REASON_OUT_OF_RANGE,
     REASON_UNPARSEABLE,
-    ApplyMissingValuePolicy,
-    CheckValueRanges,
     CleanSplit,
-    DropDuplicates,
-    ParseExamples,
+    MissingValuePolicyFn,
+    ValueRangeFn,
     readable,
+    without_source_line,
 )
-from beam_jobs.example_codec import parse_serialized, row_to_example, serialize_row
+from beam_jobs.example_codec import SOURCE_LINE_KEY, parse_serialized, row_to_example, serialize_row
 from tests.beam_jobs._helpers import is_clean, parse_csv_row
 from transforms.features import FARE_KEY, RAW_FEATURES, TIPS_KEY, Kind, OnInvalid
 
@@ -55,6 +54,27 @@ def reason_and_feature(record: dict[str, Any]) -> tuple[str, str | None]:
     return record["reason"], record["feature"]
 
 
+def gathered(cleaned: Any, part: str) -> beam.PCollection:
+    """One output of both branches of a CleanSplit (the job writes each branch to its own files)."""
+    return (cleaned.once._asdict()[part], cleaned.copies._asdict()[part]) | f"Gather{part}" >> beam.Flatten()
+
+
+def kept_rows(cleaned: Any) -> beam.PCollection:
+    return gathered(cleaned, "kept") | "ParseKept" >> beam.Map(parse_serialized)
+
+
+def _sum_facts(bundles: list[dict[tuple, int]]) -> dict[tuple, int]:
+    total: dict[tuple, int] = {}
+    for counts in bundles:
+        for fact, count in counts.items():
+            total[fact] = total.get(fact, 0) + count
+    return total
+
+
+def summed_facts(cleaned: Any) -> beam.PCollection:
+    return gathered(cleaned, "facts") | "SumFacts" >> beam.combiners.ToList() | beam.Map(_sum_facts)
+
+
 def test_parse_examples_rejects_what_is_not_a_raw_example(clean_rows):
     good = clean_rows[0]
     garbage = b"\xff\xff\xff\xff not a protocol buffer"
@@ -71,17 +91,18 @@ def test_parse_examples_rejects_what_is_not_a_raw_example(clean_rows):
     inputs = [serialize_row(good), garbage] + [e.SerializeToString() for e in (wrong_kind, two_values, not_finite, unknown)]
 
     with test_pipeline.TestPipeline() as pipeline:
-        parsed = pipeline | beam.Create(inputs) | ParseExamples()
-        assert_that(parsed.kept, equal_to([good]), label="KeptOnlyTheValidExample")
+        parsed = pipeline | beam.Create(inputs) | CleanSplit()
+        assert_that(kept_rows(parsed), equal_to([good]), label="KeptOnlyTheValidExample")
+        rejected = gathered(parsed, "rejected")
         assert_that(
-            parsed.rejected | "Reasons" >> beam.Map(reason_and_feature),
+            rejected | "Reasons" >> beam.Map(reason_and_feature),
             equal_to([(REASON_UNPARSEABLE, None)] + [(REASON_UNPARSEABLE, FARE_KEY)] * 3
                      + [(REASON_UNPARSEABLE, "surprise_feature")]),
             label="RejectedWithReasons",
         )
         # The undecodable bytes are kept, so no data is lost.
         assert_that(
-            parsed.rejected
+            rejected
             | "Undecodable" >> beam.Filter(lambda r: r["feature"] is None)
             | "OriginalBytes" >> beam.Map(lambda r: base64.b64decode(r["record_base64"])),
             equal_to([garbage]),
@@ -92,10 +113,11 @@ def test_parse_examples_rejects_what_is_not_a_raw_example(clean_rows):
 def test_drop_duplicates_keeps_exactly_one_copy(clean_rows):
     first, second = clean_rows[0], clean_rows[1]
     with test_pipeline.TestPipeline() as pipeline:
-        deduped = pipeline | beam.Create([first, first, second, first]) | DropDuplicates()
-        assert_that(deduped.kept, equal_to([first, second]), label="OneOfEach")
+        deduped = pipeline | beam.Create([serialize_row(r) for r in (first, first, second, first)]) | CleanSplit()
+        assert_that(kept_rows(deduped), equal_to([first, second]), label="OneOfEach")
+        assert_that(deduped.once.kept | "ParseOnce" >> beam.Map(parse_serialized), equal_to([second]), label="SeenOnce")
         assert_that(
-            deduped.rejected | beam.Map(lambda r: (r["reason"], r["row"])),
+            gathered(deduped, "rejected") | beam.Map(lambda r: (r["reason"], r["row"])),
             equal_to([(REASON_DUPLICATE, {k: readable(v) for k, v in first.items()})] * 2),
             label="CopiesRejected",
         )
@@ -107,7 +129,8 @@ def test_missing_required_feature_is_rejected_but_missing_optional_is_kept(clean
     no_fare_no_tips = with_values(good, **{FARE_KEY: None, TIPS_KEY: None})
     no_optional = with_values(good, **{OPTIONAL_STRING_FEATURE.name: None})
     with test_pipeline.TestPipeline() as pipeline:
-        checked = pipeline | beam.Create([good, no_fare, no_fare_no_tips, no_optional]) | ApplyMissingValuePolicy()
+        checked = pipeline | beam.Create([good, no_fare, no_fare_no_tips, no_optional]) | beam.ParDo(
+            MissingValuePolicyFn(RAW_FEATURES)).with_outputs("rejected", main="kept")
         assert_that(checked.kept, equal_to([good, no_optional]), label="Kept")
         assert_that(
             checked.rejected | beam.Map(lambda r: (r["reason"], r["feature"], r["detail"])),
@@ -131,7 +154,8 @@ def test_value_ranges_reject_clip_and_null(clean_rows):
     both = with_values(negative_fare, **{NULL_INT_FEATURE.name: int(NULL_INT_FEATURE.valid_max) + 22})
 
     with test_pipeline.TestPipeline() as pipeline:
-        checked = pipeline | beam.Create([good, negative_fare, too_far, bad_area, both]) | CheckValueRanges(features)
+        checked = pipeline | beam.Create([good, negative_fare, too_far, bad_area, both]) | beam.ParDo(
+            ValueRangeFn(features)).with_outputs("rejected", "adjusted", main="kept")
         assert_that(
             checked.kept,
             equal_to([
@@ -158,7 +182,7 @@ def test_out_of_range_rows_read_like_the_source_data(clean_rows):
     stored = parse_serialized(serialize_row(with_values(clean_rows[0], **{FARE_KEY: -12.45})))
     assert stored[FARE_KEY] != -12.45  # the premise: float32 does not hold -12.45 exactly
     with test_pipeline.TestPipeline() as pipeline:
-        checked = pipeline | beam.Create([stored]) | CheckValueRanges()
+        checked = pipeline | beam.Create([stored]) | beam.ParDo(ValueRangeFn(RAW_FEATURES)).with_outputs("rejected", main="kept")
         assert_that(
             checked.rejected | beam.Map(lambda r: (r["detail"], r["row"][FARE_KEY])),
             equal_to([(f"{FARE_KEY}=-12.45 below minimum {FARE.valid_min!r}", -12.45)]),
@@ -167,30 +191,47 @@ def test_out_of_range_rows_read_like_the_source_data(clean_rows):
 
 def test_clean_split_accounts_for_every_row(clean_rows):
     good = clean_rows[:3]
+    nulled = with_values(good[2], **{NULL_INT_FEATURE.name: 0})
     records = [serialize_row(r) for r in good] + [
         serialize_row(good[0]),  # duplicate
         b"\xff\xff\xff\xff",  # unparseable
         serialize_row(with_values(good[1], **{TIPS_KEY: None})),  # missing required
         serialize_row(with_values(good[2], **{FARE_KEY: -1.0})),  # out of range
-        serialize_row(with_values(good[2], **{NULL_INT_FEATURE.name: 0})),  # nulled, kept
+        serialize_row(nulled),  # nulled, kept
     ]
     with test_pipeline.TestPipeline() as pipeline:
-        cleaned = pipeline | beam.Create(records) | CleanSplit()
-        kept_count = cleaned.kept | "CountKept" >> beam.combiners.Count.Globally()
-        rejected_count = cleaned.rejected | "CountRejected" >> beam.combiners.Count.Globally()
-        total = (kept_count, rejected_count) | beam.Flatten() | beam.CombineGlobally(sum)
-        assert_that(total, equal_to([len(records)]), label="NothingLost")
-        assert_that(kept_count, equal_to([4]), label="KeptCount")
+        cleaned = pipeline | beam.Create(records) | CleanSplit(split="train")
+        assert_that(kept_rows(cleaned), equal_to(good + [with_values(nulled, **{NULL_INT_FEATURE.name: None})]),
+                    label="Kept")
         assert_that(
-            cleaned.rejected | beam.Map(lambda r: r["reason"]),
+            gathered(cleaned, "rejected") | beam.Map(lambda r: r["reason"]),
             equal_to([REASON_DUPLICATE, REASON_UNPARSEABLE, REASON_MISSING_REQUIRED, REASON_OUT_OF_RANGE]),
             label="OneOfEachReason",
         )
+        # The counts the summary is made of, each row once: 8 in = 4 kept + 4 rejected.
+        assert_that(summed_facts(cleaned), equal_to([{
+            ("in", "train"): 8, ("kept", "train"): 4, (NULLED, NULL_INT_FEATURE.name): 1,
+            **{("rejected", "train", reason): 1
+               for reason in (REASON_DUPLICATE, REASON_UNPARSEABLE, REASON_MISSING_REQUIRED, REASON_OUT_OF_RANGE)}}]),
+            label="Facts")
+
+
+def test_a_row_kept_unchanged_is_written_as_stored_and_a_changed_one_re_encoded(clean_rows):
+    """A kept row is written from its stored Example (no re-encoding) unless a policy changed a value;
+    either way it holds exactly the row's values and no source line."""
+    good = with_values(clean_rows[0], **{SOURCE_LINE_KEY: 7})
+    nulled = with_values(clean_rows[1], **{SOURCE_LINE_KEY: 8, NULL_INT_FEATURE.name: 0})
+    with test_pipeline.TestPipeline() as pipeline:
+        cleaned = pipeline | beam.Create([serialize_row(good), serialize_row(nulled)]) | CleanSplit()
+        assert_that(gathered(cleaned, "kept"), equal_to([
+            row_to_example(without_source_line(good)).SerializeToString(deterministic=True),
+            row_to_example(without_source_line(with_values(nulled, **{NULL_INT_FEATURE.name: None}))).SerializeToString(
+                deterministic=True)]))
 
 
 def test_clean_split_of_empty_input_produces_nothing():
     with test_pipeline.TestPipeline() as pipeline:
         cleaned = pipeline | beam.Create([], reshuffle=False).with_output_types(bytes) | CleanSplit()
-        assert_that(cleaned.kept, equal_to([]), label="NoKept")
-        assert_that(cleaned.rejected, equal_to([]), label="NoRejected")
-        assert_that(cleaned.adjusted, equal_to([]), label="NoAdjusted")
+        assert_that(gathered(cleaned, "kept"), equal_to([]), label="NoKept")
+        assert_that(gathered(cleaned, "rejected"), equal_to([]), label="NoRejected")
+        assert_that(gathered(cleaned, "facts"), equal_to([]), label="NoFacts")

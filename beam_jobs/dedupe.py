@@ -1,0 +1,157 @@
+"""Clean's `DropDuplicates` step: exact duplicates found by counting content digests, in flat memory.
+
+A row's content is its stored Example without the source line, normalized (features without a value
+left out, unknown protobuf fields dropped) and serialized with sorted keys (`content_bytes`): two
+records hold the same values exactly when their content bytes are equal, the same equality as
+example_codec.canonical_row's text, and for a row the clean job keeps unchanged those bytes are
+also what it writes.
+
+How it stays flat: `CountContentCopies` collects 8-byte digests of the contents of a second read of
+the split, an array per bundle, and a combiner finds those seen more than once: a side input as
+large as the duplicated contents; the count holds 8 bytes per row, never a row. The first read's
+rows stream past it (clean.CleanRecordFn): a row whose content is there goes to the exact
+comparison (`GroupByKey` on the full content bytes, then `pick_kept_copy`), every other row is kept
+as it goes. A digest collision only sends both rows to the exact comparison, which tells them
+apart; so does anything the second read counts that the first read refuses.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.transforms.window import GlobalWindows
+from google.protobuf.message import DecodeError
+
+from beam_jobs.example_codec import SOURCE_LINE_KEY, row_to_example
+
+# A content's digest: 8 bytes of BLAKE2b, as an int. The count keeps 8 bytes per row, nothing else;
+# a collision (~n^2/2^65: one in 10^7 runs at 1.5M rows) costs only an exact comparison.
+CONTENT_DIGEST_BYTES = 8
+
+
+def content_digest(content: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(content, digest_size=CONTENT_DIGEST_BYTES).digest(), "little")
+
+
+def _has_values(feature: tf.train.Feature) -> bool:
+    kind = feature.WhichOneof("kind")
+    return kind is not None and len(getattr(feature, kind).value) > 0
+
+
+# How a feature without a value serializes inside the map (an empty Feature, or an empty bytes_list,
+# float_list or int64_list): one of these is in the bytes whenever such a feature is.
+_EMPTY_FEATURE_MARKS = (b"\x12\x00", b"\x0a\x00", b"\x1a\x00")
+
+
+def content_bytes(example: tf.train.Example) -> bytes:
+    """The example's content, normalized (see the module docstring); changes `example` in place."""
+    features = example.features.feature
+    if SOURCE_LINE_KEY in features:
+        del features[SOURCE_LINE_KEY]
+    example.DiscardUnknownFields()
+    # Sorted map keys: the same content gives the same bytes in every process (a map's own order
+    # need not be stable).
+    content = example.SerializeToString(deterministic=True)
+    # Looking at each feature costs more than the rest of this together: only when the bytes hold
+    # the mark of an empty one (value bytes can look like it too; then the look finds nothing).
+    if any(mark in content for mark in _EMPTY_FEATURE_MARKS):
+        empty = [name for name, feature in features.items() if not _has_values(feature)]
+        if empty:
+            for name in empty:
+                del features[name]
+            content = example.SerializeToString(deterministic=True)
+    return content
+
+
+def row_content_bytes(row: dict[str, Any]) -> bytes:
+    """content_bytes of the example a row (a decoded record, or one changed by a policy) stores as."""
+    return row_to_example({name: value for name, value in row.items() if name != SOURCE_LINE_KEY}).SerializeToString(
+        deterministic=True)
+
+
+def record_digest(serialized: bytes) -> int | None:
+    """The second read's digest of a record. Not as strict as clean's decode: what that refuses is
+    rejected before it is routed, and counting it too can only send a row to the exact comparison."""
+    try:
+        example = tf.train.Example.FromString(serialized)
+    except DecodeError:
+        return None
+    return content_digest(content_bytes(example))
+
+
+class BundleDigestsFn(beam.DoFn):
+    """Records -> one array of their content digests per bundle (8 bytes a record): no per-record
+    element leaves this stage."""
+
+    def start_bundle(self) -> None:
+        self._digests = array.array("Q")
+
+    def process(self, serialized: bytes) -> Iterator[Any]:
+        digest = record_digest(serialized)
+        if digest is not None:
+            self._digests.append(digest)
+        return iter(())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._digests:
+            yield GlobalWindows.windowed_value(self._digests.tobytes())
+        self._digests = array.array("Q")
+
+
+class DigestsWithCopiesFn(beam.CombineFn):
+    """Per-bundle digest arrays -> the set of digests seen more than once (sorted and counted once, by numpy)."""
+
+    def create_accumulator(self) -> list[bytes]:
+        return []
+
+    def add_input(self, arrays: list[bytes], digests: bytes) -> list[bytes]:
+        arrays.append(digests)
+        return arrays
+
+    def merge_accumulators(self, accumulators: Iterable[list[bytes]]) -> list[bytes]:
+        return [digests for arrays in accumulators for digests in arrays]
+
+    def extract_output(self, arrays: list[bytes]) -> frozenset[int]:
+        if not arrays:
+            return frozenset()
+        digests = np.frombuffer(b"".join(arrays), dtype=np.uint64)
+        values, counts = np.unique(digests, return_counts=True)
+        return frozenset(int(digest) for digest in values[counts > 1])
+
+
+class CountContentCopies(beam.PTransform):
+    """Serialized records -> (a single element) the frozenset of content digests seen more than once.
+
+    Counted with a combiner over per-bundle arrays of 8-byte digests: what crosses a stage is 8 bytes
+    per record, never the rows, and no per-record element.
+    """
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        return (
+            records
+            | "ContentDigests" >> beam.ParDo(BundleDigestsFn())
+            | "DigestsWithCopies" >> beam.CombineGlobally(DigestsWithCopiesFn())
+        )
+
+
+def _source_line_order(row: dict[str, Any]) -> tuple[bool, int]:
+    line = row.get(SOURCE_LINE_KEY)
+    return (line is None, line or 0)
+
+
+def pick_kept_copy(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+    """Rows of one content -> (the copy kept, the copies rejected, the rejection detail).
+
+    The rows are equal value for value, so which copy is kept cannot change the cleaned data; the
+    copy from the earliest line is kept (a line before none), so the rejected lines are the same on
+    every run.
+    """
+    rows = sorted(rows, key=_source_line_order)
+    kept = rows[0]
+    of_line = f" of line {kept[SOURCE_LINE_KEY]}" if kept.get(SOURCE_LINE_KEY) is not None else ""
+    return kept, rows[1:], f"exact duplicate{of_line}: {len(rows)} identical rows in this split, 1 kept"
