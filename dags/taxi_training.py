@@ -138,6 +138,12 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
         "hidden_units": Param(None, type=["null", "array"], items={"type": "integer", "minimum": 1}, minItems=1,
                               description="Units of the deep part's layers, e.g. [128, 64, 32]; empty = mlops.toml's."),
         "seed": Param(None, type=["null", "integer"], minimum=0, description="Random seed; empty = mlops.toml's."),
+        "beam_args": Param(None, type=["null", "array"], items={"type": "string", "pattern": "^--"}, minItems=1,
+                           title="Beam options",
+                           description="Pipeline options for every Beam step of this run, e.g. "
+                                       '["--runner=PortableRunner", "--job_endpoint=flink-job-server:8099", '
+                                       '"--environment_type=EXTERNAL", "--environment_config=beam-workers:50000"]; '
+                                       "empty = mlops.toml's (beam_args, or the choice by input size)."),
         # The data policy (mlops.data_policy.POLICY_PARAMS): empty = mlops.toml's [data] value.
         "production_data": Param(None, type=["null", "boolean"], title="Production data",
                                  description="Learn from labelled production requests too; empty = [data] production_data."),

@@ -135,13 +135,25 @@ HYPERPARAMETERS = ("learning_rate", "train_steps", "batch_size", "hidden_units",
 
 
 def training_config(config: Any, params: Mapping[str, Any]) -> Any:
-    """The config with the run's hyperparameter overrides (None = keep mlops.toml's), validated."""
+    """The config with the run's hyperparameter and Beam option overrides (None = keep mlops.toml's), validated."""
     overrides = {name: params[name] for name in HYPERPARAMETERS if params.get(name) is not None}
     if "hidden_units" in overrides:
         overrides["hidden_units"] = tuple(overrides["hidden_units"])
-    if not overrides:
-        return config
-    return config.replace(training=dataclasses.replace(config.training, **overrides))
+    if overrides:
+        config = config.replace(training=dataclasses.replace(config.training, **overrides))
+    beam_args = params.get("beam_args")
+    if beam_args is not None:
+        config = config.replace(beam_args=_beam_args_param(beam_args))
+    return config
+
+
+def _beam_args_param(value: Any) -> tuple[str, ...]:
+    """The `beam_args` DAG param: Beam flags (strings starting with --); Beam itself judges the flags."""
+    from core.errors import DataError
+
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(flag, str) and flag.startswith("--") for flag in value):
+        raise DataError(f"the beam_args param must be a non-empty list of Beam flags like '--runner=PortableRunner', got {value!r}")
+    return tuple(value)
 
 
 def check_window(start: str, end: str) -> tuple[dt.date, dt.date]:

@@ -97,3 +97,18 @@ def test_transient_failures_propagate_so_airflow_retries_them():
         with exit_on_user_error("canary"):
             raise AdminApiError("HTTP 401: bad token", status=401)
     assert refused.value.code == EXIT_DATA_ERROR
+
+
+def test_the_beam_args_param_overrides_the_configs_beam_choice_for_the_run(tmp_path):
+    from core.config import load_config
+    from mlops.airflow.tasks import training_config
+
+    (tmp_path / "mlops.toml").write_text('pipeline_root = "pipeline"\n')
+    config = load_config(tmp_path / "mlops.toml")
+    portable = ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL"]
+    chosen = training_config(config, {"beam_args": portable, "train_steps": 5})
+    assert chosen.beam_options(1_500_000).args == tuple(portable)
+    assert chosen.training.train_steps == 5
+    assert training_config(config, {"beam_args": None}).beam_options(10).args == config.beam_options(10).args
+    with pytest.raises(DataError, match="beam_args param must be a non-empty list of Beam flags"):
+        training_config(config, {"beam_args": ["PortableRunner"]})

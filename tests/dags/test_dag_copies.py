@@ -104,7 +104,7 @@ def test_training_params_default_to_the_task_sides_window_and_hyperparameters(da
     assert (param_default(dagbag, "taxi_training", "start"),
             param_default(dagbag, "taxi_training", "end")) == tasks.DEFAULT_TRAINING_WINDOW
     hyperparameters = [name for name in dagbag.dags["taxi_training"].params
-                       if name not in ("start", "end", "csv_path", "trigger", *POLICY_PARAMS)]
+                       if name not in ("start", "end", "csv_path", "trigger", "beam_args", *POLICY_PARAMS)]
     assert hyperparameters == list(tasks.HYPERPARAMETERS)
     assert all(param_default(dagbag, "taxi_training", name) is None for name in hyperparameters)  # None = mlops.toml's
     # training_config() overrides these fields of the config.
