@@ -56,8 +56,9 @@ def _register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
     expected = ctx.config.data.expected_sha256
     if csv_path == shipped and expected and sha256 != expected:
         raise DataError(
-            f"{csv_path}: sha256 {sha256} does not match the shipped data's {expected}; "
-            "the file was modified or truncated (restore it with git checkout)"
+            f"{csv_path}: sha256 {sha256} does not match the shipped data's {expected} (data.expected_sha256); "
+            "the file was modified or truncated: restore it with git checkout, or, to train on your own "
+            "trips, put them in another file and set data.csv_path to it"
         )
     return ctx.run.register_artifact("RawData", str(csv_path), {"sha256": sha256}, identity=("sha256",)), max(0, lines - 1)
 

@@ -122,5 +122,6 @@ def test_a_modified_shipped_file_is_refused(tmp_path, taxi_rows):
     write_csv(shipped, taxi_rows[:-1])  # one row short: truncated
     config = small_config(tmp_path)
     config = config.replace(data=type(config.data)(**{**config.data.__dict__, "csv_path": shipped}))
-    with pytest.raises(DataError, match="does not match the shipped data's"):
+    with pytest.raises(DataError, match="does not match the shipped data's") as refused:
         steps.ingest(steps.open_run(config, "truncated"), shipped, *SMALL_WINDOW)
+    assert str(shipped) in str(refused.value) and "data.csv_path" in str(refused.value)
