@@ -135,11 +135,11 @@ def skipped_outcome(name: str, why: str, **evidence: Any) -> CheckOutcome:
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """Data to compare the window with: its TFDV statistics and, when available, the raw rows."""
+    """Data to compare the window with: its TFDV statistics and, when available, the raw rows or their counts."""
 
     label: str  # e.g. "training data (taxi:3)" or "previous window"
     statistics: statistics_pb2.DatasetFeatureStatisticsList
-    frame: pd.DataFrame | None = None
+    frame: Any = None  # a pandas DataFrame of the rows, or their ServedValues (monitoring/served_values.py)
 
 
 @dataclasses.dataclass(frozen=True)
