@@ -171,6 +171,10 @@ def relocated_run(source: Path, copy: Path) -> Any:
 
     shutil.copytree(source, copy, symlinks=True)
     config = load_config(copy / "mlops.toml")
+    sqlite = config.metadata.sqlite_path
+    if config.metadata.backend != "sqlite" or not Path(sqlite).resolve().is_relative_to(copy.resolve()):
+        raise SystemExit(f"--pipeline-run {source}: its ML Metadata must be a SQLite file inside it "
+                         f"(found backend {config.metadata.backend!r}, {sqlite}); the benchmark records into a copy of it")
     store = connect(config.metadata)
     old, new = str(source.resolve()), str(copy.resolve())
     moved = []
