@@ -36,6 +36,7 @@ A least-squares fit `seconds = fixed + per_million * rows / 1e6` says how the co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -171,8 +172,11 @@ def relocated_run(source: Path, copy: Path) -> Any:
 
     shutil.copytree(source, copy, symlinks=True)
     config = load_config(copy / "mlops.toml")
-    sqlite = config.metadata.sqlite_path
-    if config.metadata.backend != "sqlite" or not Path(sqlite).resolve().is_relative_to(copy.resolve()):
+    sqlite = Path(config.metadata.sqlite_path).resolve()
+    if sqlite.is_relative_to(source.resolve()):  # an absolute path into the run: the copy's file instead
+        sqlite = copy.resolve() / sqlite.relative_to(source.resolve())
+        config = dataclasses.replace(config, metadata=dataclasses.replace(config.metadata, sqlite_path=sqlite))
+    if config.metadata.backend != "sqlite" or not sqlite.is_relative_to(copy.resolve()):
         raise SystemExit(f"--pipeline-run {source}: its ML Metadata must be a SQLite file inside it "
                          f"(found backend {config.metadata.backend!r}, {sqlite}); the benchmark records into a copy of it")
     store = connect(config.metadata)

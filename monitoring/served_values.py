@@ -11,6 +11,11 @@ of requests. `summarize_served_logs` reads the window's Parquet logs in record b
 the counts batch by batch, so memory stays flat in the log's length (docs/MONITORING.md has the
 numbers at 1M and 10M requests); `ServedValues.of_frame` gives the same counts for a window
 already in pandas, so both paths feed the checks identical numbers.
+
+`summarize_served_window` is what run_monitoring reads of a window (`ServedWindow`): those counts,
+the rows per model version, each version's automation degrees and its probabilities (the only
+per-request data, one float64 array); `summarize_shadowed_requests` is what the timeline's
+agreement needs (the rows of shadowed requests only).
 """
 
 from __future__ import annotations
