@@ -77,7 +77,7 @@ def closed_vocabularies(schema: schema_pb2.Schema) -> list[str]:
     return [f.name for f in schema.feature if f.HasField("string_domain") or (f.HasField("domain") and f.domain)]
 
 
-def category_changes(baseline_frame: pd.DataFrame | None, baseline_stats: statistics_pb2.DatasetFeatureStatisticsList,
+def category_changes(baseline_frame: pd.DataFrame | ServedValues | None, baseline_stats: statistics_pb2.DatasetFeatureStatisticsList,
                      current: pd.DataFrame | ServedValues, features: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per categorical feature: frequent baseline values absent from the window, and new values that took a share.
 
@@ -92,7 +92,9 @@ def category_changes(baseline_frame: pd.DataFrame | None, baseline_stats: statis
     window = served_values(current, categorical)
     for name in categorical:
         now = window.category_counts(name)
-        if baseline_frame is not None and name in baseline_frame.columns:
+        if isinstance(baseline_frame, ServedValues):
+            before = baseline_frame.category_counts(name)
+        elif baseline_frame is not None and name in baseline_frame.columns:
             before = baseline_frame[name].dropna().astype(str).value_counts()
         elif name in stats:
             before = pd.Series(drift._distribution(stats[name]))  # noqa: SLF001 - same module family

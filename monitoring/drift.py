@@ -214,7 +214,7 @@ def comparable_statistics(
     current: statistics_pb2.DatasetFeatureStatisticsList,
     current_frame: pd.DataFrame | ServedValues,
     features: Iterable[str],
-    reference_frame: pd.DataFrame | None = None,
+    reference_frame: pd.DataFrame | ServedValues | None = None,
 ) -> tuple[statistics_pb2.DatasetFeatureStatisticsList, statistics_pb2.DatasetFeatureStatisticsList]:
     """Copies of (reference, current) whose numeric `features` share the reference's quantile buckets.
 
@@ -242,12 +242,24 @@ def comparable_statistics(
             continue
         current_counts = current_values.numeric_values(name)
         values = current_counts.values
-        reference_values = feature_values(reference_frame, name) if reference_frame is not None else None
+        reference_values, reference_weights = _reference_values(reference_frame, name)
         both = values if reference_values is None else np.concatenate([values, reference_values])
         buckets = canonical_buckets(quantiles, both)
-        _replace_quantiles(reference_stats[name], buckets if reference_values is None else count_into(buckets, reference_values))
+        _replace_quantiles(reference_stats[name], buckets if reference_values is None
+                           else count_into(buckets, reference_values, reference_weights))
         _replace_quantiles(current_stats[name], count_into(buckets, values, current_counts.counts))
     return reference_copy, current_copy
+
+
+def _reference_values(reference: pd.DataFrame | ServedValues | None,
+                      name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(values, how often each occurs; None = once each) of a reference's numeric feature: raw rows or counts alike."""
+    if reference is None:
+        return None, None
+    if isinstance(reference, ServedValues):
+        counts = reference.numeric_values(name)
+        return counts.values, counts.counts
+    return feature_values(reference, name), None
 
 
 # --- comparators -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from monitoring.results import (
     skipped_outcome,
 )
 from monitoring.readiness import ReadinessVerdict, assess_readiness
+from monitoring.served_values import ServedWindow, summarize_served_window
 from monitoring.settings import MonitoringThresholds, load_thresholds
 from transforms.features import SLICE_FEATURES
 
@@ -95,10 +96,9 @@ class Monitor:
     def beam_args(self) -> list[str]:
         return self.config.pipeline_args()
 
-    def read_served(self, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-        from serving.prediction_log import read_prediction_logs
-
-        return read_prediction_logs(self.log_dir, start, end, model_name=self.model_name, include_shadow=False)
+    def read_window(self, start: dt.datetime, end: dt.datetime) -> ServedWindow:
+        """The served requests of [start, end) as counts and per-version probabilities, streamed (never a frame)."""
+        return summarize_served_window(self.log_dir, start, end, model_name=self.model_name)
 
     def model_baseline(self, store: Any, version: int) -> ModelBaseline:
         try:
@@ -226,16 +226,16 @@ class Monitor:
         from monitoring.log_statistics import generate_log_statistics
 
         previous_start = start - (end - start)
-        frame = self.read_served(previous_start, start)
+        window = self.read_window(previous_start, start)
         label = f"previous window [{previous_start.isoformat()}, {start.isoformat()})"
-        if len(frame) < self.thresholds.min_rows:
-            return None, f"{label} holds {len(frame)} served requests (fewer than {self.thresholds.min_rows}): not compared"
-        reused = self._recorded_statistics(store, previous_start, start, len(frame))
+        if window.rows < self.thresholds.min_rows:
+            return None, f"{label} holds {window.rows} served requests (fewer than {self.thresholds.min_rows}): not compared"
+        reused = self._recorded_statistics(store, previous_start, start, window.rows)
         if reused is not None:
-            return Baseline(label, load_statistics(reused), frame), f"{label}: statistics reused from {reused}"
+            return Baseline(label, load_statistics(reused), window.values), f"{label}: statistics reused from {reused}"
         path = generate_log_statistics(self.log_dir, previous_start, start, out / "previous_statistics" / "FeatureStats.pb",
                                        model_name=self.model_name, beam_args=self.beam_args())
-        return Baseline(label, load_statistics(path), frame), f"{label}: statistics computed now"
+        return Baseline(label, load_statistics(path), window.values), f"{label}: statistics computed now"
 
     def _recorded_statistics(self, store: Any, start: dt.datetime, end: dt.datetime, rows: int) -> Path | None:
         for artifact in sorted(store.get_artifacts_by_type("DriftCheckResult"), key=lambda a: -a.id):
@@ -260,12 +260,12 @@ class Monitor:
     def run(self, start: dt.datetime, end: dt.datetime, *, run_id: str | None, trigger: Trigger) -> MonitoringResult:
         from metadata.store import connect
 
-        served = self.read_served(start, end)
+        served = self.read_window(start, end)
         if served.empty:
             self.progress(f"no served requests for {self.model_name} logged in [{start.isoformat()}, {end.isoformat()}) "
                           f"under {self.log_dir}: nothing to check")
             return MonitoringResult([], start, end, self.model_name, None, 0, None, None)
-        version = judged_version(served)
+        version = served.judged_version()
         store = connect(self.config.metadata)
         baseline = self.model_baseline(store, version)
         run_id = run_id or new_run_id("monitoring")
@@ -275,7 +275,7 @@ class Monitor:
         run = PipelineRun(store, pipeline, run_id, trigger, events=step_events(self.config.pipeline_root, pipeline))
         prediction_log = run.register_artifact(
             "PredictionLog", str(self.log_dir),
-            {"window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),
+            {"window_start": start.isoformat(), "window_end": end.isoformat(), "rows": served.rows,
              "model_name": self.model_name}, identity=("window_start", "window_end", "rows"))
         inputs = {"prediction_log": prediction_log, "model": baseline.pushed, "baseline_statistics": baseline.statistics,
                   "schema": baseline.schema}
@@ -287,13 +287,13 @@ class Monitor:
                       "model": f"{self.model_name}:{version}", "thresholds_file": str(self.thresholds.source),
                       "thresholds_sha256": self.thresholds.fingerprint()}
         final = self.config.pipeline_root / "runs" / run_id / "drift_check"
-        self.progress(f"checking {len(served)} served requests of [{start.isoformat()}, {end.isoformat()}) "
+        self.progress(f"checking {served.rows} served requests of [{start.isoformat()}, {end.isoformat()}) "
                       f"against {self.model_name}:{version} (run {run_id})")
         with run.step("DriftCheck", inputs, parameters, use_cache=False) as record:
             with atomic_directory(final) as out:
                 outcomes, report_inputs = self._checks(store, served, version, baseline, start, end, out)
                 agreement, readiness = self.agreement(served, version, start, end)
-                result = MonitoringResult(outcomes, start, end, self.model_name, version, len(served), final / REPORT_FILE, None,
+                result = MonitoringResult(outcomes, start, end, self.model_name, version, served.rows, final / REPORT_FILE, None,
                                           agreement, readiness)
                 concept = next(c for c in outcomes if c.name == CONCEPT_DRIFT)
                 concept_metrics = self._concept_summary(concept, end)
@@ -315,7 +315,7 @@ class Monitor:
                 write_report(out / REPORT_FILE, result, report_inputs, history, links, run_id, timeline)
             record.output("result", "DriftCheckResult", str(final), {
                 "passed": int(result.passed), "model_name": self.model_name, "model_version": version,
-                "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": len(served),
+                "window_start": start.isoformat(), "window_end": end.isoformat(), "rows": served.rows,
                 "failed_checks": [c.name for c in result.failed], "report": str(final / REPORT_FILE),
                 "statistics": str(final / STATISTICS_FILE), "log_dir": str(self.log_dir),
                 "concept_metrics": concept_metrics or None,
@@ -324,7 +324,7 @@ class Monitor:
                 "automation_readiness": ({"current": readiness.current, "next": readiness.next,
                                           "action": readiness.action} if readiness else None),
             })
-            record.record(passed=int(result.passed), failed_checks=[c.name for c in result.failed], rows=len(served),
+            record.record(passed=int(result.passed), failed_checks=[c.name for c in result.failed], rows=served.rows,
                           model=f"{self.model_name}:{version}")
         artifact = record.outputs["result"]
         self._link_evaluation_report(store, baseline, version)
@@ -332,7 +332,7 @@ class Monitor:
         self.progress(f"{status}; report {final / REPORT_FILE}; DriftCheckResult {artifact.id}")
         return dataclasses.replace(result, artifact=artifact)
 
-    def agreement(self, served: pd.DataFrame, version: int, start: dt.datetime,
+    def agreement(self, served: ServedWindow, version: int, start: dt.datetime,
                   end: dt.datetime) -> tuple[AgreementResult, ReadinessVerdict | None]:
         """Model vs reviewers over the automation evidence window ending with this one, and the served version's readiness.
 
@@ -342,11 +342,11 @@ class Monitor:
         rules = self.config.automation
         agreement = read_agreement(self.log_dir, self.model_name, min(start, end - dt.timedelta(days=rules.window_days)), end,
                                    ledger_path(self.config.pipeline_root))
-        degrees = served.loc[served["model_version"] == version, "automation"].value_counts()
-        readiness = assess_readiness(agreement, version, str(degrees.idxmax()), rules) if len(degrees) else None
+        degree = served.automation_of(version)
+        readiness = assess_readiness(agreement, version, degree, rules) if degree is not None else None
         return agreement, readiness
 
-    def _checks(self, store: Any, served: pd.DataFrame, version: int, baseline: ModelBaseline,
+    def _checks(self, store: Any, served: ServedWindow, version: int, baseline: ModelBaseline,
                 start: dt.datetime, end: dt.datetime, out: Path) -> tuple[list[CheckOutcome], dict[str, Any]]:
         from beam_jobs.statistics import load_statistics, statistics_path
         from monitoring.log_statistics import generate_log_statistics
@@ -365,20 +365,19 @@ class Monitor:
         previous, previous_note = self.previous_window(store, start, end, out)
         drift_baselines = [training] + ([previous] if previous is not None else [])
         self.progress("comparing distributions (TFDV drift and skew comparators)")
-        data_drift = checks.data_drift(current_stats, served, drift_baselines, schema, thresholds, window_hours)
+        data_drift = checks.data_drift(current_stats, served.values, drift_baselines, schema, thresholds, window_hours)
         data_drift.evidence["previous_window"] = previous_note
         outcomes = [
             data_drift,
-            checks.training_serving_skew(training, current_stats, served, schema, thresholds, window_hours),
+            checks.training_serving_skew(training, current_stats, served.values, schema, thresholds, window_hours),
             checks.schema_anomalies(current_stats, schema),
             checks.missing_values(current_stats, training_stats, thresholds),
-            checks.null_outputs(served, thresholds),
+            checks.null_outputs(served.values, thresholds),
         ]
         document = self.evaluation_document(baseline)
-        of_version = served[served["model_version"] == version]
+        of_version = served.probabilities_of(version)
         prediction_baseline = self.prediction_baseline(baseline, document)
-        outcomes.append(checks.prediction_drift(pd.to_numeric(of_version["probability"]).to_numpy(dtype=float),
-                                                prediction_baseline, thresholds))
+        outcomes.append(checks.prediction_drift(of_version, prediction_baseline, thresholds))
         concept_baseline = self.concept_baseline(baseline, document)
         labelled = self.labelled_requests(end, version)
         if concept_baseline is None:
@@ -387,7 +386,7 @@ class Monitor:
             outcomes.append(checks.concept_drift(labelled, concept_baseline, thresholds.concept,
                                                  self.config.evaluation.decision_threshold))
         in_window = labelled[(labelled["timestamp"] >= start) & (labelled["timestamp"] < end)] if len(labelled) else labelled
-        outcomes.append(performance_estimate(pd.to_numeric(of_version["probability"]).to_numpy(dtype=float), concept_baseline,
+        outcomes.append(performance_estimate(of_version, concept_baseline,
                                              thresholds.performance, self.config.evaluation.decision_threshold, in_window))
         report_inputs = {
             "baselines": {"training_statistics": str(statistics_path(baseline.statistics.uri, "train")),
@@ -396,7 +395,7 @@ class Monitor:
                           "prediction_baseline": prediction_baseline.source},
             "current_statistics": current_stats,
             "training_statistics": training_stats,
-            "versions": {str(k): int(v) for k, v in served["model_version"].value_counts(dropna=False).items() if v},
+            "versions": {str(k): int(v) for k, v in served.versions.items() if v},
             "labels_in_concept_window": int(labelled["ground_truth"].notna().sum()) if len(labelled) else 0,
             "concept_window_days": thresholds.concept.window_days,
         }
@@ -465,14 +464,6 @@ def _utc(value: dt.datetime | str, what: str) -> dt.datetime:
     from monitoring.log_statistics import utc
 
     return utc(value, what)
-
-
-def judged_version(served: pd.DataFrame) -> int:
-    """The model version that answered most of the window's served examples."""
-    versions = served["model_version"].dropna()
-    if versions.empty:
-        raise DataError("the logged requests carry no model_version: cannot tell which model to judge")
-    return int(versions.value_counts().sort_index(ascending=False).idxmax())
 
 
 def run_monitoring(

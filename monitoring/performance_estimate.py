@@ -40,7 +40,11 @@ CALIBRATION_MARGIN = 0.025
 NOISE_SIGMAS = 4.0
 # Realized metrics of the window are shown from this many labels on; fewer say little.
 MIN_REALIZED_LABELS = 30
-_CHUNK = 50
+_CHUNK = 50  # draws per table draw: the random stream, and so every interval, depends on it
+# Draws x requests held at once. Labels are drawn a few draws at a time within a chunk, in the order
+# one (draws x requests) array would take them from the generator, so the numbers do not depend on
+# it; only memory does (10M requests x 50 draws would be 4 GB per array).
+_CHUNK_ELEMENTS = 4_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +86,20 @@ def _drawn_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and AUC of the requests under labels drawn from calibrations the evaluation allows."""
     ranks = _ranks(probabilities)
+    left, weight = calibration.interpolation(probabilities)
+    rows = max(1, _CHUNK_ELEMENTS // max(probabilities.size, 1))
     accuracies, aucs = [], []
     for first in range(0, draws, _CHUNK):
-        chances = calibration.plausible_rates(probabilities, min(_CHUNK, draws - first), rng)
-        labels = rng.random(chances.shape) < chances
-        accuracies.append(np.mean(labels == predicted, axis=1))
-        positives = labels.sum(axis=1).astype(np.float64)
-        negatives = probabilities.size - positives
-        rank_sums = labels @ ranks
-        with np.errstate(invalid="ignore", divide="ignore"):
-            aucs.append((rank_sums - positives * (positives + 1) / 2) / (positives * negatives))
+        tables = calibration.plausible_tables(min(_CHUNK, draws - first), rng)
+        for row in range(0, len(tables), rows):
+            chances = calibration.rates_under(tables[row:row + rows], left, weight)
+            labels = rng.random(chances.shape) < chances
+            accuracies.append(np.mean(labels == predicted, axis=1))
+            positives = labels.sum(axis=1).astype(np.float64)
+            negatives = probabilities.size - positives
+            rank_sums = labels @ ranks
+            with np.errstate(invalid="ignore", divide="ignore"):
+                aucs.append((rank_sums - positives * (positives + 1) / 2) / (positives * negatives))
     return np.concatenate(accuracies), np.concatenate(aucs)
 
 

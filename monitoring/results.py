@@ -135,11 +135,11 @@ def skipped_outcome(name: str, why: str, **evidence: Any) -> CheckOutcome:
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """Data to compare the window with: its TFDV statistics and, when available, the raw rows."""
+    """Data to compare the window with: its TFDV statistics and, when available, the raw rows or their counts."""
 
     label: str  # e.g. "training data (taxi:3)" or "previous window"
     statistics: statistics_pb2.DatasetFeatureStatisticsList
-    frame: pd.DataFrame | None = None
+    frame: Any = None  # a pandas DataFrame of the rows, or their ServedValues (monitoring/served_values.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,16 +203,27 @@ class CalibrationMap:
         Each pooled bin's rate is drawn from its Beta posterior: an evaluation of 200 rows in a bin
         knows its rate to about 0.03, and an interval that ignored that would claim too much.
         """
+        return self.rates_under(self.plausible_tables(draws, rng), *self.interpolation(probabilities))
+
+    def plausible_tables(self, draws: int, rng: np.random.Generator) -> np.ndarray:
+        """Rate tables (one row per draw, one column per centre) drawn from each pooled bin's Beta posterior."""
         rates, counts = np.asarray(self.rates), np.asarray(self.counts)
         new_block = np.r_[True, rates[1:] != rates[:-1]]
         block = np.cumsum(new_block) - 1
         totals = np.bincount(block, weights=counts)
-        tables = rng.beta(rates[new_block] * totals + 0.5, (1.0 - rates[new_block]) * totals + 0.5,
-                          size=(draws, totals.size))[:, block]
+        return rng.beta(rates[new_block] * totals + 0.5, (1.0 - rates[new_block]) * totals + 0.5,
+                        size=(draws, totals.size))[:, block]
+
+    def interpolation(self, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(left centre index, weight of the right one) of each probability: computed once for many tables."""
         centres = np.asarray(self.centres)
         p = np.asarray(probabilities, dtype=np.float64)
         left = np.clip(np.searchsorted(centres, p) - 1, 0, centres.size - 2)
         weight = np.clip((p - centres[left]) / (centres[left + 1] - centres[left]), 0.0, 1.0)
+        return left, weight
+
+    @staticmethod
+    def rates_under(tables: np.ndarray, left: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return tables[:, left] * (1.0 - weight) + tables[:, left + 1] * weight
 
 

@@ -11,6 +11,11 @@ of requests. `summarize_served_logs` reads the window's Parquet logs in record b
 the counts batch by batch, so memory stays flat in the log's length (docs/MONITORING.md has the
 numbers at 1M and 10M requests); `ServedValues.of_frame` gives the same counts for a window
 already in pandas, so both paths feed the checks identical numbers.
+
+`summarize_served_window` is what run_monitoring reads of a window (`ServedWindow`): those counts,
+the rows per model version, each version's automation degrees and its probabilities (the only
+per-request data, one float64 array); `summarize_shadowed_requests` is what the timeline's
+agreement needs (the rows of shadowed requests only).
 """
 
 from __future__ import annotations
@@ -131,17 +136,9 @@ def summarize_served_logs(log_dir: Path, start: dt.datetime, end: dt.datetime, *
         raise DataError(f"the window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
     chosen = _chosen(features)
     summary = _Accumulator(chosen)
-    start_us, end_us = _micros(start), _micros(end)
     columns = [*_FILTER_COLUMNS, "model_version", "probability", *chosen]
-    for batch in _log_batches(Path(log_dir), start, end, columns):
-        timestamps = batch.column("timestamp").cast(pa.int64())
-        keep = pc.and_(pc.greater_equal(timestamps, start_us), pc.less(timestamps, end_us))
-        keep = pc.and_(keep, pc.invert(batch.column("is_shadow").fill_null(False)))
-        if model_name is not None:
-            keep = pc.and_(keep, pc.equal(batch.column("model_name"), model_name))
-        selected = batch.filter(keep.fill_null(False))
-        if selected.num_rows:
-            summary.add_arrow(selected)
+    for selected in _window_batches(Path(log_dir), start, end, columns, model_name):
+        summary.add_arrow(selected)
     return summary.result()
 
 
@@ -245,3 +242,154 @@ def _ordered(counts: Mapping[str, int]) -> pd.Series:
     """Most frequent first, ties by value: one order whatever the batches were."""
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return pd.Series(dict(ordered), dtype="int64")
+
+
+# --- the window as run_monitoring needs it ---------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ServedWindow:
+    """Everything run_monitoring needs of a window's served requests, without holding the requests.
+
+    `values` are the counts the distribution checks read (or, from `of_frame`, the frame itself,
+    which the checks accept alike); `versions` the rows per model version (pandas'
+    value_counts(dropna=False) keys, "<NA>" for a missing version); `automation` the automation
+    degrees each version answered with, counted; `probabilities` the logged probability of every
+    request per version, in the order read_prediction_logs returns the rows (oldest first, ties in
+    file order): the performance estimate draws labels per request, so the order is part of its
+    outcome. float64, as logged: 8 bytes per request, the only per-request data kept.
+    """
+
+    rows: int
+    values: "ServedValues | pd.DataFrame"
+    versions: pd.Series
+    automation: Mapping[str, pd.Series]
+    probabilities: Mapping[str, np.ndarray]
+
+    @property
+    def empty(self) -> bool:
+        return self.rows == 0
+
+    def judged_version(self) -> int:
+        """The model version that answered most of the window (the highest one among equals)."""
+        known = [(int(count), int(key)) for key, count in self.versions.items() if key != _NULL_VERSION]
+        if not known:
+            raise DataError("the logged requests carry no model_version: cannot tell which model to judge")
+        return max(known)[1]
+
+    def probabilities_of(self, version: int) -> np.ndarray:
+        return self.probabilities.get(str(version), np.array([], dtype=np.float64))
+
+    def automation_of(self, version: int) -> str | None:
+        """The automation degree `version` answered most of its requests with (None: it answered none)."""
+        degrees = self.automation.get(str(version))
+        return str(degrees.index[0]) if degrees is not None and len(degrees) else None
+
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame) -> "ServedWindow":
+        """The window already read into pandas (read_prediction_logs, include_shadow=False); `values` is the frame."""
+        versions = frame["model_version"].astype(str).where(frame["model_version"].notna(), _NULL_VERSION)
+        automation = {key: _ordered(group.value_counts().to_dict())
+                      for key, group in frame["automation"].groupby(versions, sort=False)}
+        probabilities = {key: pd.to_numeric(group).to_numpy(dtype=float)
+                         for key, group in frame["probability"].groupby(versions, sort=False)}
+        return cls(len(frame), frame, _ordered(versions.value_counts().to_dict()), automation, probabilities)
+
+
+def summarize_served_window(log_dir: Path, start: dt.datetime, end: dt.datetime, *,
+                            model_name: str | None = None) -> ServedWindow:
+    """The ServedWindow of the requests clients were answered with in [start, end), streamed in record batches.
+
+    The same rows as `read_prediction_logs(log_dir, start, end, model_name=..., include_shadow=False)`;
+    memory is the distinct values' counts plus 16 bytes per request (probability and timestamp,
+    the latter dropped once the probabilities are in the frame path's order).
+    """
+    if end <= start:
+        raise DataError(f"the window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    chosen = _chosen(None)
+    summary = _Accumulator(chosen)
+    versions: dict[str, int] = {}
+    automation: dict[str, dict[str, int]] = {}
+    probabilities: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    columns = [*_FILTER_COLUMNS, "model_version", "probability", "automation", *chosen]
+    for selected in _window_batches(Path(log_dir), start, end, columns, model_name):
+        summary.add_arrow(selected)
+        version = selected.column("model_version")
+        timestamps = selected.column("timestamp").cast(pa.int64()).to_numpy()
+        probability = pc.cast(selected.column("probability"), pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        keys = version.cast(pa.string()).fill_null(_NULL_VERSION)
+        for key in pc.unique(keys).to_pylist():
+            of_key = pc.equal(keys, key)
+            mask = of_key.to_numpy(zero_copy_only=False)
+            versions[key] = versions.get(key, 0) + int(mask.sum())
+            found = pc.value_counts(selected.column("automation").filter(of_key))
+            _add_counts(automation.setdefault(key, {}), zip(found.field("values").to_pylist(), found.field("counts").to_pylist()))
+            probabilities.setdefault(key, []).append((timestamps[mask], probability[mask]))
+    values = summary.result()
+    return ServedWindow(values.rows, values, _ordered(versions),
+                        {key: _ordered(counts) for key, counts in automation.items()},
+                        {key: _in_time_order(chunks) for key, chunks in probabilities.items()})
+
+
+def _window_batches(log_dir: Path, start: dt.datetime, end: dt.datetime, columns: list[str],
+                    model_name: str | None, include_shadow: bool = False) -> Iterator[pa.RecordBatch]:
+    """The non-empty record batches of the requests of `model_name` in [start, end) (served only, unless `include_shadow`)."""
+    start_us, end_us = _micros(start), _micros(end)
+    for batch in _log_batches(log_dir, start, end, columns):
+        timestamps = batch.column("timestamp").cast(pa.int64())
+        keep = pc.and_(pc.greater_equal(timestamps, start_us), pc.less(timestamps, end_us))
+        if not include_shadow:
+            keep = pc.and_(keep, pc.invert(batch.column("is_shadow").fill_null(False)))
+        if model_name is not None:
+            keep = pc.and_(keep, pc.equal(batch.column("model_name"), model_name))
+        selected = batch.filter(keep.fill_null(False))
+        if selected.num_rows:
+            yield selected
+
+
+def _in_time_order(chunks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Probabilities ordered as read_prediction_logs orders rows: by timestamp, stable (file order among equals)."""
+    timestamps = np.concatenate([t for t, _ in chunks])
+    values = np.concatenate([p for _, p in chunks])
+    return values[np.argsort(timestamps, kind="stable")]
+
+
+# --- shadowed requests, for the agreement of a shadowed candidate --------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ShadowedRequests:
+    """What the timeline needs of a window's logs: referrals among served requests, and the shadowed requests.
+
+    `requests` holds every logged row (served and shadow copy) of the requests that have a shadow
+    copy, as read_prediction_logs returns rows (oldest first, nullable integers): pairing needs
+    their values, and they are only the shadowed share of the traffic, not the window.
+    """
+
+    served: int  # requests clients were answered with (no shadow copies)
+    referred: int  # of those, the ones referred to a person
+    requests: pd.DataFrame
+
+
+def summarize_shadowed_requests(log_dir: Path, start: dt.datetime, end: dt.datetime, *, model_name: str | None,
+                                referral: str) -> ShadowedRequests:
+    """Streams the window once for the counts and the ids of shadowed requests; reads those requests' rows only if any."""
+    if end <= start:
+        raise DataError(f"the window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
+    served = referred = 0
+    shadowed: set[str] = set()
+    for batch in _window_batches(Path(log_dir), start, end, [*_FILTER_COLUMNS, "request_id", "decision"], model_name,
+                                 include_shadow=True):
+        shadow = batch.column("is_shadow").fill_null(False)
+        decisions = batch.column("decision").filter(pc.invert(shadow))
+        served += len(decisions)
+        referred += pc.sum(pc.equal(decisions, referral).fill_null(False)).as_py() or 0
+        shadowed.update(batch.column("request_id").filter(shadow).drop_null().to_pylist())
+    batches = []
+    if shadowed:
+        wanted = pa.array(sorted(shadowed), type=pa.string())
+        for batch in _window_batches(Path(log_dir), start, end, REQUEST_SCHEMA.names, model_name, include_shadow=True):
+            of_shadowed = batch.filter(pc.is_in(batch.column("request_id"), value_set=wanted).fill_null(False))
+            if of_shadowed.num_rows:
+                batches.append(of_shadowed)
+    table = pa.Table.from_batches(batches, schema=REQUEST_SCHEMA) if batches else REQUEST_SCHEMA.empty_table()
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
+    return ShadowedRequests(served, referred, frame.sort_values("timestamp", kind="stable").reset_index(drop=True))

@@ -61,17 +61,27 @@ def log_summary(requests: Any, thresholds: MonitoringThresholds) -> tuple[float 
         return None, 0, None
     served = requests[~requests["is_shadow"].astype(bool)]
     referrals = float((served["decision"] == DECISION_REFER_TO_HUMAN).mean()) if len(served) else None
+    agreement, pairs = _agreement(requests, thresholds)
+    return agreement, pairs, referrals
+
+
+def _agreement(requests: Any, thresholds: MonitoringThresholds) -> tuple[float | None, int]:
     pairs = pairs_from_logs(requests)
-    agreement = compare_paired(pairs, thresholds.paired).agreement if len(pairs) else None
-    return agreement, len(pairs), referrals
+    return (compare_paired(pairs, thresholds.paired).agreement if len(pairs) else None), len(pairs)
 
 
 def window_summary(log_dir: Path, start: Any, end: Any, model_name: str, thresholds: MonitoringThresholds) -> dict[str, Any]:
     """What a window's result.json keeps for the timeline: agreement, pairs and referrals from its logs
-    (shadow copies included: the agreement is the shadowed candidate's against stable)."""
-    from serving.prediction_log import read_prediction_logs
+    (shadow copies included: the agreement is the shadowed candidate's against stable).
 
-    agreement, pairs, referrals = log_summary(read_prediction_logs(log_dir, start, end, model_name=model_name), thresholds)
+    The same numbers as `log_summary` of the window read into pandas, but streamed: only the
+    shadowed requests' rows are held (monitoring/served_values.py ShadowedRequests).
+    """
+    from monitoring.served_values import summarize_shadowed_requests
+
+    window = summarize_shadowed_requests(Path(log_dir), start, end, model_name=model_name, referral=DECISION_REFER_TO_HUMAN)
+    agreement, pairs = _agreement(window.requests, thresholds) if len(window.requests) else (None, 0)
+    referrals = float(window.referred / window.served) if window.served else None
     return {"agreement": agreement, "pairs": pairs, "referrals": referrals}
 
 

@@ -125,3 +125,33 @@ def test_without_the_evaluations_histogram_or_enough_requests_nothing_is_judged(
     few = performance_estimate(model.predict(rows)[:thresholds.performance.min_rows - 1], baseline, thresholds.performance)
     assert few.passed and few.evidence["judged"] is False and few.evidence["rows"] == thresholds.performance.min_rows - 1
     assert isinstance(baseline.calibration, CalibrationMap)
+
+
+@pytest.mark.parametrize("budget", [1, 3 * 5_001, 10**9], ids=["one_draw_at_a_time", "three_at_a_time", "whole_chunks"])
+def test_drawing_labels_a_few_draws_at_a_time_gives_the_numbers_of_whole_chunks(budget, monkeypatch):
+    """The draws are bounded in memory (10M requests x 50 draws would be 4 GB) without changing a number:
+    the reference below is the estimate's draws as whole (50 x requests) arrays, as before the bound."""
+    from monitoring import performance_estimate as module
+
+    rng = np.random.default_rng(3)
+    probabilities = rng.beta(2.0, 5.0, 5_001)
+    calibration = CalibrationMap.from_histogram(list(np.linspace(0, 1, 21)), list(rng.integers(0, 40, 20)),
+                                                list(rng.integers(0, 40, 20)), "test")
+    predicted = probabilities >= 0.5
+    reference_rng, accuracies, positives_seen = np.random.default_rng(0), [], []
+    for first in range(0, module.DRAWS, 50):
+        chances = calibration.plausible_rates(probabilities, min(50, module.DRAWS - first), reference_rng)
+        labels = reference_rng.random(chances.shape) < chances
+        accuracies.append(np.mean(labels == predicted, axis=1))
+        positives_seen.append(labels.sum(axis=1))
+    monkeypatch.setattr(module, "_CHUNK_ELEMENTS", budget)
+
+    drawn_accuracy, drawn_auc = module._drawn_metrics(probabilities, predicted, calibration, module.DRAWS,  # noqa: SLF001
+                                                      np.random.default_rng(0))
+
+    np.testing.assert_array_equal(drawn_accuracy, np.concatenate(accuracies))
+    assert drawn_auc.shape == (module.DRAWS,) and np.isfinite(drawn_auc).all()
+    monkeypatch.setattr(module, "_CHUNK_ELEMENTS", 10**9)
+    whole = estimate_performance(probabilities, calibration)
+    monkeypatch.setattr(module, "_CHUNK_ELEMENTS", budget)
+    assert estimate_performance(probabilities, calibration) == whole

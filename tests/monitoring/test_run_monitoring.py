@@ -208,3 +208,39 @@ def test_a_sudden_change_of_labels_in_one_hour_fails_though_days_of_calm_labels_
     estimate = result.check(results.PERFORMANCE_ESTIMATE)
     accuracy = estimate.evidence["metrics"]["accuracy"]
     assert estimate.passed and accuracy["realized"] < accuracy["estimated"] - 0.05
+
+
+@pytest.mark.parametrize("hour", [HOUR_1, HOUR_2], ids=["labelled_with_shadows", "drifted_with_previous_window"])
+def test_streaming_the_window_gives_the_outcomes_of_reading_it_into_pandas(sqlite_story, hour, monkeypatch):
+    """run_monitoring on the same logs twice: as it runs (streamed counts and probabilities), and with the window
+    read into a pandas frame of every logged column, as it did before monitoring/served_values.py's ServedWindow."""
+    from monitoring.monitor import Monitor
+    from monitoring.results import as_strict_json
+    from monitoring.served_values import ServedWindow
+    from serving.prediction_log import read_prediction_logs
+
+    def run(run_id: str) -> dict:
+        result = run_monitoring(sqlite_story.config, window_start=hour[0], window_end=hour[1],
+                                log_dir=sqlite_story.log_dir, run_id=run_id)
+        document = json.loads((Path(result.artifact.uri) / results.RESULT_FILE).read_text(encoding="utf-8"))
+        checks = {c.name: json.dumps(as_strict_json({**c.to_json(), "details": c.details_json()}), sort_keys=True)
+                  for c in result.checks}
+        kept = {key: document[key] for key in ("rows", "model_version", "passed", "failed_checks", "agreement",
+                                               "automation_readiness", "window_summary") if key in document}
+        return {"checks": checks, "document": json.dumps(kept, sort_keys=True)}
+
+    streamed = run(f"compare-streamed-{hour[0]:%H}")
+
+    def frame_window(self, start, end):
+        return ServedWindow.of_frame(read_prediction_logs(self.log_dir, start, end, model_name=self.model_name,
+                                                          include_shadow=False))
+
+    monkeypatch.setattr(Monitor, "read_window", frame_window)
+    from_frame = run(f"compare-frame-{hour[0]:%H}")
+    assert streamed == from_frame
+    assert set(streamed["checks"]) == set(results.CHECK_NAMES)
+    drift = json.loads(streamed["checks"][results.DATA_DRIFT])
+    if hour == HOUR_2:  # the previous window (hour 1) is a baseline, and the window drifted
+        assert not drift["passed"] and len(drift["evidence"]["compared_with"]) == 2
+    else:
+        assert json.loads(streamed["checks"][results.CONCEPT_DRIFT])["evidence"]["labels"] == 400

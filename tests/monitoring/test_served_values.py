@@ -13,7 +13,7 @@ from core.errors import DataError
 from monitoring import checks, drift, served_values
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.results import Baseline
-from monitoring.served_values import ServedValues, ValueCounts, summarize_served_logs
+from monitoring.served_values import ServedValues, ServedWindow, ValueCounts, summarize_served_logs, summarize_served_window
 from serving.prediction_log import REQUESTS_DIR, list_part_files, read_prediction_logs
 from tests.monitoring import logs
 from transforms.features import SERVING_FEATURES, Kind
@@ -143,3 +143,51 @@ def test_categories_of_equal_share_are_kept_by_name_not_by_the_hash_seed():
     kept, _, _ = drift._shares(baseline, current, categorical=True)  # noqa: SLF001 - the ranking itself
     shown = drift.TOP_CATEGORIES
     assert list(kept) == labels[::3] + sorted(set(labels) - set(labels[::3]))[:shown - len(labels[::3])] + ["(other)"]
+
+
+def test_the_streamed_window_has_the_versions_degrees_and_probabilities_of_the_frame_in_its_order(logged, monkeypatch):
+    log_dir, window = logged
+    monkeypatch.setattr(served_values, "READ_BATCH_ROWS", 7)
+    streamed = summarize_served_window(log_dir, START, END, model_name="taxi")
+    frame = read_prediction_logs(log_dir, START, END, model_name="taxi", include_shadow=False)
+    in_memory = ServedWindow.of_frame(frame)
+    assert streamed.rows == in_memory.rows == 600 and not streamed.empty
+    assert streamed.versions.to_dict() == in_memory.versions.to_dict() == {"4": 600}  # the shadow version 5 is not served
+    assert streamed.judged_version() == in_memory.judged_version() == 4
+    assert streamed.automation_of(4) == in_memory.automation_of(4) == frame["automation"].value_counts().idxmax()
+    assert streamed.automation_of(5) is None and len(streamed.probabilities_of(5)) == 0
+    # Every probability (nulls as NaN), in the frame's order: the performance estimate draws labels per request.
+    expected = pd.to_numeric(frame["probability"]).to_numpy(dtype=float)
+    np.testing.assert_array_equal(streamed.probabilities_of(4), expected)
+    np.testing.assert_array_equal(in_memory.probabilities_of(4), expected)
+    assert int(np.isnan(expected).sum()) == 12
+
+
+def test_the_judged_version_is_the_one_that_served_most_and_the_highest_among_equals():
+    def window(versions: list) -> ServedWindow:
+        frame = pd.DataFrame({"model_version": pd.array(versions, dtype="Int64"), "automation": ["full"] * len(versions),
+                              "probability": [0.5] * len(versions)})
+        return ServedWindow.of_frame(frame)
+
+    assert window([1, 2, 2, None, None, None]).judged_version() == 2  # missing versions are not a model
+    assert window([3, 1, 1, 3]).judged_version() == 3
+    with pytest.raises(DataError, match="no model_version"):
+        window([None, None]).judged_version()
+
+
+def test_a_previous_window_as_counts_is_the_same_reference_as_its_rows(split_2013_2014, training_baseline, schema,
+                                                                        thresholds):
+    """The previous window is a drift baseline: its counts must move the checks exactly as its rows did."""
+    _, heldout = split_2013_2014
+    before = heldout.iloc[:900].reset_index(drop=True)
+    now = heldout.iloc[900:2100].reset_index(drop=True)
+    now = now[now["payment_type"] != "Cash"].assign(fare=now["fare"] * 1.5).reset_index(drop=True)  # drifted
+    as_rows = Baseline("previous window", statistics_of_frame(before), before)
+    as_counts = Baseline("previous window", as_rows.statistics, ServedValues.of_frame(before))
+    stats = statistics_of_frame(now)
+    with_rows = checks.data_drift(stats, now, [training_baseline, as_rows], schema, thresholds, 24.0)
+    with_counts = checks.data_drift(stats, now, [training_baseline, as_counts], schema, thresholds, 24.0)
+    assert (with_counts.passed, with_counts.value, with_counts.evidence) == (with_rows.passed, with_rows.value, with_rows.evidence)
+    assert with_counts.details_json() == with_rows.details_json()
+    assert not with_rows.passed and "previous window" in with_rows.details["baselines"]
+    assert "Cash" in with_counts.details["baselines"]["previous window"]["category_changes"]["payment_type"]["vanished"]

@@ -13,10 +13,13 @@ import json
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from monitoring.timeline import build_timeline, log_summary
-from serving.prediction_log import read_prediction_logs
+from monitoring import served_values
+from monitoring.timeline import build_timeline, log_summary, window_summary
+from serving.prediction_log import REQUESTS_DIR, list_part_files, read_prediction_logs
 from tests.monitoring import browser, logs
 from tests.monitoring.models import RateModel
 from tests.monitoring.story import HOUR_1, HOUR_2, story
@@ -40,6 +43,35 @@ def test_agreement_and_referrals_of_a_window_come_from_its_logs(split_2013_2014,
     assert referrals == 0.0  # write_requests logs full automation: nothing referred
     referred = requests.assign(decision=np.where(requests["is_shadow"], requests["decision"], "refer_to_human"))
     assert log_summary(referred, thresholds)[2] == 1.0
+
+
+def test_the_streamed_window_summary_equals_the_summary_of_the_window_read_into_pandas(split_2013_2014, taxi, thresholds,
+                                                                                      tmp_path, monkeypatch):
+    """Half the requests shadowed, some referred to a person, rows of another model and after the window."""
+    training, heldout = split_2013_2014
+    stable = RateModel(training)
+    rows = heldout.sample(400, random_state=10).reset_index(drop=True)
+    p = stable.predict(rows)
+    end = START + dt.timedelta(hours=1)
+    logs.write_requests(tmp_path, rows.iloc[:200], p[:200], START, end, shadow_probabilities=1 - p[:200], shadow_version=2)
+    logs.write_requests(tmp_path, rows.iloc[200:], p[200:], START, end, seed=1)
+    logs.write_requests_not_to_count(tmp_path, taxi, START, end)
+    for path in list_part_files(tmp_path / REQUESTS_DIR):  # every third served instance referred to a person
+        table = pq.read_table(path)
+        refer = (np.arange(table.num_rows) % 3 == 0) & ~table["is_shadow"].to_numpy()
+        decisions = np.where(refer, "refer_to_human", table["decision"].to_numpy())
+        pq.write_table(table.set_column(table.schema.get_field_index("decision"), "decision", pa.array(decisions)), path)
+    monkeypatch.setattr(served_values, "READ_BATCH_ROWS", 7)
+
+    streamed = window_summary(tmp_path, START, end, "taxi", thresholds)
+
+    agreement, pairs, referrals = log_summary(read_prediction_logs(tmp_path, START, end, model_name="taxi"), thresholds)
+    assert streamed == {"agreement": agreement, "pairs": pairs, "referrals": referrals}
+    assert pairs == 200 and agreement is not None and 0.2 < referrals < 0.5
+    later = (START + dt.timedelta(hours=1), end + dt.timedelta(hours=1))  # the 80 later requests: none shadowed
+    unshadowed = window_summary(tmp_path, *later, "taxi", thresholds)
+    assert unshadowed["pairs"] == 0 and unshadowed["agreement"] is None
+    assert unshadowed["referrals"] == log_summary(read_prediction_logs(tmp_path, *later, model_name="taxi"), thresholds)[2]
 
 
 @pytest.fixture(scope="module")
