@@ -35,7 +35,6 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
@@ -384,9 +383,9 @@ class CleanRecordFn(_CheckAndEncodeFn):
         super().start_bundle()
         self._batch = []
 
-    def process(self, serialized: bytes, contents_with_copies: frozenset[int]) -> Iterator[Any]:
+    def process(self, records: list[bytes], contents_with_copies: frozenset[int]) -> Iterator[Any]:
         self._copies = contents_with_copies
-        self._batch.append(serialized)
+        self._batch.extend(records)
         if len(self._batch) >= self.BATCH_ROWS:
             yield from self._clean_batch()
 
@@ -477,20 +476,25 @@ def _tagged_branch(tagged: Any) -> BranchOutput:
 class CleanSplit(beam.PTransform):
     """Serialized raw Examples -> the cleaned Examples, rejected records and counts of both branches.
 
-    `reread`: a source of the same records (e.g. a second ReadFromTFRecord of the split), from which
-    the copies are counted, so that no stage has to hold the records while that count is made.
-    Without it (records from memory, tests) the records themselves are counted.
+    `reread`: a source of the same records (e.g. a second read of the split), from which the copies
+    are counted, so that no stage has to hold the records while that count is made. Without it
+    (records from memory, tests) the records themselves are counted. `batched`: the records (and
+    the reread's) come as lists (clean_batches.ReadRecordBatches), else one record an element.
     """
 
     def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None,
-                 split: str = "") -> None:
+                 split: str = "", batched: bool = False) -> None:
         super().__init__()
         self._features = tuple(features)
         self._reread = reread
         self._split = split
+        self._batched = batched
 
     def expand(self, records: beam.PCollection) -> CleanOutput:
         counted = records if self._reread is None else records.pipeline | "ReadAgain" >> self._reread
+        if not self._batched:
+            records = records | "OneRecordBatches" >> beam.Map(clean_batches.one_record_batch)
+            counted = counted | "OneRecordBatchesCounted" >> beam.Map(clean_batches.one_record_batch)
         copies = counted | "CountContentCopies" >> dedupe.CountContentCopies()
         once = records | "CleanRecords" >> beam.ParDo(
             CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
@@ -533,7 +537,7 @@ class CleanPlan:
 
 
 def _read_split(examples_dir: str, split: str) -> beam.PTransform:
-    return beam.io.ReadFromTFRecord(split_pattern(examples_dir, split), compression_type=CompressionTypes.GZIP)
+    return clean_batches.ReadRecordBatches(tf.io.gfile.glob(split_pattern(examples_dir, split)))
 
 
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
@@ -543,7 +547,7 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
     for split in plan.splits:
         records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
         cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(
-            features, reread=_read_split(plan.examples_dir, split), split=split)
+            features, reread=_read_split(plan.examples_dir, split), split=split, batched=True)
         for branch, out in zip(BRANCHES, cleaned):
             _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.Write(
                 TFRecordBatchSink(f"{split_prefix(output / CLEANED_DIR, split)}-{branch}"))

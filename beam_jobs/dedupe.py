@@ -85,16 +85,17 @@ def record_digest(serialized: bytes) -> int | None:
 
 
 class BundleDigestsFn(beam.DoFn):
-    """Records -> one array of their content digests per bundle (8 bytes a record): no per-record
-    element leaves this stage."""
+    """Lists of records -> one array of their content digests per bundle (8 bytes a record): no
+    per-record element leaves this stage."""
 
     def start_bundle(self) -> None:
         self._digests = array.array("Q")
 
-    def process(self, serialized: bytes) -> Iterator[Any]:
-        digest = record_digest(serialized)
-        if digest is not None:
-            self._digests.append(digest)
+    def process(self, records: list[bytes]) -> Iterator[Any]:
+        for serialized in records:
+            digest = record_digest(serialized)
+            if digest is not None:
+                self._digests.append(digest)
         return iter(())
 
     def finish_bundle(self) -> Iterator[Any]:
@@ -125,7 +126,7 @@ class DigestsWithCopiesFn(beam.CombineFn):
 
 
 class CountContentCopies(beam.PTransform):
-    """Serialized records -> (a single element) the frozenset of content digests seen more than once.
+    """Lists of serialized records -> (a single element) the frozenset of content digests seen more than once.
 
     Counted with a combiner over per-bundle arrays of 8-byte digests: what crosses a stage is 8 bytes
     per record, never the rows, and no per-record element.
