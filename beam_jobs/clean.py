@@ -359,6 +359,12 @@ class _CheckAndEncodeFn(beam.DoFn):
         yield dedupe.row_content_bytes(outcome.row) if outcome.changed else content
 
 
+def batch_screen(features: Sequence[Feature]) -> clean_batches.BatchScreen:
+    """The screen of decode_strict and the rules of `features` (what CleanRecordFn batches with)."""
+    return clean_batches.BatchScreen({name: kind for name, _, kind, _ in _DECODE_PLAN}, _KNOWN_NAMES,
+                                     [feature for feature in features if feature.required], ranged_features(features))
+
+
 class CleanRecordFn(_CheckAndEncodeFn):
     """A raw record through ParseExamples, DropDuplicates' routing, ApplyMissingValuePolicy and
     CheckValueRanges -> its cleaned Example (serialized), its rejection, or, when its content has
@@ -374,8 +380,7 @@ class CleanRecordFn(_CheckAndEncodeFn):
 
     def __init__(self, features: Sequence[Feature], split: str) -> None:
         super().__init__(features, split)
-        self._screen = clean_batches.BatchScreen({name: kind for name, _, kind, _ in _DECODE_PLAN}, _KNOWN_NAMES,
-                                                 self._required, self._checked)
+        self._screen = batch_screen(features)
         self._batch: list[bytes] = []
         self._copies: frozenset[int] = frozenset()
 
