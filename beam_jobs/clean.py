@@ -19,6 +19,12 @@ copies take their own branch (grouped by content, one copy kept, then the same c
 their own files beside the others, so no runner has to gather the two branches' rows (a Flatten the
 in-memory runner would hold); the run's counts are summed per bundle, not sent one per row.
 
+In batches (beam_jobs/clean_batches.py): each split is read as lists of 2,048 records, and each list is
+decoded at once in C++ (tfx_bsl, into Arrow columns) and screened by column operations; only the rows
+a rule or decode_strict may act on take the per-row steps, so their rejections, details and counts
+are the per-row steps' own. The kept rows of a list leave as one element (written by
+tfrecord_batches.TFRecordBatchSink).
+
 Writes `cleaned/Split-<split>/data-{once,copies}-*.tfrecord.gz` (readers glob `data-*`),
 `rejected/Split-<split>/rejected-{once,copies}-*.jsonl` and `clean_result.json`.
 """

@@ -7,7 +7,7 @@ example_codec.canonical_row's text, and for a row the clean job keeps unchanged 
 also what it writes.
 
 How it stays flat: `CountContentCopies` collects 8-byte digests of the contents of a second read of
-the split, an array per bundle, and a combiner finds those seen more than once: a side input as
+the split (lists of records), an array per bundle, and a combiner finds those seen more than once: a side input as
 large as the duplicated contents; the count holds 8 bytes per row, never a row. The first read's
 rows stream past it (clean.CleanRecordFn): a row whose content is there goes to the exact
 comparison (`GroupByKey` on the full content bytes, then `pick_kept_copy`), every other row is kept
