@@ -19,6 +19,12 @@ copies take their own branch (grouped by content, one copy kept, then the same c
 their own files beside the others, so no runner has to gather the two branches' rows (a Flatten the
 in-memory runner would hold); the run's counts are summed per bundle, not sent one per row.
 
+In batches (beam_jobs/clean_batches.py): each split is read as lists of 2,048 records, and each list is
+decoded at once in C++ (tfx_bsl, into Arrow columns) and screened by column operations; only the rows
+a rule or decode_strict may act on take the per-row steps, so their rejections, details and counts
+are the per-row steps' own. The kept rows of a list leave as one element (written by
+tfrecord_batches.TFRecordBatchSink).
+
 Writes `cleaned/Split-<split>/data-{once,copies}-*.tfrecord.gz` (readers glob `data-*`),
 `rejected/Split-<split>/rejected-{once,copies}-*.jsonl` and `clean_result.json`.
 """
@@ -35,15 +41,15 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 from google.protobuf.message import DecodeError
 
-from beam_jobs import dedupe, outputs
+from beam_jobs import clean_batches, dedupe, outputs
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument, require_flags, run_program
+from beam_jobs.tfrecord_batches import TFRecordBatchSink
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import EXAMPLE_COLUMNS, EXAMPLE_FEATURES, FEATURES_BY_NAME, OBSERVED_LABEL_KEY, Feature, Kind, OnInvalid
@@ -331,7 +337,11 @@ class _CheckAndEncodeFn(beam.DoFn):
         self._facts = {}
 
     def _count(self, fact: tuple) -> None:
-        self._facts[fact] = self._facts.get(fact, 0) + 1
+        self._count_many(fact, 1)
+
+    def _count_many(self, fact: tuple, count: int) -> None:
+        if count:
+            self._facts[fact] = self._facts.get(fact, 0) + count
 
     def _rejected(self, record: dict[str, Any]) -> beam.pvalue.TaggedOutput:
         Metrics.counter("clean", f"rejected_{record['reason']}").inc()
@@ -355,22 +365,85 @@ class _CheckAndEncodeFn(beam.DoFn):
         yield dedupe.row_content_bytes(outcome.row) if outcome.changed else content
 
 
+def batch_screen(features: Sequence[Feature]) -> clean_batches.BatchScreen:
+    """The screen of decode_strict and the rules of `features` (what CleanRecordFn batches with)."""
+    return clean_batches.BatchScreen({name: kind for name, _, kind, _ in _DECODE_PLAN}, _KNOWN_NAMES,
+                                     [feature for feature in features if feature.required], ranged_features(features))
+
+
 class CleanRecordFn(_CheckAndEncodeFn):
     """A raw record through ParseExamples, DropDuplicates' routing, ApplyMissingValuePolicy and
     CheckValueRanges -> its cleaned Example (serialized), its rejection, or, when its content has
-    copies (the side input), (content, row) to WITH_COPIES for the exact comparison."""
+    copies (the side input), (content, row) to WITH_COPIES for the exact comparison.
+
+    Records are taken in batches (beam_jobs/clean_batches.py): each batch is decoded at once in C++
+    and the rules run as column operations, which find the rows that need them; only those rows
+    (and every row of a batch the decoder refuses) go through the per-row steps. The kept rows of a
+    batch leave as one list (the main output: lists of serialized Examples)."""
 
     WITH_COPIES = "with_copies"
+    BATCH_ROWS = clean_batches.BATCH_ROWS
 
-    def process(self, serialized: bytes, contents_with_copies: frozenset[int]) -> Iterator[Any]:
-        self._count(("in", self._split))
+    def __init__(self, features: Sequence[Feature], split: str) -> None:
+        super().__init__(features, split)
+        self._screen = batch_screen(features)
+        self._batch: list[bytes] = []
+        self._copies: frozenset[int] = frozenset()
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self._batch = []
+
+    def process(self, records: list[bytes], contents_with_copies: frozenset[int]) -> Iterator[Any]:
+        self._copies = contents_with_copies
+        self._batch.extend(records)
+        if len(self._batch) >= self.BATCH_ROWS:
+            yield from self._clean_batch()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        # Outside process, outputs carry their window: the rest of the bundle's batch, then its facts.
+        for output in self._clean_batch():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
+        yield from super().finish_bundle()
+
+    def _clean_batch(self) -> Iterator[Any]:
+        records, self._batch = self._batch, []
+        if not records:
+            return
+        needs_rules = self._screen.rows_needing_rules(records)
+        kept: list[bytes] = []
+        kept_as_stored = 0
+        for serialized, by_rules in zip(records, needs_rules):
+            if not by_rules:
+                # Decodes as decode_strict would, nothing missing, nothing out of range: kept as it is
+                # stored, unless its content has copies.
+                content = dedupe.content_bytes(tf.train.Example.FromString(serialized))
+                if not (self._copies and dedupe.content_digest(content) in self._copies):
+                    kept.append(content)
+                    kept_as_stored += 1
+                    continue
+            for output in self._clean_record(serialized):
+                if isinstance(output, bytes):
+                    kept.append(output)
+                else:
+                    yield output
+        self._count_many(("in", self._split), len(records))
+        self._count_many(("kept", self._split), kept_as_stored)  # the others by _check_and_encode
+        if kept:
+            yield kept
+
+    def _clean_record(self, serialized: bytes) -> Iterator[Any]:
+        """One record through the per-row steps (its "in" is counted by the batch, its "kept" here)."""
         try:
             example, row = _decode(serialized)
         except _Undecodable as err:
             yield self._rejected(_unparseable(serialized, err))
             return
         content = dedupe.content_bytes(example)
-        if contents_with_copies and dedupe.content_digest(content) in contents_with_copies:
+        if self._copies and dedupe.content_digest(content) in self._copies:
             yield beam.pvalue.TaggedOutput(self.WITH_COPIES, (content, row))
             return
         yield from self._check_and_encode(row, content)
@@ -378,18 +451,20 @@ class CleanRecordFn(_CheckAndEncodeFn):
 
 class KeepOneCopyFn(_CheckAndEncodeFn):
     """Rows of one content -> the copy kept (dedupe.pick_kept_copy), checked and encoded like any
-    other row; the other copies rejected as `duplicate`."""
+    other row (the main output, as CleanRecordFn's: a list of serialized Examples, here of one); the
+    other copies rejected as `duplicate`."""
 
     def process(self, keyed: tuple[bytes, Iterable[dict[str, Any]]]) -> Iterator[Any]:
         content, rows = keyed
         kept, copies, detail = dedupe.pick_kept_copy(list(rows))
         for copy in copies:
             yield self._rejected(rejection(REASON_DUPLICATE, None, detail, copy))
-        yield from self._check_and_encode(kept, content)
+        for output in self._check_and_encode(kept, content):
+            yield [output] if isinstance(output, bytes) else output
 
 
 class BranchOutput(NamedTuple):
-    kept: beam.PCollection  # serialized cleaned Examples
+    kept: beam.PCollection  # lists of serialized cleaned Examples
     rejected: beam.PCollection
     facts: beam.PCollection  # {fact: count}, one per bundle
 
@@ -412,20 +487,25 @@ def _tagged_branch(tagged: Any) -> BranchOutput:
 class CleanSplit(beam.PTransform):
     """Serialized raw Examples -> the cleaned Examples, rejected records and counts of both branches.
 
-    `reread`: a source of the same records (e.g. a second ReadFromTFRecord of the split), from which
-    the copies are counted, so that no stage has to hold the records while that count is made.
-    Without it (records from memory, tests) the records themselves are counted.
+    `reread`: a source of the same records (e.g. a second read of the split), from which the copies
+    are counted, so that no stage has to hold the records while that count is made. Without it
+    (records from memory, tests) the records themselves are counted. `batched`: the records (and
+    the reread's) come as lists (clean_batches.ReadRecordBatches), else one record an element.
     """
 
     def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None,
-                 split: str = "") -> None:
+                 split: str = "", batched: bool = False) -> None:
         super().__init__()
         self._features = tuple(features)
         self._reread = reread
         self._split = split
+        self._batched = batched
 
     def expand(self, records: beam.PCollection) -> CleanOutput:
         counted = records if self._reread is None else records.pipeline | "ReadAgain" >> self._reread
+        if not self._batched:
+            records = records | "OneRecordBatches" >> beam.Map(clean_batches.one_record_batch)
+            counted = counted | "OneRecordBatchesCounted" >> beam.Map(clean_batches.one_record_batch)
         copies = counted | "CountContentCopies" >> dedupe.CountContentCopies()
         once = records | "CleanRecords" >> beam.ParDo(
             CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
@@ -468,7 +548,7 @@ class CleanPlan:
 
 
 def _read_split(examples_dir: str, split: str) -> beam.PTransform:
-    return beam.io.ReadFromTFRecord(split_pattern(examples_dir, split), compression_type=CompressionTypes.GZIP)
+    return clean_batches.ReadRecordBatches(tf.io.gfile.glob(split_pattern(examples_dir, split)))
 
 
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
@@ -478,11 +558,10 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
     for split in plan.splits:
         records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
         cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(
-            features, reread=_read_split(plan.examples_dir, split), split=split)
+            features, reread=_read_split(plan.examples_dir, split), split=split, batched=True)
         for branch, out in zip(BRANCHES, cleaned):
-            _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.WriteToTFRecord(
-                f"{split_prefix(output / CLEANED_DIR, split)}-{branch}", file_name_suffix=TFRECORD_SUFFIX,
-                compression_type=CompressionTypes.GZIP)
+            _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.Write(
+                TFRecordBatchSink(f"{split_prefix(output / CLEANED_DIR, split)}-{branch}"))
             _ = out.rejected | f"WriteRejected[{split},{branch}]" >> outputs.WriteJsonLines(
                 str(split_dir(output / REJECTED_DIR, split) / f"rejected-{branch}"))
             facts.append(out.facts)

@@ -85,7 +85,9 @@ def reference_dedupe(records: list[bytes]) -> tuple[list[str], list[dict[str, An
 
 
 def _kept_contents(kept: beam.PCollection, label: str) -> beam.PCollection:
-    return kept | f"Content{label}" >> beam.Map(lambda record: canonical_row(parse_serialized(record)))
+    """The contents of kept Examples (which come in lists, a batch each)."""
+    return (kept | f"Unbatch{label}" >> beam.FlatMap(lambda records: records)
+            | f"Content{label}" >> beam.Map(lambda record: canonical_row(parse_serialized(record))))
 
 
 def _run_clean_split(records: list[bytes], *, reread: bool) -> None:

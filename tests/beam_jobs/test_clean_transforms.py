@@ -55,8 +55,10 @@ def reason_and_feature(record: dict[str, Any]) -> tuple[str, str | None]:
 
 
 def gathered(cleaned: Any, part: str) -> beam.PCollection:
-    """One output of both branches of a CleanSplit (the job writes each branch to its own files)."""
-    return (cleaned.once._asdict()[part], cleaned.copies._asdict()[part]) | f"Gather{part}" >> beam.Flatten()
+    """One output of both branches of a CleanSplit (the job writes each branch to its own files); the
+    kept Examples come in lists (a batch each), taken apart here."""
+    both = (cleaned.once._asdict()[part], cleaned.copies._asdict()[part]) | f"Gather{part}" >> beam.Flatten()
+    return both | f"Unbatch{part}" >> beam.FlatMap(lambda records: records) if part == "kept" else both
 
 
 def kept_rows(cleaned: Any) -> beam.PCollection:
@@ -115,7 +117,8 @@ def test_drop_duplicates_keeps_exactly_one_copy(clean_rows):
     with test_pipeline.TestPipeline() as pipeline:
         deduped = pipeline | beam.Create([serialize_row(r) for r in (first, first, second, first)]) | CleanSplit()
         assert_that(kept_rows(deduped), equal_to([first, second]), label="OneOfEach")
-        assert_that(deduped.once.kept | "ParseOnce" >> beam.Map(parse_serialized), equal_to([second]), label="SeenOnce")
+        assert_that(deduped.once.kept | "UnbatchOnce" >> beam.FlatMap(lambda records: records)
+                    | "ParseOnce" >> beam.Map(parse_serialized), equal_to([second]), label="SeenOnce")
         assert_that(
             gathered(deduped, "rejected") | beam.Map(lambda r: (r["reason"], r["row"])),
             equal_to([(REASON_DUPLICATE, {k: readable(v) for k, v in first.items()})] * 2),
