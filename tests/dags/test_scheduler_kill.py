@@ -145,13 +145,18 @@ def scheduler_kill(tmp_path_factory: pytest.TempPathFactory) -> SchedulerKill:
         def states(of_run: str) -> dict[str, str]:
             return {ti["task_id"]: ti["state"] for ti in client.task_instances("taxi_training", of_run)}
 
-        def a_step_running_after_a_success():
+        def a_step_still_running_after_a_success():
+            """A step after ingest that is still running a moment after it was seen running: in the
+            middle of its work. The moment is short: on a 3,000-row file clean, validate and train
+            each take only a few seconds, so a fixed wait would often miss the step it waited on."""
             now = states(run_id)
             running = [t for t in STEPS if now.get(t) == "running"]
-            return running[0] if running and now.get("ingest") == "success" else None
+            if not running or now.get("ingest") != "success":
+                return None
+            time.sleep(1.5)  # the ML process is importing or working
+            return running[0] if states(run_id).get(running[0]) == "running" else None
 
-        victim = wait_for(a_step_running_after_a_success, "a step running after ingest succeeded", timeout=1800)
-        time.sleep(5)  # in the middle of the step: the ML process is importing or working
+        victim = wait_for(a_step_still_running_after_a_success, "a step running after ingest succeeded", timeout=1800)
         now = states(run_id)
         assert now.get(victim) == "running", f"{victim} ended before the kill: {now}"
         finished_before = [t for t in STEPS if now.get(t) == "success"]
