@@ -320,15 +320,19 @@ def close_cases(ledger: CaseLedger, run_id: str, answers: Sequence[ReviewAnswer]
             state = CANNOT_TELL_STATE if answer.chosen == CANNOT_TELL else ANSWERED
             cases[case.key] = dataclasses.replace(case, state=state, answer=answer.chosen, answered_by=answer.user,
                                                   answered_at=answer.responded_at, closed_at=closed_at)
-    pending = [case for case in ledger.of_run(run_id) if case.state == ANSWERED and not case.written_back]
-    if pending:
-        post_feedback(gateway_url, [{"request_id": case.request_id, "instance_index": case.instance_index,
-                                     "human_decision": case.answer, "source": feedback_source(case.answered_by or "unknown")}
-                                    for case in pending], timeout=timeout)
-        sent = {case.key for case in pending}
-        with ledger.editing() as cases:
-            for key in sent:
-                cases[key] = dataclasses.replace(cases[key], written_back=True)
+    # Chosen, sent and marked under one lock: one run's write-backs run at once (a mapped task per
+    # case), and each would otherwise send the decisions the others were sending too. A failed POST
+    # leaves the ledger as it was (the block ends in an error), so the next call sends them.
+    with ledger.editing() as cases:
+        pending = sorted((case for case in cases.values()
+                          if case.run_id == run_id and case.state == ANSWERED and not case.written_back),
+                         key=lambda c: c.key)
+        if pending:
+            post_feedback(gateway_url, [{"request_id": case.request_id, "instance_index": case.instance_index,
+                                         "human_decision": case.answer, "source": feedback_source(case.answered_by or "unknown")}
+                                        for case in pending], timeout=timeout)
+            for case in pending:
+                cases[case.key] = dataclasses.replace(case, written_back=True)
     return summarize(run_id, ledger.of_run(run_id), threshold)
 
 

@@ -217,3 +217,43 @@ def test_one_answer_closes_its_case_at_once_and_the_others_stay_open_until_the_r
     closed = rq.close_cases(ledger, "run-1", [answer], "http://127.0.0.1:9")
     assert (closed.cannot_tell, closed.unanswered) == (1, 1)
     assert ledger.read()[first.key].answered_by == "alice" and ledger.read()[second.key].state == rq.UNANSWERED
+
+
+def test_write_backs_running_at_once_send_each_decision_once(start_gw, http, reference, tmp_path):
+    """One run's cases are answered and written back by tasks running at the same time (Airflow maps
+    one per case): each decision reaches the gateway's feedback log exactly once."""
+    import threading
+
+    trips = real_trips(40)
+    probabilities = reference(STABLE_VERSION, trips)
+    gateway = start_gw(models={MODEL: ModelPolicy(automation="partial", band=(min(probabilities), max(probabilities) + 0.01))})
+    for trip in trips:
+        assert predict(http, gateway, {"instances": instances([trip])}).status_code == 200
+    gateway.flush_logs()
+    log_dir = tmp_path / "logs"
+    now = dt.datetime.now(dt.timezone.utc)
+    ledger = rq.CaseLedger(tmp_path / "review")
+    settings = ReviewConfig(sample_rate_shadow=0, sample_rate_assist=0, audit_rate_full=0, max_open_cases=1000)
+    cases = rq.open_cases(ledger, log_dir, now - dt.timedelta(hours=1), now + dt.timedelta(hours=1), settings, run_id="run-1")
+    assert len(cases) >= 12
+    answers = [rq.ReviewAnswer(c.request_id, c.instance_index, "big_tipper", f"user{n}", now.isoformat())
+               for n, c in enumerate(cases[:12])]
+    start, errors = threading.Barrier(len(answers)), []
+
+    def write_back(answer: rq.ReviewAnswer) -> None:
+        start.wait()
+        try:
+            rq.close_cases(ledger, "run-1", [answer], gateway.url, close_unanswered=False)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=write_back, args=(answer,)) for answer in answers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    gateway.flush_logs()
+    sent = sorted(zip(read_feedback(log_dir)["request_id"], read_feedback(log_dir)["source"]))
+    assert sent == sorted((a.request_id, f"review:{a.user}") for a in answers)
+    assert all(ledger.read()[rq.case_key(a.request_id, a.instance_index)].written_back for a in answers)
