@@ -49,7 +49,7 @@ from google.protobuf.message import DecodeError
 from beam_jobs import clean_batches, dedupe, outputs
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument, require_flags, run_program
-from beam_jobs.tfrecord_batches import TFRecordBatchSink
+from beam_jobs.tfrecord_batches import ReadRecordBatches, TFRecordBatchSink
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import EXAMPLE_COLUMNS, EXAMPLE_FEATURES, FEATURES_BY_NAME, OBSERVED_LABEL_KEY, Feature, Kind, OnInvalid
@@ -490,7 +490,7 @@ class CleanSplit(beam.PTransform):
     `reread`: a source of the same records (e.g. a second read of the split), from which the copies
     are counted, so that no stage has to hold the records while that count is made. Without it
     (records from memory, tests) the records themselves are counted. `batched`: the records (and
-    the reread's) come as lists (clean_batches.ReadRecordBatches), else one record an element.
+    the reread's) come as lists (tfrecord_batches.ReadRecordBatches), else one record an element.
     """
 
     def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None,
@@ -548,7 +548,7 @@ class CleanPlan:
 
 
 def _read_split(examples_dir: str, split: str) -> beam.PTransform:
-    return clean_batches.ReadRecordBatches(tf.io.gfile.glob(split_pattern(examples_dir, split)))
+    return ReadRecordBatches(tf.io.gfile.glob(split_pattern(examples_dir, split)))
 
 
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:

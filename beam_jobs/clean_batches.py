@@ -13,19 +13,15 @@ never lets one through that a rule would refuse or change.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
 
+from beam_jobs.tfrecord_batches import BATCH_ROWS  # noqa: F401 - clean's batch size is the reader's
 from transforms.features import Feature, Kind
-
-# Rows per batch: large enough that the decoder's and the column operations' per-call costs vanish,
-# small enough that a batch refused by the decoder (one undecodable record) costs little.
-BATCH_ROWS = 2048
 
 _LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
                Kind.STRING: pa.large_list(pa.large_binary())}
@@ -106,30 +102,6 @@ def _value_counts(column: pa.Array) -> np.ndarray:
 def _parents(column: pa.Array) -> np.ndarray:
     """The row of each value of column.flatten()."""
     return pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
-
-
-class _ReadFileBatchesFn(beam.DoFn):
-    """A gzip TFRecord file -> its records, BATCH_ROWS to a list (read by TensorFlow's C++ reader,
-    which checks each record's CRCs as beam.io.ReadFromTFRecord does, at a fraction of its cost a record)."""
-
-    def process(self, path: str) -> Iterator[list[bytes]]:
-        import tensorflow as tf  # the worker's, imported where the read runs
-
-        for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(BATCH_ROWS):
-            yield batch.numpy().tolist()
-
-
-class ReadRecordBatches(beam.PTransform):
-    """The records of gzip TFRecord files, as lists of up to BATCH_ROWS (one element per list):
-    for a job whose work per record is a few microseconds, reading one element per record
-    (beam.io.ReadFromTFRecord, in Python) costs more than the work."""
-
-    def __init__(self, paths: Sequence[str]) -> None:
-        super().__init__()
-        self._paths = sorted(paths)
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "Files" >> beam.Create(self._paths) | "Records" >> beam.ParDo(_ReadFileBatchesFn())
 
 
 def one_record_batch(record: bytes) -> list[bytes]:

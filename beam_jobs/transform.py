@@ -31,7 +31,7 @@ from tfx_bsl.public import tfxio
 
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument
-from beam_jobs.tfrecord_batches import TFRecordBatchSink
+from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches, TFRecordBatchSink
 from core.atomic import replace_directory
 from core.errors import DataError
 from transforms.feature_spec import raw_feature_spec, raw_schema
@@ -190,10 +190,16 @@ def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
 
 def _read(pipeline: beam.Pipeline, cleaned_dir: str, split: str, purpose: str = "") -> tuple[beam.PCollection, Any]:
     """(RecordBatches of READ_BATCH_SIZE rows, their TensorAdapterConfig): the dataset form TFT takes."""
+    schema = raw_schema()
     source = tfxio.TFExampleRecord(
-        file_pattern=split_pattern(cleaned_dir, split), schema=raw_schema(), telemetry_descriptors=_TELEMETRY
+        file_pattern=split_pattern(cleaned_dir, split), schema=schema, telemetry_descriptors=_TELEMETRY
     )
-    return pipeline | f"Read{split.title()}{purpose}" >> source.BeamSource(batch_size=READ_BATCH_SIZE), source.TensorAdapterConfig()
+    batches = (
+        pipeline
+        | f"Read{split.title()}{purpose}" >> ReadRecordBatches(tf.io.gfile.glob(split_pattern(cleaned_dir, split)), READ_BATCH_SIZE)
+        | f"Decode{split.title()}{purpose}" >> beam.ParDo(DecodeExampleListsFn(schema))
+    )
+    return batches, source.TensorAdapterConfig()
 
 
 def _counted_rows(result: beam.runners.runner.PipelineResult, splits: Sequence[str]) -> dict[str, int]:
@@ -213,7 +219,7 @@ def _as_data_error(err: RuntimeError, cleaned_dir: Path, splits: Sequence[str]) 
         return None
     where = str(cleaned_dir)
     for split in splits:
-        if any(f"'Read{split.title()}{purpose}/" in message for purpose in ("", _ANALYSIS_READ)):
+        if any(f"'{stage}{split.title()}{purpose}" in message for stage in ("Read", "Decode") for purpose in ("", _ANALYSIS_READ)):
             where = split_pattern(cleaned_dir, split)
     first_line = message.strip().splitlines()[0]
     return DataError(f"{where}: a record is not a tf.Example with the raw feature kinds of transforms/features.py: {first_line}")

@@ -40,6 +40,9 @@ CALIBRATION_MARGIN = 0.025
 NOISE_SIGMAS = 4.0
 # Realized metrics of the window are shown from this many labels on; fewer say little.
 MIN_REALIZED_LABELS = 30
+# From this many requests on, the drawn labels' sums come from their normal limit (`_moment_metrics`):
+# the same mean and covariance, at a cost that no longer grows with draws x requests.
+NORMAL_LABELS_FROM = 100_000
 _CHUNK = 50  # draws per table draw: the random stream, and so every interval, depends on it
 # Draws x requests held at once. Labels are drawn a few draws at a time within a chunk, in the order
 # one (draws x requests) array would take them from the generator, so the numbers do not depend on
@@ -103,6 +106,64 @@ def _drawn_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration
     return np.concatenate(accuracies), np.concatenate(aucs)
 
 
+def _moment_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration: CalibrationMap, draws: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`_drawn_metrics` for large windows: the same calibration tables, and the labels' noise drawn
+    from its normal limit instead of one Bernoulli per request.
+
+    Given a table T, a request's chance is linear in T (c_i = T[l_i] (1 - w_i) + T[l_i + 1] w_i),
+    so every sum the metrics need (right answers, positives, their rank sum, and the variances and
+    covariance of the drawn labels) is a product of T with per-bin sums made once over the requests.
+    Each draw then costs the table's length, not the window's: 10M requests x 200 draws were 2e9
+    Bernoulli labels. The central limit theorem makes the normal limit exact for these sums at the
+    sizes it is used from (NORMAL_LABELS_FROM; tests compare both ways).
+    """
+    n = probabilities.size
+    ranks = _ranks(probabilities)
+    left, weight = calibration.interpolation(probabilities)
+    size = len(calibration.centres)
+
+    def linear(values: np.ndarray) -> np.ndarray:
+        # sum_i c_i v_i = T @ linear(v)
+        return (np.bincount(left, weights=(1.0 - weight) * values, minlength=size)
+                + np.r_[0.0, np.bincount(left, weights=weight * values, minlength=size)[:-1]])
+
+    def quadratic(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # sum_i c_i^2 v_i = sum_k T_k^2 a_k + 2 T_k T_(k+1) b_k + T_(k+1)^2 c_k, over k < size - 1
+        return tuple(np.bincount(left, weights=part * values, minlength=size)[:-1]
+                     for part in ((1.0 - weight) ** 2, weight * (1.0 - weight), weight ** 2))
+
+    def squares(tables: np.ndarray, parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        low, high = tables[:, :-1], tables[:, 1:]
+        return (low ** 2) @ parts[0] + 2.0 * (low * high) @ parts[1] + (high ** 2) @ parts[2]
+
+    ones = np.ones(n)
+    signs = np.where(predicted, 1.0, -1.0)
+    sum_c, sum_sc, sum_cr, sum_crr = linear(ones), linear(signs), linear(ranks), linear(ranks ** 2)
+    square_c, square_cr, square_crr = quadratic(ones), quadratic(ranks), quadratic(ranks ** 2)
+    predicted_negative = float(n - np.count_nonzero(predicted))
+    accuracies, aucs = [], []
+    for first in range(0, draws, _CHUNK):
+        tables = calibration.plausible_tables(min(_CHUNK, draws - first), rng)
+        positives_mean, rank_mean = tables @ sum_c, tables @ sum_cr
+        # Var of a sum of Bernoulli(c_i) v_i = sum c_i (1 - c_i) v_i^2.
+        var_labels = positives_mean - squares(tables, square_c)
+        var_ranks = tables @ sum_crr - squares(tables, square_crr)
+        covariance = rank_mean - squares(tables, square_cr)
+        spread = np.sqrt(np.maximum(var_labels, 0.0))
+        noise = rng.standard_normal((len(tables), 3))
+        # Right answers = predicted negatives + sum_i s_i label_i (s_i = +-1): the labels' own variance.
+        # Only each metric's own interval is reported, so its noise is drawn on its own.
+        accuracies.append((predicted_negative + tables @ sum_sc + spread * noise[:, 2]) / n)
+        positives = positives_mean + spread * noise[:, 0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(var_labels > 0, covariance / var_labels, 0.0)
+            rest = np.sqrt(np.maximum(var_ranks - slope * covariance, 0.0))
+            rank_sums = rank_mean + slope * (positives - positives_mean) + rest * noise[:, 1]
+            aucs.append((rank_sums - positives * (positives + 1) / 2) / (positives * (n - positives)))
+    return np.concatenate(accuracies), np.concatenate(aucs)
+
+
 def _widened(bounds: np.ndarray, margin: float) -> tuple[float, float]:
     return float(max(0.0, bounds[0] - margin)), float(min(1.0, bounds[1] + margin))
 
@@ -120,7 +181,8 @@ def estimate_performance(probabilities: np.ndarray, calibration: CalibrationMap,
     if p.size < 2:
         return PerformanceEstimate(int(p.size), accuracy, auc, (math.nan, math.nan), (math.nan, math.nan))
     accuracy_sd = float(np.std(right, ddof=1) / math.sqrt(p.size))
-    drawn_accuracy, drawn_auc = _drawn_metrics(p, predicted, calibration, draws, np.random.default_rng(seed))
+    draw = _moment_metrics if p.size >= NORMAL_LABELS_FROM else _drawn_metrics
+    drawn_accuracy, drawn_auc = draw(p, predicted, calibration, draws, np.random.default_rng(seed))
     tail = (1.0 - interval) / 2 * 100
     finite_auc = drawn_auc[np.isfinite(drawn_auc)]
     auc_interval = (_widened(np.percentile(finite_auc, [tail, 100 - tail]), margin)
