@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SECONDS = 0.2
 STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\w+)\s+running")
 WINDOW = ("2013-01-01", "2017-01-01")
-# TFX 1.16 taxi pipeline (LocalDagRunner, 1,000 steps) on this machine, from issue 14: rows ->
-# (wall seconds, peak RSS of the largest process in GiB).
-TFX = {15_002: (139.0, 1.2), 150_000: (181.0, 1.3), 1_500_000: (495.0, 4.3)}
+# TFX 1.16 taxi pipeline (LocalDagRunner, 1,000 steps; ../shared/peers/tfx_taxi/run_once.sh) on this
+# machine, idle, with the same CSVs, 2026-12-06: rows -> (wall seconds, peak RSS of the largest
+# process in GiB). Issue 14's figures, from a shared machine, were 139 / 181 / 495 s.
+TFX = {15_002: (104.2, 1.04), 150_000: (130.7, 1.40), 1_500_000: (355.3, 4.35)}
 _CONFIG = """\
 pipeline_root = "pipeline"
 {beam}
@@ -248,7 +249,7 @@ def plot(results: list[dict], path: Path) -> Path:
          "peak RSS, largest process (GiB)"),
     ):
         axes.plot(ours, mine, "o-", label="this project")
-        axes.plot(list(TFX), theirs, "s--", label="TFX 1.16 (issue 14)")
+        axes.plot(list(TFX), theirs, "s--", label="TFX 1.16 (same machine and rows)")
         axes.set(xscale="log", yscale="log", xlabel="rows", title=title)
         axes.grid(True, which="both", alpha=0.3)
         axes.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 3, 5)))
