@@ -302,6 +302,18 @@ def _beam_label(args: Sequence[str]) -> str:
     return " ".join(args)
 
 
+def beam_flags(value: Any, name: str, *, allow_empty: bool = False, error: type[Exception] = ConfigError) -> tuple[str, ...]:
+    """Beam options as a command line takes them: a list of non-empty strings, the first a flag
+    (`--name[=value]`; a value may follow its flag as the next string). The one check for every
+    place options are given (the config's `beam_args` and `[[beam.by_input_rows]]`, the training
+    DAG's `beam_args` param); which flags a runner knows stays Beam's to judge when the job starts."""
+    kind = "list" if allow_empty else "non-empty list"
+    if (not isinstance(value, (list, tuple)) or not all(isinstance(arg, str) and arg for arg in value)
+            or (not value and not allow_empty) or (value and not value[0].startswith("--"))):
+        raise error(f"{name} must be a {kind} of Beam flags like '--runner=DirectRunner', got {value!r}")
+    return tuple(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class BeamConfig:
     """Beam options by the size of a job's input, used when the config sets no `beam_args`.
@@ -319,8 +331,7 @@ class BeamConfig:
         previous = 0
         for index, entry in enumerate(self.by_input_rows):
             name = f"beam.by_input_rows[{index}]"
-            if not entry.args or not all(isinstance(arg, str) and arg for arg in entry.args):
-                raise ConfigError(f"{name}.args must be a non-empty list of Beam flags (strings), got {list(entry.args)!r}")
+            beam_flags(list(entry.args), f"{name}.args")
             last = index == len(self.by_input_rows) - 1
             if last and entry.below is not None:
                 raise ConfigError(f"{name}: the last entry must have no `below` (it takes every larger input), "
@@ -362,10 +373,7 @@ def _beam_section(values: Any) -> BeamConfig:
         extra = sorted(set(entry) - {"below", "args"})
         if extra:
             raise ConfigError(f"beam.by_input_rows[{index}] has unknown keys {extra}; known: ['args', 'below']")
-        args = entry.get("args", ())
-        if not isinstance(args, (list, tuple)):
-            raise ConfigError(f"beam.by_input_rows[{index}].args must be a list of Beam flags, got {args!r}")
-        rows.append(BeamOptionsForRows(tuple(args), entry.get("below")))
+        rows.append(BeamOptionsForRows(beam_flags(entry.get("args", ()), f"beam.by_input_rows[{index}].args"), entry.get("below")))
     return BeamConfig(tuple(rows))
 
 
@@ -441,11 +449,8 @@ def _resolve(root: Path, value: str | os.PathLike[str]) -> Path:
 
 
 def _beam_args(value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or not all(isinstance(arg, str) for arg in value):
-        raise ConfigError(f"beam_args must be a list of Beam flags (strings), got {value!r}")
-    return tuple(value)
+    # Empty on purpose is allowed: Beam's own defaults.
+    return None if value is None else beam_flags(value, "beam_args", allow_empty=True)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

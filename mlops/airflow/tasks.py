@@ -143,17 +143,12 @@ def training_config(config: Any, params: Mapping[str, Any]) -> Any:
         config = config.replace(training=dataclasses.replace(config.training, **overrides))
     beam_args = params.get("beam_args")
     if beam_args is not None:
-        config = config.replace(beam_args=_beam_args_param(beam_args))
+        from core.config import beam_flags
+        from core.errors import DataError
+
+        # A run's bad param is bad input (DataError: exit code 2, not retried), not a bad config file.
+        config = config.replace(beam_args=beam_flags(beam_args, "the beam_args param", error=DataError))
     return config
-
-
-def _beam_args_param(value: Any) -> tuple[str, ...]:
-    """The `beam_args` DAG param: Beam flags (strings starting with --); Beam itself judges the flags."""
-    from core.errors import DataError
-
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(flag, str) and flag.startswith("--") for flag in value):
-        raise DataError(f"the beam_args param must be a non-empty list of Beam flags like '--runner=PortableRunner', got {value!r}")
-    return tuple(value)
 
 
 def check_window(start: str, end: str) -> tuple[dt.date, dt.date]:

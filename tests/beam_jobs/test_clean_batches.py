@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import tensorflow as tf
 
-from beam_jobs import clean
+from beam_jobs import clean, clean_rules
 from beam_jobs.example_codec import SOURCE_LINE_KEY, serialize_row
 from tests.beam_jobs._helpers import is_clean, parse_csv_row
 from transforms.features import (EXAMPLE_FEATURES, FARE_KEY, OBSERVED_LABEL_KEY, PAYMENT_TYPE_KEY, TIPS_KEY,
@@ -23,13 +23,13 @@ _CLIP_MILES = tuple(dataclasses.replace(f, on_invalid=OnInvalid.CLIP) if f.name 
 def _kept_as_stored(features: tuple, serialized: bytes) -> bool:
     """What the per-row steps do with a record: keep it unchanged (True), or anything else."""
     try:
-        row = clean.decode_strict(serialized)
-    except clean._Undecodable:
+        row = clean_rules.decode_strict(serialized)
+    except clean_rules.Undecodable:
         return False
     required = [feature for feature in features if feature.required]
-    if clean.missing_required(required, row) is not None:
+    if clean_rules.missing_required(required, row) is not None:
         return False
-    outcome = clean.apply_range_policy(clean.ranged_features(features), row)
+    outcome = clean_rules.apply_range_policy(clean_rules.ranged_features(features), row)
     return outcome.rejected is None and not outcome.changed
 
 
@@ -79,7 +79,7 @@ def plain_records(taxi_rows: list[dict[str, str]]) -> list[bytes]:
 
 @pytest.mark.parametrize("features", [EXAMPLE_FEATURES, _CLIP_MILES], ids=["features.py", "with-a-clip-feature"])
 def test_a_row_passes_the_screen_only_when_the_per_row_steps_keep_it_as_stored(plain_records, features):
-    rows = [clean.decode_strict(record) for record in plain_records[:20]]
+    rows = [clean_rules.decode_strict(record) for record in plain_records[:20]]
     odd = _odd_records(rows)
     mixed = [record for pair in zip(plain_records, odd) for record in pair] + plain_records[len(odd):]
     needing = clean.batch_screen(features).rows_needing_rules(mixed)

@@ -12,7 +12,7 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs import clean, dedupe
+from beam_jobs import clean, clean_rules, dedupe
 from beam_jobs.example_codec import SOURCE_LINE_KEY, canonical_row, parse_serialized, row_to_example, serialize_row
 from tests.beam_jobs._helpers import is_clean, parse_csv_row
 from transforms.features import COMPANY_KEY, OBSERVED_LABEL_KEY
@@ -68,8 +68,8 @@ def reference_dedupe(records: list[bytes]) -> tuple[list[str], list[dict[str, An
     groups: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         try:
-            row = clean.decode_strict(record)
-        except clean._Undecodable:
+            row = clean_rules.decode_strict(record)
+        except clean_rules.Undecodable:
             continue
         groups.setdefault(canonical_row(row), []).append(row)
     kept, rejected = [], []
@@ -78,7 +78,7 @@ def reference_dedupe(records: list[bytes]) -> tuple[list[str], list[dict[str, An
         kept.append(canonical_row(rows[0]))
         line = rows[0].get(SOURCE_LINE_KEY)
         of_line = f" of line {line}" if line is not None else ""
-        rejected += [clean.rejection(clean.REASON_DUPLICATE, None,
+        rejected += [clean_rules.rejection(clean_rules.REASON_DUPLICATE, None,
                                      f"exact duplicate{of_line}: {len(rows)} identical rows in this split, 1 kept", copy)
                      for copy in rows[1:]]
     return sorted(kept), rejected
@@ -100,7 +100,7 @@ def _run_clean_split(records: list[bytes], *, reread: bool) -> None:
         kept = (cleaned.once.kept, cleaned.copies.kept) | "AllKept" >> beam.Flatten()
         assert_that(_kept_contents(kept, "All"), equal_to(expected_kept), label="KeptOnePerContent")
         # Each copy kept is written by its own branch, once.
-        contents = Counter(canonical_row(clean.decode_strict(record)) for record in records[:-1])
+        contents = Counter(canonical_row(clean_rules.decode_strict(record)) for record in records[:-1])
         with_copies = [content for content, count in contents.items() if count > 1]
         assert_that(_kept_contents(cleaned.copies.kept, "Copies"), equal_to(with_copies), label="CopiesBranch")
         assert_that(cleaned.copies.rejected, equal_to(expected_rejected), label="RejectedCopies")
@@ -127,8 +127,8 @@ def test_a_digest_collision_only_costs_an_exact_comparison(stored_rows, monkeypa
 
 def test_equal_contents_have_equal_content_bytes_however_they_are_stored(stored_rows):
     row = next(r for r in stored_rows if r["pickup_census_tract"] is None)
-    plain = clean._decode(serialize_row(_with_line(row, 1)))[0]
-    other = clean._decode(_stored_differently(row, 2))[0]
+    plain = clean_rules.decode_with_example(serialize_row(_with_line(row, 1)))[0]
+    other = clean_rules.decode_with_example(_stored_differently(row, 2))[0]
     assert dedupe.content_bytes(plain) == dedupe.content_bytes(other) == dedupe.row_content_bytes(row)
-    changed = clean._decode(serialize_row({**row, "fare": row["fare"] + 1}))[0]
+    changed = clean_rules.decode_with_example(serialize_row({**row, "fare": row["fare"] + 1}))[0]
     assert dedupe.content_bytes(changed) != dedupe.row_content_bytes(row)

@@ -13,14 +13,14 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from google.protobuf.message import DecodeError
 
-from beam_jobs.clean import (
+from beam_jobs.clean import CleanSplit
+from beam_jobs.clean_rules import (
     CLIPPED,
     NULLED,
     REASON_DUPLICATE,
     REASON_MISSING_REQUIRED,
     REASON_OUT_OF_RANGE,
     REASON_UNPARSEABLE,
-    CleanSplit,
     MissingValuePolicyFn,
     ValueRangeFn,
     readable,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_jobs import clean, ingest
+from beam_jobs import clean, clean_rules, ingest
 from beam_jobs.clean import clean_examples
 from beam_jobs.example_codec import SOURCE_LINE_KEY, serialize_row
 from beam_jobs.ingest import ingest_csv
@@ -84,8 +84,8 @@ def assert_obeys_the_features(row: dict[str, Any]) -> None:
 
 def clean_one_row(row: dict[str, Any]) -> tuple[str, Any]:
     """A parsed row through clean's per-row steps, as the clean job runs them (duplicates aside)."""
-    decoded = clean.decode_strict(serialize_row(row))
-    for step in (clean.MissingValuePolicyFn(RAW_FEATURES), clean.ValueRangeFn(RAW_FEATURES)):
+    decoded = clean_rules.decode_strict(serialize_row(row))
+    for step in (clean_rules.MissingValuePolicyFn(RAW_FEATURES), clean_rules.ValueRangeFn(RAW_FEATURES)):
         produced = list(step.process(decoded))
         outcomes = [item for item in produced if not (hasattr(item, "tag") and item.tag == "adjusted")]
         assert len(outcomes) == 1, produced
@@ -93,7 +93,7 @@ def clean_one_row(row: dict[str, Any]) -> tuple[str, Any]:
             assert outcomes[0].tag == "rejected"
             return "rejected", outcomes[0].value
         decoded = outcomes[0]
-    return "kept", clean.without_source_line(decoded)
+    return "kept", clean_rules.without_source_line(decoded)
 
 
 @settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

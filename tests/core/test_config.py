@@ -104,6 +104,9 @@ def test_explicit_beam_args_win_over_the_table_at_every_size(tmp_path):
         assert choice.why == "beam_args set explicitly: --runner=PortableRunner --job_endpoint=localhost:1"
     # An empty list is explicit too: Beam's own defaults, whatever the size.
     assert config_from_dict({"beam_args": [], "beam": TABLE}, tmp_path).beam_options(10**7).args == ()
+    # A value may follow its flag, as on a command line.
+    split_form = ["--direct_num_workers", "2", "--direct_running_mode=multi_processing"]
+    assert config_from_dict({"beam_args": split_form}, tmp_path).beam_options(5).args == tuple(split_form)
     # What a command line or a DAG param gives replaces the config's, and wins the same way.
     assert config_from_dict({"beam": TABLE}, tmp_path).replace(beam_args=tuple(MULTI)).beam_options(5).args == tuple(MULTI)
 
@@ -131,12 +134,14 @@ def _table(*entries):
     (_table({"below": 100, "args": []}, {"args": MULTI}), r"beam.by_input_rows\[0\].args must be a non-empty list"),
     (_table({"below": 100, "args": MULTI}, {}), r"beam.by_input_rows\[1\].args must be a non-empty list"),
     (_table({"args": ["--runner=DirectRunner", 2]}), r"beam.by_input_rows\[0\].args must be a non-empty list of Beam flags"),
-    (_table({"args": "--runner=DirectRunner"}), r"beam.by_input_rows\[0\].args must be a list of Beam flags"),
+    (_table({"args": "--runner=DirectRunner"}), r"beam.by_input_rows\[0\].args must be a non-empty list of Beam flags"),
     (_table({"args": MULTI, "upto": 5}), r"beam.by_input_rows\[0\] has unknown keys \['upto'\]"),
     (_table(), "beam.by_input_rows must have at least one entry"),
     ({"beam": {"by_input_rows": {"args": MULTI}}}, r"beam.by_input_rows must be an array of tables"),
     ({"beam": {"by_rows": []}}, r"\[beam\] has unknown keys \['by_rows'\]"),
     ({"beam_args": "--runner=DirectRunner"}, "beam_args must be a list of Beam flags"),
+    ({"beam_args": ["runner=DirectRunner"]}, "beam_args must be a list of Beam flags like '--runner=DirectRunner'"),
+    ({"beam_args": ["--runner=DirectRunner", ""]}, "beam_args must be a list of Beam flags"),
 ])
 def test_a_bad_beam_table_is_refused_naming_the_entry_and_the_rule(values, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
