@@ -8,7 +8,8 @@ and written as the gateway's Parquet logs (docs/ARCHITECTURE.md), ROWS_PER_FILE 
 chunk at a time (generating 10M requests holds one file's rows, never the log). The baseline is the
 statistics of the other rows of that period. Each size is generated in one child process and
 monitored in another, so each reports its own CPU seconds (user + sys) and peak RSS; the machine
-is shared, so compare those rather than wall seconds. Timed in the monitoring process, after a
+is shared, so compare those rather than wall seconds (each line ends with the machine's load
+average as the run ended). Timed in the monitoring process, after a
 warm-up run on 1,000 requests (imports, Beam and TFDV start-up):
 - statistics: the Beam job over the Parquet logs (monitoring.log_statistics, DirectRunner);
 - read: `stream` (default) counts the window's values batch by batch (monitoring.served_values,
@@ -40,6 +41,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -233,7 +235,7 @@ def monitor_run(rows: int, log_dir: Path, read: str, repeats: int, outcomes_file
     # Evidence names files of the copied run (e.g. the evaluation calibrated with): each process has its own copy.
     document = json.dumps(comparable(outcomes), sort_keys=True, default=str).replace(str(Path(temp).resolve()), "<work>")
     outcomes_file.write_text(document)
-    return {**best, "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib()}
+    return {**best, "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib(), "load_average": os.getloadavg()[0]}
 
 
 def _read_windows_into_pandas() -> None:
@@ -273,7 +275,7 @@ def monitor(rows: int, log_dir: Path, read: str, repeats: int, outcomes_file: Pa
         runs = [monitor_once(rows, log_dir, read, training, schema, thresholds, Path(temp)) for _ in range(repeats)]
     best, outcomes = min(runs, key=lambda run: run[0]["total"])
     outcomes_file.write_text(json.dumps(comparable(outcomes), sort_keys=True, default=str))
-    return {**best, "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib()}
+    return {**best, "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib(), "load_average": os.getloadavg()[0]}
 
 
 def child(*args: str) -> dict[str, float]:
@@ -328,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"checks {best['checks']:5.1f}s  total {best['total']:6.1f}s ({rows / best['total']:,.0f} requests/s)  "
                       f"CPU {best['cpu']:6.1f}s (statistics {best['cpu_statistics']:.1f}, read {best['cpu_read']:.1f})  peak RSS {best['peak_rss_mib']:6.0f} MiB "
                       f"(after warm-up {best['rss_before_mib']:5.0f} MiB)"
-                      + (f"  run_monitoring failed checks: {best['failed'] or 'none'}" if "failed" in best else ""), flush=True)
+                      + (f"  run_monitoring failed checks: {best['failed'] or 'none'}" if "failed" in best else "")
+                      + f"  load average {best['load_average']:.1f} (1 min, as the run ended)", flush=True)
             if len(reads) == 2:
                 stream, frame = (json.loads(outcomes[read].read_text()) for read in ("stream", "frame"))
                 differ = [a.get("name") for a, b in zip(stream, frame) if a != b] + (["number of checks"] if len(stream) != len(frame) else [])

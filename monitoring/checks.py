@@ -45,7 +45,7 @@ from monitoring.results import (
     finite_or_none,
     skipped_outcome,
 )
-from monitoring.served_values import ServedValues, served_values
+from monitoring.served_values import ProbabilityCounts, ServedValues, probability_counts, served_values
 from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind
 
@@ -256,27 +256,38 @@ def null_outputs(served: pd.DataFrame | ServedValues, thresholds: MonitoringThre
                         thresholds.max_null_output_fraction, {"null": nulls, "rows": rows, "null_by_version": by_version})
 
 
-def probability_histogram(probabilities: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    values = np.clip(np.asarray(probabilities, dtype=np.float64), edges[0], edges[-1])
-    return np.histogram(values, bins=np.asarray(edges, dtype=np.float64))[0].astype(np.float64)
+def probability_histogram(probabilities: np.ndarray | ProbabilityCounts, edges: Sequence[float]) -> np.ndarray:
+    """Requests per bin of `edges` (the outer bins take what lies beyond them), from per-request or counted probabilities."""
+    if isinstance(probabilities, ProbabilityCounts):
+        bins = probabilities.boundaries(edges)  # a linspace edge a rounding off a grid point is that grid point
+        values, weights = np.clip(probabilities.values, bins[0], bins[-1]), probabilities.counts
+    else:
+        bins = np.asarray(edges, dtype=np.float64)
+        values, weights = np.clip(np.asarray(probabilities, dtype=np.float64), bins[0], bins[-1]), None
+    return np.histogram(values, bins=bins, weights=weights)[0].astype(np.float64)
 
 
-def prediction_drift(probabilities: np.ndarray, baseline: PredictionBaseline, thresholds: MonitoringThresholds) -> CheckOutcome:
-    """JS divergence between the window's predicted probabilities and the evaluation's, on the same bins."""
-    values = np.asarray(probabilities, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size < thresholds.min_rows:
-        return skipped_outcome(PREDICTION_DRIFT, f"only {values.size} predictions; at least {thresholds.min_rows} are needed",
-                        rows=int(values.size), min_rows=thresholds.min_rows)
-    current = probability_histogram(values, baseline.edges)
+def prediction_drift(probabilities: np.ndarray | ProbabilityCounts, baseline: PredictionBaseline,
+                     thresholds: MonitoringThresholds) -> CheckOutcome:
+    """JS divergence between the window's predicted probabilities and the evaluation's, on the same bins.
+
+    `probabilities`: one per request (non-finite ones dropped), or counted (monitoring/served_values.py
+    `ProbabilityCounts`, what run_monitoring passes).
+    """
+    counted = probability_counts(probabilities)
+    rows = counted.total
+    if rows < thresholds.min_rows:
+        return skipped_outcome(PREDICTION_DRIFT, f"only {rows} predictions; at least {thresholds.min_rows} are needed",
+                        rows=rows, min_rows=thresholds.min_rows)
+    current = probability_histogram(counted, baseline.edges)
     value = drift.js_divergence(baseline.counts, current)
     used = sum(1 for b, c in zip(baseline.counts, current) if b or c)
-    floor = drift.js_noise_floor(used, float(values.size), float(sum(baseline.counts)))
+    floor = drift.js_noise_floor(used, float(rows), float(sum(baseline.counts)))
     threshold = max(thresholds.prediction_js, floor)
     base = np.asarray(baseline.counts) / max(sum(baseline.counts), 1.0)
     now = current / current.sum()
     baseline_mean = float(np.sum(base * (np.asarray(baseline.edges[:-1]) + np.asarray(baseline.edges[1:])) / 2))
-    evidence = {"rows": int(values.size), "mean_probability": round(float(values.mean()), 4),
+    evidence = {"rows": rows, "mean_probability": round(counted.mean(), 4),
                 "baseline_mean_probability": round(baseline_mean, 4), "baseline_source": baseline.source,
                 "configured_threshold": thresholds.prediction_js, "noise_floor": round(floor, 6)}
     details = {"edges": list(baseline.edges), "baseline": base.tolist(), "current": now.tolist()}

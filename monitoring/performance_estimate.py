@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.results import PERFORMANCE_ESTIMATE, CalibrationMap, CheckOutcome, ConceptBaseline, skipped_outcome
+from monitoring.served_values import ProbabilityCounts, probability_counts
 from monitoring.settings import PerformanceEstimateThresholds
 
 DRAWS = 200
@@ -65,30 +66,30 @@ class PerformanceEstimate:
                 "auc_interval": [round(v, 4) for v in self.auc_interval]}
 
 
-def _ranks(probabilities: np.ndarray) -> np.ndarray:
-    return pd.Series(probabilities).rank(method="average").to_numpy(dtype=np.float64)
+def expected_auc(probabilities: np.ndarray, chances: np.ndarray, counts: np.ndarray | None = None) -> float:
+    """E[pairs ranked right] / E[pairs]: every request is c of a positive and 1 - c of a negative.
 
-
-def expected_auc(probabilities: np.ndarray, chances: np.ndarray) -> float:
-    """E[pairs ranked right] / E[pairs]: every request is c of a positive and 1 - c of a negative."""
+    `counts`: how many requests each (probability, chance) stands for (None: one each).
+    """
     p, c = np.asarray(probabilities, dtype=np.float64), np.asarray(chances, dtype=np.float64)
-    # A negative ranked below a positive, ties half: sum_i c_i * (expected negatives ranked below i).
-    order = np.argsort(p, kind="mergesort")
-    sorted_p, negatives = p[order], (1.0 - c)[order]
-    below = np.cumsum(np.r_[0.0, negatives])
-    first = np.searchsorted(sorted_p, sorted_p, side="left")
-    last = np.searchsorted(sorted_p, sorted_p, side="right")
-    tied = below[last] - below[first]
-    beaten = below[first] + 0.5 * (tied - negatives)  # a request is never its own negative
-    pairs = float(np.sum(c[order] * beaten))
-    total = float(np.sum(c)) * float(np.sum(1.0 - c)) - float(np.sum(c * (1.0 - c)))
+    m = np.ones_like(p) if counts is None else np.asarray(counts, dtype=np.float64)
+    # Requests of one probability are tied: per probability, the expected positives, negatives and
+    # sum of c (1 - c) (a request is never its own negative).
+    distinct, group = np.unique(p, return_inverse=True)
+    positives = np.bincount(group, weights=m * c, minlength=distinct.size)
+    negatives = np.bincount(group, weights=m * (1.0 - c), minlength=distinct.size)
+    own = np.bincount(group, weights=m * c * (1.0 - c), minlength=distinct.size)
+    below = np.cumsum(negatives) - negatives
+    # A positive beats the negatives ranked below it, and half of the others tied with it.
+    pairs = float(np.dot(positives, below) + 0.5 * (np.dot(positives, negatives) - own.sum()))
+    total = float(positives.sum()) * float(negatives.sum()) - float(own.sum())
     return pairs / total if total > 0 else math.nan
 
 
 def _drawn_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration: CalibrationMap, draws: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and AUC of the requests under labels drawn from calibrations the evaluation allows."""
-    ranks = _ranks(probabilities)
+    ranks = pd.Series(probabilities).rank(method="average").to_numpy(dtype=np.float64)
     left, weight = calibration.interpolation(probabilities)
     rows = max(1, _CHUNK_ELEMENTS // max(probabilities.size, 1))
     accuracies, aucs = [], []
@@ -106,7 +107,7 @@ def _drawn_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration
     return np.concatenate(accuracies), np.concatenate(aucs)
 
 
-def _moment_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibration: CalibrationMap, draws: int,
+def _moment_metrics(counted: ProbabilityCounts, predicted: np.ndarray, calibration: CalibrationMap, draws: int,
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`_drawn_metrics` for large windows: the same calibration tables, and the labels' noise drawn
     from its normal limit instead of one Bernoulli per request.
@@ -116,32 +117,36 @@ def _moment_metrics(probabilities: np.ndarray, predicted: np.ndarray, calibratio
     covariance of the drawn labels) is a product of T with per-bin sums made once over the requests.
     Each draw then costs the table's length, not the window's: 10M requests x 200 draws were 2e9
     Bernoulli labels. The central limit theorem makes the normal limit exact for these sums at the
-    sizes it is used from (NORMAL_LABELS_FROM; tests compare both ways).
+    sizes it is used from (NORMAL_LABELS_FROM; tests compare both ways). The sums are made over
+    the distinct probabilities (`counted`), each weighted by its requests, so nothing here is per
+    request; `predicted` is per distinct probability.
     """
-    n = probabilities.size
-    ranks = _ranks(probabilities)
-    left, weight = calibration.interpolation(probabilities)
+    values, m = counted.values, counted.counts.astype(np.float64)
+    n = float(m.sum())
+    ranks = np.cumsum(m) - (m - 1.0) / 2.0  # the average rank of each value's requests: ties share it
+    left, weight = calibration.interpolation(values)
     size = len(calibration.centres)
 
-    def linear(values: np.ndarray) -> np.ndarray:
+    def linear(per_request: np.ndarray) -> np.ndarray:
         # sum_i c_i v_i = T @ linear(v)
-        return (np.bincount(left, weights=(1.0 - weight) * values, minlength=size)
-                + np.r_[0.0, np.bincount(left, weights=weight * values, minlength=size)[:-1]])
+        weighted = m * per_request
+        return (np.bincount(left, weights=(1.0 - weight) * weighted, minlength=size)
+                + np.r_[0.0, np.bincount(left, weights=weight * weighted, minlength=size)[:-1]])
 
-    def quadratic(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def quadratic(per_request: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # sum_i c_i^2 v_i = sum_k T_k^2 a_k + 2 T_k T_(k+1) b_k + T_(k+1)^2 c_k, over k < size - 1
-        return tuple(np.bincount(left, weights=part * values, minlength=size)[:-1]
+        return tuple(np.bincount(left, weights=part * m * per_request, minlength=size)[:-1]
                      for part in ((1.0 - weight) ** 2, weight * (1.0 - weight), weight ** 2))
 
     def squares(tables: np.ndarray, parts: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
         low, high = tables[:, :-1], tables[:, 1:]
         return (low ** 2) @ parts[0] + 2.0 * (low * high) @ parts[1] + (high ** 2) @ parts[2]
 
-    ones = np.ones(n)
+    ones = np.ones(values.size)
     signs = np.where(predicted, 1.0, -1.0)
     sum_c, sum_sc, sum_cr, sum_crr = linear(ones), linear(signs), linear(ranks), linear(ranks ** 2)
     square_c, square_cr, square_crr = quadratic(ones), quadratic(ranks), quadratic(ranks ** 2)
-    predicted_negative = float(n - np.count_nonzero(predicted))
+    predicted_negative = float(m[~predicted].sum())
     accuracies, aucs = [], []
     for first in range(0, draws, _CHUNK):
         tables = calibration.plausible_tables(min(_CHUNK, draws - first), rng)
@@ -168,26 +173,48 @@ def _widened(bounds: np.ndarray, margin: float) -> tuple[float, float]:
     return float(max(0.0, bounds[0] - margin)), float(min(1.0, bounds[1] + margin))
 
 
-def estimate_performance(probabilities: np.ndarray, calibration: CalibrationMap, decision_threshold: float = 0.5,
-                         interval: float = 0.9, draws: int = DRAWS, seed: int = 0,
-                         margin: float = CALIBRATION_MARGIN) -> PerformanceEstimate:
+def _per_request(probabilities: np.ndarray | ProbabilityCounts) -> np.ndarray:
+    """One finite probability per request: as given, or the counted ones in ascending order."""
+    if isinstance(probabilities, ProbabilityCounts):
+        return probabilities.expanded()
     p = np.asarray(probabilities, dtype=np.float64)
-    p = p[np.isfinite(p)]
-    chances = calibration.rate(p)
-    predicted = p >= decision_threshold
+    return p[np.isfinite(p)]
+
+
+def estimate_performance(probabilities: np.ndarray | ProbabilityCounts, calibration: CalibrationMap,
+                         decision_threshold: float = 0.5, interval: float = 0.9, draws: int = DRAWS, seed: int = 0,
+                         margin: float = CALIBRATION_MARGIN) -> PerformanceEstimate:
+    """The estimate of the requests scored `probabilities`: one per request (non-finite ones dropped), or counted
+    (monitoring/served_values.py `ProbabilityCounts`, what run_monitoring passes: memory flat in the window's length).
+
+    Expected accuracy and AUC are computed over the distinct probabilities, each weighted by its
+    requests. The interval's labels are drawn per request below NORMAL_LABELS_FROM requests: in the
+    order given, or for counts in ascending order of probability, which only moves which random
+    draw lands on which request (the same distribution; tests compare both).
+    """
+    counted = probability_counts(probabilities)
+    n = counted.total
+    values, weights = counted.values, counted.counts.astype(np.float64)
+    threshold = counted.boundaries(decision_threshold)
+    chances = calibration.rate(values)
+    predicted = values >= threshold
     right = np.where(predicted, chances, 1.0 - chances)
-    accuracy = float(np.mean(right)) if p.size else math.nan
-    auc = expected_auc(p, chances) if p.size > 1 else math.nan
-    if p.size < 2:
-        return PerformanceEstimate(int(p.size), accuracy, auc, (math.nan, math.nan), (math.nan, math.nan))
-    accuracy_sd = float(np.std(right, ddof=1) / math.sqrt(p.size))
-    draw = _moment_metrics if p.size >= NORMAL_LABELS_FROM else _drawn_metrics
-    drawn_accuracy, drawn_auc = draw(p, predicted, calibration, draws, np.random.default_rng(seed))
+    accuracy = float(np.dot(weights, right) / n) if n else math.nan
+    auc = expected_auc(values, chances, weights) if n > 1 else math.nan
+    if n < 2:
+        return PerformanceEstimate(n, accuracy, auc, (math.nan, math.nan), (math.nan, math.nan))
+    accuracy_sd = math.sqrt(float(np.dot(weights, (right - accuracy) ** 2)) / (n - 1)) / math.sqrt(n)
+    rng = np.random.default_rng(seed)
+    if n >= NORMAL_LABELS_FROM:
+        drawn_accuracy, drawn_auc = _moment_metrics(counted, predicted, calibration, draws, rng)
+    else:
+        per_request = _per_request(probabilities)
+        drawn_accuracy, drawn_auc = _drawn_metrics(per_request, per_request >= threshold, calibration, draws, rng)
     tail = (1.0 - interval) / 2 * 100
     finite_auc = drawn_auc[np.isfinite(drawn_auc)]
     auc_interval = (_widened(np.percentile(finite_auc, [tail, 100 - tail]), margin)
                     if finite_auc.size else (math.nan, math.nan))
-    return PerformanceEstimate(int(p.size), accuracy, auc, _widened(np.percentile(drawn_accuracy, [tail, 100 - tail]), margin),
+    return PerformanceEstimate(n, accuracy, auc, _widened(np.percentile(drawn_accuracy, [tail, 100 - tail]), margin),
                                auc_interval, accuracy_sd)
 
 
@@ -206,22 +233,23 @@ def realized_performance(labelled: pd.DataFrame, decision_threshold: float = 0.5
             "auc": None if math.isnan(metrics["auc"]) else round(metrics["auc"], 4)}
 
 
-def performance_estimate(probabilities: np.ndarray, baseline: ConceptBaseline | None,
+def performance_estimate(probabilities: np.ndarray | ProbabilityCounts, baseline: ConceptBaseline | None,
                          thresholds: PerformanceEstimateThresholds, decision_threshold: float = 0.5,
                          labelled: pd.DataFrame | None = None) -> CheckOutcome:
     """Fails when the label-free estimate of accuracy or AUC is below the evaluation's by more than allowed.
 
-    `labelled` (the window's requests with feedback, `probability` and `ground_truth`) only adds
-    the realized metrics next to the estimate; it does not change the verdict.
+    `probabilities` as `estimate_performance` takes them. `labelled` (the window's requests with
+    feedback, `probability` and `ground_truth`) only adds the realized metrics next to the
+    estimate; it does not change the verdict.
     """
-    values = np.asarray(probabilities, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    values = probabilities if isinstance(probabilities, ProbabilityCounts) else _per_request(probabilities)
+    rows = values.total if isinstance(values, ProbabilityCounts) else int(values.size)
     if baseline is None or baseline.calibration is None:
         return skipped_outcome(PERFORMANCE_ESTIMATE, "the model's evaluation kept no score histogram to calibrate with",
-                               rows=int(values.size))
-    if values.size < thresholds.min_rows:
-        return skipped_outcome(PERFORMANCE_ESTIMATE, f"only {values.size} predictions; at least {thresholds.min_rows} are needed",
-                               rows=int(values.size), min_rows=thresholds.min_rows)
+                               rows=rows)
+    if rows < thresholds.min_rows:
+        return skipped_outcome(PERFORMANCE_ESTIMATE, f"only {rows} predictions; at least {thresholds.min_rows} are needed",
+                               rows=rows, min_rows=thresholds.min_rows)
     estimate = estimate_performance(values, baseline.calibration, decision_threshold, thresholds.interval)
     realized = realized_performance(labelled, decision_threshold) if labelled is not None else {"labels": 0}
     accuracy_floor = NOISE_SIGMAS * estimate.accuracy_sd
@@ -232,7 +260,7 @@ def performance_estimate(probabilities: np.ndarray, baseline: ConceptBaseline | 
     failed = sorted(name for name, (drop, allowed) in judged.items() if drop > allowed)
     if not judged:
         return skipped_outcome(PERFORMANCE_ESTIMATE, "no metric could be compared (the evaluation has neither)",
-                               rows=int(values.size))
+                               rows=rows)
     worst = max(judged, key=lambda name: judged[name][0] - judged[name][1])
     evidence = {
         "rows": estimate.rows,

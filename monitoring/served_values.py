@@ -13,17 +13,19 @@ numbers at 1M and 10M requests); `ServedValues.of_frame` gives the same counts f
 already in pandas, so both paths feed the checks identical numbers.
 
 `summarize_served_window` is what run_monitoring reads of a window (`ServedWindow`): those counts,
-the rows per model version, each version's automation degrees and its probabilities (the only
-per-request data, one float64 array); `summarize_shadowed_requests` is what the timeline's
-agreement needs (the rows of shadowed requests only).
+the rows per model version, each version's automation degrees and its probabilities, counted on a
+grid of GRID_STEPS bins (`ProbabilityCounts`: at most a million distinct values however many
+requests); `summarize_shadowed_requests` is what the timeline's agreement needs (the rows of
+shadowed requests only).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,6 +74,106 @@ class ValueCounts:
     @property
     def total(self) -> int:
         return int(self.counts.sum())
+
+
+# --- probabilities, counted -------------------------------------------------------------------
+
+# Probabilities are counted on a grid of 1e-6: prediction drift and the performance estimate read
+# them only through bins and a decision threshold that have a few decimals (0.05-wide bins, 0.5),
+# through a calibration map that moves by at most tens of times a probability's change, and
+# through ranks, which a grid only turns into ties between requests less than 1e-6 apart. A dense
+# count per grid point is 8 MB per model version, whatever the window's length (float64 per
+# request: 80 MB at 10M requests, plus the estimate's temporaries of that size).
+GRID_STEPS = 1_000_000
+# A boundary (bin edge, decision threshold) this close to a grid point is that grid point:
+# np.linspace(0, 1, 21) gives 0.15000000000000002 for the grid's 0.15.
+_GRID_SNAP = 1e-12
+
+
+def grid_indices(probabilities: np.ndarray) -> np.ndarray:
+    """The grid point at or below each finite probability (clipped to [0, 1]): k with k / GRID_STEPS <= p < (k + 1) / GRID_STEPS.
+
+    Floor, not round, and corrected where p * GRID_STEPS rounded onto the next integer: a
+    probability stays on its side of every boundary that lies on the grid (p >= 0.5 exactly when
+    its grid point is), so predicted classes and bin memberships do not move.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0)
+    k = np.floor(p * GRID_STEPS).astype(np.int64)
+    k -= k / GRID_STEPS > p
+    k += (k + 1) / GRID_STEPS <= p
+    return k
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbabilityCounts:
+    """A set of finite probabilities as distinct values (sorted float64) with how many requests had each.
+
+    `on_grid`: the values are grid points (`grid_indices`), each standing for the requests whose
+    probability lies less than 1 / GRID_STEPS above it; else they are the probabilities themselves.
+    """
+
+    values: np.ndarray
+    counts: np.ndarray
+    on_grid: bool
+
+    @classmethod
+    def exact(cls, probabilities: np.ndarray) -> "ProbabilityCounts":
+        """The finite ones of `probabilities` (NaN is a null output), counted as they are."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        distinct, counts = np.unique(p[np.isfinite(p)], return_counts=True)
+        return cls(distinct, counts.astype(np.int64), on_grid=False)
+
+    @classmethod
+    def gridded(cls, probabilities: np.ndarray) -> "ProbabilityCounts":
+        """The finite ones of `probabilities`, counted at their grid points."""
+        p = np.asarray(probabilities, dtype=np.float64)
+        indices, counts = np.unique(grid_indices(p[np.isfinite(p)]), return_counts=True)
+        return cls(indices / GRID_STEPS, counts.astype(np.int64), on_grid=True)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def mean(self) -> float:
+        """The mean probability; on the grid, of each grid step's middle (the requests' own lie anywhere in the step)."""
+        if not self.total:
+            return math.nan
+        middle = 0.5 / GRID_STEPS if self.on_grid else 0.0
+        return float(np.dot(self.values, self.counts) / self.total) + middle
+
+    def boundaries(self, at: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Bin edges or a threshold as these values are compared with: on the grid, its nearest grid point when that is
+        within rounding (a boundary between grid points cannot be resolved; the grid point below stands for both sides)."""
+        at = np.asarray(at, dtype=np.float64)
+        if not self.on_grid:
+            return at
+        snapped = np.round(at * GRID_STEPS) / GRID_STEPS
+        return np.where(np.abs(snapped - at) <= _GRID_SNAP, snapped, at)
+
+    def expanded(self) -> np.ndarray:
+        """One value per request, in ascending order (the order of the requests is not kept)."""
+        return np.repeat(self.values, self.counts)
+
+
+def probability_counts(probabilities: "np.ndarray | ProbabilityCounts") -> ProbabilityCounts:
+    """`probabilities` counted (exactly, for an array of per-request values) or as already counted."""
+    return probabilities if isinstance(probabilities, ProbabilityCounts) else ProbabilityCounts.exact(probabilities)
+
+
+class _GridCounter:
+    """Probabilities counted at their grid points, batch by batch: 8 MB, whatever the number of requests."""
+
+    def __init__(self) -> None:
+        self._counts = np.zeros(GRID_STEPS + 1, dtype=np.int64)
+
+    def add(self, probabilities: np.ndarray) -> None:
+        finite = probabilities[np.isfinite(probabilities)]
+        if finite.size:
+            self._counts += np.bincount(grid_indices(finite), minlength=GRID_STEPS + 1)
+
+    def result(self) -> ProbabilityCounts:
+        indices = np.flatnonzero(self._counts)
+        return ProbabilityCounts(indices / GRID_STEPS, self._counts[indices], on_grid=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,17 +355,16 @@ class ServedWindow:
     `values` are the counts the distribution checks read (or, from `of_frame`, the frame itself,
     which the checks accept alike); `versions` the rows per model version (pandas'
     value_counts(dropna=False) keys, "<NA>" for a missing version); `automation` the automation
-    degrees each version answered with, counted; `probabilities` the logged probability of every
-    request per version, in the order read_prediction_logs returns the rows (oldest first, ties in
-    file order): the performance estimate draws labels per request, so the order is part of its
-    outcome. float64, as logged: 8 bytes per request, the only per-request data kept.
+    degrees each version answered with, counted; `probabilities` each version's finite logged
+    probabilities counted on the grid (`ProbabilityCounts`; null outputs are in `values`): nothing
+    is kept per request.
     """
 
     rows: int
     values: "ServedValues | pd.DataFrame"
     versions: pd.Series
     automation: Mapping[str, pd.Series]
-    probabilities: Mapping[str, np.ndarray]
+    probabilities: Mapping[str, ProbabilityCounts]
 
     @property
     def empty(self) -> bool:
@@ -276,8 +377,9 @@ class ServedWindow:
             raise DataError("the logged requests carry no model_version: cannot tell which model to judge")
         return max(known)[1]
 
-    def probabilities_of(self, version: int) -> np.ndarray:
-        return self.probabilities.get(str(version), np.array([], dtype=np.float64))
+    def probabilities_of(self, version: int) -> ProbabilityCounts:
+        found = self.probabilities.get(str(version))
+        return found if found is not None else ProbabilityCounts.gridded(np.array([], dtype=np.float64))
 
     def automation_of(self, version: int) -> str | None:
         """The automation degree `version` answered most of its requests with (None: it answered none)."""
@@ -290,7 +392,7 @@ class ServedWindow:
         versions = frame["model_version"].astype(str).where(frame["model_version"].notna(), _NULL_VERSION)
         automation = {key: _ordered(group.value_counts().to_dict())
                       for key, group in frame["automation"].groupby(versions, sort=False)}
-        probabilities = {key: pd.to_numeric(group).to_numpy(dtype=float)
+        probabilities = {key: ProbabilityCounts.gridded(pd.to_numeric(group).to_numpy(dtype=float))
                          for key, group in frame["probability"].groupby(versions, sort=False)}
         return cls(len(frame), frame, _ordered(versions.value_counts().to_dict()), automation, probabilities)
 
@@ -300,8 +402,8 @@ def summarize_served_window(log_dir: Path, start: dt.datetime, end: dt.datetime,
     """The ServedWindow of the requests clients were answered with in [start, end), streamed in record batches.
 
     The same rows as `read_prediction_logs(log_dir, start, end, model_name=..., include_shadow=False)`;
-    memory is the distinct values' counts plus 16 bytes per request (probability and timestamp,
-    the latter dropped once the probabilities are in the frame path's order).
+    memory is the distinct values' counts and a grid of probability counts per model version
+    (8 MB each), not the requests.
     """
     if end <= start:
         raise DataError(f"the window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
@@ -309,12 +411,11 @@ def summarize_served_window(log_dir: Path, start: dt.datetime, end: dt.datetime,
     summary = _Accumulator(chosen)
     versions: dict[str, int] = {}
     automation: dict[str, dict[str, int]] = {}
-    probabilities: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    probabilities: dict[str, _GridCounter] = {}
     columns = [*_FILTER_COLUMNS, "model_version", "probability", "automation", *chosen]
     for selected in _window_batches(Path(log_dir), start, end, columns, model_name):
         summary.add_arrow(selected)
         version = selected.column("model_version")
-        timestamps = selected.column("timestamp").cast(pa.int64()).to_numpy()
         probability = pc.cast(selected.column("probability"), pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
         keys = version.cast(pa.string()).fill_null(_NULL_VERSION)
         for key in pc.unique(keys).to_pylist():
@@ -323,11 +424,11 @@ def summarize_served_window(log_dir: Path, start: dt.datetime, end: dt.datetime,
             versions[key] = versions.get(key, 0) + int(mask.sum())
             found = pc.value_counts(selected.column("automation").filter(of_key))
             _add_counts(automation.setdefault(key, {}), zip(found.field("values").to_pylist(), found.field("counts").to_pylist()))
-            probabilities.setdefault(key, []).append((timestamps[mask], probability[mask]))
+            probabilities.setdefault(key, _GridCounter()).add(probability[mask])
     values = summary.result()
     return ServedWindow(values.rows, values, _ordered(versions),
                         {key: _ordered(counts) for key, counts in automation.items()},
-                        {key: _in_time_order(chunks) for key, chunks in probabilities.items()})
+                        {key: counter.result() for key, counter in probabilities.items()})
 
 
 def _window_batches(log_dir: Path, start: dt.datetime, end: dt.datetime, columns: list[str],
@@ -344,13 +445,6 @@ def _window_batches(log_dir: Path, start: dt.datetime, end: dt.datetime, columns
         selected = batch.filter(keep.fill_null(False))
         if selected.num_rows:
             yield selected
-
-
-def _in_time_order(chunks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Probabilities ordered as read_prediction_logs orders rows: by timestamp, stable (file order among equals)."""
-    timestamps = np.concatenate([t for t, _ in chunks])
-    values = np.concatenate([p for _, p in chunks])
-    return values[np.argsort(timestamps, kind="stable")]
 
 
 # --- shadowed requests, for the agreement of a shadowed candidate --------------------------------

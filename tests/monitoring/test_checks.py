@@ -14,6 +14,7 @@ import pytest
 from monitoring import checks, drift
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.results import Baseline, CheckOutcome, MonitoringResult
+from monitoring.served_values import ProbabilityCounts
 
 DAY, HOUR = 24.0, 1.0
 TWO_YEARS = 2 * 366 * DAY
@@ -266,6 +267,41 @@ def test_prediction_drift_compares_predicted_probabilities_with_the_evaluation(r
     assert moved.evidence["mean_probability"] > moved.evidence["baseline_mean_probability"] + 0.2
     few = checks.prediction_drift(model.predict(cards_only.iloc[:10]), predictions, thresholds)
     assert few.passed and few.evidence["judged"] is False
+
+
+def test_prediction_drift_of_probabilities_counted_on_the_grid_is_that_of_every_request(rate_model, split_2013_2014,
+                                                                                       thresholds):
+    """run_monitoring passes counts on a 1e-6 grid: the evaluation's linspace edges (0.15000000000000002) are grid
+    points up to rounding, so every request stays in its bin, even one an ulp either side of an edge, but for the
+    double just below such an edge."""
+    model, _, predictions, _ = rate_model
+    _, heldout = split_2013_2014
+    rng = np.random.default_rng(16)
+    edges = np.asarray(predictions.edges)
+    grid_points = np.round(edges * 1e6) / 1e6
+    below_their_edge = grid_points[grid_points < edges]  # 0.15 < 0.15000000000000002, 0.3, 0.35, ... (7 of 21)
+    near_edges = np.setdiff1d(np.concatenate([np.nextafter(edges, 0.0), edges, np.nextafter(edges, 1.0)]), below_their_edge)
+    for probabilities in (model.predict(heldout.sample(500, random_state=14)),
+                          model.predict(heldout[heldout["payment_type"] == "Credit Card"].sample(500, random_state=15)),
+                          np.concatenate([rng.beta(0.5, 0.5, 5_000), near_edges, [np.nan, -0.1, 1.2]])):
+        per_request = checks.prediction_drift(probabilities, predictions, thresholds)
+        counted = checks.prediction_drift(ProbabilityCounts.gridded(probabilities), predictions, thresholds)
+        assert counted.details_json() == per_request.details_json()
+        # The mean is the grid steps' middles: within half a step of the requests' (and <0, >1 count as 0 and 1).
+        finite = np.clip(probabilities[np.isfinite(probabilities)], 0.0, 1.0)
+        assert ProbabilityCounts.gridded(probabilities).mean() == pytest.approx(float(finite.mean()), abs=0.5e-6)
+        counted_json, per_request_json = counted.to_json(), per_request.to_json()
+        assert counted_json["evidence"].pop("mean_probability") == pytest.approx(
+            per_request_json["evidence"].pop("mean_probability"), abs=1e-4)
+        assert counted_json == per_request_json
+        np.testing.assert_array_equal(checks.probability_histogram(ProbabilityCounts.gridded(probabilities), edges),
+                                      checks.probability_histogram(probabilities[np.isfinite(probabilities)], edges))
+    # What the grid cannot keep: those doubles (a probability between a grid point and an edge that rounding put
+    # above it) count in the bin above. One double per edge, 7 in [0, 1].
+    assert below_their_edge.size == 7 and below_their_edge[0] == 0.15 and edges[3] == np.nextafter(0.15, 1.0)
+    for value in below_their_edge:
+        gridded = checks.probability_histogram(ProbabilityCounts.gridded(np.array([value])), edges)
+        assert np.argmax(gridded) == np.argmax(checks.probability_histogram(np.array([value]), edges)) + 1, value
 
 
 def test_result_json_is_strict_json(thresholds):

@@ -25,7 +25,7 @@ def test_both_readers_give_identical_outcomes_and_each_phase_reports_cpu_and_mem
     assert re.search(r"3,000 requests generated in +[\d.]+s \( *[\d.]+ CPU s, peak RSS +\d+ MiB\)", out), out
     for read in ("stream", "frame"):
         assert re.search(rf"3,000 requests, read {read} *: statistics .* CPU +[\d.]+s \(statistics [\d.]+, read [\d.]+\) +"
-                         rf"peak RSS +\d+ MiB \(after warm-up +\d+ MiB\)", out), out
+                         rf"peak RSS +\d+ MiB \(after warm-up +\d+ MiB\)  load average [\d.]+ \(1 min", out), out
     assert "3,000 requests: check outcomes of both readers IDENTICAL" in out
     assert not list(tmp_path.iterdir())  # the logs went with the temporary folder
 

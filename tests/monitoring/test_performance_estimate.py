@@ -13,6 +13,7 @@ import pytest
 
 from monitoring.performance_estimate import estimate_performance, expected_auc, performance_estimate
 from monitoring.results import CalibrationMap
+from monitoring.served_values import ProbabilityCounts
 from tests.monitoring.models import labels_of
 from trainer.evaluate import auc, binary_metrics
 from transforms.features import FARE_KEY, PAYMENT_TYPE_KEY
@@ -169,7 +170,8 @@ def test_large_windows_draw_the_labels_sums_from_their_normal_limit_with_the_sam
                                                 list(rng.integers(0, 400, 20)), "test")
     predicted = probabilities >= 0.5
     per_request = module._drawn_metrics(probabilities, predicted, calibration, 2_000, np.random.default_rng(0))  # noqa: SLF001
-    from_sums = module._moment_metrics(probabilities, predicted, calibration, 2_000, np.random.default_rng(1))  # noqa: SLF001
+    from_sums = module._moment_metrics(ProbabilityCounts.exact(probabilities), predicted[np.argsort(probabilities)],  # noqa: SLF001
+                                       calibration, 2_000, np.random.default_rng(1))
     for exact, normal in zip(per_request, from_sums):
         np.testing.assert_allclose(np.percentile(normal, [5, 50, 95]), np.percentile(exact, [5, 50, 95]), atol=0.003)
         assert np.std(normal) == pytest.approx(np.std(exact), rel=0.08)
@@ -182,3 +184,71 @@ def test_large_windows_draw_the_labels_sums_from_their_normal_limit_with_the_sam
     np.testing.assert_allclose(above.accuracy_interval + above.auc_interval, below.accuracy_interval + below.auc_interval,
                                atol=0.012)
     assert above.accuracy_interval != below.accuracy_interval
+
+
+def test_expected_auc_counts_every_pair_and_half_the_ties_per_request_or_per_counted_value():
+    """Against the definition, pair by pair: sum over i != j of c_i (1 - c_j) [p_i > p_j, 1/2 if equal] / sum of c_i (1 - c_j)."""
+    rng = np.random.default_rng(8)
+    probabilities = np.round(rng.random(400), 1)  # eleven values: mostly ties
+    chances = rng.random(400)  # chances need not follow the probability
+    right = np.where(probabilities[:, None] > probabilities[None, :], 1.0,
+                     np.where(probabilities[:, None] == probabilities[None, :], 0.5, 0.0))
+    weights = chances[:, None] * (1.0 - chances[None, :])
+    np.fill_diagonal(weights, 0.0)
+    assert expected_auc(probabilities, chances) == pytest.approx(float(np.sum(weights * right) / np.sum(weights)), rel=1e-12)
+    # A probability counted m times is m requests of that probability and chance.
+    counted = ProbabilityCounts.exact(probabilities)
+    chance_of = np.clip(counted.values * 0.8 + 0.1, 0, 1)
+    assert expected_auc(counted.values, chance_of, counted.counts) == pytest.approx(
+        expected_auc(counted.expanded(), np.clip(counted.expanded() * 0.8 + 0.1, 0, 1)), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2.0, 5.0), (0.3, 0.3)], ids=["mostly_low", "at_both_ends"])
+def test_probabilities_counted_on_the_grid_give_the_estimate_of_every_request(shape, monkeypatch):
+    """run_monitoring passes each version's probabilities counted on a 1e-6 grid (monitoring/served_values.py), not
+    per request. Expected accuracy and AUC move by the grid's quantization only (measured: < 1e-6 here); below
+    NORMAL_LABELS_FROM the labels are drawn for the requests in ascending order instead of as given, which moves the
+    interval by draw noise only; from it on (sums over distinct values) by the quantization only."""
+    from monitoring import performance_estimate as module
+
+    rng = np.random.default_rng(6)
+    probabilities = rng.beta(*shape, 20_000)
+    calibration = CalibrationMap.from_histogram(list(np.linspace(0, 1, 21)), list(rng.integers(0, 400, 20)),
+                                                list(rng.integers(0, 400, 20)), "test")
+    gridded = ProbabilityCounts.gridded(probabilities)
+    per_request, counted = estimate_performance(probabilities, calibration), estimate_performance(gridded, calibration)
+    assert counted.rows == per_request.rows == 20_000
+    for name in ("accuracy", "auc", "accuracy_sd"):
+        assert getattr(counted, name) == pytest.approx(getattr(per_request, name), abs=1e-6), name
+    np.testing.assert_allclose(counted.accuracy_interval + counted.auc_interval,
+                               per_request.accuracy_interval + per_request.auc_interval, atol=0.012)
+    assert counted.accuracy_interval != per_request.accuracy_interval  # the draws did land elsewhere
+    # The same requests counted exactly (no grid): only the draws' order differs from per request, and from the grid
+    # only the quantization: the same draws, the same interval to 1e-5.
+    exact = estimate_performance(ProbabilityCounts.exact(probabilities), calibration)
+    assert (exact.accuracy, exact.auc) == pytest.approx((per_request.accuracy, per_request.auc), abs=1e-12)
+    np.testing.assert_allclose(exact.accuracy_interval + exact.auc_interval, counted.accuracy_interval + counted.auc_interval,
+                               atol=1e-5)
+    monkeypatch.setattr(module, "NORMAL_LABELS_FROM", probabilities.size)
+    normal_per_request, normal_counted = estimate_performance(probabilities, calibration), estimate_performance(gridded, calibration)
+    assert (normal_counted.accuracy, normal_counted.auc) == (counted.accuracy, counted.auc)
+    np.testing.assert_allclose(normal_counted.accuracy_interval + normal_counted.auc_interval,
+                               normal_per_request.accuracy_interval + normal_per_request.auc_interval, atol=1e-5)
+
+
+def test_the_checks_verdicts_and_shown_numbers_are_those_of_per_request_probabilities(rate_model, thresholds):
+    """The windows above, counted on the grid as run_monitoring counts them: same verdict, same accuracy and AUC shown."""
+    model, baseline, _, traffic = rate_model
+    windows = [_window(traffic, size, seed, weights) for size, seed, weights in [
+        (2000, 1, np.where(traffic[PAYMENT_TYPE_KEY] == "Credit Card", 5.0, 1.0)),
+        (1000, 2, np.where(traffic[PAYMENT_TYPE_KEY] == "Cash", 5.0, 1.0)), (500, 3, None), (2000, 4, None)]]
+    for rows in windows:
+        probabilities = model.predict(rows)
+        per_request = performance_estimate(probabilities, baseline, thresholds.performance)
+        counted = performance_estimate(ProbabilityCounts.gridded(probabilities), baseline, thresholds.performance)
+        assert counted.passed == per_request.passed and counted.evidence["rows"] == per_request.evidence["rows"]
+        for metric in ("accuracy", "auc"):
+            shown, before = counted.evidence["metrics"][metric], per_request.evidence["metrics"][metric]
+            assert (shown["estimated"], shown["limit"]) == (before["estimated"], before["limit"]), metric
+            np.testing.assert_allclose(shown["interval"], before["interval"], atol=0.012)
+    assert {performance_estimate(model.predict(rows), baseline, thresholds.performance).passed for rows in windows} == {True, False}

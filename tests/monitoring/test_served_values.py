@@ -13,7 +13,14 @@ from core.errors import DataError
 from monitoring import checks, drift, served_values
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.results import Baseline
-from monitoring.served_values import ServedValues, ServedWindow, ValueCounts, summarize_served_logs, summarize_served_window
+from monitoring.served_values import (
+    ProbabilityCounts,
+    ServedValues,
+    ServedWindow,
+    ValueCounts,
+    summarize_served_logs,
+    summarize_served_window,
+)
 from serving.prediction_log import REQUESTS_DIR, list_part_files, read_prediction_logs
 from tests.monitoring import logs
 from transforms.features import SERVING_FEATURES, Kind
@@ -145,7 +152,7 @@ def test_categories_of_equal_share_are_kept_by_name_not_by_the_hash_seed():
     assert list(kept) == labels[::3] + sorted(set(labels) - set(labels[::3]))[:shown - len(labels[::3])] + ["(other)"]
 
 
-def test_the_streamed_window_has_the_versions_degrees_and_probabilities_of_the_frame_in_its_order(logged, monkeypatch):
+def test_the_streamed_window_has_the_versions_degrees_and_probability_counts_of_the_frame(logged, monkeypatch):
     log_dir, window = logged
     monkeypatch.setattr(served_values, "READ_BATCH_ROWS", 7)
     streamed = summarize_served_window(log_dir, START, END, model_name="taxi")
@@ -155,12 +162,42 @@ def test_the_streamed_window_has_the_versions_degrees_and_probabilities_of_the_f
     assert streamed.versions.to_dict() == in_memory.versions.to_dict() == {"4": 600}  # the shadow version 5 is not served
     assert streamed.judged_version() == in_memory.judged_version() == 4
     assert streamed.automation_of(4) == in_memory.automation_of(4) == frame["automation"].value_counts().idxmax()
-    assert streamed.automation_of(5) is None and len(streamed.probabilities_of(5)) == 0
-    # Every probability (nulls as NaN), in the frame's order: the performance estimate draws labels per request.
-    expected = pd.to_numeric(frame["probability"]).to_numpy(dtype=float)
-    np.testing.assert_array_equal(streamed.probabilities_of(4), expected)
-    np.testing.assert_array_equal(in_memory.probabilities_of(4), expected)
-    assert int(np.isnan(expected).sum()) == 12
+    assert streamed.automation_of(5) is None and streamed.probabilities_of(5).total == 0
+    # Every finite probability counted at its grid point (the 12 null outputs are counted in `values`), both ways.
+    logged_probabilities = pd.to_numeric(frame["probability"]).to_numpy(dtype=float)
+    expected = ProbabilityCounts.gridded(logged_probabilities)
+    for counted in (streamed.probabilities_of(4), in_memory.probabilities_of(4)):
+        np.testing.assert_array_equal(counted.values, expected.values)
+        np.testing.assert_array_equal(counted.counts, expected.counts)
+        assert counted.on_grid and counted.total == 588 == int(np.isfinite(logged_probabilities).sum())
+    assert streamed.values.null_outputs == 12
+
+
+def test_many_batches_of_distinct_probabilities_are_counted_as_one_array_would_be_on_the_grid():
+    """The streamed counter (a count per grid point, merged batch by batch) against the frame path's np.unique."""
+    rng = np.random.default_rng(9)
+    batches = [rng.random(1_000) * 0.6, np.array([np.nan, 0.5, np.nextafter(0.5, 0), 1.0, 0.0]), rng.beta(0.3, 0.3, 3_000)]
+    counter = served_values._GridCounter()  # noqa: SLF001 - the streamed path's accumulator itself
+    for batch in batches:
+        counter.add(batch)
+    streamed, whole = counter.result(), ProbabilityCounts.gridded(np.concatenate(batches))
+    np.testing.assert_array_equal(streamed.values, whole.values)
+    np.testing.assert_array_equal(streamed.counts, whole.counts)
+    assert streamed.total == 4_004 and streamed.values.size <= served_values.GRID_STEPS + 1
+
+
+def test_a_probability_on_the_grid_stays_on_its_side_of_every_threshold_on_the_grid_and_within_one_step_above_it():
+    rng = np.random.default_rng(4)
+    # p * GRID_STEPS rounds onto the next integer just below 5e-6 and 1e-5, and below it at 0.000249 and 0.000251.
+    boundaries = [0.5, 0.37, 0.15, 0.05, 1e-6, 0.999999, 0.123457, 5e-6, 1e-5, 0.000249, 0.000251]
+    near = np.concatenate([[np.nextafter(t, 0.0), t, np.nextafter(t, 1.0), t - 1e-7, t + 1e-7] for t in boundaries])
+    probabilities = np.concatenate([near, rng.random(100_000), [0.0, 1.0]])
+    points = served_values.grid_indices(probabilities) / served_values.GRID_STEPS
+    assert (points <= probabilities).all() and (probabilities - points < 1.0 / served_values.GRID_STEPS).all()
+    for t in boundaries:
+        np.testing.assert_array_equal(points >= t, probabilities >= t, err_msg=str(t))
+    # Outside [0, 1] is no probability: counted at the nearest end, as the histograms clip it.
+    np.testing.assert_array_equal(served_values.grid_indices(np.array([-0.2, 1.5])), [0, served_values.GRID_STEPS])
 
 
 def test_the_judged_version_is_the_one_that_served_most_and_the_highest_among_equals():
