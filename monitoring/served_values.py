@@ -239,7 +239,7 @@ def summarize_served_logs(log_dir: Path, start: dt.datetime, end: dt.datetime, *
     chosen = _chosen(features)
     summary = _Accumulator(chosen)
     columns = [*_FILTER_COLUMNS, "model_version", "probability", *chosen]
-    for selected in _window_batches(Path(log_dir), start, end, columns, model_name):
+    for selected in window_batches(Path(log_dir), start, end, columns, model_name):
         summary.add_arrow(selected)
     return summary.result()
 
@@ -413,7 +413,7 @@ def summarize_served_window(log_dir: Path, start: dt.datetime, end: dt.datetime,
     automation: dict[str, dict[str, int]] = {}
     probabilities: dict[str, _GridCounter] = {}
     columns = [*_FILTER_COLUMNS, "model_version", "probability", "automation", *chosen]
-    for selected in _window_batches(Path(log_dir), start, end, columns, model_name):
+    for selected in window_batches(Path(log_dir), start, end, columns, model_name):
         summary.add_arrow(selected)
         version = selected.column("model_version")
         probability = pc.cast(selected.column("probability"), pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
@@ -431,9 +431,10 @@ def summarize_served_window(log_dir: Path, start: dt.datetime, end: dt.datetime,
                         {key: counter.result() for key, counter in probabilities.items()})
 
 
-def _window_batches(log_dir: Path, start: dt.datetime, end: dt.datetime, columns: list[str],
+def window_batches(log_dir: Path, start: dt.datetime, end: dt.datetime, columns: list[str],
                     model_name: str | None, include_shadow: bool = False) -> Iterator[pa.RecordBatch]:
-    """The non-empty record batches of the requests of `model_name` in [start, end) (served only, unless `include_shadow`)."""
+    """The non-empty record batches of the requests of `model_name` in [start, end) (served only, unless `include_shadow`),
+    read one Parquet record batch at a time: memory is one batch's, whatever the window's length."""
     start_us, end_us = _micros(start), _micros(end)
     for batch in _log_batches(log_dir, start, end, columns):
         timestamps = batch.column("timestamp").cast(pa.int64())
@@ -470,7 +471,7 @@ def summarize_shadowed_requests(log_dir: Path, start: dt.datetime, end: dt.datet
         raise DataError(f"the window is empty: end {end.isoformat()} is not after start {start.isoformat()}")
     served = referred = 0
     shadowed: set[str] = set()
-    for batch in _window_batches(Path(log_dir), start, end, [*_FILTER_COLUMNS, "request_id", "decision"], model_name,
+    for batch in window_batches(Path(log_dir), start, end, [*_FILTER_COLUMNS, "request_id", "decision"], model_name,
                                  include_shadow=True):
         shadow = batch.column("is_shadow").fill_null(False)
         decisions = batch.column("decision").filter(pc.invert(shadow))
@@ -480,7 +481,7 @@ def summarize_shadowed_requests(log_dir: Path, start: dt.datetime, end: dt.datet
     batches = []
     if shadowed:
         wanted = pa.array(sorted(shadowed), type=pa.string())
-        for batch in _window_batches(Path(log_dir), start, end, REQUEST_SCHEMA.names, model_name, include_shadow=True):
+        for batch in window_batches(Path(log_dir), start, end, REQUEST_SCHEMA.names, model_name, include_shadow=True):
             of_shadowed = batch.filter(pc.is_in(batch.column("request_id"), value_set=wanted).fill_null(False))
             if of_shadowed.num_rows:
                 batches.append(of_shadowed)
