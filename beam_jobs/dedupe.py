@@ -121,9 +121,17 @@ class DigestsWithCopiesFn(beam.CombineFn):
     def extract_output(self, arrays: list[bytes]) -> frozenset[int]:
         if not arrays:
             return frozenset()
-        digests = np.frombuffer(b"".join(arrays), dtype=np.uint64)
-        values, counts = np.unique(digests, return_counts=True)
-        return frozenset(int(digest) for digest in values[counts > 1])
+        # One array of every digest, sorted in place; a digest with copies equals its neighbour.
+        # 8 bytes a record beside the accumulator's own (np.unique with counts took ~5 such arrays).
+        digests = np.empty(sum(len(chunk) for chunk in arrays) // 8, dtype=np.uint64)
+        filled = 0
+        for chunk in arrays:
+            part = np.frombuffer(chunk, dtype=np.uint64)
+            digests[filled:filled + part.size] = part
+            filled += part.size
+        digests.sort()
+        repeated = digests[1:][digests[1:] == digests[:-1]]
+        return frozenset(np.unique(repeated).tolist())
 
 
 class CountContentCopies(beam.PTransform):

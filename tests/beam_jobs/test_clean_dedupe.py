@@ -132,3 +132,28 @@ def test_equal_contents_have_equal_content_bytes_however_they_are_stored(stored_
     assert dedupe.content_bytes(plain) == dedupe.content_bytes(other) == dedupe.row_content_bytes(row)
     changed = clean_rules.decode_with_example(serialize_row({**row, "fare": row["fare"] + 1}))[0]
     assert dedupe.content_bytes(changed) != dedupe.row_content_bytes(row)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_digests_with_copies_are_exactly_those_seen_more_than_once_across_bundles(seed):
+    """The combiner's output, against a count of every digest, on bundles of random digests of
+    which some appear two or three times (in one bundle or across bundles) and the extremes occur."""
+    import array
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    once = rng.integers(0, 2**64, 5_000, dtype=np.uint64, endpoint=False).tolist()
+    twice, thrice = once[:40], once[40:47]
+    digests = [*once, *twice, *thrice, *thrice, 0, 0, 2**64 - 1, 2**64 - 1]
+    order = rng.permutation(len(digests))
+    bundles = np.array_split(np.array(digests, dtype=np.uint64)[order], 7)
+    combine = dedupe.DigestsWithCopiesFn()
+    accumulators = []
+    for bundle in bundles:
+        accumulator = combine.create_accumulator()
+        accumulators.append(combine.add_input(accumulator, array.array("Q", bundle.tolist()).tobytes()))
+    found = combine.extract_output(combine.merge_accumulators(accumulators))
+    assert found == frozenset(d for d, n in Counter(digests).items() if n > 1)
+    assert len(found) == 40 + 7 + 2
+    assert combine.extract_output(combine.create_accumulator()) == frozenset()
