@@ -137,7 +137,8 @@ def build(pipeline: beam.Pipeline, options: StatisticsOptions, label: str = "") 
     outputs: dict[str, Path] = {}
     for split in _split_names(options):
         pattern = split_pattern(options.input, split)
-        if not glob.glob(pattern):
+        paths = tf.io.gfile.glob(pattern)
+        if not paths:
             raise DataError(
                 f"{split_dir(options.input, split)}: no data-*{TFRECORD_SUFFIX} files for split {split!r} "
                 f"(expected {pattern})"
@@ -146,7 +147,7 @@ def build(pipeline: beam.Pipeline, options: StatisticsOptions, label: str = "") 
         output.parent.mkdir(parents=True, exist_ok=True)
         _ = (
             pipeline
-            | f"{label}ReadExamples[{split}]" >> ReadRecordBatches(tf.io.gfile.glob(pattern))
+            | f"{label}ReadExamples[{split}]" >> ReadRecordBatches(paths)
             | f"{label}ComputeStatistics[{split}]" >> ComputeStatistics(stats)
             # WriteToText under the hood: a temp file renamed into place when the pipeline finishes.
             | f"{label}WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(str(output))
