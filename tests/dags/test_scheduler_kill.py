@@ -7,15 +7,18 @@ the scheduler's whole process group gets SIGKILL: the scheduler, its LocalExecut
 task supervisors. The task runner (Airflow puts it in a process group of its own) and the ML
 process it started are not signalled; they are orphaned and lose the supervisor that heartbeats
 for them. Then a new scheduler starts, as an operator or a process manager would start it.
+What the orphans do next is Airflow's: the runner's logs and requests go over sockets to the dead
+supervisor, so the runner ends at its next log line with its ML process (seen: 1.5-2 s after the
+kill while clean reports progress), or, when the step is quiet until its end, the ML process
+finishes the step.
 
 What holds: the run ends (success, or failed with a reason in the failed task's log); the new
 scheduler resets the dead one's running task instance (`orphaned_tasks_check_interval`) and the
 interrupted step is tried again under a new try number, while the steps that had finished are not
 rerun; a second run with the same params reuses every step (the task logs say "<step>: reused",
-and MLMD records CACHED executions); no execution is left RUNNING. The orphaned ML process goes
-on and may finish its step beside the retry (seen: two COMPLETE executions of the step): each
-writes its own temp directory renamed into place, so the outputs are whole either way. The orphans
-end by themselves; every process started here (orphans too, found by their session) is ended at
+and MLMD records CACHED executions); no execution is left RUNNING. An orphaned ML process that
+finishes its step beside the retry (seen: two COMPLETE executions of the step) writes its own temp
+directory renamed into place, so the outputs are whole either way. The orphans end by themselves; every process started here (orphans too, found by their session) is ended at
 the end.
 """
 
@@ -62,6 +65,23 @@ def session_members(session_id: int) -> list[int]:
     return members
 
 
+def orphans_of_a_kill(session_id: int, killed_group: int) -> list[str]:
+    """The command lines of the session's live processes outside the killed group: what a SIGKILL of
+    that group does not signal, so orphans (the task runner, in its own group, and its ML process)."""
+    orphans = []
+    for pid in session_members(session_id):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2]) != killed_group:
+                orphans.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160])
+    return orphans
+
+
+def is_task_runner(command_line: str) -> bool:
+    """Airflow's task runner names itself after its task instance; its supervisor, in the scheduler's
+    group, says the executor too ("airflow worker -- LocalExecutor: ...")."""
+    return command_line.startswith("airflow worker -- ") and "LocalExecutor" not in command_line
+
+
 def group_alive(group: int) -> bool:
     """The group has a live process (its leader, when it is our child, is reaped first: a zombie counts for killpg)."""
     with contextlib.suppress(ChildProcessError):
@@ -80,7 +100,8 @@ class SchedulerKill:
     rerun_id: str
     victim: str  # the task that was running when the scheduler died
     finished_before: list[str]  # steps already successful at the kill
-    left_running: list[str]  # processes of the killed session that survived the kill (the orphans)
+    orphaned: list[str]  # the killed session's processes outside the killed group at the kill: not signalled
+    left_running: list[str]  # of those, what was still alive once the killed group was gone
     state: str
     rerun_state: str
     tries: dict[str, list[tuple[int, str]]]  # task -> [(try number, state)] of the killed run
@@ -146,21 +167,25 @@ def scheduler_kill(tmp_path_factory: pytest.TempPathFactory) -> SchedulerKill:
             return {ti["task_id"]: ti["state"] for ti in client.task_instances("taxi_training", of_run)}
 
         def a_step_still_running_after_a_success():
-            """A step after ingest that is still running a moment after it was seen running: in the
-            middle of its work. The moment is short: on a 3,000-row file clean, validate and train
-            each take only a few seconds, so a fixed wait would often miss the step it waited on."""
+            """A step after ingest that is still running a moment after it was seen running, with its
+            task runner alive: in the middle of its work. The moment is short: on a 3,000-row file
+            clean, validate and train each take only a few seconds, so a fixed wait would often miss
+            the step it waited on."""
             now = states(run_id)
             running = [t for t in STEPS if now.get(t) == "running"]
             if not running or now.get("ingest") != "success":
                 return None
             time.sleep(1.5)  # the ML process is importing or working
-            return running[0] if states(run_id).get(running[0]) == "running" else None
+            if states(run_id).get(running[0]) != "running":
+                return None
+            return running[0] if any(map(is_task_runner, orphans_of_a_kill(groups["scheduler"], groups["scheduler"]))) else None
 
         victim = wait_for(a_step_still_running_after_a_success, "a step running after ingest succeeded", timeout=1800)
         now = states(run_id)
         assert now.get(victim) == "running", f"{victim} ended before the kill: {now}"
         finished_before = [t for t in STEPS if now.get(t) == "success"]
         scheduler = groups["scheduler"]
+        orphaned = orphans_of_a_kill(scheduler, scheduler)
         os.killpg(scheduler, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: not group_alive(scheduler), "the scheduler's process group to die", timeout=60, interval=0.5)
@@ -213,12 +238,12 @@ def scheduler_kill(tmp_path_factory: pytest.TempPathFactory) -> SchedulerKill:
             """, str(config))
         timings = {"killed_after": killed_at - began, "run_finished_after_kill": finished_at - killed_at,
                    "rerun": time.monotonic() - finished_at}
-        outcome = SchedulerKill(config, run_id, rerun_id, victim, finished_before, left_running, state, rerun_state, tries,
+        outcome = SchedulerKill(config, run_id, rerun_id, victim, finished_before, orphaned, left_running, state, rerun_state, tries,
                                 failure_lines, rerun_logs, orphans_after_run, executions, timings)
         if os.environ.get(ROW_FILE_ENV):  # benchmarks/fault_table.py reads it
             Path(os.environ[ROW_FILE_ENV]).write_text(json.dumps(outcome.row()))
         print(f"\nscheduler kill: victim {victim}, finished before {finished_before}, run {state}, tries {tries}, "
-              f"orphans at the kill {left_running}, still alive when the run ended {orphans}, "
+              f"orphaned by the kill {orphaned}, of those alive once the scheduler's group was gone {left_running}, still alive when the run ended {orphans}, "
               f"timings {json.dumps({k: round(v) for k, v in timings.items()})}")
         return outcome
     finally:
@@ -237,7 +262,10 @@ def test_the_killed_run_ends_and_says_why_if_it_failed(scheduler_kill):
     assert scheduler_kill.state in ("success", "failed")
     if scheduler_kill.state == "failed":
         assert scheduler_kill.failure_lines, "the run failed without an explain_failure line in the failed task's log"
-    assert scheduler_kill.left_running, "the kill was meant to orphan the running task, not end it"
+    # The kill lands while the step's task runner is alive and leaves it unsignalled. Whether it is
+    # still alive a moment later is the runner's own affair (see the module's docstring).
+    assert any(map(is_task_runner, scheduler_kill.orphaned)), ("the kill was meant to orphan the running task, not end it",
+                                                               scheduler_kill.orphaned)
 
 
 def test_the_interrupted_step_is_tried_again_and_the_finished_ones_are_not(scheduler_kill):
