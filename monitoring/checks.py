@@ -329,6 +329,10 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
     if not set(np.unique(labels)) <= {0, 1}:
         raise DataError(f"ground_truth must be 0 or 1, got values {sorted(set(np.unique(labels).tolist()) - {0, 1})}")
     probabilities = pd.to_numeric(usable["probability"]).to_numpy(dtype=np.float64)
+    outside = np.flatnonzero(~((probabilities >= 0.0) & (probabilities <= 1.0)))
+    if outside.size:
+        raise DataError(f"probability must be in [0, 1], got {probabilities[outside[0]]!r} "
+                        f"({outside.size} of {count} labelled rows)")
     metrics = concept_metrics(labels, probabilities, decision_threshold, thresholds.calibration_bins)
     baseline_values = {"auc": baseline.auc, "accuracy": baseline.accuracy, "ece": baseline.ece}
     # metric -> (current, limit, movement in the bad direction, allowed movement)

@@ -223,7 +223,9 @@ def realized_performance(labelled: pd.DataFrame, decision_threshold: float = 0.5
     from trainer.evaluate import binary_metrics
 
     probabilities = pd.to_numeric(labelled["probability"], errors="coerce") if len(labelled) else pd.Series([], dtype=float)
-    usable = labelled[probabilities.notna() & labelled["ground_truth"].notna()] if len(labelled) else labelled
+    # A probability outside [0, 1] is no model's answer: not counted, like a missing one.
+    usable = (labelled[probabilities.between(0.0, 1.0) & labelled["ground_truth"].notna()]
+              if len(labelled) else labelled)
     count = int(len(usable))
     if count < MIN_REALIZED_LABELS:
         return {"labels": count, "accuracy": None, "auc": None}

@@ -26,14 +26,13 @@ from beam_jobs.example_codec import split_pattern
 from core.atomic import write_text
 from core.config import EvaluationConfig
 from core.errors import DataError
+from trainer.ranked_scores import LOG_LOSS_EPSILON, RankedScores
 from transforms import features
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.html"
 FORMAT_VERSION = 1
 BATCH_SIZE = 1024
-# log(0) is infinite: probabilities are clipped this far from 0 and 1 (scikit-learn's choice).
-LOG_LOSS_EPSILON = 1e-15
 ROC_MAX_POINTS = 201
 CALIBRATION_BINS = 10
 HISTOGRAM_BINS = 20
@@ -71,33 +70,12 @@ class EvaluationResult:
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney rank statistic; ties count one half.
+    """Area under the ROC curve as the Mann-Whitney statistic; ties count one half.
 
     NaN when only one class is present: the AUC is undefined there, and a slice with no
     positives must not crash the evaluation or pretend to be perfect.
     """
-    labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = int(labels.sum())
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
-        return math.nan
-    ranks = _average_ranks(scores)
-    rank_sum = float(ranks[labels].sum())
-    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks where tied values share the mean of the ranks they span."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    # Start of each run of equal values, and the mean rank of that run.
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], values.size]
-    mean_rank = (starts + 1 + ends) / 2.0
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+    return RankedScores.from_arrays(labels, scores).auc()
 
 
 def log_loss(labels: np.ndarray, probabilities: np.ndarray, epsilon: float = LOG_LOSS_EPSILON) -> float:
@@ -115,27 +93,7 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
     Precision with no predicted positive (and recall with no actual positive) is 0, as in
     scikit-learn's default, so that F1 stays defined; AUC alone is NaN on a single class.
     """
-    labels = np.asarray(labels, dtype=bool)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    count = labels.size
-    predicted = probabilities >= threshold
-    true_positives = int(np.sum(predicted & labels))
-    predicted_positives = int(predicted.sum())
-    actual_positives = int(labels.sum())
-    precision = true_positives / predicted_positives if predicted_positives else 0.0
-    recall = true_positives / actual_positives if actual_positives else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "auc": auc(labels, probabilities),
-        "accuracy": float(np.mean(predicted == labels)) if count else math.nan,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "log_loss": log_loss(labels, probabilities),
-        "count": float(count),
-        "positive_rate": actual_positives / count if count else math.nan,
-        "mean_probability": float(probabilities.mean()) if count else math.nan,
-    }
+    return RankedScores.from_arrays(labels, probabilities).metrics(threshold)
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,59 +101,65 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
     Empty arrays when the rows hold a single class.
     """
-    labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return np.array([]), np.array([])  # undefined, like the AUC: nothing to draw
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    # One point per distinct threshold: the last index of each run of equal scores.
-    last_of_run = np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), sorted_scores.size - 1]
-    true_positives = np.cumsum(sorted_labels)[last_of_run]
-    false_positives = (last_of_run + 1) - true_positives
-    return np.r_[0.0, false_positives / negatives], np.r_[0.0, true_positives / positives]
+    return RankedScores.from_arrays(labels, scores).roc_curve()
 
 
 def calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, list[float]]:
     """Per equal-width probability bin: mean predicted probability, observed positive rate, rows."""
-    labels = np.asarray(labels, dtype=np.float64)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    index = np.minimum((probabilities * bins).astype(int), bins - 1)
-    result: dict[str, list[float]] = {"mean_predicted": [], "observed_rate": [], "count": []}
-    for b in range(bins):
-        members = index == b
-        if not members.any():
-            continue
-        result["mean_predicted"].append(float(probabilities[members].mean()))
-        result["observed_rate"].append(float(labels[members].mean()))
-        result["count"].append(float(members.sum()))
-    return result
+    return RankedScores.from_arrays(labels, probabilities).calibration(bins)
 
 
 def score_histogram(labels: np.ndarray, probabilities: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:
     """Counts of scores per bin on [0, 1], separately for actual positives and negatives."""
-    labels = np.asarray(labels, dtype=bool)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    return {
-        "edges": edges.tolist(),
-        "positives": np.histogram(probabilities[labels], bins=edges)[0].astype(float).tolist(),
-        "negatives": np.histogram(probabilities[~labels], bins=edges)[0].astype(float).tolist(),
-    }
+    return RankedScores.from_arrays(labels, probabilities).histogram(bins)
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceColumn:
+    """A slice feature's value per row as a small code (2 bytes a row, not a reference to a string)."""
+
+    codes: np.ndarray  # int16, an index into names
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> SliceColumn:
+        names, codes = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+        return cls(codes.reshape(-1).astype(np.int16), tuple(names.tolist()))
+
+    def values(self) -> np.ndarray:
+        return np.array(self.names, dtype=object)[self.codes]
+
+
+class _SliceCoder:
+    """Codes a slice's values batch by batch, a code per distinct value met, in the order met."""
+
+    def __init__(self) -> None:
+        self.vocabulary: dict[str, int] = {}
+        self.parts: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
+        distinct, index = np.unique(values, return_inverse=True)
+        codes = np.array([self.vocabulary.setdefault(value, len(self.vocabulary)) for value in distinct.tolist()], np.int16)
+        self.parts.append(codes[index.reshape(-1)])
+
+    def column(self) -> SliceColumn:
+        return SliceColumn(np.concatenate(self.parts), tuple(self.vocabulary))
 
 
 def slice_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, slice_values: Mapping[str, np.ndarray], threshold: float
+    labels: np.ndarray, probabilities: np.ndarray, slice_values: Mapping[str, np.ndarray | SliceColumn], threshold: float
 ) -> SliceMetrics:
     """Metrics per value of each slice feature; hour buckets in time-of-day order, others sorted."""
     result: SliceMetrics = {}
     for name, values in slice_values.items():
+        column = values if isinstance(values, SliceColumn) else SliceColumn.of(values)
         order = _SLICE_VALUE_ORDER.get(name, ())
-        ordered = sorted(set(values.tolist()), key=lambda v: (order.index(v) if v in order else len(order), str(v)))
-        result[name] = {
-            str(value): binary_metrics(labels[values == value], probabilities[values == value], threshold)
-            for value in ordered
-        }
+        held = [column.names[code] for code in np.flatnonzero(np.bincount(column.codes, minlength=len(column.names)))]
+        ordered = sorted(held, key=lambda v: (order.index(v) if v in order else len(order), v))
+        result[name] = {}
+        for value in ordered:
+            members = column.codes == column.names.index(value)
+            result[name][value] = binary_metrics(labels[members], probabilities[members], threshold)
     return result
 
 
@@ -247,7 +211,7 @@ def blessing_decision(
 class ScoredRows:
     labels: np.ndarray  # bool
     probabilities: dict[str, np.ndarray]  # model label -> float64 probabilities, same row order
-    slice_values: dict[str, np.ndarray]  # slice name -> str values
+    slice_values: dict[str, SliceColumn]  # slice name -> its value per row
 
 
 def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], batch_size: int = BATCH_SIZE,
@@ -273,9 +237,10 @@ def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], b
         PAYMENT_TYPE.name: tf.io.FixedLenFeature([], tf.string, default_value=""),
         START_HOUR.name: tf.io.FixedLenFeature([], tf.int64, default_value=features.MISSING_INT),
     }
-    labels: list[bool] = []
-    payment_types: list[str] = []
-    hour_buckets: list[str] = []
+    # Arrays per batch, not lists per row: a bool, each model's float32 probability and
+    # a code per slice are 9-13 bytes a row (Python lists of new strings were about 150).
+    labels: list[np.ndarray] = []
+    slices = {PAYMENT_TYPE.name: _SliceCoder(), HOUR_BUCKET_SLICE: _SliceCoder()}
     probabilities: dict[str, list[np.ndarray]] = {label: [] for label in models}
     for file in files:
         position = 0
@@ -287,9 +252,9 @@ def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], b
                     raise DataError(f"{file}: records {position}..{position + len(batch) - 1} are not "
                                     f"parseable tf.Examples with the raw feature kinds: {err.message}") from None
                 batch_labels, batch_payments, batch_hours = _label_and_slices(file, position, parsed)
-                labels += batch_labels
-                payment_types += batch_payments
-                hour_buckets += batch_hours
+                labels.append(batch_labels)
+                slices[PAYMENT_TYPE.name].add(batch_payments)
+                slices[HOUR_BUCKET_SLICE].add(batch_hours)
                 for label, signature in signatures.items():
                     try:
                         scores = _probabilities(signature, batch, label, models[label], file, position)
@@ -305,12 +270,9 @@ def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], b
     if not labels:
         raise DataError(f"no {split} examples to evaluate: the files matching {pattern} hold 0 records")
     return ScoredRows(
-        labels=np.asarray(labels, dtype=bool),
-        probabilities={label: np.concatenate(parts) for label, parts in probabilities.items()},
-        slice_values={
-            PAYMENT_TYPE.name: np.asarray(payment_types, dtype=object),
-            HOUR_BUCKET_SLICE: np.asarray(hour_buckets, dtype=object),
-        },
+        labels=np.concatenate(labels),
+        probabilities={label: np.concatenate(parts, dtype=np.float64) for label, parts in probabilities.items()},
+        slice_values={name: coder.column() for name, coder in slices.items()},
     )
 
 
@@ -324,7 +286,8 @@ def _load_saved_model(tf: Any, model_dir: Path) -> Any:
     return loaded
 
 
-def _label_and_slices(file: str, position: int, parsed: Mapping[str, Any]) -> tuple[list[bool], list[str], list[str]]:
+def _label_and_slices(file: str, position: int, parsed: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's labels (bool) and slice values (object arrays whose equal values share one string)."""
     tips = parsed[features.TIPS_KEY].numpy()
     fares = parsed[features.FARE_KEY].numpy()
     observed = parsed[features.OBSERVED_LABEL_KEY].numpy()
@@ -337,26 +300,33 @@ def _label_and_slices(file: str, position: int, parsed: Mapping[str, Any]) -> tu
     # On float32 arrays, as preprocessing_fn computes it in TF: a borderline trip (tips exactly
     # 20% of the fare) gets the same label here as in training.
     derived = np.asarray(features.is_big_tipper(tips, fares), dtype=bool)
-    labels = np.where(has_observed, observed == 1, derived).tolist()
-    payment_values = [value.decode("utf-8", errors="replace") or MISSING_SLICE_VALUE
-                      for value in parsed[PAYMENT_TYPE.name].numpy()]
-    hour_values = []
-    for offset, hour in enumerate(parsed[START_HOUR.name].numpy().tolist()):
-        if hour == features.MISSING_INT:
-            hour_values.append(MISSING_SLICE_VALUE)
-            continue
+    labels = np.where(has_observed, observed == 1, derived)
+    payments, payment_index = np.unique(parsed[PAYMENT_TYPE.name].numpy(), return_inverse=True)
+    payment_names = np.array([value.decode("utf-8", errors="replace") or MISSING_SLICE_VALUE for value in payments],
+                             dtype=object)
+    hours = parsed[START_HOUR.name].numpy()
+    distinct_hours, hour_index = np.unique(hours, return_inverse=True)
+    bucket_names, errors = [], {}
+    for hour in distinct_hours.tolist():
         try:
-            hour_values.append(features.hour_bucket(hour))
+            bucket_names.append(MISSING_SLICE_VALUE if hour == features.MISSING_INT else features.hour_bucket(hour))
         except ValueError as err:
-            raise DataError(f"{file}: record {position + offset}: {err}") from None
-    return labels, payment_values, hour_values
+            bucket_names.append(None)
+            errors[hour] = err
+    if errors:
+        first = int(np.flatnonzero(np.isin(hours, list(errors)))[0])
+        raise DataError(f"{file}: record {position + first}: {errors[int(hours[first])]}")
+    buckets = np.array(bucket_names, dtype=object)
+    return labels, payment_names[payment_index.reshape(-1)], buckets[hour_index.reshape(-1)]
 
 
 def _probabilities(signature: Any, batch: Any, label: str, model_dir: Path, file: str, position: int) -> np.ndarray:
     outputs = signature(examples=batch)
     if "probability" not in outputs:
         raise DataError(f"{model_dir}: serving_examples returned {sorted(outputs)}, expected 'probability'")
-    values = outputs["probability"].numpy().astype(np.float64).reshape(-1)
+    values = outputs["probability"].numpy().reshape(-1)  # float32 from our models: kept, it is exact
+    if not np.issubdtype(values.dtype, np.floating):
+        values = values.astype(np.float64)
     if values.size != int(batch.shape[0]):
         raise DataError(f"{model_dir}: serving_examples returned {values.size} probabilities for "
                         f"{int(batch.shape[0])} examples ({file}, from record {position})")
@@ -447,14 +417,16 @@ def evaluate_model(
 
     def summarise(label: str) -> tuple[Metrics, SliceMetrics, dict[str, Any]]:
         probabilities = rows.probabilities[label]
-        fpr, tpr = _thin_curve(*roc_curve(rows.labels, probabilities))
+        ranked = RankedScores.from_arrays(rows.labels, probabilities)
+        fpr, tpr = ranked.roc_curve(ROC_MAX_POINTS)
         curves = {
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
-            "calibration": calibration(rows.labels, probabilities),
-            "histogram": score_histogram(rows.labels, probabilities),
+            "calibration": ranked.calibration(CALIBRATION_BINS),
+            "histogram": ranked.histogram(HISTOGRAM_BINS),
         }
-        return (binary_metrics(rows.labels, probabilities, threshold),
-                slice_metrics(rows.labels, probabilities, rows.slice_values, threshold), curves)
+        metrics = ranked.metrics(threshold)
+        del ranked  # eight bytes a row: freed before the slices take their own
+        return metrics, slice_metrics(rows.labels, probabilities, rows.slice_values, threshold), curves
 
     metrics, slices, curves = summarise(model_label)
     baseline_metrics = baseline_slices = None
@@ -549,11 +521,3 @@ def _null_for_nan(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_null_for_nan(item) for item in value]
     return value
-
-
-def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int = ROC_MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """Keeps at most `max_points` evenly spaced points (ends included): enough to draw, small in JSON."""
-    if fpr.size <= max_points:
-        return fpr, tpr
-    keep = np.unique(np.linspace(0, fpr.size - 1, max_points).round().astype(int))
-    return fpr[keep], tpr[keep]

@@ -32,12 +32,15 @@ from core.atomic import replace_directory, write_json
 from core.config import TrainingConfig
 from core.errors import DataError
 from trainer.model import build_keras_model, model_input_specs
+from trainer.ranked_scores import RankedScores
 from transforms.feature_spec import dense_to_sparse, raw_feature_spec, serving_input_signature
 from transforms.preprocessing import LABEL
 
 MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
 CLASS_THRESHOLD = 0.5
+# Probabilities are clipped this far from 0 and 1 for the train step's metrics (the loss's log).
+METRIC_CLIP = 1e-7
 PROGRESS_EVERY = 100
 # Rows parsed per tf.io.parse_example call, and per prediction call, when streaming a split.
 _PARSE_BATCH = 4096
@@ -176,25 +179,27 @@ def _features_and_labels(columns: Mapping[str, np.ndarray], input_names: list[st
 
 def predict_split(
     model: tf_keras.Model, transformed_dir: Path, split: str, feature_spec: Mapping[str, Any], input_names: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, P(big tipper)) for every row of a split, streamed batch by batch, sorted by (score, label).
+) -> RankedScores:
+    """Every row of a split scored, streamed batch by batch, as RankedScores (8 bytes a row).
 
     Every graph call gets exactly `_PARSE_BATCH` rows (the last batch padded with copies of its
     first row), so a row's score does not depend on which rows share its batch, and the sorted
-    result does not depend on the order or sharding of the files. Holds 5 bytes per row.
+    rows do not depend on the order or sharding of the files. Probabilities are clipped to
+    [METRIC_CLIP, 1 - METRIC_CLIP], as the loss needs them (rows beyond count as ties for the AUC).
     """
     call = tf.function(lambda inputs: model(inputs, training=False), autograph=False)
-    labels, scores = [], []
-    for columns in read_batches(transformed_dir, split, feature_spec):
-        rows = len(columns[LABEL])
-        padded = {name: _pad_rows(columns[name], _PARSE_BATCH) for name in input_names}
-        scores.append(call({name: tf.constant(values) for name, values in padded.items()}).numpy().reshape(-1)[:rows])
-        labels.append(columns[LABEL].reshape(-1).astype(np.int8))
-    if not labels:
+
+    def scored_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for columns in read_batches(transformed_dir, split, feature_spec):
+            rows = len(columns[LABEL])
+            padded = {name: _pad_rows(columns[name], _PARSE_BATCH) for name in input_names}
+            scores = call({name: tf.constant(values) for name, values in padded.items()}).numpy().reshape(-1)[:rows]
+            yield columns[LABEL].reshape(-1) > 0.5, np.clip(scores.astype(np.float64), METRIC_CLIP, 1 - METRIC_CLIP)
+
+    ranked = RankedScores.from_batches(scored_batches())
+    if not ranked.count:
         raise DataError(f"{split_dir(transformed_dir, split)}: the split has no examples")
-    label_values, score_values = np.concatenate(labels), np.concatenate(scores)
-    order = np.lexsort((label_values, score_values))
-    return label_values[order], score_values[order]
+    return ranked
 
 
 def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
@@ -208,35 +213,20 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     Exact rather than Keras' thresholded approximation, because the quality bar (eval AUC) is
     compared to the third decimal.
     """
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
-        return math.nan
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # Average rank within each run of equal scores.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+    return RankedScores.from_arrays(labels, scores).auc()
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """loss (binary cross-entropy), auc, accuracy at CLASS_THRESHOLD, and the base rate, over all rows."""
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    clipped = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
-    loss = -np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))
-    accuracy = np.mean((clipped >= CLASS_THRESHOLD) == (labels > 0.5))
-    return {
-        "loss": float(loss),
-        "auc": roc_auc(labels, clipped),
-        "accuracy": float(accuracy),
-        "positive_rate": float(labels.mean()),
-        "examples": float(len(labels)),
-    }
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), METRIC_CLIP, 1 - METRIC_CLIP)
+    return split_metrics(RankedScores.from_arrays(labels, clipped))
+
+
+def split_metrics(ranked: RankedScores) -> dict[str, float]:
+    """classification_metrics of rows already ranked (and clipped, as predict_split does)."""
+    metrics = ranked.metrics(CLASS_THRESHOLD)
+    return {"loss": metrics["log_loss"], "auc": metrics["auc"], "accuracy": metrics["accuracy"],
+            "positive_rate": metrics["positive_rate"], "examples": metrics["count"]}
 
 
 def fit(model: tf_keras.Model, dataset: tf.data.Dataset, steps: int, every: int = PROGRESS_EVERY) -> float:
@@ -397,9 +387,9 @@ def fit_and_evaluate(
     final_loss = fit(model, train_dataset, config.train_steps)
     train_seconds = time.perf_counter() - started
     del train_dataset, train_features, train_columns
-    train_metrics = classification_metrics(*predict_split(model, Path(transformed_dir), "train", feature_spec, input_names))
+    train_metrics = split_metrics(predict_split(model, Path(transformed_dir), "train", feature_spec, input_names))
     train_metrics.update(final_batch_loss=final_loss, train_seconds=train_seconds, trained_on_examples=float(kept))
-    eval_metrics = classification_metrics(*predict_split(model, Path(transformed_dir), "eval", feature_spec, input_names))
+    eval_metrics = split_metrics(predict_split(model, Path(transformed_dir), "eval", feature_spec, input_names))
     print(f"eval {', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items())}", flush=True)
     for name, value in {**train_metrics, **eval_metrics}.items():
         if not math.isfinite(value):

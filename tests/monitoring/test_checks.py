@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import DataError
 from monitoring import checks, drift
 from monitoring.log_statistics import statistics_of_frame
 from monitoring.results import Baseline, CheckOutcome, MonitoringResult
@@ -231,6 +232,16 @@ def test_concept_drift_fires_when_tipping_norms_change_and_names_the_metrics(rat
     assert "accuracy" in outcome.evidence["metrics_failed"]
     accuracy = outcome.evidence["metrics"]["accuracy"]
     assert accuracy["current"] < accuracy["limit"] < accuracy["baseline"]
+
+
+def test_a_logged_probability_outside_zero_to_one_is_named_not_counted_silently(rate_model, split_2013_2014, thresholds):
+    model, baseline, _, _ = rate_model
+    _, heldout = split_2013_2014
+    window = heldout.sample(400, random_state=14)
+    labelled = _labelled(model, window, (window["tips"] > 0.2 * window["fare"]).astype(int))
+    labelled.loc[labelled.index[7], "probability"] = 1.5
+    with pytest.raises(DataError, match=r"probability must be in \[0, 1\], got 1.5 \(1 of 400 labelled rows\)"):
+        checks.concept_drift(labelled, baseline, thresholds.concept)
 
 
 def test_below_the_minimum_label_count_only_the_sequential_detectors_judge(rate_model, split_2013_2014, thresholds):

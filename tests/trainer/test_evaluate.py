@@ -357,3 +357,16 @@ def test_too_little_recent_traffic_is_reported_but_does_not_judge(
     nothing = ev.evaluate_model(models["good"], examples_dir, tmp_path / "out2", config=EvaluationConfig(auc_floor=0.5),
                                 recent_traffic=str(tmp_path / "none" / "data-served-*"))
     assert nothing.blessed and nothing.recent_traffic["rows"] == 0
+
+
+def test_a_slice_value_keeps_its_code_across_batches_and_the_values_come_back_in_row_order() -> None:
+    coder = ev._SliceCoder()
+    coder.add(np.array(["Cash", "Credit Card"], dtype=object))
+    coder.add(np.array(["Credit Card", "Dispute", "Credit Card", "Cash"], dtype=object))
+    column = coder.column()
+    assert column.values().tolist() == ["Cash", "Credit Card", "Credit Card", "Dispute", "Credit Card", "Cash"]
+    assert column.codes.dtype == np.int16 and len(column.names) == 3
+    slices = ev.slice_metrics(np.array([True, False, True, False, False, True]), np.linspace(0.1, 0.9, 6),
+                              {"payment_type": column}, threshold=0.5)
+    assert list(slices["payment_type"]) == ["Cash", "Credit Card", "Dispute"]
+    assert [m["count"] for m in slices["payment_type"].values()] == [2.0, 3.0, 1.0]

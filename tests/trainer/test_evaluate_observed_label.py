@@ -26,7 +26,7 @@ def test_observed_labels_win_and_tips_decide_the_rest():
     none = features.MISSING_INT
     labels, _, _ = evaluate._label_and_slices("f", 0, _parsed(
         [5.0, 0.0, math.nan, math.nan, 5.0], [10.0, 10.0, 10.0, 10.0, 10.0], [none, none, 1, 0, 0]))
-    assert labels == [True, False, True, False, False]
+    assert labels.tolist() == [True, False, True, False, False]
 
 
 def test_a_row_without_tips_or_an_observed_label_is_refused():
