@@ -61,10 +61,6 @@ class RankedScores:
         keys.sort()
         return cls(keys)
 
-    def subset(self, mask: np.ndarray) -> RankedScores:
-        """The rows where `mask` holds, still sorted (the mask is in this object's row order)."""
-        return RankedScores(self.keys[mask])
-
     def _raw_chunks(self) -> Iterator[np.ndarray]:
         for start in range(0, self.count, CHUNK_ROWS):
             yield self.keys[start:start + CHUNK_ROWS]

@@ -104,11 +104,3 @@ def test_negative_zero_sorts_with_zero_and_a_probability_outside_zero_to_one_is_
             pack(np.array([True, False]), np.array([0.5, bad]))
     with pytest.raises(ValueError, match="2 labels for 3 probabilities"):
         pack(np.array([True, False]), np.array([0.5, 0.5, 0.5]))
-
-
-def test_a_subset_keeps_its_rows_sorted():
-    labels = np.array([True, False, True, False, True])
-    scores = np.array([0.9, 0.8, 0.2, 0.1, 0.5])
-    ranked = RankedScores.from_arrays(labels, scores)
-    high = ranked.subset(ranked.keys >= pack(np.array([False]), np.array([0.5]))[0])
-    assert high.count == 3 and high.auc() == pytest.approx(pair_counting_auc(labels[scores >= 0.5], scores[scores >= 0.5]))
