@@ -100,44 +100,35 @@ class BundleDigestsFn(beam.DoFn):
         return iter(())
 
     def finish_bundle(self) -> Iterator[Any]:
-        # The array itself, not a bytes copy of it: at 15M records each copy is 120 MB.
         if self._digests:
-            yield GlobalWindows.windowed_value(self._digests)
+            yield GlobalWindows.windowed_value(self._digests.tobytes())
         self._digests = array.array("Q")
-
-
-Digests = "array.array[int] | bytes"  # a bundle's digests: array('Q'), or its bytes
 
 
 class DigestsWithCopiesFn(beam.CombineFn):
     """Per-bundle digest arrays -> the set of digests seen more than once (sorted and counted once, by numpy)."""
 
-    def create_accumulator(self) -> list[Digests]:
+    def create_accumulator(self) -> list[bytes]:
         return []
 
-    def add_input(self, arrays: list[Digests], digests: Digests) -> list[Digests]:
+    def add_input(self, arrays: list[bytes], digests: bytes) -> list[bytes]:
         arrays.append(digests)
         return arrays
 
-    def merge_accumulators(self, accumulators: Iterable[list[Digests]]) -> list[Digests]:
+    def merge_accumulators(self, accumulators: Iterable[list[bytes]]) -> list[bytes]:
         return [digests for arrays in accumulators for digests in arrays]
 
-    def extract_output(self, arrays: list[Digests]) -> frozenset[int]:
+    def extract_output(self, arrays: list[bytes]) -> frozenset[int]:
         if not arrays:
             return frozenset()
         # One array of every digest, sorted in place; a digest with copies equals its neighbour.
-        # A single writable array (the in-memory runner's one bundle) is sorted where it is; else
-        # the parts are moved into one array, each let go once copied, so the peak is that array
-        # and one part beside the accumulator (np.unique with counts took ~5 arrays of 8 bytes a record).
-        if len(arrays) == 1 and isinstance(arrays[0], array.array):
-            digests = np.frombuffer(arrays.pop(), dtype=np.uint64)
-        else:
-            digests = np.empty(sum(memoryview(chunk).nbytes for chunk in arrays) // 8, dtype=np.uint64)
-            filled = 0
-            while arrays:
-                part = np.frombuffer(arrays.pop(), dtype=np.uint64)
-                digests[filled:filled + part.size] = part
-                filled += part.size
+        # 8 bytes a record beside the accumulator's own (np.unique with counts took ~5 such arrays).
+        digests = np.empty(sum(len(chunk) for chunk in arrays) // 8, dtype=np.uint64)
+        filled = 0
+        for chunk in arrays:
+            part = np.frombuffer(chunk, dtype=np.uint64)
+            digests[filled:filled + part.size] = part
+            filled += part.size
         digests.sort()
         repeated = digests[1:][digests[1:] == digests[:-1]]
         return frozenset(np.unique(repeated).tolist())
