@@ -116,15 +116,15 @@ def score_histogram(labels: np.ndarray, probabilities: np.ndarray, bins: int = H
 
 @dataclasses.dataclass(frozen=True)
 class SliceColumn:
-    """A slice feature's value per row as a small code (2 bytes a row, not a reference to a string)."""
+    """A slice feature's value per row as a code (4 bytes a row, not a reference to a string)."""
 
-    codes: np.ndarray  # int16, an index into names
+    codes: np.ndarray  # int32, an index into names
     names: tuple[str, ...]
 
     @classmethod
     def of(cls, values: np.ndarray) -> SliceColumn:
         names, codes = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
-        return cls(codes.reshape(-1).astype(np.int16), tuple(names.tolist()))
+        return cls(codes.reshape(-1).astype(np.int32), tuple(names.tolist()))
 
     def values(self) -> np.ndarray:
         return np.array(self.names, dtype=object)[self.codes]
@@ -139,7 +139,7 @@ class _SliceCoder:
 
     def add(self, values: np.ndarray) -> None:
         distinct, index = np.unique(values, return_inverse=True)
-        codes = np.array([self.vocabulary.setdefault(value, len(self.vocabulary)) for value in distinct.tolist()], np.int16)
+        codes = np.array([self.vocabulary.setdefault(value, len(self.vocabulary)) for value in distinct.tolist()], np.int32)
         self.parts.append(codes[index.reshape(-1)])
 
     def column(self) -> SliceColumn:
@@ -238,7 +238,7 @@ def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], b
         START_HOUR.name: tf.io.FixedLenFeature([], tf.int64, default_value=features.MISSING_INT),
     }
     # Arrays per batch, not lists per row: a bool, each model's float32 probability and
-    # a code per slice are 9-13 bytes a row (Python lists of new strings were about 150).
+    # a code per slice are 13-17 bytes a row (Python lists of new strings were about 150).
     labels: list[np.ndarray] = []
     slices = {PAYMENT_TYPE.name: _SliceCoder(), HOUR_BUCKET_SLICE: _SliceCoder()}
     probabilities: dict[str, list[np.ndarray]] = {label: [] for label in models}

@@ -194,6 +194,8 @@ def predict_split(
             rows = len(columns[LABEL])
             padded = {name: _pad_rows(columns[name], _PARSE_BATCH) for name in input_names}
             scores = call({name: tf.constant(values) for name, values in padded.items()}).numpy().reshape(-1)[:rows]
+            if np.isnan(scores).any():
+                raise DataError(f"{split_dir(transformed_dir, split)}: the model answers NaN: training diverged")
             yield columns[LABEL].reshape(-1) > 0.5, np.clip(scores.astype(np.float64), METRIC_CLIP, 1 - METRIC_CLIP)
 
     ranked = RankedScores.from_batches(scored_batches())

@@ -271,3 +271,18 @@ def test_quality_bar_on_the_tfx_protocol(taxi_rows, tmp_path):
     assert counts["train"] + counts["eval"] == len(rows)
     result = train_model(transform.transformed_dir, transform.transform_graph_dir, tmp_path, TrainingConfig())
     assert result.eval_metrics["auc"] >= 0.935, result.eval_metrics
+
+
+def test_a_model_answering_nan_is_named_as_diverged_not_ranked(small):
+    """A diverged model's NaN scores have no place in the metrics' order: a DataError says so."""
+    from trainer.model import build_keras_model, model_input_specs
+    from trainer.train import predict_split
+
+    _, _, transform = small
+    tf_transform_output = load_transform_output(transform.transform_graph_dir)
+    model = build_keras_model(SMALL, tf_transform_output)
+    for weight in model.trainable_weights:
+        weight.assign(tf.fill(weight.shape, float("nan")))
+    with pytest.raises(DataError, match=r"Split-eval: the model answers NaN: training diverged"):
+        predict_split(model, transform.transformed_dir, "eval", tf_transform_output.transformed_feature_spec(),
+                      list(model_input_specs(tf_transform_output)))
