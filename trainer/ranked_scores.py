@@ -70,10 +70,10 @@ class RankedScores:
         for chunk in self._raw_chunks():
             yield (chunk & np.uint64(1)).astype(bool), (chunk >> np.uint64(1)).view(np.float64)
 
-    def _runs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
-        """Runs of equal probability in ascending order, a chunk of them at a time: (probability of
-        each run, positives in it, negatives in it, positives below the chunk, negatives below it).
-        A run never straddles two chunks."""
+    def _runs(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Runs of equal probability in ascending order, a chunk of them at a time: for each run,
+        (positives in it, negatives in it, positives below it, negatives below it). A run never
+        straddles two chunks."""
         start = pos_below = neg_below = 0
         while start < self.count:
             end = min(start + CHUNK_ROWS, self.count)
@@ -87,7 +87,8 @@ class RankedScores:
             sizes = np.diff(np.r_[firsts, chunk.size])
             positives = np.add.reduceat((chunk & np.uint64(1)).astype(np.int64), firsts)
             negatives = sizes - positives
-            yield values[firsts].view(np.float64), positives, negatives, pos_below, neg_below
+            yield (positives, negatives, pos_below + np.cumsum(positives) - positives,
+                   neg_below + np.cumsum(negatives) - negatives)
             pos_below += int(positives.sum())
             neg_below += int(negatives.sum())
             start = end
@@ -98,13 +99,12 @@ class RankedScores:
         if not self.positives or not self.negatives:
             return math.nan
         doubled_wins = 0  # each positive's negatives below it, twice, plus its ties once: integers, exact
-        for _, positives, negatives, _, neg_below in self._runs():
-            below = neg_below + np.cumsum(negatives) - negatives
-            doubled_wins += int(np.sum(positives * (2 * below + negatives)))
+        for positives, negatives, _, negatives_below in self._runs():
+            doubled_wins += int(np.sum(positives * (2 * negatives_below + negatives)))
         return doubled_wins / (2 * self.positives * self.negatives)
 
     def distinct_probabilities(self) -> int:
-        return sum(int(values.size) for values, *_ in self._runs())
+        return sum(int(positives.size) for positives, *_ in self._runs())
 
     def roc_curve(self, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(false positive rates, true positive rates) from (0, 0) to (1, 1), one point per distinct
@@ -120,14 +120,14 @@ class RankedScores:
             keep = np.unique(np.linspace(0, points - 1, max_points).round().astype(np.int64))
         fpr, tpr = np.zeros(keep.size), np.zeros(keep.size)
         run_index = 0  # ascending: run r (0-based) is point `distinct - r`
-        for values, positives, negatives, pos_below, neg_below in self._runs():
-            point = distinct - run_index - np.arange(values.size)
+        for positives, _, positives_below, negatives_below in self._runs():
+            point = distinct - run_index - np.arange(positives.size)
             wanted = np.isin(point, keep)
             at = np.searchsorted(keep, point[wanted])
             # At threshold = this run's probability, predicted positive = this run and every run above.
-            fpr[at] = (self.negatives - (neg_below + np.cumsum(negatives) - negatives)[wanted]) / self.negatives
-            tpr[at] = (self.positives - (pos_below + np.cumsum(positives) - positives)[wanted]) / self.positives
-            run_index += values.size
+            fpr[at] = (self.negatives - negatives_below[wanted]) / self.negatives
+            tpr[at] = (self.positives - positives_below[wanted]) / self.positives
+            run_index += positives.size
         return fpr, tpr
 
     def metrics(self, threshold: float) -> dict[str, float]:
