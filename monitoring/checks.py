@@ -47,6 +47,7 @@ from monitoring.results import (
 )
 from monitoring.served_values import ProbabilityCounts, ServedValues, probability_counts, served_values
 from monitoring.settings import ComparatorThresholds, ConceptDriftThresholds, MonitoringThresholds
+from trainer.ranked_scores import outside_zero_to_one
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES, Kind
 
 log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ def concept_drift(labelled: pd.DataFrame, baseline: ConceptBaseline, thresholds:
     if not set(np.unique(labels)) <= {0, 1}:
         raise DataError(f"ground_truth must be 0 or 1, got values {sorted(set(np.unique(labels).tolist()) - {0, 1})}")
     probabilities = pd.to_numeric(usable["probability"]).to_numpy(dtype=np.float64)
-    outside = np.flatnonzero(~((probabilities >= 0.0) & (probabilities <= 1.0)))
+    outside = outside_zero_to_one(probabilities)
     if outside.size:
         raise DataError(f"probability must be in [0, 1], got {probabilities[outside[0]]!r} "
                         f"({outside.size} of {count} labelled rows)")

@@ -26,7 +26,7 @@ from beam_jobs.example_codec import split_pattern
 from core.atomic import write_text
 from core.config import EvaluationConfig
 from core.errors import DataError
-from trainer.ranked_scores import LOG_LOSS_EPSILON, RankedScores
+from trainer.ranked_scores import LOG_LOSS_EPSILON, RankedScores, outside_zero_to_one
 from transforms import features
 
 EVALUATION_FILE = "evaluation.json"
@@ -330,7 +330,7 @@ def _probabilities(signature: Any, batch: Any, label: str, model_dir: Path, file
     if values.size != int(batch.shape[0]):
         raise DataError(f"{model_dir}: serving_examples returned {values.size} probabilities for "
                         f"{int(batch.shape[0])} examples ({file}, from record {position})")
-    bad = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))
+    bad = outside_zero_to_one(values)
     if bad.size:
         raise DataError(f"{model_dir} ({label}): probability {values[bad[0]]!r} is not in [0, 1] for "
                         f"{file} record {position + int(bad[0])}")

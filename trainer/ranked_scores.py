@@ -22,6 +22,11 @@ CHUNK_ROWS = 1 << 20
 LOG_LOSS_EPSILON = 1e-15
 
 
+def outside_zero_to_one(values: np.ndarray) -> np.ndarray:
+    """The indices of the values that are no probability: outside [0, 1], or NaN."""
+    return np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))
+
+
 def pack(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """One unsorted uint64 per row: the probability's bits, then the label bit. ValueError if a
     probability is not in [0, 1] (NaN included): such a row has no place in the order."""
@@ -29,7 +34,7 @@ def pack(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if labels.size != values.size:
         raise ValueError(f"{labels.size} labels for {values.size} probabilities")
-    outside = np.flatnonzero(~((values >= 0.0) & (values <= 1.0)))
+    outside = outside_zero_to_one(values)
     if outside.size:
         raise ValueError(f"probability {values[outside[0]]!r} at row {int(outside[0])} is not in [0, 1]")
     keys = values + 0.0  # the one copy, worked on in place; -0.0 becomes 0.0 (its sign bit would sort it last)
