@@ -126,9 +126,6 @@ class SliceColumn:
         names, codes = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
         return cls(codes.reshape(-1).astype(np.int32), tuple(names.tolist()))
 
-    def values(self) -> np.ndarray:
-        return np.array(self.names, dtype=object)[self.codes]
-
 
 class _SliceCoder:
     """Codes a slice's values batch by batch, a code per distinct value met, in the order met."""
