@@ -18,8 +18,8 @@ interrupted step is tried again under a new try number, while the steps that had
 rerun; a second run with the same params reuses every step (the task logs say "<step>: reused",
 and MLMD records CACHED executions); no execution is left RUNNING. An orphaned ML process that
 finishes its step beside the retry (seen: two COMPLETE executions of the step) writes its own temp
-directory renamed into place, so the outputs are whole either way. The orphans end by themselves; every process started here (orphans too, found by their session) is ended at
-the end.
+directory renamed into place, so the outputs are whole either way. The orphans end by themselves;
+every process started here (orphans too, found by their session) is ended at the end.
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ def session_members(session_id: int) -> list[int]:
     return members
 
 
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
+
+
 def orphans_of_a_kill(session_id: int, killed_group: int) -> list[str]:
     """The command lines of the session's live processes outside the killed group: what a SIGKILL of
     that group does not signal, so orphans (the task runner, in its own group, and its ML process)."""
@@ -72,7 +76,7 @@ def orphans_of_a_kill(session_id: int, killed_group: int) -> list[str]:
     for pid in session_members(session_id):
         with contextlib.suppress(OSError, ValueError, IndexError):
             if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2]) != killed_group:
-                orphans.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160])
+                orphans.append(command_line(pid))
     return orphans
 
 
@@ -189,8 +193,7 @@ def scheduler_kill(tmp_path_factory: pytest.TempPathFactory) -> SchedulerKill:
         os.killpg(scheduler, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: not group_alive(scheduler), "the scheduler's process group to die", timeout=60, interval=0.5)
-        left_running = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:160]
-                        for pid in session_members(scheduler)]
+        left_running = [command_line(pid) for pid in session_members(scheduler)]
         time.sleep(10)  # the DB still says "running": nobody is left who would change it
         with (layout.home / "scheduler-restarted.log").open("ab") as log:
             restarted = subprocess.Popen([str(airflow), "scheduler"], env=env, stdout=log, stderr=subprocess.STDOUT,
