@@ -26,7 +26,8 @@ are the per-row steps' own. The kept rows of a list leave as one element (writte
 tfrecord_batches.TFRecordBatchSink).
 
 Writes `cleaned/Split-<split>/data-{once,copies}-*.tfrecord.gz` (readers glob `data-*`),
-`rejected/Split-<split>/rejected-{once,copies}-*.jsonl` and `clean_result.json`.
+`rejected/Split-<split>/rejected-{once,copies}-*.jsonl` and `clean_result.json`; the digests the
+count of copies spills (`digests/`) stay in the staging folder, removed with it.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ CLEANED_DIR = "cleaned"
 REJECTED_DIR = "rejected"
 RESULT_FILE = "clean_result.json"
 SUMMARY_FILE = "summary.json"
+DIGESTS_DIR = "digests"  # the count of copies' spilled digests, in the staging folder only
 
 @dataclasses.dataclass(frozen=True)
 class CleanResult:
@@ -266,22 +268,24 @@ class CleanSplit(beam.PTransform):
     are counted, so that no stage has to hold the records while that count is made. Without it
     (records from memory, tests) the records themselves are counted. `batched`: the records (and
     the reread's) come as lists (tfrecord_batches.ReadRecordBatches), else one record an element.
+    `digests_dir`: where the count of copies spills its digests (dedupe.CountContentCopies).
     """
 
     def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None,
-                 split: str = "", batched: bool = False) -> None:
+                 split: str = "", batched: bool = False, digests_dir: str | None = None) -> None:
         super().__init__()
         self._features = tuple(features)
         self._reread = reread
         self._split = split
         self._batched = batched
+        self._digests_dir = digests_dir
 
     def expand(self, records: beam.PCollection) -> CleanOutput:
         counted = records if self._reread is None else records.pipeline | "ReadAgain" >> self._reread
         if not self._batched:
             records = records | "OneRecordBatches" >> beam.Map(clean_batches.one_record_batch)
             counted = counted | "OneRecordBatchesCounted" >> beam.Map(clean_batches.one_record_batch)
-        copies = counted | "CountContentCopies" >> dedupe.CountContentCopies()
+        copies = counted | "CountContentCopies" >> dedupe.CountContentCopies(self._digests_dir)
         once = records | "CleanRecords" >> beam.ParDo(
             CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
             REJECTED, CleanRecordFn.WITH_COPIES, CleanRecordFn.FACTS, main="kept")
@@ -333,7 +337,8 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
     for split in plan.splits:
         records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
         cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(
-            features, reread=_read_split(plan.examples_dir, split), split=split, batched=True)
+            features, reread=_read_split(plan.examples_dir, split), split=split, batched=True,
+            digests_dir=str(split_dir(output / DIGESTS_DIR, split)))
         for branch, out in zip(BRANCHES, cleaned):
             _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.Write(
                 TFRecordBatchSink(f"{split_prefix(output / CLEANED_DIR, split)}-{branch}"))

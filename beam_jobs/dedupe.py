@@ -7,8 +7,12 @@ example_codec.canonical_row's text, and for a row the clean job keeps unchanged 
 also what it writes.
 
 How it stays flat: `CountContentCopies` collects 8-byte digests of the contents of a second read of
-the split (lists of records), an array per bundle, and a combiner finds those seen more than once: a side input as
-large as the duplicated contents; the count holds 8 bytes per row, never a row. The first read's
+the split (lists of records), an array per bundle, and a combiner finds those seen more than once: a
+side input as large as the duplicated contents; the count holds 8 bytes per row, never a row. Given
+a folder beside the job's outputs, each bundle writes its array to a file there and passes on only
+the file's name, and the combiner reads the files into one array it sorts in place: one copy of the
+digests instead of the three or four a shuffle of the arrays makes (encoded, decoded, gathered),
+and a folder on shared storage serves any runner as the job's sinks do. The first read's
 rows stream past it (clean.CleanRecordFn): a row whose content is there goes to the exact
 comparison (`GroupByKey` on the full content bytes, then `pick_kept_copy`), every other row is kept
 as it goes. A digest collision only sends both rows to the exact comparison, which tells them
@@ -19,11 +23,14 @@ from __future__ import annotations
 
 import array
 import hashlib
-from typing import Any, Iterable, Iterator
+import uuid
+from typing import Any, Iterable, Iterator, Union
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 from google.protobuf.message import DecodeError
 
@@ -85,9 +92,18 @@ def record_digest(serialized: bytes) -> int | None:
     return content_digest(content_bytes(example))
 
 
+# One bundle's digests as the combiner gets them: the array's bytes, or (file, digest count) when spilled.
+BundleDigests = Union[bytes, tuple[str, int]]
+_READ_BYTES = 8 << 20
+
+
 class BundleDigestsFn(beam.DoFn):
     """Lists of records -> one array of their content digests per bundle (8 bytes a record): no
-    per-record element leaves this stage."""
+    per-record element leaves this stage. With `spill_dir`, the array goes to a file there and the
+    element is (its path, how many digests)."""
+
+    def __init__(self, spill_dir: str | None = None) -> None:
+        self._spill_dir = spill_dir
 
     def start_bundle(self) -> None:
         self._digests = array.array("Q")
@@ -101,34 +117,60 @@ class BundleDigestsFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[Any]:
         if self._digests:
-            yield GlobalWindows.windowed_value(self._digests.tobytes())
+            yield GlobalWindows.windowed_value(self._spill() if self._spill_dir else self._digests.tobytes())
         self._digests = array.array("Q")
+
+    def _spill(self) -> tuple[str, int]:
+        # A file of its own per bundle attempt: only the names of committed bundles reach the combiner.
+        path = FileSystems.join(self._spill_dir, f"digests-{uuid.uuid4().hex}.u64")
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            out.write(memoryview(self._digests).cast("B"))
+        return path, len(self._digests)
+
+
+def _read_spilled(path: str, into: np.ndarray) -> None:
+    """Fills `into` with the digests of one spilled file, which must hold exactly that many: a file
+    cut short would miss duplicates."""
+    target = memoryview(into).cast("B")
+    filled = 0
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as source:
+        while filled < len(target) and (chunk := source.read(min(_READ_BYTES, len(target) - filled))):
+            target[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        longer = bool(source.read(1))
+    if filled != len(target) or longer:
+        raise RuntimeError(f"{path}: expected {len(target)} bytes of content digests, found "
+                           f"{'more' if longer else filled}")
 
 
 class DigestsWithCopiesFn(beam.CombineFn):
-    """Per-bundle digest arrays -> the set of digests seen more than once (sorted and counted once, by numpy)."""
+    """Per-bundle digest arrays (or their files) -> the set of digests seen more than once (sorted
+    and counted once, by numpy)."""
 
-    def create_accumulator(self) -> list[bytes]:
+    def create_accumulator(self) -> list[BundleDigests]:
         return []
 
-    def add_input(self, arrays: list[bytes], digests: bytes) -> list[bytes]:
-        arrays.append(digests)
-        return arrays
+    def add_input(self, bundles: list[BundleDigests], digests: BundleDigests) -> list[BundleDigests]:
+        bundles.append(digests)
+        return bundles
 
-    def merge_accumulators(self, accumulators: Iterable[list[bytes]]) -> list[bytes]:
-        return [digests for arrays in accumulators for digests in arrays]
+    def merge_accumulators(self, accumulators: Iterable[list[BundleDigests]]) -> list[BundleDigests]:
+        return [digests for bundles in accumulators for digests in bundles]
 
-    def extract_output(self, arrays: list[bytes]) -> frozenset[int]:
-        if not arrays:
+    def extract_output(self, bundles: list[BundleDigests]) -> frozenset[int]:
+        if not bundles:
             return frozenset()
         # One array of every digest, sorted in place; a digest with copies equals its neighbour.
         # 8 bytes a record beside the accumulator's own (np.unique with counts took ~5 such arrays).
-        digests = np.empty(sum(len(chunk) for chunk in arrays) // 8, dtype=np.uint64)
+        sizes = [len(bundle) // 8 if isinstance(bundle, bytes) else bundle[1] for bundle in bundles]
+        digests = np.empty(sum(sizes), dtype=np.uint64)
         filled = 0
-        for chunk in arrays:
-            part = np.frombuffer(chunk, dtype=np.uint64)
-            digests[filled:filled + part.size] = part
-            filled += part.size
+        for bundle, size in zip(bundles, sizes):
+            if isinstance(bundle, bytes):
+                digests[filled:filled + size] = np.frombuffer(bundle, dtype=np.uint64)
+            else:
+                _read_spilled(bundle[0], digests[filled:filled + size])
+            filled += size
         digests.sort()
         repeated = digests[1:][digests[1:] == digests[:-1]]
         return frozenset(np.unique(repeated).tolist())
@@ -138,13 +180,18 @@ class CountContentCopies(beam.PTransform):
     """Lists of serialized records -> (a single element) the frozenset of content digests seen more than once.
 
     Counted with a combiner over per-bundle arrays of 8-byte digests: what crosses a stage is 8 bytes
-    per record, never the rows, and no per-record element.
+    per record, never the rows, and no per-record element; with `spill_dir` (a folder on storage
+    every worker sees, removed by the caller after the run), only a file name per bundle.
     """
+
+    def __init__(self, spill_dir: str | None = None) -> None:
+        super().__init__()
+        self._spill_dir = spill_dir
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return (
             records
-            | "ContentDigests" >> beam.ParDo(BundleDigestsFn())
+            | "ContentDigests" >> beam.ParDo(BundleDigestsFn(self._spill_dir))
             | "DigestsWithCopies" >> beam.CombineGlobally(DigestsWithCopiesFn())
         )
 

@@ -90,12 +90,12 @@ def _kept_contents(kept: beam.PCollection, label: str) -> beam.PCollection:
             | f"Content{label}" >> beam.Map(lambda record: canonical_row(parse_serialized(record))))
 
 
-def _run_clean_split(records: list[bytes], *, reread: bool) -> None:
+def _run_clean_split(records: list[bytes], *, reread: bool, digests_dir: str | None = None) -> None:
     expected_kept, expected_rejected = reference_dedupe(records)
     assert len(expected_rejected) == 6  # two of a, one each of b, c, g and the labelled f
     with test_pipeline.TestPipeline() as pipeline:
         # As the job counts: from a second read of the same records; else from the records themselves.
-        split = clean.CleanSplit(reread=beam.Create(records) if reread else None)
+        split = clean.CleanSplit(reread=beam.Create(records) if reread else None, digests_dir=digests_dir)
         cleaned = pipeline | "Records" >> beam.Create(records) | split
         kept = (cleaned.once.kept, cleaned.copies.kept) | "AllKept" >> beam.Flatten()
         assert_that(_kept_contents(kept, "All"), equal_to(expected_kept), label="KeptOnePerContent")
@@ -111,6 +111,13 @@ def _run_clean_split(records: list[bytes], *, reread: bool) -> None:
 @pytest.mark.parametrize("reread", [False, True], ids=["counted-from-the-records", "counted-from-a-second-read"])
 def test_dedupe_keeps_and_rejects_exactly_what_grouping_every_row_did(stored_rows, reread):
     _run_clean_split(records_with_copies(stored_rows), reread=reread)
+
+
+def test_dedupe_through_spilled_digest_files_keeps_and_rejects_the_same(stored_rows, tmp_path):
+    """As the job runs it: the count's digests go through files in a folder, not through the shuffle."""
+    _run_clean_split(records_with_copies(stored_rows), reread=True, digests_dir=str(tmp_path / "digests"))
+    spilled = list((tmp_path / "digests").glob("digests-*.u64"))
+    assert spilled and sum(path.stat().st_size for path in spilled) % 8 == 0
 
 
 def test_a_digest_collision_only_costs_an_exact_comparison(stored_rows, monkeypatch):
@@ -134,12 +141,17 @@ def test_equal_contents_have_equal_content_bytes_however_they_are_stored(stored_
     assert dedupe.content_bytes(changed) != dedupe.row_content_bytes(row)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_digests_with_copies_are_exactly_those_seen_more_than_once_across_bundles(seed):
-    """The combiner's output, against a count of every digest, on bundles of random digests of
-    which some appear two or three times (in one bundle or across bundles) and the extremes occur."""
-    import array
+def _spill(bundle: Any, path: Any) -> tuple[str, int]:
+    path.write_bytes(bundle.tobytes())
+    return str(path), len(bundle)
 
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("carried", ["bytes", "files", "both"])
+def test_the_digests_with_copies_are_exactly_those_seen_more_than_once_across_bundles(seed, carried, tmp_path):
+    """The combiner's output, against a count of every digest, on bundles of random digests of
+    which some appear two or three times (in one bundle or across bundles) and the extremes occur;
+    the bundles carried as bytes, as spilled files, or some of each."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -150,10 +162,25 @@ def test_the_digests_with_copies_are_exactly_those_seen_more_than_once_across_bu
     bundles = np.array_split(np.array(digests, dtype=np.uint64)[order], 7)
     combine = dedupe.DigestsWithCopiesFn()
     accumulators = []
-    for bundle in bundles:
-        accumulator = combine.create_accumulator()
-        accumulators.append(combine.add_input(accumulator, array.array("Q", bundle.tolist()).tobytes()))
+    for index, bundle in enumerate(bundles):
+        as_file = carried == "files" or (carried == "both" and index % 2)
+        element = _spill(bundle, tmp_path / f"digests-{index}.u64") if as_file else bundle.tobytes()
+        accumulators.append(combine.add_input(combine.create_accumulator(), element))
     found = combine.extract_output(combine.merge_accumulators(accumulators))
     assert found == frozenset(d for d, n in Counter(digests).items() if n > 1)
     assert len(found) == 40 + 7 + 2
     assert combine.extract_output(combine.create_accumulator()) == frozenset()
+
+
+@pytest.mark.parametrize("change", ["cut short", "longer"])
+def test_a_spilled_digest_file_of_another_length_is_refused_not_half_counted(change, tmp_path):
+    import numpy as np
+
+    bundle = np.arange(1, 1_001, dtype=np.uint64)
+    path, count = _spill(bundle, tmp_path / "digests-0.u64")
+    data = bundle.tobytes()
+    (tmp_path / "digests-0.u64").write_bytes(data[:-8] if change == "cut short" else data + data[:8])
+    combine = dedupe.DigestsWithCopiesFn()
+    with pytest.raises(RuntimeError, match=rf"digests-0\.u64: expected 8000 bytes of content digests, found "
+                                           rf"{7992 if change == 'cut short' else 'more'}"):
+        combine.extract_output(combine.add_input(combine.create_accumulator(), (path, count)))
