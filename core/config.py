@@ -377,6 +377,11 @@ def _beam_section(values: Any) -> BeamConfig:
     return BeamConfig(tuple(rows))
 
 
+# Measured in docs/SCALE.md ("Steps in processes of their own"): below it the start-up of a process
+# per step costs more than the memory it returns.
+STEPS_IN_OWN_PROCESS_FROM_ROWS = 5_000_000
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     root: Path
@@ -392,6 +397,9 @@ class Config:
     automation: AutomationConfig = AutomationConfig()
     review: ReviewConfig = ReviewConfig()
     beam: BeamConfig = BeamConfig()
+    # `mlops pipeline run` runs every step after ingest in a process of its own (as Airflow's tasks
+    # run) when ingest wrote at least this many rows, else all in its own process (see mlops.toml).
+    steps_in_own_process_from_rows: int = STEPS_IN_OWN_PROCESS_FROM_ROWS
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -475,7 +483,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
     known = {"pipeline_name", "pipeline_root", "beam_args", "beam", "data", "training", "evaluation", "serving", "metadata",
-             "automation", "review"}
+             "automation", "review", "steps_in_own_process_from_rows"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"config has unknown keys {unknown}; known: {sorted(known)}")
@@ -492,4 +500,12 @@ def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
         metadata=_section(MetadataConfig, values.get("metadata", {}), root, "metadata"),
         automation=_section(AutomationConfig, values.get("automation", {}), root, "automation"),
         review=_section(ReviewConfig, values.get("review", {}), root, "review"),
+        steps_in_own_process_from_rows=_row_count(values.get("steps_in_own_process_from_rows", STEPS_IN_OWN_PROCESS_FROM_ROWS),
+                                                  "steps_in_own_process_from_rows"),
     )
+
+
+def _row_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a whole number of rows >= 0 (0: always), got {value!r}")
+    return value

@@ -1,18 +1,30 @@
-"""The whole training pipeline in one process: ingest -> clean -> validate -> transform -> train
+"""The whole training pipeline from one command: ingest -> clean -> validate -> transform -> train
 -> evaluate -> push, with a progress line per step. Airflow's `taxi_training` DAG runs the same
-step functions one task each."""
+step functions one task each.
+
+Small inputs run every step in this process (a process per step would cost more start-up than the
+steps take). From `steps_in_own_process_from_rows` rows on, each step after ingest runs in a
+process of its own, as Airflow's tasks do: what one step's libraries keep after it ends
+(TensorFlow's and Arrow's allocators do not hand memory back) is not carried into the next.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from core.config import Config
+from core.errors import MlopsError
 from metadata.recorder import Trigger, new_run_id
 from mlops import steps
+from mlops.step_context import rows_of
 
 Progress = Callable[[str], None]
 
@@ -47,6 +59,39 @@ class StepProgress:
 
     def failed(self, name: str, started: float, error: BaseException) -> None:
         self.progress(f"[{self.index}/{self.total}] {name:<9} FAILED after {time.time() - started:.1f}s: {error}")
+
+
+class StepProcessError(MlopsError):
+    """A step run in a process of its own ended without a result (killed, or out of memory)."""
+
+
+StepCall = Callable[..., steps.StepOutcome]
+
+
+def steps_here(ctx: steps.StepContext) -> StepCall:
+    return lambda name, *args, **kwargs: getattr(steps, name)(ctx, *args, **kwargs)
+
+
+def steps_in_own_processes(config: Config, run_id: str, trigger: Trigger) -> StepCall:
+    """Each call runs the step in a new process, which re-opens the run in ML Metadata (as an
+    Airflow task does) and ends with the step."""
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing inherited from this one's heap
+    log_level = logging.getLogger().level
+
+    def call(name: str, *args: Any, **kwargs: Any) -> steps.StepOutcome:
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            try:
+                return pool.submit(_run_step, config, run_id, trigger, log_level, name, args, kwargs).result()
+            except BrokenProcessPool as err:
+                raise StepProcessError(f"{name}: its process ended without a result (killed, or out of memory?); "
+                                       f"run the pipeline again to redo it (finished steps are reused)") from err
+    return call
+
+
+def _run_step(config: Config, run_id: str, trigger: Trigger, log_level: int, name: str, args: tuple,
+              kwargs: dict) -> steps.StepOutcome:
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    return steps_here(steps.open_run(config, run_id, trigger))(name, *args, **kwargs)
 
 
 def run_pipeline(
@@ -86,13 +131,18 @@ def run_pipeline(
 
     ingested = step("ingest", lambda: steps.ingest(ctx, Path(csv_path or config.data.csv_path), start, end,
                                                    production_logs=production_logs, production_data=production_data))
-    cleaned = step("clean", lambda: steps.clean(ctx, ingested.outputs["examples"]))
-    validated = step("validate", lambda: steps.validate(
-        ctx, ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))
-    transformed = step("transform", lambda: steps.transform(ctx, cleaned.outputs["cleaned"], validated.outputs["anomalies"]))
-    trained = step("train", lambda: steps.train(
-        ctx, transformed.outputs["transformed"], transformed.outputs["transform_graph"]))
-    evaluated = step("evaluate", lambda: steps.evaluate(ctx, trained.outputs["model"], cleaned.outputs["cleaned"],
-                                                        recent=ingested.outputs["examples"]))
-    step("push", lambda: steps.push(ctx, trained.outputs["model"], evaluated.outputs["blessing"]))
+    rows = rows_of(ingested.outputs["examples"])
+    call = steps_here(ctx)
+    if rows is not None and rows >= config.steps_in_own_process_from_rows:
+        progress(f"{rows:,} rows >= steps_in_own_process_from_rows {config.steps_in_own_process_from_rows:,}: "
+                 f"each step from here on runs in a process of its own")
+        call = steps_in_own_processes(config, run_id, trigger)
+    cleaned = step("clean", lambda: call("clean", ingested.outputs["examples"]))
+    validated = step("validate", lambda: call(
+        "validate", ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))
+    transformed = step("transform", lambda: call("transform", cleaned.outputs["cleaned"], validated.outputs["anomalies"]))
+    trained = step("train", lambda: call("train", transformed.outputs["transformed"], transformed.outputs["transform_graph"]))
+    evaluated = step("evaluate", lambda: call("evaluate", trained.outputs["model"], cleaned.outputs["cleaned"],
+                                              recent=ingested.outputs["examples"]))
+    step("push", lambda: call("push", trained.outputs["model"], evaluated.outputs["blessing"]))
     return PipelineResult(run_id, outcomes, round(time.time() - began, 1))

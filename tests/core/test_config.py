@@ -20,6 +20,8 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
     assert config.beam_args is None
     assert config.beam.by_input_rows[-1].below is None
     assert all("--runner=DirectRunner" in entry.args for entry in config.beam.by_input_rows)
+    assert config.steps_in_own_process_from_rows == 5_000_000
+    assert config_from_dict({}, tmp_path).steps_in_own_process_from_rows == 5_000_000
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,9 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
         ({"data": {"eval_buckets": 3}}, "data.eval_buckets"),
         ({"data": {"production_since": "yesterday"}}, "data.production_since must be a date YYYY-MM-DD or empty"),
         ({"colour": "blue"}, r"config has unknown keys \['colour'\]"),
+        ({"steps_in_own_process_from_rows": -1}, r"steps_in_own_process_from_rows must be a whole number of rows >= 0 \(0: always\), got -1"),
+        ({"steps_in_own_process_from_rows": "5M"}, r"steps_in_own_process_from_rows must be .*got '5M'"),
+        ({"steps_in_own_process_from_rows": True}, r"steps_in_own_process_from_rows must be .*got True"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(values, message, tmp_path):

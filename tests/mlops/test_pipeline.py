@@ -98,6 +98,44 @@ def test_a_rerun_with_the_same_inputs_reuses_everything_and_says_so(first_run):
     assert sum("reused" in line for line in lines) >= 6
 
 
+_IN_OWN_PROCESSES = """
+import json, sys
+from pathlib import Path
+from tests.mlops.test_pipeline import SMALL_WINDOW, small_config
+from mlops.pipeline import run_pipeline
+config = small_config(Path(sys.argv[1])).replace(steps_in_own_process_from_rows=0)
+lines = []
+result = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
+step_modules = [m for m in ("beam_jobs.clean", "beam_jobs.transform", "trainer.train", "trainer.evaluate", "tensorflow_transform")
+                if m in sys.modules]
+print(json.dumps({"lines": lines, "results": {name: o.results for name, o in result.outcomes.items()},
+                  "imported_here": step_modules}, default=str))
+"""
+
+
+def test_steps_in_processes_of_their_own_make_the_same_run(first_run, tmp_path):
+    """From `steps_in_own_process_from_rows` rows on, each step after ingest runs in a process of its
+    own (here from 0 rows): same rows, same model, same push; the command's own process never loads
+    the steps' libraries."""
+    import json
+    import subprocess
+    import sys
+
+    _, first, _ = first_run
+    done = subprocess.run([sys.executable, "-c", _IN_OWN_PROCESSES, str(tmp_path)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any("steps_in_own_process_from_rows 0: each step from here on runs in a process of its own" in line
+               for line in run["lines"]), run["lines"]
+    assert run["imported_here"] == []
+    for name, keys in {"clean": ("rows_in", "rows_kept", "rows_rejected"), "transform": ("rows",),
+                       "train": ("eval_metrics",), "evaluate": ("blessed",)}.items():
+        for key in keys:
+            assert run["results"][name][key] == json.loads(json.dumps(first.outcomes[name].results[key], default=str)), (name, key)
+    assert run["results"]["push"]["version"] == 1
+
+
 def _fails_and_pushes_nothing(tmp_path: Path, csv: Path, error: type[Exception], *patterns: str,
                               window: tuple[str, str] = SMALL_WINDOW) -> str:
     config = small_config(tmp_path)
