@@ -51,8 +51,13 @@ _ANALYSIS_READ = "ForAnalysis"
 # run, and with them the float32 partial sums of TFT's mean/var analyzers (z-score constants moved
 # by up to 1e-5 relative) and the vectorised/scalar split of element-wise ops (sin, log1p: 1 ulp).
 # With fixed batches the same input gives bit-identical analyzer constants and transformed rows.
-# 1000 is the largest size TFXIO's own tuning would pick.
-READ_BATCH_SIZE = 1000
+# Why 4096 (docs/SCALE.md "Transform's growth"): TensorFlow 2.16 keeps ~1 KB of RSS per
+# SparseTensor argument of every call of TFT's analysis and transform functions, one call per batch
+# (benchmarks/tf_call_memory.py); with 19 raw features and 1000 rows a batch that was ~19 MB per
+# million rows analyzed or transformed (0.73 -> 1.25 GiB over the 15M-row pipeline's 24k calls).
+# 4096 keeps a quarter of it and cuts the step's time by ~7% at 1.5M rows, same peak there; 16384
+# added 170 MB at 1.5M for no time.
+READ_BATCH_SIZE = 4096
 
 
 @dataclasses.dataclass(frozen=True)

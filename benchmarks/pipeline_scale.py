@@ -46,7 +46,7 @@ WINDOW = ("2013-01-01", "2017-01-01")
 TFX = {15_002: (104.2, 1.04), 150_000: (130.7, 1.40), 1_500_000: (355.3, 4.35)}
 _CONFIG = """\
 pipeline_root = "pipeline"
-{beam}
+{own_processes}{beam}
 [data]
 schema_path = "{schema}"
 [training]
@@ -70,6 +70,12 @@ def beam_config(beam_args: Sequence[str] | None, project_config: Path = ROOT / "
         if beam_args is None:
             return "".join(f"[[beam.by_input_rows]]\n{_toml_entry(entry)}" for entry in project.get("beam", {}).get("by_input_rows", []))
     return f"beam_args = {json.dumps(list(beam_args))}\n"
+
+
+def own_processes_config(project_config: Path = ROOT / "mlops.toml") -> str:
+    """The project config's `steps_in_own_process_from_rows`, if it sets one (else the default applies)."""
+    value = tomllib.loads(project_config.read_text()).get("steps_in_own_process_from_rows")
+    return "" if value is None else f"steps_in_own_process_from_rows = {int(value)}\n"
 
 
 def _toml_entry(entry: dict[str, Any]) -> str:
@@ -118,7 +124,7 @@ class TreeSampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             sizes = [_rss_bytes(pid) for pid in _process_tree(self.pid)]
-            # A phase's first sample also keeps where it started: one process runs every step, and
+            # A phase's first sample also keeps where it started: when one process runs every step,
             # memory a step leaves behind shows in the peaks of the steps after it.
             peak = self.peaks.setdefault(self.phase, {"largest_process": 0, "tree": 0, "start": max(sizes, default=0)})
             peak["largest_process"] = max(peak["largest_process"], max(sizes, default=0))
@@ -146,7 +152,8 @@ def run_size(rows: int, work: Path, train_steps: int, seed: int, beam_args: Sequ
     root.mkdir()
     # The TOML sits before [data]: a table header there would swallow the keys after it.
     beam = beam_config(beam_args)
-    (root / "mlops.toml").write_text(_CONFIG.format(schema=ROOT / "data/taxi/schema.pbtxt", steps=train_steps, beam=beam))
+    (root / "mlops.toml").write_text(_CONFIG.format(schema=ROOT / "data/taxi/schema.pbtxt", steps=train_steps, beam=beam,
+                                                     own_processes=own_processes_config()))
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "mlops.cli", "--config", str(root / "mlops.toml"), "pipeline", "run", "--csv",

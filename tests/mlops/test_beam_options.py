@@ -81,17 +81,19 @@ def test_each_step_chooses_by_its_own_input_records_why_and_explicit_args_win(tm
 def test_the_scale_benchmark_runs_the_projects_choice_unless_given_beam_args(tmp_path):
     import tomllib
 
-    from benchmarks.pipeline_scale import _CONFIG, beam_config
+    from benchmarks.pipeline_scale import _CONFIG, beam_config, own_processes_config
     from core.config import config_from_dict, load_config
     from tests.conftest import PROJECT_ROOT
 
     def generated(beam_args):
-        text = _CONFIG.format(schema=PROJECT_ROOT / "data/taxi/schema.pbtxt", steps=5, beam=beam_config(beam_args))
+        text = _CONFIG.format(schema=PROJECT_ROOT / "data/taxi/schema.pbtxt", steps=5, beam=beam_config(beam_args),
+                              own_processes=own_processes_config())
         return config_from_dict(tomllib.loads(text), tmp_path)
 
     project = load_config(PROJECT_ROOT / "mlops.toml")
     default = generated(None)
     assert default.beam_args == project.beam_args and default.beam == project.beam
+    assert default.steps_in_own_process_from_rows == project.steps_in_own_process_from_rows
     assert default.training.train_steps == 5  # the table before [data] swallowed none of the keys after it
     given = generated(["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     assert given.beam_options(10).why == "beam_args set explicitly: multi_processing x2"
