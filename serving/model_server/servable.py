@@ -3,8 +3,9 @@ as ready-to-call functions, its metadata, and its warm-up.
 
 `Servable.load` reads the MetaGraph, loads the SavedModel and warms it up (TF Serving's warm-up
 records when the version ships them, else one synthetic call per signature); any failure is a
-`ServingError` with the status TF Serving would report. A SavedModel `tf.saved_model.load` cannot
-read is loaded into a TF1 session instead (`SessionModule`), as TF Serving loads every model.
+`ServingError` with the status TF Serving would report. Every SavedModel is loaded into a TF1
+session (`SessionModule`), as TF Serving loads every model; `tf.saved_model.load` only reads what
+the session loader cannot.
 `predict`, `classify`, `regress` and `multi_inference` run TF Serving's checks (`signatures.py`) around one TensorFlow call and return
 numpy arrays. Which versions are loaded, and when, is the manager's business (`manager.py`).
 """
@@ -159,7 +160,7 @@ def _like_eager_numpy(value: Any) -> Any:
 
 class SessionModule:
     """A SavedModel loaded into a TF1 session (`tf.compat.v1.saved_model.loader.load`), as TF Serving
-    loads every SavedModel: what `Servable` uses when `tf.saved_model.load` cannot read a TF1 export."""
+    loads every SavedModel: what `Servable` loads first (see `Servable.load` for why)."""
 
     def __init__(self, session: Any, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
         self.session = session  # owns the variables: alive as long as the servable
@@ -231,19 +232,24 @@ class Servable:
         """Loads the SavedModel at `path` and warms it up; raises ServingError on any failure.
         `check_method_name`: --enable_signature_method_name_check (TF Serving's default: off)."""
         meta_graph = read_meta_graph(path)
+        module: Any
         try:
-            module: Any = tf.saved_model.load(str(path), tags=[SERVE_TAG])
-        except Exception as err:  # noqa: BLE001 - any loader failure becomes the version's error status
-            status = status_from_exception(err)
+            # A TF1 session, as TF Serving loads every SavedModel. Also what a long-lived server
+            # needs: TensorFlow 2.16 keeps ~0.3 KB of RSS per input tensor of every call of a
+            # `tf.saved_model.load` signature function (5.6 KB a request for the taxi model's 19
+            # inputs: 0.5 GiB per 100k requests), and none per session call, which is faster too
+            # (benchmarks/tf_call_memory.py --servable).
+            module = SessionModule.load(path)
+        except Exception as session_err:  # noqa: BLE001 - the TF2 loader may read what the session cannot
             try:
-                # TF Serving loads every SavedModel into a TF1 session; some TF1 exports only load
-                # that way (e.g. a shapeless serialized-Example placeholder of a TF 1.0 graph,
-                # which tf.saved_model.load reads as a scalar).
-                module = SessionModule.load(path)
-            except Exception as tf1_err:  # noqa: BLE001 - the TF2 loader's error is the one reported
-                log.info("%s version %d: the TF1 loader failed too: %s", name, version, status_from_exception(tf1_err).message)
+                module = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+            except Exception as err:  # noqa: BLE001 - any loader failure becomes the version's error status
+                status = status_from_exception(err)
+                log.info("%s version %d: the TF1 session loader failed too: %s", name, version,
+                         status_from_exception(session_err).message)
                 raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
-            log.info("%s version %d: loaded with the TF1 session loader (tf.saved_model.load: %s)", name, version, status.message)
+            log.info("%s version %d: loaded with tf.saved_model.load (the TF1 session loader: %s)", name, version,
+                     status_from_exception(session_err).message)
         servable = cls(name, version, path, module, meta_graph, observer, scheduler, check_method_name)
         servable.warm_up()
         return servable

@@ -1,6 +1,7 @@
-"""SavedModels that `tf.saved_model.load` cannot read but TF Serving serves: `Servable.load` falls
-back to TF1's session loader (as TF Serving loads every model). Real SavedModels: the half-plus-two
-exports of tests/fixtures/half_plus_two.py."""
+"""`Servable.load` loads every SavedModel into a TF1 session, as TF Serving does: TF2 exports too
+(calls through a session keep no memory, a `tf.saved_model.load` function's do), and TF1 exports
+that `tf.saved_model.load` cannot read; `tf.saved_model.load` only reads what the session loader
+cannot. Real SavedModels: the half-plus-two exports of tests/fixtures/half_plus_two.py."""
 
 from __future__ import annotations
 
@@ -61,6 +62,32 @@ def test_session_feeds_any_shape_and_reports_the_graphs_error(servable: Servable
         servable.predict("regress_x_to_y", {"inputs": np.asarray([[b"x"]], dtype=object)})
     assert caught.value.code == Code.INVALID_ARGUMENT
     assert caught.value.message.startswith("Expected serialized to be a vector, got shape: [1,1]")
+
+
+def test_a_tf2_export_is_served_from_a_session_too(tmp_path: Path) -> None:
+    from serving.model_server.servable import Servable, SessionModule
+
+    servable = Servable.load("half_plus_two", 1, export_half_plus_two_tf2(tmp_path / "export"))
+    assert isinstance(servable._module, SessionModule)
+    _, outputs = servable.predict("", {"x": np.asarray([2.0, 3.0], dtype=np.float32)})
+    np.testing.assert_array_equal(outputs["y"], np.asarray([3.0, 3.5], dtype=np.float32))
+
+
+def test_what_the_session_loader_cannot_read_the_tf2_loader_serves(tmp_path: Path, monkeypatch, caplog) -> None:
+    import logging
+
+    from serving.model_server import servable as servable_module
+
+    def unreadable(path: Path) -> None:
+        raise ValueError(f"{path}: not for sessions")
+
+    monkeypatch.setattr(servable_module.SessionModule, "load", staticmethod(unreadable))
+    with caplog.at_level(logging.INFO, logger=servable_module.__name__):
+        servable = servable_module.Servable.load("half_plus_two", 1, export_half_plus_two_tf2(tmp_path / "export"))
+    assert not isinstance(servable._module, servable_module.SessionModule)
+    _, outputs = servable.predict("", {"x": np.asarray([4.0], dtype=np.float32)})
+    np.testing.assert_array_equal(outputs["y"], np.asarray([4.0], dtype=np.float32))
+    assert "loaded with tf.saved_model.load (the TF1 session loader: ValueError: " in caplog.text
 
 
 def test_a_model_neither_loader_reads_reports_the_tf2_loaders_error(tmp_path: Path) -> None:
