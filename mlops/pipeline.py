@@ -4,8 +4,8 @@ step functions one task each.
 
 Small inputs run every step in this process (a process per step would cost more start-up than the
 steps take). From `steps_in_own_process_from_rows` rows on, each step after ingest runs in a
-process of its own, as Airflow's tasks do: what one step's libraries keep after it ends
-(TensorFlow's and Arrow's allocators do not hand memory back) is not carried into the next.
+process of its own, as Airflow's tasks do: what one step leaves resident after it ends (freed
+memory the allocators keep, what TensorFlow keeps per function call) is not carried into the next.
 """
 
 from __future__ import annotations
