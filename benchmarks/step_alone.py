@@ -5,8 +5,8 @@ of the process (e.g. MALLOC_ARENA_MAX), on the same outputs (docs/SCALE.md).
 RUN_DIR is one run of a pipeline root (`<root>/runs/<run id>`, holding `ingest/`, `clean/`,
 `transform/` and `train/`). Clean and transform run with the Beam options the default config
 gives an input of unknown size. Evaluate scores the trained model twice, as candidate and as the
-served baseline, as a pipeline re-run with a served model does. Old code side by side: run it with PYTHONPATH set to a
-checkout of the old commit.
+served baseline, as a pipeline re-run with a served model does. Old code side by side: run it with
+PYTHONPATH set to a checkout of the old commit.
 
     .venvs/ml/bin/python benchmarks/step_alone.py train RUN_DIR
 """
