@@ -50,12 +50,9 @@ def main() -> None:
 
 
 def beam_step(step: str, run_dir: Path, out: Path) -> dict:
-    import dataclasses
-
     from core.config import load_config
 
-    config = load_config()
-    config = dataclasses.replace(config, pipeline_root=out / "root")
+    config = load_config().replace(pipeline_root=out / "root")
     # The shipped config has one entry for every input size; a row count would not change it.
     choice = config.beam_options()
     if step == "clean":

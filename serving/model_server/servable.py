@@ -241,15 +241,15 @@ class Servable:
             # (benchmarks/tf_call_memory.py --servable).
             module = SessionModule.load(path)
         except Exception as session_err:  # noqa: BLE001 - the TF2 loader may read what the session cannot
+            session_failure = status_from_exception(session_err).message
             try:
                 module = tf.saved_model.load(str(path), tags=[SERVE_TAG])
             except Exception as err:  # noqa: BLE001 - any loader failure becomes the version's error status
                 status = status_from_exception(err)
-                log.info("%s version %d: the TF1 session loader failed too: %s", name, version,
-                         status_from_exception(session_err).message)
+                log.info("%s version %d: the TF1 session loader failed too: %s", name, version, session_failure)
                 raise ServingError(status.code, f"Failed to load SavedModel at {path}: {status.message}") from None
             log.info("%s version %d: loaded with tf.saved_model.load (the TF1 session loader: %s)", name, version,
-                     status_from_exception(session_err).message)
+                     session_failure)
         servable = cls(name, version, path, module, meta_graph, observer, scheduler, check_method_name)
         servable.warm_up()
         return servable
