@@ -11,17 +11,27 @@ the job runs (checked: a range that reads short fails the run) and that a quoted
 lines is not supported (such a row is rejected as `wrong_field_count`, never merged). Blank lines
 are skipped and not counted as rows; line numbers count them, as an editor does.
 
+A CSV compressed with gzip, bzip2 or xz (named .gz, .bz2, .xz or .lzma, as Beam's ReadFromText
+detects them) is read through the standard library's decompressor over the same FileSystems
+handle: it cannot be cut into byte ranges (a worker would have to decompress everything before its
+range), so it is one range, read by one worker a piece at a time, in the same flat memory. A
+compressed file cut short is refused by the scan, never read as a shorter file.
+
 `split_csv_line` and `parse_cells` turn one line into typed values the same way for both jobs, and
 name the reason (the "reason" field of rejected-*.jsonl) when they cannot.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import csv
 import dataclasses
+import gzip
 import logging
+import lzma
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import IO, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -39,6 +49,18 @@ csv.field_size_limit(64 * 1024 * 1024)
 
 # Byte ranges handed to workers: small enough to spread the shipped 1.9 MB file over two workers.
 DEFAULT_CHUNK_BYTES = 256 * 1024
+
+# Decompressors by file name, and the errors they raise for a damaged or truncated stream. The
+# standard library's, not Beam's CompressedFile: these raise EOFError for a stream cut short, where a
+# bare zlib stream just ends.
+_DECOMPRESSORS: Mapping[str, tuple[str, Callable[[IO[bytes]], IO[bytes]]]] = {
+    ".gz": ("gzip", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    ".bz2": ("bzip2", lambda raw: bz2.BZ2File(raw, "rb")),
+    ".xz": ("xz", lambda raw: lzma.LZMAFile(raw, "rb")),
+    ".lzma": ("xz", lambda raw: lzma.LZMAFile(raw, "rb")),
+}
+_NOT_READ = (".zst", ".zstd", ".deflate")  # Beam names them; Python 3.11 has no reader for them
+_DAMAGED = (EOFError, OSError, lzma.LZMAError)
 
 # Rejection reasons of a line that is not a CSV row of the header's shape ...
 REASON_WRONG_FIELD_COUNT = "wrong_field_count"
@@ -79,24 +101,74 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
     if not FileSystems.exists(path):
         raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(required_columns)})")
     chunks: list[CsvChunk] = []
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        header_bytes = handle.readline()
-        columns = _parse_header(path, header_bytes, required_columns, needed_for)
-        offset = chunk_start = len(header_bytes)
-        line_no, chunk_first_line, data_rows = 1, 2, 0
-        for raw in handle:
-            line_no += 1
-            offset += len(raw)
-            if raw.strip():
-                data_rows += 1
-            if offset - chunk_start >= chunk_bytes:
-                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-                chunk_start, chunk_first_line = offset, line_no + 1
-        if offset > chunk_start:
-            chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+    compression = compression_of(path)
+    if compression:
+        chunk_bytes = 0  # one range: see the module docstring
+    try:
+        with open_csv(path) as handle:
+            header_bytes = handle.readline()
+            columns = _parse_header(path, header_bytes, required_columns, needed_for)
+            offset = chunk_start = len(header_bytes)
+            line_no, chunk_first_line, data_rows = 1, 2, 0
+            for raw in handle:
+                line_no += 1
+                offset += len(raw)
+                if raw.strip():
+                    data_rows += 1
+                if chunk_bytes and offset - chunk_start >= chunk_bytes:
+                    chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                    chunk_start, chunk_first_line = offset, line_no + 1
+    except _DAMAGED as err:
+        if not compression:
+            raise
+        raise _not_whole(path, err) from None
+    if offset > chunk_start:
+        chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
     if data_rows == 0:
         raise DataError(f"{path}: has a header but no data rows")
     return CsvLayout(path, columns, tuple(chunks), data_rows)
+
+
+def compression_of(path: str) -> str:
+    """The compression the file's name says ("gzip", "bzip2", "xz"), or "" for a plain CSV."""
+    lowered = path.lower()
+    unread = [suffix for suffix in _NOT_READ if lowered.endswith(suffix)]
+    if unread:
+        raise DataError(f"{path}: a {unread[0]} file, which ingest does not read: decompress it, or compress it "
+                        f"with gzip, bzip2 or xz ({', '.join(_DECOMPRESSORS)})")
+    return next((name for suffix, (name, _) in _DECOMPRESSORS.items() if lowered.endswith(suffix)), "")
+
+
+@contextlib.contextmanager
+def open_csv(path: str) -> Iterator[IO[bytes]]:
+    """The CSV's bytes, decompressed when its name says so, through Beam's FileSystems (so on any
+    filesystem Beam knows)."""
+    opener = next((make for suffix, (_, make) in _DECOMPRESSORS.items() if path.lower().endswith(suffix)), None)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        if opener is None:
+            yield raw
+        else:
+            with opener(raw) as decompressed:
+                yield decompressed
+
+
+def _not_whole(path: str, err: BaseException) -> DataError:
+    return DataError(f"{path}: not a whole {compression_of(path)} file ({err}); nothing was read from it")
+
+
+def count_lines(path: str) -> int:
+    """The CSV's lines, decompressed when its name says so (a last line without a newline counts)."""
+    lines, last = 0, b"\n"
+    try:
+        with open_csv(path) as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except _DAMAGED as err:
+        if not compression_of(path):
+            raise
+        raise _not_whole(path, err) from None
+    return lines + (last != b"\n")
 
 
 def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str], needed_for: str) -> tuple[str, ...]:
@@ -179,18 +251,36 @@ def parse_cells(features: Sequence[Feature], cells: Mapping[str, str]) -> tuple[
 # --- Pipeline parts ---
 
 
-def read_chunk_lines(csv_path: str, chunk: CsvChunk) -> list[tuple[int, bytes]]:
-    """(line number, raw bytes without the line end) of every non-blank line of one byte range."""
-    with FileSystems.open(csv_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.seek(chunk.start)
-        data = handle.read(chunk.end - chunk.start)
-    if len(data) != chunk.end - chunk.start:
-        raise RuntimeError(f"{csv_path} changed while being read (bytes {chunk.start}..{chunk.end} are gone)")
-    pieces = data.split(b"\n")
-    if pieces and pieces[-1] == b"":
-        pieces.pop()  # the range ends with a newline, not with another line
-    first = chunk.first_line
-    return [(first + index, raw.rstrip(b"\r")) for index, raw in enumerate(pieces) if raw.strip()]
+def read_chunk_pieces(csv_path: str, chunk: CsvChunk, piece_bytes: int = DEFAULT_CHUNK_BYTES
+                      ) -> Iterator[list[tuple[int, bytes]]]:
+    """(line number, raw bytes without the line end) of every non-blank line of one byte range, in
+    lists of about `piece_bytes` of whole lines: a range of a plain CSV is one piece, the one range
+    of a compressed CSV is streamed in many."""
+    remaining, first, carry = chunk.end - chunk.start, chunk.first_line, b""
+    try:
+        with open_csv(csv_path) as handle:
+            handle.seek(chunk.start)
+            while remaining > 0:
+                data = handle.read(min(piece_bytes, remaining))
+                if not data:
+                    break
+                remaining -= len(data)
+                data = carry + data
+                cut = data.rfind(b"\n") + 1 if remaining > 0 else len(data)
+                data, carry = data[:cut], data[cut:]
+                if not data:
+                    continue  # a line longer than a piece: read on
+                pieces = data.split(b"\n")
+                if pieces[-1] == b"":
+                    pieces.pop()  # the piece ends with a newline, not with another line
+                yield [(first + index, raw.rstrip(b"\r")) for index, raw in enumerate(pieces) if raw.strip()]
+                first += len(pieces)
+    except _DAMAGED as err:
+        if not compression_of(csv_path):
+            raise
+        raise RuntimeError(f"{csv_path} changed while being read ({err})") from err
+    if remaining > 0:
+        raise RuntimeError(f"{csv_path} changed while being read (bytes {chunk.end - remaining}..{chunk.end} are gone)")
 
 
 class ReadChunkLinesFn(beam.DoFn):
@@ -203,11 +293,13 @@ class ReadChunkLinesFn(beam.DoFn):
         self._lines = Metrics.counter("ingest", "lines_read")
 
     def process(self, chunk: CsvChunk) -> Iterator[Any]:
-        lines = read_chunk_lines(self._csv_path, chunk)
-        yield from lines
-        self._lines.inc(len(lines))
+        read = 0
+        for lines in read_chunk_pieces(self._csv_path, chunk):
+            yield from lines
+            read += len(lines)
+        self._lines.inc(read)
         # Counted here, independently of parsing, so the summary can prove no line was dropped.
-        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", len(lines)))
+        yield beam.pvalue.TaggedOutput(self.FACTS, ("read", read))
 
 
 class SpreadCsvChunks(beam.PTransform):

@@ -74,6 +74,7 @@ class IngestPlan:
     hash_buckets: int
     eval_buckets: int
     output_dir: str  # where the pipeline writes (a staging folder when run through ingest_csv)
+    piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES  # how much of a range a worker holds at once
 
 
 # --- Checking the file before the pipeline ---
@@ -110,6 +111,7 @@ def plan_ingest(
         hash_buckets=hash_buckets,
         eval_buckets=eval_buckets,
         output_dir=str(output_dir),
+        piece_bytes=chunk_bytes,
     )
 
 
@@ -278,15 +280,17 @@ class IngestChunkFn(beam.DoFn):
 
     A whole range per call, not a line per element: moving an element through Beam costs more
     than parsing the row it carries, so each line is parsed, windowed, split and encoded here, and
-    the summary's counts are folded in as they happen and leave once per range, never once per row.
+    the summary's counts are folded in as they happen and leave once per piece of the range (the
+    whole range of a plain CSV; a compressed CSV's one range streams in many), never once per row.
     """
 
     REJECTED = "rejected"
     SUMMARY = "summary"
 
     def __init__(self, csv_path: str, columns: Sequence[str], start_seconds: float, end_seconds: float,
-                 hash_buckets: int, eval_buckets: int) -> None:
+                 hash_buckets: int, eval_buckets: int, piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES) -> None:
         self._csv_path = csv_path
+        self._piece_bytes = piece_bytes
         self._columns = tuple(columns)
         self._start = start_seconds
         self._end = end_seconds
@@ -300,7 +304,10 @@ class IngestChunkFn(beam.DoFn):
         self._encoder = RowEncoder((*RAW_COLUMNS, SOURCE_LINE_KEY))
 
     def process(self, chunk: csv_source.CsvChunk) -> Iterator[Any]:
-        lines = csv_source.read_chunk_lines(self._csv_path, chunk)
+        for lines in csv_source.read_chunk_pieces(self._csv_path, chunk, self._piece_bytes):
+            yield from self._piece(lines)
+
+    def _piece(self, lines: list[tuple[int, bytes]]) -> Iterator[Any]:
         summary = new_summary()
         summary["read"] = len(lines)
         parse, encode = self._parser.parse, self._encoder.encode
@@ -400,6 +407,7 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         | "SpreadCsv" >> csv_source.SpreadCsvChunks(plan.chunks)
         | "IngestByteRanges" >> beam.ParDo(IngestChunkFn(
             plan.csv_path, plan.columns, plan.start_seconds, plan.end_seconds, plan.hash_buckets, plan.eval_buckets,
+            plan.piece_bytes,
         )).with_outputs(*SPLITS, IngestChunkFn.REJECTED, IngestChunkFn.SUMMARY)
     )
     for split in SPLITS:

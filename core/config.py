@@ -13,6 +13,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from core.version import PROJECT_ROOT
+
 CONFIG_ENV_VAR = "MLOPS_CONFIG"
 DEFAULT_CONFIG_NAME = "mlops.toml"
 
@@ -155,6 +157,18 @@ class DataConfig:
 
 
 ROLLOUT_APPROVAL_MODES = ("none", "required")
+
+
+# The [data] settings whose defaults are files shipped in the project: unset, they resolve against
+# the project, not the config's folder.
+SHIPPED_FILES = frozenset({("data", "csv_path"), ("data", "schema_path")})
+
+
+def shipped_file(name: str) -> Path:
+    """Where the [data] setting `name`'s shipped default lies, whatever config is loaded."""
+    if ("data", name) not in SHIPPED_FILES:
+        raise KeyError(f"[data] {name} is not a shipped file; shipped: {sorted(n for _, n in SHIPPED_FILES)}")
+    return _resolve(PROJECT_ROOT, getattr(DataConfig, name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -449,7 +463,10 @@ def _section(cls: type, values: Mapping[str, Any], root: Path, section: str) -> 
         kwargs[name] = value
     for name, field in fields.items():
         if name not in kwargs and isinstance(field.default, Path):
-            kwargs[name] = _resolve(root, field.default)
+            # Unset, the shipped data is the project's own files wherever the config file lies (a
+            # config of one's own in another folder still trains on the sample); state (var/...)
+            # stays beside the config.
+            kwargs[name] = _resolve(PROJECT_ROOT if (section, name) in SHIPPED_FILES else root, field.default)
     return cls(**kwargs)
 
 

@@ -86,7 +86,9 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
           f"production rows{' (policy ' + production['label_policy'] + ')' if production else ' (none read)'}")
     print("Metrics (eval):", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     print(f"Report:         {evaluation.outputs['evaluation'].uri}/report.html")
-    print(f"Lineage:        mlops lineage model {config.serving.model_name}:{version}   (add --json or --html FILE)")
+    # The command to paste must read the same metadata store: the same config.
+    config_flag = f"--config {args.config} " if args.config else ""
+    print(f"Lineage:        mlops {config_flag}lineage model {config.serving.model_name}:{version}   (add --json or --html FILE)")
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.atomic import atomic_directory
-from core.config import DataConfig
+from core.config import shipped_file
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
 from metadata.recorder import ArtifactRef, StepRecord
 # Re-exported: callers import these from here (mlops.steps.open_run, StepOutcome, step_code, ...).
@@ -51,8 +51,12 @@ def _register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such file")
     sha256, lines = sha256_and_lines(csv_path)
+    from beam_jobs import csv_source
+
+    if csv_source.compression_of(str(csv_path)):
+        lines = csv_source.count_lines(str(csv_path))  # the rows inside, not the compressed bytes' newlines
     # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
-    shipped = (ctx.config.root / DataConfig.csv_path).resolve()
+    shipped = shipped_file("csv_path")
     expected = ctx.config.data.expected_sha256
     if csv_path == shipped and expected and sha256 != expected:
         raise DataError(
@@ -320,10 +324,14 @@ def _raise_for_failures(record: StepRecord, schema_path: Path, previous_data_che
         problems += [f"{split}: {feature}: {text} (against {record.results.get('compared_with')})"
                      for split, found in sorted(drift.items()) for feature, text in sorted(found.items())]
     if problems:
+        report = str(Path(record.outputs["anomalies"].uri))
         raise SchemaAnomaliesError(
             f"validate: the cleaned data breaks the schema {schema_path.name} ({len(problems)} anomalies):\n  "
-            + "\n  ".join(problems),
-            report=str(Path(record.outputs["anomalies"].uri)),
+            + "\n  ".join(problems)
+            + f"\nThe anomalies are in {report}. If the data is right and the schema is not (your own data, a "
+            f"new value), edit {schema_path} (data.schema_path), or infer one from the data with `mlops schema "
+            "infer --csv FILE --start ... --end ... --output FILE` and set data.schema_path to it.",
+            report=report,
         )
     shares = json_value(record.results.get("rejected")) or {}
     if shares and not shares.get("ok", True):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import tensorflow_data_validation as tfdv
 from google.protobuf import text_format
@@ -111,7 +111,7 @@ def bounds(feature: Feature) -> tuple[float | None, float | None]:
     return STRUCTURAL_BOUNDS.get(feature.name, (feature.valid_min, feature.valid_max))
 
 
-def _curated_feature(feature: Feature) -> schema_pb2.Feature:
+def _curated_feature(feature: Feature, seen: Mapping[str, Sequence[str]]) -> schema_pb2.Feature:
     spec = schema_pb2.Feature(name=feature.name, type=_SCHEMA_TYPES[feature.kind])
     if feature.required and feature.required_unless is None:
         spec.presence.min_fraction = 1.0
@@ -140,7 +140,7 @@ def _curated_feature(feature: Feature) -> schema_pb2.Feature:
             spec.int_domain.max = int(high)
     elif feature.kind is Kind.STRING and feature.name in CLOSED_VOCABULARIES:
         # Inline string_domain keeps the whole contract of the feature in one block of the file.
-        spec.string_domain.value.extend(sorted(CLOSED_VOCABULARIES[feature.name]))
+        spec.string_domain.value.extend(sorted({*CLOSED_VOCABULARIES[feature.name], *seen.get(feature.name, ())}))
         spec.distribution_constraints.min_domain_mass = MIN_DOMAIN_MASS
     # No domain for open vocabularies (company): new companies are normal, not anomalies.
     if feature.name not in NO_DRIFT_CHECK:
@@ -159,9 +159,17 @@ def curate_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
     Types, presence, ranges, domains, drift comparators and environments all come from
     features.py and the tables above, so two inferences from different samples give the same
     schema. Features that features.py does not define are dropped (validation then reports them
-    as new columns); features the sample never contained are added. Everything else in the input
-    (e.g. dataset-level constraints added by hand) is kept.
+    as new columns); features the sample never contained are added. A closed vocabulary is the
+    shipped one plus the values the input's domain for it holds: a schema inferred from one's own
+    data accepts that data's values (a payment type the sample never had), while any sample of
+    the shipped data gives the shipped list. Everything else in the input (e.g. dataset-level
+    constraints added by hand) is kept.
     """
+    seen = {name: values for name in CLOSED_VOCABULARIES if (values := _domain_values(schema, name))}
+    for name, values in seen.items():
+        added = sorted(set(values) - set(CLOSED_VOCABULARIES[name]))
+        if added:
+            log.warning("curate_schema: %s: values the data has and the shipped vocabulary lacks, added: %s", name, added)
     dropped = sorted(f.name for f in schema.feature if f.name not in FEATURES_BY_NAME)
     if dropped:
         log.warning("curate_schema: dropping features that transforms/features.py does not define: %s", dropped)
@@ -169,10 +177,23 @@ def curate_schema(schema: schema_pb2.Schema) -> schema_pb2.Schema:
     curated.CopyFrom(schema)
     del curated.feature[:]
     del curated.string_domain[:]  # inferred top-level domains; closed vocabularies are inlined
-    curated.feature.extend(_curated_feature(f) for f in EXAMPLE_FEATURES)
+    curated.feature.extend(_curated_feature(f, seen) for f in EXAMPLE_FEATURES)
     del curated.default_environment[:]
     curated.default_environment.extend(ENVIRONMENTS)
     return curated
+
+
+def _domain_values(schema: schema_pb2.Schema, name: str) -> list[str]:
+    """The string values `schema` allows for feature `name`: its inline domain or the top-level one
+    it names (TFDV's inference writes the latter); none when it has no string domain."""
+    for feature in schema.feature:
+        if feature.name != name:
+            continue
+        if feature.HasField("string_domain"):
+            return list(feature.string_domain.value)
+        if feature.HasField("domain"):
+            return [value for domain in schema.string_domain if domain.name == feature.domain for value in domain.value]
+    return []
 
 
 def infer_schema(statistics_path: Path, output_path: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import shutil
@@ -61,6 +62,19 @@ def test_scores_every_row_with_its_line_number_and_the_models_own_output(tmp_pat
     assert 0 < positives < 300  # the sample has card and cash trips: both classes occur
     written = json.loads((tmp_path / "out" / RESULT_FILE).read_text())
     assert written["rows_scored"] == 300 and written["model_version"] == 7
+
+
+def test_a_gzip_compressed_day_is_scored_as_the_plain_one(tmp_path, taxi_rows, model_dir):
+    source = write_csv(tmp_path / "day.csv", taxi_rows[:300])
+    packed = tmp_path / "day.csv.gz"
+    packed.write_bytes(gzip.compress(source.read_bytes()))
+
+    plain = batch_predict(source, model_dir, tmp_path / "plain", beam_args=BEAM_ARGS, batch_size=64)
+    result = batch_predict(packed, model_dir, tmp_path / "packed", beam_args=BEAM_ARGS, batch_size=64)
+
+    assert (result.rows_read, result.rows_scored, result.rows_rejected) == (300, 300, 0)
+    assert read_predictions(tmp_path / "packed") == read_predictions(tmp_path / "plain")
+    assert result.positive_rate == plain.positive_rate
 
 
 def test_a_day_of_trips_without_the_label_column_is_scored(tmp_path, taxi_rows, model_dir):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bz2
 import collections
 import csv
 import dataclasses
 import datetime
+import gzip
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs import ingest
+from beam_jobs import csv_source, ingest
 from beam_jobs.csv_source import REASON_UNPARSEABLE_VALUE, REASON_WRONG_FIELD_COUNT
 from beam_jobs.example_codec import SPLITS, canonical_row
 from beam_jobs.ingest import REASON_MISSING_TIMESTAMP, IngestResult, ingest_csv, split_index
@@ -151,6 +154,57 @@ def test_bad_lines_are_rejected_with_line_number_and_reason(tmp_path, taxi_rows)
     kept = read_split_rows(tmp_path / "out" / "examples", "train") + read_split_rows(tmp_path / "out" / "examples", "eval")
     assert len(kept) == 197
     assert "Foo, Bar & Sons (Chicago), Inc." in {row[OPTIONAL_STRING] for row in kept}
+
+
+@pytest.mark.parametrize("suffix, compress", [
+    (".gz", lambda data: gzip.compress(data)),
+    (".bz2", lambda data: bz2.compress(data)),
+    (".xz", lambda data: lzma.compress(data)),
+])
+def test_a_compressed_csv_gives_what_the_plain_one_gives(tmp_path, taxi_rows, suffix, compress):
+    """One range, streamed in pieces of `chunk_bytes` (tiny here: many pieces, lines cut between
+    reads); the same examples, rejections and line numbers as the plain file cut in byte ranges."""
+    rows = [dict(r) for r in taxi_rows[:300]]
+    rows[7][FARE_KEY] = "abc"
+    rows[150][OPTIONAL_STRING] = "x" * 2000  # a line longer than a piece
+    plain = write_csv(tmp_path / "trips.csv", rows)
+    packed = tmp_path / f"trips.csv{suffix}"
+    packed.write_bytes(compress(plain.read_bytes()))
+
+    from_plain = run_ingest(plain, tmp_path / "plain", chunk_bytes=700)
+    from_packed = run_ingest(packed, tmp_path / "packed", chunk_bytes=700)
+
+    assert from_packed == from_plain
+    assert from_packed.rows_read == 300 and from_packed.rows_unparseable == 1
+    assert split_contents(tmp_path / "packed") == split_contents(tmp_path / "plain")
+    rejected = read_jsonl(tmp_path / "packed" / "rejected", "rejected-*.jsonl")
+    assert [(r["line"], r["feature"]) for r in rejected] == [(9, FARE_KEY)]
+
+
+def test_a_compressed_csv_is_read_in_pieces_as_large_as_asked(tmp_path):
+    lines = [b"h"] + [b"row-%d" % n for n in range(100)] + [b"", b"y" * 300, b"last"]
+    packed = tmp_path / "lines.csv.gz"
+    packed.write_bytes(gzip.compress(b"\n".join(lines)))  # no newline after the last line
+    layout = csv_source.scan_csv(packed, ["h"])
+    assert len(layout.chunks) == 1 and layout.data_rows == 102
+    pieces = list(csv_source.read_chunk_pieces(str(packed), layout.chunks[0], piece_bytes=64))
+    assert len(pieces) > 10 and all(pieces)
+    numbered = [line for piece in pieces for line in piece]
+    expected = [(number, text) for number, text in enumerate(lines, start=1) if number > 1 and text]
+    assert numbered == expected  # every line once, numbered as an editor does (the blank line 102 counted)
+
+
+def test_a_compressed_csv_cut_short_or_of_an_unread_kind_is_refused(tmp_path, taxi_rows):
+    plain = write_csv(tmp_path / "trips.csv", taxi_rows[:2000])
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(plain.read_bytes())[:20_000])
+    with pytest.raises(DataError, match=r"cut\.csv\.gz: not a whole gzip file .*nothing was read"):
+        run_ingest(cut, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    zstd = tmp_path / "trips.csv.zst"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(DataError, match=r"trips\.csv\.zst: a \.zst file, which ingest does not read"):
+        run_ingest(zstd, tmp_path / "out")
 
 
 class _Collect:

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from core.config import IN_MEMORY_ARGS, BeamConfig, BeamOptionsForRows, ConfigError, config_from_dict, load_config
+from core.config import (
+    IN_MEMORY_ARGS, BeamConfig, BeamOptionsForRows, ConfigError, config_from_dict, load_config, shipped_file,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +24,26 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
     assert all("--runner=DirectRunner" in entry.args for entry in config.beam.by_input_rows)
     assert config.steps_in_own_process_from_rows == 5_000_000
     assert config_from_dict({}, tmp_path).steps_in_own_process_from_rows == 5_000_000
+
+
+def test_a_config_of_ones_own_elsewhere_keeps_the_shipped_data_unless_it_names_other_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "elsewhere" / "my.toml"
+    own.parent.mkdir()
+    own.write_text('pipeline_root = "root"\n[training]\ntrain_steps = 10\n')
+    config = load_config(own)
+    # Unset, the shipped files are the project's, not a data/ folder beside the config ...
+    assert config.data.csv_path == ROOT / "data" / "taxi" / "data.csv" == shipped_file("csv_path")
+    assert config.data.schema_path == ROOT / "data" / "taxi" / "schema.pbtxt" == shipped_file("schema_path")
+    # ... while the state it writes stays beside the config.
+    assert config.pipeline_root == own.parent / "root"
+    assert config.metadata.sqlite_path == own.parent / "var" / "mlmd" / "metadata.sqlite"
+    own.write_text('[data]\ncsv_path = "trips.csv"\nschema_path = "/abs/schema.pbtxt"\n')
+    config = load_config(own)
+    assert config.data.csv_path == own.parent / "trips.csv"
+    assert config.data.schema_path == Path("/abs/schema.pbtxt")
+    with pytest.raises(KeyError, match="not a shipped file"):
+        shipped_file("production_logs_dir")
 
 
 @pytest.mark.parametrize(

@@ -116,10 +116,12 @@ def test_ones_own_csv_in_the_config_is_not_held_to_the_shipped_files_checksum(tm
     assert ingested.results["rows_read"] == 500
 
 
-def test_a_modified_shipped_file_is_refused(tmp_path, taxi_rows):
+def test_a_modified_shipped_file_is_refused(tmp_path, taxi_rows, monkeypatch):
     shipped = tmp_path / "data" / "taxi" / "data.csv"
     shipped.parent.mkdir(parents=True)
     write_csv(shipped, taxi_rows[:-1])  # one row short: truncated
+    # The project's own copy stays untouched: this copy stands in for it.
+    monkeypatch.setattr(steps, "shipped_file", lambda name: shipped)
     config = small_config(tmp_path)
     config = config.replace(data=type(config.data)(**{**config.data.__dict__, "csv_path": shipped}))
     with pytest.raises(DataError, match="does not match the shipped data's") as refused:

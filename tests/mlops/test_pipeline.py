@@ -173,7 +173,10 @@ def test_a_window_with_no_rows_names_the_window_and_the_data_range(tmp_path):
 def test_a_schema_breaking_batch_names_the_feature(tmp_path, taxi_rows):
     rows = [dict(r, payment_type="Bitcoin") if i % 4 == 0 else r for i, r in enumerate(taxi_rows[:4000])]
     csv = write_csv(tmp_path / "bitcoin.csv", rows)
-    _fails_and_pushes_nothing(tmp_path, csv, SchemaAnomaliesError, "payment_type")
+    message = _fails_and_pushes_nothing(tmp_path, csv, SchemaAnomaliesError, "payment_type", "Bitcoin")
+    # It says where the full report is and how to go on when the data, not the schema, is right.
+    assert "/validate/anomalies. " in message.split("The anomalies are in ", 1)[1]
+    assert "mlops schema infer" in message and "data.schema_path" in message
 
 
 def test_validate_compares_new_data_with_the_served_models_and_fails_on_drift_only_when_asked(first_run, taxi_rows, tmp_path):

@@ -118,6 +118,26 @@ def test_curate_schema_makes_the_features_py_contract_whatever_was_inferred() ->
     assert [f.name for f in inferred.feature] == ["fare", "surge_multiplier", "company"]  # input untouched
 
 
+def test_a_closed_vocabulary_keeps_the_values_the_inferred_domain_holds() -> None:
+    """A schema inferred from one's own data accepts its values; the shipped list is never narrowed."""
+    shipped = schema_lib.CLOSED_VOCABULARIES["payment_type"]
+    inferred = schema_pb2.Schema()
+    inferred.feature.add(name="payment_type", type=schema_pb2.BYTES, domain="payment_type")
+    inferred.string_domain.add(name="payment_type", value=["Cash", "Mobile"])  # as TFDV's inference writes it
+    by_name = {f.name: f for f in schema_lib.curate_schema(inferred).feature}
+    assert list(by_name["payment_type"].string_domain.value) == sorted({*shipped, "Mobile"})
+
+    inline = schema_pb2.Schema()
+    inline.feature.add(name="payment_type", type=schema_pb2.BYTES).string_domain.value.extend(["Way2ride"])
+    by_name = {f.name: f for f in schema_lib.curate_schema(inline).feature}
+    assert "Way2ride" in by_name["payment_type"].string_domain.value
+
+    without_domain = schema_pb2.Schema()
+    without_domain.feature.add(name="payment_type", type=schema_pb2.BYTES)
+    by_name = {f.name: f for f in schema_lib.curate_schema(without_domain).feature}
+    assert list(by_name["payment_type"].string_domain.value) == sorted(shipped)
+
+
 def test_write_schema_is_atomic_and_round_trips(tmp_path: Path) -> None:
     schema = schema_lib.load_schema(CHECKED_IN_SCHEMA)
     target = tmp_path / "nested" / "schema.pbtxt"
