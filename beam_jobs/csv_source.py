@@ -171,6 +171,19 @@ def count_lines(path: str) -> int:
     return lines + (last != b"\n")
 
 
+def _header_hint(columns: Sequence[str], missing: Sequence[str]) -> str:
+    """Why the columns may be missing when the usual causes are plain to see, else ""."""
+    if len(columns) == 1:
+        separators = [name for sign, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")) if sign in columns[0]]
+        if separators:
+            return f"; the header is one column separated by {separators[0]}: the file must be comma-separated"
+    by_folded = {name.casefold(): name for name in columns}
+    misnamed = [f"{by_folded[name.casefold()]!r} for {name!r}" for name in missing if name.casefold() in by_folded]
+    if misnamed:
+        return f"; names are case-sensitive: found {', '.join(misnamed)}"
+    return ""
+
+
 def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str], needed_for: str) -> tuple[str, ...]:
     try:
         header_text = header_bytes.decode("utf-8-sig")
@@ -186,7 +199,7 @@ def _parse_header(path: str, header_bytes: bytes, required_columns: Sequence[str
     if missing:
         raise DataError(
             f"{path}: the header is missing {len(missing)} column(s) {needed_for}: {', '.join(missing)} "
-            f"(found: {', '.join(columns)})"
+            f"(found: {', '.join(columns)}){_header_hint(columns, missing)}"
         )
     extra = [name for name in columns if name not in FEATURES_BY_NAME]
     if extra:

@@ -247,6 +247,24 @@ def test_missing_columns_are_named(tmp_path, taxi_rows):
     assert "partial.csv" in message and f"{FARE_KEY}, {TIPS_KEY}" in message
 
 
+@pytest.mark.parametrize("separator, named", [(";", "semicolons"), ("\t", "tabs"), ("|", "bars")])
+def test_a_file_separated_by_something_else_than_commas_says_so(tmp_path, taxi_rows, separator, named):
+    csv_path = tmp_path / "excel.csv"
+    csv_path.write_text("\n".join(separator.join(row[c] for c in RAW_COLUMNS) for row in [dict(zip(RAW_COLUMNS, RAW_COLUMNS)),
+                                                                                            *taxi_rows[:5]]) + "\n")
+    with pytest.raises(DataError, match=f"one column separated by {named}: the file must be comma-separated"):
+        run_ingest(csv_path, tmp_path / "out")
+
+
+def test_columns_named_in_another_case_are_pointed_at(tmp_path, taxi_rows):
+    renamed = {FARE_KEY: FARE_KEY.title(), TIPS_KEY: TIPS_KEY.upper()}
+    rows = [{renamed.get(name, name): value for name, value in row.items()} for row in taxi_rows[:5]]
+    csv_path = write_csv(tmp_path / "upper.csv", rows)
+    with pytest.raises(DataError, match=f"case-sensitive: found '{FARE_KEY.title()}' for '{FARE_KEY}', "
+                                        f"'{TIPS_KEY.upper()}' for '{TIPS_KEY}'"):
+        run_ingest(csv_path, tmp_path / "out")
+
+
 def test_a_column_of_wrong_types_fails_with_examples(tmp_path, taxi_rows):
     rows = [dict(r) for r in taxi_rows[:300]]
     for row in rows[:100]:
