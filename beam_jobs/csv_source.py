@@ -270,6 +270,8 @@ def read_chunk_pieces(csv_path: str, chunk: CsvChunk, piece_bytes: int = DEFAULT
     lists of about `piece_bytes` of whole lines: a range of a plain CSV is one piece, the one range
     of a compressed CSV is streamed in many."""
     remaining, first, carry = chunk.end - chunk.start, chunk.first_line, b""
+    if not compression_of(csv_path):
+        piece_bytes = remaining  # scan_csv cut it to about chunk_bytes already
     try:
         with open_csv(csv_path) as handle:
             handle.seek(chunk.start)
