@@ -313,8 +313,7 @@ def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_v
             predictions | "ScoredFacts" >> beam.Map(_scored_fact),
             rejected | "RejectedFacts" >> beam.Map(_rejected_fact),
         )
-        | "GatherFacts" >> beam.Flatten()
-        | "Summarize" >> beam.CombineGlobally(SummarizeScoringFn())
+        | "Summarize" >> outputs.SummarizeBranches(SummarizeScoringFn())
         | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 

@@ -58,6 +58,68 @@ class WriteJsonLines(beam.PTransform):
         )
 
 
+class SummarizeBranches(beam.PTransform):
+    """Facts from several branches of a job -> one summary by `combine_fn`, each branch combined
+    where its facts are made.
+
+    Not a Flatten of the facts into one combine: a runner that cannot fuse the Flatten into every
+    branch (Beam's in-memory runner does not, when the branches come from different stages)
+    materializes the flattened facts, so a job with a fact per row held all of them at its end
+    (batch predict at 1.5M rows: +230 MB). Each branch's combine is lifted into its own stage, and
+    only one accumulator per branch meets the others. Apply it to a tuple of PCollections: Beam
+    flattens a list before a transform sees it.
+    """
+
+    def __init__(self, combine_fn: beam.CombineFn) -> None:
+        super().__init__()
+        self._combine_fn = combine_fn
+
+    def expand(self, branches: Sequence[beam.PCollection] | beam.PCollection) -> beam.PCollection:
+        if isinstance(branches, beam.PCollection):
+            branches = (branches,)
+        partial = [branch | f"Combine[{index}]" >> beam.CombineGlobally(_Accumulated(self._combine_fn))
+                   for index, branch in enumerate(branches)]
+        return partial | "Gather" >> beam.Flatten() | "Merge" >> beam.CombineGlobally(_MergedAccumulators(self._combine_fn))
+
+
+class _Accumulated(beam.CombineFn):
+    """`combine_fn` whose output is its accumulator, for `_MergedAccumulators` to merge."""
+
+    def __init__(self, combine_fn: beam.CombineFn) -> None:
+        self._fn = combine_fn
+
+    def create_accumulator(self) -> Any:
+        return self._fn.create_accumulator()
+
+    def add_input(self, accumulator: Any, element: Any) -> Any:
+        return self._fn.add_input(accumulator, element)
+
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
+        return self._fn.merge_accumulators(accumulators)
+
+    def extract_output(self, accumulator: Any) -> Any:
+        return accumulator
+
+
+class _MergedAccumulators(beam.CombineFn):
+    """Accumulators of `combine_fn` -> its output."""
+
+    def __init__(self, combine_fn: beam.CombineFn) -> None:
+        self._fn = combine_fn
+
+    def create_accumulator(self) -> Any:
+        return self._fn.create_accumulator()
+
+    def add_input(self, accumulator: Any, other: Any) -> Any:
+        return self._fn.merge_accumulators([accumulator, other])
+
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
+        return self._fn.merge_accumulators(accumulators)
+
+    def extract_output(self, accumulator: Any) -> Any:
+        return self._fn.extract_output(accumulator)
+
+
 def _to_json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False)
 

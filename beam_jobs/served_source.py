@@ -345,9 +345,8 @@ def build(pipeline: beam.Pipeline, plan: ServedSourcePlan, features: Sequence[Fe
              | f"WriteSplit[{split}]" >> outputs.WriteExamples(split_prefix(output / EXAMPLES_DIR, split)))
         facts.append(splits[index] | f"SplitFact[{split}]" >> beam.Map(_split_fact, split))
     _ = (
-        facts
-        | "GatherFacts" >> beam.Flatten()
-        | "Summarize" >> beam.CombineGlobally(SumFactsFn())
+        tuple(facts)
+        | "Summarize" >> outputs.SummarizeBranches(SumFactsFn())
         | "WriteSummary" >> beam.ParDo(outputs.WriteSummaryFn(str(output / SUMMARY_FILE)))
     )
 

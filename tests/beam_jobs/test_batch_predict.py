@@ -73,7 +73,11 @@ def test_a_gzip_compressed_day_is_scored_as_the_plain_one(tmp_path, taxi_rows, m
     result = batch_predict(packed, model_dir, tmp_path / "packed", beam_args=BEAM_ARGS, batch_size=64)
 
     assert (result.rows_read, result.rows_scored, result.rows_rejected) == (300, 300, 0)
-    assert read_predictions(tmp_path / "packed") == read_predictions(tmp_path / "plain")
+    packed_predictions, plain_predictions = read_predictions(tmp_path / "packed"), read_predictions(tmp_path / "plain")
+    assert [(p["line"], p["class"]) for p in packed_predictions] == [(p["line"], p["class"]) for p in plain_predictions]
+    # RunInference sizes its batches by timing, and a float32 result can move in its last bit with the batch.
+    assert [p["probability"] for p in packed_predictions] == pytest.approx([p["probability"] for p in plain_predictions],
+                                                                         abs=1e-6)
     assert result.positive_rate == plain.positive_rate
 
 
