@@ -101,20 +101,11 @@ class _Accumulated(beam.CombineFn):
         return accumulator
 
 
-class _MergedAccumulators(beam.CombineFn):
+class _MergedAccumulators(_Accumulated):
     """Accumulators of `combine_fn` -> its output."""
-
-    def __init__(self, combine_fn: beam.CombineFn) -> None:
-        self._fn = combine_fn
-
-    def create_accumulator(self) -> Any:
-        return self._fn.create_accumulator()
 
     def add_input(self, accumulator: Any, other: Any) -> Any:
         return self._fn.merge_accumulators([accumulator, other])
-
-    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
-        return self._fn.merge_accumulators(accumulators)
 
     def extract_output(self, accumulator: Any) -> Any:
         return self._fn.extract_output(accumulator)
