@@ -23,21 +23,19 @@ name the reason (the "reason" field of rejected-*.jsonl) when they cannot.
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import csv
 import dataclasses
-import gzip
 import logging
-import lzma
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import IO, Any, Iterator, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from core.compressed import DAMAGED, compression_of, decompressing, not_whole
 from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, Feature, parse_value
 
@@ -49,18 +47,6 @@ csv.field_size_limit(64 * 1024 * 1024)
 
 # Byte ranges handed to workers: small enough to spread the shipped 1.9 MB file over two workers.
 DEFAULT_CHUNK_BYTES = 256 * 1024
-
-# Decompressors by file name, and the errors they raise for a damaged or truncated stream. The
-# standard library's, not Beam's CompressedFile: these raise EOFError for a stream cut short, where a
-# bare zlib stream just ends.
-_DECOMPRESSORS: Mapping[str, tuple[str, Callable[[IO[bytes]], IO[bytes]]]] = {
-    ".gz": ("gzip", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
-    ".bz2": ("bzip2", lambda raw: bz2.BZ2File(raw, "rb")),
-    ".xz": ("xz", lambda raw: lzma.LZMAFile(raw, "rb")),
-    ".lzma": ("xz", lambda raw: lzma.LZMAFile(raw, "rb")),
-}
-_NOT_READ = (".zst", ".zstd", ".deflate")  # Beam names them; Python 3.11 has no reader for them
-_DAMAGED = (EOFError, OSError, lzma.LZMAError)
 
 # Rejection reasons of a line that is not a CSV row of the header's shape ...
 REASON_WRONG_FIELD_COUNT = "wrong_field_count"
@@ -118,10 +104,10 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
                 if chunk_bytes and offset - chunk_start >= chunk_bytes:
                     chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
                     chunk_start, chunk_first_line = offset, line_no + 1
-    except _DAMAGED as err:
+    except DAMAGED as err:
         if not compression:
             raise
-        raise _not_whole(path, err) from None
+        raise not_whole(path, err) from None
     if offset > chunk_start:
         chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
     if data_rows == 0:
@@ -129,31 +115,17 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
     return CsvLayout(path, columns, tuple(chunks), data_rows)
 
 
-def compression_of(path: str) -> str:
-    """The compression the file's name says ("gzip", "bzip2", "xz"), or "" for a plain CSV."""
-    lowered = path.lower()
-    unread = [suffix for suffix in _NOT_READ if lowered.endswith(suffix)]
-    if unread:
-        raise DataError(f"{path}: a {unread[0]} file, which ingest does not read: decompress it, or compress it "
-                        f"with gzip, bzip2 or xz ({', '.join(_DECOMPRESSORS)})")
-    return next((name for suffix, (name, _) in _DECOMPRESSORS.items() if lowered.endswith(suffix)), "")
-
-
 @contextlib.contextmanager
 def open_csv(path: str) -> Iterator[IO[bytes]]:
     """The CSV's bytes, decompressed when its name says so, through Beam's FileSystems (so on any
     filesystem Beam knows)."""
-    opener = next((make for suffix, (_, make) in _DECOMPRESSORS.items() if path.lower().endswith(suffix)), None)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
-        if opener is None:
+        handle = decompressing(raw, path)
+        if handle is raw:
             yield raw
         else:
-            with opener(raw) as decompressed:
-                yield decompressed
-
-
-def _not_whole(path: str, err: BaseException) -> DataError:
-    return DataError(f"{path}: not a whole {compression_of(path)} file ({err}); nothing was read from it")
+            with handle:
+                yield handle
 
 
 def count_lines(path: str) -> int:
@@ -164,10 +136,10 @@ def count_lines(path: str) -> int:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 lines += block.count(b"\n")
                 last = block[-1:]
-    except _DAMAGED as err:
+    except DAMAGED as err:
         if not compression_of(path):
             raise
-        raise _not_whole(path, err) from None
+        raise not_whole(path, err) from None
     return lines + (last != b"\n")
 
 
@@ -290,7 +262,7 @@ def read_chunk_pieces(csv_path: str, chunk: CsvChunk, piece_bytes: int = DEFAULT
                     pieces.pop()  # the piece ends with a newline, not with another line
                 yield [(first + index, raw.rstrip(b"\r")) for index, raw in enumerate(pieces) if raw.strip()]
                 first += len(pieces)
-    except _DAMAGED as err:
+    except DAMAGED as err:
         if not compression_of(csv_path):
             raise
         raise RuntimeError(f"{csv_path} changed while being read ({err})") from err

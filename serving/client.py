@@ -144,30 +144,48 @@ TaxiTrip.__module__ = __name__
 
 
 def read_trips_csv(path: Path, *, limit: int | None = None, key_column: str | None = None) -> Iterator[tuple[Any, str | None]]:
-    """Yields (TaxiTrip, request key) per CSV row; bad rows raise DataError with file, line and column."""
-    import csv
+    """Yields (TaxiTrip, request key) per CSV row; bad rows raise DataError with file, line and column.
+    A file named .gz, .bz2 or .xz is decompressed as it is read."""
+    import io
+
+    from core.compressed import DAMAGED, compression_of, decompressing, not_whole
 
     path = Path(path)
+    compression = compression_of(str(path))
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        raw = path.open("rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        missing = [name for name in features.SERVING_COLUMNS if name not in header]
-        if missing:
-            raise DataError(f"{path}: missing columns {missing} (the model needs {list(features.SERVING_COLUMNS)})")
-        if key_column is not None and key_column not in header:
-            raise DataError(f"{path}: request key column {key_column!r} is not in the header {header}")
-        for count, row in enumerate(reader):
-            if limit is not None and count >= limit:
-                return
-            line = reader.line_num
-            if None in row:
-                raise DataError(f"{path}:{line}: more fields than the header has")
-            trip = TaxiTrip.from_csv_row(row, source=str(path), line=line)
-            yield trip, (row[key_column] if key_column else None)
+    handle = io.TextIOWrapper(decompressing(raw, str(path)), encoding="utf-8", newline="")
+    try:
+        yield from _trips_from(path, handle, limit, key_column)
+    except DAMAGED as err:
+        if not compression:
+            raise
+        raise not_whole(str(path), err) from None
+    finally:
+        handle.close()
+        raw.close()
+
+
+def _trips_from(path: Path, handle: Any, limit: int | None, key_column: str | None) -> Iterator[tuple[Any, str | None]]:
+    import csv
+
+    reader = csv.DictReader(handle)
+    header = reader.fieldnames or []
+    missing = [name for name in features.SERVING_COLUMNS if name not in header]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (the model needs {list(features.SERVING_COLUMNS)})")
+    if key_column is not None and key_column not in header:
+        raise DataError(f"{path}: request key column {key_column!r} is not in the header {header}")
+    for count, row in enumerate(reader):
+        if limit is not None and count >= limit:
+            return
+        line = reader.line_num
+        if None in row:
+            raise DataError(f"{path}:{line}: more fields than the header has")
+        trip = TaxiTrip.from_csv_row(row, source=str(path), line=line)
+        yield trip, (row[key_column] if key_column else None)
 
 
 # --- results ---------------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ def test_a_compressed_csv_cut_short_or_of_an_unread_kind_is_refused(tmp_path, ta
     assert not (tmp_path / "out").exists()
     zstd = tmp_path / "trips.csv.zst"
     zstd.write_bytes(b"\x28\xb5\x2f\xfd")
-    with pytest.raises(DataError, match=r"trips\.csv\.zst: a \.zst file, which ingest does not read"):
+    with pytest.raises(DataError, match=r"trips\.csv\.zst: a \.zst file, which cannot be read here"):
         run_ingest(zstd, tmp_path / "out")
 
 

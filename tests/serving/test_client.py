@@ -61,6 +61,23 @@ def test_taxi_trip_checks_types_and_turns_missing_into_sentinels_or_null():
         TaxiTrip.from_mapping({"fare": 1.0, "tips": 2.0})
 
 
+def test_a_compressed_csv_gives_the_plain_ones_trips_and_a_cut_one_is_refused(tmp_path):
+    import bz2
+    import gzip
+
+    with TAXI_CSV.open("rb") as handle:
+        data = b"".join(handle.readline() for _ in range(301))
+    (tmp_path / "day.csv").write_bytes(data)
+    (tmp_path / "day.csv.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "day.csv.bz2").write_bytes(bz2.compress(data))
+    plain = list(read_trips_csv(tmp_path / "day.csv"))
+    assert len(plain) == 300
+    assert list(read_trips_csv(tmp_path / "day.csv.gz")) == plain == list(read_trips_csv(tmp_path / "day.csv.bz2"))
+    (tmp_path / "cut.csv.gz").write_bytes(gzip.compress(data)[:5000])
+    with pytest.raises(DataError, match=r"cut\.csv\.gz: not a whole gzip file"):
+        list(read_trips_csv(tmp_path / "cut.csv.gz"))
+
+
 def test_csv_rows_parse_with_line_and_column_in_errors(tmp_path):
     rows = list(read_trips_csv(TAXI_CSV, limit=50))
     assert len(rows) == 50 and all(key is None for _, key in rows)
