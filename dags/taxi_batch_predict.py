@@ -79,7 +79,7 @@ reason; the run fails if more than 1 % of the rows are rejected.
     # The defaults are mlops.airflow.tasks' DEFAULT_* values (tests/dags/test_dag_copies.py).
     params={
         "csv_path": Param("", type="string", title="CSV to score",
-                          description="A CSV of trips with the serving columns; empty = data/taxi/data.csv."),
+                          description="A CSV of trips with the serving columns, plain or .gz/.bz2/.xz; empty = data/taxi/data.csv."),
         "output_path": Param("", type="string", title="Output directory",
                              description="Must not hold an earlier run's output; empty = a run-scoped directory."),
         "model_version": Param(None, type=["null", "integer"], minimum=1,
