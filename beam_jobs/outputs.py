@@ -9,6 +9,8 @@ records (rejected rows, predictions) one JSON object per line.
 
 Summaries: a job's counts come out of the pipeline as data (one small JSON file), not as runner
 metrics, because metrics support differs between runners while a file reads the same everywhere.
+Facts from several branches are combined per branch first (`SummarizeBranches`), so no runner holds
+a fact per row at the end of a job.
 """
 
 from __future__ import annotations
