@@ -154,7 +154,7 @@ class _Connection(asyncio.Protocol):
 class HttpPool:
     """Persistent connections to one `http://host:port` base URL."""
 
-    def __init__(self, base_url: str, *, max_idle: int = 64, connect_timeout_s: float = 0.25) -> None:
+    def __init__(self, base_url: str, *, max_idle: int = 64, connect_timeout_s: float = 1.0) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme != "http" or not parsed.hostname:
             raise ValueError(f"the model server's REST URL must be http://host:port, got {base_url!r}")
