@@ -35,7 +35,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from core.compressed import DAMAGED, compression_of, decompressing, not_whole
+from core.compressed import DAMAGED, compression_of, decompressing, refusing_damage
 from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, Feature, parse_value
 
@@ -87,27 +87,21 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
     if not FileSystems.exists(path):
         raise DataError(f"{path}: file not found (expected a CSV with the columns {', '.join(required_columns)})")
     chunks: list[CsvChunk] = []
-    compression = compression_of(path)
-    if compression:
+    if compression_of(path):
         chunk_bytes = 0  # one range: see the module docstring
-    try:
-        with open_csv(path) as handle:
-            header_bytes = handle.readline()
-            columns = _parse_header(path, header_bytes, required_columns, needed_for)
-            offset = chunk_start = len(header_bytes)
-            line_no, chunk_first_line, data_rows = 1, 2, 0
-            for raw in handle:
-                line_no += 1
-                offset += len(raw)
-                if raw.strip():
-                    data_rows += 1
-                if chunk_bytes and offset - chunk_start >= chunk_bytes:
-                    chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
-                    chunk_start, chunk_first_line = offset, line_no + 1
-    except DAMAGED as err:
-        if not compression:
-            raise
-        raise not_whole(path, err) from None
+    with refusing_damage(path), open_csv(path) as handle:
+        header_bytes = handle.readline()
+        columns = _parse_header(path, header_bytes, required_columns, needed_for)
+        offset = chunk_start = len(header_bytes)
+        line_no, chunk_first_line, data_rows = 1, 2, 0
+        for raw in handle:
+            line_no += 1
+            offset += len(raw)
+            if raw.strip():
+                data_rows += 1
+            if chunk_bytes and offset - chunk_start >= chunk_bytes:
+                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                chunk_start, chunk_first_line = offset, line_no + 1
     if offset > chunk_start:
         chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
     if data_rows == 0:
@@ -131,15 +125,10 @@ def open_csv(path: str) -> Iterator[IO[bytes]]:
 def count_lines(path: str) -> int:
     """The CSV's lines, decompressed when its name says so (a last line without a newline counts)."""
     lines, last = 0, b"\n"
-    try:
-        with open_csv(path) as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                lines += block.count(b"\n")
-                last = block[-1:]
-    except DAMAGED as err:
-        if not compression_of(path):
-            raise
-        raise not_whole(path, err) from None
+    with refusing_damage(path), open_csv(path) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
     return lines + (last != b"\n")
 
 

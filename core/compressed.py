@@ -8,9 +8,10 @@ just ends, so a truncated file is an error instead of a shorter file.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
-from typing import IO, Callable, Mapping
+from typing import IO, Callable, Iterator, Mapping
 
 from core.errors import DataError
 
@@ -28,21 +29,31 @@ DAMAGED = (EOFError, OSError, lzma.LZMAError)
 def compression_of(path: str) -> str:
     """The compression the file's name says ("gzip", "bzip2", "xz"), or "" for a plain file;
     DataError for a compression that cannot be read here."""
+    return _format(path)[0]
+
+
+def decompressing(raw: IO[bytes], path: str) -> IO[bytes]:
+    """`raw`'s bytes decompressed as `path`'s name says, or `raw` itself for a plain file."""
+    _, opener = _format(path)
+    return raw if opener is None else opener(raw)
+
+
+@contextlib.contextmanager
+def refusing_damage(path: str) -> Iterator[None]:
+    """Reading `path` inside: a compressed stream damaged or cut short becomes a DataError naming
+    the file; a plain file's errors pass through unchanged."""
+    try:
+        yield
+    except DAMAGED as err:
+        if not compression_of(path):
+            raise
+        raise DataError(f"{path}: not a whole {compression_of(path)} file ({err}); nothing was read from it") from None
+
+
+def _format(path: str) -> tuple[str, Callable[[IO[bytes]], IO[bytes]] | None]:
     lowered = str(path).lower()
     unread = [suffix for suffix in _NOT_READ if lowered.endswith(suffix)]
     if unread:
         raise DataError(f"{path}: a {unread[0]} file, which cannot be read here: decompress it, or compress it "
                         f"with gzip, bzip2 or xz ({', '.join(_OPENERS)})")
-    return next((name for suffix, (name, _) in _OPENERS.items() if lowered.endswith(suffix)), "")
-
-
-def decompressing(raw: IO[bytes], path: str) -> IO[bytes]:
-    """`raw`'s bytes decompressed as `path`'s name says, or `raw` itself for a plain file."""
-    lowered = str(path).lower()
-    opener = next((make for suffix, (_, make) in _OPENERS.items() if lowered.endswith(suffix)), None)
-    return raw if opener is None else opener(raw)
-
-
-def not_whole(path: str, err: BaseException) -> DataError:
-    """The error for a compressed file whose stream is damaged or cut short."""
-    return DataError(f"{path}: not a whole {compression_of(path)} file ({err}); nothing was read from it")
+    return next((found for suffix, found in _OPENERS.items() if lowered.endswith(suffix)), ("", None))

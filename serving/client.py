@@ -148,24 +148,16 @@ def read_trips_csv(path: Path, *, limit: int | None = None, key_column: str | No
     A file named .gz, .bz2 or .xz is decompressed as it is read."""
     import io
 
-    from core.compressed import DAMAGED, compression_of, decompressing, not_whole
+    from core.compressed import decompressing, refusing_damage
 
     path = Path(path)
-    compression = compression_of(str(path))
     try:
         raw = path.open("rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    handle = io.TextIOWrapper(decompressing(raw, str(path)), encoding="utf-8", newline="")
-    try:
+    with raw, refusing_damage(str(path)), io.TextIOWrapper(decompressing(raw, str(path)), encoding="utf-8",
+                                                           newline="") as handle:
         yield from _trips_from(path, handle, limit, key_column)
-    except DAMAGED as err:
-        if not compression:
-            raise
-        raise not_whole(str(path), err) from None
-    finally:
-        handle.close()
-        raw.close()
 
 
 def _trips_from(path: Path, handle: Any, limit: int | None, key_column: str | None) -> Iterator[tuple[Any, str | None]]:
