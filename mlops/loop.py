@@ -284,7 +284,7 @@ def review_step(client: hitl_client.HITLClient, port: int, threshold: float, tim
         actions: list[dict] = []
         while time.monotonic() < deadline:
             # Any run's cases: the daily run that unpausing the DAG starts may have opened the oldest ones.
-            actions = [a for a in client.required_actions(REVIEW_DAG) if rest_client.ready_to_answer(a)]
+            actions = client.answerable_actions(REVIEW_DAG)
             task_instances = client.task_instances(REVIEW_DAG, run_id)
             cases = [t for t in task_instances if t["task_id"] == "review_case.ask" and t.get("map_index", -1) >= 0]
             collect = next((t.get("state") for t in task_instances if t["task_id"] == "collect_cases"), None)

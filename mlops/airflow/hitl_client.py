@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from mlops.airflow.rest_client import AirflowApiError, AirflowClient, ready_to_answer
+from mlops.airflow.rest_client import AirflowApiError, AirflowClient, action_key, ready_to_answer
 from mlops.airflow.launcher import LauncherError
 
 
@@ -42,7 +42,7 @@ class HITLClient(AirflowClient):
             try:
                 detail = self.hitl_detail(dag_id, run_id, task_id, map_index)
                 state = (detail.get("task_instance") or {}).get("state")
-                if ready_to_answer(detail):
+                if state == "awaiting_input" and ready_to_answer(detail, self.parked_times(dag_id, run_id).get(action_key(detail))):
                     return detail
                 last = f"task state {state}"
             except AirflowApiError as err:

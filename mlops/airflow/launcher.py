@@ -40,6 +40,12 @@ CONFIG_ENV = "MLOPS_CONFIG"
 DEFAULT_PORT = 8080
 ADMIN_USER = "admin"
 PASSWORD_FILE_NAME = "simple_auth_manager_passwords.json.generated"
+# Seconds a process waits for SQLite's write lock before "database is locked" (Python's default is 5).
+# Under load on two cores the scheduler, the triggerer, the API server and dozens of task workers
+# share one SQLite file, and a 5 s wait ended the scheduler (and the triggerer) for good: `airflow
+# standalone` does not restart them, so runs stayed "running" with nothing to move them. It stays
+# under the workers' EXECUTION_API_TIMEOUT (30 s, below), so a worker's call is answered, not timed out.
+SQLITE_BUSY_TIMEOUT_S = 25
 
 
 class LauncherError(RuntimeError):
@@ -129,6 +135,9 @@ def airflow_env(layout: AirflowLayout, port: int, base: Mapping[str, str] | None
     # The DAGs are this project's: active from the start (monitoring hourly, rollout after each
     # push), unless the caller chose otherwise in Airflow's own variable.
     env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    if not env.get(celery_cluster.DATABASE_ENV) and "CeleryExecutor" not in env.get(celery_cluster.EXECUTOR_ENV, ""):
+        # standalone's own database file, with a lock wait that outlasts a busy moment (see SQLITE_BUSY_TIMEOUT_S).
+        env[celery_cluster.DATABASE_ENV] = f"sqlite:///{layout.home / 'airflow.db'}?timeout={SQLITE_BUSY_TIMEOUT_S}"
     env.update(openlineage_env(env))
     return env
 

@@ -21,10 +21,18 @@ from mlops.airflow.launcher import ADMIN_USER, AirflowLayout, LauncherError, adm
 
 FINISHED_TASK_STATES = ("success", "failed", "skipped", "upstream_failed", "removed")
 FINISHED_RUN_STATES = ("success", "failed")
-# Airflow 3.3.2: an answer that lands while the worker that parked a required action is still exiting
-# (about a second after `awaiting_input` shows) fails the task instead of resuming it (seen in
-# tests/dags/test_review_dag.py). A person never answers that fast; a script waits this long first.
-REQUIRED_ACTION_SETTLE_SECONDS = 8.0
+# Airflow 3.3.2: an answer that lands before the scheduler has seen the exit of the worker that parked
+# a required action fails the task instead of resuming it ("reported that the task instance ...
+# finished with state success, but the task instance's state attribute is queued"), and on SQLite
+# that path ended the scheduler ("database is locked"). The exit is seen 0.1-6.4 s after the park
+# on two busy cores (tests/dags/test_hitl_story_dag.py's runs); a person never answers that fast;
+# a script waits this long after the park (Airflow's `awaiting_input` event log entry) first.
+REQUIRED_ACTION_SETTLE_SECONDS = 15.0
+# Airflow's [api] maximum_page_limit: the largest page a listing may ask for.
+TASK_INSTANCE_PAGE = 100
+# A run waited on is given up once the scheduler has been unhealthy this long: nothing else moves it.
+# Airflow calls it unhealthy 30 s after its last heartbeat ([scheduler] scheduler_health_check_threshold).
+SCHEDULER_GONE_SECONDS = 90.0
 
 
 class AirflowApiError(LauncherError):
@@ -81,6 +89,10 @@ class AirflowClient:
     def _quote(value: str) -> str:
         return urllib.parse.quote(value, safe="")
 
+    def health(self) -> dict[str, Any]:
+        """/api/v2/monitor/health: each component's status and latest heartbeat."""
+        return self._send("GET", "/api/v2/monitor/health", token=None)
+
     def get_dag(self, dag_id: str) -> dict[str, Any]:
         return self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}")
 
@@ -115,8 +127,15 @@ class AirflowClient:
         return list(document.get("dag_runs", []))
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        document = self._send("GET", f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances")
-        return list(document.get("task_instances", []))
+        """Every task instance of the run, mapped ones included (the API answers 50 per page unless asked)."""
+        path = f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances"
+        found: list[dict[str, Any]] = []
+        while True:
+            document = self._send("GET", path, query={"limit": TASK_INSTANCE_PAGE, "offset": len(found)})
+            page = list(document.get("task_instances", []))
+            found.extend(page)
+            if len(page) < TASK_INSTANCE_PAGE or len(found) >= int(document.get("total_entries") or 0):
+                return found
 
     def required_actions(self, dag_id: str = "~", run_id: str = "~", *, pending: bool = True,
                          limit: int = 100) -> list[dict[str, Any]]:
@@ -132,6 +151,31 @@ class AirflowClient:
                               query=query)
         return list(document.get("hitl_details", []))
 
+    def parked_times(self, dag_id: str = "~", run_id: str = "~") -> dict[tuple[str, str, int], float]:
+        """(run id, task id, map index) -> when the task instance last parked to await input (epoch seconds),
+        from Airflow's event log (the `awaiting_input` entries the execution API writes at the park)."""
+        query: dict[str, Any] = {"event": "awaiting_input", "limit": TASK_INSTANCE_PAGE, "order_by": "-when"}
+        query.update({name: value for name, value in (("dag_id", dag_id), ("run_id", run_id)) if value != "~"})
+        parked: dict[tuple[str, str, int], float] = {}
+        seen = 0
+        while True:
+            document = self._send("GET", "/api/v2/eventLogs", query={**query, "offset": seen})
+            page = list(document.get("event_logs", []))
+            seen += len(page)
+            for entry in page:
+                key = (str(entry.get("run_id")), str(entry.get("task_id")), int(entry.get("map_index", -1)))
+                parked.setdefault(key, _epoch(entry["when"]))  # newest first: a cleared task's latest park
+            if len(page) < TASK_INSTANCE_PAGE or seen >= int(document.get("total_entries") or 0):
+                return parked
+
+    def answerable_actions(self, dag_id: str = "~", run_id: str = "~") -> list[dict[str, Any]]:
+        """The pending required actions that can be answered safely now (`ready_to_answer`), oldest first."""
+        actions = self.required_actions(dag_id, run_id)
+        if not actions:
+            return []
+        parked = self.parked_times(dag_id, run_id)
+        return [action for action in actions if ready_to_answer(action, parked.get(action_key(action)))]
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
         """The task's log for one try, as text lines."""
         path = (f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances/"
@@ -140,14 +184,25 @@ class AirflowClient:
         return log_lines(document.get("content") if isinstance(document, Mapping) else document)
 
 
-def ready_to_answer(action: Mapping[str, Any], now: float | None = None) -> bool:
-    """The required action waits for an answer and has waited long enough to be answered safely."""
+def _epoch(text: str) -> float:
     import datetime as dt
 
+    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+def action_key(action: Mapping[str, Any]) -> tuple[str, str, int]:
+    """A required action's (run id, task id, map index), as `AirflowClient.parked_times` keys them."""
+    ti = action.get("task_instance") or {}
+    return str(ti.get("dag_run_id")), str(ti.get("task_id")), int(ti.get("map_index", -1))
+
+
+def ready_to_answer(action: Mapping[str, Any], parked_at: float | None, now: float | None = None) -> bool:
+    """The required action awaits an answer and parked REQUIRED_ACTION_SETTLE_SECONDS ago or more.
+    With no park time (no event log entry yet), the request's creation stands in, a little earlier."""
     if (action.get("task_instance") or {}).get("state") != "awaiting_input" or action.get("response_received"):
         return False
-    created = dt.datetime.fromisoformat(str(action["created_at"]).replace("Z", "+00:00"))
-    return (now if now is not None else time.time()) - created.timestamp() >= REQUIRED_ACTION_SETTLE_SECONDS
+    since = parked_at if parked_at is not None else _epoch(action["created_at"])
+    return (now if now is not None else time.time()) - since >= REQUIRED_ACTION_SETTLE_SECONDS
 
 
 def required_action_url(ui_url: str, task_instance: Mapping[str, Any]) -> str:
@@ -214,9 +269,11 @@ def format_task_line(ti: Mapping[str, Any]) -> str:
 
 def wait_for_run(client: AirflowClient, dag_id: str, run_id: str, *, timeout: float = 7200.0, poll: float = 3.0,
                  progress: Callable[[str], None] = print) -> tuple[str, list[dict[str, Any]]]:
-    """Polls the run until it finishes; prints a line per task state change. Returns (state, task instances)."""
+    """Polls the run until it finishes; prints a line per task state change. Returns (state, task instances).
+    Raises LauncherError when the run does not finish in `timeout` or Airflow's scheduler stops."""
     watcher = RunWatcher()
     deadline = time.monotonic() + timeout
+    scheduler = SchedulerWatch(client)
     while True:
         run = client.get_run(dag_id, run_id)
         task_instances = client.task_instances(dag_id, run_id)
@@ -227,8 +284,57 @@ def wait_for_run(client: AirflowClient, dag_id: str, run_id: str, *, timeout: fl
         if run.get("state") in FINISHED_RUN_STATES:
             return str(run["state"]), task_instances
         if time.monotonic() > deadline:
-            raise LauncherError(f"run {run_id} of {dag_id} did not finish within {timeout:.0f}s (state {run.get('state')})")
+            raise LauncherError(f"run {run_id} of {dag_id} did not finish within {timeout:.0f}s (state {run.get('state')}); "
+                                f"unfinished: {unfinished_summary(task_instances)}")
+        if stopped := scheduler.stopped():
+            raise LauncherError(f"run {run_id} of {dag_id} cannot finish: {stopped}; unfinished: "
+                                f"{unfinished_summary(task_instances)}. Restart Airflow (`python -m mlops.airflow stop`, "
+                                "then `start`): the run goes on from where it stopped")
         time.sleep(poll)
+
+
+@dataclasses.dataclass
+class SchedulerWatch:
+    """Whether Airflow's scheduler has been unhealthy for SCHEDULER_GONE_SECONDS, asked every `every` seconds.
+    `airflow standalone` does not restart a scheduler that ended, and a run then waits for ever."""
+
+    client: AirflowClient
+    every: float = 15.0
+    gone_after: float = SCHEDULER_GONE_SECONDS
+    _asked: float = float("-inf")
+    _unhealthy_since: float | None = None
+    _heartbeat: str = ""
+
+    def stopped(self, now: float | None = None) -> str | None:
+        now = time.monotonic() if now is None else now
+        if now - self._asked >= self.every:
+            self._asked = now
+            try:
+                part = self.client.health().get("scheduler") or {}
+            except LauncherError:
+                return None  # the API server itself is busy or restarting: the run's own polls say so
+            if part.get("status") == "healthy":
+                self._unhealthy_since = None
+            elif self._unhealthy_since is None:
+                self._unhealthy_since, self._heartbeat = now, str(part.get("latest_scheduler_heartbeat") or "never")
+        if self._unhealthy_since is not None and now - self._unhealthy_since >= self.gone_after:
+            return (f"Airflow's scheduler stopped (last heartbeat {self._heartbeat}, unhealthy for "
+                    f"{now - self._unhealthy_since:.0f}s; its lines in the Airflow log say why)")
+        return None
+
+
+def unfinished_summary(task_instances: Sequence[Mapping[str, Any]]) -> str:
+    """The tasks a run still waits for, by task and state, with the map indexes of mapped ones:
+    `review_case.ask awaiting_input [3, 17]; close_cases none`."""
+    waiting: dict[tuple[str, str], list[int]] = {}
+    for ti in task_instances:
+        state = ti.get("state") or "none"
+        if state not in FINISHED_TASK_STATES:
+            waiting.setdefault((ti["task_id"], state), []).append(int(ti.get("map_index", -1)))
+    if not waiting:
+        return "no task (the scheduler has not updated the run's state yet)"
+    return "; ".join(f"{task_id} {state}" + (f" {sorted(indexes)}" if max(indexes) >= 0 else "")
+                     for (task_id, state), indexes in sorted(waiting.items()))
 
 
 def failure_report(client: AirflowClient, dag_id: str, run_id: str, task_instances: Sequence[Mapping[str, Any]],

@@ -50,6 +50,18 @@ def test_every_airflow_process_gets_the_projects_home_dags_ml_python_config_and_
     assert AirflowLayout(root=PROJECT_ROOT, home_override=tmp_path).home == tmp_path
 
 
+def test_standalone_s_sqlite_waits_out_a_busy_lock_and_a_chosen_database_is_kept(tmp_path):
+    layout = AirflowLayout(root=PROJECT_ROOT, home_override=tmp_path)
+    env = airflow_env(layout, 8080, base={"PATH": "/usr/bin"})
+    # Airflow's own file under AIRFLOW_HOME, with a lock wait longer than Python's 5 s (a 5 s wait ended the scheduler).
+    assert env[celery_cluster.DATABASE_ENV] == f"sqlite:///{tmp_path}/airflow.db?timeout=25"
+    chosen = "postgresql+psycopg2://airflow@127.0.0.1:5432/airflow"
+    assert airflow_env(layout, 8080, base={celery_cluster.DATABASE_ENV: chosen})[celery_cluster.DATABASE_ENV] == chosen
+    # The CeleryExecutor needs a real database: nothing is chosen for it, so its check names what is missing.
+    celery = airflow_env(layout, 8080, base={celery_cluster.EXECUTOR_ENV: "CeleryExecutor"})
+    assert celery_cluster.DATABASE_ENV not in celery
+
+
 def test_the_port_comes_from_the_environment_and_is_checked():
     assert airflow_port({}) == 8080
     assert airflow_port({"MLOPS_AIRFLOW_PORT": "18080"}) == 18080

@@ -1,9 +1,11 @@
 """mlops.airflow.rest_client's output without a running Airflow: one progress line per task state
-change, in the order the tasks ran, and Airflow 3's structured task logs as readable lines."""
+change, in the order the tasks ran, what a run that does not finish still waits for, and Airflow 3's
+structured task logs as readable lines."""
 
 from __future__ import annotations
 
-from mlops.airflow.rest_client import RunWatcher, log_lines
+from mlops.airflow.launcher import LauncherError
+from mlops.airflow.rest_client import RunWatcher, SchedulerWatch, log_lines, unfinished_summary
 
 
 def test_one_progress_line_per_task_state_change():
@@ -42,3 +44,41 @@ def test_structured_task_logs_become_readable_lines():
     assert lines[0] == "09:05:02 info    ERROR ingest failed: DataError: x.csv: bad"
     assert lines[2].strip() == "CalledProcessError: exit status 2"
     assert lines[3] == "a plain line"
+
+
+def test_a_run_that_does_not_finish_says_which_tasks_it_waits_for():
+    tis = [{"task_id": "collect_cases", "state": "success", "map_index": -1},
+           *({"task_id": "review_case.ask", "state": state, "map_index": index}
+             for index, state in enumerate(["success", "awaiting_input", "success", "queued", "awaiting_input"])),
+           {"task_id": "review_case.write_back", "state": "upstream_failed", "map_index": 0},
+           {"task_id": "close_cases", "state": None, "map_index": -1}]
+    assert unfinished_summary(tis) == ("close_cases none; review_case.ask awaiting_input [1, 4]; "
+                                       "review_case.ask queued [3]")
+    assert unfinished_summary(tis[:1]).startswith("no task")
+
+
+class HealthAnswers:
+    """What /api/v2/monitor/health answered, one document (or error) per question (the live kill is test_scheduler_kill.py)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+
+    def health(self):
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {"scheduler": {"status": answer, "latest_scheduler_heartbeat": "2026-12-06T21:37:05+00:00"}}
+
+
+def test_a_scheduler_unhealthy_for_long_is_reported_and_a_short_lapse_or_a_busy_api_is_not():
+    watch = SchedulerWatch(HealthAnswers("healthy", "unhealthy", "healthy", "unhealthy", LauncherError("busy"), "unhealthy"),
+                           every=10, gone_after=60)
+    assert watch.stopped(now=0) is None
+    assert watch.stopped(now=5) is None  # not asked again before `every`
+    assert watch.stopped(now=10) is None  # unhealthy from here ...
+    assert watch.stopped(now=20) is None  # ... healthy again: the lapse is forgotten
+    assert watch.stopped(now=30) is None  # unhealthy from 30
+    assert watch.stopped(now=40) is None  # the API did not answer: no verdict either way
+    assert watch.stopped(now=85) is None
+    said = watch.stopped(now=90)
+    assert said.startswith("Airflow's scheduler stopped (last heartbeat 2026-12-06T21:37:05+00:00, unhealthy for 60s")

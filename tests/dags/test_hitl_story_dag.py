@@ -86,8 +86,11 @@ def test_a_reviewer_in_airflow_shows_in_agreement_readiness_and_the_approved_mov
         answers[last_cash], undecided = "cannot tell", [cases[last_cash]]
     for action, option in zip(actions, answers):
         answer(client, run_id, action["task_instance"], option)
-    state, _ = rest_client.wait_for_run(client, "taxi_review", run_id, timeout=900, progress=lambda _: None)
+    state, task_instances = rest_client.wait_for_run(client, "taxi_review", run_id, timeout=900, progress=lambda _: None)
     assert state == "success"
+    # Every mapped task instance is listed (64 of them: more than the API's default page of 50).
+    write_backs = [t for t in task_instances if t["task_id"] == "review_case.write_back"]
+    assert sorted(t["map_index"] for t in write_backs) == list(range(CASES)) and {t["state"] for t in write_backs} == {"success"}
 
     agreeing = sum(answer == model_answer(case) for case, answer in zip(cases, answers))
     decided = sum(answer != "cannot tell" for answer in answers)

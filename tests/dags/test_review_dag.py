@@ -93,7 +93,7 @@ def pending_actions(client: HITLClient, run_id: str, count: int, timeout: float 
     """The run's unanswered required actions once `count` of them wait, by map index."""
     deadline = time.monotonic() + timeout
     while True:
-        actions = [a for a in client.required_actions("taxi_review", run_id) if rest_client.ready_to_answer(a)]
+        actions = client.answerable_actions("taxi_review", run_id)
         if len(actions) >= count:
             return sorted(actions, key=lambda a: a["task_instance"]["map_index"])
         assert time.monotonic() < deadline, f"only {len(actions)} required actions after {timeout:.0f}s"
