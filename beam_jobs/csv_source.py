@@ -122,16 +122,6 @@ def open_csv(path: str) -> Iterator[IO[bytes]]:
                 yield handle
 
 
-def count_lines(path: str) -> int:
-    """The CSV's lines, decompressed when its name says so (a last line without a newline counts)."""
-    lines, last = 0, b"\n"
-    with refusing_damage(path), open_csv(path) as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    return lines + (last != b"\n")
-
-
 def _header_hint(columns: Sequence[str], missing: Sequence[str]) -> str:
     """Why the columns may be missing when the usual causes are plain to see, else ""."""
     if len(columns) == 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import io
 import lzma
 from typing import IO, Callable, Iterator, Mapping
 
@@ -48,6 +49,24 @@ def refusing_damage(path: str) -> Iterator[None]:
         if not compression_of(path):
             raise
         raise DataError(f"{path}: not a whole {compression_of(path)} file ({err}); nothing was read from it") from None
+
+
+class DigestingReader(io.RawIOBase):
+    """`raw`'s bytes as they are read, fed to `digest` on the way: the stored bytes' checksum taken
+    while a decompressor reads them, so a compressed file is read once for both."""
+
+    def __init__(self, raw: IO[bytes], digest) -> None:
+        super().__init__()
+        self._raw, self._digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        read = self._raw.readinto(buffer)
+        if read:
+            self._digest.update(memoryview(buffer)[:read])
+        return read
 
 
 def _format(path: str) -> tuple[str, Callable[[IO[bytes]], IO[bytes]] | None]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.compressed import DigestingReader, decompressing, refusing_damage
 from core.config import BeamChoice, Config
 from core.errors import DataError
 from core.version import modules_hash
@@ -129,17 +131,22 @@ def step_code(*modules: str) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    return sha256_and_lines(path)[0]
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def sha256_and_lines(path: Path) -> tuple[str, int]:
-    """The file's sha256 and its number of lines (a last line without a newline counts), in one read."""
+    """The stored file's sha256 and the number of lines it holds (decompressed when its name says so;
+    a last line without a newline counts), in one read."""
     digest, lines, last = hashlib.sha256(), 0, b"\n"
-    with path.open("rb") as handle:
+    with path.open("rb") as stored, refusing_damage(str(path)):
+        hashed = io.BufferedReader(DigestingReader(stored, digest), 1 << 20)
+        handle = decompressing(hashed, str(path))
         for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
             lines += chunk.count(b"\n")
             last = chunk[-1:]
+        for _ in iter(lambda: hashed.read(1 << 20), b""):
+            pass  # bytes after the compressed stream's end are the file's too
     return digest.hexdigest(), lines + (last != b"\n")
 
 

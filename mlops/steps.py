@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.atomic import atomic_directory
-from core.compressed import compression_of
 from core.config import shipped_file
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
 from metadata.recorder import ArtifactRef, StepRecord
@@ -51,11 +50,7 @@ def _register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
     csv_path = Path(csv_path).resolve()
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such file")
-    sha256, lines = sha256_and_lines(csv_path)
-    if compression_of(str(csv_path)):
-        from beam_jobs.csv_source import count_lines
-
-        lines = count_lines(str(csv_path))  # the rows inside, not the compressed bytes' newlines
+    sha256, lines = sha256_and_lines(csv_path)  # the compressed bytes' checksum, the lines inside them
     # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
     shipped = shipped_file("csv_path")
     expected = ctx.config.data.expected_sha256

@@ -6,12 +6,16 @@ window make ingest's input larger than clean's.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
+import lzma
 
 import pytest
 
 from core.config import IN_MEMORY_ARGS, BeamConfig, BeamOptionsForRows
+from core.errors import DataError
 from metadata.recorder import properties_of
 from mlops import steps
 from mlops.step_context import sha256_and_lines
@@ -29,6 +33,19 @@ def test_the_checksum_pass_counts_lines_too(tmp_path, content, lines):
     path.write_bytes(content)
     assert sha256_and_lines(path) == (hashlib.sha256(content).hexdigest(), lines)
     assert steps.file_sha256(path) == hashlib.sha256(content).hexdigest()
+
+
+@pytest.mark.parametrize("suffix, compress", [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)])
+def test_a_compressed_csv_is_read_once_for_its_stored_checksum_and_the_lines_inside(tmp_path, suffix, compress):
+    content = b"h\n" + b"".join(b"row %d\n" % i for i in range(100_000)) + b"last"
+    stored = compress(content)
+    path = tmp_path / f"f.csv{suffix}"
+    path.write_bytes(stored)
+    assert sha256_and_lines(path) == (hashlib.sha256(stored).hexdigest(), 100_002)
+    assert steps.file_sha256(path) == hashlib.sha256(stored).hexdigest()
+    path.write_bytes(stored[: len(stored) // 2])
+    with pytest.raises(DataError, match=r"not a whole .* file"):
+        sha256_and_lines(path)
 
 
 def test_what_callers_import_from_mlops_steps_is_still_there_after_the_split():
