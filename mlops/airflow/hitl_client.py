@@ -33,16 +33,18 @@ class HITLClient(AirflowClient):
         return self._send("PATCH", self._hitl_path(dag_id, run_id, task_id, map_index), body)
 
     def wait_for_request(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600.0, poll: float = 2.0,
-                         map_index: int = -1) -> dict[str, Any]:
-        """Waits until the task has asked (its request exists and it awaits input) and can be answered
-        safely (rest_client.ready_to_answer); returns the request."""
+                         map_index: int = -1, answerable: bool = True) -> dict[str, Any]:
+        """Waits until the task has asked (its request exists and it awaits input) and, when `answerable`,
+        can be answered safely (rest_client.ready_to_answer); returns the request. A caller that only
+        reads the request passes answerable=False (a short response timeout may end it before then)."""
         deadline = time.monotonic() + timeout
         last = "not asked yet"
         while time.monotonic() < deadline:
             try:
                 detail = self.hitl_detail(dag_id, run_id, task_id, map_index)
                 state = (detail.get("task_instance") or {}).get("state")
-                if state == "awaiting_input" and ready_to_answer(detail, self.parked_times(dag_id, run_id).get(action_key(detail))):
+                if state == "awaiting_input" and (
+                        not answerable or ready_to_answer(detail, self.parked_times(dag_id, run_id).get(action_key(detail)))):
                     return detail
                 last = f"task state {state}"
             except AirflowApiError as err:

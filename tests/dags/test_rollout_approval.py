@@ -112,11 +112,12 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         stack.wait(timeout=120)
 
 
-def trigger_canary(client, root: Path, version: int, **overrides) -> tuple[str, dict]:
-    """Triggers a canary that needs approval; returns the run id and the required action once it asks."""
+def trigger_canary(client, root: Path, version: int, answerable: bool = True, **overrides) -> tuple[str, dict]:
+    """Triggers a canary that needs approval; returns the run id and the required action once it asks
+    (and, when `answerable`, once it can be answered: hitl_client.HITLClient.wait_for_request)."""
     conf = {**FAST, "version": version, "log_dir": str(root / "prediction_logs"), **overrides}
     run_id = client.trigger(DAG_ID, conf)["dag_run_id"]
-    return run_id, client.wait_for_request(DAG_ID, run_id, rollout_tasks.APPROVAL_TASK, timeout=900)
+    return run_id, client.wait_for_request(DAG_ID, run_id, rollout_tasks.APPROVAL_TASK, timeout=900, answerable=answerable)
 
 
 def finish(client, run_id: str) -> tuple[str, dict[str, str]]:
@@ -201,7 +202,8 @@ def test_a_rejected_canary_is_rolled_back_and_stable_is_untouched(live):
 @pytest.mark.slow
 def test_a_canary_nobody_approves_in_time_is_rolled_back(live):
     root, gateway_url, client = live
-    run_id, request = trigger_canary(client, root, 3, approval_timeout_minutes=0.25)
+    # Nobody answers: the request is read as soon as it is asked (its 15 s may end before it is answerable).
+    run_id, request = trigger_canary(client, root, 3, answerable=False, approval_timeout_minutes=0.25)
     assert request["response_received"] is False
 
     state, tasks = finish(client, run_id)  # nobody answers
