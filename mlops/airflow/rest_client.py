@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mlops.airflow.launcher import ADMIN_USER, AirflowLayout, LauncherError, admin_password, base_url
 
@@ -28,6 +28,8 @@ FINISHED_RUN_STATES = ("success", "failed")
 # on two busy cores (tests/dags/test_hitl_story_dag.py's runs); a person never answers that fast;
 # a script waits this long after the park (Airflow's `awaiting_input` event log entry) first.
 REQUIRED_ACTION_SETTLE_SECONDS = 15.0
+# How many times a read (GET) that failed with a 500 is asked in all (see AirflowClient._send).
+READ_ATTEMPTS = 4
 # Airflow's [api] maximum_page_limit: the largest page a listing may ask for.
 TASK_INSTANCE_PAGE = 100
 # A run waited on is given up once the scheduler has been unhealthy this long: nothing else moves it.
@@ -63,6 +65,18 @@ class AirflowClient:
         return str(token)
 
     def _send(self, method: str, path: str, body: Any = None, *, token: str | None = "", query: Mapping[str, Any] | None = None) -> Any:
+        """One API call; a read the server could not serve for a moment (a 500 "Database error": its
+        pool of SQLite connections all waiting for the write lock) is asked again, READ_ATTEMPTS times."""
+        for attempt in range(1, READ_ATTEMPTS if method == "GET" else 1):
+            try:
+                return self._send_once(method, path, body, token=token, query=query)
+            except AirflowApiError as err:
+                if err.status != 500:
+                    raise
+                time.sleep(2.0 * attempt)
+        return self._send_once(method, path, body, token=token, query=query)
+
+    def _send_once(self, method: str, path: str, body: Any, *, token: str | None, query: Mapping[str, Any] | None) -> Any:
         url = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         headers = {"Accept": "application/json"}
         data = None
@@ -129,13 +143,18 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         """Every task instance of the run, mapped ones included (the API answers 50 per page unless asked)."""
         path = f"/api/v2/dags/{self._quote(dag_id)}/dagRuns/{self._quote(run_id)}/taskInstances"
-        found: list[dict[str, Any]] = []
+        return list(self._pages(path, "task_instances"))
+
+    def _pages(self, path: str, field: str, query: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every entry of a listing, a page of TASK_INSTANCE_PAGE at a time."""
+        seen = 0
         while True:
-            document = self._send("GET", path, query={"limit": TASK_INSTANCE_PAGE, "offset": len(found)})
-            page = list(document.get("task_instances", []))
-            found.extend(page)
-            if len(page) < TASK_INSTANCE_PAGE or len(found) >= int(document.get("total_entries") or 0):
-                return found
+            document = self._send("GET", path, query={**(query or {}), "limit": TASK_INSTANCE_PAGE, "offset": seen})
+            page = list(document.get(field, []))
+            seen += len(page)
+            yield from page
+            if len(page) < TASK_INSTANCE_PAGE or seen >= int(document.get("total_entries") or 0):
+                return
 
     def required_actions(self, dag_id: str = "~", run_id: str = "~", *, pending: bool = True,
                          limit: int = 100) -> list[dict[str, Any]]:
@@ -151,29 +170,27 @@ class AirflowClient:
                               query=query)
         return list(document.get("hitl_details", []))
 
-    def parked_times(self, dag_id: str = "~", run_id: str = "~") -> dict[tuple[str, str, int], float]:
+    def parked_times(self, dag_id: str = "~", run_id: str = "~", after: str | None = None) -> dict[tuple[str, str, int], float]:
         """(run id, task id, map index) -> when the task instance last parked to await input (epoch seconds),
-        from Airflow's event log (the `awaiting_input` entries the execution API writes at the park)."""
-        query: dict[str, Any] = {"event": "awaiting_input", "limit": TASK_INSTANCE_PAGE, "order_by": "-when"}
-        query.update({name: value for name, value in (("dag_id", dag_id), ("run_id", run_id)) if value != "~"})
+        from Airflow's event log (the `awaiting_input` entries the execution API writes at the park);
+        `after` (ISO time) leaves out older entries."""
+        query: dict[str, Any] = {"event": "awaiting_input", "order_by": "-when"}
+        query.update({name: value for name, value in (("dag_id", dag_id), ("run_id", run_id), ("after", after))
+                      if value not in ("~", None)})
         parked: dict[tuple[str, str, int], float] = {}
-        seen = 0
-        while True:
-            document = self._send("GET", "/api/v2/eventLogs", query={**query, "offset": seen})
-            page = list(document.get("event_logs", []))
-            seen += len(page)
-            for entry in page:
-                key = (str(entry.get("run_id")), str(entry.get("task_id")), int(entry.get("map_index", -1)))
-                parked.setdefault(key, _epoch(entry["when"]))  # newest first: a cleared task's latest park
-            if len(page) < TASK_INSTANCE_PAGE or seen >= int(document.get("total_entries") or 0):
-                return parked
+        for entry in self._pages("/api/v2/eventLogs", "event_logs", query):
+            key = (str(entry.get("run_id")), str(entry.get("task_id")), int(entry.get("map_index", -1)))
+            parked.setdefault(key, _epoch(entry["when"]))  # newest first: a cleared task's latest park
+        return parked
 
     def answerable_actions(self, dag_id: str = "~", run_id: str = "~") -> list[dict[str, Any]]:
         """The pending required actions that can be answered safely now (`ready_to_answer`), oldest first."""
         actions = self.required_actions(dag_id, run_id)
         if not actions:
             return []
-        parked = self.parked_times(dag_id, run_id)
+        # A task parks after its request is written: older parks (the DAG's history) are not read.
+        oldest = min(_epoch(action["created_at"]) for action in actions) - 1.0
+        parked = self.parked_times(dag_id, run_id, after=_iso(oldest))
         return [action for action in actions if ready_to_answer(action, parked.get(action_key(action)))]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
@@ -188,6 +205,12 @@ def _epoch(text: str) -> float:
     import datetime as dt
 
     return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+def _iso(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
 
 
 def action_key(action: Mapping[str, Any]) -> tuple[str, str, int]:
