@@ -190,14 +190,13 @@ class CleanRecordFn(_CheckAndEncodeFn):
         records, self._batch = self._batch, []
         if not records:
             return
-        needs_rules = self._screen.rows_needing_rules(records)
         kept: list[bytes] = []
         kept_as_stored = 0
-        for serialized, by_rules in zip(records, needs_rules):
-            if not by_rules:
+        for serialized, example in zip(records, self._screen.examples_kept_as_stored(records)):
+            if example is not None:
                 # Decodes as decode_strict would, nothing missing, nothing out of range: kept as it is
                 # stored, unless its content has copies.
-                content = dedupe.content_bytes(tf.train.Example.FromString(serialized))
+                content = dedupe.content_bytes(example)
                 if not (self._copies and dedupe.content_digest(content) in self._copies):
                     kept.append(content)
                     kept_as_stored += 1

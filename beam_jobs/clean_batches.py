@@ -1,14 +1,16 @@
 """Clean's screen of a batch of raw records: which rows the per-row steps must see.
 
 Decoding a record strictly in Python (clean.decode_strict) costs ~30 us; decoding a batch of them
-in C++ (tfx_bsl's ExamplesToRecordBatchDecoder, into Arrow columns) costs a few us a row, and the
-rules then run as column operations. A row passes the screen only when the per-row steps would keep
-it exactly as stored: every feature known and of its kind with at most one value, floats finite,
-text UTF-8, every required feature with a value, every checked value inside its range. Every other
-row (and every row of a batch the decoder refuses, or whose columns are not what the rules expect)
-goes through the per-row steps, which decide, word for word, as they always did. So the screen may
-send a row that needs nothing (a production row without tips, whose observed label stands in), but
-never lets one through that a rule would refuse or change.
+into Arrow columns (example_decoder.ExampleBatchDecoder, TensorFlow's C++ parser) costs ~2 us a row,
+and the rules then run as column operations; a row that passes is parsed once more (protobuf, ~2 us,
+which clean needs anyway to write it) to see that it holds no feature beyond those. A row passes the
+screen only when the per-row steps would keep it exactly as stored: every feature known and of its
+kind with at most one value, floats finite, text UTF-8, every required feature with a value, every
+checked value inside its range. Every other row (and every row of a batch the decoder refuses, or
+whose columns are not what the rules expect) goes through the per-row steps, which decide, word for
+word, as they always did. So the screen may send a row that needs nothing (a production row without
+tips, whose observed label stands in), but never lets one through that a rule would refuse or
+change.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tfx_bsl.coders.example_coder import ExamplesToRecordBatchDecoder
+import tensorflow as tf
+from google.protobuf.message import DecodeError
 
+from beam_jobs.example_decoder import ExampleBatchDecoder
 from beam_jobs.tfrecord_batches import BATCH_ROWS  # noqa: F401 - clean's batch size is the reader's
 from transforms.features import Feature, Kind
 
@@ -40,24 +44,36 @@ class BatchScreen:
         self._known_names = known_names
         self._required = tuple(feature.name for feature in required)
         self._checked = tuple((feature.name, feature.kind, low, high) for feature, low, high in checked)
-        self._decoder: ExamplesToRecordBatchDecoder | None = None
+        self._decoder: ExampleBatchDecoder | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # The decoder is made where the screen runs (a worker), not pickled with the DoFn.
         return {**self.__dict__, "_decoder": None}
 
-    def rows_needing_rules(self, records: Sequence[bytes]) -> np.ndarray:
-        """A bool per record: True when the per-row steps must see it."""
-        everything = np.ones(len(records), dtype=bool)
+    def examples_kept_as_stored(self, records: Sequence[bytes]) -> list[tf.train.Example | None]:
+        """Per record, its parsed Example when the per-row steps would keep it exactly as stored,
+        else None (the per-row steps must see it)."""
+        needing, entries = self._screen_columns(records)
+        return [None if needs else self._example_of_known_features(record, count)
+                for record, needs, count in zip(records, needing, entries.tolist())]
+
+    def _screen_columns(self, records: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(a bool per record: True when the per-row steps must see it, as far as its known features
+        tell; per record, how many map entries it holds if all its features are known)."""
+        everything = (np.ones(len(records), dtype=bool), np.zeros(len(records), dtype=np.int64))
         if self._decoder is None:
-            self._decoder = ExamplesToRecordBatchDecoder()
+            # The known features of their kinds, and the source line (an int).
+            self._decoder = ExampleBatchDecoder.for_features(
+                {name: self._stored_kinds.get(name, Kind.INT) for name in self._known_names})
         try:
-            batch = self._decoder.DecodeBatch(list(records))
+            batch = self._decoder.decode(records)
         except RuntimeError:  # a record that is no Example, or a feature stored as two kinds
             return everything
         columns = dict(zip(batch.schema.names, batch.columns))
-        if not self._known_names.issuperset(columns):
-            return everything
+        # Map entries a row holds if every feature it has is known (one with no kind set counts no
+        # entry here, so such a row goes to the rules, which keep it).
+        entries = sum((column.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
+                                  for column in columns.values()), np.zeros(len(records), dtype=np.int64))
         needing = np.zeros(len(records), dtype=bool)
         for name, column in columns.items():
             kind = self._stored_kinds.get(name)
@@ -91,7 +107,16 @@ class BatchScreen:
             if kind is Kind.INT:
                 outside |= (values > _EXACT_IN_FLOAT64) | (values < -_EXACT_IN_FLOAT64)
             needing[_parents(column)[outside]] = True
-        return needing
+        return needing, entries
+
+    @staticmethod
+    def _example_of_known_features(record: bytes, entries: int) -> tf.train.Example | None:
+        """The record's Example, if it holds no feature beyond the `entries` the screen saw."""
+        try:
+            example = tf.train.Example.FromString(record)
+        except DecodeError:  # a key that is not UTF-8: TensorFlow's parser skipped it
+            return None
+        return example if len(example.features.feature) == entries else None
 
 
 def _value_counts(column: pa.Array) -> np.ndarray:

@@ -108,9 +108,18 @@ class ComputeStatistics(beam.PTransform):
     def expand(self, example_lists: beam.PCollection) -> beam.PCollection:
         return (
             example_lists
-            | "DecodeExamples" >> beam.ParDo(DecodeExampleListsFn())
+            | "DecodeExamples" >> beam.ParDo(DecodeExampleListsFn(features=_described_kinds(self._options)))
             | "GenerateStatistics" >> tfdv.GenerateStatistics(self._options)
         )
+
+
+def _described_kinds(options: tfdv.StatsOptions) -> dict[str, Kind] | None:
+    """The features statistics describe, with the kind each is declared as: what the decoder needs
+    to keep (the allowlist drops every other column); None when some are not declared features."""
+    names = options.feature_allowlist
+    if not names or not all(name in FEATURES_BY_NAME for name in names):
+        return None
+    return {name: FEATURES_BY_NAME[name].kind for name in names}
 
 
 def _split_names(options: StatisticsOptions) -> list[str]:

@@ -71,6 +71,10 @@ def _odd_records(rows: list[dict[str, Any]]) -> list[bytes]:
     return records
 
 
+def _needing(screen, records: list[bytes]) -> list[bool]:
+    return [example is None for example in screen.examples_kept_as_stored(records)]
+
+
 @pytest.fixture(scope="module")
 def plain_records(taxi_rows: list[dict[str, str]]) -> list[bytes]:
     rows = [parse_csv_row(r) for r in taxi_rows[:300]]
@@ -82,7 +86,7 @@ def test_a_row_passes_the_screen_only_when_the_per_row_steps_keep_it_as_stored(p
     rows = [clean_rules.decode_strict(record) for record in plain_records[:20]]
     odd = _odd_records(rows)
     mixed = [record for pair in zip(plain_records, odd) for record in pair] + plain_records[len(odd):]
-    needing = clean.batch_screen(features).rows_needing_rules(mixed)
+    needing = _needing(clean.batch_screen(features), mixed)
     let_through = [record for record, flagged in zip(mixed, needing) if not flagged]
     assert all(_kept_as_stored(features, record) for record in let_through)
     # Every odd record but the kept production row and the empty optional Feature is sent to the rules.
@@ -93,20 +97,23 @@ def test_a_row_passes_the_screen_only_when_the_per_row_steps_keep_it_as_stored(p
 
 @pytest.mark.parametrize("spoiler", [
     b"not an example \xff",  # the decoder refuses the batch
-    "unknown",  # a feature no rule knows
     "two-kinds",  # one feature stored as two kinds in one batch
     "not-utf-8",  # text that is not UTF-8
 ])
 def test_a_batch_the_screen_cannot_read_goes_whole_to_the_rules(plain_records, spoiler):
     example = tf.train.Example.FromString(plain_records[0])
-    if spoiler == "unknown":
-        _set(example, "surge").float_list.value.append(1.0)
-        spoiler = example.SerializeToString()
-    elif spoiler == "not-utf-8":
+    if spoiler == "not-utf-8":
         _set(example, "company").bytes_list.value.append(b"\xff\xfe")
         spoiler = example.SerializeToString()
     elif spoiler == "two-kinds":
         _set(example, "trip_seconds").float_list.value.append(5.0)
         spoiler = example.SerializeToString()
-    needing = clean.batch_screen(EXAMPLE_FEATURES).rows_needing_rules(plain_records[1:50] + [spoiler])
-    assert needing.all()
+    needing = _needing(clean.batch_screen(EXAMPLE_FEATURES), plain_records[1:50] + [spoiler])
+    assert all(needing)
+
+
+def test_a_row_with_a_feature_no_rule_knows_goes_to_the_rules_and_the_others_pass(plain_records):
+    example = tf.train.Example.FromString(plain_records[0])
+    _set(example, "surge").float_list.value.append(1.0)
+    needing = _needing(clean.batch_screen(EXAMPLE_FEATURES), plain_records[1:50] + [example.SerializeToString()])
+    assert needing == [False] * 49 + [True]
