@@ -396,6 +396,10 @@ def _beam_section(values: Any) -> BeamConfig:
 # its start-up to every run; at 15M the one process carried transform's leftover heap into train
 # (1.77 GiB against 1.08 in its own process).
 STEPS_IN_OWN_PROCESS_FROM_ROWS = 5_000_000
+# Why 1M (docs/SCALE.md "Transform beside validation"): at 1.5M rows on 2 cores, validation's
+# statistics beside transform's job shorten the run by their own length less the contention; a small
+# input's run would pay a second process's start-up (TensorFlow's import, ~4 s) for a shorter overlap.
+TRANSFORM_BESIDE_VALIDATION_FROM_ROWS = 1_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -416,6 +420,10 @@ class Config:
     # `mlops pipeline run` runs every step after ingest in a process of its own (as Airflow's tasks
     # run) when ingest wrote at least this many rows, else all in the command's process (mlops.toml).
     steps_in_own_process_from_rows: int = STEPS_IN_OWN_PROCESS_FROM_ROWS
+    # `mlops pipeline run` starts transform's Beam job in a process of its own while validation runs
+    # when clean kept at least this many rows; the Transform step adopts its output once validation
+    # passed, and discards it otherwise (mlops.toml).
+    transform_beside_validation_from_rows: int = TRANSFORM_BESIDE_VALIDATION_FROM_ROWS
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -502,7 +510,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
     known = {"pipeline_name", "pipeline_root", "beam_args", "beam", "data", "training", "evaluation", "serving", "metadata",
-             "automation", "review", "steps_in_own_process_from_rows"}
+             "automation", "review", "steps_in_own_process_from_rows", "transform_beside_validation_from_rows"}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"config has unknown keys {unknown}; known: {sorted(known)}")
@@ -521,6 +529,9 @@ def config_from_dict(values: Mapping[str, Any], root: Path) -> Config:
         review=_section(ReviewConfig, values.get("review", {}), root, "review"),
         steps_in_own_process_from_rows=_row_count(values.get("steps_in_own_process_from_rows", STEPS_IN_OWN_PROCESS_FROM_ROWS),
                                                   "steps_in_own_process_from_rows"),
+        transform_beside_validation_from_rows=_row_count(
+            values.get("transform_beside_validation_from_rows", TRANSFORM_BESIDE_VALIDATION_FROM_ROWS),
+            "transform_beside_validation_from_rows"),
     )
 
 

@@ -2,6 +2,10 @@
 -> evaluate -> push, with a progress line per step. Airflow's `taxi_training` DAG runs the same
 step functions one task each.
 
+From `transform_beside_validation_from_rows` cleaned rows on, transform's Beam job starts in a process
+of its own while validation runs (the second core's work); the Transform step adopts its output once
+validation passed, and it is thrown away when validation fails.
+
 Small inputs run every step in this process (a process per step adds its start-up, ~2.7 s a step
 at 150k rows, for memory that does not matter at these sizes). From `steps_in_own_process_from_rows` rows on, each step after ingest runs in a
 process of its own, as Airflow's tasks do: what one step leaves resident after it ends (freed
@@ -14,6 +18,8 @@ import dataclasses
 import datetime as dt
 import logging
 import multiprocessing
+import shutil
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -94,6 +100,35 @@ def _run_step(config: Config, run_id: str, trigger: Trigger, log_level: int, nam
     return steps_here(steps.open_run(config, run_id, trigger))(name, *args, **kwargs)
 
 
+class TransformBesideValidation:
+    """Transform's Beam job (steps.prepare_transform) in a spawned process of its own, started while
+    validation runs, into a hidden folder of the run: `prepared()` waits for it and gives the folder
+    to pass to the Transform step (None if the job did not finish: the step then runs it itself and
+    reports its error); `discard()` ends the process if it still runs and removes the folder."""
+
+    def __init__(self, config: Config, cleaned: Any, run_dir: Path) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=".transform-beside-validation-", dir=run_dir))
+        spawn = multiprocessing.get_context("spawn")
+        self._process = spawn.Process(target=_prepare_transform, args=(config, cleaned, self.folder, logging.getLogger().level),
+                                      name="transform-beside-validation", daemon=True)
+        self._process.start()
+
+    def prepared(self) -> Path | None:
+        self._process.join()
+        return self.folder if self._process.exitcode == 0 else None
+
+    def discard(self) -> None:
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _prepare_transform(config: Config, cleaned: Any, folder: Path, log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    steps.prepare_transform(config, cleaned, folder)
+
+
 def run_pipeline(
     config: Config,
     *,
@@ -138,9 +173,20 @@ def run_pipeline(
                  f"each step from here on runs in a process of its own")
         call = steps_in_own_processes(config, run_id, trigger)
     cleaned = step("clean", lambda: call("clean", ingested.outputs["examples"]))
-    validated = step("validate", lambda: call(
-        "validate", ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))
-    transformed = step("transform", lambda: call("transform", cleaned.outputs["cleaned"], validated.outputs["anomalies"]))
+    beside: TransformBesideValidation | None = None
+    kept = rows_of(cleaned.outputs["cleaned"])
+    if not cleaned.cached and kept is not None and kept >= config.transform_beside_validation_from_rows:
+        progress(f"{kept:,} cleaned rows >= transform_beside_validation_from_rows "
+                 f"{config.transform_beside_validation_from_rows:,}: transform's Beam job starts beside validation")
+        beside = TransformBesideValidation(config, cleaned.outputs["cleaned"], ctx.run_dir)
+    try:
+        validated = step("validate", lambda: call(
+            "validate", ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))
+        transformed = step("transform", lambda: call("transform", cleaned.outputs["cleaned"], validated.outputs["anomalies"],
+                                                     prepared=beside.prepared() if beside else None))
+    finally:
+        if beside is not None:
+            beside.discard()
     trained = step("train", lambda: call("train", transformed.outputs["transformed"], transformed.outputs["transform_graph"]))
     evaluated = step("evaluate", lambda: call("evaluate", trained.outputs["model"], cleaned.outputs["cleaned"],
                                               recent=ingested.outputs["examples"]))

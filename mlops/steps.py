@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.atomic import atomic_directory
-from core.config import shipped_file
+from core.atomic import atomic_directory, write_json
+from core.config import Config, shipped_file
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
 from metadata.recorder import ArtifactRef, StepRecord
 # Re-exported: callers import these from here (mlops.steps.open_run, StepOutcome, step_code, ...).
@@ -355,32 +356,72 @@ def _render_statistics(out: Path, schema_path: Path, rejected_report: str) -> No
                            schema_path=schema_path, title="Raw data statistics (before cleaning; the drift baseline)")
 
 
-def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef) -> StepOutcome:
+# Written beside a transform made before validation judged its input (prepare_transform).
+PREPARED_TRANSFORM_FILE = "prepared_transform.json"
+
+
+def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef, prepared: Path | None = None) -> StepOutcome:
     """TF Transform analyze-and-transform on Beam: the transform graph that ships inside the model.
 
     It takes the validation result as an input: only validated data is transformed, and the model's
-    lineage reaches the schema and the checks through this step.
+    lineage reaches the schema and the checks through this step. `prepared`: a folder where
+    `prepare_transform` ran the same job on the same cleaned examples while validation ran; its
+    output is adopted instead of running the job again (when it is of this `cleaned` and this code).
     """
     started = time.time()
     if anomalies.properties.get("num_anomalies"):
         raise SchemaAnomaliesError(f"transform: the cleaned examples have {anomalies.properties['num_anomalies']} "
                                    f"schema anomalies (see {anomalies.uri})")
+    code_digest = step_code(*STEP_MODULES["transform"])
     with ctx.run.step("Transform", {"cleaned": cleaned, "anomalies": anomalies},
                      {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
-                     code_digest=step_code(*STEP_MODULES["transform"])) as record:
+                     code_digest=code_digest) as record:
         if not record.cached:
-            from beam_jobs.transform import transform_examples
+            from beam_jobs.transform import TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR, transform_examples
 
             final = ctx.run_dir / "transform"
             beam, beam_args = beam_options(ctx, rows_of(cleaned))
             with atomic_directory(final) as out:
-                result = transform_examples(Path(cleaned.uri), out, beam_args=beam_args)
-            record.output("transform_graph", "TransformGraph", str(final / "transform_graph"))
-            record.output("transformed", "TransformedExamples", str(final / "transformed"), {
-                "split_names": json.dumps(sorted(result.rows)), "rows": sum(result.rows.values()),
+                rows = _adopt_prepared_transform(prepared, cleaned, code_digest, out) if prepared else None
+                adopted = rows is not None
+                if rows is None:
+                    rows = transform_examples(Path(cleaned.uri), out, beam_args=beam_args).rows
+            record.output("transform_graph", "TransformGraph", str(final / TRANSFORM_GRAPH_DIR))
+            record.output("transformed", "TransformedExamples", str(final / TRANSFORMED_DIR), {
+                "split_names": json.dumps(sorted(rows)), "rows": sum(rows.values()),
             })
-            record.record(rows=result.rows, beam_options=beam.to_json())
-    return outcome_of("transform", record, started, f"transformed rows {record.results.get('rows')}{beam_note(record)}")
+            record.record(rows=rows, beam_options=beam.to_json(), beside_validation=adopted)
+    beside = " (its Beam job ran beside validation)" if record.results.get("beside_validation") else ""
+    return outcome_of("transform", record, started,
+                      f"transformed rows {record.results.get('rows')}{beside}{beam_note(record)}")
+
+
+def prepare_transform(config: Config, cleaned: ArtifactRef, out: Path) -> None:
+    """Transform's Beam job on `cleaned` into the empty folder `out`, before validation has judged
+    that data: nothing is recorded, and nothing reads it until `transform(..., prepared=out)` adopts
+    it, which only a pipeline whose validation passed calls (mlops/pipeline.py)."""
+    from beam_jobs.transform import transform_examples
+
+    choice = config.beam_options(rows_of(cleaned))
+    result = transform_examples(Path(cleaned.uri), out, beam_args=config.pipeline_args(choice))
+    write_json(out / PREPARED_TRANSFORM_FILE, {"cleaned": cleaned.uri, "code_digest": step_code(*STEP_MODULES["transform"]),
+                                               "rows": result.rows})
+
+
+def _adopt_prepared_transform(prepared: Path, cleaned: ArtifactRef, code_digest: str, out: Path) -> dict[str, int] | None:
+    """Moves a prepared transform's output into `out` and returns its rows, if it was made from
+    `cleaned` by this code; else None (the step runs the job itself)."""
+    from beam_jobs.transform import TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR
+
+    try:
+        made = json.loads((prepared / PREPARED_TRANSFORM_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if made.get("cleaned") != cleaned.uri or made.get("code_digest") != code_digest:
+        return None
+    for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR):
+        os.replace(prepared / name, out / name)
+    return {split: int(count) for split, count in made["rows"].items()}
 
 
 def train(ctx: StepContext, transformed: ArtifactRef, transform_graph: ArtifactRef) -> StepOutcome:

@@ -24,6 +24,7 @@ def test_the_checked_in_config_loads_with_paths_resolved_against_its_folder(tmp_
     assert all("--runner=DirectRunner" in entry.args for entry in config.beam.by_input_rows)
     assert config.steps_in_own_process_from_rows == 5_000_000
     assert config_from_dict({}, tmp_path).steps_in_own_process_from_rows == 5_000_000
+    assert config.transform_beside_validation_from_rows == config_from_dict({}, tmp_path).transform_beside_validation_from_rows == 1_000_000
 
 
 def test_a_config_of_ones_own_elsewhere_keeps_the_shipped_data_unless_it_names_other_files(tmp_path, monkeypatch):
@@ -62,6 +63,7 @@ def test_a_config_of_ones_own_elsewhere_keeps_the_shipped_data_unless_it_names_o
         ({"steps_in_own_process_from_rows": -1}, r"steps_in_own_process_from_rows must be a whole number of rows >= 0 \(0: always\), got -1"),
         ({"steps_in_own_process_from_rows": "5M"}, r"steps_in_own_process_from_rows must be .*got '5M'"),
         ({"steps_in_own_process_from_rows": True}, r"steps_in_own_process_from_rows must be .*got True"),
+        ({"transform_beside_validation_from_rows": -5}, r"transform_beside_validation_from_rows must be a whole number of rows >= 0"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(values, message, tmp_path):

@@ -111,6 +111,7 @@ def test_the_scale_benchmark_runs_the_projects_choice_unless_given_beam_args(tmp
     default = generated(None)
     assert default.beam_args == project.beam_args and default.beam == project.beam
     assert default.steps_in_own_process_from_rows == project.steps_in_own_process_from_rows
+    assert default.transform_beside_validation_from_rows == project.transform_beside_validation_from_rows
     assert default.training.train_steps == 5  # the table before [data] swallowed none of the keys after it
     given = generated(["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     assert given.beam_options(10).why == "beam_args set explicitly: multi_processing x2"

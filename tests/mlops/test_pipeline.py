@@ -5,6 +5,7 @@ Real Beam, TFDV, TFT, TF and MLMD; every path points into the test's temp direct
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from core.config import Config, config_from_dict
 from core.errors import DataError, SchemaAnomaliesError
 from metadata.lineage import model_lineage
 from metadata.store import connect
+from mlops import steps
 from mlops.pipeline import run_pipeline
 from tests.conftest import PROJECT_ROOT, TAXI_CSV, write_csv
 
@@ -134,6 +136,43 @@ def test_steps_in_processes_of_their_own_make_the_same_run(first_run, tmp_path):
         for key in keys:
             assert run["results"][name][key] == json.loads(json.dumps(first.outcomes[name].results[key], default=str)), (name, key)
     assert run["results"]["push"]["version"] == 1
+
+
+def test_transform_beside_validation_makes_the_same_run(first_run, tmp_path):
+    """From `transform_beside_validation_from_rows` cleaned rows on (here 0), transform's Beam job runs
+    in a process of its own while validation runs, and the Transform step adopts its output: the
+    same rows and model as the run that waited, recorded the same way, nothing left behind."""
+    _, first, _ = first_run
+    config = small_config(tmp_path).replace(transform_beside_validation_from_rows=0)
+    lines: list[str] = []
+    result = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
+    assert any("transform_beside_validation_from_rows 0: transform's Beam job starts beside validation" in line
+               for line in lines), lines
+    transformed = result.outcomes["transform"]
+    assert transformed.results["beside_validation"] is True
+    assert "(its Beam job ran beside validation)" in transformed.summary
+    assert transformed.results["rows"] == first.outcomes["transform"].results["rows"]
+    assert result.outcomes["train"].results["eval_metrics"] == first.outcomes["train"].results["eval_metrics"]
+    assert first.outcomes["transform"].results["beside_validation"] is False
+    run_dir = Path(transformed.outputs["transformed"].uri).parent.parent
+    assert not list(run_dir.glob(".transform-beside-validation-*"))
+    assert not list((run_dir / "transform").glob(steps.PREPARED_TRANSFORM_FILE))
+    graph = model_lineage(connect(config.metadata), "taxi", 1)
+    assert {"ExampleAnomalies", "TransformGraph"} <= {a["type"] for a in graph.artifacts.values()}  # validation's verdict still in
+
+
+def test_a_transform_begun_beside_a_failing_validation_is_thrown_away(tmp_path, taxi_rows):
+    bad = [dict(r, payment_type="Bitcoin") if i % 2 == 0 else r for i, r in enumerate(taxi_rows[:3000])]
+    csv = write_csv(tmp_path / "bitcoin.csv", bad)
+    config = small_config(tmp_path).replace(transform_beside_validation_from_rows=0)
+    with pytest.raises(SchemaAnomaliesError):
+        run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], csv_path=csv, progress=lambda _: None)
+    run_dirs = list((config.pipeline_root / "runs").iterdir())
+    assert len(run_dirs) == 1
+    assert not list(run_dirs[0].glob(".transform-beside-validation-*"))
+    assert not (run_dirs[0] / "transform").exists()
+    assert not [p for p in multiprocessing.active_children() if p.name == "transform-beside-validation"]
+    assert connect(config.metadata).get_executions_by_type("Transform") == []
 
 
 def _fails_and_pushes_nothing(tmp_path: Path, csv: Path, error: type[Exception], *patterns: str,
