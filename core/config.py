@@ -396,9 +396,9 @@ def _beam_section(values: Any) -> BeamConfig:
 # its start-up to every run; at 15M the one process carried transform's leftover heap into train
 # (1.77 GiB against 1.08 in its own process).
 STEPS_IN_OWN_PROCESS_FROM_ROWS = 5_000_000
-# Why 1M (docs/SCALE.md "Transform beside validation"): at 1.5M rows on 2 cores, validation's
-# statistics beside transform's job shorten the run by their own length less the contention; a small
-# input's run would pay a second process's start-up (TensorFlow's import, ~4 s) for a shorter overlap.
+# Why 1M (docs/SCALE.md "Latest (session 12)"): at 1.5M rows on 2 cores the two steps took 54-67 s
+# together instead of 95-114 in turn; below, the overlap shrinks with the steps while the second
+# process's start-up (TensorFlow's import, a few seconds) stays (150k rows: not measured yet).
 TRANSFORM_BESIDE_VALIDATION_FROM_ROWS = 1_000_000
 
 
