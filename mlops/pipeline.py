@@ -2,14 +2,16 @@
 -> evaluate -> push, with a progress line per step. Airflow's `taxi_training` DAG runs the same
 step functions one task each.
 
-From `transform_beside_validation_from_rows` cleaned rows on, transform's Beam job starts in a process
-of its own while validation runs (the second core's work); the Transform step adopts its output once
-validation passed, and it is thrown away when validation fails.
+From `transform_beside_validation_from_rows` cleaned rows on, on a machine with two cores or more,
+transform's Beam job starts in a process of its own while validation runs (the second core's
+work); the Transform step adopts its output once validation passed, and it is thrown away when
+validation fails.
 
 Small inputs run every step in this process (a process per step adds its start-up, ~2.7 s a step
-at 150k rows, for memory that does not matter at these sizes). From `steps_in_own_process_from_rows` rows on, each step after ingest runs in a
-process of its own, as Airflow's tasks do: what one step leaves resident after it ends (freed
-memory the allocators keep, what TensorFlow keeps per function call) is not carried into the next.
+at 150k rows, for memory that does not matter at these sizes). From
+`steps_in_own_process_from_rows` rows on, each step after ingest runs in a process of its own, as
+Airflow's tasks do: what one step leaves resident after it ends (freed memory the allocators keep,
+what TensorFlow keeps per function call) is not carried into the next.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 import multiprocessing
+import os
 import shutil
 import tempfile
 import time
@@ -124,6 +127,14 @@ class TransformBesideValidation:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which containers and `taskset` narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def _prepare_transform(config: Config, cleaned: Any, folder: Path, log_level: int) -> None:
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     steps.prepare_transform(config, cleaned, folder)
@@ -176,9 +187,13 @@ def run_pipeline(
     beside: TransformBesideValidation | None = None
     kept = rows_of(cleaned.outputs["cleaned"])
     if not cleaned.cached and kept is not None and kept >= config.transform_beside_validation_from_rows:
-        progress(f"{kept:,} cleaned rows >= transform_beside_validation_from_rows "
-                 f"{config.transform_beside_validation_from_rows:,}: transform's Beam job starts beside validation")
-        beside = TransformBesideValidation(config, cleaned.outputs["cleaned"], ctx.run_dir)
+        reached = (f"{kept:,} cleaned rows >= transform_beside_validation_from_rows "
+                   f"{config.transform_beside_validation_from_rows:,}")
+        if usable_cores() < 2:
+            progress(f"{reached}, but this process may use one core: validation and transform run in turn")
+        else:
+            progress(f"{reached}: transform's Beam job starts beside validation")
+            beside = TransformBesideValidation(config, cleaned.outputs["cleaned"], ctx.run_dir)
     try:
         validated = step("validate", lambda: call(
             "validate", ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))

@@ -161,6 +161,17 @@ def test_transform_beside_validation_makes_the_same_run(first_run, tmp_path):
     assert {"ExampleAnomalies", "TransformGraph"} <= {a["type"] for a in graph.artifacts.values()}  # validation's verdict still in
 
 
+def test_on_one_core_validation_and_transform_run_in_turn(tmp_path, monkeypatch):
+    import mlops.pipeline
+
+    monkeypatch.setattr(mlops.pipeline, "usable_cores", lambda: 1)
+    config = small_config(tmp_path).replace(transform_beside_validation_from_rows=0)
+    lines: list[str] = []
+    result = run_pipeline(config, start=SMALL_WINDOW[0], end=SMALL_WINDOW[1], progress=lines.append)
+    assert any("but this process may use one core: validation and transform run in turn" in line for line in lines), lines
+    assert result.outcomes["transform"].results["beside_validation"] is False
+
+
 def test_a_transform_begun_beside_a_failing_validation_is_thrown_away(tmp_path, taxi_rows):
     bad = [dict(r, payment_type="Bitcoin") if i % 2 == 0 else r for i, r in enumerate(taxi_rows[:3000])]
     csv = write_csv(tmp_path / "bitcoin.csv", bad)
