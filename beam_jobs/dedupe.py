@@ -34,7 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 from google.protobuf.message import DecodeError
 
-from beam_jobs.example_codec import SOURCE_LINE_KEY, row_to_example
+from beam_jobs.example_codec import EMPTY_FEATURE_MARKS, SOURCE_LINE_KEY, row_to_example
 
 # A content's digest: 8 bytes of BLAKE2b, as an int. The count keeps 8 bytes per row, nothing else;
 # a collision (~n^2/2^65: one in 10^7 runs at 1.5M rows) costs only an exact comparison.
@@ -50,11 +50,6 @@ def _has_values(feature: tf.train.Feature) -> bool:
     return kind is not None and len(getattr(feature, kind).value) > 0
 
 
-# How a feature without a value serializes inside the map (an empty Feature, or an empty bytes_list,
-# float_list or int64_list): one of these is in the bytes whenever such a feature is.
-_EMPTY_FEATURE_MARKS = (b"\x12\x00", b"\x0a\x00", b"\x1a\x00")
-
-
 def content_bytes(example: tf.train.Example) -> bytes:
     """The example's content, normalized (see the module docstring); changes `example` in place."""
     features = example.features.feature
@@ -67,7 +62,7 @@ def content_bytes(example: tf.train.Example) -> bytes:
     # Looking at each feature costs more than the rest of this together: only when the bytes hold
     # the mark of an empty one (value bytes can look like it too; then the look finds nothing).
     # (Spelled out: a generator over the marks costs as much as the three searches.)
-    if _EMPTY_FEATURE_MARKS[0] in content or _EMPTY_FEATURE_MARKS[1] in content or _EMPTY_FEATURE_MARKS[2] in content:
+    if EMPTY_FEATURE_MARKS[0] in content or EMPTY_FEATURE_MARKS[1] in content or EMPTY_FEATURE_MARKS[2] in content:
         empty = [name for name, feature in features.items() if not _has_values(feature)]
         if empty:
             for name in empty:

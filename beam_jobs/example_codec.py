@@ -30,6 +30,11 @@ Row = dict[str, Any]
 # and the clean job does not write it into the cleaned examples.
 SOURCE_LINE_KEY = "__source_line"
 
+# How a feature without a value serializes inside an Example's map: an empty Feature (the map value,
+# field 2, of length 0), or an empty float_list, bytes_list or int64_list (fields 2, 1, 3). One of
+# these is in the bytes whenever such a feature is (value bytes can look like one too).
+EMPTY_FEATURE_MARKS = (b"\x12\x00", b"\x0a\x00", b"\x1a\x00")
+
 
 def _example_type() -> "type[tf.train.Example]":
     # Imported when first used, not with the module: TensorFlow costs seconds of CPU and ~400 MB,

@@ -14,8 +14,9 @@ batch tfx_bsl's decoder makes, column for column:
   feature's kind is an empty list (TFDV counts the first as missing, the second as present).
 
 TensorFlow's parser gives a row no values in all three cases, so the rows that may hold a feature
-without values are looked at once more: such a feature serializes with one of EMPTY_FEATURE_MARKS in
-the record (and value bytes can look like one, so the look may find nothing). A feature stored as
+without values are looked at once more: such a feature serializes with one of
+example_codec.EMPTY_FEATURE_MARKS in the record (and value bytes can look like one, so the look may
+find nothing). A feature stored as
 another kind (even an empty list of it), a map entry without its Feature, bytes that are no Example:
 TensorFlow's parser refuses them, and the batch goes to tfx_bsl's decoder, whose answer (or error)
 is the reference. One difference, known: a feature key that is not UTF-8 (of a feature not decoded)
@@ -32,11 +33,8 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow_metadata.proto.v0 import schema_pb2
 
+from beam_jobs.example_codec import EMPTY_FEATURE_MARKS
 from transforms.features import Kind
-
-# How a feature without a value serializes inside an Example's map: an empty Feature (the map
-# value, field 2, of length 0), or an empty float_list, bytes_list or int64_list (fields 2, 1, 3).
-EMPTY_FEATURE_MARKS = (b"\x12\x00", b"\x0a\x00", b"\x1a\x00")
 
 _ARROW_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
                 Kind.STRING: pa.large_list(pa.large_binary())}

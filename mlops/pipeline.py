@@ -97,9 +97,14 @@ def steps_in_own_processes(config: Config, run_id: str, trigger: Trigger) -> Ste
     return call
 
 
+def _log_like_the_command(log_level: int) -> None:
+    """A spawned step's logging: the command's level and format (mlops/cli.py)."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+
+
 def _run_step(config: Config, run_id: str, trigger: Trigger, log_level: int, name: str, args: tuple,
               kwargs: dict) -> steps.StepOutcome:
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    _log_like_the_command(log_level)
     return steps_here(steps.open_run(config, run_id, trigger))(name, *args, **kwargs)
 
 
@@ -136,7 +141,7 @@ def usable_cores() -> int:
 
 
 def _prepare_transform(config: Config, cleaned: Any, folder: Path, log_level: int) -> None:
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    _log_like_the_command(log_level)
     steps.prepare_transform(config, cleaned, folder)
 
 

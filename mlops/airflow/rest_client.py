@@ -31,7 +31,7 @@ REQUIRED_ACTION_SETTLE_SECONDS = 15.0
 # How many times a read (GET) that failed with a 500 is asked in all (see AirflowClient._send).
 READ_ATTEMPTS = 4
 # Airflow's [api] maximum_page_limit: the largest page a listing may ask for.
-TASK_INSTANCE_PAGE = 100
+LISTING_PAGE = 100
 # A run waited on is given up once the scheduler has been unhealthy this long: nothing else moves it.
 # Airflow calls it unhealthy 30 s after its last heartbeat ([scheduler] scheduler_health_check_threshold).
 SCHEDULER_GONE_SECONDS = 90.0
@@ -146,14 +146,14 @@ class AirflowClient:
         return list(self._pages(path, "task_instances"))
 
     def _pages(self, path: str, field: str, query: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-        """Every entry of a listing, a page of TASK_INSTANCE_PAGE at a time."""
+        """Every entry of a listing, a page of LISTING_PAGE at a time."""
         seen = 0
         while True:
-            document = self._send("GET", path, query={**(query or {}), "limit": TASK_INSTANCE_PAGE, "offset": seen})
+            document = self._send("GET", path, query={**(query or {}), "limit": LISTING_PAGE, "offset": seen})
             page = list(document.get(field, []))
             seen += len(page)
             yield from page
-            if len(page) < TASK_INSTANCE_PAGE or seen >= int(document.get("total_entries") or 0):
+            if len(page) < LISTING_PAGE or seen >= int(document.get("total_entries") or 0):
                 return
 
     def required_actions(self, dag_id: str = "~", run_id: str = "~", *, pending: bool = True,
