@@ -192,11 +192,10 @@ class CleanRecordFn(_CheckAndEncodeFn):
             return
         kept: list[bytes] = []
         kept_as_stored = 0
-        for serialized, example in zip(records, self._screen.examples_kept_as_stored(records)):
-            if example is not None:
+        for serialized, content in zip(records, self._screen.contents_kept_as_stored(records)):
+            if content is not None:
                 # Decodes as decode_strict would, nothing missing, nothing out of range: kept as it is
                 # stored, unless its content has copies.
-                content = dedupe.content_bytes(example)
                 if not (self._copies and dedupe.content_digest(content) in self._copies):
                     kept.append(content)
                     kept_as_stored += 1
@@ -284,7 +283,8 @@ class CleanSplit(beam.PTransform):
         if not self._batched:
             records = records | "OneRecordBatches" >> beam.Map(clean_batches.one_record_batch)
             counted = counted | "OneRecordBatchesCounted" >> beam.Map(clean_batches.one_record_batch)
-        copies = counted | "CountContentCopies" >> dedupe.CountContentCopies(self._digests_dir)
+        copies = counted | "CountContentCopies" >> dedupe.CountContentCopies(
+            self._digests_dir, batch_screen(self._features).decoded_kinds)
         once = records | "CleanRecords" >> beam.ParDo(
             CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
             REJECTED, CleanRecordFn.WITH_COPIES, CleanRecordFn.FACTS, main="kept")

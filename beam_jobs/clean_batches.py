@@ -2,8 +2,10 @@
 
 Decoding a record strictly in Python (clean.decode_strict) costs ~30 us; decoding a batch of them
 into Arrow columns (example_decoder.ExampleBatchDecoder, TensorFlow's C++ parser) costs ~2 us a row,
-and the rules then run as column operations; a row that passes is parsed once more (protobuf, ~2 us,
-which clean needs anyway to write it) to see that it holds no feature beyond those. A row passes the
+and the rules then run as column operations. A row that passes is one clean writes as its content:
+when the record is in protobuf's deterministic form (ingest writes that), the content comes from
+its bytes, checked against the columns (beam_jobs/canonical_examples.py); any other is parsed once
+more (protobuf), to see that it holds no feature beyond those and to serialize its content. A row passes the
 screen only when the per-row steps would keep it exactly as stored: every feature known and of its
 kind with at most one value, floats finite, text UTF-8, every required feature with a value, every
 checked value inside its range. Every other row (and every row of a batch the decoder refuses, or
@@ -23,6 +25,8 @@ import pyarrow.compute as pc
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from beam_jobs.canonical_examples import CanonicalContents
+from beam_jobs.dedupe import content_bytes
 from beam_jobs.example_decoder import ExampleBatchDecoder
 from beam_jobs.tfrecord_batches import BATCH_ROWS  # noqa: F401 - clean's batch size is the reader's
 from transforms.features import Feature, Kind
@@ -46,25 +50,33 @@ class BatchScreen:
         self._checked = tuple((feature.name, feature.kind, low, high) for feature, low, high in checked)
         self._decoder: ExampleBatchDecoder | None = None
 
+        # The known features of their kinds, and the source line (an int): what the screen decodes.
+        self.decoded_kinds = {name: self._stored_kinds.get(name, Kind.INT) for name in sorted(known_names)}
+        self._canonical = CanonicalContents(self.decoded_kinds)
+
     def __getstate__(self) -> dict[str, Any]:
         # The decoder is made where the screen runs (a worker), not pickled with the DoFn.
         return {**self.__dict__, "_decoder": None}
 
-    def examples_kept_as_stored(self, records: Sequence[bytes]) -> list[tf.train.Example | None]:
-        """Per record, its parsed Example when the per-row steps would keep it exactly as stored,
-        else None (the per-row steps must see it)."""
-        needing, entries = self._screen_columns(records)
-        return [None if needs else self._example_of_known_features(record, count)
-                for record, needs, count in zip(records, needing, entries.tolist())]
+    def contents_kept_as_stored(self, records: Sequence[bytes]) -> list[bytes | None]:
+        """Per record, its content (dedupe.content_bytes of its Example, what clean writes) when the
+        per-row steps would keep it exactly as stored, else None (the per-row steps must see it).
+        A record in protobuf's deterministic form (as ingest writes them) gives its content from its
+        own bytes (beam_jobs/canonical_examples.py); any other is parsed."""
+        needing, entries, batch = self._screen_columns(records)
+        if batch is None:
+            return [None] * len(records)
+        canonical = self._canonical.contents(records, batch)
+        return [None if needs else content if content is not None else self._content_of_known_features(record, count)
+                for record, needs, count, content in zip(records, needing, entries.tolist(), canonical)]
 
-    def _screen_columns(self, records: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def _screen_columns(self, records: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, pa.RecordBatch | None]:
         """(a bool per record: True when the per-row steps must see it, as far as its known features
-        tell; per record, how many map entries it holds if all its features are known)."""
-        everything = (np.ones(len(records), dtype=bool), np.zeros(len(records), dtype=np.int64))
+        tell; per record, how many map entries it holds if all its features are known; the decoded
+        batch, None when every record must go to the per-row steps)."""
+        everything = (np.ones(len(records), dtype=bool), np.zeros(len(records), dtype=np.int64), None)
         if self._decoder is None:
-            # The known features of their kinds, and the source line (an int).
-            self._decoder = ExampleBatchDecoder.for_features(
-                {name: self._stored_kinds.get(name, Kind.INT) for name in self._known_names})
+            self._decoder = ExampleBatchDecoder.for_features(self.decoded_kinds)
         try:
             batch = self._decoder.decode(records)
         except RuntimeError:  # a record that is no Example, or a feature stored as two kinds
@@ -107,16 +119,16 @@ class BatchScreen:
             if kind is Kind.INT:
                 outside |= (values > _EXACT_IN_FLOAT64) | (values < -_EXACT_IN_FLOAT64)
             needing[_parents(column)[outside]] = True
-        return needing, entries
+        return needing, entries, batch
 
     @staticmethod
-    def _example_of_known_features(record: bytes, entries: int) -> tf.train.Example | None:
-        """The record's Example, if it holds no feature beyond the `entries` the screen saw."""
+    def _content_of_known_features(record: bytes, entries: int) -> bytes | None:
+        """The record's content, if it holds no feature beyond the `entries` the screen saw."""
         try:
             example = tf.train.Example.FromString(record)
         except DecodeError:  # a key that is not UTF-8: TensorFlow's parser skipped it
             return None
-        return example if len(example.features.feature) == entries else None
+        return content_bytes(example) if len(example.features.feature) == entries else None
 
 
 def _value_counts(column: pa.Array) -> np.ndarray:

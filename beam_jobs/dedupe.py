@@ -24,7 +24,7 @@ from __future__ import annotations
 import array
 import hashlib
 import uuid
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
 import apache_beam as beam
 import numpy as np
@@ -34,7 +34,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 from google.protobuf.message import DecodeError
 
+from beam_jobs.canonical_examples import CanonicalContents
 from beam_jobs.example_codec import EMPTY_FEATURE_MARKS, SOURCE_LINE_KEY, row_to_example
+from transforms.features import Kind
 
 # A content's digest: 8 bytes of BLAKE2b, as an int. The count keeps 8 bytes per row, nothing else;
 # a collision (~n^2/2^65: one in 10^7 runs at 1.5M rows) costs only an exact comparison.
@@ -95,17 +97,21 @@ _READ_BYTES = 8 << 20
 class BundleDigestsFn(beam.DoFn):
     """Lists of records -> one array of their content digests per bundle (8 bytes a record): no
     per-record element leaves this stage. With `spill_dir`, the array goes to a file there and the
-    element is (its path, how many digests)."""
+    element is (its path, how many digests). With `kinds` (the features a record may hold, of their
+    kinds), a record in protobuf's deterministic form gives its content from its own bytes
+    (beam_jobs/canonical_examples.py); any other is parsed (record_digest)."""
 
-    def __init__(self, spill_dir: str | None = None) -> None:
+    def __init__(self, spill_dir: str | None = None, kinds: Mapping[str, Kind] | None = None) -> None:
         self._spill_dir = spill_dir
+        self._canonical = CanonicalContents(kinds) if kinds else None
 
     def start_bundle(self) -> None:
         self._digests = array.array("Q")
 
     def process(self, records: list[bytes]) -> Iterator[Any]:
-        for serialized in records:
-            digest = record_digest(serialized)
+        contents = self._canonical.contents(records) if self._canonical is not None else [None] * len(records)
+        for serialized, content in zip(records, contents):
+            digest = content_digest(content) if content is not None else record_digest(serialized)
             if digest is not None:
                 self._digests.append(digest)
         return iter(())
@@ -179,14 +185,15 @@ class CountContentCopies(beam.PTransform):
     every worker sees, removed by the caller after the run), only a file name per bundle.
     """
 
-    def __init__(self, spill_dir: str | None = None) -> None:
+    def __init__(self, spill_dir: str | None = None, kinds: Mapping[str, Kind] | None = None) -> None:
         super().__init__()
         self._spill_dir = spill_dir
+        self._kinds = kinds
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return (
             records
-            | "ContentDigests" >> beam.ParDo(BundleDigestsFn(self._spill_dir))
+            | "ContentDigests" >> beam.ParDo(BundleDigestsFn(self._spill_dir, self._kinds))
             | "DigestsWithCopies" >> beam.CombineGlobally(DigestsWithCopiesFn())
         )
 

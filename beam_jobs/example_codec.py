@@ -5,8 +5,10 @@ the Example, which is what TFDV, tf.io.parse_example with VarLenFeature and TFT 
 
 `row_to_example` / `serialize_row` build protobuf messages and are the reference. Ingest, which
 encodes every row of the input, uses `RowEncoder`: the same Examples and the same canonical text,
-written directly in protobuf's wire format (tests/beam_jobs/test_example_encoder.py checks both
-against the reference on generated rows).
+written directly in protobuf's wire format, in protobuf's deterministic form (map entries sorted by
+key), so that clean can take a stored record's bytes for its content once it has checked them
+(beam_jobs/canonical_examples.py); tests/beam_jobs/test_example_encoder.py checks both against the
+reference on generated rows.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ _LAST_GROUP = [bytes((n,)) for n in range(0x80)] + [bytes(((n & 0x7F) | 0x80, n 
 _INNER_GROUP = [bytes(((n & 0x7F) | 0x80, (n >> 7) | 0x80)) for n in range(0x4000)]
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement (10 bytes)."""
     if 0 <= value < 1 << 14:
         return _LAST_GROUP[value]
@@ -187,7 +189,7 @@ def _varint(value: int) -> bytes:
 
 
 def _delimited(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    return bytes((tag,)) + varint(len(payload)) + payload
 
 
 def _float32_bytes(value: Any) -> bytes:
@@ -201,7 +203,20 @@ def _float32_bytes(value: Any) -> bytes:
 
 def _entry_head(key: bytes, framing: bytes, value_bytes: int) -> bytes:
     """The bytes of a map entry before its last `value_bytes` bytes: entry tag, entry length, key, framing."""
-    return bytes((_ENTRY,)) + _varint(len(key) + len(framing) + value_bytes) + key + framing
+    return bytes((_ENTRY,)) + varint(len(key) + len(framing) + value_bytes) + key + framing
+
+
+_LIST_TAGS = {Kind.FLOAT: _FLOAT_LIST, Kind.INT: _INT64_LIST, Kind.STRING: _BYTES_LIST}
+
+
+def entry_heads(name: str, kind: Kind, payload_sizes: int) -> tuple[bytes, ...]:
+    """The head of the map entry of a feature `name` holding one value of `kind`, by its payload's size
+    n (the value's bytes: 4 for a float, the varint's 1..10 for an int, the UTF-8 for a text) for n
+    below `payload_sizes`, where the lengths inside the value fit one byte (n + 4 < 128); the
+    entry is its head and the payload."""
+    key = _delimited(_KEY, name.encode("utf-8"))
+    return tuple(_entry_head(key, bytes((_VALUE, n + 4, _LIST_TAGS[kind], n + 2, _LIST_VALUES, n)), n)
+                 for n in range(min(payload_sizes, _SHORT_TEXT)))
 
 
 class RowEncoder:
@@ -218,6 +233,8 @@ class RowEncoder:
         kinds = [Kind.INT if name == SOURCE_LINE_KEY else FEATURES_BY_NAME[name].kind for name in names]
         keys = [_delimited(_KEY, name.encode("utf-8")) for name in names]
         self._width = len(names)
+        # Where each name's entry goes: protobuf's deterministic order, by key.
+        self._slot = tuple(sorted(range(len(names)), key=lambda i: names[i]).index(i) for i in range(len(names)))
         # Where canonical_row's values are among the encoder's (None: not given, so missing).
         self._canonical_at = tuple(names.index(name) if name in names else None for name in RAW_COLUMNS)
         self._float_at = tuple(i for i, kind in enumerate(kinds) if kind is Kind.FLOAT)
@@ -225,23 +242,19 @@ class RowEncoder:
         self._string_at = tuple(i for i, kind in enumerate(kinds) if kind is Kind.STRING)
         self._floats = struct.Struct(f"<{len(self._float_at)}f")
         # A float entry is its head + 4 bytes; an int entry is a head for its varint's length (1..10) + the varint.
-        self._float_heads = tuple(_entry_head(keys[i], bytes((_VALUE, 8, _FLOAT_LIST, 6, _LIST_VALUES, 4)), 4)
-                                  for i in self._float_at)
-        self._int_heads = tuple((b"", *(_entry_head(keys[i], bytes((_VALUE, n + 4, _INT64_LIST, n + 2, _LIST_VALUES, n)), n)
-                                        for n in range(1, 11))) for i in self._int_at)
+        self._float_heads = tuple(entry_heads(names[i], Kind.FLOAT, 5)[4] for i in self._float_at)
+        self._int_heads = tuple(entry_heads(names[i], Kind.INT, 11) for i in self._int_at)
         self._string_keys = tuple(keys[i] for i in self._string_at)
         # A string entry is its head for the text's length + the UTF-8 bytes; heads made for short texts.
-        self._string_heads = tuple(
-            tuple(_entry_head(keys[i], bytes((_VALUE, n + 4, _BYTES_LIST, n + 2, _LIST_VALUES, n)), n)
-                  for n in range(_SHORT_TEXT))
-            for i in self._string_at)
+        self._string_heads = tuple(entry_heads(names[i], Kind.STRING, _SHORT_TEXT) for i in self._string_at)
 
     def encode(self, values: Sequence[Any]) -> tuple[str, bytes]:
         """(canonical_row of the row, its serialized Example); values in the encoder's order of names."""
         if len(values) != self._width:
             raise ValueError(f"expected {self._width} values, one per name, got {len(values)}")
         stored = list(values)  # becomes the values as the Example holds them, for the canonical text
-        entries: list[bytes] = []
+        entries = [b""] * self._width  # by slot
+        present = False
         floats = [values[i] for i in self._float_at]
         try:
             packed = self._floats.pack(*[0.0 if value is None else value for value in floats])
@@ -250,13 +263,15 @@ class RowEncoder:
         for k, (index, value, rounded) in enumerate(zip(self._float_at, floats, self._floats.unpack(packed))):
             if value is not None:
                 stored[index] = rounded
-                entries.append(self._float_heads[k] + packed[4 * k:4 * k + 4])
+                entries[self._slot[index]] = self._float_heads[k] + packed[4 * k:4 * k + 4]
+                present = True
         for index, heads in zip(self._int_at, self._int_heads):
             value = values[index]
             if value is not None:
                 stored[index] = value = int(value)
-                varint = _varint(value)
-                entries.append(heads[len(varint)] + varint)
+                encoded = varint(value)
+                entries[self._slot[index]] = heads[len(encoded)] + encoded
+                present = True
         for index, key, heads in zip(self._string_at, self._string_keys, self._string_heads):
             value = values[index]
             if value is not None:
@@ -266,12 +281,13 @@ class RowEncoder:
                     stored[index] = value = str(value)
                     data = value.encode("utf-8")
                 if len(data) < _SHORT_TEXT:
-                    entries.append(heads[len(data)] + data)
+                    entries[self._slot[index]] = heads[len(data)] + data
                 else:
                     feature = _delimited(_BYTES_LIST, _delimited(_LIST_VALUES, data))
-                    entries.append(_delimited(_ENTRY, key + _delimited(_VALUE, feature)))
+                    entries[self._slot[index]] = _delimited(_ENTRY, key + _delimited(_VALUE, feature))
+                present = True
         text = _compact_json([None if at is None else stored[at] for at in self._canonical_at])
-        if not entries:
+        if not present:
             return text, b""  # no feature set: protobuf leaves `features` out too
         features = b"".join(entries)
-        return text, bytes((0x0A,)) + _varint(len(features)) + features
+        return text, bytes((0x0A,)) + varint(len(features)) + features

@@ -72,7 +72,7 @@ def _odd_records(rows: list[dict[str, Any]]) -> list[bytes]:
 
 
 def _needing(screen, records: list[bytes]) -> list[bool]:
-    return [example is None for example in screen.examples_kept_as_stored(records)]
+    return [content is None for content in screen.contents_kept_as_stored(records)]
 
 
 @pytest.fixture(scope="module")
