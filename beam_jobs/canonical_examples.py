@@ -34,6 +34,7 @@ _LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(
 _PAYLOAD_SIZES = {Kind.FLOAT: 5, Kind.INT: 11, Kind.STRING: 124}
 _EXAMPLE_FEATURES_TAG = 0x0A
 _VARINT_BYTES = 10
+_MOST_SKIPPED = 63
 
 
 class _Heads:
@@ -69,6 +70,11 @@ class CanonicalContents:
         self._names = tuple(sorted(self._kinds))  # protobuf's deterministic order of map keys
         self._heads = {name: _Heads(name, kind) for name, kind in self._kinds.items()}
         self._decoder: ExampleBatchDecoder | None = None
+        # Records of another writer fail the check in every batch: after a batch with none in the
+        # form, the next 1, 3, 7 ... 63 batches are not rebuilt (their rows are parsed, as any
+        # other), then one is tried again.
+        self._misses = 0
+        self._skipped = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # The decoder is made where the contents are taken (a worker), not pickled with a DoFn.
@@ -77,6 +83,18 @@ class CanonicalContents:
     def contents(self, records: Sequence[bytes], batch: pa.RecordBatch | None = None) -> list[bytes | None]:
         """`batch`: the records as ExampleBatchDecoder.for_features(kinds) decodes them, when the
         caller has it; otherwise they are decoded here."""
+        if self._skipped:
+            self._skipped -= 1
+            return [None] * len(records)
+        contents = self._contents(records, batch)
+        if any(content is not None for content in contents):
+            self._misses = 0
+        elif records:
+            self._misses += 1
+            self._skipped = min(2 ** self._misses, _MOST_SKIPPED + 1) - 1
+        return contents
+
+    def _contents(self, records: Sequence[bytes], batch: pa.RecordBatch | None) -> list[bytes | None]:
         if batch is None:
             if self._decoder is None:
                 self._decoder = ExampleBatchDecoder.for_features(self._kinds)
