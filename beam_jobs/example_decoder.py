@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 import tensorflow as tf
 from google.protobuf.message import DecodeError
@@ -112,12 +113,8 @@ class ExampleBatchDecoder:
         (An empty list of another kind than the feature's fails TensorFlow's parse, as a map entry
         holding only its key does.)"""
         found: dict[str, tuple[list[int], list[int]]] = {}
-        joined = b"".join(records)
-        if not any(mark in joined for mark in EMPTY_FEATURE_MARKS):
-            return found
-        for row, record in enumerate(records):
-            if not any(mark in record for mark in EMPTY_FEATURE_MARKS):
-                continue
+        for row in _rows_with_a_mark(records).tolist():
+            record = records[row]
             try:
                 example = tf.train.Example.FromString(record)
             except DecodeError:  # TensorFlow's parser read what protobuf refuses (a key not UTF-8)
@@ -143,3 +140,16 @@ class ExampleBatchDecoder:
             return batch
         keep = [i for i, name in enumerate(batch.schema.names) if name in self._kinds]
         return pa.RecordBatch.from_arrays([batch.column(i) for i in keep], [batch.schema.names[i] for i in keep])
+
+
+def _rows_with_a_mark(records: list[bytes]) -> np.ndarray:
+    """The rows whose bytes hold one of EMPTY_FEATURE_MARKS (two bytes each), found in the batch's
+    bytes at once; a mark across two records' boundary counts for the first (one more row looked at)."""
+    joined = np.frombuffer(b"".join(records), dtype=np.uint8)
+    if len(joined) < 2:
+        return np.zeros(0, dtype=np.int64)
+    marked = np.zeros(len(joined) - 1, dtype=bool)
+    for first, second in EMPTY_FEATURE_MARKS:
+        marked |= (joined[:-1] == first) & (joined[1:] == second)
+    ends = np.cumsum(np.fromiter(map(len, records), dtype=np.int64, count=len(records)))
+    return np.unique(np.searchsorted(ends, np.flatnonzero(marked), side="right"))

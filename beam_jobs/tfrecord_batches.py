@@ -14,7 +14,7 @@ import zlib
 from typing import Any, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-import crcmod.predefined
+import google_crc32c
 from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 
@@ -136,7 +136,9 @@ class TFRecordBatchSink(FileBasedSink):
 
 _RECORD_LENGTH = struct.Struct("<Q")
 _RECORD_CRC = struct.Struct("<I")
-_crc32c = crcmod.predefined.mkPredefinedCrcFun("crc-32c")  # Beam's own dependency, C-accelerated
+# google-crc32c (what Beam's GCS client checks uploads with; pinned in requirements/ml.lock): the
+# CPU's CRC-32C instruction, ~0.1 us a record where crcmod's table (Beam's tfrecordio) takes ~0.7.
+_crc32c = google_crc32c.value
 
 
 def tfrecord_frame(record: bytes) -> bytes:
