@@ -26,10 +26,10 @@ import apache_beam as beam
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from tfx_bsl.coders import example_coder
 from tfx_bsl.public import tfxio
 
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
+from beam_jobs.example_wire import ExamplesEncoder
 from beam_jobs.options import add_job_argument
 from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches, TFRecordBatchSink
 from core.atomic import replace_directory
@@ -103,7 +103,8 @@ class EncodeTransformedBatches(beam.PTransform):
     """(RecordBatch, passthrough) pairs -> one list of serialized tf.Examples per batch.
 
     What `tft_beam.EncodeTransformedDataset` does with record batches (tfx_bsl's C++ encoder built
-    from the transformed schema), but a batch stays one element: that transform flattens it into one
+    from the transformed schema; here example_wire.ExamplesEncoder, the same Examples made per batch
+    with Arrow and numpy), but a batch stays one element: that transform flattens it into one
     element per row, and the TFRecord writer then costs a Python call and a compressor call per row.
     """
 
@@ -117,7 +118,7 @@ class EncodeTransformedBatches(beam.PTransform):
         encoder = (
             metadata.deferred_metadata
             | "TransformedSchema" >> beam.Map(_schema_of)
-            | "ExamplesEncoder" >> beam.Map(example_coder.RecordBatchToExamplesEncoder)
+            | "ExamplesEncoder" >> beam.Map(ExamplesEncoder)
         )
         # Passthrough features are dropped, as EncodeTransformedDataset drops them.
         return batches | "EncodeBatch" >> beam.Map(_encode_batch, beam.pvalue.AsSingleton(encoder))
