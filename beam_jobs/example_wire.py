@@ -4,11 +4,14 @@ Arrow's kernels instead of a message a row.
 A row's Example is `0x0A, varint(n)` and then, sorted by key, each feature's map entry; an entry is
 a head fixed by the feature's name, kind and payload size (example_codec.entry_heads) and the
 payload (a float's 4 bytes, an int's varint, a text's bytes). `ExampleWire` makes each feature's
-entries as one Arrow array (heads taken from a small table, payloads from the column's values) and
-joins them row by row (`binary_join_element_wise`, C++): per batch a few dozen calls, none per row.
+entries at once: floats and ints as a matrix of bytes (head rows taken from a small table, payloads
+beside them), texts as an Arrow array (`binary_join_element_wise`, C++). Runs of features whose
+entries have one width in every row become one matrix; the rest are joined row by row in C++: per
+batch a few dozen calls, none per row.
 
 It makes a row where each feature it holds has exactly one value of the feature's kind, and texts
-are under 124 bytes (`makeable`); a feature with no value, several, or of another kind leaves its
+are under 124 bytes (`makeable`); a null is no entry (or, for tfx_bsl's encoder, an entry holding a
+Feature without a kind); a feature with an empty list, several values, or of another kind leaves its
 row to the caller (tfx_bsl's encoder, or protobuf).
 """
 
@@ -54,6 +57,8 @@ class _Piece(NamedTuple):
 
 
 class Entries(NamedTuple):
+    """A batch's map entries, by feature (ExampleWire.entries), for ExampleWire.examples."""
+
     by_name: dict[str, _Piece]
     sizes: np.ndarray  # per row, the bytes of all its entries
     makeable: np.ndarray  # per row, whether every feature it holds could be made
@@ -212,7 +217,8 @@ def _binary_of_rows(matrix: np.ndarray, sizes: np.ndarray) -> pa.Array:
     width = matrix.shape[1]
     if len(sizes) and (sizes == width).all():
         data = matrix.ravel()
-        offsets = np.arange(0, width * len(sizes) + 1, width, dtype=np.int64) if width else np.zeros(len(sizes) + 1, dtype=np.int64)
+        offsets = (np.arange(0, width * len(sizes) + 1, width, dtype=np.int64) if width
+                   else np.zeros(len(sizes) + 1, dtype=np.int64))
     else:
         data = matrix[np.arange(width) < sizes[:, None]]
         offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)

@@ -1,6 +1,6 @@
 """example_wire.ExamplesEncoder writes, per row, the Example tfx_bsl's RecordBatchToExamplesEncoder
-writes (byte for byte in protobuf's deterministic form, the form ExampleWire makes), on transformed
-taxi rows and on random batches: NaN and -0.0, ints of every varint size, texts of every length and
+writes (byte for byte in protobuf's deterministic form, the form ExampleWire makes), on the taxi
+columns and on random batches: NaN and -0.0, ints of every varint size, texts of every length and
 not UTF-8, rows without a feature, empty lists, several values (those go to tfx_bsl's encoder)."""
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 
+from beam_jobs.example_decoder import ExampleBatchDecoder
 from beam_jobs.example_wire import ExamplesEncoder, binary_values
+from tests.beam_jobs.test_example_decoder import _taxi_records
+from transforms.feature_spec import raw_schema
 
 _TYPES = {"float": (schema_pb2.FLOAT, pa.float32()), "int": (schema_pb2.INT, pa.int64()),
           "text": (schema_pb2.BYTES, pa.large_binary())}
@@ -107,17 +110,13 @@ def test_dense_batches_take_the_fast_path_and_others_do_not():
     assert not _assert_encodes_as_tfx_bsl(names, other_columns)
 
 
-def test_transformed_taxi_rows_encode_as_tfx_bsl_encodes_them(tmp_path):
-    from beam_jobs.example_decoder import ExampleBatchDecoder
-    from tests.beam_jobs.test_example_decoder import _taxi_records
-    from transforms.feature_spec import raw_schema
-
+def test_the_taxi_columns_take_the_fast_path_and_encode_as_tfx_bsl_encodes_them():
     raw = ExampleBatchDecoder.for_schema(raw_schema()).decode(_taxi_records(2000))
     kinds = {name: ("float" if pa.types.is_floating(column.type.value_type) else
                     "int" if pa.types.is_integer(column.type.value_type) else "text")
              for name, column in zip(raw.schema.names, raw.columns)}
-    # The raw taxi columns (missing values, texts): some rows lack features, which the fast path makes.
-    _assert_encodes_as_tfx_bsl(kinds, raw)
+    # Missing values (nulls, written as Features without a kind), texts, ints of several sizes.
+    assert _assert_encodes_as_tfx_bsl(kinds, raw)
 
 
 def test_binary_values_are_the_arrays_values():
