@@ -27,12 +27,10 @@ from google.protobuf.message import DecodeError
 
 from beam_jobs.canonical_examples import CanonicalContents
 from beam_jobs.dedupe import content_bytes
-from beam_jobs.example_decoder import ExampleBatchDecoder
+from beam_jobs.example_decoder import ARROW_LIST_TYPES, ExampleBatchDecoder
 from beam_jobs.tfrecord_batches import BATCH_ROWS  # noqa: F401 - clean's batch size is the reader's
 from transforms.features import Feature, Kind
 
-_LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
-               Kind.STRING: pa.large_list(pa.large_binary())}
 # Integers beyond this may not compare exactly once numpy makes them float64 to meet a bound.
 _EXACT_IN_FLOAT64 = 2 ** 53
 
@@ -91,7 +89,7 @@ class BatchScreen:
             kind = self._stored_kinds.get(name)
             if kind is None or pa.types.is_null(column.type):  # the source line, or no value in any row
                 continue
-            if column.type != _LIST_TYPES[kind]:  # stored as another kind in every row that has it
+            if column.type != ARROW_LIST_TYPES[kind]:  # stored as another kind in every row that has it
                 needing |= column.is_valid().to_numpy(zero_copy_only=False)
                 continue
             needing |= _value_counts(column) > 1
@@ -110,7 +108,7 @@ class BatchScreen:
             needing |= _value_counts(column) == 0
         for name, kind, low, high in self._checked:
             column = columns.get(name)
-            if column is None or column.type != _LIST_TYPES[kind]:
+            if column is None or column.type != ARROW_LIST_TYPES[kind]:
                 continue
             values = column.flatten().to_numpy(zero_copy_only=False)
             if kind is Kind.FLOAT:

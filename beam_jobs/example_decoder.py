@@ -37,7 +37,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from beam_jobs.example_codec import EMPTY_FEATURE_MARKS
 from transforms.features import Kind
 
-_ARROW_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
+# The Arrow type of a feature's column, by its kind (tfx_bsl's, and so every decoder's here).
+ARROW_LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
                 Kind.STRING: pa.large_list(pa.large_binary())}
 _TF_TYPES = {Kind.FLOAT: tf.float32, Kind.INT: tf.int64, Kind.STRING: tf.string}
 _SCHEMA_KINDS = {schema_pb2.FLOAT: Kind.FLOAT, schema_pb2.INT: Kind.INT, schema_pb2.BYTES: Kind.STRING}
@@ -101,7 +102,7 @@ class ExampleBatchDecoder:
                     names.append(name)
                     columns.append(pa.nulls(len(records)))
                 continue
-            list_type = _ARROW_TYPES[self._kinds[name]]
+            list_type = ARROW_LIST_TYPES[self._kinds[name]]
             values = pa.array(ragged.values.numpy(), type=list_type.value_type)
             names.append(name)
             columns.append(pa.LargeListArray.from_arrays(pa.array(splits), values, type=list_type,

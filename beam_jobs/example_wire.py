@@ -25,11 +25,11 @@ import pyarrow.compute as pc
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.example_codec import entry_heads, varint
+from beam_jobs.example_decoder import ARROW_LIST_TYPES
 from transforms.features import Kind
 
 # Payload sizes with a head made (entry_heads): a float's 4 bytes, a varint's 1..10, texts below 124.
 _PAYLOAD_SIZES = {Kind.FLOAT: 5, Kind.INT: 11, Kind.STRING: 124}
-_VALUE_TYPES = {Kind.FLOAT: pa.float32(), Kind.INT: pa.int64(), Kind.STRING: pa.large_binary()}
 _EXAMPLE_FEATURES_TAG = 0x0A
 _VARINT_BYTES = 10
 _NOTHING = pa.scalar(b"", pa.large_binary())
@@ -105,7 +105,7 @@ class ExampleWire:
             kind = self._kinds[name]
             valid = column.is_valid().to_numpy(zero_copy_only=False)
             if not ((pa.types.is_large_list(column.type) or pa.types.is_list(column.type))
-                    and column.type.value_type == _VALUE_TYPES[kind]):
+                    and column.type.value_type == ARROW_LIST_TYPES[kind].value_type):
                 makeable &= ~valid if not self._null_entries else False
                 continue
             values_per_row = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
