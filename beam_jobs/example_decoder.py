@@ -39,7 +39,7 @@ from transforms.features import Kind
 
 # The Arrow type of a feature's column, by its kind (tfx_bsl's, and so every decoder's here).
 ARROW_LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
-                Kind.STRING: pa.large_list(pa.large_binary())}
+                    Kind.STRING: pa.large_list(pa.large_binary())}
 _TF_TYPES = {Kind.FLOAT: tf.float32, Kind.INT: tf.int64, Kind.STRING: tf.string}
 _SCHEMA_KINDS = {schema_pb2.FLOAT: Kind.FLOAT, schema_pb2.INT: Kind.INT, schema_pb2.BYTES: Kind.STRING}
 

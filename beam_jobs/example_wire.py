@@ -45,12 +45,9 @@ class _Piece(NamedTuple):
     matrix: np.ndarray | None = None
     array: pa.Array | None = None
 
-    def full_width(self) -> int | None:
-        """The width when every row holds an entry of the matrix's full width, else None."""
-        if self.matrix is None or not len(self.lengths):
-            return None
-        width = self.matrix.shape[1]
-        return width if (self.lengths == width).all() else None
+    def fills_every_row(self) -> bool:
+        """Whether every row holds an entry of the matrix's full width."""
+        return self.matrix is not None and len(self.lengths) > 0 and bool((self.lengths == self.matrix.shape[1]).all())
 
     def as_array(self) -> pa.Array:
         return self.array if self.array is not None else _binary_of_rows(self.matrix, self.lengths)
@@ -117,7 +114,8 @@ class ExampleWire:
                 piece = self._piece(self._heads[name], kind, column.values, first, present)
                 makeable &= ~(present & (piece.lengths == 0))  # a text too long for a made head
             elif nulls.any():
-                piece = _Piece(np.zeros(count, dtype=np.int64), matrix=np.zeros((count, 0), dtype=np.uint8))
+                null_width = len(self._heads[name].null_entry)
+                piece = _Piece(np.zeros(count, dtype=np.int64), matrix=np.zeros((count, null_width), dtype=np.uint8))
             else:
                 continue
             if nulls.any():
@@ -170,23 +168,19 @@ class ExampleWire:
             piece = entries.by_name.get(name)
             if piece is None or name == left_out:
                 continue
-            if piece.full_width() is not None:
+            if piece.fills_every_row():
                 if pieces and isinstance(pieces[-1], list):
                     pieces[-1].append(piece.matrix)
                 else:
                     pieces.append([piece.matrix])
             else:
                 pieces.append(piece.as_array())
-        pieces = [np.hstack(piece) if isinstance(piece, list) else piece for piece in pieces]
-        if len(pieces) == 1 and isinstance(pieces[0], np.ndarray):
-            # Every row the same entries, all of one width: the records are rows of one matrix.
-            block = pieces[0]
-            head = _header_matrix(sizes)
-            if (head[1] == head[1][0]).all():
-                rows = np.hstack((np.broadcast_to(head[0][:1, :head[1][0]], (len(sizes), head[1][0])), block))
-                return _binary_of_rows(rows, np.full(len(sizes), rows.shape[1], dtype=np.int64)), sizes
-        arrays = [_binary_of_rows(piece, np.full(len(sizes), piece.shape[1], dtype=np.int64))
-                  if isinstance(piece, np.ndarray) else piece for piece in pieces]
+        arrays: list[pa.Array] = []
+        for piece in pieces:
+            if isinstance(piece, list):
+                block = np.hstack(piece)
+                piece = _binary_of_rows(block, np.full(len(sizes), block.shape[1], dtype=np.int64))
+            arrays.append(piece)
         header = _binary_of_rows(*_header_matrix(sizes))
         if not arrays:
             return header, sizes
@@ -199,11 +193,9 @@ def _with_null_entries(piece: _Piece, nulls: np.ndarray, entry: bytes) -> _Piece
     lengths = np.where(nulls, len(entry), piece.lengths)
     if piece.array is not None:
         return _Piece(lengths, array=pc.if_else(pa.array(nulls), pa.scalar(entry, pa.large_binary()), piece.array))
-    matrix = piece.matrix
-    if matrix.shape[1] < len(entry):
-        matrix = np.hstack((matrix, np.zeros((len(matrix), len(entry) - matrix.shape[1]), dtype=np.uint8)))
-    matrix[nulls, :len(entry)] = np.frombuffer(entry, dtype=np.uint8)
-    return _Piece(lengths, matrix=matrix)
+    # A value's entry (a head of 6 framing bytes and more) is longer than a kind-less one: it fits.
+    piece.matrix[nulls, :len(entry)] = np.frombuffer(entry, dtype=np.uint8)
+    return _Piece(lengths, matrix=piece.matrix)
 
 
 def _header_matrix(body_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -103,6 +103,9 @@ def test_dense_batches_take_the_fast_path_and_others_do_not():
     with_a_null = pa.RecordBatch.from_arrays([pa.array([None] + [[1]] * 49, pa.large_list(pa.int64())),
                                               *dense.columns[1:]], list(names))
     assert _assert_encodes_as_tfx_bsl(names, with_a_null)  # a null: a Feature without a kind, as tfx_bsl writes
+    all_null = pa.RecordBatch.from_arrays([pa.array([None] * 50, pa.large_list(pa.int64())), dense.columns[1],
+                                           pa.array([None] * 50, pa.large_list(pa.large_binary()))], list(names))
+    assert _assert_encodes_as_tfx_bsl(names, all_null)  # columns with no value at all
     with_two_values = pa.RecordBatch.from_arrays([pa.array([[1, 2]] + [[1]] * 49, pa.large_list(pa.int64())),
                                                   *dense.columns[1:]], list(names))
     assert not _assert_encodes_as_tfx_bsl(names, with_two_values)
