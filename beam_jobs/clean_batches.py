@@ -27,7 +27,8 @@ from google.protobuf.message import DecodeError
 
 from beam_jobs.canonical_examples import CanonicalContents
 from beam_jobs.dedupe import content_bytes
-from beam_jobs.example_decoder import ARROW_LIST_TYPES, ExampleBatchDecoder
+from beam_jobs.example_decoder import ExampleBatchDecoder
+from beam_jobs.example_wire import ARROW_LIST_TYPES
 from beam_jobs.tfrecord_batches import BATCH_ROWS  # noqa: F401 - clean's batch size is the reader's
 from transforms.features import Feature, Kind
 

@@ -35,13 +35,10 @@ from google.protobuf.message import DecodeError
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.example_codec import EMPTY_FEATURE_MARKS
+from beam_jobs.example_wire import ARROW_LIST_TYPES, SCHEMA_KINDS
 from transforms.features import Kind
 
-# The Arrow type of a feature's column, by its kind (tfx_bsl's, and so every decoder's here).
-ARROW_LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
-                    Kind.STRING: pa.large_list(pa.large_binary())}
 _TF_TYPES = {Kind.FLOAT: tf.float32, Kind.INT: tf.int64, Kind.STRING: tf.string}
-_SCHEMA_KINDS = {schema_pb2.FLOAT: Kind.FLOAT, schema_pb2.INT: Kind.INT, schema_pb2.BYTES: Kind.STRING}
 
 
 class ExampleBatchDecoder:
@@ -67,7 +64,7 @@ class ExampleBatchDecoder:
             return None
         kinds: dict[str, Kind] = {}
         for feature in schema.feature:
-            kind = _SCHEMA_KINDS.get(feature.type)
+            kind = SCHEMA_KINDS.get(feature.type)
             if kind is None or feature.name in kinds or feature.HasField("struct_domain"):
                 return None
             kinds[feature.name] = kind

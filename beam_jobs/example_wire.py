@@ -25,10 +25,13 @@ import pyarrow.compute as pc
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from beam_jobs.example_codec import entry_heads, varint
-from beam_jobs.example_decoder import ARROW_LIST_TYPES
 from transforms.features import Kind
 
 # Payload sizes with a head made (entry_heads): a float's 4 bytes, a varint's 1..10, texts below 124.
+# The Arrow type of a feature's column, by its kind (tfx_bsl's, and so every decoder's here).
+ARROW_LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
+                    Kind.STRING: pa.large_list(pa.large_binary())}
+SCHEMA_KINDS = {schema_pb2.FLOAT: Kind.FLOAT, schema_pb2.INT: Kind.INT, schema_pb2.BYTES: Kind.STRING}
 _PAYLOAD_SIZES = {Kind.FLOAT: 5, Kind.INT: 11, Kind.STRING: 124}
 _EXAMPLE_FEATURES_TAG = 0x0A
 _VARINT_BYTES = 10
@@ -232,9 +235,6 @@ def varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix, sizes.astype(np.int64)
 
 
-_SCHEMA_KINDS = {schema_pb2.FLOAT: Kind.FLOAT, schema_pb2.INT: Kind.INT, schema_pb2.BYTES: Kind.STRING}
-
-
 class ExamplesEncoder:
     """`encode(batch)` is tfx_bsl's `RecordBatchToExamplesEncoder(schema).encode(batch)`: per row the
     same Example (map entries in protobuf's deterministic order here, an order that reading does not
@@ -246,7 +246,7 @@ class ExamplesEncoder:
         self._schema_bytes = schema.SerializeToString()
         kinds: dict[str, Kind] | None = {}
         for feature in schema.feature:
-            kind = _SCHEMA_KINDS.get(feature.type)
+            kind = SCHEMA_KINDS.get(feature.type)
             if kind is None or feature.name in kinds:
                 kinds = None
                 break

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import csv_source, outputs
+from beam_jobs.csv_columns import PlainLines, PlainRowEncoder
 from beam_jobs.tfrecord_batches import TFRecordBatchSink
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
@@ -302,21 +304,34 @@ class IngestChunkFn(beam.DoFn):
     def setup(self) -> None:
         self._parser = CsvLineParser(self._columns)
         self._encoder = RowEncoder((*RAW_COLUMNS, SOURCE_LINE_KEY))
+        self._plain_lines = PlainLines(self._columns)
+        self._plain_encoder = PlainRowEncoder(self._hash_buckets, self._eval_buckets)
 
     def process(self, chunk: csv_source.CsvChunk) -> Iterator[Any]:
         for lines in csv_source.read_chunk_pieces(self._csv_path, chunk, self._piece_bytes):
             yield from self._piece(lines)
 
     def _piece(self, lines: list[tuple[int, bytes]]) -> Iterator[Any]:
+        """The piece's plain lines in columns (csv_columns), the others one at a time by CsvLineParser;
+        each split's examples in line order either way."""
         summary = new_summary()
         summary["read"] = len(lines)
+        plain = self._plain_lines.read([raw for _, raw in lines])
+        timestamps = plain.timestamps
+        inside = (self._start <= timestamps) & (timestamps < self._end)
+        numbers = np.fromiter((line_no for line_no, _ in lines), dtype=np.int64, count=len(lines))
+        examples, splits = self._plain_encoder.encode(plain.rows(inside), numbers[plain.at[inside]])
+        by_split = _InLineOrder(plain.at[inside], examples, splits)
+        low = int(timestamps.min()) if len(timestamps) else None
+        high = int(timestamps.max()) if len(timestamps) else None
+        outside = len(timestamps) - int(inside.sum())
         parse, encode = self._parser.parse, self._encoder.encode
         start, end = self._start, self._end
         timestamp_at = RAW_COLUMNS.index(TIMESTAMP_KEY)
-        low = high = None
-        inside = outside = 0
-        examples: dict[str, list[bytes]] = {split: [] for split in SPLITS}
-        for line_no, raw in lines:
+        others = np.ones(len(lines), dtype=bool)
+        others[plain.at] = False
+        for index in np.flatnonzero(others).tolist():
+            line_no, raw = lines[index]
             values = parse(line_no, raw)
             if isinstance(values, Rejection):
                 add_rejection(summary, values)
@@ -330,18 +345,43 @@ class IngestChunkFn(beam.DoFn):
             if not start <= timestamp < end:
                 outside += 1
                 continue
-            inside += 1
             values.append(line_no)
             text, example = encode(values)
-            examples[split_of(text, self._hash_buckets, self._eval_buckets)].append(example)
-        summary.update(in_window=inside, outside_window=outside, min_ts=low, max_ts=high)
-        summary["splits"] = {split: len(batch) for split, batch in examples.items() if batch}
-        for split, batch in examples.items():
+            by_split.add(index, example, SPLITS.index(split_of(text, self._hash_buckets, self._eval_buckets)))
+        inside_count = summary["read"] - outside - sum(summary["reasons"].values())
+        summary.update(in_window=inside_count, outside_window=outside, min_ts=low, max_ts=high)
+        batches = by_split.batches()
+        summary["splits"] = {split: len(batch) for split, batch in batches.items() if batch}
+        for split, batch in batches.items():
             if batch:
                 yield beam.pvalue.TaggedOutput(split, batch)
         self._lines.inc(len(lines))
         self._rejected.inc(sum(summary["reasons"].values()))
         yield beam.pvalue.TaggedOutput(self.SUMMARY, summary)
+
+
+class _InLineOrder:
+    """Each split's examples of a piece, in the order of their lines: the fast path's, given at once,
+    and the reference path's, added one by one."""
+
+    def __init__(self, at: np.ndarray, examples: list[bytes], splits: np.ndarray) -> None:
+        self._at, self._examples, self._splits = at, examples, splits
+        self._added: list[tuple[int, bytes, int]] = []
+
+    def add(self, index: int, example: bytes, split: int) -> None:
+        self._added.append((index, example, split))
+
+    def batches(self) -> dict[str, list[bytes]]:
+        at, examples, splits = self._at, self._examples, self._splits
+        if self._added:
+            added_at, added, added_splits = zip(*self._added)
+            at = np.concatenate((at, np.array(added_at, dtype=np.int64)))
+            examples = examples + list(added)
+            splits = np.concatenate((splits, np.array(added_splits, dtype=np.int64)))
+            order = np.argsort(at, kind="stable")
+            examples, splits = [examples[i] for i in order.tolist()], splits[order]
+        return {split: [examples[i] for i in np.flatnonzero(splits == index).tolist()]
+                for index, split in enumerate(SPLITS)}
 
 
 def new_summary() -> dict[str, Any]:
