@@ -142,12 +142,16 @@ class ExampleBatchDecoder:
 
 def _rows_with_a_mark(records: list[bytes]) -> np.ndarray:
     """The rows whose bytes hold one of EMPTY_FEATURE_MARKS (two bytes each), found in the batch's
-    bytes at once; a mark across two records' boundary counts for the first (one more row looked at)."""
+    bytes at once; a mark across two records' boundary counts for the first (one more row looked at).
+    Each mark's second byte is searched first (one pass for all marks that share it: every mark ends
+    in 0x00), then only where it is found, the first."""
     joined = np.frombuffer(b"".join(records), dtype=np.uint8)
     if len(joined) < 2:
         return np.zeros(0, dtype=np.int64)
-    marked = np.zeros(len(joined) - 1, dtype=bool)
-    for first, second in EMPTY_FEATURE_MARKS:
-        marked |= (joined[:-1] == first) & (joined[1:] == second)
+    found = []
+    for second in sorted({mark[1] for mark in EMPTY_FEATURE_MARKS}):
+        at = np.flatnonzero(joined[1:] == second)
+        firsts = [mark[0] for mark in EMPTY_FEATURE_MARKS if mark[1] == second]
+        found.append(at[np.isin(joined[at], firsts)])
     ends = np.cumsum(np.fromiter(map(len, records), dtype=np.int64, count=len(records)))
-    return np.unique(np.searchsorted(ends, np.flatnonzero(marked), side="right"))
+    return np.unique(np.searchsorted(ends, np.concatenate(found), side="right"))
