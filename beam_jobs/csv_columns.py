@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from beam_jobs.example_codec import SOURCE_LINE_KEY
 from beam_jobs.example_wire import ARROW_LIST_TYPES, ExampleWire, binary_values
-from transforms.features import RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind
+from transforms.features import RAW_FEATURES, TIMESTAMP_KEY, Kind
 
 # Digits of an int that certainly fits an int64, and of each part of a plain decimal (whose size
 # then fits a float32).
@@ -34,7 +34,9 @@ _FLOAT_FORM = r"^-?[0-9]{1,20}(\.[0-9]{1,20})?$"
 _FIXED_LOW, _FIXED_HIGH = 1e-4, 1e10
 # A text this long takes a two-byte length in its Example: ExampleWire leaves it to RowEncoder.
 _LONG_TEXT = 124
-
+# The most bytes an Arrow string array with 32-bit offsets holds: a larger piece (a chunk_bytes of
+# gigabytes) is left to the reference rules whole.
+_MOST_BYTES = 2**31 - 1
 
 # The bytes a plain line is made of: printable ASCII but the quote and the backslash, which csv and
 # JSON treat apart.
@@ -64,10 +66,13 @@ class PlainLines:
 
     def __init__(self, columns: Sequence[str]) -> None:
         self._width = len(columns)
+        # In RAW_COLUMNS order (RAW_FEATURES'), canonical_row's order.
         self._cells = tuple((feature.name, columns.index(feature.name), feature.kind) for feature in RAW_FEATURES)
 
     def read(self, lines: Sequence[bytes]) -> PlainRows:
         joined = b"".join(lines)
+        if len(joined) > _MOST_BYTES:
+            return _no_rows()
         offsets = np.zeros(len(lines) + 1, dtype=np.int32)
         np.cumsum(np.fromiter(map(len, lines), dtype=np.int32, count=len(lines)), out=offsets[1:])
         plain = offsets[1:] > offsets[:-1]
@@ -116,11 +121,12 @@ class PlainLines:
                 tokens += [",", pc.cast(stored, pa.string()), pc.if_else(whole, ".0", "").fill_null("")]
             columns[name] = values
         taken &= columns[TIMESTAMP_KEY].is_valid().to_numpy(zero_copy_only=False)
-        tokens[0] = "["
+        tokens[0] = "["  # canonical_row's list opens where the first column's comma would be
         texts = pc.binary_join_element_wise(*tokens, "]", "", null_handling="replace", null_replacement="null")
         keep = pa.array(taken)
-        ordered = {name: columns[name].filter(keep) for name in RAW_COLUMNS}
-        return PlainRows(at[taken], ordered[TIMESTAMP_KEY].to_numpy(zero_copy_only=False), ordered, texts.filter(keep).cast(pa.large_string()))
+        kept = {name: values.filter(keep) for name, values in columns.items()}
+        return PlainRows(at[taken], kept[TIMESTAMP_KEY].to_numpy(zero_copy_only=False), kept,
+                         texts.filter(keep).cast(pa.large_string()))
 
 
 class PlainRowEncoder:
@@ -155,9 +161,8 @@ def _one_value_lists(values: pa.Array, list_type: pa.DataType) -> pa.Array:
     """Each value as a list of one, a null as a null list."""
     values = values.cast(list_type.value_type)
     offsets = pa.array(np.arange(len(values) + 1, dtype=np.int64))
-    lists = pa.LargeListArray.from_arrays(offsets, values.fill_null(_zero(list_type.value_type)), type=list_type,
-                                          mask=pc.is_null(values))
-    return lists
+    return pa.LargeListArray.from_arrays(offsets, values.fill_null(_zero(list_type.value_type)), type=list_type,
+                                         mask=pc.is_null(values))
 
 
 def _zero(value_type: pa.DataType) -> pa.Scalar:

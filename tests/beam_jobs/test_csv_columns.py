@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from beam_jobs import ingest
+from beam_jobs import csv_columns, ingest
 from beam_jobs.csv_columns import PlainLines, PlainRowEncoder
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row
 from tests.beam_jobs.test_dirty_properties import BASE_ROWS, csv_lines
@@ -211,6 +211,14 @@ def test_each_cell_of_an_edge_form_comes_out_as_line_by_line(column, cell):
     edited = [lines[0], ",".join(cells).encode("utf-8"), lines[2]]
     assert assert_taken_lines_read_as_the_reference(columns, edited) >= 2
     pieces = numbered(edited)
+    assert ingest_piece(columns, pieces) == reference_piece(columns, pieces)
+
+
+def test_a_piece_too_large_for_an_arrow_string_array_is_read_by_the_reference_rules(monkeypatch):
+    columns, lines = taxi_lines(20)
+    monkeypatch.setattr(csv_columns, "_MOST_BYTES", len(b"".join(lines)) - 1)
+    assert len(PlainLines(columns).read(lines).at) == 0
+    pieces = numbered(lines)
     assert ingest_piece(columns, pieces) == reference_piece(columns, pieces)
 
 
