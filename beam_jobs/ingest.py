@@ -8,10 +8,12 @@ Writes `examples/Split-<split>/data-*.tfrecord.gz`, `rejected/rejected-*.jsonl` 
 rejected line, with its 1-based line number and raw text) and `ingest_result.json`.
 
 The file is read in parallel by byte range (beam_jobs/csv_source.py, also used by batch
-prediction), lines numbered; each range is one element: its lines are parsed by the shared rules
-(csv_source.split_csv_line, parse_cells), windowed, split by a hash of the row and encoded in one
-call (IngestChunkFn), because per row a Beam element costs more than the work. This module then
-writes the splits and checks the outcome.
+prediction), lines numbered; each range is one element: its lines are parsed, windowed, split by a
+hash of the row and encoded in one call (IngestChunkFn), because per row a Beam element costs more
+than the work. The plain lines (most of them) are read as Arrow columns all at once
+(beam_jobs/csv_columns.py); the others one by one by the shared rules (csv_source.split_csv_line,
+parse_cells), which decide what the columns would. This module then writes the splits and checks
+the outcome.
 """
 
 from __future__ import annotations
