@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_SECONDS = 0.2
 STEP_LINE = re.compile(r"^\[(\d+)/(\d+)\] (\w+)\s+running")
 WINDOW = ("2013-01-01", "2017-01-01")
-# TFX 1.16 taxi pipeline (LocalDagRunner, 1,000 steps; ../shared/peers/tfx_taxi/run_once.sh) on this
-# machine, idle, with the same CSVs, 2026-12-06: rows -> (wall seconds, peak RSS of the largest
-# process in GiB). Issue 14's figures, from a shared machine, were 139 / 181 / 495 s.
-TFX = {15_002: (104.2, 1.04), 150_000: (130.7, 1.40), 1_500_000: (355.3, 4.35)}
+# TFX 1.16 taxi pipeline (LocalDagRunner, 1,000 steps; ../shared/peers/tfx_taxi/run_once.sh) on the
+# machine of the last measurement, idle, with the same CSVs (2026-12-07, session 14; the shipped
+# sample and `mlops data synth --seed 0`): rows -> (wall seconds, peak RSS of the largest process in
+# GiB). Earlier machines: 104.2 / 130.7 / 355.3 s (2026-12-06); issue 14's, shared: 139 / 181 / 495 s.
+TFX = {15_002: (128.1, 1.12), 150_000: (157.4, 1.39), 1_500_000: (419.7, 4.21)}
 _CONFIG = """\
 pipeline_root = "pipeline"
 {own_processes}{beam}
