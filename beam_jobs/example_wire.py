@@ -27,11 +27,12 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from beam_jobs.example_codec import entry_heads, varint
 from transforms.features import Kind
 
-# Payload sizes with a head made (entry_heads): a float's 4 bytes, a varint's 1..10, texts below 124.
 # The Arrow type of a feature's column, by its kind (tfx_bsl's, and so every decoder's here).
 ARROW_LIST_TYPES = {Kind.FLOAT: pa.large_list(pa.float32()), Kind.INT: pa.large_list(pa.int64()),
                     Kind.STRING: pa.large_list(pa.large_binary())}
+# A schema's feature type -> the kind (transforms/features.py) its Example values have.
 SCHEMA_KINDS = {schema_pb2.FLOAT: Kind.FLOAT, schema_pb2.INT: Kind.INT, schema_pb2.BYTES: Kind.STRING}
+# Payload sizes with a head made (entry_heads): a float's 4 bytes, a varint's 1..10, texts below 124.
 _PAYLOAD_SIZES = {Kind.FLOAT: 5, Kind.INT: 11, Kind.STRING: 124}
 _EXAMPLE_FEATURES_TAG = 0x0A
 _VARINT_BYTES = 10
