@@ -26,9 +26,12 @@ from beam_jobs.example_codec import SOURCE_LINE_KEY
 from beam_jobs.example_wire import ARROW_LIST_TYPES, ExampleWire, binary_values
 from transforms.features import RAW_FEATURES, TIMESTAMP_KEY, Kind
 
-# Digits of an int that certainly fits an int64, and of each part of a plain decimal (whose size
-# then fits a float32).
-_INT_FORM = r"^-?[0-9]{1,18}$"
+# Digits of an int that certainly fits an int64, or a whole number written as a decimal (as pandas
+# writes an int column with a missing value: "8.0") with digits a float64 holds exactly, as the
+# reference reads it through float(); and of each part of a plain decimal (whose size then fits a
+# float32).
+_INT_FORM = r"^-?[0-9]{1,18}$|^-?[0-9]{1,15}\.0*$"
+_WHOLE_DECIMAL_ZEROS = r"\.0*$"
 _FLOAT_FORM = r"^-?[0-9]{1,20}(\.[0-9]{1,20})?$"
 # Where Python's repr and Arrow's cast both write a float in fixed notation.
 _FIXED_LOW, _FIXED_HIGH = 1e-4, 1e10
@@ -108,6 +111,8 @@ class PlainLines:
             taken &= pc.or_(blank, readable).to_numpy(zero_copy_only=False)
             cell = pc.if_else(readable, cell, pa.scalar(None, pa.string()))
             if kind is Kind.INT:
+                if pc.any(pc.match_substring(cell, ".")).as_py():
+                    cell = pc.replace_substring_regex(cell, _WHOLE_DECIMAL_ZEROS, "")
                 values = pc.cast(cell, pa.int64())
                 tokens += [",", pc.cast(values, pa.string()), ""]
             else:

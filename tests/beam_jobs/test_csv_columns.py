@@ -200,7 +200,10 @@ def test_the_split_is_the_reference_split(hash_buckets, eval_buckets):
     ("company", "x" * 123), ("company", "x" * 124), ("company", "y" * 300), ("company", "a\\b"),
     ("company", "caf\u00e9"), ("payment_type", " Cash "), ("payment_type", "\tCash"), ("company", "Blue_Ribbon"),
     ("trip_seconds", "9" * 18), ("trip_seconds", "9" * 19), ("trip_seconds", "-" + "9" * 18), ("trip_seconds", "+5"),
-    ("trip_seconds", "12.0"), ("trip_seconds", " 12"), ("trip_start_timestamp", ""), ("trip_start_timestamp", "1.4e9"),
+    ("trip_seconds", "12.0"), ("trip_seconds", "12."), ("trip_seconds", "12.000"), ("trip_seconds", "-0.0"),
+    ("trip_seconds", "12.5"), ("trip_seconds", "12.0.0"), ("pickup_census_tract", "17031081800.0"),
+    ("pickup_census_tract", "1234567890123456.0"), ("pickup_census_tract", "9999999999999999.0"),
+    ("pickup_census_tract", "12345678901234567.0"), ("trip_seconds", " 12"), ("trip_start_timestamp", ""), ("trip_start_timestamp", "1.4e9"),
     ("fare", "1e5"), ("fare", "0.00001"), ("fare", "9999999999"), ("fare", "10000000000"), ("fare", "-0"),
     ("fare", "1" * 20 + "." + "1" * 20), ("fare", "1" * 21), ("fare", "nan"), ("fare", "inf"), ("fare", "1_0"),
 ])
@@ -220,6 +223,20 @@ def test_a_piece_too_large_for_an_arrow_string_array_is_read_by_the_reference_ru
     assert len(PlainLines(columns).read(lines).at) == 0
     pieces = numbered(lines)
     assert ingest_piece(columns, pieces) == reference_piece(columns, pieces)
+
+
+def test_int_columns_written_as_whole_decimals_take_the_fast_path():
+    """pandas writes an int column holding a missing value as floats ("8.0"): still plain lines."""
+    columns, lines = taxi_lines(200)
+    ints = [columns.index(feature.name) for feature in RAW_FEATURES if feature.kind is Kind.INT]
+    as_pandas = []
+    for line in lines:
+        cells = line.decode().split(",")
+        for at in ints:
+            cells[at] = f"{int(cells[at])}.0" if cells[at] else cells[at]
+        as_pandas.append(",".join(cells).encode())
+    assert assert_taken_lines_read_as_the_reference(columns, as_pandas) == len(as_pandas)
+    assert ingest_piece(columns, numbered(as_pandas)) == ingest_piece(columns, numbered(lines))
 
 
 def test_no_line_or_an_empty_one_is_no_row():
