@@ -52,15 +52,19 @@ class PlainRows(NamedTuple):
     """The rows of a piece's plain lines, in line order."""
 
     at: np.ndarray  # each row's index among the piece's lines
-    timestamps: np.ndarray  # int64, each row's trip_start_timestamp
     columns: dict[str, pa.Array]  # RAW_COLUMNS name -> the rows' values (float32, int64 or string; null = missing)
     texts: pa.Array  # each row's canonical_row text
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        """Each row's trip_start_timestamp (int64; every row taken has one)."""
+        return self.columns[TIMESTAMP_KEY].to_numpy(zero_copy_only=False)
 
     def rows(self, which: np.ndarray) -> PlainRows:
         """The rows where `which` (a bool per row) holds."""
         keep = pa.array(which)
-        return PlainRows(self.at[which], self.timestamps[which],
-                         {name: values.filter(keep) for name, values in self.columns.items()}, self.texts.filter(keep))
+        return PlainRows(self.at[which], {name: values.filter(keep) for name, values in self.columns.items()},
+                         self.texts.filter(keep))
 
 
 class PlainLines:
@@ -130,8 +134,7 @@ class PlainLines:
         texts = pc.binary_join_element_wise(*tokens, "]", "", null_handling="replace", null_replacement="null")
         keep = pa.array(taken)
         kept = {name: values.filter(keep) for name, values in columns.items()}
-        return PlainRows(at[taken], kept[TIMESTAMP_KEY].to_numpy(zero_copy_only=False), kept,
-                         texts.filter(keep).cast(pa.large_string()))
+        return PlainRows(at[taken], kept, texts.filter(keep).cast(pa.large_string()))
 
 
 class PlainRowEncoder:
@@ -175,4 +178,6 @@ def _zero(value_type: pa.DataType) -> pa.Scalar:
 
 
 def _no_rows() -> PlainRows:
-    return PlainRows(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), {}, pa.array([], pa.large_string()))
+    empty = {Kind.FLOAT: pa.float32(), Kind.INT: pa.int64(), Kind.STRING: pa.string()}
+    columns = {feature.name: pa.array([], empty[feature.kind]) for feature in RAW_FEATURES}
+    return PlainRows(np.zeros(0, dtype=np.int64), columns, pa.array([], pa.large_string()))
