@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import google_crc32c
 from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.example_codec import TFRECORD_SUFFIX
 from transforms.features import Kind
@@ -108,8 +109,11 @@ class _GzipFile:
         if compressed:
             self._raw.write(compressed)
 
+    def finish(self) -> bytes:
+        return self._compressor.flush()
+
     def close(self) -> None:
-        self._raw.write(self._compressor.flush())
+        self._raw.write(self.finish())
         self._raw.close()
 
 
@@ -132,6 +136,16 @@ class TFRecordBatchSink(FileBasedSink):
 
     def write_record(self, file_handle: Any, records: list[bytes]) -> None:
         file_handle.write(b"".join(map(tfrecord_frame, records)))
+
+
+def write_tfrecord_file(path: str, record_lists: Iterable[list[bytes]]) -> None:
+    """One gzip TFRecord file, as the sink writes its shards, from lists of serialized records: for
+    a single element a job writes whole (a split's head), without a shuffle to a sink's writer."""
+    with FileSystems.create(path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        gzip_file = _GzipFile(raw)
+        for records in record_lists:
+            gzip_file.write(b"".join(map(tfrecord_frame, records)))
+        raw.write(gzip_file.finish())
 
 
 _RECORD_LENGTH = struct.Struct("<Q")

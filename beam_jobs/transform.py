@@ -4,7 +4,9 @@
 the train split only, so evaluation data never leaks into the encodings, and `TransformDataset`
 applies the resulting graph to every split, the train split included (read a second time: see
 `build`). The transform graph written by
-`WriteTransformFn` is what the trainer embeds in the exported model.
+`WriteTransformFn` is what the trainer embeds in the exported model. Each split's head, its first
+rows in training order (beam_jobs/training_order.py), is combined from the examples as they are
+written and written beside them: what a training run reads.
 
 Usable as a library (`transform_examples`) and as a Beam program:
 
@@ -31,8 +33,10 @@ from tfx_bsl.public import tfxio
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.example_wire import ExamplesEncoder
 from beam_jobs.options import add_job_argument
-from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches, TFRecordBatchSink
-from core.atomic import replace_directory
+from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches, TFRecordBatchSink, write_tfrecord_file
+from beam_jobs.training_order import HEADS_FILE, FirstInOrder, FirstInOrderFn, head_path, heads_manifest
+from core.atomic import replace_directory, write_json
+from core.config import TrainingConfig
 from core.errors import DataError
 from transforms.feature_spec import raw_feature_spec, raw_schema
 from transforms.preprocessing import preprocessing_fn
@@ -58,6 +62,8 @@ _ANALYSIS_READ = "ForAnalysis"
 # 4096 keeps a quarter of it and cuts the step's time by ~7% at 1.5M rows, same peak there; 16384
 # added 170 MB at 1.5M for no time.
 READ_BATCH_SIZE = 4096
+# Rows of each split's head when the caller does not say: what the default training reads.
+DEFAULT_HEAD_ROWS = TrainingConfig().budget_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +83,8 @@ class TransformOptions(PipelineOptions):
         add_job_argument(
             parser, "--splits", type=str, default=",".join(SPLITS), help="Comma-separated splits; 'train' is analyzed"
         )
+        add_job_argument(parser, "--head_rows", type=int, default=DEFAULT_HEAD_ROWS,
+                         help="Rows of each split's head, its first in training order (what a training run reads)")
 
 
 class CountRows(beam.PTransform):
@@ -132,6 +140,11 @@ def _encode_batch(batch_and_passthrough: tuple, encoder: Any) -> list[bytes]:
     return encoder.encode(batch_and_passthrough[0])
 
 
+def _write_head(first: FirstInOrder, path: str) -> None:
+    # Written by the one element's worker, into the job's staging folder: a retry writes it again whole.
+    write_tfrecord_file(path, first.record_lists())
+
+
 def _rows_counter_name(split: str) -> str:
     return f"rows-{split}"
 
@@ -174,6 +187,8 @@ def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
     splits = [s.strip() for s in options.splits.split(",") if s.strip()]
     if ANALYZED_SPLIT not in splits:
         raise DataError(f"--splits must include {ANALYZED_SPLIT!r} (the split TF Transform analyzes), got {splits}")
+    if options.head_rows < 1:
+        raise DataError(f"--head_rows must be at least 1, got {options.head_rows}")
     output = Path(options.output)
     transform_fn = _read(pipeline, options.input, ANALYZED_SPLIT, _ANALYSIS_READ) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(
         preprocessing_fn
@@ -186,10 +201,13 @@ def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
             output_record_batches=True
         )
         counted = batches | f"Count{split.title()}" >> CountRows(_rows_counter_name(split))
+        encoded = (counted, metadata) | f"Encode{split.title()}" >> EncodeTransformedBatches()
+        _ = encoded | f"Write{split.title()}" >> beam.io.Write(TFRecordBatchSink(split_prefix(output / TRANSFORMED_DIR, split)))
+        # Without a default: a split without rows has no head (the trainer then reads the split).
         _ = (
-            (counted, metadata)
-            | f"Encode{split.title()}" >> EncodeTransformedBatches()
-            | f"Write{split.title()}" >> beam.io.Write(TFRecordBatchSink(split_prefix(output / TRANSFORMED_DIR, split)))
+            encoded
+            | f"Head{split.title()}" >> beam.CombineGlobally(FirstInOrderFn(options.head_rows)).without_defaults()
+            | f"WriteHead{split.title()}" >> beam.Map(_write_head, str(head_path(output / TRANSFORMED_DIR, split)))
         )
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(output / TRANSFORM_GRAPH_DIR))
 
@@ -232,10 +250,13 @@ def _as_data_error(err: RuntimeError, cleaned_dir: Path, splits: Sequence[str]) 
 
 
 def transform_examples(
-    cleaned_dir: Path, output_dir: Path, *, beam_args: Sequence[str] = (), splits: Sequence[str] = SPLITS
+    cleaned_dir: Path, output_dir: Path, *, beam_args: Sequence[str] = (), splits: Sequence[str] = SPLITS,
+    head_rows: int = DEFAULT_HEAD_ROWS,
 ) -> TransformResult:
     """Runs the Transform Beam program; returns where the graph and the examples are, and row counts.
 
+    Each split's first `head_rows` rows in training order are written again as its head (what a
+    training run of that many rows reads) and `transformed/heads.json` says how many each holds.
     Everything is written below a temporary folder inside `output_dir` and renamed into place at
     the end, so a failed run leaves no half-written transform graph behind.
     """
@@ -249,7 +270,8 @@ def transform_examples(
     staging = Path(tempfile.mkdtemp(prefix=".transform-", dir=output_dir))
     try:
         options = PipelineOptions(
-            [*beam_args, f"--input={cleaned_dir}", f"--output={staging}", f"--splits={','.join(splits)}"]
+            [*beam_args, f"--input={cleaned_dir}", f"--output={staging}", f"--splits={','.join(splits)}",
+             f"--head_rows={head_rows}"]
         ).view_as(TransformOptions)
         pipeline = beam.Pipeline(options=options)
         with tft_beam.Context(temp_dir=str(staging / "tft_tmp")):
@@ -260,6 +282,7 @@ def transform_examples(
             except RuntimeError as err:
                 raise _as_data_error(err, cleaned_dir, splits) or err
         rows = _counted_rows(result, splits)
+        write_json(staging / TRANSFORMED_DIR / HEADS_FILE, heads_manifest(head_rows, rows))
         shutil.rmtree(staging / "tft_tmp", ignore_errors=True)
         for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR):
             replace_directory(staging / name, output_dir / name)
@@ -275,9 +298,10 @@ def run(argv: Sequence[str] | None = None) -> TransformResult:
     parser.add_argument("--input", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--splits", default=",".join(SPLITS), type=str)
+    parser.add_argument("--head_rows", default=DEFAULT_HEAD_ROWS, type=int)
     known, beam_args = parser.parse_known_args(argv)
     splits = [s.strip() for s in known.splits.split(",") if s.strip()]
-    return transform_examples(known.input, known.output, beam_args=beam_args, splits=splits)
+    return transform_examples(known.input, known.output, beam_args=beam_args, splits=splits, head_rows=known.head_rows)
 
 
 if __name__ == "__main__":

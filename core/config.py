@@ -72,6 +72,13 @@ class TrainingConfig:
                 raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
         object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
 
+    @property
+    def budget_rows(self) -> int:
+        """The rows one training run reads: `train_steps` batches of `batch_size` (a smaller split: all
+        of them, for several epochs). Transform writes each split's first this many rows in training
+        order as its head (beam_jobs/training_order.py)."""
+        return self.train_steps * self.batch_size
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:

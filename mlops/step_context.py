@@ -113,8 +113,8 @@ STEP_MODULES: dict[str, tuple[str, ...]] = {
     "ingest": ("beam_jobs.ingest", "beam_jobs.served_source", "mlops.production_source"),
     "clean": ("beam_jobs.clean",),
     "validate": ("beam_jobs.statistics", "validation.validate", "validation.report", "validation.rejected"),
-    "transform": ("beam_jobs.transform",),
-    "train": ("trainer.train",),
+    "transform": ("beam_jobs.transform", "beam_jobs.training_order"),
+    "train": ("trainer.train", "beam_jobs.training_order"),
     "evaluate": ("trainer.evaluate",),
 }
 

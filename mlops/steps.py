@@ -373,6 +373,10 @@ def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef, pr
         raise SchemaAnomaliesError(f"transform: the cleaned examples have {anomalies.properties['num_anomalies']} "
                                    f"schema anomalies (see {anomalies.uri})")
     code_digest = step_code(*STEP_MODULES["transform"])
+    # Not a parameter of the step: a transform made with other heads is reused (the trainer reads a
+    # split whole when its head is shorter than its budget), so a change of training budget does
+    # not transform the data again.
+    head_rows = ctx.config.training.budget_rows
     with ctx.run.step("Transform", {"cleaned": cleaned, "anomalies": anomalies},
                      {"preprocessing_fn": "transforms.preprocessing.preprocessing_fn"},
                      code_digest=code_digest) as record:
@@ -382,15 +386,15 @@ def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef, pr
             final = ctx.run_dir / "transform"
             beam, beam_args = beam_options(ctx, rows_of(cleaned))
             with atomic_directory(final) as out:
-                rows = _adopt_prepared_transform(prepared, cleaned, code_digest, out) if prepared else None
+                rows = _adopt_prepared_transform(prepared, cleaned, code_digest, head_rows, out) if prepared else None
                 adopted = rows is not None
                 if rows is None:
-                    rows = transform_examples(Path(cleaned.uri), out, beam_args=beam_args).rows
+                    rows = transform_examples(Path(cleaned.uri), out, beam_args=beam_args, head_rows=head_rows).rows
             record.output("transform_graph", "TransformGraph", str(final / TRANSFORM_GRAPH_DIR))
             record.output("transformed", "TransformedExamples", str(final / TRANSFORMED_DIR), {
-                "split_names": json.dumps(sorted(rows)), "rows": sum(rows.values()),
+                "split_names": json.dumps(sorted(rows)), "rows": sum(rows.values()), "head_rows": head_rows,
             })
-            record.record(rows=rows, beam_options=beam.to_json(), beside_validation=adopted)
+            record.record(rows=rows, head_rows=head_rows, beam_options=beam.to_json(), beside_validation=adopted)
     beside = " (its Beam job ran beside validation)" if record.results.get("beside_validation") else ""
     return outcome_of("transform", record, started,
                       f"transformed rows {record.results.get('rows')}{beside}{beam_note(record)}")
@@ -403,21 +407,23 @@ def prepare_transform(config: Config, cleaned: ArtifactRef, out: Path) -> None:
     from beam_jobs.transform import transform_examples
 
     choice = config.beam_options(rows_of(cleaned))
-    result = transform_examples(Path(cleaned.uri), out, beam_args=config.pipeline_args(choice))
+    head_rows = config.training.budget_rows
+    result = transform_examples(Path(cleaned.uri), out, beam_args=config.pipeline_args(choice), head_rows=head_rows)
     write_json(out / PREPARED_TRANSFORM_FILE, {"cleaned": cleaned.uri, "code_digest": step_code(*STEP_MODULES["transform"]),
-                                               "rows": result.rows})
+                                               "head_rows": head_rows, "rows": result.rows})
 
 
-def _adopt_prepared_transform(prepared: Path, cleaned: ArtifactRef, code_digest: str, out: Path) -> dict[str, int] | None:
+def _adopt_prepared_transform(prepared: Path, cleaned: ArtifactRef, code_digest: str, head_rows: int,
+                              out: Path) -> dict[str, int] | None:
     """Moves a prepared transform's output into `out` and returns its rows, if it was made from
-    `cleaned` by this code; else None (the step runs the job itself)."""
+    `cleaned` by this code with heads of `head_rows`; else None (the step runs the job itself)."""
     from beam_jobs.transform import TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR
 
     try:
         made = json.loads((prepared / PREPARED_TRANSFORM_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if made.get("cleaned") != cleaned.uri or made.get("code_digest") != code_digest:
+    if made.get("cleaned") != cleaned.uri or made.get("code_digest") != code_digest or made.get("head_rows") != head_rows:
         return None
     for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR):
         os.replace(prepared / name, out / name)

@@ -28,6 +28,7 @@ import tensorflow_transform as tft
 import tf_keras
 
 from beam_jobs.example_codec import split_dir, split_pattern
+from beam_jobs.training_order import FirstInOrder, head_for
 from core.atomic import replace_directory, write_json
 from core.config import TrainingConfig
 from core.errors import DataError
@@ -61,114 +62,60 @@ def split_files(transformed_dir: Path, split: str) -> list[str]:
     return files
 
 
-def read_batches(transformed_dir: Path, split: str, feature_spec: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """The split's examples, `_PARSE_BATCH` at a time, as parsed numpy columns.
+def _parsed(records: tf.data.Dataset, feature_spec: Mapping[str, Any], where: Path) -> Iterator[dict[str, np.ndarray]]:
+    """Serialized examples, `_PARSE_BATCH` at a time, as parsed numpy columns.
 
-    Streams: one batch (and the one tf.data prefetches) is in memory at a time, whatever the
-    split's size. Parsing runs inside the tf.data graph: called eagerly from Python, each
-    `parse_example` went through TF's eager fallback, and turning the batch of serialized
-    records into a numpy object array cost as much again (measured: 7 of the trainer's 20 CPU
-    seconds at 150k rows, read twice for the train split).
+    Parsing runs inside the tf.data graph: called eagerly from Python, each `parse_example` went
+    through TF's eager fallback, and turning the batch of serialized records into a numpy object
+    array cost as much again (measured: 7 of the trainer's 20 CPU seconds at 150k rows).
     """
-    dataset = (
-        tf.data.TFRecordDataset(split_files(transformed_dir, split), compression_type="GZIP")
-        .batch(_PARSE_BATCH)
-        .map(lambda records: tf.io.parse_example(records, feature_spec))
-        .prefetch(1)
-    )
+    dataset = records.batch(_PARSE_BATCH).map(lambda batch: tf.io.parse_example(batch, feature_spec)).prefetch(1)
     try:
         for parsed in dataset:
             yield {name: parsed[name].numpy() for name in feature_spec}
     except tf.errors.InvalidArgumentError as err:
         raise DataError(
-            f"{split_dir(transformed_dir, split)}: examples do not match the transform output's feature spec: "
-            f"{str(err).splitlines()[0]}"
+            f"{where}: examples do not match the transform output's feature spec: {str(err).splitlines()[0]}"
         ) from err
 
 
-def content_keys(columns: Mapping[str, np.ndarray], seed: int) -> np.ndarray:
-    """One sort key per row that depends on the row's content and the seed only, as a numpy bytes array.
+def read_batches(transformed_dir: Path, split: str, feature_spec: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split's examples, `_PARSE_BATCH` at a time, as parsed numpy columns (streamed: one
+    batch, and the one tf.data prefetches, in memory at a time)."""
+    records = tf.data.TFRecordDataset(split_files(transformed_dir, split), compression_type="GZIP")
+    return _parsed(records, feature_spec, split_dir(transformed_dir, split))
 
-    Each key is the seeded 8-byte BLAKE2b digest of the row's content followed by the content:
-    ordering by it is a seeded pseudo-random permutation of the rows, the same whatever order or
-    files they come in; the content after the digest breaks the (rare) digest ties, so rows that
-    still tie are bit-identical and interchangeable. The content is each column's bytes in name
-    order (numbers by bit pattern: 0.0 and -0.0 differ, NaNs compare), strings length-prefixed.
-    Keys of rows with strings can differ in length: numpy pads them with zero bytes, which does
-    not change their order (no row's content is a proper prefix of another's with the same columns).
 
-    Only the digest is computed per row in Python, over a slice of one buffer holding the batch's
-    numeric content (~1 us a row); the keys are built and compared by numpy.
+def first_rows(
+    transformed_dir: Path, split: str, feature_spec: Mapping[str, Any], limit: int
+) -> tuple[dict[str, np.ndarray], int, str]:
+    """The split's first `limit` rows in training order (beam_jobs/training_order.py) as parsed numpy
+    columns in that order, how many rows the split has, and where they were read.
+
+    From the split's head when Transform wrote one that holds them: `limit` rows read, whatever the
+    split's size. Otherwise (a head shorter than `limit`, or none) the split's records are streamed
+    once through `FirstInOrder` (at most `limit * 5 / 4` held) and only the ones kept are parsed: the
+    same rows, in the same order.
     """
-    rows = len(next(iter(columns.values()))) if columns else 0
-    numeric, strings = [], []
-    for name in sorted(columns):
-        values = np.ascontiguousarray(columns[name]).reshape(rows, -1)
-        if values.dtype.kind == "O":
-            strings.append(values)
-        else:
-            numeric.append(values.view(np.uint8).reshape(rows, -1))
-    matrix = np.ascontiguousarray(np.concatenate(numeric, axis=1) if numeric else np.zeros((rows, 0), np.uint8))
-    salt = seed.to_bytes(8, "little", signed=True)
-    if strings:
-        contents = [
-            matrix[index].tobytes()
-            + b"".join(len(value).to_bytes(4, "little") + value for column in strings for value in column[index])
-            for index in range(rows)
-        ]
-        return np.array(
-            [hashlib.blake2b(content, digest_size=8, key=salt).digest() + content for content in contents], dtype=bytes
-        ).reshape(rows)
-    width = matrix.shape[1]
-    buffer = memoryview(matrix.reshape(-1))
-    digests = b"".join(
-        hashlib.blake2b(buffer[start:start + width], digest_size=8, key=salt).digest() for start in range(0, rows * width, width)
-    )
-    keyed = np.concatenate([np.frombuffer(digests, np.uint8).reshape(rows, 8), matrix], axis=1)
-    return keyed.view(f"S{8 + width}").reshape(rows)
-
-
-def select_training_rows(
-    transformed_dir: Path, feature_spec: Mapping[str, Any], limit: int, seed: int
-) -> tuple[dict[str, np.ndarray], int]:
-    """The `limit` train rows first in `content_keys` order, as numpy columns in that order, and how
-    many rows the split has.
-
-    Training `steps` batches of `batch_size` rows reads at most `limit = steps * batch_size` rows
-    (fewer rows: all of them, for several epochs): those are the rows kept, so memory is bounded
-    by the training budget, not by the split. The split is streamed once, keeping the smallest
-    keys seen with their parsed columns (a pool pruned to `limit` whenever it doubles). Being first
-    by a seeded content hash is a uniform random sample, fixed by the rows alone: neither their
-    order nor their sharding into files changes which rows are kept or their order, so the model
-    stays the same.
-    """
-    keys: list[np.ndarray] = []
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in feature_spec}
-    pooled = total = 0
-    for columns in read_batches(transformed_dir, "train", feature_spec):
-        keys.append(content_keys(columns, seed))
-        for name in parts:
-            parts[name].append(columns[name])
-        pooled += len(keys[-1])
-        total += len(keys[-1])
-        if pooled >= 2 * limit + _PARSE_BATCH:
-            pooled = _keep_first(keys, parts, limit)
-    if not total:
-        raise DataError(f"{split_dir(transformed_dir, 'train')}: the split has no examples")
-    _keep_first(keys, parts, limit)
-    return {name: values[0] for name, values in parts.items()}, total
-
-
-def _keep_first(keys: list[np.ndarray], parts: dict[str, list[np.ndarray]], limit: int) -> int:
-    """Shrinks the pool in place to its `limit` smallest keys, in key order; returns the rows left."""
-    merged = np.concatenate(keys)
-    # Stable, so that keys equal to the byte (identical rows) keep a fixed relative order; which of
-    # two identical rows comes first cannot change the columns kept.
-    order = np.argsort(merged, kind="stable")[:limit]
-    keys[:] = [merged[order]]
-    for name, values in parts.items():
-        values[:] = [np.concatenate(values)[order]]
-    return len(order)
+    where = split_dir(transformed_dir, split)
+    files = split_files(transformed_dir, split)
+    head, split_rows, why = head_for(transformed_dir, split, limit)
+    if head is not None:
+        records = tf.data.TFRecordDataset([str(head)], compression_type="GZIP").take(limit)
+        source = f"{split} rows from {why}"
+    else:
+        first = FirstInOrder(limit)
+        for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(_PARSE_BATCH):
+            first.add(batch.numpy().tolist())
+        split_rows, kept = first.seen, first.records()
+        if not kept:
+            raise DataError(f"{where}: the split has no examples")
+        records = tf.data.Dataset.from_tensor_slices(tf.constant(kept, dtype=tf.string))
+        source = f"{split} rows from all {split_rows:,} of {where}, read once: {why}"
+    parts = list(_parsed(records, feature_spec, where))
+    if not parts:
+        raise DataError(f"{where}: the split has no examples")
+    return {name: np.concatenate([part[name] for part in parts]) for name in feature_spec}, int(split_rows), source
 
 
 def _features_and_labels(columns: Mapping[str, np.ndarray], input_names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -177,30 +124,29 @@ def _features_and_labels(columns: Mapping[str, np.ndarray], input_names: list[st
     return features, labels
 
 
-def predict_split(
-    model: tf_keras.Model, transformed_dir: Path, split: str, feature_spec: Mapping[str, Any], input_names: list[str]
-) -> RankedScores:
-    """Every row of a split scored, streamed batch by batch, as RankedScores (8 bytes a row).
+def predict_rows(model: tf_keras.Model, columns: Mapping[str, np.ndarray], input_names: list[str], where: Path) -> RankedScores:
+    """The rows' scores, with their labels, as RankedScores (8 bytes a row).
 
     Every graph call gets exactly `_PARSE_BATCH` rows (the last batch padded with copies of its
-    first row), so a row's score does not depend on which rows share its batch, and the sorted
-    rows do not depend on the order or sharding of the files. Probabilities are clipped to
-    [METRIC_CLIP, 1 - METRIC_CLIP], as the loss needs them (rows beyond count as ties for the AUC).
+    first row), so a row's score does not depend on which rows share its batch. Probabilities are
+    clipped to [METRIC_CLIP, 1 - METRIC_CLIP], as the loss needs them (rows beyond count as ties
+    for the AUC).
     """
     call = tf.function(lambda inputs: model(inputs, training=False), autograph=False)
+    labels = columns[LABEL].reshape(-1) > 0.5
 
     def scored_batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for columns in read_batches(transformed_dir, split, feature_spec):
-            rows = len(columns[LABEL])
-            padded = {name: _pad_rows(columns[name], _PARSE_BATCH) for name in input_names}
+        for start in range(0, len(labels), _PARSE_BATCH):
+            rows = min(_PARSE_BATCH, len(labels) - start)
+            padded = {name: _pad_rows(columns[name][start:start + rows], _PARSE_BATCH) for name in input_names}
             scores = call({name: tf.constant(values) for name, values in padded.items()}).numpy().reshape(-1)[:rows]
             if np.isnan(scores).any():
-                raise DataError(f"{split_dir(transformed_dir, split)}: the model answers NaN: training diverged")
-            yield columns[LABEL].reshape(-1) > 0.5, np.clip(scores.astype(np.float64), METRIC_CLIP, 1 - METRIC_CLIP)
+                raise DataError(f"{where}: the model answers NaN: training diverged")
+            yield labels[start:start + rows], np.clip(scores.astype(np.float64), METRIC_CLIP, 1 - METRIC_CLIP)
 
     ranked = RankedScores.from_batches(scored_batches())
     if not ranked.count:
-        raise DataError(f"{split_dir(transformed_dir, split)}: the split has no examples")
+        raise DataError(f"{where}: the split has no examples")
     return ranked
 
 
@@ -359,20 +305,26 @@ def fit_and_evaluate(
 ) -> tuple[tf_keras.Model, dict[str, float], dict[str, float]]:
     """Builds and trains the Keras model; returns it with its train and eval metrics (no export).
 
-    Deterministic for a given `config.seed` on CPU: the rows trained on and their order come from
-    their content (`select_training_rows`), and seeded initialisation and shuffling give
-    bit-identical weights run after run (checked in one process and across processes). TF's op determinism switch is not used: it is process-wide, the public API cannot
-    turn it off again, and other steps may run in the same process.
+    Reads `config.budget_rows` rows of each split, the first in training order (`first_rows`):
+    the rows trained on and those the train and eval metrics are over, whatever the splits' sizes
+    (the Evaluate step scores every eval row). Deterministic for a given `config.seed` on CPU: the
+    rows and their order come from their content, and seeded initialisation and shuffling give
+    bit-identical weights run after run (checked in one process and across processes). TF's op
+    determinism switch is not used: it is process-wide, the public API cannot turn it off again,
+    and other steps may run in the same process.
     """
     feature_spec = tf_transform_output.transformed_feature_spec()
-    budget = config.train_steps * config.batch_size
-    split_files(Path(transformed_dir), "eval")  # a missing eval split fails before training, not after
-    train_columns, train_rows = select_training_rows(Path(transformed_dir), feature_spec, budget, config.seed)
+    budget = config.budget_rows
+    transformed_dir = Path(transformed_dir)
+    split_files(transformed_dir, "eval")  # a missing eval split fails before reading the train split
+    train_columns, train_rows, train_source = first_rows(transformed_dir, "train", feature_spec, budget)
+    eval_columns, eval_rows, eval_source = first_rows(transformed_dir, "eval", feature_spec, budget)
     input_names = list(model_input_specs(tf_transform_output))
     train_features, train_labels = _features_and_labels(train_columns, input_names)
     kept = len(train_labels)
+    print(f"{train_source}\n{eval_source}", flush=True)
     print(
-        f"training {config.train_steps} steps of {config.batch_size} rows on {kept} of {train_rows} examples "
+        f"training {config.train_steps} steps of {config.batch_size} rows on {kept:,} of {train_rows:,} examples "
         f"({budget / kept:.1f} epochs of them)",
         flush=True,
     )
@@ -388,10 +340,12 @@ def fit_and_evaluate(
     started = time.perf_counter()
     final_loss = fit(model, train_dataset, config.train_steps)
     train_seconds = time.perf_counter() - started
-    del train_dataset, train_features, train_columns
-    train_metrics = split_metrics(predict_split(model, Path(transformed_dir), "train", feature_spec, input_names))
-    train_metrics.update(final_batch_loss=final_loss, train_seconds=train_seconds, trained_on_examples=float(kept))
-    eval_metrics = split_metrics(predict_split(model, Path(transformed_dir), "eval", feature_spec, input_names))
+    del train_dataset, train_features
+    train_metrics = split_metrics(predict_rows(model, train_columns, input_names, split_dir(transformed_dir, "train")))
+    train_metrics.update(final_batch_loss=final_loss, train_seconds=train_seconds, trained_on_examples=float(kept),
+                         split_examples=float(train_rows))
+    eval_metrics = split_metrics(predict_rows(model, eval_columns, input_names, split_dir(transformed_dir, "eval")))
+    eval_metrics.update(split_examples=float(eval_rows))
     print(f"eval {', '.join(f'{k}={v:.4f}' for k, v in eval_metrics.items())}", flush=True)
     for name, value in {**train_metrics, **eval_metrics}.items():
         if not math.isfinite(value):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from beam_jobs.example_codec import row_to_example, split_pattern
+from beam_jobs.training_order import HEADS_FILE, ORDER_DESCRIPTION, head_path, in_training_order
 from beam_jobs.transform import run, transform_examples
 from core.errors import DataError
 from tests.transforms.cleaned_examples import (
@@ -131,10 +133,27 @@ def test_command_line_program_writes_the_same_layout(tmp_path, taxi_rows):
     rows = clean_rows(taxi_rows[:90])
     write_split(tmp_path / "cleaned", "train", rows[:60])
     write_split(tmp_path / "cleaned", "eval", rows[60:])
-    result = run(["--input", str(tmp_path / "cleaned"), "--output", str(tmp_path / "out"), *BEAM_ARGS])
+    result = run(["--input", str(tmp_path / "cleaned"), "--output", str(tmp_path / "out"), "--head_rows", "7", *BEAM_ARGS])
     assert result.rows == {"train": 60, "eval": len(rows) - 60}
+    transformed = tmp_path / "out" / "transformed"
     assert (tmp_path / "out" / "transform_graph" / "transform_fn" / "saved_model.pb").is_file()
-    assert len(read_records(split_pattern(tmp_path / "out" / "transformed", "eval"))) == len(rows) - 60
+    assert len(read_records(split_pattern(transformed, "eval"))) == len(rows) - 60
+    # Each split's head: its first 7 rows in training order, and a manifest saying so.
+    manifest = json.loads((transformed / HEADS_FILE).read_text())
+    assert manifest == {"order": ORDER_DESCRIPTION, "limit": 7, "splits": {
+        "eval": {"rows": len(rows) - 60, "head_rows": 7}, "train": {"rows": 60, "head_rows": 7}}}
+    for split in ("train", "eval"):
+        head = read_records(str(head_path(transformed, split)))
+        assert head == in_training_order(read_records(split_pattern(transformed, split)))[:7], split
+    assert sorted(p.name for p in transformed.iterdir()) == ["Head-eval", "Head-train", "Split-eval", "Split-train", HEADS_FILE]
+
+
+def test_a_head_below_one_row_is_refused(tmp_path, taxi_rows):
+    rows = clean_rows(taxi_rows[:30])
+    write_split(tmp_path / "cleaned", "train", rows[:20])
+    write_split(tmp_path / "cleaned", "eval", rows[20:])
+    with pytest.raises(DataError, match=r"--head_rows must be at least 1, got 0"):
+        transform_examples(tmp_path / "cleaned", tmp_path / "out", beam_args=BEAM_ARGS, head_rows=0)
 
 
 def test_missing_split_is_a_data_error_naming_the_folder(tmp_path, taxi_rows):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -16,16 +15,16 @@ from beam_jobs.example_codec import TFRECORD_SUFFIX, split_dir, split_pattern
 from core.config import TrainingConfig
 from core.errors import DataError
 from tests.transforms.cleaned_examples import clean_rows, shared_transform, small_transform
+from beam_jobs.training_order import HEADS_FILE, head_dir, head_path, heads_manifest, in_training_order
 from trainer.train import (
     CLASS_THRESHOLD,
     RESULT_FILE,
     classification_metrics,
-    content_keys,
+    first_rows,
     fit_and_evaluate,
     load_transform_output,
     roc_auc,
     saved_model_fingerprint,
-    select_training_rows,
     train_model,
 )
 from transforms.features import SERVING_FEATURES, Kind
@@ -67,7 +66,10 @@ def test_exports_the_model_and_a_result_file_that_agree(trained, small):
     assert recorded["fingerprint"] == result.fingerprint == saved_model_fingerprint(result.model_dir)
     assert recorded["eval_metrics"] == result.eval_metrics and recorded["train_metrics"] == result.train_metrics
     assert recorded["config"]["train_steps"] == SMALL.train_steps
-    assert result.eval_metrics["examples"] == counts["eval"] and result.train_metrics["examples"] == counts["train"]
+    budget = SMALL.budget_rows  # the metrics are over the rows read: each split's first `budget` in training order
+    assert result.train_metrics["examples"] == result.train_metrics["trained_on_examples"] == min(budget, counts["train"])
+    assert result.eval_metrics["examples"] == min(budget, counts["eval"])
+    assert result.train_metrics["split_examples"] == counts["train"] and result.eval_metrics["split_examples"] == counts["eval"]
     for metrics in (result.train_metrics, result.eval_metrics):
         assert 0.5 < metrics["auc"] <= 1 and 0 < metrics["loss"] < 1 and 0 <= metrics["accuracy"] <= 1
 
@@ -159,72 +161,67 @@ def test_the_same_rows_in_another_order_and_sharding_train_the_same_model(small,
         assert first.tobytes() == second.tobytes(), model.weights[index].name
 
 
-def test_content_keys_depend_on_the_rows_and_the_seed_only():
-    rng = np.random.default_rng(0)
-    columns = {
-        "id": rng.integers(0, 3, 500),
-        "score": rng.normal(size=500).astype(np.float32),
-        "signed_zero": np.where(rng.random(500) < 0.5, np.float32(0.0), np.float32(-0.0)),
-        "pair": rng.integers(0, 2, (500, 2)),
-        "name": np.array([[b"b"], [b"a"]] * 250, dtype=object),
-    }
-    permutation = rng.permutation(500)
-    shuffled = {name: values[permutation] for name, values in columns.items()}
-    keys, shuffled_keys = content_keys(columns, seed=1), content_keys(shuffled, seed=1)
-    assert keys.tobytes() != shuffled_keys.tobytes()
-    assert keys[permutation].tobytes() == shuffled_keys.tobytes()
-    # The hash order is not the content order (the key's bytes after the 8-byte digest), and
-    # another seed gives another order.
-    contents = np.array([key[8:] for key in keys.tolist()], dtype=object)
-    assert list(np.argsort(keys, kind="stable")) != sorted(range(500), key=contents.__getitem__)
-    other = content_keys(columns, seed=2)
-    assert list(np.argsort(keys, kind="stable")) != list(np.argsort(other, kind="stable"))
-    # Rows differing only by 0.0 / -0.0 are different rows.
-    zeros = content_keys({"x": np.array([0.0, -0.0], np.float32)}, seed=1)
-    assert zeros[0] != zeros[1]
+def read_split(root: Path, split: str) -> list[bytes]:
+    files = sorted(tf.io.gfile.glob(split_pattern(root, split)))
+    return [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def test_a_content_key_is_the_seeded_digest_of_the_row_bytes_followed_by_them():
-    """The documented key, spelled out with hashlib for each row: numeric columns (the fast path,
-    one buffer per batch) and strings (length-prefixed, keys zero-padded to one width by numpy)."""
-    salt = (3).to_bytes(8, "little", signed=True)
-
-    def expected(content: bytes) -> bytes:
-        return hashlib.blake2b(content, digest_size=8, key=salt).digest() + content
-
-    numbers = {"b": np.array([1.5, -0.0, 2.0], np.float32), "a": np.array([[1, 2], [3, 4], [0, 0]], np.int64)}
-    keys = content_keys(numbers, seed=3)
-    for row in range(3):
-        content = numbers["a"][row].tobytes() + numbers["b"][row].tobytes()
-        assert keys.view(np.uint8).reshape(3, -1)[row].tobytes() == expected(content)
-    names = [b"a", b"a\0", b"", b"b", b"ab"]
-    texts = {"n": np.array([7] * len(names), np.int64), "s": np.array([[name] for name in names], dtype=object)}
-    keys = content_keys(texts, seed=3)
-    unpadded = [expected((7).to_bytes(8, "little") + len(name).to_bytes(4, "little") + name) for name in names]
-    assert [key.ljust(keys.itemsize, b"\0") for key in keys.tolist()] == [key.ljust(keys.itemsize, b"\0") for key in unpadded]
-    # Zero padding keeps the order of the unpadded keys.
-    assert list(np.argsort(keys, kind="stable")) == sorted(range(len(names)), key=unpadded.__getitem__)
+def parsed(records: list[bytes], spec: dict) -> dict[str, np.ndarray]:
+    return {name: value.numpy() for name, value in tf.io.parse_example(tf.constant(records), spec).items()}
 
 
-def test_training_rows_are_the_budget_first_by_content_key_whatever_the_files(small, tmp_path):
-    """Only `steps * batch_size` rows are held, the same ones in the same order for reordered, resharded files."""
+def test_transform_wrote_each_split_in_training_order_as_its_head(small):
+    _, counts, transform = small
+    manifest = json.loads((transform.transformed_dir / HEADS_FILE).read_text())
+    assert manifest["limit"] > max(counts.values())
+    for split, count in counts.items():
+        assert manifest["splits"][split] == {"rows": count, "head_rows": count}
+        head = [record.numpy() for record in tf.data.TFRecordDataset(str(head_path(transform.transformed_dir, split)),
+                                                                     compression_type="GZIP")]
+        assert head == in_training_order(read_split(transform.transformed_dir, split))
+
+
+def test_training_rows_are_the_first_in_training_order_whatever_the_files(small, tmp_path):
+    """A head, or the whole split read once when there is none: the same rows in the same order,
+    for reordered and resharded files."""
     _, _, transform = small
-    files = sorted(tf.io.gfile.glob(split_pattern(transform.transformed_dir, "train")))
-    records = [record.numpy() for record in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    records = read_split(transform.transformed_dir, "train")
     random.Random(3).shuffle(records)
     write_records(tmp_path / "transformed", "train", records, shards=4)
     spec = load_transform_output(transform.transform_graph_dir).transformed_feature_spec()
-    kept, total = select_training_rows(transform.transformed_dir, spec, limit=100, seed=5)
-    again, again_total = select_training_rows(tmp_path / "transformed", spec, limit=100, seed=5)
+    expected = parsed(in_training_order(records)[:100], spec)
+    kept, total, source = first_rows(transform.transformed_dir, "train", spec, limit=100)
+    assert str(head_path(transform.transformed_dir, "train")) in source
+    again, again_total, again_source = first_rows(tmp_path / "transformed", "train", spec, limit=100)
+    assert f"from all {len(records):,} of {split_dir(tmp_path / 'transformed', 'train')}, read once" in again_source
+    assert f"{HEADS_FILE} does not exist" in again_source
     assert total == again_total == len(records) > 100
-    assert all(len(values) == 100 for values in kept.values())
-    for name in kept:
-        assert kept[name].tobytes() == again[name].tobytes(), name
-    everything, _ = select_training_rows(transform.transformed_dir, spec, limit=10 * len(records), seed=5)
+    for name in spec:
+        assert kept[name].tobytes() == again[name].tobytes() == expected[name].tobytes(), name
+    everything, _, _ = first_rows(transform.transformed_dir, "train", spec, limit=10 * len(records))
     assert all(len(values) == len(records) for values in everything.values())
-    # The kept rows are the first 100 of the whole order, not some other 100.
-    for name in kept:
-        assert kept[name].tobytes() == everything[name][:100].tobytes(), name
+
+
+def test_a_head_shorter_than_the_budget_is_not_used(small, tmp_path):
+    """Heads of 50 rows (Transform run with another budget): 80 rows come from the whole split, 30 from the head."""
+    _, _, transform = small
+    records = read_split(transform.transformed_dir, "train")
+    root = tmp_path / "transformed"
+    write_records(root, "train", records, shards=2)
+    head = in_training_order(records)[:50]
+    head_dir(root, "train").mkdir()
+    with tf.io.TFRecordWriter(str(head_path(root, "train")), options="GZIP") as writer:
+        for record in head:
+            writer.write(record)
+    (root / HEADS_FILE).write_text(json.dumps(heads_manifest(50, {"train": len(records)})))
+    spec = load_transform_output(transform.transform_graph_dir).transformed_feature_spec()
+    many, _, source = first_rows(root, "train", spec, limit=80)
+    assert f"the heads hold 50 rows a split, fewer than the 80 needed of {len(records):,}" in source
+    few, _, source = first_rows(root, "train", spec, limit=30)
+    assert str(head_path(root, "train")) in source
+    expected = parsed(in_training_order(records)[:80], spec)
+    for name in spec:
+        assert many[name].tobytes() == expected[name].tobytes() and few[name].tobytes() == expected[name][:30].tobytes()
 
 
 @pytest.mark.slow  # trains a model
@@ -276,13 +273,13 @@ def test_quality_bar_on_the_tfx_protocol(taxi_rows, tmp_path):
 def test_a_model_answering_nan_is_named_as_diverged_not_ranked(small):
     """A diverged model's NaN scores have no place in the metrics' order: a DataError says so."""
     from trainer.model import build_keras_model, model_input_specs
-    from trainer.train import predict_split
+    from trainer.train import predict_rows
 
     _, _, transform = small
     tf_transform_output = load_transform_output(transform.transform_graph_dir)
     model = build_keras_model(SMALL, tf_transform_output)
     for weight in model.trainable_weights:
         weight.assign(tf.fill(weight.shape, float("nan")))
+    columns, _, _ = first_rows(transform.transformed_dir, "eval", tf_transform_output.transformed_feature_spec(), 100)
     with pytest.raises(DataError, match=r"Split-eval: the model answers NaN: training diverged"):
-        predict_split(model, transform.transformed_dir, "eval", tf_transform_output.transformed_feature_spec(),
-                      list(model_input_specs(tf_transform_output)))
+        predict_rows(model, columns, list(model_input_specs(tf_transform_output)), split_dir(transform.transformed_dir, "eval"))
