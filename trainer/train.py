@@ -7,6 +7,9 @@ serving applies exactly the transformation training saw. Two signatures (docs/AR
 - `serving_examples`: `examples`, serialized tf.Examples, missing = absent feature;
 
 both return `probability` (float32 `[None]`) and `class` (int64 `[None]`).
+
+A run reads `train_steps * batch_size` rows of each split, the first in training order, from the
+heads Transform wrote (beam_jobs/training_order.py): its time follows its budget, not the data.
 """
 
 from __future__ import annotations
@@ -77,13 +80,6 @@ def _parsed(records: tf.data.Dataset, feature_spec: Mapping[str, Any], where: Pa
         raise DataError(
             f"{where}: examples do not match the transform output's feature spec: {str(err).splitlines()[0]}"
         ) from err
-
-
-def read_batches(transformed_dir: Path, split: str, feature_spec: Mapping[str, Any]) -> Iterator[dict[str, np.ndarray]]:
-    """The whole split's examples, `_PARSE_BATCH` at a time, as parsed numpy columns (streamed: one
-    batch, and the one tf.data prefetches, in memory at a time)."""
-    records = tf.data.TFRecordDataset(split_files(transformed_dir, split), compression_type="GZIP")
-    return _parsed(records, feature_spec, split_dir(transformed_dir, split))
 
 
 def first_rows(

@@ -11,7 +11,7 @@ import tf_keras
 from core.config import TrainingConfig
 from tests.transforms.cleaned_examples import small_transform
 from trainer.model import CROSSES, build_keras_model, model_input_specs
-from trainer.train import read_batches
+from trainer.train import first_rows
 from transforms.features import OOV_SIZE, transformed_name
 from transforms.preprocessing import LABEL, categorical_outputs, dense_outputs, vocabulary_filename
 
@@ -27,8 +27,8 @@ def transform_output(taxi_rows) -> tft.TFTransformOutput:
 @pytest.fixture(scope="module")
 def batch(taxi_rows, transform_output) -> dict[str, np.ndarray]:
     _, _, result = small_transform(taxi_rows)
-    columns = next(read_batches(result.transformed_dir, "train", transform_output.transformed_feature_spec()))
-    return {name: values[:64] for name, values in columns.items()}
+    columns, _, _ = first_rows(result.transformed_dir, "train", transform_output.transformed_feature_spec(), limit=64)
+    return columns
 
 
 @pytest.fixture(scope="module")
