@@ -199,10 +199,23 @@ def test_an_accumulator_pickles_to_what_it_holds_after_every_change():
     first = FirstInOrder(20)
     first.add(records[:100])
     assert pickle.loads(pickle.dumps(first)).records() == in_training_order(records[:100])[:20]
-    first.add(records[100:])
+    first.add(records[100:130])  # no prune: only the added records change what is held
+    assert pickle.loads(pickle.dumps(first)).records() == in_training_order(records[:130])[:20]
+    first.add(records[130:])
     copy = pickle.loads(pickle.dumps(first))
     assert copy.records() == first.records() == in_training_order(records)[:20] and copy.seen == len(records)
     other = FirstInOrder(20)
     other.add([b"\0"])
     first.merge(other)
     assert pickle.loads(pickle.dumps(first)).records() == in_training_order([*records, b"\0"])[:20]
+
+
+def test_records_with_one_digest_are_ordered_by_their_bytes(monkeypatch):
+    """Different records whose digests collide: their bytes order them, in the pool as in the definition."""
+    monkeypatch.setattr(training_order, "order_digests", lambda records: np.zeros(len(records), ">u8"))
+    monkeypatch.setattr(training_order, "order_digest", lambda record: bytes(8))
+    records = some_records(900, seed=6)
+    first = FirstInOrder(30)
+    for start in range(0, len(records), 50):  # pruned on the way: later records meet the bound
+        first.add(records[start:start + 50])
+    assert first.records() == sorted(records)[:30] == in_training_order(records)[:30]
