@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from ml_metadata.proto import metadata_store_pb2
 
 from metadata.lineage import DOWNSTREAM, LineageNotFoundError, walk
-from metadata.queries import _artifact_json, _run_summary, _Types, model_audit, training_chain
+from metadata.queries import _artifact_json, _Types, model_audit, training_chain
 from metadata.recorder import properties_of
 from metadata.review import reviews_of_request
 from metadata.store import Store

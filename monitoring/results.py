@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from core.errors import DataError

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from monitoring.paired import compare_paired, pairs_from_logs
 from monitoring.results import DATA_DRIFT, PERFORMANCE_ESTIMATE, RESULT_FILE
