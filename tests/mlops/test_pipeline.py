@@ -100,6 +100,25 @@ def test_a_rerun_with_the_same_inputs_reuses_everything_and_says_so(first_run):
     assert sum("reused" in line for line in lines) >= 6
 
 
+def test_another_training_budget_reuses_the_transform_and_retrains(tmp_path):
+    """The heads' size follows the training budget but is not part of Transform's cache key: a run
+    with another budget transforms nothing again, and its trainer reads the heads it finds (or, were
+    they shorter than its budget and the split longer, the whole split)."""
+    first = run_pipeline(small_config(tmp_path), start=SMALL_WINDOW[0], end=SMALL_WINDOW[1])
+    transformed = first.outcomes["transform"].outputs["transformed"]
+    assert first.outcomes["transform"].results["head_rows"] == 150 * 40
+    lines: list[str] = []
+    again = run_pipeline(small_config(tmp_path, train_steps=160), start=SMALL_WINDOW[0], end=SMALL_WINDOW[1],
+                         progress=lines.append)
+    for name in ("ingest", "clean", "validate", "transform"):
+        assert again.outcomes[name].cached, name
+    assert not again.outcomes["train"].cached
+    assert again.outcomes["transform"].outputs["transformed"].uri == transformed.uri
+    rows = first.outcomes["transform"].results["rows"]
+    assert max(rows.values()) < 150 * 40 < 160 * 40, "the heads hold whole splits: they serve the larger budget"
+    assert again.outcomes["train"].results["train_metrics"]["examples"] == rows["train"]
+
+
 _IN_OWN_PROCESSES = """
 import json, sys
 from pathlib import Path
