@@ -105,7 +105,7 @@ class FirstInOrder:
         shift = len(self._data)
         self._digests += other._digests
         self._data += other._data
-        self._ends.extend(end + shift for end in other._ends)
+        self._ends.extend((np.frombuffer(other._ends, dtype=np.int64) + shift).tolist())
         if other._bound is not None and (self._bound is None or other._bound < self._bound):
             self._bound = other._bound
         if len(self._ends) >= self._capacity:
@@ -132,27 +132,26 @@ class FirstInOrder:
 
     def record_lists(self, rows: int = 4096) -> Iterator[list[bytes]]:
         """`records()`, `rows` at a time: what a writer takes without a second copy of them all."""
-        self.prune()
+        order = self.prune()
         data, ends = self._data, np.frombuffer(self._ends, dtype=np.int64)
         starts = _starts(ends)
-        order = self._order()
         for first in range(0, len(order), rows):
             part = order[first:first + rows]
             yield [bytes(data[start:end]) for start, end in zip(starts[part].tolist(), ends[part].tolist())]
 
-    def prune(self) -> None:
-        """Keeps only the first `limit` records held.
+    def prune(self) -> np.ndarray:
+        """Keeps only the first `limit` records held; returns the indices of those held, in training order.
 
         They stay where they are, in the order they came; the others' bytes are closed up in place,
         a run of kept neighbours moved at once (no second buffer).
         """
-        if len(self._ends) < self.limit:
-            return
         order = self._order()
+        if len(order) < self.limit:
+            return order
         digests = np.frombuffer(self._digests, dtype=">u8")
         self._bound = int(digests[order[self.limit - 1]])
-        if len(self._ends) == self.limit:
-            return
+        if len(order) == self.limit:
+            return order
         ends = np.frombuffer(self._ends, dtype=np.int64)
         starts = _starts(ends)
         kept = np.sort(order[: self.limit])
@@ -167,6 +166,7 @@ class FirstInOrder:
         self._compressed = None
         self._ends = array.array("q", np.cumsum(ends[kept] - starts[kept]).tolist())
         self._digests = bytearray(digests[kept].tobytes())
+        return np.searchsorted(kept, order[: self.limit])  # where each of the first now sits
 
     def _order(self) -> np.ndarray:
         """The records held, as their indices in training order."""
