@@ -22,6 +22,8 @@ _OPENERS: Mapping[str, tuple[str, Callable[[IO[bytes]], IO[bytes]]]] = {
     ".xz": ("xz", lambda raw: lzma.LZMAFile(raw, "rb")),
     ".lzma": ("xz", lambda raw: lzma.LZMAFile(raw, "rb")),
 }
+# The suffixes of the compressed files read here, in the order of the list above.
+READABLE_SUFFIXES = tuple(_OPENERS)
 _NOT_READ = (".zst", ".zstd", ".deflate")  # Beam names them; Python 3.11 has no reader for them
 # What a decompressor raises for a damaged or truncated stream.
 DAMAGED = (EOFError, OSError, lzma.LZMAError)

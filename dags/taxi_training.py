@@ -128,7 +128,8 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
         "end": Param("2015-01-01", type="string", format="date", title="Window end",
                      description="Day after the training window (YYYY-MM-DD, UTC, exclusive); after start."),
         "csv_path": Param("", type="string", title="CSV file",
-                          description="The trips CSV, plain or .gz/.bz2/.xz; empty = the shipped data (data/taxi/data.csv)."),
+                          description="The trips CSV, plain or .gz/.bz2/.xz, or a folder holding one; "
+                                      "empty = the shipped data (data/taxi/data.csv)."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
                                description="Adam learning rate; empty = mlops.toml's."),
         "train_steps": Param(None, type=["null", "integer"], minimum=1, maximum=1_000_000,

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 from core.atomic import atomic_directory, write_json
 from core.config import Config, shipped_file
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
+from core.input_files import csv_file
 from metadata.recorder import ArtifactRef, StepRecord
 # Re-exported: callers import these from here (mlops.steps.open_run, StepOutcome, step_code, ...).
 from mlops.step_context import (  # noqa: F401
@@ -48,9 +49,7 @@ def _register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
     """`register_raw_data`, and the CSV's data rows (its lines but the header) counted while the
     checksum reads the file: no second read. A quoted newline inside a field counts as a row here,
     which is close enough for choosing Beam options."""
-    csv_path = Path(csv_path).resolve()
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: no such file")
+    csv_path = csv_file(csv_path).resolve()  # a folder holding one CSV is read as that CSV
     sha256, lines = sha256_and_lines(csv_path)  # the compressed bytes' checksum, the lines inside them
     # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
     shipped = shipped_file("csv_path")

@@ -437,6 +437,7 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
         _ensure_batch_types(ctx.run.store)
         raw = steps.register_raw_data(ctx, csv_path)
+        csv_path = Path(raw.uri)  # the file itself when csv_path names the folder holding it
         inputs = {"raw_data": raw}
         from metadata.lineage import pushed_model_ref
 

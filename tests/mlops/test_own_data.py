@@ -1,7 +1,8 @@
 """A user's own trips through the command line, as the README tells it: a config of one's own in a
-folder of its own, a CSV with the taxi columns in another order, later years and a payment type the
-shipped schema does not know; validation names it, `mlops schema infer` learns it, the run pushes,
-and the lineage command the run prints answers from the same store."""
+folder of its own, a CSV with the taxi columns in another order (named at last by the folder
+holding it, as TFX's input_base), later years and a payment type the shipped schema does not know;
+validation names it, `mlops schema infer` learns it, the run pushes, and the lineage command the
+run prints answers from the same store."""
 
 from __future__ import annotations
 
@@ -42,13 +43,15 @@ def own_trips(taxi_rows: list[dict[str, str]], path: Path) -> Path:
 
 
 def test_ones_own_trips_run_from_a_config_of_ones_own(tmp_path, taxi_rows):
-    trips = own_trips(taxi_rows, tmp_path / "trips.csv")
+    (tmp_path / "trips").mkdir()
+    trips = own_trips(taxi_rows, tmp_path / "trips" / "trips.csv")
+    (tmp_path / "trips" / "README.md").write_text("exported from the city's portal\n")
     mine = tmp_path / "my"
     mine.mkdir()
     config = mine / "mlops.toml"
     settings = ('beam_args = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]\n'
                 '[training]\ntrain_steps = 150\n[evaluation]\nauc_floor = 0.5\n')
-    config.write_text(settings + '[data]\ncsv_path = "../trips.csv"\n')
+    config.write_text(settings + '[data]\ncsv_path = "../trips/trips.csv"\n')
 
     refused = mlops("--config", str(config), "pipeline", "run", *WINDOW, cwd=tmp_path)
     assert refused.returncode != 0
@@ -58,9 +61,10 @@ def test_ones_own_trips_run_from_a_config_of_ones_own(tmp_path, taxi_rows):
     assert "mlops schema infer" in refused.stderr and "data.schema_path" in refused.stderr
     assert not (mine / "var" / "serving" / "models" / "taxi").exists()
 
-    inferred = mlops("schema", "infer", "--csv", str(trips), *WINDOW, "--output", str(mine / "schema.pbtxt"), cwd=tmp_path)
+    # The folder holding the CSV (TFX's input_base) names it as well as the file does.
+    inferred = mlops("schema", "infer", "--csv", str(trips.parent), *WINDOW, "--output", str(mine / "schema.pbtxt"), cwd=tmp_path)
     assert inferred.returncode == 0, inferred.stderr
-    config.write_text(settings + '[data]\ncsv_path = "../trips.csv"\nschema_path = "schema.pbtxt"\n')
+    config.write_text(settings + '[data]\ncsv_path = "../trips"\nschema_path = "schema.pbtxt"\n')
 
     run = mlops("--config", str(config), "pipeline", "run", *WINDOW, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
