@@ -32,6 +32,7 @@ count of copies spills (`digests/`) stay in the staging folder, removed with it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -66,6 +67,7 @@ from beam_jobs.clean_rules import (  # noqa: F401 - the reason codes: this job's
 )
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument, require_flags, run_program
+from beam_jobs.progress import JobProgress
 from beam_jobs.tfrecord_batches import ReadRecordBatches, TFRecordBatchSink
 from core.atomic import write_json
 from core.errors import DataError
@@ -323,10 +325,11 @@ class CleanPlan:
     examples_dir: str
     output_dir: str  # where the pipeline writes (a staging folder when run through clean_examples)
     splits: tuple[str, ...]
+    progress: str | None = None  # a progress.JobProgress folder: each split is read twice
 
 
-def _read_split(examples_dir: str, split: str) -> beam.PTransform:
-    return ReadRecordBatches(tf.io.gfile.glob(split_pattern(examples_dir, split)))
+def _read_split(examples_dir: str, split: str, progress: str | None) -> beam.PTransform:
+    return ReadRecordBatches(tf.io.gfile.glob(split_pattern(examples_dir, split)), progress=progress)
 
 
 def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] = EXAMPLE_FEATURES) -> None:
@@ -334,9 +337,9 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
     output = Path(plan.output_dir)
     facts = []
     for split in plan.splits:
-        records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split)
+        records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split, plan.progress)
         cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(
-            features, reread=_read_split(plan.examples_dir, split), split=split, batched=True,
+            features, reread=_read_split(plan.examples_dir, split, plan.progress), split=split, batched=True,
             digests_dir=str(split_dir(output / DIGESTS_DIR, split)))
         for branch, out in zip(BRANCHES, cleaned):
             _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.Write(
@@ -361,8 +364,10 @@ def clean_examples(
     *,
     splits: Sequence[str] = SPLITS,
     beam_args: Sequence[str] = (),
+    progress: JobProgress | None = None,
 ) -> CleanResult:
     """Cleans each split of examples_dir into output_dir; see the module docstring for the rules.
+    `progress` (beam_jobs/progress.py) prints how far it has read while it runs.
 
     Raises DataError when a split has no data files, and RuntimeError if a row were lost between
     reading and writing (rows_in must equal rows_kept + rows_rejected in every split).
@@ -380,8 +385,10 @@ def clean_examples(
     outputs.refuse_existing_outputs(output_dir, (CLEANED_DIR, REJECTED_DIR, RESULT_FILE))
     staging = outputs.make_staging_dir(output_dir, "clean")
     try:
-        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits))
+        # Each split is read twice: once to count copies, once to clean.
+        with progress.watching(passes=2) if progress else contextlib.nullcontext(), \
+                beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits, progress.folder if progress else None))
         result = result_from_facts(outputs.read_summary(staging / SUMMARY_FILE), splits)
         check_accounted(result, examples_dir)
         outputs.promote(staging, output_dir, (CLEANED_DIR, REJECTED_DIR))

@@ -18,6 +18,7 @@ the outcome.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -36,6 +37,7 @@ from beam_jobs.csv_columns import PlainLines, PlainRowEncoder
 from beam_jobs.tfrecord_batches import TFRecordBatchSink
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
+from beam_jobs.progress import JobProgress, ReadCounter
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import (EXPECTED_BY_KIND, FEATURES_BY_NAME, FLOAT32_MAX, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind,
@@ -79,6 +81,7 @@ class IngestPlan:
     eval_buckets: int
     output_dir: str  # where the pipeline writes (a staging folder when run through ingest_csv)
     piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES  # how much of a range a worker holds at once
+    progress: str | None = None  # a progress.JobProgress folder, where the lines read are counted
 
 
 # --- Checking the file before the pipeline ---
@@ -292,9 +295,11 @@ class IngestChunkFn(beam.DoFn):
     SUMMARY = "summary"
 
     def __init__(self, csv_path: str, columns: Sequence[str], start_seconds: float, end_seconds: float,
-                 hash_buckets: int, eval_buckets: int, piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES) -> None:
+                 hash_buckets: int, eval_buckets: int, piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
+                 progress: str | None = None) -> None:
         self._csv_path = csv_path
         self._piece_bytes = piece_bytes
+        self._progress = progress
         self._columns = tuple(columns)
         self._start = start_seconds
         self._end = end_seconds
@@ -308,10 +313,15 @@ class IngestChunkFn(beam.DoFn):
         self._encoder = RowEncoder((*RAW_COLUMNS, SOURCE_LINE_KEY))
         self._plain_lines = PlainLines(self._columns)
         self._plain_encoder = PlainRowEncoder(self._hash_buckets, self._eval_buckets)
+        self._read = ReadCounter(self._progress)
 
     def process(self, chunk: csv_source.CsvChunk) -> Iterator[Any]:
         for lines in csv_source.read_chunk_pieces(self._csv_path, chunk, self._piece_bytes):
             yield from self._piece(lines)
+            self._read.add(len(lines))
+
+    def finish_bundle(self) -> None:
+        self._read.flush()
 
     def _piece(self, lines: list[tuple[int, bytes]]) -> Iterator[Any]:
         """The piece's plain lines in columns (csv_columns), the others one at a time by CsvLineParser;
@@ -449,7 +459,7 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         | "SpreadCsv" >> csv_source.SpreadCsvChunks(plan.chunks)
         | "IngestByteRanges" >> beam.ParDo(IngestChunkFn(
             plan.csv_path, plan.columns, plan.start_seconds, plan.end_seconds, plan.hash_buckets, plan.eval_buckets,
-            plan.piece_bytes,
+            plan.piece_bytes, plan.progress,
         )).with_outputs(*SPLITS, IngestChunkFn.REJECTED, IngestChunkFn.SUMMARY)
     )
     for split in SPLITS:
@@ -478,8 +488,10 @@ def ingest_csv(
     max_unparseable_fraction: float = 0.01,
     beam_args: Sequence[str] = (),
     chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
+    progress: JobProgress | None = None,
 ) -> IngestResult:
     """Runs the ingest pipeline and checks its outcome; see the module docstring for the layout.
+    `progress` (beam_jobs/progress.py) prints how far it has read while it runs.
 
     Raises DataError (before Beam starts) for a missing/empty file or missing columns, and (after
     the run) when a column has too many unparseable values or the window holds no rows. In the
@@ -494,8 +506,9 @@ def ingest_csv(
                        eval_buckets=eval_buckets, chunk_bytes=chunk_bytes)
     staging = outputs.make_staging_dir(output_dir, "ingest")
     try:
-        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            build(pipeline, dataclasses.replace(plan, output_dir=str(staging)))
+        with progress.watching() if progress else contextlib.nullcontext(), \
+                beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, dataclasses.replace(plan, output_dir=str(staging), progress=progress.folder if progress else None))
         summary = outputs.read_summary(staging / SUMMARY_FILE)
         result = _result_from_summary(summary)
         _check_counts(plan, result)

@@ -12,6 +12,7 @@ reads `DIR/Split-<split>/data-*.tfrecord.gz` and writes `OUT/Split-<split>/Featu
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import math
@@ -30,6 +31,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, row_to_example, split_dir, split_pattern
 from beam_jobs.options import add_job_argument, configure_cli_logging
+from beam_jobs.progress import JobProgress
 from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches
 from core.errors import DataError
 from transforms.features import EXAMPLE_COLUMNS, FEATURES_BY_NAME, Kind
@@ -133,8 +135,9 @@ def statistics_path(output_dir: "str | Path", split: str) -> Path:
     return split_dir(output_dir, split) / STATS_FILE_NAME
 
 
-def build(pipeline: beam.Pipeline, options: StatisticsOptions, label: str = "") -> dict[str, Path]:
+def build(pipeline: beam.Pipeline, options: StatisticsOptions, label: str = "", progress: str | None = None) -> dict[str, Path]:
     """Adds, per split, ReadExamples -> ComputeStatistics -> WriteStatistics; returns the outputs.
+    `progress`: a progress.JobProgress folder, where the records read are counted.
 
     Fails before anything runs when a split has no files: Beam's own message for an empty glob
     does not say which split or what layout was expected.
@@ -156,7 +159,7 @@ def build(pipeline: beam.Pipeline, options: StatisticsOptions, label: str = "") 
         output.parent.mkdir(parents=True, exist_ok=True)
         _ = (
             pipeline
-            | f"{label}ReadExamples[{split}]" >> ReadRecordBatches(paths)
+            | f"{label}ReadExamples[{split}]" >> ReadRecordBatches(paths, progress=progress)
             | f"{label}ComputeStatistics[{split}]" >> ComputeStatistics(stats)
             # WriteToText under the hood: a temp file renamed into place when the pipeline finishes.
             | f"{label}WriteStatistics[{split}]" >> tfdv.WriteStatisticsToBinaryFile(str(output))
@@ -219,6 +222,7 @@ def generate_statistics(
     splits: Sequence[str] = SPLITS,
     beam_args: Sequence[str] = (),
     sample_rate: float | None = None,
+    progress: JobProgress | None = None,
 ) -> dict[str, Path]:
     """Statistics of each split of `examples_dir`, written to `output_dir/Split-<split>/FeatureStats.pb`.
 
@@ -226,7 +230,7 @@ def generate_statistics(
     or when Examples disagree on a feature's kind.
     """
     return generate_statistics_of({"": (examples_dir, output_dir)}, splits=splits, beam_args=beam_args,
-                                  sample_rate=sample_rate)[""]
+                                  sample_rate=sample_rate, progress=progress)[""]
 
 
 def generate_statistics_of(
@@ -235,9 +239,11 @@ def generate_statistics_of(
     splits: Sequence[str] = SPLITS,
     beam_args: Sequence[str] = (),
     sample_rate: float | None = None,
+    progress: JobProgress | None = None,
 ) -> dict[str, dict[str, Path]]:
     """`generate_statistics` for several example folders (name -> (examples_dir, output_dir)) in one
-    pipeline: one start-up instead of one per folder. Returns name -> split -> statistics path."""
+    pipeline: one start-up instead of one per folder. Returns name -> split -> statistics path.
+    `progress` (beam_jobs/progress.py), of the folders' rows together, prints how far it has read."""
     if not splits:
         raise DataError("statistics: no splits given")
     jobs = {
@@ -249,11 +255,13 @@ def generate_statistics_of(
 
     def add_transforms(pipeline: beam.Pipeline) -> None:
         for name, options in jobs.items():
-            outputs[name] = build(pipeline, options, label=f"{name}/" if name else "")
+            outputs[name] = build(pipeline, options, label=f"{name}/" if name else "",
+                                  progress=progress.folder if progress else None)
 
     patterns = [split_pattern(options.input, split) for options in jobs.values() for split in _split_names(options)]
     sources = ", ".join(str(options.input) for options in jobs.values())
-    _run_pipeline(PipelineOptions(list(beam_args)), add_transforms, sources, patterns)
+    with progress.watching() if progress else contextlib.nullcontext():
+        _run_pipeline(PipelineOptions(list(beam_args)), add_transforms, sources, patterns)
     for name, found in outputs.items():
         for split, path in found.items():
             _check_not_empty(path, f"{split_dir(jobs[name].input, split)} (split {split!r})")

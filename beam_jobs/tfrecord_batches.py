@@ -20,6 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs.example_codec import TFRECORD_SUFFIX
+from beam_jobs.progress import ReadCounter
 from transforms.features import Kind
 
 # Records per list: large enough that per-call costs (a decoder's, column operations') vanish,
@@ -29,33 +30,46 @@ BATCH_ROWS = 2048
 
 class _ReadFileBatchesFn(beam.DoFn):
     """A gzip TFRecord file -> its records, `rows` to a list (read by TensorFlow's C++ reader, which
-    checks each record's CRCs as beam.io.ReadFromTFRecord does, at a fraction of its cost a record)."""
+    checks each record's CRCs as beam.io.ReadFromTFRecord does, at a fraction of its cost a record);
+    each list counted in the `progress` folder (beam_jobs/progress.py) when one is given."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self, rows: int, progress: str | None = None) -> None:
         self._rows = rows
+        self._progress = progress
+
+    def setup(self) -> None:
+        self._read = ReadCounter(self._progress)
 
     def process(self, path: str) -> Iterator[list[bytes]]:
         import tensorflow as tf  # the worker's, imported where the read runs
 
         for batch in tf.data.TFRecordDataset(path, compression_type="GZIP").batch(self._rows):
-            yield batch.numpy().tolist()
+            records = batch.numpy().tolist()
+            self._read.add(len(records))
+            yield records
+
+    def finish_bundle(self) -> None:
+        self._read.flush()
 
 
 class ReadRecordBatches(beam.PTransform):
     """The records of gzip TFRecord files, as lists of up to `rows` (one element per list): for a job
     whose work per record is a few microseconds, reading one element per record
     (beam.io.ReadFromTFRecord, in Python) costs more than the work. The lists are cut the same way
-    on every run (each file from its start), so batch-dependent sums are the same too."""
+    on every run (each file from its start), so batch-dependent sums are the same too. `progress`:
+    the folder of a progress.JobProgress, where the records read are counted."""
 
-    def __init__(self, paths: Sequence[str], rows: int = BATCH_ROWS) -> None:
+    def __init__(self, paths: Sequence[str], rows: int = BATCH_ROWS, progress: str | None = None) -> None:
         super().__init__()
         if rows < 1:
             raise ValueError(f"ReadRecordBatches: rows must be at least 1, got {rows}")
         self._paths = sorted(paths)
         self._rows = rows
+        self._progress = progress
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return pbegin | "Files" >> beam.Create(self._paths) | "Records" >> beam.ParDo(_ReadFileBatchesFn(self._rows))
+        return pbegin | "Files" >> beam.Create(self._paths) | "Records" >> beam.ParDo(
+            _ReadFileBatchesFn(self._rows, self._progress))
 
 
 class DecodeExampleListsFn(beam.DoFn):

@@ -16,6 +16,7 @@ Usable as a library (`transform_examples`) and as a Beam program:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -33,6 +34,7 @@ from tfx_bsl.public import tfxio
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.example_wire import ExamplesEncoder
 from beam_jobs.options import add_job_argument
+from beam_jobs.progress import JobProgress
 from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches, TFRecordBatchSink, write_tfrecord_file
 from beam_jobs.training_order import HEADS_FILE, FirstInOrder, FirstInOrderFn, head_path, heads_manifest
 from core.atomic import replace_directory, write_json
@@ -177,10 +179,11 @@ def check_cleaned_split(cleaned_dir: Path, split: str) -> list[str]:
     return files
 
 
-def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
+def build(pipeline: beam.Pipeline, options: TransformOptions, progress: str | None = None) -> None:
     """Analyze the train split, transform every split, write the transform graph and the examples.
 
-    Must be applied inside a `tft_beam.Context`.
+    Must be applied inside a `tft_beam.Context`. `progress`: a progress.JobProgress folder, where
+    the records read are counted (the train split's twice).
     """
     if not options.input or not options.output:
         raise DataError(f"the Transform job needs --input and --output, got --input={options.input!r} --output={options.output!r}")
@@ -190,14 +193,14 @@ def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
     if options.head_rows < 1:
         raise DataError(f"--head_rows must be at least 1, got {options.head_rows}")
     output = Path(options.output)
-    transform_fn = _read(pipeline, options.input, ANALYZED_SPLIT, _ANALYSIS_READ) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(
+    transform_fn = _read(pipeline, options.input, ANALYZED_SPLIT, _ANALYSIS_READ, progress) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(
         preprocessing_fn
     )
     for split in [ANALYZED_SPLIT] + [s for s in splits if s != ANALYZED_SPLIT]:
         # The train split is read again here rather than shared with the analysis: its rows would
         # otherwise feed two stages that cannot run fused (the transform waits for the analysis'
         # result), and the in-memory runner would hold every raw row of the split between them.
-        batches, metadata = (_read(pipeline, options.input, split), transform_fn) | f"Transform{split.title()}" >> tft_beam.TransformDataset(
+        batches, metadata = (_read(pipeline, options.input, split, progress=progress), transform_fn) | f"Transform{split.title()}" >> tft_beam.TransformDataset(
             output_record_batches=True
         )
         counted = batches | f"Count{split.title()}" >> CountRows(_rows_counter_name(split))
@@ -212,7 +215,8 @@ def build(pipeline: beam.Pipeline, options: TransformOptions) -> None:
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(str(output / TRANSFORM_GRAPH_DIR))
 
 
-def _read(pipeline: beam.Pipeline, cleaned_dir: str, split: str, purpose: str = "") -> tuple[beam.PCollection, Any]:
+def _read(pipeline: beam.Pipeline, cleaned_dir: str, split: str, purpose: str = "",
+          progress: str | None = None) -> tuple[beam.PCollection, Any]:
     """(RecordBatches of READ_BATCH_SIZE rows, their TensorAdapterConfig): the dataset form TFT takes."""
     schema = raw_schema()
     source = tfxio.TFExampleRecord(
@@ -220,7 +224,8 @@ def _read(pipeline: beam.Pipeline, cleaned_dir: str, split: str, purpose: str = 
     )
     batches = (
         pipeline
-        | f"Read{split.title()}{purpose}" >> ReadRecordBatches(tf.io.gfile.glob(split_pattern(cleaned_dir, split)), READ_BATCH_SIZE)
+        | f"Read{split.title()}{purpose}" >> ReadRecordBatches(
+            tf.io.gfile.glob(split_pattern(cleaned_dir, split)), READ_BATCH_SIZE, progress)
         | f"Decode{split.title()}{purpose}" >> beam.ParDo(DecodeExampleListsFn(schema))
     )
     return batches, source.TensorAdapterConfig()
@@ -251,9 +256,10 @@ def _as_data_error(err: RuntimeError, cleaned_dir: Path, splits: Sequence[str]) 
 
 def transform_examples(
     cleaned_dir: Path, output_dir: Path, *, beam_args: Sequence[str] = (), splits: Sequence[str] = SPLITS,
-    head_rows: int = DEFAULT_HEAD_ROWS,
+    head_rows: int = DEFAULT_HEAD_ROWS, progress: JobProgress | None = None,
 ) -> TransformResult:
     """Runs the Transform Beam program; returns where the graph and the examples are, and row counts.
+    `progress` (beam_jobs/progress.py) prints how far it has read while it runs.
 
     Each split's first `head_rows` rows in training order are written again as its head (what a
     training run of that many rows reads) and `transformed/heads.json` says how many each holds.
@@ -274,8 +280,9 @@ def transform_examples(
              f"--head_rows={head_rows}"]
         ).view_as(TransformOptions)
         pipeline = beam.Pipeline(options=options)
-        with tft_beam.Context(temp_dir=str(staging / "tft_tmp")):
-            build(pipeline, options)
+        with tft_beam.Context(temp_dir=str(staging / "tft_tmp")), \
+                progress.watching(again=[ANALYZED_SPLIT]) if progress else contextlib.nullcontext():
+            build(pipeline, options, progress.folder if progress else None)
             try:
                 result = pipeline.run()
                 result.wait_until_finish()

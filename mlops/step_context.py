@@ -11,13 +11,16 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from core.compressed import DigestingReader, decompressing, refusing_damage
 from core.config import BeamChoice, Config
 from core.errors import DataError
 from core.version import modules_hash
 from metadata.recorder import ArtifactRef, PipelineRun, StepRecord, Trigger
+
+if TYPE_CHECKING:
+    from beam_jobs.progress import JobProgress
 
 STEP_NAMES = ("ingest", "clean", "validate", "transform", "train", "evaluate", "push")
 
@@ -154,6 +157,24 @@ def rows_of(artifact: ArtifactRef) -> int | None:
     """The row count an upstream step recorded on its output (None when it recorded none)."""
     rows = artifact.properties.get("rows")
     return int(rows) if isinstance(rows, (int, float)) and not isinstance(rows, bool) else None
+
+
+def job_progress(job: str, *artifacts: ArtifactRef, rows: int | None = None) -> JobProgress | None:
+    """What a Beam job reading `artifacts` (or `rows` rows) prints while it runs
+    (beam_jobs/progress.py); None when an artifact recorded no row count."""
+    from beam_jobs.progress import JobProgress
+
+    split_rows: dict[str, int] = {}
+    if rows is None:
+        counts = [rows_of(artifact) for artifact in artifacts]
+        if not counts or None in counts:
+            return None
+        rows = sum(counts)  # type: ignore[arg-type]
+        for artifact in artifacts:
+            for name, value in artifact.properties.items():
+                if name.startswith("rows_") and isinstance(value, int) and not isinstance(value, bool):
+                    split_rows[name[len("rows_"):]] = split_rows.get(name[len("rows_"):], 0) + value
+    return JobProgress(job, rows, split_rows=split_rows)
 
 
 def beam_options(ctx: StepContext, rows: int | None) -> tuple[BeamChoice, list[str]]:

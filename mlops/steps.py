@@ -32,8 +32,8 @@ from core.input_files import csv_file
 from metadata.recorder import ArtifactRef, StepRecord
 # Re-exported: callers import these from here (mlops.steps.open_run, StepOutcome, step_code, ...).
 from mlops.step_context import (  # noqa: F401
-    STEP_MODULES, STEP_NAMES, StepContext, StepOutcome, beam_note, beam_options, file_sha256, json_value, open_run,
-    outcome_of, rows_of, sha256_and_lines, step_code, utc,
+    STEP_MODULES, STEP_NAMES, StepContext, StepOutcome, beam_note, beam_options, file_sha256, job_progress, json_value,
+    open_run, outcome_of, rows_of, sha256_and_lines, step_code, utc,
 )
 
 # `from mlops.steps import _utc` (mlops/cli.py) from before the split.
@@ -109,6 +109,7 @@ def ingest(
                     eval_buckets=data.eval_buckets,
                     max_unparseable_fraction=data.max_unparseable_fraction,
                     beam_args=beam_args,
+                    progress=job_progress("ingest", rows=csv_rows),
                 )
                 served = add_production_examples(
                     production, out, result.rows_in_window, hash_buckets=data.hash_buckets,
@@ -155,7 +156,8 @@ def clean(ctx: StepContext, examples: ArtifactRef) -> StepOutcome:
             final = ctx.run_dir / "clean"
             beam, beam_args = beam_options(ctx, rows_of(examples))
             with atomic_directory(final) as out:
-                result = clean_examples(Path(examples.uri), out, beam_args=beam_args)
+                result = clean_examples(Path(examples.uri), out, beam_args=beam_args,
+                                        progress=job_progress("clean", examples))
             rows_in, kept, rejected = (sum(d.values()) for d in (result.rows_in, result.rows_kept, result.rows_rejected))
             if rows_in != kept + rejected:
                 raise DataError(f"clean: rows in {rows_in} != kept {kept} + rejected {rejected}")
@@ -218,7 +220,7 @@ def validate(ctx: StepContext, examples: ArtifactRef, cleaned: ArtifactRef, reje
             with atomic_directory(final) as out:
                 generate_statistics_of({"raw": (Path(examples.uri), out / "statistics"),
                                         "cleaned": (Path(cleaned.uri), out / "cleaned_statistics")},
-                                       beam_args=beam_args)
+                                       beam_args=beam_args, progress=job_progress("validate", examples, cleaned))
                 result = validate_statistics(out / "cleaned_statistics", schema_path, out / "anomalies",
                                              previous_statistics_dir=Path(previous.uri) if previous else None)
                 shares = _rejected_shares(ctx, examples, cleaned)
@@ -388,7 +390,8 @@ def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef, pr
                 rows = _adopt_prepared_transform(prepared, cleaned, code_digest, head_rows, out) if prepared else None
                 adopted = rows is not None
                 if rows is None:
-                    rows = transform_examples(Path(cleaned.uri), out, beam_args=beam_args, head_rows=head_rows).rows
+                    rows = transform_examples(Path(cleaned.uri), out, beam_args=beam_args, head_rows=head_rows,
+                                              progress=job_progress("transform", cleaned)).rows
             record.output("transform_graph", "TransformGraph", str(final / TRANSFORM_GRAPH_DIR))
             record.output("transformed", "TransformedExamples", str(final / TRANSFORMED_DIR), {
                 "split_names": json.dumps(sorted(rows)), "rows": sum(rows.values()), "head_rows": head_rows,
@@ -407,7 +410,8 @@ def prepare_transform(config: Config, cleaned: ArtifactRef, out: Path) -> None:
 
     choice = config.beam_options(rows_of(cleaned))
     head_rows = config.training.budget_rows
-    result = transform_examples(Path(cleaned.uri), out, beam_args=config.pipeline_args(choice), head_rows=head_rows)
+    result = transform_examples(Path(cleaned.uri), out, beam_args=config.pipeline_args(choice), head_rows=head_rows,
+                                progress=job_progress("transform beside validation", cleaned))
     write_json(out / PREPARED_TRANSFORM_FILE, {"cleaned": cleaned.uri, "code_digest": step_code(*STEP_MODULES["transform"]),
                                                "head_rows": head_rows, "rows": result.rows})
 

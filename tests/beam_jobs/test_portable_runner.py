@@ -22,6 +22,7 @@ from beam_jobs.batch_predict import batch_predict, read_predictions
 from beam_jobs.clean import clean_examples
 from beam_jobs.example_codec import split_pattern
 from beam_jobs.ingest import ingest_csv
+from beam_jobs.progress import JobProgress
 from beam_jobs.statistics import generate_statistics, load_statistics
 from beam_jobs.transform import transform_examples
 from tests.beam_jobs._helpers import BEAM_ARGS, canonical_rows, read_jsonl, read_split_rows
@@ -75,13 +76,27 @@ def portable_args(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str
 
 
 def _run_every_job(out: Path, csv_path: Path, model_dir: Path, beam_args: list[str]) -> dict[str, Any]:
-    """Ingest -> clean -> statistics -> transform, and batch scoring: what each wrote, comparable."""
-    ingested = ingest_csv(csv_path, out / "ingest", start=START, end=END, beam_args=beam_args)
-    cleaned = clean_examples(out / "ingest" / "examples", out / "clean", beam_args=beam_args)
-    statistics = generate_statistics(out / "clean" / "cleaned", out / "statistics", beam_args=beam_args)
-    transformed = transform_examples(out / "clean" / "cleaned", out / "transform", beam_args=beam_args)
+    """Ingest -> clean -> statistics -> transform, and batch scoring: what each wrote, comparable;
+    and what each job's readers counted for its progress lines, beside what it read."""
+    rows = sum(1 for _ in csv_path.open()) - 1
+    progress = {job: JobProgress(job, rows) for job in ("ingest", "clean", "statistics", "transform")}
+    ingested = ingest_csv(csv_path, out / "ingest", start=START, end=END, beam_args=beam_args, progress=progress["ingest"])
+    progress["clean"].rows = ingested.rows_in_window
+    cleaned = clean_examples(out / "ingest" / "examples", out / "clean", beam_args=beam_args, progress=progress["clean"])
+    kept = sum(cleaned.rows_kept.values())
+    progress["statistics"].rows = progress["transform"].rows = kept
+    progress["transform"].split_rows = dict(cleaned.rows_kept)
+    statistics = generate_statistics(out / "clean" / "cleaned", out / "statistics", beam_args=beam_args,
+                                     progress=progress["statistics"])
+    transformed = transform_examples(out / "clean" / "cleaned", out / "transform", beam_args=beam_args,
+                                     progress=progress["transform"])
     scored = batch_predict(csv_path, model_dir, out / "predict", beam_args=beam_args, max_rejected_fraction=0.2)
     transform_assets = transformed.transform_graph_dir / "transform_fn" / "assets"
+    # Every row counted where the job read it (in another process, on the portable runner).
+    expected = {"ingest": rows, "clean": 2 * ingested.rows_in_window, "statistics": kept,
+                "transform": kept + cleaned.rows_kept["train"]}
+    assert {job: watched.read_at_end for job, watched in progress.items()} == expected
+    assert {job: watched.expected for job, watched in progress.items()} == expected
     return {
         "ingest": ingested,
         "ingested rows": {split: canonical_rows(read_split_rows(out / "ingest" / "examples", split)) for split in SPLITS},
