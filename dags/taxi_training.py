@@ -76,6 +76,17 @@ STEP_DOCS = {
     "evaluate": "Metrics overall and per slice against the served model; a model that is not blessed stops the run.",
     "push": "Copies the blessed model into TF Serving's model base path (atomic) and updates the `taxi_pushed_model` asset.",
 }
+# Beside validate: transform's Beam job before validation has judged its input, and its teardown.
+PREPARE_TRANSFORM_DOC = (
+    "Setup task beside `validate`: from `transform_beside_validation_from_rows` cleaned rows (mlops.toml) on, when "
+    "`clean` ran (not reused) and the worker has 2+ cores, runs transform's Beam job on the cleaned rows into "
+    "`<run dir>/.transform-prepared`, so `transform` only adopts it once validation passed (~30 s of ~200 at 1.5M "
+    "rows). Otherwise, or when that job fails, it ends green without preparing and says why in its log; `transform` "
+    "then runs the job itself and reports any error.")
+DISCARD_DOC = (
+    "Teardown of `prepare_transform`: removes `<run dir>/.transform-prepared` once `transform` is done, whatever "
+    "happened: nothing but a record after an adoption, the whole prepared transform (~1 GB at 1.5M rows) when "
+    "validation failed.")
 
 DAG_DOC = """
 ### Train, evaluate and push the taxi tip model
@@ -83,7 +94,18 @@ DAG_DOC = """
 One task per pipeline step, each recorded in ML Metadata under one `PipelineRun` context that names
 this DAG, the Airflow run id and what triggered it (manual, or a drift check with its evidence):
 
-`ingest` → `clean` → `validate` → `transform` → `train` → `evaluate` → `push`
+```
+ingest → clean ─┬→ validate ────────────┬→ transform → train → evaluate → push
+                └→ prepare_transform ───┤      │
+                   (setup)              └──────┴→ discard_prepared_transform (teardown)
+```
+
+* **Transform beside validation**: `prepare_transform` (a setup task) runs transform's Beam job while
+  `validate` runs, from `transform_beside_validation_from_rows` cleaned rows on (mlops.toml, 1M; below
+  that, when `clean` was reused, or on one core it ends at once and says why). `transform` needs both,
+  adopts the prepared output only because `validate` passed (and only if it was made from the same
+  cleaned rows by the same code), and otherwise runs the job itself. Failed validation: `transform`
+  never runs and the teardown `discard_prepared_transform` removes the prepared folder.
 
 * **Params**: the data window `start` (inclusive) and `end` (exclusive) as dates, `csv_path`
   (empty = the shipped Chicago taxi data), and hyperparameters that override `mlops.toml`
@@ -171,23 +193,48 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
     },
 )
 def taxi_training() -> None:
-    def step_task(step: str, upstream=None):
+    def step_task(step: str, upstream=None, prepared=None):
         """The task running `step` in the ML runtime; it returns every outcome so far, for the next task (XCom)."""
         # push announces the new model version: taxi_rollout is scheduled on that asset.
         options = {"outlets": [PUSHED_MODEL]} if step == "push" else {}
 
         @task.external_python(task_id=step, doc_md=STEP_DOCS[step], **ML_TASK, **options)
         def run_step(step: str, config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
-                     upstream: dict | None = None) -> dict:
+                     upstream: dict | None = None, prepared: dict | None = None) -> dict:
             from mlops.airflow.tasks import run_training_task
 
             return run_training_task(step, config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
-                                     run_type=run_type, params_json=params_json, upstream=upstream)
+                                     run_type=run_type, params_json=params_json, upstream=upstream, prepared=prepared)
 
-        return run_step(step=step, **RUN, **({} if upstream is None else {"upstream": upstream}))
+        handed = {name: value for name, value in (("upstream", upstream), ("prepared", prepared)) if value is not None}
+        return run_step(step=step, **RUN, **handed)
 
-    outcomes = None
-    for step in STEP_DOCS:
+    @task.external_python(task_id="prepare_transform", doc_md=PREPARE_TRANSFORM_DOC, **ML_TASK)
+    def prepare_transform(config_path: str, dag_id: str, airflow_run_id: str, run_type: str, params_json: str,
+                          upstream: dict) -> dict:
+        from mlops.airflow.tasks import run_prepare_transform_task
+
+        return run_prepare_transform_task(config_path=config_path, dag_id=dag_id, airflow_run_id=airflow_run_id,
+                                          run_type=run_type, params_json=params_json, upstream=upstream)
+
+    @task.external_python(task_id="discard_prepared_transform", doc_md=DISCARD_DOC, **ML_TASK)
+    def discard_prepared_transform(prepared: dict) -> dict:
+        from mlops.airflow.tasks import run_discard_prepared_transform_task
+
+        return run_discard_prepared_transform_task(prepared)
+
+    cleaned = step_task("clean", upstream=step_task("ingest"))
+    validated = step_task("validate", upstream=cleaned)
+    # A setup task, so its teardown removes the folder whatever happens in between. Airflow requires a
+    # setup's work tasks to need its success (trigger rule all_success: a skipped or failed setup would
+    # skip or fail transform too), so it ends green when it prepared nothing or its Beam job failed,
+    # saying why in its log and XCom: in the UI red stays for what stopped the run (a failed validate
+    # marks transform upstream_failed), and transform runs the job itself and reports its error.
+    prepared = prepare_transform(**RUN, upstream=cleaned)
+    transformed = step_task("transform", upstream=validated, prepared=prepared)
+    transformed >> discard_prepared_transform(prepared).as_teardown(setups=prepared)
+    outcomes = transformed
+    for step in list(STEP_DOCS)[list(STEP_DOCS).index("transform") + 1:]:
         outcomes = step_task(step, upstream=outcomes)
 
 

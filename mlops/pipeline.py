@@ -140,6 +140,39 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+@dataclasses.dataclass(frozen=True)
+class BesideValidation:
+    """Whether transform's Beam job starts beside validation, and the line that says why (or why not).
+
+    `rows_reached`: clean ran (not reused) and its rows reached the threshold; the CLI prints `reason`
+    only then (below it, running in turn is the normal case), Airflow's `prepare_transform` always.
+    """
+
+    start: bool
+    reason: str
+    rows_reached: bool
+
+
+def transform_beside_validation(config: Config, cleaned: steps.StepOutcome) -> BesideValidation:
+    """The rule the CLI pipeline and Airflow's `prepare_transform` task share: from
+    `transform_beside_validation_from_rows` cleaned rows on, when clean ran (a reused clean makes a
+    reused transform most likely: a job beside validation would be thrown away), on two cores or more."""
+    kept = rows_of(cleaned.outputs["cleaned"])
+    limit = config.transform_beside_validation_from_rows
+    if cleaned.cached:
+        return BesideValidation(False, "clean reused an earlier run's output, so transform most likely reuses its own: "
+                                       "no Beam job beside validation", False)
+    if kept is None:
+        return BesideValidation(False, "clean recorded no row count: transform runs its own job after validation", False)
+    if kept < limit:
+        return BesideValidation(False, f"{kept:,} cleaned rows < transform_beside_validation_from_rows {limit:,}: "
+                                       f"transform runs its own job after validation", False)
+    reached = f"{kept:,} cleaned rows >= transform_beside_validation_from_rows {limit:,}"
+    if usable_cores() < 2:
+        return BesideValidation(False, f"{reached}, but this process may use one core: validation and transform run in turn", True)
+    return BesideValidation(True, f"{reached}: transform's Beam job starts beside validation", True)
+
+
 def _prepare_transform(config: Config, cleaned: Any, folder: Path, log_level: int) -> None:
     _log_like_the_command(log_level)
     steps.prepare_transform(config, cleaned, folder)
@@ -190,15 +223,11 @@ def run_pipeline(
         call = steps_in_own_processes(config, run_id, trigger)
     cleaned = step("clean", lambda: call("clean", ingested.outputs["examples"]))
     beside: TransformBesideValidation | None = None
-    kept = rows_of(cleaned.outputs["cleaned"])
-    if not cleaned.cached and kept is not None and kept >= config.transform_beside_validation_from_rows:
-        reached = (f"{kept:,} cleaned rows >= transform_beside_validation_from_rows "
-                   f"{config.transform_beside_validation_from_rows:,}")
-        if usable_cores() < 2:
-            progress(f"{reached}, but this process may use one core: validation and transform run in turn")
-        else:
-            progress(f"{reached}: transform's Beam job starts beside validation")
-            beside = TransformBesideValidation(config, cleaned.outputs["cleaned"], ctx.run_dir)
+    decision = transform_beside_validation(config, cleaned)
+    if decision.rows_reached:
+        progress(decision.reason)
+    if decision.start:
+        beside = TransformBesideValidation(config, cleaned.outputs["cleaned"], ctx.run_dir)
     try:
         validated = step("validate", lambda: call(
             "validate", ingested.outputs["examples"], cleaned.outputs["cleaned"], cleaned.outputs["rejected"]))

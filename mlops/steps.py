@@ -405,7 +405,8 @@ def transform(ctx: StepContext, cleaned: ArtifactRef, anomalies: ArtifactRef, pr
 def prepare_transform(config: Config, cleaned: ArtifactRef, out: Path) -> None:
     """Transform's Beam job on `cleaned` into the empty folder `out`, before validation has judged
     that data: nothing is recorded, and nothing reads it until `transform(..., prepared=out)` adopts
-    it, which only a pipeline whose validation passed calls (mlops/pipeline.py)."""
+    it, which only a pipeline whose validation passed calls (mlops/pipeline.py; Airflow's
+    taxi_training: its `prepare_transform` task, mlops/airflow/tasks.py)."""
     from beam_jobs.transform import transform_examples
 
     choice = config.beam_options(rows_of(cleaned))
@@ -428,6 +429,8 @@ def _adopt_prepared_transform(prepared: Path, cleaned: ArtifactRef, code_digest:
         return None
     if made.get("cleaned") != cleaned.uri or made.get("code_digest") != code_digest or made.get("head_rows") != head_rows:
         return None
+    if not all((prepared / name).is_dir() for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR)):
+        return None  # moved out by an earlier try of the step (an Airflow retry): run the job
     for name in (TRANSFORM_GRAPH_DIR, TRANSFORMED_DIR):
         os.replace(prepared / name, out / name)
     return {split: int(count) for split, count in made["rows"].items()}

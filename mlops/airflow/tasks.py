@@ -2,7 +2,8 @@
 
 DAG files stay declarations (stdlib, pendulum and airflow.sdk only); the work, its argument
 checks and its MLMD records live here, where they can be tested without Airflow. One entry point
-per DAG: `run_training_task` (taxi_training, one call per step), `run_monitoring_task`
+per DAG: `run_training_task` (taxi_training, one call per step; with `run_prepare_transform_task`
+and its teardown `run_discard_prepared_transform_task` beside validate), `run_monitoring_task`
 (taxi_monitoring), `run_batch_predict_task` (taxi_batch_predict); taxi_rollout's are in
 `mlops/airflow/rollout_tasks.py` (with the helpers here that other tasks share: `gateway_client`,
 `serving_labels`, `newest_version`).
@@ -29,9 +30,12 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import sys
+import time
+import traceback
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 # Exit codes of a task's ML process for errors a retry cannot fix (the CLI uses 2 and 3 too).
 EXIT_DATA_ERROR = 2
@@ -164,51 +168,78 @@ def check_window(start: str, end: str) -> tuple[dt.date, dt.date]:
     return first, last
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """What a taxi_training task works with: the run's config (its params applied), its ML Metadata
+    run, its data window and the outcomes of the steps before it (XCom)."""
+
+    config: Any
+    ctx: Any
+    params: dict[str, Any]
+    start: dt.date
+    end: dt.date
+    done: dict[str, Any]
+
+
+def open_training_run(task: str, needs: Sequence[str], *, config_path: str, dag_id: str, airflow_run_id: str,
+                      run_type: str, params_json: str | Mapping[str, Any],
+                      upstream: Mapping[str, Any] | None) -> TrainingRun:
+    """The run as `task` sees it; `needs`: the steps whose outcomes it must have been handed."""
+    from mlops import steps
+    from mlops.data_policy import retraining_policy
+
+    params = task_params(params_json)
+    start, end = check_window(params.get("start", ""), params.get("end", ""))
+    config = training_config(load_task_config(config_path), params)
+    policy = retraining_policy(config, params)  # the data policy params over the config's [data]
+    config, (start, end) = policy.apply(config), policy.csv_window(start, end)
+    ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
+                         airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
+    done = {name: steps.StepOutcome.from_json(value) for name, value in dict(upstream or {}).items()}
+    missing = [name for name in needs if name not in done]
+    if missing:
+        raise RuntimeError(f"{task} needs the outcomes of {missing} from the tasks before it (XCom)")
+    print(f"{task}: pipeline run {ctx.run.run_id} (metadata: {ctx.run.store.description}); "
+          f"trigger {ctx.run.trigger.kind}", flush=True)
+    return TrainingRun(config, ctx, params, start, end, done)
+
+
 def run_training_task(step: str, *, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
-                      params_json: str | Mapping[str, Any], upstream: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      params_json: str | Mapping[str, Any], upstream: Mapping[str, Any] | None = None,
+                      prepared: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Runs one pipeline step for the `taxi_training` DAG; returns every outcome so far (for XCom).
 
     Each task receives the outcomes of the steps before it and passes them on with its own, so a
-    step can use any earlier step's artifacts while the DAG's edges stay the plain chain
-    ingest -> clean -> ... -> push.
+    step can use any earlier step's artifacts while the DAG's edges stay the chain
+    ingest -> clean -> ... -> push (plus `prepare_transform` beside validate). `prepared`: for
+    transform, what `prepare_transform` returned (`run_prepare_transform_task`).
     """
     with exit_on_user_error(step):
         from mlops import steps
 
         if step not in steps.STEP_NAMES:
             raise ValueError(f"unknown step {step!r}; steps: {steps.STEP_NAMES}")
-        from mlops.data_policy import retraining_policy
-
-        params = task_params(params_json)
-        start, end = check_window(params.get("start", ""), params.get("end", ""))
-        config = training_config(load_task_config(config_path), params)
-        policy = retraining_policy(config, params)  # the data policy params over the config's [data]
-        config, (start, end) = policy.apply(config), policy.csv_window(start, end)
-        ctx = steps.open_run(config, pipeline_run_id(dag_id, airflow_run_id), trigger_of(params.get("trigger"), run_type),
-                             airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
-        done = {name: steps.StepOutcome.from_json(value) for name, value in dict(upstream or {}).items()}
-        missing = [name for name in steps.STEP_NAMES[: steps.STEP_NAMES.index(step)] if name not in done]
-        if missing:
-            raise RuntimeError(f"{step} needs the outcomes of {missing} from the tasks before it (XCom)")
-        print(f"{step}: pipeline run {ctx.run.run_id} (metadata: {ctx.run.store.description}); "
-              f"trigger {ctx.run.trigger.kind}", flush=True)
-        outcome = _run_step(steps, ctx, step, done, params, start, end, config)
+        run = open_training_run(step, steps.STEP_NAMES[: steps.STEP_NAMES.index(step)], config_path=config_path,
+                                dag_id=dag_id, airflow_run_id=airflow_run_id, run_type=run_type,
+                                params_json=params_json, upstream=upstream)
+        outcome = _run_step(steps, run, step, prepared)
         print(f"{step}: {'reused' if outcome.cached else 'done'} in {outcome.seconds:.1f}s: {outcome.summary}", flush=True)
-        return {**{name: value.to_json() for name, value in done.items()}, step: outcome.to_json()}
+        return {**{name: value.to_json() for name, value in run.done.items()}, step: outcome.to_json()}
 
 
-def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: Mapping[str, Any],
-              start: dt.date, end: dt.date, config: Any) -> Any:
+def _run_step(steps: Any, run: TrainingRun, step: str, prepared: Mapping[str, Any] | None) -> Any:
+    ctx, done, config = run.ctx, run.done, run.config
     if step == "ingest":
-        csv_path = Path(params.get("csv_path") or config.data.csv_path)
-        return steps.ingest(ctx, csv_path, start.isoformat(), end.isoformat())
+        csv_path = Path(run.params.get("csv_path") or config.data.csv_path)
+        return steps.ingest(ctx, csv_path, run.start.isoformat(), run.end.isoformat())
     if step == "clean":
         return steps.clean(ctx, done["ingest"].outputs["examples"])
     if step == "validate":
         cleaned = done["clean"].outputs
         return steps.validate(ctx, done["ingest"].outputs["examples"], cleaned["cleaned"], cleaned["rejected"])
     if step == "transform":
-        return steps.transform(ctx, done["clean"].outputs["cleaned"], done["validate"].outputs["anomalies"])
+        return steps.transform(ctx, done["clean"].outputs["cleaned"], done["validate"].outputs["anomalies"],
+                               prepared=prepared_folder(prepared))
     if step == "train":
         transformed = done["transform"].outputs
         return steps.train(ctx, transformed["transformed"], transformed["transform_graph"])
@@ -216,6 +247,102 @@ def _run_step(steps: Any, ctx: Any, step: str, done: Mapping[str, Any], params: 
         return steps.evaluate(ctx, done["train"].outputs["model"], done["clean"].outputs["cleaned"],
                               recent=done["ingest"].outputs["examples"])
     return steps.push(ctx, done["train"].outputs["model"], done["evaluate"].outputs["blessing"])
+
+
+# --- taxi_training: transform's Beam job beside validation ---
+
+# The folder of a run where `prepare_transform` runs transform's job: fixed, so a retry clears and
+# reuses it and the teardown knows what it may remove.
+PREPARED_TRANSFORM_DIR = ".transform-prepared"
+
+
+def run_prepare_transform_task(*, config_path: str, dag_id: str, airflow_run_id: str, run_type: str,
+                               params_json: str | Mapping[str, Any],
+                               upstream: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """taxi_training's `prepare_transform` (a setup task, beside `validate`): transform's Beam job on
+    the cleaned rows before validation has judged them, adopted by `transform` only once it passed.
+
+    It ends successfully whether or not it prepared anything (the result and its log say which and
+    why): Airflow requires a setup's work tasks to need its success, and a job not started or failed
+    here only means `transform` runs the job itself.
+    """
+    with exit_on_user_error("prepare_transform"):
+        run = open_training_run("prepare_transform", ("clean",), config_path=config_path, dag_id=dag_id,
+                                airflow_run_id=airflow_run_id, run_type=run_type, params_json=params_json,
+                                upstream=upstream)
+        return prepare_transform_beside_validation(run.config, run.ctx.run_dir, run.done["clean"])
+
+
+def prepare_transform_beside_validation(config: Any, run_dir: Path, clean: Any) -> dict[str, Any]:
+    """Runs transform's Beam job (`steps.prepare_transform`) into `run_dir/.transform-prepared`
+    (cleared first: a retry starts afresh) when `mlops.pipeline.transform_beside_validation` says so
+    (the CLI's rule). Returns `{"folder", "prepared", "reason"}` for XCom. A job that fails is
+    reported here (its traceback, an ERROR line), its folder removed, and the task goes on: the
+    Transform step then runs the job itself and reports its error where the run stops.
+
+    In this process, not a spawned one as the CLI's `TransformBesideValidation`: a spawned child
+    re-runs its parent's main script, and Airflow's `external_python` script is not guarded.
+    """
+    from mlops import steps
+    from mlops.pipeline import transform_beside_validation
+
+    folder = Path(run_dir) / PREPARED_TRANSFORM_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    decision = transform_beside_validation(config, clean)
+    print(f"prepare_transform: {decision.reason}", flush=True)
+    result = {"folder": str(folder), "prepared": False, "reason": decision.reason}
+    if not decision.start:
+        return result
+    folder.mkdir(parents=True)
+    started = time.time()
+    try:
+        steps.prepare_transform(config, clean.outputs["cleaned"], folder)
+    except ImportError:
+        raise  # a broken install fails the task: transform would fail the same way
+    except Exception as err:  # noqa: BLE001 - any failure of the job: transform runs it and reports it
+        traceback.print_exc()
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = (f"its Beam job failed ({type(err).__name__}: {str(err).strip()[:300]}): transform runs its own job "
+                  f"after validation and reports any error")
+        print(f"ERROR prepare_transform: {reason}", file=sys.stderr, flush=True)
+        return {**result, "reason": reason}
+    print(f"prepare_transform: prepared in {folder} in {time.time() - started:.1f}s; "
+          f"transform adopts it once validation passed", flush=True)
+    return {**result, "prepared": True}
+
+
+def prepared_folder(prepared: Mapping[str, Any] | None) -> Path | None:
+    """The folder to hand the Transform step: where `prepare_transform` made a transform, if it did
+    and the folder holds it (the step itself refuses one made from other inputs); else None."""
+    from mlops.steps import PREPARED_TRANSFORM_FILE
+
+    if not prepared or not prepared.get("prepared"):
+        why = f"prepare_transform: {prepared['reason']}" if prepared else "prepare_transform did not run"
+        print(f"transform: runs its own Beam job ({why})", flush=True)
+        return None
+    folder = Path(prepared["folder"])
+    if not (folder / PREPARED_TRANSFORM_FILE).is_file():
+        print(f"transform: runs its own Beam job ({folder} holds no prepared transform)", flush=True)
+        return None
+    print(f"transform: adopts the transform prepared beside validation in {folder} "
+          f"(if it was made from these cleaned rows by this code)", flush=True)
+    return folder
+
+
+def run_discard_prepared_transform_task(prepared: Mapping[str, Any] | None) -> dict[str, Any]:
+    """taxi_training's teardown of `prepare_transform`: removes its folder, whatever happened to
+    validate and transform (after an adoption only a record is left; after a failed validation the
+    whole transform, ~1 GB at 1.5M rows). Only a folder named PREPARED_TRANSFORM_DIR is removed."""
+    folder = Path(prepared["folder"]) if prepared and prepared.get("folder") else None
+    if folder is None or not folder.exists():
+        print(f"discard_prepared_transform: nothing to remove{f' ({folder} does not exist)' if folder else ''}", flush=True)
+        return {"removed": None, "bytes": 0}
+    if folder.name != PREPARED_TRANSFORM_DIR:
+        raise ValueError(f"discard_prepared_transform removes only a {PREPARED_TRANSFORM_DIR} folder, not {folder}")
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    shutil.rmtree(folder)
+    print(f"discard_prepared_transform: removed {folder} ({size / 2**20:.1f} MiB)", flush=True)
+    return {"removed": str(folder), "bytes": size}
 
 
 # --- taxi_monitoring ---

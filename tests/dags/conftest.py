@@ -78,16 +78,21 @@ def run_in_ml(script: str, *args: str, timeout: float = 600) -> Any:
 
 
 def write_config(root: Path, **overrides: Any) -> Path:
-    """A project config whose every path points into `root` (a test's temp folder)."""
+    """A project config whose every path points into `root` (a test's temp folder).
+
+    `training`, `evaluation` and `data` (dicts) add to those tables, `csv_path` is [data]'s; any other
+    keyword is a top-level key (e.g. `transform_beside_validation_from_rows=1`).
+    """
     training = {"train_steps": 100, **overrides.pop("training", {})}
     evaluation = {"auc_floor": 0.5, **overrides.pop("evaluation", {})}
+    data = {"csv_path": str(overrides.pop("csv_path", TAXI_CSV)), "schema_path": str(SCHEMA), **overrides.pop("data", {})}
     lines = [
         'pipeline_name = "taxi"',
         f'pipeline_root = "{root / "pipeline"}"',
         'beam_args = ["--runner=DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]',
+        *(f"{k} = {json.dumps(v)}" for k, v in overrides.items()),
         "[data]",
-        f'csv_path = "{overrides.pop("csv_path", TAXI_CSV)}"',
-        f'schema_path = "{SCHEMA}"',
+        *(f"{k} = {json.dumps(v)}" for k, v in data.items()),
         "[training]",
         *(f"{k} = {json.dumps(v)}" for k, v in training.items()),
         "[evaluation]",

@@ -38,13 +38,14 @@ def param_schema(dagbag, dag_id: str, name: str) -> dict[str, Any]:
 
 
 def training_task_order(dag) -> list[str]:
-    """taxi_training's task ids along its chain (its edges are checked in test_dag_structure)."""
+    """taxi_training's task ids along its chain of steps: each step's one downstream task that is
+    neither a setup nor a teardown (prepare_transform and its teardown, beside validate; its edges
+    are checked in test_dag_structure)."""
     [current] = [task for task in dag.tasks if not task.upstream_task_ids]
     order = [current.task_id]
     while current.downstream_task_ids:
-        [next_id] = current.downstream_task_ids
-        current = dag.get_task(next_id)
-        order.append(next_id)
+        [current] = [task for task in current.downstream_list if not (task.is_setup or task.is_teardown)]
+        order.append(current.task_id)
     return order
 
 

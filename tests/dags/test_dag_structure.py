@@ -20,8 +20,12 @@ FORBIDDEN_MODULES = ("tensorflow", "tensorflow_transform", "tensorflow_data_vali
 ALLOWED_IMPORT_ROOTS = {"__future__", "pendulum", "airflow"}
 
 EDGES = {
-    "taxi_training": {("ingest", "clean"), ("clean", "validate"), ("validate", "transform"), ("transform", "train"),
-                      ("train", "evaluate"), ("evaluate", "push")},
+    # transform's Beam job beside validation: clean forks to validate and the setup prepare_transform,
+    # transform joins both; the teardown follows its setup and transform (the work between them).
+    "taxi_training": {("ingest", "clean"), ("clean", "validate"), ("clean", "prepare_transform"),
+                      ("validate", "transform"), ("prepare_transform", "transform"),
+                      ("prepare_transform", "discard_prepared_transform"), ("transform", "discard_prepared_transform"),
+                      ("transform", "train"), ("train", "evaluate"), ("evaluate", "push")},
     # check_drift also feeds trigger_training (the conf) and no_retraining (the row count) through XCom.
     "taxi_monitoring": {("check_drift", "decide"), ("decide", "trigger_training"), ("decide", "no_retraining"),
                         ("decide", "no_new_data"), ("check_drift", "no_new_data"),
@@ -45,7 +49,8 @@ EDGES = {
                         ("apply_move", "record_refusal")},
 }
 TASKS = {
-    "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push"},
+    "taxi_training": {"ingest", "validate", "clean", "transform", "train", "evaluate", "push", "prepare_transform",
+                      "discard_prepared_transform"},
     "taxi_monitoring": {"check_drift", "decide", "trigger_training", "no_retraining", "no_new_data", "still_failing"},
     "taxi_rollout": {"choose_action", "canary", "blue_green", "rollback", "approval_required", "approve_promotion",
                      "promote_canary", "roll_back_canary"},
@@ -99,6 +104,26 @@ def test_ml_tasks_run_in_the_ml_runtime_and_user_errors_are_not_retried(dagbag):
             decision = policy.evaluate(sp.CalledProcessError(2, ["python"]), try_number=1, max_tries=3)
             assert decision.action.value == "fail", f"{dag_id}.{task_id} would retry a data error"
             assert policy.evaluate(RuntimeError("database is locked"), try_number=1, max_tries=3).action.value == "default"
+
+
+def test_transform_needs_validate_and_the_prepared_folder_is_torn_down_whatever_happened(dagbag):
+    """prepare_transform is the setup of the teardown discard_prepared_transform; transform, the work
+    between them, needs validate's success (never runs on bad data) and prepare_transform's."""
+    training = dagbag.dags["taxi_training"]
+    prepare, transform = training.get_task("prepare_transform"), training.get_task("transform")
+    discard = training.get_task("discard_prepared_transform")
+    assert (prepare.is_setup, prepare.is_teardown) == (True, False)
+    assert (discard.is_teardown, discard.is_setup) == (True, False)
+    assert discard.trigger_rule == "all_done_setup_success"  # runs once transform is done, failed or not
+    assert discard.on_failure_fail_dagrun is False  # a cleanup that failed does not fail a run that trained
+    assert transform.trigger_rule == "all_success" and transform.upstream_task_ids == {"validate", "prepare_transform"}
+    assert not {t.task_id for t in training.tasks if t.is_setup or t.is_teardown} & {"validate", "transform", "train"}
+    # Only transform is in the setup's scope: clearing train does not rerun the Beam job beside validation.
+    assert {t.task_id for t in training.get_task("train").get_upstreams_only_setups()} == set()
+    assert {t.task_id for t in transform.get_upstreams_only_setups_and_teardowns()} == {"prepare_transform",
+                                                                                         "discard_prepared_transform"}
+    # The run's state is the pipeline's: push is its only leaf (teardowns are not counted).
+    assert {t.task_id for t in training.tasks if not t.downstream_list and not t.is_teardown} == {"push"}
 
 
 def test_review_asks_one_required_action_per_case_and_closes_whatever_the_answers(dagbag):

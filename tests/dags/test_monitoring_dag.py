@@ -137,7 +137,7 @@ def test_the_triggered_training_run_records_the_drift_check_on_its_mlmd_context(
     """Runs the triggered conf's first step (the others marked done) and reads the PipelineRun context."""
     [(_, conf, _)] = [run for run in triggered_training_runs() if run[1].get("trigger", {}).get("kind") == "drift_check"]
     dag_run = parse_dag("taxi_training").test(
-        run_conf={**conf, "end": "2013-04-01"}, mark_success_pattern="clean|validate|transform|train|evaluate|push")
+        run_conf={**conf, "end": "2013-04-01"}, mark_success_pattern="clean|validate|prepare_transform|transform|discard_prepared_transform|train|evaluate|push")
 
     assert task_states(dag_run)["ingest"] == ("success", 1)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"taxi_training__{dag_run.run_id}").strip("_")
