@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from typing import Callable, Iterator, Mapping, Sequence
 
 # How often the launcher prints (at most; nothing when nothing moved) and a reader writes its count.
@@ -122,7 +123,8 @@ class ReadCounter:
         self._folder = folder
         self._count = 0
         self._written_at = 0.0
-        self._path = os.path.join(folder, f"{os.getpid()}-{id(self)}") if folder else None
+        # Not id(self): a counter freed after its stage could hand its id, and so its file, to the next.
+        self._path = os.path.join(folder, uuid.uuid4().hex) if folder else None
 
     def add(self, rows: int) -> None:
         if self._path is None:
