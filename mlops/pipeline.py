@@ -62,9 +62,13 @@ class StepProgress:
         self.progress(f"[{self.index}/{self.total}] {name:<9} running ...")
         return time.time()
 
-    def done(self, outcome: steps.StepOutcome) -> None:
+    def done(self, outcome: steps.StepOutcome, started: float) -> None:
+        """The time the run waited for the step, and the step's own when they differ by more than a
+        second (a process of its own starting; transform waiting for its job beside validation)."""
         mark = "reused" if outcome.cached else "done"
-        self.progress(f"[{self.index}/{self.total}] {outcome.step:<9} {mark} in {outcome.seconds:.1f}s: {outcome.summary}")
+        waited = time.time() - started
+        own = f" ({outcome.seconds:.1f}s in the step)" if waited - outcome.seconds > 1.0 else ""
+        self.progress(f"[{self.index}/{self.total}] {outcome.step:<9} {mark} in {waited:.1f}s{own}: {outcome.summary}")
 
     def failed(self, name: str, started: float, error: BaseException) -> None:
         self.progress(f"[{self.index}/{self.total}] {name:<9} FAILED after {time.time() - started:.1f}s: {error}")
@@ -209,7 +213,7 @@ def run_pipeline(
         except BaseException as err:
             tracker.failed(name, started, err)
             raise
-        tracker.done(outcome)
+        tracker.done(outcome, started)
         outcomes[name] = outcome
         return outcome
 
