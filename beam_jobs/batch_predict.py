@@ -26,6 +26,7 @@ reader could mistake for a result.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -43,6 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import serialize_row
 from beam_jobs.options import add_job_argument, require_flags, run_program
+from beam_jobs.progress import JobProgress
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
@@ -288,13 +290,14 @@ def _rejected_fact(record: Mapping[str, Any]) -> tuple:
 
 
 def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_version: int, output_dir: str,
-          output_format: str = "jsonl", batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+          output_format: str = "jsonl", batch_size: int = DEFAULT_BATCH_SIZE, progress: str | None = None) -> None:
     """Composes ReadCsv -> ParseRows -> ToExamples -> Score (RunInference) -> WritePredictions.
+    `progress`: a progress.JobProgress folder, where the lines read are counted.
 
     Writes below output_dir: predictions/, rejected/ and summary.json (the run's counts).
     """
     output = Path(output_dir)
-    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines(plan.csv_path, plan.chunks)
+    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines(plan.csv_path, plan.chunks, progress)
     parsed = read.lines | "ParseRows" >> beam.ParDo(ParseScoringLineFn(plan.columns)).with_outputs(
         ParseScoringLineFn.REJECTED, main="rows")
     handler = KeyedModelHandler(ExampleSignatureModelHandler(model_dir, model_version, max_batch_size=batch_size))
@@ -343,8 +346,10 @@ def batch_predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     beam_args: Sequence[str] = (),
     chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
+    progress: JobProgress | None = None,
 ) -> BatchPredictResult:
     """Scores every data row of `csv_path` with the SavedModel in `model_dir`; see the module docstring.
+    `progress` (beam_jobs/progress.py) prints how far it has read while it runs.
 
     Raises DataError before Beam starts for a missing/empty CSV, missing columns or a model without
     the example signature; and after the run when more than `max_rejected_fraction` of the rows
@@ -365,9 +370,10 @@ def batch_predict(
     load_example_signature(str(model_dir))  # a wrong model fails here, not inside a worker
     staging = outputs.make_staging_dir(output_dir, "batch_predict")
     try:
-        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+        with progress.watching() if progress else contextlib.nullcontext(), \
+                beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, plan, model_dir=str(model_dir), model_version=version, output_dir=str(staging),
-                  output_format=output_format, batch_size=batch_size)
+                  output_format=output_format, batch_size=batch_size, progress=progress.folder if progress else None)
         summary = outputs.read_summary(staging / SUMMARY_FILE)
         result = _result(plan, summary, model_dir, version, output_dir, output_format)
         if not result.rows_scored + result.rows_rejected == summary["read"] == plan.data_rows:

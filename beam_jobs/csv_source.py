@@ -35,6 +35,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beam_jobs.progress import ReadCounter
 from core.compressed import DAMAGED, compression_of, decompressing, refusing_damage
 from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, Feature, parse_value
@@ -250,19 +251,28 @@ def read_chunk_pieces(csv_path: str, chunk: CsvChunk, piece_bytes: int = DEFAULT
 
 
 class ReadChunkLinesFn(beam.DoFn):
-    """Reads one byte range and yields (line number, raw bytes) for each non-blank line."""
+    """Reads one byte range and yields (line number, raw bytes) for each non-blank line; counted in
+    the `progress` folder (beam_jobs/progress.py) when one is given."""
 
     FACTS = "facts"
 
-    def __init__(self, csv_path: str) -> None:
+    def __init__(self, csv_path: str, progress: str | None = None) -> None:
         self._csv_path = csv_path
+        self._progress = progress
         self._lines = Metrics.counter("ingest", "lines_read")
+
+    def setup(self) -> None:
+        self._read = ReadCounter(self._progress)
+
+    def finish_bundle(self) -> None:
+        self._read.flush()
 
     def process(self, chunk: CsvChunk) -> Iterator[Any]:
         read = 0
         for lines in read_chunk_pieces(self._csv_path, chunk):
             yield from lines
             read += len(lines)
+            self._read.add(len(lines))
         self._lines.inc(read)
         # Counted here, independently of parsing, so the summary can prove no line was dropped.
         yield beam.pvalue.TaggedOutput(self.FACTS, ("read", read))
@@ -280,18 +290,20 @@ class SpreadCsvChunks(beam.PTransform):
 
 
 class ReadCsvLines(beam.PTransform):
-    """The CSV's data lines with their 1-based line numbers, read in parallel by byte range."""
+    """The CSV's data lines with their 1-based line numbers, read in parallel by byte range
+    (`progress`: a progress.JobProgress folder, where the lines read are counted)."""
 
-    def __init__(self, csv_path: str, chunks: Sequence[CsvChunk]) -> None:
+    def __init__(self, csv_path: str, chunks: Sequence[CsvChunk], progress: str | None = None) -> None:
         super().__init__()
         self._csv_path = csv_path
         self._chunks = list(chunks)
+        self._progress = progress
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         """Main output: (line number, raw bytes); output 'facts': ("read", lines) per byte range."""
         return (
             pbegin
             | "Spread" >> SpreadCsvChunks(self._chunks)
-            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path)).with_outputs(
+            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path, self._progress)).with_outputs(
                 ReadChunkLinesFn.FACTS, main="lines")
         )

@@ -40,15 +40,11 @@ from mlops.step_context import (  # noqa: F401
 _utc = utc
 
 
-def register_raw_data(ctx: StepContext, csv_path: Path) -> ArtifactRef:
-    """Records the CSV as a RawData artifact, after checking the shipped file's checksum."""
-    return _register_csv(ctx, csv_path)[0]
-
-
-def _register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
-    """`register_raw_data`, and the CSV's data rows (its lines but the header) counted while the
-    checksum reads the file: no second read. A quoted newline inside a field counts as a row here,
-    which is close enough for choosing Beam options."""
+def register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
+    """Records the CSV (or the one in the folder `csv_path` names) as a RawData artifact, after
+    checking the shipped file's checksum; and its data rows (its lines but the header), counted
+    while the checksum reads the file: no second read. A quoted newline inside a field counts as a
+    row here, which is close enough for choosing Beam options and showing progress."""
     csv_path = csv_file(csv_path).resolve()  # a folder holding one CSV is read as that CSV
     sha256, lines = sha256_and_lines(csv_path)  # the compressed bytes' checksum, the lines inside them
     # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
@@ -79,7 +75,7 @@ def ingest(
     start_utc, end_utc = utc(start), utc(end)
     if end_utc <= start_utc:
         raise DataError(f"the window is empty: --end {end_utc:%Y-%m-%d} is not after --start {start_utc:%Y-%m-%d}")
-    raw, csv_rows = _register_csv(ctx, csv_path)
+    raw, csv_rows = register_csv(ctx, csv_path)
     data = ctx.config.data
     production = production_source(ctx.config, production_logs) if production_data else None
     logs = register_log_partitions(ctx.run, production) if production else {}

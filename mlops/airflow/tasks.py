@@ -563,7 +563,7 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         ctx = steps.open_run(config, run_id, trigger_of(params.get("trigger"), run_type),
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
         _ensure_batch_types(ctx.run.store)
-        raw = steps.register_raw_data(ctx, csv_path)
+        raw, rows = steps.register_csv(ctx, csv_path)
         csv_path = Path(raw.uri)  # the file itself when csv_path names the folder holding it
         inputs = {"raw_data": raw}
         from metadata.lineage import pushed_model_ref
@@ -576,7 +576,8 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         print(f"score: {csv_path} with {model}:{version} ({model_dir}) -> {output}", flush=True)
         with ctx.run.step(BATCH_EXECUTION_TYPE, inputs, parameters, use_cache=False) as record:
             result = batch_predict(csv_path, model_dir, output, model_version=version,
-                                   output_format=parameters["output_format"], beam_args=ctx.beam_args())
+                                   output_format=parameters["output_format"], beam_args=ctx.beam_args(),
+                                   progress=steps.job_progress("score", rows=rows))
             record.output("predictions", BATCH_ARTIFACT_TYPE, str(output), {"rows": result.rows_scored, "model_version": version})
             record.record(rows_read=result.rows_read, rows_scored=result.rows_scored, rows_rejected=result.rows_rejected,
                           rejected_by_reason=result.rejected_by_reason, positive_rate=result.positive_rate,

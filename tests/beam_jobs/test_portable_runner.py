@@ -79,7 +79,7 @@ def _run_every_job(out: Path, csv_path: Path, model_dir: Path, beam_args: list[s
     """Ingest -> clean -> statistics -> transform, and batch scoring: what each wrote, comparable;
     and what each job's readers counted for its progress lines, beside what it read."""
     rows = sum(1 for _ in csv_path.open()) - 1
-    progress = {job: JobProgress(job, rows) for job in ("ingest", "clean", "statistics", "transform")}
+    progress = {job: JobProgress(job, rows) for job in ("ingest", "clean", "statistics", "transform", "score")}
     ingested = ingest_csv(csv_path, out / "ingest", start=START, end=END, beam_args=beam_args, progress=progress["ingest"])
     progress["clean"].rows = ingested.rows_in_window
     cleaned = clean_examples(out / "ingest" / "examples", out / "clean", beam_args=beam_args, progress=progress["clean"])
@@ -90,11 +90,12 @@ def _run_every_job(out: Path, csv_path: Path, model_dir: Path, beam_args: list[s
                                      progress=progress["statistics"])
     transformed = transform_examples(out / "clean" / "cleaned", out / "transform", beam_args=beam_args,
                                      progress=progress["transform"])
-    scored = batch_predict(csv_path, model_dir, out / "predict", beam_args=beam_args, max_rejected_fraction=0.2)
+    scored = batch_predict(csv_path, model_dir, out / "predict", beam_args=beam_args, max_rejected_fraction=0.2,
+                           progress=progress["score"])
     transform_assets = transformed.transform_graph_dir / "transform_fn" / "assets"
     # Every row counted where the job read it (in another process, on the portable runner).
     expected = {"ingest": rows, "clean": 2 * ingested.rows_in_window, "statistics": kept,
-                "transform": kept + cleaned.rows_kept["train"]}
+                "transform": kept + cleaned.rows_kept["train"], "score": rows}
     assert {job: watched.read_at_end for job, watched in progress.items()} == expected
     assert {job: watched.expected for job, watched in progress.items()} == expected
     return {
