@@ -15,6 +15,10 @@ from mlops.airflow.rest_client import AirflowApiError, AirflowClient, action_key
 from mlops.airflow.launcher import LauncherError
 
 
+# Tries of an answer the API server could not record for a moment (see HITLClient.respond).
+RESPOND_ATTEMPTS = 4
+
+
 class HITLClient(AirflowClient):
     """An AirflowClient that also reads and answers required actions."""
 
@@ -28,9 +32,27 @@ class HITLClient(AirflowClient):
 
     def respond(self, dag_id: str, run_id: str, task_id: str, chosen_options: Sequence[str], map_index: int = -1,
                 params_input: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Answers as the logged-in user; Airflow refuses (409) a second answer and (400) an unknown option."""
+        """Answers as the logged-in user; Airflow refuses (409) a second answer and (400) an unknown option.
+
+        A 500 "Database error" (SQLite's write lock busy past its wait while the scheduler starts many
+        tasks: the API server records its audit line before the answer, so nothing was answered) is
+        sent again, RESPOND_ATTEMPTS times; a 409 to a later try is this answer if the recorded one is it.
+        """
         body = {"chosen_options": list(chosen_options), "params_input": dict(params_input or {})}
-        return self._send("PATCH", self._hitl_path(dag_id, run_id, task_id, map_index), body)
+        path = self._hitl_path(dag_id, run_id, task_id, map_index)
+        attempt = 1
+        while True:
+            try:
+                return self._send("PATCH", path, body)
+            except AirflowApiError as err:
+                if err.status == 409 and attempt > 1:
+                    recorded = self.hitl_detail(dag_id, run_id, task_id, map_index)
+                    if list(recorded.get("chosen_options") or []) == body["chosen_options"]:
+                        return recorded
+                if err.status != 500 or attempt == RESPOND_ATTEMPTS:
+                    raise
+            time.sleep(2.0 * attempt)
+            attempt += 1
 
     def wait_for_request(self, dag_id: str, run_id: str, task_id: str, *, timeout: float = 600.0, poll: float = 2.0,
                          map_index: int = -1, answerable: bool = True) -> dict[str, Any]:
