@@ -120,7 +120,6 @@ class ReadCounter:
     count nothing."""
 
     def __init__(self, folder: str | None) -> None:
-        self._folder = folder
         self._count = 0
         self._written_at = 0.0
         # Not id(self): a counter freed after its stage could hand its id, and so its file, to the next.
