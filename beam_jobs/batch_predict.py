@@ -26,7 +26,6 @@ reader could mistake for a result.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -44,7 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import serialize_row
 from beam_jobs.options import add_job_argument, require_flags, run_program
-from beam_jobs.progress import JobProgress
+from beam_jobs.progress import JobProgress, watched
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
@@ -370,10 +369,9 @@ def batch_predict(
     load_example_signature(str(model_dir))  # a wrong model fails here, not inside a worker
     staging = outputs.make_staging_dir(output_dir, "batch_predict")
     try:
-        with progress.watching() if progress else contextlib.nullcontext(), \
-                beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+        with watched(progress) as counted_in, beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, plan, model_dir=str(model_dir), model_version=version, output_dir=str(staging),
-                  output_format=output_format, batch_size=batch_size, progress=progress.folder if progress else None)
+                  output_format=output_format, batch_size=batch_size, progress=counted_in)
         summary = outputs.read_summary(staging / SUMMARY_FILE)
         result = _result(plan, summary, model_dir, version, output_dir, output_format)
         if not result.rows_scored + result.rows_rejected == summary["read"] == plan.data_rows:

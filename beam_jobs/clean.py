@@ -32,7 +32,6 @@ count of copies spills (`digests/`) stay in the staging folder, removed with it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import sys
@@ -67,7 +66,7 @@ from beam_jobs.clean_rules import (  # noqa: F401 - the reason codes: this job's
 )
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument, require_flags, run_program
-from beam_jobs.progress import JobProgress
+from beam_jobs.progress import JobProgress, watched
 from beam_jobs.tfrecord_batches import ReadRecordBatches, TFRecordBatchSink
 from core.atomic import write_json
 from core.errors import DataError
@@ -386,9 +385,8 @@ def clean_examples(
     staging = outputs.make_staging_dir(output_dir, "clean")
     try:
         # Each split is read twice: once to count copies, once to clean.
-        with progress.watching(passes=2) if progress else contextlib.nullcontext(), \
-                beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits, progress.folder if progress else None))
+        with watched(progress, passes=2) as counted_in, beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits, counted_in))
         result = result_from_facts(outputs.read_summary(staging / SUMMARY_FILE), splits)
         check_accounted(result, examples_dir)
         outputs.promote(staging, output_dir, (CLEANED_DIR, REJECTED_DIR))

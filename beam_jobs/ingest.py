@@ -18,7 +18,6 @@ the outcome.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -37,7 +36,7 @@ from beam_jobs.csv_columns import PlainLines, PlainRowEncoder
 from beam_jobs.tfrecord_batches import TFRecordBatchSink
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
-from beam_jobs.progress import JobProgress, ReadCounter
+from beam_jobs.progress import JobProgress, ReadCounter, watched
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import (EXPECTED_BY_KIND, FEATURES_BY_NAME, FLOAT32_MAX, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind,
@@ -506,9 +505,8 @@ def ingest_csv(
                        eval_buckets=eval_buckets, chunk_bytes=chunk_bytes)
     staging = outputs.make_staging_dir(output_dir, "ingest")
     try:
-        with progress.watching() if progress else contextlib.nullcontext(), \
-                beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            build(pipeline, dataclasses.replace(plan, output_dir=str(staging), progress=progress.folder if progress else None))
+        with watched(progress) as counted_in, beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+            build(pipeline, dataclasses.replace(plan, output_dir=str(staging), progress=counted_in))
         summary = outputs.read_summary(staging / SUMMARY_FILE)
         result = _result_from_summary(summary)
         _check_counts(plan, result)

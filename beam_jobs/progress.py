@@ -113,6 +113,17 @@ class JobProgress:
             self.folder = None
 
 
+@contextlib.contextmanager
+def watched(progress: JobProgress | None, passes: int = 1, *, again: Sequence[str] = ()) -> Iterator[str | None]:
+    """`progress.watching(...)`, giving the folder to hand the job's readers; without a progress,
+    nothing watched and no folder (None: the readers count nothing)."""
+    if progress is None:
+        yield None
+        return
+    with progress.watching(passes, again=again):
+        yield progress.folder
+
+
 class ReadCounter:
     """What one DoFn instance has read, written to a file of its own in a JobProgress folder at most
     every WRITE_EVERY_SECONDS (and by `flush`, at the end of each bundle). Create it in the DoFn's

@@ -12,7 +12,6 @@ reads `DIR/Split-<split>/data-*.tfrecord.gz` and writes `OUT/Split-<split>/Featu
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import math
@@ -31,7 +30,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, row_to_example, split_dir, split_pattern
 from beam_jobs.options import add_job_argument, configure_cli_logging
-from beam_jobs.progress import JobProgress
+from beam_jobs.progress import JobProgress, watched
 from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches
 from core.errors import DataError
 from transforms.features import EXAMPLE_COLUMNS, FEATURES_BY_NAME, Kind
@@ -252,15 +251,14 @@ def generate_statistics_of(
         for name, (examples_dir, output_dir) in datasets.items()
     }
     outputs: dict[str, dict[str, Path]] = {}
-
-    def add_transforms(pipeline: beam.Pipeline) -> None:
-        for name, options in jobs.items():
-            outputs[name] = build(pipeline, options, label=f"{name}/" if name else "",
-                                  progress=progress.folder if progress else None)
-
     patterns = [split_pattern(options.input, split) for options in jobs.values() for split in _split_names(options)]
     sources = ", ".join(str(options.input) for options in jobs.values())
-    with progress.watching() if progress else contextlib.nullcontext():
+    with watched(progress) as counted_in:
+
+        def add_transforms(pipeline: beam.Pipeline) -> None:
+            for name, options in jobs.items():
+                outputs[name] = build(pipeline, options, label=f"{name}/" if name else "", progress=counted_in)
+
         _run_pipeline(PipelineOptions(list(beam_args)), add_transforms, sources, patterns)
     for name, found in outputs.items():
         for split, path in found.items():

@@ -16,7 +16,6 @@ Usable as a library (`transform_examples`) and as a Beam program:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import shutil
@@ -34,7 +33,7 @@ from tfx_bsl.public import tfxio
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.example_wire import ExamplesEncoder
 from beam_jobs.options import add_job_argument
-from beam_jobs.progress import JobProgress
+from beam_jobs.progress import JobProgress, watched
 from beam_jobs.tfrecord_batches import DecodeExampleListsFn, ReadRecordBatches, TFRecordBatchSink, write_tfrecord_file
 from beam_jobs.training_order import HEADS_FILE, FirstInOrder, FirstInOrderFn, head_path, heads_manifest
 from core.atomic import replace_directory, write_json
@@ -281,8 +280,8 @@ def transform_examples(
         ).view_as(TransformOptions)
         pipeline = beam.Pipeline(options=options)
         with tft_beam.Context(temp_dir=str(staging / "tft_tmp")), \
-                progress.watching(again=[ANALYZED_SPLIT]) if progress else contextlib.nullcontext():
-            build(pipeline, options, progress.folder if progress else None)
+                watched(progress, again=[ANALYZED_SPLIT]) as counted_in:
+            build(pipeline, options, counted_in)
             try:
                 result = pipeline.run()
                 result.wait_until_finish()

@@ -172,8 +172,9 @@ def job_progress(job: str, *artifacts: ArtifactRef, rows: int | None = None) -> 
         rows = sum(counts)  # type: ignore[arg-type]
         for artifact in artifacts:
             for name, value in artifact.properties.items():
-                if name.startswith("rows_") and isinstance(value, int) and not isinstance(value, bool):
-                    split_rows[name[len("rows_"):]] = split_rows.get(name[len("rows_"):], 0) + value
+                split = name.removeprefix("rows_")
+                if split != name and isinstance(value, int) and not isinstance(value, bool):
+                    split_rows[split] = split_rows.get(split, 0) + value
     return JobProgress(job, rows, split_rows=split_rows)
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from beam_jobs.progress import JobProgress, ReadCounter, format_duration
+from beam_jobs.progress import JobProgress, ReadCounter, format_duration, watched
 
 
 @pytest.mark.parametrize("seconds, shown", [(0, "0s"), (44.6, "45s"), (100, "1m40s"), (3599, "59m59s"), (7500, "2h05m")])
@@ -92,3 +92,12 @@ def test_a_half_written_count_is_not_read():
             handle.write("")
         assert progress.read_so_far() == 0
     assert not [thread for thread in threading.enumerate() if thread.name == "progress-clean"], "the watcher ended"
+
+
+def test_watched_gives_the_folder_to_count_in_or_none_without_a_progress():
+    with watched(None, passes=2) as folder:
+        assert folder is None
+    progress = JobProgress("clean", 4)
+    with watched(progress, passes=2) as folder:
+        assert folder == progress.folder and os.path.isdir(folder) and progress.expected == 8
+    assert not os.path.exists(folder)
