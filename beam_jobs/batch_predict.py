@@ -46,6 +46,7 @@ from beam_jobs.options import add_job_argument, require_flags, run_program
 from beam_jobs.progress import JobProgress, watched
 from core.atomic import write_json
 from core.errors import DataError
+from core.input_files import csv_file
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
 
 _LOG = logging.getLogger(__name__)
@@ -95,9 +96,11 @@ class ScoringPlan:
 def plan_scoring(csv_path: Path, chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES) -> ScoringPlan:
     """Checks the header and cuts the file into line-aligned byte ranges for parallel reading.
 
-    Unlike ingest, the label column is not required: a day of trips to score has no tips yet.
+    Unlike ingest, the label column is not required: a day of trips to score has no tips yet. A
+    folder holding one CSV is read as that CSV; one holding several is refused (each prediction
+    answers a line of the one file scored).
     """
-    layout = csv_source.scan_csv(csv_path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
+    layout = csv_source.scan_csv(csv_file(csv_path, "batch scoring"), SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
     return ScoringPlan(layout.csv_path, layout.columns, layout.chunks, layout.data_rows)
 
 

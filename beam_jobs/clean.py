@@ -45,6 +45,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs import clean_batches, dedupe, outputs
+from beam_jobs.source_lines import SourceFiles, read_source_files
 from beam_jobs.clean_rules import (  # noqa: F401 - the reason codes: this job's output, as callers know them
     CLIPPED,
     DECODE_PLAN,
@@ -100,10 +101,11 @@ class _CheckAndEncodeFn(beam.DoFn):
 
     FACTS = "facts"
 
-    def __init__(self, features: Sequence[Feature], split: str) -> None:
+    def __init__(self, features: Sequence[Feature], split: str, source_files: Sequence[str] = ()) -> None:
         self._required = tuple(feature for feature in features if feature.required)
         self._checked = ranged_features(features)
         self._split = split
+        self._sources = SourceFiles(source_files)
         self._facts: dict[tuple, int] = {}
 
     def start_bundle(self) -> None:
@@ -124,6 +126,8 @@ class _CheckAndEncodeFn(beam.DoFn):
     def _rejected(self, record: dict[str, Any]) -> beam.pvalue.TaggedOutput:
         Metrics.counter("clean", f"rejected_{record['reason']}").inc()
         self._count(("rejected", self._split, record["reason"]))
+        if self._sources.several:
+            record.update(self._sources.place(record["line"]))
         return beam.pvalue.TaggedOutput(REJECTED, record)
 
     def _check_and_encode(self, row: dict[str, Any], content: bytes) -> Iterator[Any]:
@@ -162,8 +166,8 @@ class CleanRecordFn(_CheckAndEncodeFn):
     WITH_COPIES = "with_copies"
     BATCH_ROWS = clean_batches.BATCH_ROWS
 
-    def __init__(self, features: Sequence[Feature], split: str) -> None:
-        super().__init__(features, split)
+    def __init__(self, features: Sequence[Feature], split: str, source_files: Sequence[str] = ()) -> None:
+        super().__init__(features, split, source_files)
         self._screen = batch_screen(features)
         self._batch: list[bytes] = []
         self._copies: frozenset[int] = frozenset()
@@ -232,7 +236,7 @@ class KeepOneCopyFn(_CheckAndEncodeFn):
 
     def process(self, keyed: tuple[bytes, Iterable[dict[str, Any]]]) -> Iterator[Any]:
         content, rows = keyed
-        kept, copies, detail = dedupe.pick_kept_copy(list(rows))
+        kept, copies, detail = dedupe.pick_kept_copy(list(rows), self._sources.where)
         for copy in copies:
             yield self._rejected(rejection(REASON_DUPLICATE, None, detail, copy))
         for output in self._check_and_encode(kept, content):
@@ -268,12 +272,15 @@ class CleanSplit(beam.PTransform):
     (records from memory, tests) the records themselves are counted. `batched`: the records (and
     the reread's) come as lists (tfrecord_batches.ReadRecordBatches), else one record an element.
     `digests_dir`: where the count of copies spills its digests (dedupe.CountContentCopies).
+    `source_files`: the names of the CSV files the rows came from, when several (source_lines).
     """
 
     def __init__(self, features: Sequence[Feature] = EXAMPLE_FEATURES, reread: beam.PTransform | None = None,
-                 split: str = "", batched: bool = False, digests_dir: str | None = None) -> None:
+                 split: str = "", batched: bool = False, digests_dir: str | None = None,
+                 source_files: Sequence[str] = ()) -> None:
         super().__init__()
         self._features = tuple(features)
+        self._source_files = tuple(source_files)
         self._reread = reread
         self._split = split
         self._batched = batched
@@ -287,12 +294,13 @@ class CleanSplit(beam.PTransform):
         copies = counted | "CountContentCopies" >> dedupe.CountContentCopies(
             self._digests_dir, batch_screen(self._features).decoded_kinds)
         once = records | "CleanRecords" >> beam.ParDo(
-            CleanRecordFn(self._features, self._split), beam.pvalue.AsSingleton(copies)).with_outputs(
+            CleanRecordFn(self._features, self._split, self._source_files),
+            beam.pvalue.AsSingleton(copies)).with_outputs(
             REJECTED, CleanRecordFn.WITH_COPIES, CleanRecordFn.FACTS, main="kept")
         kept_copies = (
             once[CleanRecordFn.WITH_COPIES]
             | "GroupByContent" >> beam.GroupByKey()
-            | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn(self._features, self._split)).with_outputs(
+            | "KeepOneCopy" >> beam.ParDo(KeepOneCopyFn(self._features, self._split, self._source_files)).with_outputs(
                 REJECTED, KeepOneCopyFn.FACTS, main="kept")
         )
         return CleanOutput(_tagged_branch(once), _tagged_branch(kept_copies))
@@ -325,6 +333,7 @@ class CleanPlan:
     output_dir: str  # where the pipeline writes (a staging folder when run through clean_examples)
     splits: tuple[str, ...]
     progress: str | None = None  # a progress.JobProgress folder: each split is read twice
+    source_files: tuple[str, ...] = ()  # the CSV files the examples came from, when several
 
 
 def _read_split(examples_dir: str, split: str, progress: str | None) -> beam.PTransform:
@@ -339,7 +348,7 @@ def build(pipeline: beam.Pipeline, plan: CleanPlan, features: Sequence[Feature] 
         records = pipeline | f"ReadSplit[{split}]" >> _read_split(plan.examples_dir, split, plan.progress)
         cleaned = records | f"CleanSplit[{split}]" >> CleanSplit(
             features, reread=_read_split(plan.examples_dir, split, plan.progress), split=split, batched=True,
-            digests_dir=str(split_dir(output / DIGESTS_DIR, split)))
+            digests_dir=str(split_dir(output / DIGESTS_DIR, split)), source_files=plan.source_files)
         for branch, out in zip(BRANCHES, cleaned):
             _ = out.kept | f"WriteCleaned[{split},{branch}]" >> beam.io.Write(
                 TFRecordBatchSink(f"{split_prefix(output / CLEANED_DIR, split)}-{branch}"))
@@ -386,7 +395,8 @@ def clean_examples(
     try:
         # Each split is read twice: once to count copies, once to clean.
         with watched(progress, passes=2) as counted_in, beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits, counted_in))
+            build(pipeline, CleanPlan(str(examples_dir), str(staging), splits, counted_in,
+                                      read_source_files(examples_dir)))
         result = result_from_facts(outputs.read_summary(staging / SUMMARY_FILE), splits)
         check_accounted(result, examples_dir)
         outputs.promote(staging, output_dir, (CLEANED_DIR, REJECTED_DIR))

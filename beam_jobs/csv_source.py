@@ -9,7 +9,9 @@ numbers the lines itself. That stays correct on any runner and parallel for larg
 driver holds only the offsets, never the data. The price is that the input must not change while
 the job runs (checked: a range that reads short fails the run) and that a quoted CSV field spanning
 lines is not supported (such a row is rejected as `wrong_field_count`, never merged). Blank lines
-are skipped and not counted as rows; line numbers count them, as an editor does.
+are skipped and not counted as rows; line numbers count them, as an editor does. When the input is
+several files (ingest reads a folder), each is scanned by itself, and its ranges and their line
+numbers carry its index (beam_jobs/source_lines.py).
 
 A CSV compressed with gzip, bzip2 or xz (named .gz, .bz2, .xz or .lzma, as Beam's ReadFromText
 detects them) is read through the standard library's decompressor over the same FileSystems
@@ -36,6 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_jobs.progress import ReadCounter
+from beam_jobs.source_lines import source_line
 from core.compressed import DAMAGED, compression_of, decompressing, refusing_damage
 from core.errors import DataError
 from transforms.features import FEATURES_BY_NAME, Feature, parse_value
@@ -62,7 +65,8 @@ class CsvChunk(NamedTuple):
 
     start: int
     end: int
-    first_line: int  # 1-based line number of the range's first line (the header is line 1)
+    first_line: int  # the range's first line: 1-based (the header is line 1), with its file (source_lines)
+    file: int = 0  # the index of its file in the input's files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +80,10 @@ class CsvLayout:
 
 
 def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-             needed_for: str = "that ingest requires") -> CsvLayout:
+             needed_for: str = "that ingest requires", file_index: int = 0) -> CsvLayout:
     """Checks the header (UTF-8, no duplicates, `required_columns` present) and cuts the file into
-    line-aligned byte ranges of about `chunk_bytes`, counting data rows on the way.
+    line-aligned byte ranges of about `chunk_bytes`, counting data rows on the way. `file_index`:
+    the file's place among the input's files, which its ranges and their line numbers carry.
 
     Raises DataError for a missing or empty file, a bad header or a header without data rows, so a
     bad file fails in a second instead of after a pipeline start-up. `needed_for` ends the missing
@@ -101,10 +106,10 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
             if raw.strip():
                 data_rows += 1
             if chunk_bytes and offset - chunk_start >= chunk_bytes:
-                chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+                chunks.append(CsvChunk(chunk_start, offset, source_line(file_index, chunk_first_line), file_index))
                 chunk_start, chunk_first_line = offset, line_no + 1
     if offset > chunk_start:
-        chunks.append(CsvChunk(chunk_start, offset, chunk_first_line))
+        chunks.append(CsvChunk(chunk_start, offset, source_line(file_index, chunk_first_line), file_index))
     if data_rows == 0:
         raise DataError(f"{path}: has a header but no data rows")
     return CsvLayout(path, columns, tuple(chunks), data_rows)

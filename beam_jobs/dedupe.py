@@ -24,7 +24,7 @@ from __future__ import annotations
 import array
 import hashlib
 import uuid
-from typing import Any, Iterable, Iterator, Mapping, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import apache_beam as beam
 import numpy as np
@@ -203,14 +203,16 @@ def _source_line_order(row: dict[str, Any]) -> tuple[bool, int]:
     return (line is None, line or 0)
 
 
-def pick_kept_copy(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
+def pick_kept_copy(rows: list[dict[str, Any]], where: Callable[[int], str] = "line {}".format,
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
     """Rows of one content -> (the copy kept, the copies rejected, the rejection detail).
 
     The rows are equal value for value, so which copy is kept cannot change the cleaned data; the
-    copy from the earliest line is kept (a line before none), so the rejected lines are the same on
-    every run.
+    copy from the earliest line is kept (a line before none; the first file's before the next's),
+    so the rejected lines are the same on every run. `where` names a source line in the detail
+    (source_lines.SourceFiles.where, with the file when there are several).
     """
     rows = sorted(rows, key=_source_line_order)
     kept = rows[0]
-    of_line = f" of line {kept[SOURCE_LINE_KEY]}" if kept.get(SOURCE_LINE_KEY) is not None else ""
+    of_line = f" of {where(kept[SOURCE_LINE_KEY])}" if kept.get(SOURCE_LINE_KEY) is not None else ""
     return kept, rows[1:], f"exact duplicate{of_line}: {len(rows)} identical rows in this split, 1 kept"

@@ -7,6 +7,10 @@
 Writes `examples/Split-<split>/data-*.tfrecord.gz`, `rejected/rejected-*.jsonl` (one JSON object per
 rejected line, with its 1-based line number and raw text) and `ingest_result.json`.
 
+`--input` may name a folder: its CSV files are read as one input, in name order, each with its own
+header (core/input_files.py); a rejected line then names its file too, and an example's source
+line carries its file (beam_jobs/source_lines.py).
+
 The file is read in parallel by byte range (beam_jobs/csv_source.py, also used by batch
 prediction), lines numbered; each range is one element: its lines are parsed, windowed, split by a
 hash of the row and encoded in one call (IngestChunkFn), because per row a Beam element costs more
@@ -37,8 +41,10 @@ from beam_jobs.tfrecord_batches import TFRecordBatchSink
 from beam_jobs.example_codec import SOURCE_LINE_KEY, SPLITS, RowEncoder, canonical_row, split_prefix
 from beam_jobs.options import add_job_argument, iso_date, require_flags, run_program, utc_midnight
 from beam_jobs.progress import JobProgress, ReadCounter, watched
+from beam_jobs.source_lines import SourceFiles, write_source_files
 from core.atomic import write_json
 from core.errors import DataError
+from core.input_files import csv_files
 from transforms.features import (EXPECTED_BY_KIND, FEATURES_BY_NAME, FLOAT32_MAX, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind,
                                  parse_value)
 
@@ -64,16 +70,16 @@ class IngestResult:
     split_counts: dict[str, int]  # {"train": n, "eval": m}, sums to rows_in_window
     unparseable_by_column: dict[str, int]
     rejected_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+    files: list[str] = dataclasses.field(default_factory=list)  # the names of the files read, in order
 
 
 @dataclasses.dataclass(frozen=True)
 class IngestPlan:
     """Everything the pipeline needs, checked before Beam starts."""
 
-    csv_path: str
-    columns: tuple[str, ...]  # the header, in file order
-    chunks: tuple[csv_source.CsvChunk, ...]
-    data_rows: int  # non-blank lines after the header, counted by the planning pass
+    csv_path: str  # what was named: the CSV, or the folder of CSVs
+    files: tuple[csv_source.CsvLayout, ...]  # each file's path, header and byte ranges, in reading order
+    data_rows: int  # non-blank lines after the headers, counted by the planning pass
     start_seconds: float
     end_seconds: float
     hash_buckets: int
@@ -81,6 +87,14 @@ class IngestPlan:
     output_dir: str  # where the pipeline writes (a staging folder when run through ingest_csv)
     piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES  # how much of a range a worker holds at once
     progress: str | None = None  # a progress.JobProgress folder, where the lines read are counted
+
+    @property
+    def chunks(self) -> tuple[csv_source.CsvChunk, ...]:
+        return tuple(chunk for layout in self.files for chunk in layout.chunks)
+
+    @property
+    def sources(self) -> SourceFiles:
+        return SourceFiles([Path(layout.csv_path).name for layout in self.files])
 
 
 # --- Checking the file before the pipeline ---
@@ -96,7 +110,8 @@ def plan_ingest(
     eval_buckets: int = 1,
     chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
 ) -> IngestPlan:
-    """Checks arguments and the CSV header, and cuts the file into line-aligned byte ranges.
+    """Checks arguments and the CSV headers, and cuts the files (the one `csv_path` names, or those
+    in the folder it names) into line-aligned byte ranges.
 
     Raises DataError for a missing or empty file, a header without data rows, or missing columns,
     so a bad file fails in a second instead of after a pipeline start-up.
@@ -106,12 +121,12 @@ def plan_ingest(
         raise ValueError(f"eval_buckets must be in 1..hash_buckets-1, got {eval_buckets} of {hash_buckets}")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    layout = csv_source.scan_csv(csv_path, RAW_COLUMNS, chunk_bytes=chunk_bytes)
+    layouts = tuple(csv_source.scan_csv(path, RAW_COLUMNS, chunk_bytes=chunk_bytes, file_index=index)
+                    for index, path in enumerate(csv_files(csv_path)))
     return IngestPlan(
-        csv_path=layout.csv_path,
-        columns=layout.columns,
-        chunks=layout.chunks,
-        data_rows=layout.data_rows,
+        csv_path=str(csv_path),
+        files=layouts,
+        data_rows=sum(layout.data_rows for layout in layouts),
         start_seconds=start.timestamp(),
         end_seconds=end.timestamp(),
         hash_buckets=hash_buckets,
@@ -293,13 +308,13 @@ class IngestChunkFn(beam.DoFn):
     REJECTED = "rejected"
     SUMMARY = "summary"
 
-    def __init__(self, csv_path: str, columns: Sequence[str], start_seconds: float, end_seconds: float,
+    def __init__(self, files: Sequence[tuple[str, Sequence[str]]], start_seconds: float, end_seconds: float,
                  hash_buckets: int, eval_buckets: int, piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES,
                  progress: str | None = None) -> None:
-        self._csv_path = csv_path
+        """`files`: (path, header) of each file, in the order their ranges' `file` index counts."""
+        self._files = tuple((path, tuple(columns)) for path, columns in files)
         self._piece_bytes = piece_bytes
         self._progress = progress
-        self._columns = tuple(columns)
         self._start = start_seconds
         self._end = end_seconds
         self._hash_buckets = hash_buckets
@@ -308,26 +323,34 @@ class IngestChunkFn(beam.DoFn):
         self._rejected = Metrics.counter("ingest", "rows_unparseable")
 
     def setup(self) -> None:
-        self._parser = CsvLineParser(self._columns)
+        self._readers: dict[int, tuple[CsvLineParser, PlainLines]] = {}
+        self._sources = SourceFiles([Path(path).name for path, _ in self._files])
         self._encoder = RowEncoder((*RAW_COLUMNS, SOURCE_LINE_KEY))
-        self._plain_lines = PlainLines(self._columns)
         self._plain_encoder = PlainRowEncoder(self._hash_buckets, self._eval_buckets)
         self._read = ReadCounter(self._progress)
 
     def process(self, chunk: csv_source.CsvChunk) -> Iterator[Any]:
-        for lines in csv_source.read_chunk_pieces(self._csv_path, chunk, self._piece_bytes):
-            yield from self._piece(lines)
+        for lines in csv_source.read_chunk_pieces(self._files[chunk.file][0], chunk, self._piece_bytes):
+            yield from self._piece(lines, chunk.file)
             self._read.add(len(lines))
 
     def finish_bundle(self) -> None:
         self._read.flush()
 
-    def _piece(self, lines: list[tuple[int, bytes]]) -> Iterator[Any]:
+    def _readers_of(self, file: int) -> tuple[CsvLineParser, PlainLines]:
+        """The readers of a file's lines by its header (files may order their columns differently)."""
+        if file not in self._readers:
+            columns = self._files[file][1]
+            self._readers[file] = (CsvLineParser(columns), PlainLines(columns))
+        return self._readers[file]
+
+    def _piece(self, lines: list[tuple[int, bytes]], file: int = 0) -> Iterator[Any]:
         """The piece's plain lines in columns (csv_columns), the others one at a time by CsvLineParser;
         each split's examples in line order either way."""
         summary = new_summary()
         summary["read"] = len(lines)
-        plain = self._plain_lines.read([raw for _, raw in lines])
+        parser, plain_lines = self._readers_of(file)
+        plain = plain_lines.read([raw for _, raw in lines])
         timestamps = plain.timestamps
         inside = (self._start <= timestamps) & (timestamps < self._end)
         numbers = np.fromiter((line_no for line_no, _ in lines), dtype=np.int64, count=len(lines))
@@ -336,7 +359,7 @@ class IngestChunkFn(beam.DoFn):
         low = int(timestamps.min()) if len(timestamps) else None
         high = int(timestamps.max()) if len(timestamps) else None
         outside = len(timestamps) - int(inside.sum())
-        parse, encode = self._parser.parse, self._encoder.encode
+        parse, encode = parser.parse, self._encoder.encode
         start, end = self._start, self._end
         timestamp_at = RAW_COLUMNS.index(TIMESTAMP_KEY)
         others = np.ones(len(lines), dtype=bool)
@@ -345,7 +368,8 @@ class IngestChunkFn(beam.DoFn):
             line_no, raw = lines[index]
             values = parse(line_no, raw)
             if isinstance(values, Rejection):
-                add_rejection(summary, values)
+                add_rejection(summary, values)  # by its source line, which orders lines across files
+                values.record.update(self._sources.place(line_no))
                 yield beam.pvalue.TaggedOutput(self.REJECTED, values.record)
                 continue
             timestamp = values[timestamp_at]
@@ -457,8 +481,8 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
         pipeline
         | "SpreadCsv" >> csv_source.SpreadCsvChunks(plan.chunks)
         | "IngestByteRanges" >> beam.ParDo(IngestChunkFn(
-            plan.csv_path, plan.columns, plan.start_seconds, plan.end_seconds, plan.hash_buckets, plan.eval_buckets,
-            plan.piece_bytes, plan.progress,
+            [(layout.csv_path, layout.columns) for layout in plan.files], plan.start_seconds, plan.end_seconds,
+            plan.hash_buckets, plan.eval_buckets, plan.piece_bytes, plan.progress,
         )).with_outputs(*SPLITS, IngestChunkFn.REJECTED, IngestChunkFn.SUMMARY)
     )
     for split in SPLITS:
@@ -508,13 +532,14 @@ def ingest_csv(
         with watched(progress) as counted_in, beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
             build(pipeline, dataclasses.replace(plan, output_dir=str(staging), progress=counted_in))
         summary = outputs.read_summary(staging / SUMMARY_FILE)
-        result = _result_from_summary(summary)
+        result = _result_from_summary(summary, plan)
         _check_counts(plan, result)
         try:
             _check_outcome(plan, summary, result, max_unparseable_fraction, start, end, output_dir)
         except DataError:
             outputs.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
             raise
+        write_source_files(staging / EXAMPLES_DIR, plan.sources.names)
         outputs.promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
         write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
@@ -523,7 +548,7 @@ def ingest_csv(
     return result
 
 
-def _result_from_summary(summary: dict[str, Any]) -> IngestResult:
+def _result_from_summary(summary: dict[str, Any], plan: IngestPlan) -> IngestResult:
     return IngestResult(
         rows_read=summary["read"],
         rows_in_window=summary["in_window"],
@@ -533,6 +558,7 @@ def _result_from_summary(summary: dict[str, Any]) -> IngestResult:
         unparseable_by_column={column: summary["bad_counts"][column]
                                for column in RAW_COLUMNS if column in summary["bad_counts"]},
         rejected_by_reason=dict(sorted(summary["reasons"].items())),
+        files=list(plan.sources.names),
     )
 
 
@@ -542,7 +568,7 @@ def _check_counts(plan: IngestPlan, result: IngestResult) -> None:
     all_lines_seen = result.rows_read == accounted == plan.data_rows
     if not all_lines_seen or sum(result.split_counts.values()) != result.rows_in_window:
         raise RuntimeError(
-            f"ingest lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the file, "
+            f"ingest lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the input, "
             f"{result.rows_read} read, {accounted} accounted for, splits {result.split_counts}"
         )
 
@@ -550,18 +576,21 @@ def _check_counts(plan: IngestPlan, result: IngestResult) -> None:
 def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResult, max_fraction: float,
                    start: datetime.datetime, end: datetime.datetime, output_dir: Path) -> None:
     rejected_at = output_dir / REJECTED_DIR
+    where = plan.sources.where
     problems: list[str] = []
     row_problems = sum(summary["reasons"].get(reason, 0) for reason in csv_source.ROW_LEVEL_REASONS)
     if row_problems / result.rows_read > max_fraction:
-        examples = ", ".join(f"line {line}: {_clip(text)!r}" for line, text in summary["row_examples"])
+        examples = ", ".join(f"{where(line)}: {_clip(text)!r}" for line, text in summary["row_examples"])
+        widths = sorted({len(layout.columns) for layout in plan.files})
+        shape = f"the header's {widths[0]} fields" if len(widths) == 1 else "the fields of their file's header"
         problems.append(
             f"{row_problems} lines ({row_problems / result.rows_read:.2%} of {result.rows_read} rows) are not "
-            f"CSV rows of the header's {len(plan.columns)} fields, e.g. {examples}"
+            f"CSV rows of {shape}, e.g. {examples}"
         )
     for column, count in result.unparseable_by_column.items():
         if count / result.rows_read > max_fraction:
             expected = EXPECTED_BY_KIND[FEATURES_BY_NAME[column].kind]
-            examples = ", ".join(f"line {line}: {_clip(cell)!r}" for line, cell in summary["bad_examples"][column])
+            examples = ", ".join(f"{where(line)}: {_clip(cell)!r}" for line, cell in summary["bad_examples"][column])
             problems.append(
                 f"column {column!r} has {count} values that are not {expected} "
                 f"({count / result.rows_read:.2%} of {result.rows_read} rows), e.g. {examples}"
@@ -603,7 +632,8 @@ def _instant(moment: datetime.datetime) -> str:
 class IngestOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to ingest.")
+        add_job_argument(parser, "--input", type=str, default=None,
+                         help="The CSV file to ingest, or a folder of CSV files (read in name order).")
         add_job_argument(parser, "--output", type=str, default=None, help="The output directory.")
         add_job_argument(parser, "--start", type=iso_date, default=None,
                          help="First day of the window (YYYY-MM-DD, UTC, inclusive).")

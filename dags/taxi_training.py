@@ -150,7 +150,7 @@ Lineage of the pushed model: `mlops lineage model taxi:<version>`.
         "end": Param("2015-01-01", type="string", format="date", title="Window end",
                      description="Day after the training window (YYYY-MM-DD, UTC, exclusive); after start."),
         "csv_path": Param("", type="string", title="CSV file",
-                          description="The trips CSV, plain or .gz/.bz2/.xz, or a folder holding one; "
+                          description="The trips CSV, plain or .gz/.bz2/.xz, or a folder of them (read in name order); "
                                       "empty = the shipped data (data/taxi/data.csv)."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
                                description="Adam learning rate; empty = mlops.toml's."),

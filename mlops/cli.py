@@ -125,13 +125,12 @@ def cmd_schema_infer(args: argparse.Namespace) -> int:
 
     from beam_jobs.ingest import ingest_csv
     from beam_jobs.statistics import generate_statistics
-    from core.input_files import csv_file
     from mlops.steps import _utc
     from validation.schema import infer_schema
 
     config = load_config(args.config)
     with tempfile.TemporaryDirectory() as temp:
-        ingest_csv(csv_file(args.csv or config.data.csv_path), Path(temp) / "ingest", start=_utc(args.start), end=_utc(args.end),
+        ingest_csv(Path(args.csv or config.data.csv_path), Path(temp) / "ingest", start=_utc(args.start), end=_utc(args.end),
                    hash_buckets=config.data.hash_buckets, eval_buckets=config.data.eval_buckets)
         stats = generate_statistics(Path(temp) / "ingest" / "examples", Path(temp) / "stats")
         output = infer_schema(stats["train"], Path(args.output))
@@ -190,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = pipeline.add_parser("run", help="ingest -> clean -> validate -> transform -> train -> evaluate -> push")
     run.add_argument("--start", required=True, help="window start, YYYY-MM-DD (inclusive)")
     run.add_argument("--end", required=True, help="window end, YYYY-MM-DD (exclusive)")
-    run.add_argument("--csv", help="a CSV with the taxi columns, plain or .gz/.bz2/.xz, or a folder holding one "
+    run.add_argument("--csv", help="a CSV with the taxi columns, plain or .gz/.bz2/.xz, or a folder of them (read in name order) "
                                    "(default: the config's data.csv_path)")
     run.add_argument("--json", action="store_true", help="print the outcome of every step as JSON")
     run.add_argument("--production-logs", metavar="DIR",

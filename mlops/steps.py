@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from typing import Any, Mapping
 from core.atomic import atomic_directory, write_json
 from core.config import Config, shipped_file
 from core.errors import DataError, ModelNotBlessedError, RejectedRowsError, SchemaAnomaliesError
-from core.input_files import csv_file
+from core.input_files import csv_files
 from metadata.recorder import ArtifactRef, StepRecord
 # Re-exported: callers import these from here (mlops.steps.open_run, StepOutcome, step_code, ...).
 from mlops.step_context import (  # noqa: F401
@@ -41,12 +42,23 @@ _utc = utc
 
 
 def register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
-    """Records the CSV (or the one in the folder `csv_path` names) as a RawData artifact, after
-    checking the shipped file's checksum; and its data rows (its lines but the header), counted
-    while the checksum reads the file: no second read. A quoted newline inside a field counts as a
-    row here, which is close enough for choosing Beam options and showing progress."""
-    csv_path = csv_file(csv_path).resolve()  # a folder holding one CSV is read as that CSV
-    sha256, lines = sha256_and_lines(csv_path)  # the compressed bytes' checksum, the lines inside them
+    """Records the CSV, or the folder of CSVs `csv_path` names, as a RawData artifact, after
+    checking the shipped file's checksum; and its data rows (its lines but the headers), counted
+    while the checksum reads the files: no second read. A quoted newline inside a field counts as a
+    row here, which is close enough for choosing Beam options and showing progress.
+
+    A folder of several files is one artifact: the folder, with the sha256 of its files' `sha256sum`
+    listing (name order) and their names, so the same files are the same artifact (and a re-run's
+    cache hit) wherever the folder is."""
+    files = [path.resolve() for path in csv_files(csv_path)]
+    digests = [sha256_and_lines(path) for path in files]  # the compressed bytes' checksums, the lines inside them
+    rows = sum(max(0, lines - 1) for _, lines in digests)
+    if len(files) > 1:
+        listing = "".join(f"{sha256}  {path.name}\n" for path, (sha256, _) in zip(files, digests))
+        properties = {"sha256": hashlib.sha256(listing.encode("utf-8")).hexdigest(),
+                      "files": json.dumps([path.name for path in files])}
+        return ctx.run.register_artifact("RawData", str(Path(csv_path).resolve()), properties, identity=("sha256",)), rows
+    csv_path, (sha256, _) = files[0], digests[0]  # a folder holding one CSV is read as that CSV
     # The checksum is the shipped file's: a user's own CSV (in the config or on the command line) is not checked against it.
     shipped = shipped_file("csv_path")
     expected = ctx.config.data.expected_sha256
@@ -56,7 +68,7 @@ def register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
             "the file was modified or truncated: restore it with git checkout, or, to train on your own "
             "trips, put them in another file and set data.csv_path to it"
         )
-    return ctx.run.register_artifact("RawData", str(csv_path), {"sha256": sha256}, identity=("sha256",)), max(0, lines - 1)
+    return ctx.run.register_artifact("RawData", str(csv_path), {"sha256": sha256}, identity=("sha256",)), rows
 
 
 def ingest(

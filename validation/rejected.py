@@ -10,7 +10,6 @@ a report that says which reason, how many rows, and shows some of them.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -81,6 +80,8 @@ class RejectedShares:
 def describe(record: Mapping[str, Any]) -> str:
     """One rejected record as people read it: where it came from and why."""
     where = f"line {record['line']}" if record.get("line") is not None else "a record"
+    if record.get("file") and record.get("line") is not None:  # the input was several files
+        where = f"{record['file']} {where}"
     return f"{where}: {record.get('detail') or record.get('reason')}"
 
 
@@ -111,18 +112,19 @@ def with_examples(shares: RejectedShares, rejected_dirs: Sequence[Path]) -> Reje
     if shares.ok:
         return shares
     wanted = {r.reason for r in shares.by_reason if r.exceeded} or {r.reason for r in shares.by_reason}
-    smallest: dict[str, list[tuple[int, int, dict[str, Any]]]] = {reason: [] for reason in sorted(wanted)}
+    smallest: dict[str, list[tuple[tuple[str, int, int], dict[str, Any]]]] = {reason: [] for reason in sorted(wanted)}
     for order, record in enumerate(_records(rejected_dirs)):
         found = smallest.get(record.get("reason"))
         if found is None:
             continue
         line = record.get("line")
-        entry = (-(line if line is not None else 1 << 62), -order, record)  # a max-heap of the smallest lines
-        if len(found) < EXAMPLES_PER_REASON:
-            heapq.heappush(found, entry)
-        elif entry > found[0]:
-            heapq.heapreplace(found, entry)
-    examples = {reason: [record for _, _, record in sorted(found, reverse=True)] for reason, found in smallest.items() if found}
+        # By file (several files are read in name order), then line; a record without a line last.
+        found.append(((record.get("file") or "", line if line is not None else 1 << 62, order), record))
+        if len(found) >= 4 * EXAMPLES_PER_REASON:  # keep what is held small, whatever the count
+            found.sort(key=lambda entry: entry[0])
+            del found[EXAMPLES_PER_REASON:]
+    examples = {reason: [record for _, record in sorted(found, key=lambda entry: entry[0])[:EXAMPLES_PER_REASON]]
+                for reason, found in smallest.items() if found}
     return dataclasses.replace(shares, examples=examples)
 
 

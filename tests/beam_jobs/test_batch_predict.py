@@ -204,8 +204,14 @@ def test_header_only_and_missing_files_are_data_errors(tmp_path, model_dir):
     empty.write_text(",".join(SERVING_COLUMNS) + "\n")
     with pytest.raises(DataError, match="no data rows"):
         batch_predict(empty, model_dir, tmp_path / "out", beam_args=BEAM_ARGS)
-    with pytest.raises(DataError, match="file not found"):
+    with pytest.raises(DataError, match="no such file or folder"):
         batch_predict(tmp_path / "absent.csv", model_dir, tmp_path / "out2", beam_args=BEAM_ARGS)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (shards / name).write_text(",".join(SERVING_COLUMNS) + "\n")
+    with pytest.raises(DataError, match=r"2 CSV files \(a.csv, b.csv\); batch scoring reads one file"):
+        batch_predict(shards, model_dir, tmp_path / "out3", beam_args=BEAM_ARGS)
 
 
 def test_a_model_without_the_example_signature_is_refused(tmp_path, taxi_rows):

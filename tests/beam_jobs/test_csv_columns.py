@@ -62,7 +62,7 @@ def reference_piece(columns: tuple[str, ...], lines: list[tuple[int, bytes]], st
 def ingest_piece(columns: tuple[str, ...], lines: list[tuple[int, bytes]], start: float = START,
                  end: float = END, hash_buckets: int = 3, eval_buckets: int = 1) -> dict[str, Any]:
     """A piece as IngestChunkFn reads it now."""
-    fn = ingest.IngestChunkFn("unused.csv", columns, start, end, hash_buckets, eval_buckets)
+    fn = ingest.IngestChunkFn([("unused.csv", columns)], start, end, hash_buckets, eval_buckets)
     fn.setup()
     outcome: dict[str, Any] = {"splits": {}, "rejected": [], "summary": None}
     for output in fn._piece(lines):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import DataError
-from core.input_files import csv_file
+from core.input_files import csv_file, csv_files
 
 
 def test_a_file_is_itself(tmp_path):
@@ -24,14 +24,23 @@ def test_a_folder_holding_one_csv_is_that_csv(tmp_path, name):
     assert csv_file(tmp_path) == tmp_path / name
 
 
-def test_a_folder_with_several_csvs_is_refused_with_their_names(tmp_path):
+def test_a_folder_with_several_csvs_is_read_in_name_order(tmp_path):
+    for name in ("part-2.csv", "part-10.csv", "part-1.csv.gz", "notes.txt", ".part-3.csv"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "part-0.csv").write_bytes(b"")  # in a sub-folder: not read
+    assert csv_files(tmp_path) == tuple(tmp_path / name for name in ("part-1.csv.gz", "part-10.csv", "part-2.csv"))
+    assert csv_files(tmp_path / "part-2.csv") == (tmp_path / "part-2.csv",)
+
+
+def test_one_file_readers_refuse_a_folder_with_several_csvs_by_their_names(tmp_path):
     for name in ("part-2.csv", "part-1.csv.gz"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(DataError) as refused:
         csv_file(tmp_path)
     message = str(refused.value)
     assert str(tmp_path) in message and "2 CSV files (part-1.csv.gz, part-2.csv)" in message
-    assert "name the one to read" in message
+    assert "batch scoring reads one file: name the one to read" in message
 
 
 def test_a_folder_with_many_csvs_names_the_first_ten(tmp_path):

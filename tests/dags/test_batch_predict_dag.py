@@ -96,3 +96,17 @@ def test_a_missing_csv_fails_the_task_once_and_scores_nothing(workspace):
 
     assert dag_run.state == "failed"
     assert task_states(dag_run)["score"] == ("failed", 1)
+
+
+def test_a_folder_of_several_csvs_fails_the_task_once_and_scores_nothing(workspace):
+    shards = workspace / "shards"
+    shards.mkdir()
+    write_trips_sample(shards / "a.csv", 5)
+    write_trips_sample(shards / "b.csv", 5)
+    before = sorted((workspace / "pipeline" / "batch_predictions").glob("*"))
+
+    dag_run = parse_dag("taxi_batch_predict").test(run_conf={"csv_path": str(shards)})
+
+    assert dag_run.state == "failed"
+    assert task_states(dag_run)["score"] == ("failed", 1)  # a data error: not retried
+    assert sorted((workspace / "pipeline" / "batch_predictions").glob("*")) == before

@@ -127,3 +127,33 @@ def test_a_modified_shipped_file_is_refused(tmp_path, taxi_rows, monkeypatch):
     with pytest.raises(DataError, match="does not match the shipped data's") as refused:
         steps.ingest(steps.open_run(config, "truncated"), shipped, *SMALL_WINDOW)
     assert str(shipped) in str(refused.value) and "data.csv_path" in str(refused.value)
+
+
+def test_a_folder_of_shards_is_one_dataset_reused_while_its_files_stay_the_same(tmp_path, taxi_rows):
+    import shutil
+
+    rows = in_window(taxi_rows)[:600]
+    shards = tmp_path / "export"
+    shards.mkdir()
+    write_csv(shards / "part-1.csv", rows[:300])
+    write_csv(shards / "part-2.csv", rows[300:], columns=sorted(rows[0], reverse=True))
+    config = small_config(tmp_path)
+
+    first = steps.ingest(steps.open_run(config, "shards"), shards, *SMALL_WINDOW)
+    assert first.results["rows_read"] == 600 and not first.cached
+    ctx = steps.open_run(config, "shards-registered")
+    raw, rows_counted = steps.register_csv(ctx, shards)
+    assert raw.uri == str(shards.resolve()) and rows_counted == 600
+    assert raw.properties["files"] == ["part-1.csv", "part-2.csv"]
+
+    # The same files elsewhere are the same data: the ingest is reused.
+    moved = tmp_path / "moved"
+    shutil.copytree(shards, moved)
+    again = steps.ingest(steps.open_run(config, "shards-moved"), moved, *SMALL_WINDOW)
+    assert again.cached and again.cached_from == first.execution_id
+
+    # One file changed (a row fewer): another dataset, ingested again.
+    write_csv(moved / "part-2.csv", rows[300:-1])
+    changed = steps.ingest(steps.open_run(config, "shards-changed"), moved, *SMALL_WINDOW)
+    assert not changed.cached and changed.results["rows_read"] == 599
+    assert steps.register_csv(ctx, moved)[0].properties["sha256"] != raw.properties["sha256"]
