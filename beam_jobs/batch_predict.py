@@ -1,4 +1,4 @@
-"""Batch prediction: score a CSV of taxi trips with a SavedModel, as a Beam job.
+"""Batch prediction: score a CSV of taxi trips (or a folder of them) with a SavedModel, as a Beam job.
 
     python -m beam_jobs.batch_predict --input day.csv --model_dir var/serving/models/taxi/3 \
         --output /tmp/scored --runner=DirectRunner
@@ -7,7 +7,9 @@ Writes into the output directory:
 - `predictions/predictions-*.jsonl` (or `.csv` with `--format=csv`): one record per scored row,
   `{"line": <1-based line number in the input>, "probability": p, "class": 0|1, "model_version": v}`.
   The line number is the row's id: the trips have no id column, and a line number lets a user
-  open the input at that row (the header is line 1, as in an editor).
+  open the input at that row (the header is line 1, as in an editor). When the input is a folder of
+  several CSVs (read in name order, as ingest reads one), each record names its `file` too (the
+  first CSV column).
 - `rejected/rejected-*.jsonl`: rows that could not be scored, with the reason (the ingest format:
   `{"line", "reason", "feature", "detail", "text", "row"}`). Nothing is dropped silently:
   scored + rejected = data rows, checked after the run.
@@ -44,9 +46,10 @@ from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import serialize_row
 from beam_jobs.options import add_job_argument, require_flags, run_program
 from beam_jobs.progress import JobProgress, watched
+from beam_jobs.source_lines import SourceFiles, file_and_line
 from core.atomic import write_json
 from core.errors import DataError
-from core.input_files import csv_file
+from core.input_files import csv_files
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
 
 _LOG = logging.getLogger(__name__)
@@ -56,8 +59,9 @@ REJECTED_DIR = "rejected"
 RESULT_FILE = "batch_predict_result.json"
 SUMMARY_FILE = "summary.json"
 FORMATS = ("jsonl", "csv")
-# The columns of a prediction record, in CSV order.
+# The columns of a prediction record, in CSV order (after "file" when the input is several files).
 PREDICTION_FIELDS = ("line", "probability", "class", "model_version")
+FILE_FIELD = "file"
 SIGNATURE = "serving_examples"
 SIGNATURE_INPUT = "examples"
 DEFAULT_BATCH_SIZE = 256
@@ -82,12 +86,23 @@ class BatchPredictResult:
 
 @dataclasses.dataclass(frozen=True)
 class ScoringPlan:
-    """The checked input: header columns and line-aligned byte ranges (see beam_jobs/csv_source.py)."""
+    """The checked input: each file's header and line-aligned byte ranges (see beam_jobs/csv_source.py)."""
 
-    csv_path: str
-    columns: tuple[str, ...]
-    chunks: tuple[csv_source.CsvChunk, ...]
+    csv_path: str  # what was named: the CSV, or the folder of CSVs
+    files: tuple[csv_source.CsvLayout, ...]  # in reading order
     data_rows: int
+
+    @property
+    def chunks(self) -> tuple[csv_source.CsvChunk, ...]:
+        return tuple(chunk for layout in self.files for chunk in layout.chunks)
+
+    @property
+    def sources(self) -> SourceFiles:
+        return SourceFiles([Path(layout.csv_path).name for layout in self.files])
+
+    @property
+    def prediction_fields(self) -> tuple[str, ...]:
+        return (FILE_FIELD, *PREDICTION_FIELDS) if self.sources.several else PREDICTION_FIELDS
 
 
 # --- Checking the input before the pipeline ---
@@ -97,46 +112,51 @@ def plan_scoring(csv_path: Path, chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYT
     """Checks the header and cuts the file into line-aligned byte ranges for parallel reading.
 
     Unlike ingest, the label column is not required: a day of trips to score has no tips yet. A
-    folder holding one CSV is read as that CSV; one holding several is refused (each prediction
-    answers a line of the one file scored).
+    folder's CSV files are read as one input, as ingest reads them (core/input_files.py).
     """
-    layout = csv_source.scan_csv(csv_file(csv_path, "batch scoring"), SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
-    return ScoringPlan(layout.csv_path, layout.columns, layout.chunks, layout.data_rows)
+    layouts = tuple(csv_source.scan_csv(path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs",
+                                        file_index=index) for index, path in enumerate(csv_files(csv_path)))
+    return ScoringPlan(str(csv_path), layouts, sum(layout.data_rows for layout in layouts))
 
 
 # --- Pipeline parts ---
 
 
 class ParseScoringLineFn(beam.DoFn):
-    """(line number, raw bytes) -> (line number, row of serving features); bad lines to 'rejected'."""
+    """(source line, raw bytes) -> (source line, row of serving features); bad lines to 'rejected'.
+    `headers`: each file's columns, by the file index its source lines carry."""
 
     REJECTED = "rejected"
 
-    def __init__(self, columns: Sequence[str]) -> None:
-        self._columns = tuple(columns)
-        self._index = {name: self._columns.index(name) for name in SERVING_COLUMNS}
+    def __init__(self, headers: Sequence[Sequence[str]], source_files: Sequence[str] = ()) -> None:
+        self._headers = tuple(tuple(columns) for columns in headers)
+        self._source_files = tuple(source_files)
+
+    def setup(self) -> None:
+        self._sources = SourceFiles(self._source_files)
+        self._indexes = [{name: columns.index(name) for name in SERVING_COLUMNS} for columns in self._headers]
 
     def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
         line_no, raw = element
-        line = csv_source.split_csv_line(raw, len(self._columns))
+        file = file_and_line(line_no)[0]
+        line = csv_source.split_csv_line(raw, len(self._headers[file]))
         if isinstance(line, csv_source.BadLine):
-            yield _rejected(line_no, line.reason, None, line.detail, line.text, None)
+            yield self._rejected(line_no, line.reason, None, line.detail, line.text, None)
             return
         text, fields = line
-        cells = {name: fields[self._index[name]] for name in SERVING_COLUMNS}
+        cells = {name: fields[at] for name, at in self._indexes[file].items()}
         row, bad = csv_source.parse_cells(SERVING_FEATURES, cells)
         if bad:
             detail = "; ".join(f"{column}={cell!r}: {expected}" for column, cell, expected in bad)
-            yield _rejected(line_no, csv_source.REASON_UNPARSEABLE_VALUE, bad[0][0], detail, text, cells)
+            yield self._rejected(line_no, csv_source.REASON_UNPARSEABLE_VALUE, bad[0][0], detail, text, cells)
             return
         yield line_no, row
 
-
-def _rejected(line_no: int, reason: str, feature: str | None, detail: str, text: str,
-              cells: Mapping[str, str] | None) -> beam.pvalue.TaggedOutput:
-    record = {"line": line_no, "reason": reason, "feature": feature, "detail": detail, "text": text,
-              "row": csv_source.displayable_cells(cells)}
-    return beam.pvalue.TaggedOutput(ParseScoringLineFn.REJECTED, record)
+    def _rejected(self, line_no: int, reason: str, feature: str | None, detail: str, text: str,
+                  cells: Mapping[str, str] | None) -> beam.pvalue.TaggedOutput:
+        record = {**self._sources.place(line_no), "reason": reason, "feature": feature, "detail": detail,
+                  "text": text, "row": csv_source.displayable_cells(cells)}
+        return beam.pvalue.TaggedOutput(self.REJECTED, record)
 
 
 class ExampleSignatureModelHandler(ModelHandler[bytes, PredictionResult, Any]):
@@ -205,11 +225,11 @@ def _to_keyed_example(line_no: int, row: Mapping[str, Any]) -> tuple[int, bytes]
     return line_no, serialize_row(row)
 
 
-def _to_prediction(keyed: tuple[int, PredictionResult], model_version: int) -> dict[str, Any]:
+def _to_prediction(keyed: tuple[int, PredictionResult], model_version: int, sources: SourceFiles) -> dict[str, Any]:
     line_no, result = keyed
     probability = result.inference["probability"]
     return {
-        "line": line_no,
+        **sources.place(line_no),
         # NaN is not JSON; a model that gives none is recorded as null rather than a made-up number.
         "probability": probability if math.isfinite(probability) else None,
         "class": result.inference["class"],
@@ -217,26 +237,29 @@ def _to_prediction(keyed: tuple[int, PredictionResult], model_version: int) -> d
     }
 
 
-def _to_csv_line(record: Mapping[str, Any]) -> str:
+def _to_csv_line(record: Mapping[str, Any], fields: Sequence[str]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(["" if record[k] is None else record[k] for k in PREDICTION_FIELDS])
+    csv.writer(buffer, lineterminator="").writerow(["" if record[k] is None else record[k] for k in fields])
     return buffer.getvalue()
 
 
 class WritePredictions(beam.PTransform):
-    """Prediction records -> JSON Lines or CSV (with a header) files under `prefix`."""
+    """Prediction records -> JSON Lines or CSV (with a header of `fields`) files under `prefix`."""
 
-    def __init__(self, prefix: str, output_format: str) -> None:
+    def __init__(self, prefix: str, output_format: str, fields: Sequence[str] = PREDICTION_FIELDS) -> None:
         super().__init__()
         self._prefix = prefix
         self._format = output_format
+        self._fields = tuple(fields)
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.PDone:
         if self._format == "csv":
+            header = io.StringIO()
+            csv.writer(header, lineterminator="").writerow(self._fields)
             return (
                 records
-                | "ToCsv" >> beam.Map(_to_csv_line)
-                | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=".csv", header=",".join(PREDICTION_FIELDS))
+                | "ToCsv" >> beam.Map(_to_csv_line, self._fields)
+                | "WriteCsv" >> beam.io.WriteToText(self._prefix, file_name_suffix=".csv", header=header.getvalue())
             )
         return records | "WriteJsonl" >> outputs.WriteJsonLines(self._prefix)
 
@@ -279,7 +302,8 @@ class SummarizeScoringFn(beam.CombineFn):
 
 
 def _first_examples(examples: list[list[Any]]) -> list[list[Any]]:
-    """The rejections with the smallest line numbers: deterministic whatever the bundle order."""
+    """The rejections of the first lines read ([file, line], file "" for a lone file): deterministic
+    whatever the bundle order."""
     return sorted(examples, key=lambda example: example[0])[:_EXAMPLES_IN_MESSAGE]
 
 
@@ -288,7 +312,7 @@ def _scored_fact(record: Mapping[str, Any]) -> tuple:
 
 
 def _rejected_fact(record: Mapping[str, Any]) -> tuple:
-    return ("rejected", record["reason"], record["line"], record["detail"])
+    return ("rejected", record["reason"], [record.get(FILE_FIELD, ""), record["line"]], record["detail"])
 
 
 def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_version: int, output_dir: str,
@@ -299,17 +323,19 @@ def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_v
     Writes below output_dir: predictions/, rejected/ and summary.json (the run's counts).
     """
     output = Path(output_dir)
-    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines(plan.csv_path, plan.chunks, progress)
-    parsed = read.lines | "ParseRows" >> beam.ParDo(ParseScoringLineFn(plan.columns)).with_outputs(
-        ParseScoringLineFn.REJECTED, main="rows")
+    read = pipeline | "ReadCsv" >> csv_source.ReadCsvLines([layout.csv_path for layout in plan.files], plan.chunks,
+                                                           progress)
+    parsed = read.lines | "ParseRows" >> beam.ParDo(ParseScoringLineFn(
+        [layout.columns for layout in plan.files], plan.sources.names)).with_outputs(ParseScoringLineFn.REJECTED, main="rows")
     handler = KeyedModelHandler(ExampleSignatureModelHandler(model_dir, model_version, max_batch_size=batch_size))
     predictions = (
         parsed.rows
         | "ToExamples" >> beam.MapTuple(_to_keyed_example)
         | "Score" >> RunInference(handler)
-        | "ToRecords" >> beam.Map(_to_prediction, model_version)
+        | "ToRecords" >> beam.Map(_to_prediction, model_version, plan.sources)
     )
-    _ = predictions | "WritePredictions" >> WritePredictions(str(output / PREDICTIONS_DIR / "predictions"), output_format)
+    _ = predictions | "WritePredictions" >> WritePredictions(str(output / PREDICTIONS_DIR / "predictions"), output_format,
+                                                             plan.prediction_fields)
     rejected = parsed[ParseScoringLineFn.REJECTED]
     _ = rejected | "WriteRejected" >> outputs.WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
     _ = (
@@ -379,12 +405,13 @@ def batch_predict(
         result = _result(plan, summary, model_dir, version, output_dir, output_format)
         if not result.rows_scored + result.rows_rejected == summary["read"] == plan.data_rows:
             raise RuntimeError(
-                f"batch_predict lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the file, "
+                f"batch_predict lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the input, "
                 f"{summary['read']} read, {result.rows_scored} scored + {result.rows_rejected} rejected"
             )
         if result.rows_rejected > max_rejected_fraction * result.rows_read:
             outputs.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
-            examples = "; ".join(f"line {line}: {detail}" for line, detail in summary["examples"])
+            examples = "; ".join(f"{f'{file} ' if file else ''}line {line}: {detail}"
+                                 for (file, line), detail in summary["examples"])
             raise DataError(
                 f"{plan.csv_path}: {result.rows_rejected} of {result.rows_read} rows "
                 f"({result.rows_rejected / result.rows_read:.2%}) cannot be scored, more than the allowed "
@@ -418,7 +445,7 @@ def _result(plan: ScoringPlan, summary: Mapping[str, Any], model_dir: Path, vers
 
 
 def read_predictions(output_dir: Path) -> list[dict[str, Any]]:
-    """All prediction records of a finished run, sorted by line number (for tests and small outputs)."""
+    """All prediction records of a finished run, sorted by file and line (for tests and small outputs)."""
     records: list[dict[str, Any]] = []
     for path in sorted((Path(output_dir) / PREDICTIONS_DIR).glob("predictions-*")):
         if path.suffix == ".jsonl":
@@ -427,12 +454,13 @@ def read_predictions(output_dir: Path) -> list[dict[str, Any]]:
             with path.open(newline="") as handle:
                 for row in csv.DictReader(handle):
                     records.append({
+                        **({FILE_FIELD: row[FILE_FIELD]} if FILE_FIELD in row else {}),
                         "line": int(row["line"]),
                         "probability": float(row["probability"]) if row["probability"] else None,
                         "class": int(row["class"]),
                         "model_version": int(row["model_version"]),
                     })
-    return sorted(records, key=lambda record: record["line"])
+    return sorted(records, key=lambda record: (record.get(FILE_FIELD, ""), record["line"]))
 
 
 # --- The Beam program ---
@@ -441,7 +469,8 @@ def read_predictions(output_dir: Path) -> list[dict[str, Any]]:
 class BatchPredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
-        add_job_argument(parser, "--input", type=str, default=None, help="The CSV file to score.")
+        add_job_argument(parser, "--input", type=str, default=None,
+                         help="The CSV file to score, or a folder of CSV files (read in name order).")
         add_job_argument(parser, "--output", type=str, default=None,
                          help="The output directory (must not hold an earlier run's outputs).")
         add_job_argument(parser, "--model_dir", type=str, default=None,

@@ -256,13 +256,14 @@ def read_chunk_pieces(csv_path: str, chunk: CsvChunk, piece_bytes: int = DEFAULT
 
 
 class ReadChunkLinesFn(beam.DoFn):
-    """Reads one byte range and yields (line number, raw bytes) for each non-blank line; counted in
-    the `progress` folder (beam_jobs/progress.py) when one is given."""
+    """Reads one byte range (of the file its `file` index names among `csv_paths`) and yields (line
+    number, raw bytes) for each non-blank line; counted in the `progress` folder
+    (beam_jobs/progress.py) when one is given."""
 
     FACTS = "facts"
 
-    def __init__(self, csv_path: str, progress: str | None = None) -> None:
-        self._csv_path = csv_path
+    def __init__(self, csv_paths: Sequence[str], progress: str | None = None) -> None:
+        self._csv_paths = tuple(csv_paths)
         self._progress = progress
         self._lines = Metrics.counter("ingest", "lines_read")
 
@@ -274,7 +275,7 @@ class ReadChunkLinesFn(beam.DoFn):
 
     def process(self, chunk: CsvChunk) -> Iterator[Any]:
         read = 0
-        for lines in read_chunk_pieces(self._csv_path, chunk):
+        for lines in read_chunk_pieces(self._csv_paths[chunk.file], chunk):
             yield from lines
             read += len(lines)
             self._read.add(len(lines))
@@ -295,12 +296,13 @@ class SpreadCsvChunks(beam.PTransform):
 
 
 class ReadCsvLines(beam.PTransform):
-    """The CSV's data lines with their 1-based line numbers, read in parallel by byte range
-    (`progress`: a progress.JobProgress folder, where the lines read are counted)."""
+    """The CSVs' data lines with their source line numbers (source_lines: the 1-based line, with
+    its file's index when there are several), read in parallel by byte range (`progress`: a
+    progress.JobProgress folder, where the lines read are counted)."""
 
-    def __init__(self, csv_path: str, chunks: Sequence[CsvChunk], progress: str | None = None) -> None:
+    def __init__(self, csv_paths: Sequence[str], chunks: Sequence[CsvChunk], progress: str | None = None) -> None:
         super().__init__()
-        self._csv_path = csv_path
+        self._csv_paths = tuple(csv_paths)
         self._chunks = list(chunks)
         self._progress = progress
 
@@ -309,6 +311,6 @@ class ReadCsvLines(beam.PTransform):
         return (
             pbegin
             | "Spread" >> SpreadCsvChunks(self._chunks)
-            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_path, self._progress)).with_outputs(
+            | "ReadByteRanges" >> beam.ParDo(ReadChunkLinesFn(self._csv_paths, self._progress)).with_outputs(
                 ReadChunkLinesFn.FACTS, main="lines")
         )

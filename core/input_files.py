@@ -3,9 +3,8 @@
 
 A folder's CSV files (plain or compressed, by their names; hidden files, sub-folders and files of
 other kinds left aside) are read in the order of their names, each with its own header, as one
-input: a city's export comes in shards. A rejected line is then named by its file and its line
-in that file (beam_jobs/source_lines.py). Batch scoring answers line by line for one file, so it
-takes one (`csv_file`).
+input: a city's export comes in shards. A rejected line (and a batch prediction) is then named by
+its file and its line in that file (beam_jobs/source_lines.py).
 """
 
 from __future__ import annotations
@@ -36,13 +35,3 @@ def csv_files(path: Path | str) -> tuple[Path, ...]:
                         f"found: {seen})")
     return found
 
-
-def csv_file(path: Path | str, reader: str = "batch scoring") -> Path:
-    """The one CSV file `path` names, itself or alone in its folder; DataError when the folder holds
-    several (`reader` names who reads one file only)."""
-    found = csv_files(path)
-    if len(found) == 1:
-        return found[0]
-    names = ", ".join(entry.name for entry in found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
-    raise DataError(f"{path}: a folder with {len(found)} CSV files ({names}); {reader} reads one file: name the one "
-                    f"to read")

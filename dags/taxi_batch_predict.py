@@ -60,7 +60,8 @@ batch and online predictions agree), and writes one record per row: the input's 
 `probability`, `class` and `model_version`. Rows that cannot be parsed go to `rejected/` with the
 reason; the run fails if more than 1 % of the rows are rejected.
 
-* **Params**: `csv_path` (empty = the shipped data), `output_path` (empty =
+* **Params**: `csv_path` (a CSV, or a folder of CSVs scored in name order, each prediction then
+  naming its `file`; empty = the shipped data), `output_path` (empty =
   `var/pipeline/batch_predictions/<run>/`), `model_version` (empty = the version labelled `stable`
   in TF Serving's `models.config`), `output_format` (jsonl or csv).
 * The run is a `BatchPredict` execution in ML Metadata: inputs the CSV (`RawData`) and the
@@ -79,7 +80,8 @@ reason; the run fails if more than 1 % of the rows are rejected.
     # The defaults are mlops.airflow.tasks' DEFAULT_* values (tests/dags/test_dag_copies.py).
     params={
         "csv_path": Param("", type="string", title="CSV to score",
-                          description="A CSV of trips with the serving columns, plain or .gz/.bz2/.xz; empty = data/taxi/data.csv."),
+                          description="A CSV of trips with the serving columns, plain or .gz/.bz2/.xz, or a folder of "
+                                      "them (read in name order); empty = data/taxi/data.csv."),
         "output_path": Param("", type="string", title="Output directory",
                              description="Must not hold an earlier run's output; empty = a run-scoped directory."),
         "model_version": Param(None, type=["null", "integer"], minimum=1,

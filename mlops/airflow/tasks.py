@@ -543,7 +543,6 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         from beam_jobs.batch_predict import batch_predict
         from mlops import steps
         from core.errors import DataError
-        from core.input_files import csv_file
 
         params = task_params(params_json)
         config = load_task_config(config_path)
@@ -559,12 +558,13 @@ def run_batch_predict_task(*, config_path: str, dag_id: str, airflow_run_id: str
         model_dir = Path(config.serving.model_base_dir) / model / str(version)
         if not model_dir.is_dir():
             raise DataError(f"{model} version {version} is not in {config.serving.model_base_dir / model}")
-        csv_path = csv_file(Path(params.get("csv_path") or config.data.csv_path)).resolve()
+        csv_path = Path(params.get("csv_path") or config.data.csv_path).resolve()
         output = Path(params.get("output_path") or config.pipeline_root / "batch_predictions" / run_id)
         ctx = steps.open_run(config, run_id, trigger_of(params.get("trigger"), run_type),
                              airflow_dag_id=dag_id, airflow_run_id=airflow_run_id)
         _ensure_batch_types(ctx.run.store)
         raw, rows = steps.register_csv(ctx, csv_path)
+        csv_path = Path(raw.uri)  # the file itself when csv_path names a folder holding one
         inputs = {"raw_data": raw}
         from metadata.lineage import pushed_model_ref
 

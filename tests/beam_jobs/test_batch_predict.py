@@ -206,12 +206,6 @@ def test_header_only_and_missing_files_are_data_errors(tmp_path, model_dir):
         batch_predict(empty, model_dir, tmp_path / "out", beam_args=BEAM_ARGS)
     with pytest.raises(DataError, match="no such file or folder"):
         batch_predict(tmp_path / "absent.csv", model_dir, tmp_path / "out2", beam_args=BEAM_ARGS)
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    for name in ("a.csv", "b.csv"):
-        (shards / name).write_text(",".join(SERVING_COLUMNS) + "\n")
-    with pytest.raises(DataError, match=r"2 CSV files \(a.csv, b.csv\); batch scoring reads one file"):
-        batch_predict(shards, model_dir, tmp_path / "out3", beam_args=BEAM_ARGS)
 
 
 def test_a_model_without_the_example_signature_is_refused(tmp_path, taxi_rows):
@@ -245,3 +239,47 @@ def test_an_earlier_runs_outputs_are_not_overwritten(tmp_path, taxi_rows, model_
     batch_predict(source, model_dir, tmp_path / "out", beam_args=BEAM_ARGS)
     with pytest.raises(FileExistsError, match="already holds"):
         batch_predict(source, model_dir, tmp_path / "out", beam_args=BEAM_ARGS)
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "csv"])
+def test_a_folder_of_shards_is_scored_with_each_rows_file_and_line(tmp_path, taxi_rows, model_dir, output_format):
+    """A day's trips in shards, read in name order, each by its own header (one gzipped, one with
+    its columns in another order): each prediction names its file and line there."""
+    rows = [dict(row) for row in taxi_rows[:90]]
+    rows[40]["fare"] = "lots"  # the second shard's line 12
+    shards = tmp_path / "day"
+    shards.mkdir()
+    write_csv(shards / "part-0.csv", rows[:30], columns=list(SERVING_COLUMNS))
+    second = write_csv(tmp_path / "part-1.csv", rows[30:60], columns=list(reversed(SERVING_COLUMNS)))
+    (shards / "part-1.csv.gz").write_bytes(gzip.compress(second.read_bytes()))
+    write_csv(shards / "part-2.csv", rows[60:], columns=[*SERVING_COLUMNS, TIPS_KEY])
+
+    result = batch_predict(shards, model_dir, tmp_path / "out", beam_args=BEAM_ARGS, output_format=output_format,
+                           max_rejected_fraction=0.05)
+
+    assert (result.rows_read, result.rows_scored, result.rows_rejected) == (90, 89, 1)
+    assert result.input_path == str(shards)
+    predictions = read_predictions(tmp_path / "out")
+    expected = [(name, line) for name in ("part-0.csv", "part-1.csv.gz", "part-2.csv") for line in range(2, 32)]
+    expected.remove(("part-1.csv.gz", 12))
+    assert [(p["file"], p["line"]) for p in predictions] == expected
+    kept = [row for index, row in enumerate(rows) if index != 40]
+    assert [p["probability"] for p in predictions] == pytest.approx([expected_probability(r) for r in kept], abs=1e-5)
+    if output_format == "csv":
+        [written] = (tmp_path / "out" / PREDICTIONS_DIR).glob("predictions-*.csv")
+        assert written.read_text().splitlines()[0] == ",".join(("file", *PREDICTION_FIELDS))
+    [rejected] = [json.loads(line) for path in (tmp_path / "out" / REJECTED_DIR).glob("*.jsonl")
+                  for line in path.read_text().splitlines()]
+    assert (rejected["file"], rejected["line"], rejected["feature"]) == ("part-1.csv.gz", 12, "fare")
+
+
+def test_too_many_bad_rows_in_shards_are_quoted_by_file_and_line(tmp_path, taxi_rows, model_dir):
+    shards = tmp_path / "day"
+    shards.mkdir()
+    for index in range(2):
+        rows = [dict(row) for row in taxi_rows[index * 10:(index + 1) * 10]]
+        rows[3]["fare"] = "lots"
+        write_csv(shards / f"part-{index}.csv", rows, columns=list(SERVING_COLUMNS))
+
+    with pytest.raises(DataError, match=r"e\.g\. part-0\.csv line 5: fare='lots'.*; part-1\.csv line 5: fare="):
+        batch_predict(shards, model_dir, tmp_path / "out", beam_args=BEAM_ARGS)

@@ -98,15 +98,18 @@ def test_a_missing_csv_fails_the_task_once_and_scores_nothing(workspace):
     assert task_states(dag_run)["score"] == ("failed", 1)
 
 
-def test_a_folder_of_several_csvs_fails_the_task_once_and_scores_nothing(workspace):
+def test_a_folder_of_shards_is_scored_with_each_rows_file_and_line(workspace):
     shards = workspace / "shards"
     shards.mkdir()
-    write_trips_sample(shards / "a.csv", 5)
-    write_trips_sample(shards / "b.csv", 5)
-    before = sorted((workspace / "pipeline" / "batch_predictions").glob("*"))
+    write_trips_sample(shards / "part-0.csv", 5)
+    write_trips_sample(shards / "part-1.csv", 7)
 
     dag_run = parse_dag("taxi_batch_predict").test(run_conf={"csv_path": str(shards)})
 
-    assert dag_run.state == "failed"
-    assert task_states(dag_run)["score"] == ("failed", 1)  # a data error: not retried
-    assert sorted((workspace / "pipeline" / "batch_predictions").glob("*")) == before
+    assert dag_run.state == "success", task_states(dag_run)
+    result = xcom_value(dag_run, "score")
+    assert (result["rows_read"], result["rows_scored"]) == (12, 12)
+    records = [json.loads(line) for path in sorted((Path(result["output_path"]) / "predictions").glob("*.jsonl"))
+               for line in path.read_text().splitlines()]
+    assert sorted((r["file"], r["line"]) for r in records) == (
+        [("part-0.csv", line) for line in range(2, 7)] + [("part-1.csv", line) for line in range(2, 9)])
