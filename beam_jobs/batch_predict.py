@@ -49,7 +49,6 @@ from beam_jobs.progress import JobProgress, watched
 from beam_jobs.source_lines import SourceFiles, file_and_line
 from core.atomic import write_json
 from core.errors import DataError
-from core.input_files import csv_files
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
 
 _LOG = logging.getLogger(__name__)
@@ -84,39 +83,21 @@ class BatchPredictResult:
     output_format: str
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoringPlan:
-    """The checked input: each file's header and line-aligned byte ranges (see beam_jobs/csv_source.py)."""
-
-    csv_path: str  # what was named: the CSV, or the folder of CSVs
-    files: tuple[csv_source.CsvLayout, ...]  # in reading order
-    data_rows: int
-
-    @property
-    def chunks(self) -> tuple[csv_source.CsvChunk, ...]:
-        return tuple(chunk for layout in self.files for chunk in layout.chunks)
-
-    @property
-    def sources(self) -> SourceFiles:
-        return SourceFiles([Path(layout.csv_path).name for layout in self.files])
-
-    @property
-    def prediction_fields(self) -> tuple[str, ...]:
-        return (FILE_FIELD, *PREDICTION_FIELDS) if self.sources.several else PREDICTION_FIELDS
+def prediction_fields(sources: SourceFiles) -> tuple[str, ...]:
+    """The CSV columns of the predictions of an input: with the file first when it is several."""
+    return (FILE_FIELD, *PREDICTION_FIELDS) if sources.several else PREDICTION_FIELDS
 
 
 # --- Checking the input before the pipeline ---
 
 
-def plan_scoring(csv_path: Path, chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES) -> ScoringPlan:
+def plan_scoring(csv_path: Path, chunk_bytes: int = csv_source.DEFAULT_CHUNK_BYTES) -> csv_source.CsvInput:
     """Checks the header and cuts the file into line-aligned byte ranges for parallel reading.
 
     Unlike ingest, the label column is not required: a day of trips to score has no tips yet. A
     folder's CSV files are read as one input, as ingest reads them (core/input_files.py).
     """
-    layouts = tuple(csv_source.scan_csv(path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs",
-                                        file_index=index) for index, path in enumerate(csv_files(csv_path)))
-    return ScoringPlan(str(csv_path), layouts, sum(layout.data_rows for layout in layouts))
+    return csv_source.scan_csv_input(csv_path, SERVING_COLUMNS, chunk_bytes=chunk_bytes, needed_for="the model needs")
 
 
 # --- Pipeline parts ---
@@ -315,7 +296,7 @@ def _rejected_fact(record: Mapping[str, Any]) -> tuple:
     return ("rejected", record["reason"], [record.get(FILE_FIELD, ""), record["line"]], record["detail"])
 
 
-def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_version: int, output_dir: str,
+def build(pipeline: beam.Pipeline, plan: csv_source.CsvInput, *, model_dir: str, model_version: int, output_dir: str,
           output_format: str = "jsonl", batch_size: int = DEFAULT_BATCH_SIZE, progress: str | None = None) -> None:
     """Composes ReadCsv -> ParseRows -> ToExamples -> Score (RunInference) -> WritePredictions.
     `progress`: a progress.JobProgress folder, where the lines read are counted.
@@ -335,7 +316,7 @@ def build(pipeline: beam.Pipeline, plan: ScoringPlan, *, model_dir: str, model_v
         | "ToRecords" >> beam.Map(_to_prediction, model_version, plan.sources)
     )
     _ = predictions | "WritePredictions" >> WritePredictions(str(output / PREDICTIONS_DIR / "predictions"), output_format,
-                                                             plan.prediction_fields)
+                                                             prediction_fields(plan.sources))
     rejected = parsed[ParseScoringLineFn.REJECTED]
     _ = rejected | "WriteRejected" >> outputs.WriteJsonLines(str(output / REJECTED_DIR / "rejected"))
     _ = (
@@ -426,7 +407,7 @@ def batch_predict(
     return result
 
 
-def _result(plan: ScoringPlan, summary: Mapping[str, Any], model_dir: Path, version: int, output_dir: Path,
+def _result(plan: csv_source.CsvInput, summary: Mapping[str, Any], model_dir: Path, version: int, output_dir: Path,
             output_format: str) -> BatchPredictResult:
     scored = summary["scored"]
     return BatchPredictResult(

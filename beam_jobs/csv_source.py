@@ -38,9 +38,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beam_jobs.progress import ReadCounter
-from beam_jobs.source_lines import source_line
+from beam_jobs.source_lines import SourceFiles, source_line
 from core.compressed import DAMAGED, compression_of, decompressing, refusing_damage
 from core.errors import DataError
+from core.input_files import csv_files
 from transforms.features import FEATURES_BY_NAME, Feature, parse_value
 
 _LOG = logging.getLogger(__name__)
@@ -77,6 +78,36 @@ class CsvLayout:
     columns: tuple[str, ...]  # the header, in file order
     chunks: tuple[CsvChunk, ...]
     data_rows: int  # non-blank lines after the header
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvInput:
+    """A checked input: the CSV, or the CSV files of a folder in name order, each with its header
+    and byte ranges (whose `file` index is its place here)."""
+
+    csv_path: str  # what was named: the CSV, or the folder of CSVs
+    files: tuple[CsvLayout, ...]
+
+    @property
+    def data_rows(self) -> int:
+        return sum(layout.data_rows for layout in self.files)
+
+    @property
+    def chunks(self) -> tuple[CsvChunk, ...]:
+        return tuple(chunk for layout in self.files for chunk in layout.chunks)
+
+    @property
+    def sources(self) -> SourceFiles:
+        return SourceFiles([Path(layout.csv_path).name for layout in self.files])
+
+
+def scan_csv_input(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                   needed_for: str = "that ingest requires") -> CsvInput:
+    """scan_csv of the file `csv_path` names, or of each CSV file in the folder it names
+    (core/input_files.py); DataError for the first that fails, naming it."""
+    return CsvInput(str(csv_path), tuple(
+        scan_csv(path, required_columns, chunk_bytes=chunk_bytes, needed_for=needed_for, file_index=index)
+        for index, path in enumerate(csv_files(csv_path))))
 
 
 def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,

@@ -44,7 +44,6 @@ from beam_jobs.progress import JobProgress, ReadCounter, watched
 from beam_jobs.source_lines import SourceFiles, write_source_files
 from core.atomic import write_json
 from core.errors import DataError
-from core.input_files import csv_files
 from transforms.features import (EXPECTED_BY_KIND, FEATURES_BY_NAME, FLOAT32_MAX, RAW_COLUMNS, RAW_FEATURES, TIMESTAMP_KEY, Kind,
                                  parse_value)
 
@@ -77,9 +76,7 @@ class IngestResult:
 class IngestPlan:
     """Everything the pipeline needs, checked before Beam starts."""
 
-    csv_path: str  # what was named: the CSV, or the folder of CSVs
-    files: tuple[csv_source.CsvLayout, ...]  # each file's path, header and byte ranges, in reading order
-    data_rows: int  # non-blank lines after the headers, counted by the planning pass
+    input: csv_source.CsvInput  # each file's path, header and byte ranges, in reading order
     start_seconds: float
     end_seconds: float
     hash_buckets: int
@@ -87,14 +84,6 @@ class IngestPlan:
     output_dir: str  # where the pipeline writes (a staging folder when run through ingest_csv)
     piece_bytes: int = csv_source.DEFAULT_CHUNK_BYTES  # how much of a range a worker holds at once
     progress: str | None = None  # a progress.JobProgress folder, where the lines read are counted
-
-    @property
-    def chunks(self) -> tuple[csv_source.CsvChunk, ...]:
-        return tuple(chunk for layout in self.files for chunk in layout.chunks)
-
-    @property
-    def sources(self) -> SourceFiles:
-        return SourceFiles([Path(layout.csv_path).name for layout in self.files])
 
 
 # --- Checking the file before the pipeline ---
@@ -121,12 +110,8 @@ def plan_ingest(
         raise ValueError(f"eval_buckets must be in 1..hash_buckets-1, got {eval_buckets} of {hash_buckets}")
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
-    layouts = tuple(csv_source.scan_csv(path, RAW_COLUMNS, chunk_bytes=chunk_bytes, file_index=index)
-                    for index, path in enumerate(csv_files(csv_path)))
     return IngestPlan(
-        csv_path=str(csv_path),
-        files=layouts,
-        data_rows=sum(layout.data_rows for layout in layouts),
+        input=csv_source.scan_csv_input(csv_path, RAW_COLUMNS, chunk_bytes=chunk_bytes),
         start_seconds=start.timestamp(),
         end_seconds=end.timestamp(),
         hash_buckets=hash_buckets,
@@ -479,9 +464,9 @@ def build(pipeline: beam.Pipeline, plan: IngestPlan) -> None:
     output = Path(plan.output_dir)
     ingested = (
         pipeline
-        | "SpreadCsv" >> csv_source.SpreadCsvChunks(plan.chunks)
+        | "SpreadCsv" >> csv_source.SpreadCsvChunks(plan.input.chunks)
         | "IngestByteRanges" >> beam.ParDo(IngestChunkFn(
-            [(layout.csv_path, layout.columns) for layout in plan.files], plan.start_seconds, plan.end_seconds,
+            [(layout.csv_path, layout.columns) for layout in plan.input.files], plan.start_seconds, plan.end_seconds,
             plan.hash_buckets, plan.eval_buckets, plan.piece_bytes, plan.progress,
         )).with_outputs(*SPLITS, IngestChunkFn.REJECTED, IngestChunkFn.SUMMARY)
     )
@@ -539,12 +524,12 @@ def ingest_csv(
         except DataError:
             outputs.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
             raise
-        write_source_files(staging / EXAMPLES_DIR, plan.sources.names)
+        write_source_files(staging / EXAMPLES_DIR, plan.input.sources.names)
         outputs.promote(staging, output_dir, (EXAMPLES_DIR, REJECTED_DIR))
         write_json(output_dir / RESULT_FILE, dataclasses.asdict(result))
     finally:
         outputs.discard(staging)
-    _LOG.info("ingest %s: %s", plan.csv_path, dataclasses.asdict(result))
+    _LOG.info("ingest %s: %s", plan.input.csv_path, dataclasses.asdict(result))
     return result
 
 
@@ -558,17 +543,17 @@ def _result_from_summary(summary: dict[str, Any], plan: IngestPlan) -> IngestRes
         unparseable_by_column={column: summary["bad_counts"][column]
                                for column in RAW_COLUMNS if column in summary["bad_counts"]},
         rejected_by_reason=dict(sorted(summary["reasons"].items())),
-        files=list(plan.sources.names),
+        files=list(plan.input.sources.names),
     )
 
 
 def _check_counts(plan: IngestPlan, result: IngestResult) -> None:
     """Every data line is accounted for exactly once; anything else is a bug, not bad data."""
     accounted = result.rows_in_window + result.rows_outside_window + result.rows_unparseable
-    all_lines_seen = result.rows_read == accounted == plan.data_rows
+    all_lines_seen = result.rows_read == accounted == plan.input.data_rows
     if not all_lines_seen or sum(result.split_counts.values()) != result.rows_in_window:
         raise RuntimeError(
-            f"ingest lost track of rows in {plan.csv_path}: {plan.data_rows} data lines in the input, "
+            f"ingest lost track of rows in {plan.input.csv_path}: {plan.input.data_rows} data lines in the input, "
             f"{result.rows_read} read, {accounted} accounted for, splits {result.split_counts}"
         )
 
@@ -576,12 +561,12 @@ def _check_counts(plan: IngestPlan, result: IngestResult) -> None:
 def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResult, max_fraction: float,
                    start: datetime.datetime, end: datetime.datetime, output_dir: Path) -> None:
     rejected_at = output_dir / REJECTED_DIR
-    where = plan.sources.where
+    where = plan.input.sources.where
     problems: list[str] = []
     row_problems = sum(summary["reasons"].get(reason, 0) for reason in csv_source.ROW_LEVEL_REASONS)
     if row_problems / result.rows_read > max_fraction:
         examples = ", ".join(f"{where(line)}: {_clip(text)!r}" for line, text in summary["row_examples"])
-        widths = sorted({len(layout.columns) for layout in plan.files})
+        widths = sorted({len(layout.columns) for layout in plan.input.files})
         shape = f"the header's {widths[0]} fields" if len(widths) == 1 else "the fields of their file's header"
         problems.append(
             f"{row_problems} lines ({row_problems / result.rows_read:.2%} of {result.rows_read} rows) are not "
@@ -597,7 +582,7 @@ def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResu
             )
     if problems:
         raise DataError(
-            f"{plan.csv_path}: too many unparseable values (the limit is {max_fraction:.2%} per column):\n  "
+            f"{plan.input.csv_path}: too many unparseable values (the limit is {max_fraction:.2%} per column):\n  "
             + "\n  ".join(problems)
             + f"\nEvery rejected line, with its reason, is in {rejected_at}/"
         )
@@ -608,7 +593,7 @@ def _check_outcome(plan: IngestPlan, summary: dict[str, Any], result: IngestResu
             seen = (f"the file's {TIMESTAMP_KEY} values run from {_utc_date(summary['min_ts'])} "
                     f"to {_utc_date(summary['max_ts'])}")
         raise DataError(
-            f"{plan.csv_path}: no rows have {TIMESTAMP_KEY} in the window "
+            f"{plan.input.csv_path}: no rows have {TIMESTAMP_KEY} in the window "
             f"[{_instant(start)}, {_instant(end)}) UTC; {seen} ({result.rows_outside_window} rows outside the window)"
         )
 
