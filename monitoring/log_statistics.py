@@ -32,6 +32,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from beam_jobs.options import add_job_argument, configure_cli_logging, require_flags
+from beam_jobs.progress import JobProgress, ReadCounter, watched
 from beam_jobs.statistics import load_statistics, stats_options
 from core.errors import DataError
 from serving.prediction_log import REQUESTS_DIR
@@ -125,14 +126,23 @@ def to_tfdv_batch(table: pa.Table) -> pa.RecordBatch:
 
 
 class SelectServedRequests(beam.DoFn):
-    """Keeps the rows of a log table in [start, end) that a client was answered with, as TFDV batches."""
+    """Keeps the rows of a log table in [start, end) that a client was answered with, as TFDV batches;
+    counts the rows it reads in the `progress` folder (beam_jobs/progress.py) when one is given."""
 
-    def __init__(self, start_us: int, end_us: int, model_name: str | None) -> None:
+    def __init__(self, start_us: int, end_us: int, model_name: str | None, progress: str | None = None) -> None:
         self._start_us = start_us
         self._end_us = end_us
         self._model_name = model_name
+        self._progress = progress
+
+    def setup(self) -> None:
+        self._read = ReadCounter(self._progress)
+
+    def finish_bundle(self) -> None:
+        self._read.flush()
 
     def process(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
+        self._read.add(table.num_rows)
         timestamps = table.column("timestamp").cast(pa.int64())
         keep = pc.and_(pc.greater_equal(timestamps, self._start_us), pc.less(timestamps, self._end_us))
         keep = pc.and_(keep, pc.invert(table.column("is_shadow").fill_null(False)))
@@ -143,8 +153,9 @@ class SelectServedRequests(beam.DoFn):
             yield to_tfdv_batch(selected)
 
 
-def build(pipeline: beam.Pipeline, options: LogStatisticsOptions) -> Path:
-    """ListLogFiles -> ReadLogTables -> SelectServedRequests -> GenerateStatistics -> WriteStatistics."""
+def build(pipeline: beam.Pipeline, options: LogStatisticsOptions, progress: str | None = None) -> Path:
+    """ListLogFiles -> ReadLogTables -> SelectServedRequests -> GenerateStatistics -> WriteStatistics.
+    `progress`: a progress.JobProgress folder, where the rows read are counted."""
     require_flags("monitoring.log_statistics", {
         "--log_dir": options.log_dir, "--window_start": options.window_start,
         "--window_end": options.window_end, "--statistics_output": options.statistics_output})
@@ -160,7 +171,7 @@ def build(pipeline: beam.Pipeline, options: LogStatisticsOptions) -> Path:
         pipeline
         | "ListLogFiles" >> beam.Create([str(path) for path in files])
         | "ReadLogTables" >> beam.io.ReadAllFromParquetBatched(columns=_READ_COLUMNS)
-        | "SelectServedRequests" >> beam.ParDo(SelectServedRequests(_micros(start), _micros(end), options.model_name))
+        | "SelectServedRequests" >> beam.ParDo(SelectServedRequests(_micros(start), _micros(end), options.model_name, progress))
         | "GenerateStatistics" >> tfdv.GenerateStatistics(stats_options())
         # A temp file renamed into place when the pipeline finishes.
         | "WriteStatistics" >> tfdv.WriteStatisticsToBinaryFile(str(output))
@@ -176,20 +187,31 @@ def generate_log_statistics(
     *,
     model_name: str | None = None,
     beam_args: Sequence[str] = (),
+    progress: JobProgress | None = None,
 ) -> Path:
     """Statistics of the served requests logged in [start, end), written to `output_path`.
+    `progress` (log_statistics_progress) prints how far it has read while it runs.
 
     Raises DataError when no log file covers the window or no request in it was served.
     """
     options = LogStatisticsOptions(
         flags=list(beam_args), log_dir=str(log_dir), window_start=utc(start).isoformat(),
         window_end=utc(end).isoformat(), model_name=model_name, statistics_output=str(output_path))
-    return _run(options)
+    return _run(options, progress)
 
 
-def _run(options: LogStatisticsOptions) -> Path:
-    with beam.Pipeline(options=options) as pipeline:
-        output = build(pipeline, options)
+def log_statistics_progress(log_dir: Path, start: dt.datetime, end: dt.datetime) -> JobProgress:
+    """The progress lines of the job over [start, end): of every row of the log files it reads
+    (the whole date partitions, counted from their Parquet footers), inside the window or not."""
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(path).num_rows for path in log_files(log_dir, utc(start), utc(end)))
+    return JobProgress("log statistics", rows)
+
+
+def _run(options: LogStatisticsOptions, progress: JobProgress | None = None) -> Path:
+    with watched(progress) as counted_in, beam.Pipeline(options=options) as pipeline:
+        output = build(pipeline, options, counted_in)
     statistics = load_statistics(output)
     if not statistics.datasets or statistics.datasets[0].num_examples == 0:
         raise DataError(f"{options.log_dir}: no served requests logged between {options.window_start} and {options.window_end}"

@@ -223,7 +223,7 @@ class Monitor:
     def previous_window(self, store: Any, start: dt.datetime, end: dt.datetime, out: Path) -> tuple[Baseline | None, str]:
         """The window of the same length just before this one, when it holds enough served requests."""
         from beam_jobs.statistics import load_statistics
-        from monitoring.log_statistics import generate_log_statistics
+        from monitoring.log_statistics import generate_log_statistics, log_statistics_progress
 
         previous_start = start - (end - start)
         window = self.read_window(previous_start, start)
@@ -234,7 +234,8 @@ class Monitor:
         if reused is not None:
             return Baseline(label, load_statistics(reused), window.values), f"{label}: statistics reused from {reused}"
         path = generate_log_statistics(self.log_dir, previous_start, start, out / "previous_statistics" / "FeatureStats.pb",
-                                       model_name=self.model_name, beam_args=self.beam_args())
+                                       model_name=self.model_name, beam_args=self.beam_args(),
+                                       progress=log_statistics_progress(self.log_dir, previous_start, start))
         return Baseline(label, load_statistics(path), window.values), f"{label}: statistics computed now"
 
     def _recorded_statistics(self, store: Any, start: dt.datetime, end: dt.datetime, rows: int) -> Path | None:
@@ -349,14 +350,15 @@ class Monitor:
     def _checks(self, store: Any, served: ServedWindow, version: int, baseline: ModelBaseline,
                 start: dt.datetime, end: dt.datetime, out: Path) -> tuple[list[CheckOutcome], dict[str, Any]]:
         from beam_jobs.statistics import load_statistics, statistics_path
-        from monitoring.log_statistics import generate_log_statistics
+        from monitoring.log_statistics import generate_log_statistics, log_statistics_progress
         from validation.schema import load_schema
 
         thresholds = self.thresholds
         window_hours = (end - start).total_seconds() / 3600
         self.progress("statistics of the window (Beam job over the Parquet logs)")
         current_path = generate_log_statistics(self.log_dir, start, end, out / STATISTICS_FILE,
-                                               model_name=self.model_name, beam_args=self.beam_args())
+                                               model_name=self.model_name, beam_args=self.beam_args(),
+                                               progress=log_statistics_progress(self.log_dir, start, end))
         current_stats = load_statistics(current_path)
         training_stats = load_statistics(statistics_path(baseline.statistics.uri, "train"))
         training = Baseline(f"training data of {self.model_name}:{version}", training_stats,

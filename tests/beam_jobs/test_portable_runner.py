@@ -147,16 +147,20 @@ def test_every_job_on_the_portable_runner_writes_what_the_direct_runner_writes(p
 def test_log_statistics_on_the_portable_runner_equal_the_direct_runners(portable_args, tmp_path, taxi_rows):
     import numpy as np
 
-    from monitoring.log_statistics import generate_log_statistics
+    from monitoring.log_statistics import generate_log_statistics, log_statistics_progress
     from tests.monitoring import logs
 
     start = datetime.datetime(2026, 3, 1, 23, 0, tzinfo=UTC)  # across midnight: two date partitions
     end = start + datetime.timedelta(hours=2)
     trips = logs.taxi_frame(taxi_rows[:300])
     logs.write_requests(tmp_path / "logs", trips, np.full(len(trips), 0.3), start, end)
+    progress = {runner: log_statistics_progress(tmp_path / "logs", start, end) for runner in ("direct", "portable")}
     direct = generate_log_statistics(tmp_path / "logs", start, end, tmp_path / "direct.pb", model_name="taxi",
-                                     beam_args=list(BEAM_ARGS))
+                                     beam_args=list(BEAM_ARGS), progress=progress["direct"])
     portable = generate_log_statistics(tmp_path / "logs", start, end, tmp_path / "portable.pb", model_name="taxi",
-                                       beam_args=portable_args)
+                                       beam_args=portable_args, progress=progress["portable"])
     assert load_statistics(direct).datasets[0].num_examples == len(trips)
     assert load_statistics(portable) == load_statistics(direct)
+    # Every logged row counted where it was read (the files hold the window's requests only).
+    assert {runner: (watched.rows, watched.read_at_end) for runner, watched in progress.items()} == {
+        "direct": (len(trips), len(trips)), "portable": (len(trips), len(trips))}
