@@ -242,7 +242,7 @@ def score_examples(examples_dir: Path, split: str, models: Mapping[str, Path], b
     for file in files:
         position = 0
         try:
-            for batch in tf.data.TFRecordDataset(file, compression_type="GZIP").batch(batch_size):
+            for batch in tf.data.TFRecordDataset(file, compression_type="GZIP").batch(batch_size).prefetch(2):
                 try:
                     parsed = tf.io.parse_example(batch, parse_spec)
                 except tf.errors.InvalidArgumentError as err:
