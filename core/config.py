@@ -403,7 +403,7 @@ def _beam_section(values: Any) -> BeamConfig:
 # its start-up to every run; at 15M the one process carried transform's leftover heap into train
 # (1.77 GiB against 1.08 in its own process).
 STEPS_IN_OWN_PROCESS_FROM_ROWS = 5_000_000
-# Why 1M (docs/SCALE.md "Latest (session 12)"): at 1.5M rows on 2 cores the two steps took 54-67 s
+# Why 1M (docs/SCALE.md "Session 12"): at 1.5M rows on 2 cores the two steps took 54-67 s
 # together instead of 95-114 in turn; 150k and 15k rows gain ~4 s on an idle 2-core machine too,
 # which the default does not impose on every test run yet; on one core the two always run in turn.
 TRANSFORM_BESIDE_VALIDATION_FROM_ROWS = 1_000_000
