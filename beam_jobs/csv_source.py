@@ -104,21 +104,31 @@ class CsvInput:
 def scan_csv_input(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                    needed_for: str = "that ingest requires") -> CsvInput:
     """scan_csv of the file `csv_path` names, or of each CSV file in the folder it names
-    (core/input_files.py); DataError for the first that fails, naming it."""
-    return CsvInput(str(csv_path), tuple(
-        scan_csv(path, required_columns, chunk_bytes=chunk_bytes, needed_for=needed_for, file_index=index)
-        for index, path in enumerate(csv_files(csv_path))))
+    (core/input_files.py); DataError for the first that fails, naming it.
+
+    Among several files, one without data rows (a day without trips, an empty partition of an
+    export: empty, or a header alone) is left out with a warning; the input needs a row somewhere."""
+    files = csv_files(csv_path)
+    several = len(files) > 1
+    source = CsvInput(str(csv_path), tuple(
+        scan_csv(path, required_columns, chunk_bytes=chunk_bytes, needed_for=needed_for, file_index=index,
+                 rows_needed=not several)
+        for index, path in enumerate(files)))
+    if source.data_rows == 0:
+        raise DataError(f"{csv_path}: none of its {len(files)} CSV files has a data row")
+    return source
 
 
 def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-             needed_for: str = "that ingest requires", file_index: int = 0) -> CsvLayout:
+             needed_for: str = "that ingest requires", file_index: int = 0, rows_needed: bool = True) -> CsvLayout:
     """Checks the header (UTF-8, no duplicates, `required_columns` present) and cuts the file into
     line-aligned byte ranges of about `chunk_bytes`, counting data rows on the way. `file_index`:
     the file's place among the input's files, which its ranges and their line numbers carry.
 
     Raises DataError for a missing or empty file, a bad header or a header without data rows, so a
     bad file fails in a second instead of after a pipeline start-up. `needed_for` ends the missing
-    columns message ("... column(s) the model needs: ...").
+    columns message ("... column(s) the model needs: ..."). Without `rows_needed` (one file of
+    several), an empty file or a header alone is a file of no rows, with a warning.
     """
     path = str(csv_path)
     if not FileSystems.exists(path):
@@ -128,6 +138,9 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
         chunk_bytes = 0  # one range: see the module docstring
     with refusing_damage(path), open_csv(path) as handle:
         header_bytes = handle.readline()
+        if not rows_needed and not header_bytes.strip():
+            _LOG.warning("%s: an empty file, read as no rows", path)
+            return CsvLayout(path, (), (), 0)
         columns = _parse_header(path, header_bytes, required_columns, needed_for)
         offset = chunk_start = len(header_bytes)
         line_no, chunk_first_line, data_rows = 1, 2, 0
@@ -142,7 +155,9 @@ def scan_csv(csv_path: Path | str, required_columns: Sequence[str], *, chunk_byt
     if offset > chunk_start:
         chunks.append(CsvChunk(chunk_start, offset, source_line(file_index, chunk_first_line), file_index))
     if data_rows == 0:
-        raise DataError(f"{path}: has a header but no data rows")
+        if rows_needed:
+            raise DataError(f"{path}: has a header but no data rows")
+        _LOG.warning("%s: a header without data rows", path)
     return CsvLayout(path, columns, tuple(chunks), data_rows)
 
 

@@ -155,3 +155,28 @@ def test_the_beam_program_takes_a_folder(tmp_path, shards):
                          "--end=2030-01-01", *BEAM_ARGS])
 
     assert result.files == ["part-00.csv", "part-01.csv.gz", "part-02.csv"]
+
+
+def test_a_shard_without_rows_is_read_as_none_and_a_folder_without_any_is_refused(tmp_path, taxi_rows, caplog):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    write_csv(folder / "day-1.csv", taxi_rows[:30], columns=list(RAW_COLUMNS))
+    (folder / "day-2.csv").write_text(",".join(RAW_COLUMNS) + "\n")  # a day without trips
+    (folder / "day-3.csv").write_bytes(b"")  # an empty partition
+    write_csv(folder / "day-4.csv", taxi_rows[30:40], columns=list(RAW_COLUMNS))
+
+    result = run_ingest(folder, tmp_path / "out")
+
+    assert result.rows_read == 40 and result.files == ["day-1.csv", "day-2.csv", "day-3.csv", "day-4.csv"]
+    assert "day-2.csv: a header without data rows" in caplog.text and "day-3.csv: an empty file" in caplog.text
+    lines = {file_and_line(parse_serialized(record, (SOURCE_LINE_KEY,))[SOURCE_LINE_KEY])
+             for split in SPLITS for record in read_split_records(tmp_path / "out" / "examples", split)}
+    assert {index for index, _ in lines} == {0, 3}  # the fourth file keeps its own index
+
+    for name in ("day-1.csv", "day-4.csv"):
+        (folder / name).write_text(",".join(RAW_COLUMNS) + "\n")
+    with pytest.raises(DataError, match="none of its 4 CSV files has a data row"):
+        run_ingest(folder, tmp_path / "again")
+    # One file alone must hold rows, as before.
+    with pytest.raises(DataError, match="has a header but no data rows"):
+        run_ingest(folder / "day-1.csv", tmp_path / "alone")
