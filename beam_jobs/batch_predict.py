@@ -115,7 +115,9 @@ class ParseScoringLineFn(beam.DoFn):
 
     def setup(self) -> None:
         self._sources = SourceFiles(self._source_files)
-        self._indexes = [{name: columns.index(name) for name in SERVING_COLUMNS} for columns in self._headers]
+        # An empty file among several has no header (and no lines to read).
+        self._indexes = [{name: columns.index(name) for name in SERVING_COLUMNS} if columns else {}
+                         for columns in self._headers]
 
     def process(self, element: tuple[int, bytes]) -> Iterator[Any]:
         line_no, raw = element

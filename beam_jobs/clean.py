@@ -45,7 +45,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_jobs import clean_batches, dedupe, outputs
-from beam_jobs.source_lines import SourceFiles, read_source_files
 from beam_jobs.clean_rules import (  # noqa: F401 - the reason codes: this job's output, as callers know them
     CLIPPED,
     DECODE_PLAN,
@@ -68,6 +67,7 @@ from beam_jobs.clean_rules import (  # noqa: F401 - the reason codes: this job's
 from beam_jobs.example_codec import SPLITS, TFRECORD_SUFFIX, split_dir, split_pattern, split_prefix
 from beam_jobs.options import add_job_argument, require_flags, run_program
 from beam_jobs.progress import JobProgress, watched
+from beam_jobs.source_lines import SourceFiles, read_source_files
 from beam_jobs.tfrecord_batches import ReadRecordBatches, TFRecordBatchSink
 from core.atomic import write_json
 from core.errors import DataError

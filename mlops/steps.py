@@ -48,8 +48,8 @@ def register_csv(ctx: StepContext, csv_path: Path) -> tuple[ArtifactRef, int]:
     row here, which is close enough for choosing Beam options and showing progress.
 
     A folder of several files is one artifact: the folder, with the sha256 of its files' `sha256sum`
-    listing (name order) and their names, so the same files are the same artifact (and a re-run's
-    cache hit) wherever the folder is."""
+    listing (name order) and their names: the same files are the same data, and a re-run's cache
+    hit, wherever the folder is."""
     files = [path.resolve() for path in csv_files(csv_path)]
     digests = [sha256_and_lines(path) for path in files]  # the compressed bytes' checksums, the lines inside them
     rows = sum(max(0, lines - 1) for _, lines in digests)

@@ -253,6 +253,7 @@ def test_a_folder_of_shards_is_scored_with_each_rows_file_and_line(tmp_path, tax
     second = write_csv(tmp_path / "part-1.csv", rows[30:60], columns=list(reversed(SERVING_COLUMNS)))
     (shards / "part-1.csv.gz").write_bytes(gzip.compress(second.read_bytes()))
     write_csv(shards / "part-2.csv", rows[60:], columns=[*SERVING_COLUMNS, TIPS_KEY])
+    (shards / "part-3.csv").write_bytes(b"")  # an empty partition: no rows
 
     result = batch_predict(shards, model_dir, tmp_path / "out", beam_args=BEAM_ARGS, output_format=output_format,
                            max_rejected_fraction=0.05)
