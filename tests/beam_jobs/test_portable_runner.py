@@ -78,7 +78,8 @@ def portable_args(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str
 def _run_every_job(out: Path, csv_path: Path, model_dir: Path, beam_args: list[str]) -> dict[str, Any]:
     """Ingest -> clean -> statistics -> transform, and batch scoring: what each wrote, comparable;
     and what each job's readers counted for its progress lines, beside what it read."""
-    rows = sum(1 for _ in csv_path.open()) - 1
+    files = sorted(csv_path.glob("*.csv")) if csv_path.is_dir() else [csv_path]
+    rows = sum(sum(1 for _ in path.open()) - 1 for path in files)
     progress = {job: JobProgress(job, rows) for job in ("ingest", "clean", "statistics", "transform", "score")}
     ingested = ingest_csv(csv_path, out / "ingest", start=START, end=END, beam_args=beam_args, progress=progress["ingest"])
     progress["clean"].rows = ingested.rows_in_window
@@ -110,7 +111,7 @@ def _run_every_job(out: Path, csv_path: Path, model_dir: Path, beam_args: list[s
         "transformed examples": {split: sorted(_records(split_pattern(transformed.transformed_dir, split)))
                                  for split in SPLITS},
         "vocabularies": {path.name: path.read_bytes() for path in sorted(transform_assets.iterdir())},
-        "predictions": sorted(read_predictions(out / "predict"), key=lambda record: record["line"]),
+        "predictions": read_predictions(out / "predict"),  # by file and line
         "scored rows": (scored.rows_scored, scored.rows_rejected),
     }
 
@@ -128,13 +129,19 @@ def _records(pattern: str) -> list[str]:
 def test_every_job_on_the_portable_runner_writes_what_the_direct_runner_writes(portable_args, tmp_path, taxi_rows):
     from tests.fixtures.tiny_model import export_tiny_model
 
-    csv_path = write_csv(tmp_path / "trips.csv", taxi_rows[:1500])
+    # A folder of two shards, the second with its columns in another order: each worker reads its
+    # byte ranges of either file and names each row by its file and line.
+    shards = tmp_path / "trips"
+    shards.mkdir()
+    write_csv(shards / "part-0.csv", taxi_rows[:750])
+    write_csv(shards / "part-1.csv", taxi_rows[750:1500], columns=sorted(taxi_rows[0], reverse=True))
     model_dir = export_tiny_model(tmp_path / "models" / "taxi" / "3", weight=1.0)
-    direct = _run_every_job(tmp_path / "direct", csv_path, model_dir, list(BEAM_ARGS))
-    portable = _run_every_job(tmp_path / "portable", csv_path, model_dir, portable_args)
+    direct = _run_every_job(tmp_path / "direct", shards, model_dir, list(BEAM_ARGS))
+    portable = _run_every_job(tmp_path / "portable", shards, model_dir, portable_args)
     # Not vacuous: the sample has rows of both splits, rejections and several vocabularies.
     assert all(direct["cleaned rows"][split] for split in SPLITS) and direct["clean rejected"]
     assert len(direct["vocabularies"]) >= 2 and len(direct["predictions"]) > 1000
+    assert {record["file"] for record in direct["predictions"]} == {"part-0.csv", "part-1.csv"}
     # The model sees other batches on the other runner (RunInference sizes them adaptively), and
     # float32 matrix products round differently per batch shape: equal to float32 precision.
     direct_predictions, portable_predictions = direct.pop("predictions"), portable.pop("predictions")
