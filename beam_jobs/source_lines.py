@@ -20,12 +20,15 @@ SOURCE_FILES_FILE = "source_files.json"
 # 2^40 lines a file (a terabyte of one-byte lines) and 2^23 files fit an int64.
 FILE_SHIFT = 40
 _LINE_MASK = (1 << FILE_SHIFT) - 1
+_MAX_FILES = 1 << (63 - FILE_SHIFT)
 
 
 def source_line(file_index: int, line: int) -> int:
     """The number of `line` (1-based) of the input's `file_index`-th file."""
     if not 0 <= line <= _LINE_MASK:
         raise ValueError(f"line {line} is beyond the {_LINE_MASK} lines a file can have")
+    if not 0 <= file_index < _MAX_FILES:
+        raise ValueError(f"file #{file_index + 1} is beyond the {_MAX_FILES} files an input can have")
     return (file_index << FILE_SHIFT) | line
 
 

@@ -61,6 +61,9 @@ def test_source_lines_name_the_file_and_keep_the_reading_order():
     assert source_line(0, 2**40 - 1) < source_line(1, 2) < source_line(1, 3) < source_line(2, 2)
     with pytest.raises(ValueError, match="beyond"):
         source_line(1, 2**40)
+    assert source_line(2**23 - 1, 2**40 - 1) == 2**63 - 1  # the largest int64
+    with pytest.raises(ValueError, match="beyond"):
+        source_line(2**23, 2)
     one, several = SourceFiles(["a.csv"]), SourceFiles(["a.csv", "b.csv"])
     assert one.place(17) == {"line": 17} and one.where(17) == "line 17"
     assert several.place(source_line(1, 17)) == {"file": "b.csv", "line": 17}
