@@ -46,7 +46,7 @@ from beam_jobs import csv_source, outputs
 from beam_jobs.example_codec import serialize_row
 from beam_jobs.options import add_job_argument, require_flags, run_program
 from beam_jobs.progress import JobProgress, watched
-from beam_jobs.source_lines import SourceFiles, file_and_line
+from beam_jobs.source_lines import SourceFiles, file_and_line, line_in
 from core.atomic import write_json
 from core.errors import DataError
 from transforms.features import SERVING_COLUMNS, SERVING_FEATURES
@@ -393,8 +393,7 @@ def batch_predict(
             )
         if result.rows_rejected > max_rejected_fraction * result.rows_read:
             outputs.promote(staging, output_dir, (REJECTED_DIR,))  # keep the evidence
-            examples = "; ".join(f"{f'{file} ' if file else ''}line {line}: {detail}"
-                                 for (file, line), detail in summary["examples"])
+            examples = "; ".join(f"{line_in(file, line)}: {detail}" for (file, line), detail in summary["examples"])
             raise DataError(
                 f"{plan.csv_path}: {result.rows_rejected} of {result.rows_read} rows "
                 f"({result.rows_rejected / result.rows_read:.2%}) cannot be scored, more than the allowed "

@@ -126,8 +126,7 @@ class _CheckAndEncodeFn(beam.DoFn):
     def _rejected(self, record: dict[str, Any]) -> beam.pvalue.TaggedOutput:
         Metrics.counter("clean", f"rejected_{record['reason']}").inc()
         self._count(("rejected", self._split, record["reason"]))
-        if self._sources.several:
-            record.update(self._sources.place(record["line"]))
+        record.update(self._sources.place(record["line"]))
         return beam.pvalue.TaggedOutput(REJECTED, record)
 
     def _check_and_encode(self, row: dict[str, Any], content: bytes) -> Iterator[Any]:

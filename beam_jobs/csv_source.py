@@ -98,7 +98,7 @@ class CsvInput:
 
     @property
     def sources(self) -> SourceFiles:
-        return SourceFiles([Path(layout.csv_path).name for layout in self.files])
+        return SourceFiles.of_paths([layout.csv_path for layout in self.files])
 
 
 def scan_csv_input(csv_path: Path | str, required_columns: Sequence[str], *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,

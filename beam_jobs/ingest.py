@@ -309,7 +309,7 @@ class IngestChunkFn(beam.DoFn):
 
     def setup(self) -> None:
         self._readers: dict[int, tuple[CsvLineParser, PlainLines]] = {}
-        self._sources = SourceFiles([Path(path).name for path, _ in self._files])
+        self._sources = SourceFiles.of_paths([path for path, _ in self._files])
         self._encoder = RowEncoder((*RAW_COLUMNS, SOURCE_LINE_KEY))
         self._plain_encoder = PlainRowEncoder(self._hash_buckets, self._eval_buckets)
         self._read = ReadCounter(self._progress)

@@ -37,6 +37,11 @@ def file_and_line(number: int) -> tuple[int, int]:
     return number >> FILE_SHIFT, number & _LINE_MASK
 
 
+def line_in(file: str | None, line: int) -> str:
+    """"line 17", or "part-2.csv line 17" when the input was several files (`file` given)."""
+    return f"{file} line {line}" if file else f"line {line}"
+
+
 class SourceFiles:
     """The input's file names in the order they were read, to name a source line.
 
@@ -45,6 +50,11 @@ class SourceFiles:
 
     def __init__(self, names: Sequence[str] = ()) -> None:
         self.names = tuple(names)
+
+    @classmethod
+    def of_paths(cls, paths: Sequence[str | Path]) -> "SourceFiles":
+        """The files' names (what rejected records show), from their paths in reading order."""
+        return cls([Path(path).name for path in paths])
 
     @property
     def several(self) -> bool:
@@ -60,10 +70,8 @@ class SourceFiles:
 
     def where(self, number: int) -> str:
         """"line 17", or "part-2.csv line 17" with several files."""
-        if not self.several:
-            return f"line {number}"
-        index, line = file_and_line(number)
-        return f"{self._name(index)} line {line}"
+        place = self.place(number)
+        return line_in(place.get("file"), place["line"])
 
     def _name(self, index: int) -> str:
         # A number from elsewhere (a record written before the input changed) still reads.

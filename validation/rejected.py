@@ -9,10 +9,13 @@ a report that says which reason, how many rows, and shows some of them.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from beam_jobs.source_lines import line_in
 
 # How many rejected rows the report quotes per reason that is over its limit.
 EXAMPLES_PER_REASON = 3
@@ -79,9 +82,7 @@ class RejectedShares:
 
 def describe(record: Mapping[str, Any]) -> str:
     """One rejected record as people read it: where it came from and why."""
-    where = f"line {record['line']}" if record.get("line") is not None else "a record"
-    if record.get("file") and record.get("line") is not None:  # the input was several files
-        where = f"{record['file']} {where}"
+    where = line_in(record.get("file"), record["line"]) if record.get("line") is not None else "a record"
     return f"{where}: {record.get('detail') or record.get('reason')}"
 
 
@@ -119,12 +120,10 @@ def with_examples(shares: RejectedShares, rejected_dirs: Sequence[Path]) -> Reje
             continue
         line = record.get("line")
         # By file (several files are read in name order), then line; a record without a line last.
-        found.append(((record.get("file") or "", line if line is not None else 1 << 62, order), record))
-        if len(found) >= 4 * EXAMPLES_PER_REASON:  # keep what is held small, whatever the count
-            found.sort(key=lambda entry: entry[0])
-            del found[EXAMPLES_PER_REASON:]
-    examples = {reason: [record for _, record in sorted(found, key=lambda entry: entry[0])[:EXAMPLES_PER_REASON]]
-                for reason, found in smallest.items() if found}
+        bisect.insort(found, ((record.get("file") or "", line if line is not None else 1 << 62, order), record),
+                      key=lambda entry: entry[0])
+        del found[EXAMPLES_PER_REASON:]  # the smallest, in order
+    examples = {reason: [record for _, record in found] for reason, found in smallest.items() if found}
     return dataclasses.replace(shares, examples=examples)
 
 
